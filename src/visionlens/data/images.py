@@ -1,0 +1,76 @@
+"""Read image files into RGB, with one-line errors that name the file.
+
+Grayscale, RGBA/LA (composited on white), palette, CMYK, 16-bit and 32-bit integer or float
+images are converted to 8-bit RGB; multi-frame files give their first frame; EXIF rotation is
+applied.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageLoadError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def _to_rgb_uint8(img: Image.Image, where: str) -> Image.Image:
+    mode = img.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ImageLoadError(f"{where}: image contains NaN or infinite pixel values; fix or drop the file")
+        if mode.startswith("I;16"):
+            scale = 65535.0
+        elif mode == "F" and arr.max(initial=0.0) <= 1.0:
+            scale = 1.0
+        else:
+            scale = 65535.0 if arr.max(initial=0.0) <= 65535 else float(arr.max())
+        arr = np.clip(arr / scale, 0.0, 1.0)
+        gray = Image.fromarray(np.round(arr * 255).astype(np.uint8), mode="L")
+        return gray.convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open ``path`` as an 8-bit RGB ``PIL.Image``; raise :class:`ImageLoadError` on any problem."""
+    p = Path(path)
+    where = str(path)
+    if not p.exists():
+        raise ImageLoadError(f"{where}: no such file")
+    if p.is_dir():
+        raise ImageLoadError(f"{where}: is a directory, not an image file")
+    if p.stat().st_size == 0:
+        raise ImageLoadError(f"{where}: file is empty (0 bytes); not an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                img.seek(0)
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                rgb = _to_rgb_uint8(img, where)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{where}: not a readable image (unknown format or corrupt header)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageLoadError(f"{where}: image is too large to decode safely (decompression-bomb limit)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImageLoadError(f"{where}: image data is truncated or corrupt ({reason})") from None
+    if rgb.width < 1 or rgb.height < 1:
+        raise ImageLoadError(f"{where}: image has no pixels")
+    return rgb

@@ -1,0 +1,25 @@
+"""Exceptions with one-line, actionable messages.
+
+Every error visionlens raises on bad input derives from :class:`VisionlensError`, so a caller (and
+the CLI) can tell "the user asked for something impossible" from a bug.
+"""
+
+
+class VisionlensError(Exception):
+    """Base class: the message is one line that says what is wrong and what to do."""
+
+
+class InputError(VisionlensError, ValueError):
+    """A bad tensor, image, target or argument."""
+
+
+class LayerError(VisionlensError, ValueError):
+    """A layer that does not exist or cannot be explained by the chosen method."""
+
+
+class ImageLoadError(InputError):
+    """A file that cannot be read as an image."""
+
+
+class AssetError(VisionlensError, RuntimeError):
+    """Pretrained weights or sample files that are missing or fail their checksum."""
