@@ -7,12 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-EPS = 1e-7
-
-
 def normalize_maps(raw: torch.Tensor, size: tuple[int, int], relu: bool = True) -> torch.Tensor:
     """ReLU (optional), bilinear resize to ``size`` (half-pixel centres, as cv2.INTER_LINEAR),
-    then min-max per image to [0, 1]. ``raw`` is ``(B, h, w)``; returns ``(B, H, W)`` float32.
+    then min-max per image to [0, 1] (a constant map becomes all zeros). ``raw`` is ``(B, h, w)``; returns ``(B, H, W)`` float32.
 
     Resizing before the min-max equals pytorch-grad-cam's min-max, resize, min-max, since bilinear
     interpolation commutes with affine maps; the result spans exactly [0, 1] (all-zero stays zero).
@@ -25,7 +22,7 @@ def normalize_maps(raw: torch.Tensor, size: tuple[int, int], relu: bool = True) 
     low = flat.min(dim=1).values[:, None, None]
     maps = maps - low
     high = maps.flatten(1).max(dim=1).values[:, None, None]
-    return maps / (high + EPS)
+    return maps / torch.where(high > 0, high, torch.ones_like(high))
 
 
 @dataclass

@@ -1,0 +1,149 @@
+"""Bad input through the Python API: one-line errors, and the model comes back unchanged."""
+
+import gc
+import warnings
+
+import pytest
+import torch
+
+import visionlens
+from visionlens import CAM, GradCAM
+from visionlens.errors import InputError, LayerError, VisionlensError
+
+from conftest import assert_same_state, snapshot
+
+
+@pytest.mark.parametrize(
+    "make_x, target, error, message",
+    [
+        (lambda: torch.full((2, 3, 32, 32), float("nan")), None, InputError, "NaN or infinite"),
+        (lambda: torch.randn(3, 32, 32), None, InputError, "add a batch dimension"),
+        (lambda: torch.randn(0, 3, 32, 32), None, InputError, "batch is empty"),
+        (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.uint8), None, InputError, "float tensor"),
+        (lambda: torch.randn(3, 3, 32, 32), [0, 1], InputError, "got 2 targets for a batch of 3"),
+        (lambda: torch.randn(2, 3, 32, 32), [0, 1, 2], InputError, "got 3 targets for a batch of 2"),
+        (lambda: torch.randn(2, 3, 32, 32), 7, InputError, "out of range for a model with 5 classes"),
+        (lambda: torch.randn(2, 3, 32, 32), -1, InputError, "out of range"),
+        (lambda: torch.randn(2, 3, 32, 32), [0.5, 1.0], InputError, "1-D list of integers"),
+        (lambda: torch.randn(2, 3, 32, 32), "cat", InputError, "class index"),
+        (lambda: torch.randn(2, 3, 32, 32), lambda out: out.sum(), InputError, "one score per sample"),
+    ],
+)
+def test_bad_inputs_and_targets(tiny_net, make_x, target, error, message):
+    before = snapshot(tiny_net)
+    with pytest.raises(error) as info:
+        GradCAM(tiny_net)(make_x(), target)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert_same_state(before, snapshot(tiny_net))
+
+
+def test_nan_in_one_image_names_its_position(tiny_net):
+    x = torch.randn(3, 3, 32, 32)
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match=r"batch positions \[1\]"):
+        CAM(tiny_net)(x)
+
+
+@pytest.mark.parametrize(
+    "layer, message",
+    [
+        ("features.99", "unknown layer 'features.99'"),
+        ("featurs", "close names: features"),
+        ("fc", "not a spatial (B, C, H, W) map"),
+        ("pool", None),  # 1x1 spatial output is allowed for Grad-CAM
+    ],
+)
+def test_layer_errors(tiny_net, layer, message):
+    before = snapshot(tiny_net)
+    if message is None:
+        assert GradCAM(tiny_net, layer)(torch.randn(1, 3, 32, 32)).raw.shape == (1, 1, 1)
+        return
+    with pytest.raises(LayerError) as info:
+        GradCAM(tiny_net, layer)(torch.randn(1, 3, 32, 32))
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert_same_state(before, snapshot(tiny_net))
+
+
+def test_foreign_module_is_rejected(tiny_net):
+    with pytest.raises(LayerError, match="not part of the model"):
+        GradCAM(tiny_net, torch.nn.Conv2d(3, 3, 1))
+
+
+def test_cam_refuses_layers_that_do_not_feed_gap_fc(tiny_net):
+    with pytest.raises(LayerError, match="global average pooling and a final linear classifier"):
+        CAM(tiny_net, "features.3")(torch.randn(2, 3, 32, 32))
+    with pytest.raises(InputError, match="callable target"):
+        CAM(tiny_net)(torch.randn(2, 3, 32, 32), lambda out: out[:, 0])
+
+
+def test_unknown_method_and_model():
+    with pytest.raises(InputError, match="unknown method 'gradcam\\+\\+'; choose from: cam, gradcam"):
+        visionlens.explain(torch.randn(1, 3, 32, 32), visionlens.load_model(torch.nn.Conv2d(3, 3, 1)), "gradcam++")
+    with pytest.raises(VisionlensError, match="unknown model"):
+        visionlens.load_model("vgg99")
+
+
+def test_model_restored_after_success(tiny_net):
+    tiny_net.train()
+    tiny_net.features[1].eval()
+    tiny_net.features[0].weight.requires_grad_(False)
+    tiny_net.fc.weight.grad = torch.ones_like(tiny_net.fc.weight)
+    user_hook = tiny_net.fc.register_forward_hook(lambda *a: None)
+    before = snapshot(tiny_net)
+    for method in (CAM, GradCAM):
+        method(tiny_net)(torch.randn(2, 3, 32, 32))
+        assert_same_state(before, snapshot(tiny_net))
+    assert len(tiny_net.fc._forward_hooks) == 1
+    user_hook.remove()
+
+
+def test_model_restored_after_exception_inside_the_computation(tiny_net):
+    tiny_net.train()
+    before = snapshot(tiny_net)
+
+    def exploding_target(out):
+        raise RuntimeError("boom inside the target")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        GradCAM(tiny_net)(torch.randn(2, 3, 32, 32), exploding_target)
+    assert_same_state(before, snapshot(tiny_net))
+    assert torch.is_grad_enabled()
+
+    class Exploding(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("boom inside the forward")
+
+    tiny_net.features.append(Exploding())
+    with pytest.raises(ValueError, match="boom inside the forward"):
+        GradCAM(tiny_net, "features.2")(torch.randn(2, 3, 32, 32))
+    tiny_net.features = tiny_net.features[:-1]
+    assert_same_state(before, snapshot(tiny_net))
+
+
+def test_zoo_model_restored(mobilenet, imagenet_photos):
+    before = snapshot(mobilenet.module)
+    visionlens.explain(imagenet_photos[:2], mobilenet, "gradcam")
+    visionlens.explain(imagenet_photos[:2], mobilenet, "cam")
+    assert_same_state(before, snapshot(mobilenet.module))
+
+
+def _count_tensors():
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gc also yields deprecated torch aliases
+        return sum(1 for o in gc.get_objects() if torch.is_tensor(o))
+
+
+def test_repeated_calls_do_not_leak_hooks_or_tensors(tiny_net):
+    x = torch.randn(2, 3, 32, 32)
+    methods = [CAM(tiny_net), GradCAM(tiny_net), GradCAM(tiny_net, "features.2")]
+    for m in methods:  # warm-up (layer discovery caches its name)
+        m(x)
+    hooks_before = snapshot(tiny_net)["hooks"]
+    tensors_before = _count_tensors()
+    for _ in range(100):
+        for m in methods:
+            exp = m(x)
+        del exp
+    assert snapshot(tiny_net)["hooks"] == hooks_before
+    assert _count_tensors() <= tensors_before

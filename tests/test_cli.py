@@ -1,0 +1,113 @@
+"""The command line: outputs, bad input (one-line errors, non-zero exit, no partial files)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visionlens.cli import main
+
+
+def _write_odd_images(folder: Path) -> list[Path]:
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    paths = [folder / "gray.png", folder / "rgba.png", folder / "palette.png", folder / "g16.png"]
+    rgb.convert("L").save(paths[0])
+    rgb.convert("RGBA").save(paths[1])
+    rgb.convert("P").save(paths[2])
+    Image.fromarray((np.arange(3500, dtype=np.uint16).reshape(50, 70) * 18)).save(paths[3])
+    return paths
+
+
+def _broken_files(folder: Path) -> list[Path]:
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("hello")
+    data = (Path(__file__).parent / "test_cli.py").read_bytes()
+    (folder / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0" + data[:100])
+    return [folder / "empty.jpg", folder / "text.png", folder / "garbage.jpg", folder / "missing.jpg"]
+
+
+def test_explain_writes_overlays_maps_and_summary(tmp_path, imagenet_photos, capsys):
+    out = tmp_path / "out"
+    code = main(["explain", *map(str, imagenet_photos[:5]), "--model", "mobilenet_v2", "--method", "cam,gradcam",
+                 "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "mobilenet_v2" and summary["methods"] == ["cam", "gradcam"]
+    assert summary["layer"] == {"cam": "features", "gradcam": "features"}
+    assert summary["versions"]["torch"] and summary["versions"]["visionlens"] and summary["failures"] == []
+    assert len(summary["images"]) == 5
+    for row in summary["images"]:
+        assert 0 < row["probability"] <= 1 and row["predicted_name"] and row["target"] == row["predicted"]
+        stem = Path(row["file"]).stem
+        assert (out / f"{stem}.png").is_file() and (out / f"{stem}.cam.png").is_file()
+        maps = np.load(out / f"{stem}.npz")
+        assert maps["gradcam_map"].shape == (224, 224) and maps["gradcam_raw"].shape == (7, 7)
+        assert 0 <= maps["cam_map"].min() and maps["cam_map"].max() <= 1
+    assert "index.html" in {p.name for p in out.iterdir()}
+    assert "mobilenet_v2" in (out / "index.html").read_text()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_bad_files_are_reported_and_the_rest_still_run(tmp_path, imagenet_photos, capsys):
+    good = _write_odd_images(tmp_path) + [imagenet_photos[0]]
+    bad = _broken_files(tmp_path)
+    out = tmp_path / "out"
+    code = main(["explain", *map(str, bad[:2] + good + bad[2:]), "--out", str(out), "--device", "cpu", "--quiet"])
+    assert code == 1
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 4
+    for path, line in zip(bad, err_lines):
+        assert str(path) in line
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(f["file"] for f in summary["failures"]) == sorted(map(str, bad))
+    assert len(summary["images"]) == len(good)
+    produced = {p.name.split(".")[0] for p in out.iterdir()} - {"summary", "index"}
+    assert produced == {Path(p).stem for p in good}  # nothing written for the failed images
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "resnet9000"], "unknown model 'resnet9000'; choose from: mobilenet_v2, efficientnet_lite0"),
+        (["--method", "scorecam"], "unknown method 'scorecam'; choose from: cam, gradcam"),
+        (["--layer", "features.99"], "unknown layer 'features.99'"),
+        (["--layer", "classifier.1"], "not a spatial (B, C, H, W) map"),
+        (["--method", "cam", "--layer", "features.17"], "global average pooling"),
+        (["--target", "1000"], "out of range for a model with 1000 classes"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line_and_write_nothing(tmp_path, imagenet_photos, capsys, args, message):
+    out = tmp_path / "out"
+    code = main(["explain", str(imagenet_photos[0]), "--out", str(out), "--quiet", *args])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_models_methods_and_layers_commands(capsys, mobilenet):
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert "mobilenet_v2" in text and "efficientnet_lite0" in text and "ready" in text
+    assert main(["methods"]) == 0
+    assert "gradcam" in capsys.readouterr().out
+    assert main(["layers", "mobilenet_v2"]) == 0
+    assert "features.18" in capsys.readouterr().out
+
+
+def test_console_script_runs_as_a_process(tmp_path, imagenet_photos):
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [sys.executable, "-m", "visionlens", "explain", str(imagenet_photos[1]), str(tmp_path / "nope.jpg"),
+         "--out", str(out), "--device", "cpu"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1
+    assert "nope.jpg: no such file" in proc.stderr
+    assert (out / "imagenet_01_559.gradcam.png").is_file()

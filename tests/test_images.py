@@ -1,0 +1,95 @@
+"""Image loading: odd but valid images work; broken files give one-line errors naming the file."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visionlens.data import load_image
+from visionlens.errors import ImageLoadError
+
+
+def _save(path, img, **kw):
+    img.save(path, **kw)
+    return path
+
+
+def _rgb(h=40, w=60):
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: _save(p / "gray.png", _rgb().convert("L")),
+        lambda p: _save(p / "bw.png", _rgb().convert("1")),
+        lambda p: _save(p / "rgba.png", _rgb().convert("RGBA")),
+        lambda p: _save(p / "la.png", _rgb().convert("LA")),
+        lambda p: _save(p / "palette.png", _rgb().convert("P")),
+        lambda p: _save(p / "palette.gif", _rgb().convert("P")),
+        lambda p: _save(p / "cmyk.jpg", _rgb().convert("CMYK")),
+        lambda p: _save(p / "gray16.png", Image.fromarray(np.arange(2400, dtype=np.uint16).reshape(40, 60) * 27)),
+        lambda p: _save(p / "float.tif", Image.fromarray(np.linspace(0, 1, 2400, dtype=np.float32).reshape(40, 60))),
+        lambda p: _save(p / "tiny.png", _rgb(1, 1)),
+        lambda p: _save(p / "photo.webp", _rgb()),
+        lambda p: _save(p / "photo.bmp", _rgb()),
+    ],
+)
+def test_odd_images_load_as_rgb(tmp_path, make):
+    img = load_image(make(tmp_path))
+    assert img.mode == "RGB" and img.size[0] >= 1
+
+
+def test_sixteen_bit_keeps_its_range(tmp_path):
+    arr = np.full((4, 4), 65535, dtype=np.uint16)
+    arr[0, 0] = 0
+    img = np.asarray(load_image(_save(tmp_path / "g16.png", Image.fromarray(arr))))
+    assert img[0, 0].tolist() == [0, 0, 0] and img[1, 1].tolist() == [255, 255, 255]
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert np.asarray(load_image(_save(tmp_path / "t.png", rgba)))[0, 0].tolist() == [255, 255, 255]
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _truncated(p):
+    buf = io.BytesIO()
+    _rgb(200, 200).save(buf, format="JPEG")
+    (p / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return p / "cut.jpg"
+
+
+def _corrupt(p):
+    buf = io.BytesIO()
+    _rgb().save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[60:200] = bytes(140)
+    (p / "corrupt.png").write_bytes(bytes(data))
+    return p / "corrupt.png"
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing.jpg", "no such file"),
+        (lambda p: _write(p / "empty.jpg", b""), "file is empty"),
+        (lambda p: _write(p / "notes.jpg", b"not an image"), "not a readable image"),
+        (_truncated, "truncated or corrupt"),
+        (_corrupt, "truncated or corrupt"),
+        (lambda p: p, "is a directory"),
+        (lambda p: _save(p / "nan.tif", Image.fromarray(np.full((8, 8), np.nan, dtype=np.float32))), "NaN"),
+    ],
+)
+def test_broken_files_give_one_line_errors(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(ImageLoadError) as info:
+        load_image(path)
+    text = str(info.value)
+    assert message in text and str(path) in text and "\n" not in text

