@@ -28,7 +28,8 @@ def _broken_files(folder: Path) -> list[Path]:
     (folder / "text.png").write_text("hello")
     data = (Path(__file__).parent / "test_cli.py").read_bytes()
     (folder / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0" + data[:100])
-    return [folder / "empty.jpg", folder / "text.png", folder / "garbage.jpg", folder / "missing.jpg"]
+    Image.fromarray(np.full((20, 20), np.nan, dtype=np.float32)).save(folder / "nan.tif")
+    return [folder / "empty.jpg", folder / "text.png", folder / "garbage.jpg", folder / "nan.tif", folder / "missing.jpg"]
 
 
 def test_explain_writes_overlays_maps_and_summary(tmp_path, imagenet_photos, capsys):
@@ -60,7 +61,7 @@ def test_bad_files_are_reported_and_the_rest_still_run(tmp_path, imagenet_photos
     code = main(["explain", *map(str, bad[:2] + good + bad[2:]), "--out", str(out), "--device", "cpu", "--quiet"])
     assert code == 1
     err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(err_lines) == 4
+    assert len(err_lines) == 5
     for path, line in zip(bad, err_lines):
         assert str(path) in line
     summary = json.loads((out / "summary.json").read_text())
