@@ -14,7 +14,9 @@ from visionlens.models import MobileNetV2, Preprocess, imagenet_classes
 
 
 def test_available_models_lists_the_zoo():
-    assert visionlens.available_models() == ["mobilenet_v2", "efficientnet_lite0"]
+    assert visionlens.available_models("imagenet") == ["mobilenet_v2", "efficientnet_lite0"]
+    assert visionlens.available_models() == ["mobilenet_v2", "efficientnet_lite0", "world-cnn", "world-vit",
+                                             "world-dino", "world-metric"]
 
 
 @pytest.mark.parametrize("fixture", ["mobilenet", "efficientnet"])

@@ -9,8 +9,8 @@
 __version__ = "0.1.0"
 
 from .core import Explanation  # noqa: E402
-from .errors import AssetError, ImageLoadError, InputError, LayerError, VisionlensError  # noqa: E402
-from .methods import CAM, METHODS, GradCAM  # noqa: E402
+from .errors import AssetError, ImageLoadError, InputError, LayerError, LRPError, VisionlensError  # noqa: E402
+from .methods import CAM, METHODS, GradCAM, RelevanceCAM  # noqa: E402
 from .models import Preprocess, ZooModel, available_models, load_model  # noqa: E402
 from .pipeline import explain, explain_files  # noqa: E402
 
@@ -23,7 +23,9 @@ __all__ = [
     "ImageLoadError",
     "InputError",
     "LayerError",
+    "LRPError",
     "Preprocess",
+    "RelevanceCAM",
     "VisionlensError",
     "ZooModel",
     "available_models",

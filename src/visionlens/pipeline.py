@@ -29,10 +29,21 @@ from .viz.overlay import overlay, save_atomic
 from .viz.report import write_report
 
 
+def parse_method(spec: str) -> tuple[str, str | None]:
+    """``"relevance-cam@features.13"`` -> ``("relevance-cam", "features.13")``; ``"gradcam"`` -> ``("gradcam", None)``."""
+    name, _, layer = spec.partition("@")
+    return name.strip(), layer.strip() or None
+
+
 def make_method(name: str, model: ZooModel, layer=None):
-    """Instantiate method ``name`` on ``model`` at ``layer`` (the model's default when None)."""
+    """Instantiate method ``name`` on ``model`` at ``layer`` (the model's default when None).
+
+    ``name`` may carry its own layer, ``METHOD@LAYER`` (e.g. ``relevance-cam@features.13``), which
+    takes precedence over ``layer``."""
+    name, own_layer = parse_method(name)
     if name not in METHODS:
         raise InputError(f"unknown method '{name}'; choose from: {', '.join(METHODS)}")
+    layer = own_layer if own_layer is not None else layer
     return METHODS[name](model.module, layer if layer is not None else model.layer)
 
 
@@ -122,8 +133,10 @@ def explain_files(
     title: str | None = None,
 ) -> dict:
     """Explain image files and write outputs to ``out_dir``; return the summary (also written as
-    ``summary.json``). Bad layers/methods/targets raise before anything is written; unreadable
-    images are recorded in ``summary["failures"]`` and the rest still run."""
+    ``summary.json``). A method may be ``METHOD@LAYER`` to use its own layer instead of ``layer``
+    (its outputs are then keyed by that whole string). Bad layers/methods/targets raise before
+    anything is written; unreadable images are recorded in ``summary["failures"]`` and the rest
+    still run."""
     out = Path(out_dir)
     explainers = {m: make_method(m, model, layer) for m in methods}
     probe = torch.zeros(1, 3, model.preprocess.crop, model.preprocess.crop)

@@ -25,14 +25,22 @@ def imagenet_classes() -> tuple[str, ...]:
     return tuple(json.loads((Path(__file__).with_name("imagenet_classes.json")).read_text()))
 
 
+WORLD_WEIGHTS = Path(__file__).with_name("world_weights")
+
+
 @dataclass(frozen=True)
 class ZooEntry:
+    """``weights``: an offline asset name (see assets.py) or, for ``packaged`` entries, a file in
+    ``models/world_weights``. ``task``: what the model outputs."""
+
     name: str
     description: str
     build: Callable[[], nn.Module]
     weights: str
     preprocess: Preprocess
-    layer: str
+    layer: str | None
+    task: str = "imagenet"
+    packaged: bool = False
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -70,9 +78,29 @@ class ZooModel:
         return torch.device("cpu")
 
 
-def available_models() -> list[str]:
-    """Names accepted by :func:`load_model`."""
-    return list(ZOO)
+def _world_entries() -> dict[str, ZooEntry]:
+    from .world_models import WorldMetricNet, WorldResNet, WorldViT
+
+    world = Preprocess(resize=64, crop=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    return {
+        "world-cnn": ZooEntry("world-cnn", "WorldResNet classifier for the synthetic world (10 classes)",
+                              WorldResNet, "world-cnn.pt", world, "layer3", "world-classifier", True),
+        "world-vit": ZooEntry("world-vit", "WorldViT classifier for the synthetic world (10 classes)",
+                              WorldViT, "world-vit.pt", world, None, "world-classifier", True),
+        "world-dino": ZooEntry("world-dino", "self-supervised WorldViT: [class] embedding (96-d)",
+                               lambda: WorldViT(num_classes=0), "world-dino.pt", world, None, "world-embedding", True),
+        "world-metric": ZooEntry("world-metric", "metric-learning WorldMetricNet: L2-normalised 64-d embedding",
+                                 WorldMetricNet, "world-metric.pt", world, "trunk.layer3", "world-embedding", True),
+    }
+
+
+ZOO.update(_world_entries())
+
+
+def available_models(task: str | None = None) -> list[str]:
+    """Names accepted by :func:`load_model` (only those of ``task`` when given: ``imagenet``,
+    ``world-classifier`` or ``world-embedding``)."""
+    return [name for name, entry in ZOO.items() if task is None or entry.task == task]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -104,7 +132,9 @@ def load_model(
     if not isinstance(model, str) or model not in ZOO:
         raise InputError(f"unknown model {model!r}; choose from: {', '.join(ZOO)}")
     entry = ZOO[model]
-    path = locate(entry.weights)
+    path = WORLD_WEIGHTS / entry.weights if entry.packaged else locate(entry.weights)
+    if not path.is_file():
+        raise AssetError(f"{path} is missing; retrain it with: python scripts/train_world.py {entry.name}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # an unsafe or corrupt checkpoint
@@ -112,4 +142,10 @@ def load_model(
     module = entry.build()
     module.load_state_dict(state)
     module.eval().to(resolve_device(device))
-    return ZooModel(entry.name, module, preprocess or entry.preprocess, imagenet_classes(), entry.layer)
+    if entry.task == "imagenet":
+        names = imagenet_classes()
+    else:
+        from ..data.world import CLASS_NAMES
+
+        names = tuple(CLASS_NAMES)
+    return ZooModel(entry.name, module, preprocess or entry.preprocess, names, entry.layer)

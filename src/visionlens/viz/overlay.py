@@ -30,6 +30,12 @@ def overlay(image: Image.Image, saliency: np.ndarray, alpha: float = 0.5) -> Ima
     return Image.fromarray(np.clip(np.round(mixed), 0, 255).astype(np.uint8))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(write, dest: Path) -> None:
     """Call ``write(tmp_path)`` and move the result to ``dest``; no partial file on failure."""
     dest = Path(dest)
@@ -37,6 +43,7 @@ def save_atomic(write, dest: Path) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual permissions
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
