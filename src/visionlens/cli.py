@@ -19,7 +19,7 @@ def _cmd_explain(args) -> int:
     from .models import load_model
     from .pipeline import explain_files
 
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, weights=args.weights)
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     summary = explain_files(
         args.images, model, methods, layer=args.layer, target=args.target, out_dir=args.out,
@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="explain image files; write overlays, raw maps, summary.json, index.html")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--model", default="mobilenet_v2", help=f"zoo model: {', '.join(available_models())}")
+    p.add_argument("--model", default="mobilenet_v2",
+                   help=f"zoo model ({', '.join(available_models())}) or torchvision:NAME / timm:NAME with --weights")
+    p.add_argument("--weights", default=None, help="state-dict file for a torchvision:NAME or timm:NAME model")
     p.add_argument("--method", default="gradcam",
                    help=f"method or comma-separated methods: {', '.join(METHODS)}; METHOD@LAYER gives a method its own "
                         "layer, e.g. relevance-cam@features.13,gradcam")

@@ -4,6 +4,7 @@ class names; and a wrapper that gives the same interface to any ``torch.nn.Modul
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -116,21 +117,97 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def load_state_dict_file(path: str | Path) -> dict:
+    """A state dict from a checkpoint file, loaded with ``weights_only=True`` (pickled code is
+    refused); ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers are unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such weights file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the load still refuses code
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unsafe pickle, corrupt or not a torch file
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: not a safe PyTorch state dict (weights_only load failed: {reason})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise InputError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def _num_classes(state: dict) -> int | None:
+    heads = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    return int(heads[-1].shape[0]) if heads else None
+
+
+def load_library_model(spec: str, weights: str | Path | None, device=None) -> ZooModel:
+    """``torchvision:NAME`` or ``timm:NAME`` built without downloads, with weights from a local
+    state-dict file (the number of classes is read from it)."""
+    library, _, arch = spec.partition(":")
+    if weights is None:
+        raise InputError(f"{spec} needs a local weights file (--weights PATH); nothing is downloaded")
+    state = load_state_dict_file(weights)
+    classes = _num_classes(state)
+    kwargs = {} if classes is None else {"num_classes": classes}
+    if library == "torchvision":
+        try:
+            import torchvision.models as tvm
+        except ImportError:
+            raise InputError("torchvision is not installed; pip install 'visionlens[torchvision]'") from None
+        names = tvm.list_models(module=tvm)
+        build = lambda: tvm.get_model(arch, weights=None, **kwargs)  # noqa: E731
+    elif library == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise InputError("timm is not installed; pip install 'visionlens[timm]'") from None
+        names = timm.list_models()
+        build = lambda: timm.create_model(arch, pretrained=False, **kwargs)  # noqa: E731
+    else:
+        raise InputError(f"unknown model library '{library}'; use torchvision:NAME or timm:NAME")
+    if arch not in names:
+        import difflib
+
+        close = difflib.get_close_matches(arch, names, n=4) or names[:4]
+        raise InputError(f"unknown {library} model '{arch}'; close names: {', '.join(close)}")
+    module = build()
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise InputError(
+            f"{weights} does not fit {spec}: {len(missing)} missing and {len(unexpected)} unexpected keys (e.g. '{first}')"
+        )
+    module.eval().to(resolve_device(device))
+    return ZooModel(spec, module, Preprocess(), imagenet_classes() if classes == 1000 else None, None)
+
+
 def load_model(
     model: str | nn.Module,
     device: str | torch.device | None = "cpu",
     preprocess: Preprocess | None = None,
     class_names: tuple[str, ...] | list[str] | None = None,
+    weights: str | Path | None = None,
 ) -> ZooModel:
     """Load a zoo model by name (weights verified by SHA-256, loaded with ``weights_only=True``),
-    or wrap any ``nn.Module`` (ImageNet preprocessing unless given; not moved or changed)."""
+    a ``torchvision:NAME`` / ``timm:NAME`` architecture with local ``weights``, or wrap any
+    ``nn.Module`` (ImageNet preprocessing unless given; not moved or changed)."""
     if isinstance(model, nn.Module):
         return ZooModel(
             type(model).__name__, model, preprocess or Preprocess(),
             tuple(class_names) if class_names is not None else None, None,
         )
+    if isinstance(model, str) and ":" in model:
+        zoo = load_library_model(model, weights, device)
+        if preprocess is not None:
+            zoo.preprocess = preprocess
+        if class_names is not None:
+            zoo.class_names = tuple(class_names)
+        return zoo
     if not isinstance(model, str) or model not in ZOO:
-        raise InputError(f"unknown model {model!r}; choose from: {', '.join(ZOO)}")
+        raise InputError(f"unknown model {model!r}; choose from: {', '.join(ZOO)}, torchvision:NAME or timm:NAME (with weights)")
     entry = ZOO[model]
     path = WORLD_WEIGHTS / entry.weights if entry.packaged else locate(entry.weights)
     if not path.is_file():
