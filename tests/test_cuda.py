@@ -48,3 +48,27 @@ def test_cli_on_cuda(tmp_path, imagenet_photos):
 
     assert main(["explain", *map(str, imagenet_photos[:3]), "--device", "cuda", "--out", str(tmp_path), "--quiet"]) == 0
     assert json.loads((tmp_path / "summary.json").read_text())["device"].startswith("cuda")
+
+
+def test_relevance_cam_on_gpu_matches_cpu(gpu_mobilenet, mobilenet, imagenet_photos):
+    from visionlens import RelevanceCAM
+
+    x = torch.stack([mobilenet.preprocess(load_image(p)) for p in imagenet_photos[:8]])
+    for layer in ("features.13", "features"):
+        cpu = RelevanceCAM(mobilenet.module, layer)(x)
+        gpu = RelevanceCAM(gpu_mobilenet.module, layer)(x.cuda())
+        assert gpu.maps.is_cuda and torch.equal(cpu.targets, gpu.targets.cpu())
+        corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(cpu.maps.numpy(), gpu.maps.cpu().numpy())]
+        assert min(corr) > 0.99, corr
+
+
+def test_world_models_on_gpu():
+    from visionlens.data.world import World, WorldConfig
+
+    b = World(WorldConfig(size=64), seed=0).batch("test", range(64))
+    x = ((b["image"] - 0.5) / 0.5).cuda()
+    zoo = visionlens.load_model("world-cnn", device="cuda")
+    with torch.no_grad():
+        assert float((zoo.module(x).argmax(1).cpu() == b["label"]).float().mean()) >= 0.95
+    exp = GradCAM(zoo.module, zoo.layer)(x, b["label"])
+    assert exp.maps.is_cuda and exp.maps.shape == (64, 64, 64)
