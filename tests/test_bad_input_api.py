@@ -77,8 +77,8 @@ def test_cam_refuses_layers_that_do_not_feed_gap_fc(tiny_net):
 
 
 def test_unknown_method_and_model():
-    with pytest.raises(InputError, match="unknown method 'gradcam\\+\\+'; choose from: cam, gradcam"):
-        visionlens.explain(torch.randn(1, 3, 32, 32), visionlens.load_model(torch.nn.Conv2d(3, 3, 1)), "gradcam++")
+    with pytest.raises(InputError, match="unknown method 'gradcam\\+\\+\\+'; choose from: cam, gradcam"):
+        visionlens.explain(torch.randn(1, 3, 32, 32), visionlens.load_model(torch.nn.Conv2d(3, 3, 1)), "gradcam+++")
     with pytest.raises(VisionlensError, match="unknown model"):
         visionlens.load_model("vgg99")
 

@@ -75,7 +75,7 @@ def test_bad_files_are_reported_and_the_rest_still_run(tmp_path, imagenet_photos
     "args, message",
     [
         (["--model", "resnet9000"], "unknown model 'resnet9000'; choose from: mobilenet_v2, efficientnet_lite0"),
-        (["--method", "scorecam"], "unknown method 'scorecam'; choose from: cam, gradcam"),
+        (["--method", "smoothcam"], "unknown method 'smoothcam'; choose from: cam, gradcam"),
         (["--layer", "features.99"], "unknown layer 'features.99'"),
         (["--layer", "classifier.1"], "not a spatial (B, C, H, W) map"),
         (["--method", "cam", "--layer", "features.17"], "global average pooling"),

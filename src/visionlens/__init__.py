@@ -10,14 +10,30 @@ __version__ = "0.1.0"
 
 from .core import Explanation  # noqa: E402
 from .errors import AssetError, ImageLoadError, InputError, LayerError, LRPError, VisionlensError  # noqa: E402
-from .methods import CAM, METHODS, GradCAM, RelevanceCAM  # noqa: E402
-from .models import Preprocess, ZooModel, available_models, load_model  # noqa: E402
+from .methods import (  # noqa: E402
+    CAM, DAAM, METHODS, AblationCAM, AttentionRollout, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM,
+    RelevanceCAM, ScoreCAM, XGradCAM,
+)
+from .core.similarity import SimilarityTarget  # noqa: E402
+from .methods.sfam import SFAM, PairExplanation, SimilarityExplanation, SimilarityGradCAM, SimilarityRelevanceCAM  # noqa: E402
+from .models import Embedder, Preprocess, ZooModel, available_models, embedder, load_model  # noqa: E402
+from .methods.base import explain_many  # noqa: E402
 from .pipeline import explain, explain_files  # noqa: E402
 
 __all__ = [
+    "AblationCAM",
+    "AttentionRollout",
+    "EigenCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "ScoreCAM",
+    "XGradCAM",
     "CAM",
+    "DAAM",
     "METHODS",
     "AssetError",
+    "Embedder",
     "Explanation",
     "GradCAM",
     "ImageLoadError",
@@ -25,11 +41,19 @@ __all__ = [
     "LayerError",
     "LRPError",
     "Preprocess",
+    "PairExplanation",
     "RelevanceCAM",
+    "SFAM",
+    "SimilarityExplanation",
+    "SimilarityGradCAM",
+    "SimilarityRelevanceCAM",
+    "SimilarityTarget",
     "VisionlensError",
     "ZooModel",
     "available_models",
+    "embedder",
     "explain",
     "explain_files",
+    "explain_many",
     "load_model",
 ]

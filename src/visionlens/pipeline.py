@@ -25,6 +25,7 @@ from .data.images import load_image
 from .errors import ImageLoadError, InputError, VisionlensError
 from .methods import METHODS
 from .models.zoo import ZooModel, load_model, resolve_device
+from .viz.flow import flow_strip, save_flow_gif
 from .viz.overlay import overlay, save_atomic
 from .viz.report import write_report
 
@@ -35,16 +36,20 @@ def parse_method(spec: str) -> tuple[str, str | None]:
     return name.strip(), layer.strip() or None
 
 
-def make_method(name: str, model: ZooModel, layer=None):
+def make_method(name: str, model: ZooModel, layer=None, bank=None):
     """Instantiate method ``name`` on ``model`` at ``layer`` (the model's default when None).
 
     ``name`` may carry its own layer, ``METHOD@LAYER`` (e.g. ``relevance-cam@features.13``), which
-    takes precedence over ``layer``."""
+    takes precedence over ``layer``. Methods that use every block (``daam``, ``rollout``) take only
+    their own ``@LAYER``; ``bank`` (a k-NN memory bank or its file) goes to methods that use one."""
     name, own_layer = parse_method(name)
     if name not in METHODS:
         raise InputError(f"unknown method '{name}'; choose from: {', '.join(METHODS)}")
+    cls = METHODS[name]
+    if not getattr(cls, "uses_layer", True):
+        return cls(model.module, own_layer, **({"bank": bank} if getattr(cls, "uses_bank", False) else {}))
     layer = own_layer if own_layer is not None else layer
-    return METHODS[name](model.module, layer if layer is not None else model.layer)
+    return cls(model.module, layer if layer is not None else model.layer)
 
 
 def _as_batch(inputs, model: ZooModel) -> torch.Tensor:
@@ -67,6 +72,7 @@ def explain(
     layer=None,
     target: Target = None,
     device: str | None = None,
+    bank=None,
 ) -> Explanation:
     """Explain images (paths, PIL images, or a preprocessed ``(B, C, H, W)`` tensor) with one call.
 
@@ -78,7 +84,7 @@ def explain(
     elif device is not None:
         model.module.to(resolve_device(device))
     x = _as_batch(inputs, model)
-    return make_method(method, model, layer)(x, target)
+    return make_method(method, model, layer, bank)(x, target)
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -92,18 +98,28 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-def _write_image_outputs(out_dir: Path, stem: str, view: Image.Image, maps: dict, raws: dict) -> dict:
-    """Write view, overlays and npz for one image; on failure remove whatever was written."""
+def _write_image_outputs(out_dir: Path, stem: str, view: Image.Image, maps: dict, raws: dict, flows: dict | None = None) -> dict:
+    """Write view, overlays, flow strips and GIFs (methods with a flow) and npz for one image; on
+    failure remove whatever was written."""
+    flows = flows or {}
     files = {"view": f"{stem}.png", "overlays": {m: f"{stem}.{m}.png" for m in maps}, "maps": f"{stem}.npz"}
+    if flows:
+        files["flows"] = {m: f"{stem}.{m}.flow.png" for m in flows}
+        files["gifs"] = {m: f"{stem}.{m}.gif" for m in flows}
     written: list[Path] = []
     try:
+        for m, flow in flows.items():
+            save_atomic(lambda t, f=flow: flow_strip(view, f).save(t, format="PNG"), out_dir / files["flows"][m])
+            written.append(out_dir / files["flows"][m])
+            save_flow_gif(view, flow, out_dir / files["gifs"][m])
+            written.append(out_dir / files["gifs"][m])
         save_atomic(lambda t: view.save(t, format="PNG"), out_dir / files["view"])
         written.append(out_dir / files["view"])
         for m, sal in maps.items():
             dest = out_dir / files["overlays"][m]
             save_atomic(lambda t, s=sal: overlay(view, s).save(t, format="PNG"), dest)
             written.append(dest)
-        arrays = {f"{m}_map": maps[m] for m in maps} | {f"{m}_raw": raws[m] for m in raws}
+        arrays = {f"{m}_map": maps[m] for m in maps} | {f"{m}_raw": raws[m] for m in raws} | {f"{m}_flow": flows[m] for m in flows}
 
         def write_npz(tmp):
             with open(tmp, "wb") as f:
@@ -131,6 +147,7 @@ def explain_files(
     batch_size: int = 16,
     progress: bool = True,
     title: str | None = None,
+    bank=None,
 ) -> dict:
     """Explain image files and write outputs to ``out_dir``; return the summary (also written as
     ``summary.json``). A method may be ``METHOD@LAYER`` to use its own layer instead of ``layer``
@@ -138,7 +155,7 @@ def explain_files(
     anything is written; unreadable images are recorded in ``summary["failures"]`` and the rest
     still run."""
     out = Path(out_dir)
-    explainers = {m: make_method(m, model, layer) for m in methods}
+    explainers = {m: make_method(m, model, layer, bank) for m in methods}
     probe = torch.zeros(1, 3, model.preprocess.crop, model.preprocess.crop)
     layers = {}
     for name, ex in explainers.items():  # fail fast on a bad layer or target, before any output
@@ -170,8 +187,9 @@ def explain_files(
         for i, (path, stem) in enumerate(kept):
             maps = {m: r.maps[i].cpu().numpy() for m, r in results.items()}
             raws = {m: r.raw[i].cpu().numpy() for m, r in results.items()}
+            flows = {m: r.flow[i].cpu().numpy() for m, r in results.items() if r.flow is not None}
             try:
-                files = _write_image_outputs(out, stem, views[i], maps, raws)
+                files = _write_image_outputs(out, stem, views[i], maps, raws, flows)
             except (OSError, VisionlensError) as err:
                 failures.append({"file": str(path), "error": f"{path}: could not write outputs ({err})"})
                 bar.update()
@@ -212,7 +230,7 @@ def report_section(summary: dict, base: str) -> dict:
     rows = [{
         "file": r["file"], "view": r["view"], "overlays": r["overlays"],
         "predicted": f"{r['predicted_name']} ({r['predicted']})", "probability": r["probability"],
-        "target": f"{r['target_name']} ({r['target']})",
+        "target": f"{r['target_name']} ({r['target']})", "flows": r.get("flows", {}),
     } for r in summary["images"]]
     return {"title": f"{summary['model']} — {layers}", "methods": summary["methods"], "rows": rows,
             "failures": summary["failures"], "base": base}

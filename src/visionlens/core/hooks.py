@@ -71,10 +71,18 @@ class ActivationCapture:
         self.modules = modules
         self.grad = grad
         self.activations: dict[str, torch.Tensor] = {}
+        # per-layer reshape applied to the gradients (e.g. ViT tokens -> patch grid)
+        self.transforms: dict = {}
+        self._grad_cache: dict = {}
+        self._paused = False
+        self.inputs: torch.Tensor | None = None  # the model input and target of the call in progress
+        self.target = None
         self._handles: list = []
 
     def _make_hook(self, name: str):
         def hook(module, inputs, output):
+            if self._paused:
+                return None
             if not torch.is_tensor(output):
                 raise LayerError(
                     f"layer '{name}' returns {type(output).__name__}, not a tensor; "
@@ -102,6 +110,17 @@ class ActivationCapture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._grad_cache.clear()
+        self.inputs = self.target = None
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Extra forward passes inside this block (Score-CAM, Ablation-CAM) are not captured."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def get(self, name: str) -> torch.Tensor:
         if name not in self.activations:
@@ -110,11 +129,32 @@ class ActivationCapture:
 
     def gradients(self, score: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
         """d(sum of score)/d(activation) for each named layer, without touching ``.grad``."""
+        key = (id(score), tuple(names))
+        if key in self._grad_cache:  # several methods in one pass share one backward
+            return self._grad_cache[key][1]
         acts = [self.get(n) for n in names]
         if not score.requires_grad:
             raise LayerError(f"the target score does not depend on layer(s) {names}; choose a layer before the output")
-        grads = torch.autograd.grad(score.sum(), acts, allow_unused=True)
+        if score.dim() == 2:  # (B, K) scores: K gradients per image from one batched backward
+            grads = self._batched_gradients(score, acts)
+        else:
+            grads = torch.autograd.grad(score.sum(), acts, allow_unused=True)
         for n, g in zip(names, grads):
             if g is None:
                 raise LayerError(f"the target score does not depend on layer '{n}'; choose a layer on the path to the output")
-        return list(grads)
+        result = [self.transforms[n](g) if n in self.transforms else g for n, g in zip(names, grads)]
+        self._grad_cache[key] = (score, result)  # keeps score alive so its id stays unique
+        return result
+
+    @staticmethod
+    def _batched_gradients(score: torch.Tensor, acts: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Gradients of each column of ``score`` (B, K), stacked image-major as (B * K, ...)."""
+        k = score.shape[1]
+        eye = torch.eye(k, dtype=score.dtype, device=score.device)[:, None, :].expand(k, score.shape[0], k)
+        try:
+            grads = torch.autograd.grad(score, acts, grad_outputs=eye, is_grads_batched=True,
+                                        allow_unused=True, retain_graph=True)
+        except RuntimeError:  # an op without a batching rule: one backward per column
+            cols = [torch.autograd.grad(score[:, j].sum(), acts, allow_unused=True, retain_graph=True) for j in range(k)]
+            grads = tuple(None if cols[0][i] is None else torch.stack([c[i] for c in cols]) for i in range(len(acts)))
+        return [None if g is None else g.transpose(0, 1).flatten(0, 1) for g in grads]

@@ -32,7 +32,9 @@ class Explanation:
     ``maps``: ``(B, H, W)`` in [0, 1] at input resolution. ``raw``: ``(B, h, w)`` signed map at the
     layer's resolution (before ReLU and normalisation). ``targets``: explained class per image
     (``None`` for a callable target). ``scores``: the explained score (logit). ``logits``: the
-    model output.
+    model output. Flows (DAAM, rollout) carry one map per block: ``flow`` ``(B, L, H, W)`` in
+    [0, 1] at input resolution (``maps`` is its last block) and ``flow_raw`` ``(B, L, h, w)``, the
+    accumulated maps before normalisation; ``None`` for single-layer methods.
     """
 
     maps: torch.Tensor
@@ -42,6 +44,8 @@ class Explanation:
     logits: torch.Tensor
     method: str
     layer: str
+    flow: torch.Tensor | None = None
+    flow_raw: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.maps.shape[0]
@@ -59,5 +63,6 @@ class Explanation:
     def to(self, device: str | torch.device) -> "Explanation":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Explanation(
-            move(self.maps), move(self.raw), move(self.targets), move(self.scores), move(self.logits), self.method, self.layer
+            move(self.maps), move(self.raw), move(self.targets), move(self.scores), move(self.logits), self.method, self.layer,
+            move(self.flow), move(self.flow_raw),
         )

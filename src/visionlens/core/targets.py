@@ -36,6 +36,7 @@ def resolve_targets(target: Target, output: torch.Tensor, batch_size: int) -> Cl
 
     A list or tensor must have exactly one entry per sample (never silently truncated or
     broadcast); one integer is broadcast to the whole batch; ``None`` means the predicted class.
+    A ``(B, K)`` list or tensor asks for ``K`` classes per image (indices and scores ``(B, K)``).
     """
     if callable(target) and not torch.is_tensor(target):
         scores = target(output)
@@ -56,15 +57,18 @@ def resolve_targets(target: Target, output: torch.Tensor, batch_size: int) -> Cl
             indices = torch.as_tensor(list(target) if not torch.is_tensor(target) else target)
         except (TypeError, ValueError, RuntimeError):
             raise InputError(f"target must be a class index, a list of indices or a callable, got {target!r}") from None
-        if indices.dim() != 1 or indices.dtype.is_floating_point or indices.dtype == torch.bool:
+        if indices.dim() not in (1, 2) or indices.dtype.is_floating_point or indices.dtype == torch.bool:
             raise InputError(f"target indices must be a 1-D list of integers, got {tuple(indices.shape)} {indices.dtype}")
-        if indices.numel() != batch_size:
+        if indices.shape[0] != batch_size or indices.numel() == 0:
             raise InputError(
-                f"got {indices.numel()} targets for a batch of {batch_size} images; give one class per image or a single int"
+                f"got {indices.shape[0]} targets for a batch of {batch_size} images; give one class per image "
+                "(or a row of classes per image) or a single int"
             )
         indices = indices.to(device=logits.device, dtype=torch.long)
     bad = (indices < 0) | (indices >= num_classes)
     if bool(bad.any()):
         raise InputError(f"target class {int(indices[bad][0])} is out of range for a model with {num_classes} classes")
+    if indices.dim() == 2:  # several classes per image: (B, K) indices and scores
+        return ClassTargets(indices, logits.gather(1, indices))
     scores = logits.gather(1, indices[:, None])[:, 0]
     return ClassTargets(indices, scores)

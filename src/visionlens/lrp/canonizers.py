@@ -119,6 +119,12 @@ def _vl_mbconv(self, inputs):  # visionlens EfficientNet-Lite0 MBConv
     return self.lrp_add(x, inputs) if self.use_skip else x
 
 
+def _world_basic_block(self, x):  # visionlens world models (WorldResNet, WorldMetricNet trunk)
+    identity = x if self.downsample is None else self.downsample(x)
+    out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+    return self.relu2(self.lrp_add(out, identity))
+
+
 _RESIDUAL_FORWARDS: dict[str, Callable] = {
     "torchvision.models.resnet.BasicBlock": _tv_basic_block,
     "torchvision.models.resnet.Bottleneck": _tv_bottleneck,
@@ -130,6 +136,7 @@ _RESIDUAL_FORWARDS: dict[str, Callable] = {
     "torchvision.models.mobilenetv3.InvertedResidual": _tv_mbconv,
     "visionlens.models.mobilenet_v2.InvertedResidual": _tv_inverted_residual,
     "visionlens.models.efficientnet_lite.MBConv": _vl_mbconv,
+    "visionlens.models.world_models.BasicBlock": _world_basic_block,
 }
 
 

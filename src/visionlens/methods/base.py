@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -12,6 +14,7 @@ from ..core.hooks import ActivationCapture, preserved_model_state
 from ..core.layers import _param_device, check_spatial, find_last_spatial_layer, resolve_layer
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets
+from ..core.vit import model_output, token_grid_transform
 from ..errors import InputError
 
 
@@ -40,6 +43,7 @@ class ClassActivationMethod:
     name = "base"
     needs_gradients = False
     relu = True
+    multi_target = True  # accepts (B, K) targets: maps (B, K, H, W)
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None):
         if not isinstance(model, nn.Module):
@@ -59,33 +63,70 @@ class ClassActivationMethod:
     def channel_weights(
         self, activation: torch.Tensor, targets: ClassTargets, output: torch.Tensor, capture: ActivationCapture
     ) -> torch.Tensor:
-        """``(B, K)`` weights of the ``K`` channels of ``activation`` (``(B, K, h, w)``)."""
+        """``(B, K)`` weights of the ``K`` channels of ``activation`` (``(B, K, h, w)``), or
+        ``(B, K, h, w)`` weights per position for pixel-wise methods (LayerCAM, HiResCAM)."""
         raise NotImplementedError
 
+    @staticmethod
+    def combine(weights: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+        """The raw map ``sum_k w_k A^k`` (``w`` per channel, or per channel and position)."""
+        if weights.dim() == 4:
+            return (weights * activation).sum(dim=1)
+        return torch.einsum("bk,bkhw->bhw", weights, activation)
+
     def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
-        check_input(x)
-        x = x.to(_param_device(self.model))
-        with preserved_model_state(self.model):
-            name, module = self.resolve(x)
-            with ActivationCapture({name: module}, grad=self.needs_gradients) as capture, torch.no_grad():
-                output = self.model(x)
-                activation = capture.get(name)
-                check_spatial(name, activation)
-                targets = resolve_targets(target, output, x.shape[0])
-                weights = self.channel_weights(activation, targets, output, capture)
-            activation = activation.detach()
-            raw = torch.einsum("bk,bkhw->bhw", weights.detach().to(activation.dtype), activation)
-        maps = normalize_maps(raw, x.shape[-2:], relu=self.relu)
-        indices = None if targets.indices is None else targets.indices.detach()
-        return Explanation(
-            maps=maps,
-            raw=raw,
-            targets=indices,
-            scores=targets.scores.detach(),
-            logits=output.detach(),
-            method=self.name,
-            layer=name,
-        )
+        return explain_many([self], x, target)[self.name]
+
+
+def explain_many(methods: Sequence[ClassActivationMethod], x: torch.Tensor, target: Target = None) -> dict[str, Explanation]:
+    """Several CAM-family methods on the same model and layer from one forward pass and (for the
+    gradient methods) one backward pass: ``{method.name: Explanation}``."""
+    if not methods:
+        raise InputError("no methods given")
+    first = methods[0]
+    model = first.model
+    if any(m.model is not model for m in methods):
+        raise InputError("explain_many needs methods built on the same model")
+    check_input(x)
+    x = x.to(_param_device(model))
+    with preserved_model_state(model):
+        name, module = first.resolve(x)
+        for m in methods[1:]:
+            if m.resolve(x)[1] is not module:
+                raise InputError(f"explain_many needs one layer; got '{name}' and '{m.resolve(x)[0]}'")
+        grad = any(m.needs_gradients for m in methods)
+        with ActivationCapture({name: module}, grad=grad) as capture, torch.no_grad():
+            capture.inputs, capture.target = x, target  # for methods that re-run the model (Score-CAM, Ablation-CAM)
+            output = model_output(model(x))  # a tensor, or .logits of a Hugging Face output
+            activation = capture.get(name)
+            if activation.dim() == 3:  # ViT tokens (B, N, C) -> patch grid (B, C, h, w)
+                capture.transforms[name] = token_grid_transform(model, x, name, activation)
+                activation = capture.transforms[name](activation)
+            check_spatial(name, activation)
+            targets = resolve_targets(target, output, x.shape[0])
+            per_image = 1 if targets.indices is None or targets.indices.dim() == 1 else targets.indices.shape[1]
+            if per_image > 1:  # K classes per image: one forward, one batched backward
+                for m in methods:
+                    if not m.multi_target:
+                        raise InputError(f"{m.name} explains one class per image; call it once per class")
+                activation = activation.repeat_interleave(per_image, dim=0)
+                flat = ClassTargets(targets.indices.flatten(), targets.scores)
+                repeated = output.repeat_interleave(per_image, dim=0)
+                weights = [m.channel_weights(activation, flat, repeated, capture) for m in methods]
+            else:
+                weights = [m.channel_weights(activation, targets, output, capture) for m in methods]
+        activation = activation.detach()
+        raws = [m.combine(w.detach().to(activation.dtype), activation) for m, w in zip(methods, weights)]
+    indices = None if targets.indices is None else targets.indices.detach()
+    results = {}
+    for m, raw in zip(methods, raws):
+        maps = normalize_maps(raw, x.shape[-2:], relu=m.relu)
+        if per_image > 1:
+            raw = raw.view(x.shape[0], per_image, *raw.shape[1:])
+            maps = maps.view(x.shape[0], per_image, *maps.shape[1:])
+        results[m.name] = Explanation(maps=maps, raw=raw, targets=indices, scores=targets.scores.detach(),
+                                      logits=output.detach(), method=m.name, layer=name)
+    return results
 
 
 def spatial_mean(t: torch.Tensor) -> torch.Tensor:

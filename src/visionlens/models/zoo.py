@@ -87,9 +87,9 @@ def _world_entries() -> dict[str, ZooEntry]:
         "world-cnn": ZooEntry("world-cnn", "WorldResNet classifier for the synthetic world (10 classes)",
                               WorldResNet, "world-cnn.pt", world, "layer3", "world-classifier", True),
         "world-vit": ZooEntry("world-vit", "WorldViT classifier for the synthetic world (10 classes)",
-                              WorldViT, "world-vit.pt", world, None, "world-classifier", True),
+                              WorldViT, "world-vit.pt", world, "blocks[-1].norm1", "world-classifier", True),
         "world-dino": ZooEntry("world-dino", "self-supervised WorldViT: [class] embedding (96-d)",
-                               lambda: WorldViT(num_classes=0), "world-dino.pt", world, None, "world-embedding", True),
+                               lambda: WorldViT(num_classes=0), "world-dino.pt", world, "blocks[-1].norm1", "world-embedding", True),
         "world-metric": ZooEntry("world-metric", "metric-learning WorldMetricNet: L2-normalised 64-d embedding",
                                  WorldMetricNet, "world-metric.pt", world, "trunk.layer3", "world-embedding", True),
     }

@@ -12,12 +12,14 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; } td, th { padding: 4px 8px; border-bottom: 1px solid #ddd; vertical-align: top; }
 th { text-align: left; } img { width: 160px; height: 160px; display: block; }
 .meta { font-size: 0.85em; max-width: 220px; } .fail { color: #a00; }
+img.strip { width: auto; height: 150px; display: inline-block; margin-right: 8px; }
 """
 
 
 def write_report(dest: Path, title: str, sections: list[dict]) -> Path:
     """Write ``dest`` (index.html). Each section: ``{"title", "methods", "rows", "failures", "base"}``,
-    a row: ``{"file", "view", "overlays": {method: path}, "predicted", "probability", "target"}``
+    a row: ``{"file", "view", "overlays": {method: path}, "predicted", "probability", "target"}`` and
+    optionally ``"flows": {method: strip path}`` (shown under the row)
     with paths relative to ``base`` (a folder relative to the page)."""
     dest = Path(dest)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -34,6 +36,10 @@ def write_report(dest: Path, title: str, sections: list[dict]) -> Path:
             parts.append(f"<tr><td class='meta'>{meta}</td><td><img src='{html.escape(prefix + row['view'])}' alt='input'></td>")
             parts += [f"<td><img src='{html.escape(prefix + row['overlays'][m])}' alt='{html.escape(m)}'></td>" for m in sec["methods"]]
             parts.append("</tr>")
+            for m, strip in (row.get("flows") or {}).items():  # attention flows: one panel per block
+                parts.append(f"<tr><td class='meta'>{html.escape(m)} flow, first to last block</td>"
+                             f"<td colspan='{len(sec['methods']) + 1}'><img class='strip' src='{html.escape(prefix + strip)}' "
+                             f"alt='{html.escape(m)} flow'></td></tr>")
         parts.append("</table>")
         if sec.get("failures"):
             parts.append("<p class='fail'>Failed:</p><ul class='fail'>")

@@ -1,0 +1,329 @@
+"""Vision Transformer adapters: the blocks, their attention modules and pre-attention norms, the
+number of prefix tokens and the (possibly non-square) patch grid, for timm ViT/DeiT (distilled and
+register-token variants included), torchvision ``VisionTransformer``, Hugging Face
+``ViTModel``/``ViTForImageClassification`` and timm-like models (``blocks[i].attn.qkv``, e.g. the
+project's ``WorldViT`` or DINO's ViT).
+
+:class:`AttentionRecorder` recomputes every block's attention explicitly,
+``A^h = softmax(q_norm(Q^h) k_norm(K^h)^T * scale)``, whatever kernel the model uses (fused SDPA
+included), and replaces the attention output by the identical recomputation
+``proj(concat_h(A^h V^h))``, so that the projection input ``U`` of every block is an autograd
+node and its [class] row can be decomposed over the source tokens. The recomputation is checked
+against the module's own output on every call; a variant it does not reproduce (masks, RoPE, ...)
+stops with a :class:`LayerError` instead of giving silently wrong maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError, LayerError
+from .layers import layer_name
+
+
+@dataclass
+class ViTBlock:
+    """One transformer block: its dotted ``name``, the name of its pre-attention norm
+    (``norm1``; Grad-CAM's ViT layer), its attention module and the attention kind
+    (``qkv``: timm-like fused ``qkv`` linear; ``mha``: ``nn.MultiheadAttention``; ``hf``: Hugging
+    Face ``q_proj/k_proj/v_proj/o_proj``; ``hf4``: older Hugging Face ``attention.query/...``)."""
+
+    index: int
+    name: str
+    norm1: str
+    attn: nn.Module
+    kind: str
+
+
+@dataclass
+class ViTAdapter:
+    """What DAAM, rollout and ViT Grad-CAM need to know about a ViT (see :func:`find_vit`)."""
+
+    model: nn.Module
+    family: str
+    blocks_name: str
+    blocks: list[ViTBlock]
+    patch_embed: nn.Conv2d
+    num_prefix_tokens: int | None
+    has_class_token: bool
+    input_size: tuple[int, int] | None = None
+    notes: dict = field(default_factory=dict)
+
+    # -- geometry -------------------------------------------------------------------------------
+    def grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Patch grid ``(h, w)`` for an input of spatial ``size`` (from the patch convolution)."""
+        conv = self.patch_embed
+        out = []
+        for i, n in enumerate(size):
+            k, s, p = conv.kernel_size[i], conv.stride[i], conv.padding[i] if isinstance(conv.padding, tuple) else 0
+            out.append((int(n) + 2 * p - k) // s + 1)
+        return out[0], out[1]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """One-line :class:`InputError` when ``x``'s size does not fit the model's fixed patch grid."""
+        h, w = x.shape[-2:]
+        if self.input_size is not None and (h, w) != tuple(self.input_size):
+            eh, ew = self.input_size
+            raise InputError(
+                f"{type(self.model).__name__} expects {eh}x{ew} inputs (its patch grid and position embeddings are "
+                f"fixed), got {h}x{w}; resize the images to {eh}x{ew}"
+            )
+        kh, kw = self.patch_embed.kernel_size
+        if h < kh or w < kw:
+            raise InputError(f"input {h}x{w} is smaller than one {kh}x{kw} patch of {type(self.model).__name__}")
+
+    def prefix_tokens(self, num_tokens: int, grid: tuple[int, int]) -> int:
+        """Number of non-patch tokens ([class], distillation, registers) in a sequence of
+        ``num_tokens``, checked against what the model declares."""
+        prefix = num_tokens - grid[0] * grid[1]
+        if prefix < 0 or (self.num_prefix_tokens is not None and prefix != self.num_prefix_tokens):
+            raise LayerError(
+                f"{type(self.model).__name__}: {num_tokens} tokens do not match a {grid[0]}x{grid[1]} patch grid plus "
+                f"{self.num_prefix_tokens} prefix token(s); is the input size the one the model was built for?"
+            )
+        return prefix
+
+    def tokens_to_grid(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``(B, N, C)`` tokens -> ``(B, C, h, w)`` map of the patch tokens (all prefix tokens dropped)."""
+        prefix = self.prefix_tokens(tokens.shape[1], grid)
+        return tokens[:, prefix:].reshape(tokens.shape[0], grid[0], grid[1], tokens.shape[2]).permute(0, 3, 1, 2)
+
+    # -- attention ------------------------------------------------------------------------------
+    def qkv(self, block: ViTBlock, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """``(Q, K, V, scale)`` of ``block`` for its input ``x`` (``(B, N, C)``); ``Q, K, V`` are
+        ``(B, heads, N, d)`` with ``q_norm``/``k_norm`` applied."""
+        a, (b, n, _) = block.attn, x.shape
+        if block.kind == "qkv":
+            heads = a.num_heads
+            qkv = a.qkv(x)
+            d = qkv.shape[-1] // (3 * heads)
+            q, k, v = qkv.reshape(b, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+            if isinstance(getattr(a, "q_norm", None), nn.Module):
+                q = a.q_norm(q)
+            if isinstance(getattr(a, "k_norm", None), nn.Module):
+                k = a.k_norm(k)
+            return q, k, v, float(getattr(a, "scale", d**-0.5))
+        if block.kind == "mha":
+            heads = a.num_heads
+            q, k, v = F.linear(x, a.in_proj_weight, a.in_proj_bias).chunk(3, dim=-1)
+            d = q.shape[-1] // heads
+            q, k, v = (t.reshape(b, n, heads, d).transpose(1, 2) for t in (q, k, v))
+            return q, k, v, d**-0.5
+        if block.kind == "hf":
+            d = a.head_dim
+            q, k, v = (p(x).reshape(b, n, -1, d).transpose(1, 2) for p in (a.q_proj, a.k_proj, a.v_proj))
+            return q, k, v, float(a.scaling)
+        sa = a.attention  # hf4
+        d = sa.attention_head_size
+        q, k, v = (p(x).reshape(b, n, -1, d).transpose(1, 2) for p in (sa.query, sa.key, sa.value))
+        return q, k, v, float(getattr(sa, "scaling", d**-0.5))
+
+    def project(self, block: ViTBlock, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The attention module's output for the head-concatenated ``u = concat_h(A^h V^h)``."""
+        a = block.attn
+        if block.kind == "qkv":
+            norm = getattr(a, "norm", None)
+            if isinstance(norm, nn.Module):
+                u = norm(u)
+            gate = getattr(a, "gate", None)
+            if isinstance(gate, nn.Module):
+                u = u * gate(x).sigmoid()
+            return a.proj(u)
+        if block.kind == "mha":
+            return F.linear(u, a.out_proj.weight, a.out_proj.bias)
+        if block.kind == "hf":
+            return a.o_proj(u)
+        return a.output.dense(u)
+
+    def input_of(self, block: ViTBlock, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The token input of ``block``'s attention call; unsupported call patterns raise."""
+        if block.kind == "mha":
+            q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")][len(args):])[:3]
+            if not (q is k is v) or kwargs.get("attn_mask") is not None or kwargs.get("key_padding_mask") is not None:
+                raise LayerError(f"block '{block.name}': only unmasked self-attention is supported")
+            if not block.attn.batch_first:
+                raise LayerError(f"block '{block.name}': nn.MultiheadAttention must use batch_first=True")
+            return q
+        x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
+        mask = args[1] if len(args) > 1 else kwargs.get("attn_mask", kwargs.get("attention_mask"))
+        if mask is not None or kwargs.get("is_causal"):
+            raise LayerError(f"block '{block.name}': attention masks are not supported")
+        return x
+
+    def wrap(self, block: ViTBlock, original, new: torch.Tensor):
+        """``new`` in the structure of the module's original output (tuple outputs kept)."""
+        if isinstance(original, tuple):
+            return (new,) + tuple(original[1:])
+        return new
+
+
+def _linear_qkv(attn: nn.Module) -> bool:
+    return isinstance(getattr(attn, "qkv", None), nn.Linear) and isinstance(getattr(attn, "proj", None), nn.Linear) \
+        and isinstance(getattr(attn, "num_heads", None), int)
+
+
+def _first_patch_conv(model: nn.Module) -> nn.Conv2d | None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size == m.stride and m.kernel_size[0] > 1:
+            return m
+    return None
+
+
+def find_vit(model: nn.Module) -> ViTAdapter:
+    """Recognise ``model`` as a ViT and describe it; a :class:`LayerError` (one line) otherwise."""
+    name_of = lambda m: layer_name(model, m)  # noqa: E731
+    # torchvision VisionTransformer
+    if isinstance(getattr(model, "conv_proj", None), nn.Conv2d) and hasattr(getattr(model, "encoder", None), "layers"):
+        blocks = [ViTBlock(i, name_of(b), name_of(b.ln_1), b.self_attention, "mha")
+                  for i, b in enumerate(model.encoder.layers) if isinstance(getattr(b, "self_attention", None), nn.MultiheadAttention)]
+        if blocks:
+            size = getattr(model, "image_size", None)
+            return ViTAdapter(model, "torchvision", name_of(model.encoder.layers), blocks, model.conv_proj, 1,
+                              hasattr(model, "class_token"), (size, size) if isinstance(size, int) else None)
+    # Hugging Face ViTModel / ViTForImageClassification
+    core = getattr(model, "vit", model)
+    emb = getattr(core, "embeddings", None)
+    layers = getattr(core, "layers", None)  # transformers 5; older versions: encoder.layer
+    layers = layers if isinstance(layers, nn.ModuleList) else getattr(getattr(core, "encoder", None), "layer", None)
+    if emb is not None and layers is not None and hasattr(emb, "patch_embeddings"):
+        blocks = []
+        for i, b in enumerate(layers):
+            kind = "hf" if hasattr(b.attention, "q_proj") else "hf4"
+            blocks.append(ViTBlock(i, name_of(b), name_of(b.layernorm_before), b.attention, kind))
+        size = getattr(getattr(core, "config", None), "image_size", None)
+        size = (size, size) if isinstance(size, int) else (tuple(size) if size is not None else None)
+        return ViTAdapter(model, "huggingface", name_of(layers), blocks, emb.patch_embeddings.projection, 1,
+                          getattr(emb, "cls_token", None) is not None, size)
+    # timm ViT/DeiT and timm-like models (blocks[i].attn.qkv)
+    container = getattr(model, "blocks", None)
+    if isinstance(container, (nn.Sequential, nn.ModuleList)) and len(container) and all(
+        _linear_qkv(getattr(b, "attn", None)) for b in container
+    ):
+        blocks = [ViTBlock(i, name_of(b), name_of(b.norm1) if isinstance(getattr(b, "norm1", None), nn.Module) else name_of(b),
+                           b.attn, "qkv") for i, b in enumerate(container)]
+        pe = getattr(model, "patch_embed", None)
+        conv = getattr(pe, "proj", None)
+        conv = conv if isinstance(conv, nn.Conv2d) else _first_patch_conv(model)
+        if conv is None:
+            raise LayerError(f"{type(model).__name__}: no patch-embedding convolution found; cannot infer the patch grid")
+        prefix = getattr(model, "num_prefix_tokens", None)
+        has_cls = getattr(model, "cls_token", None) is not None
+        if prefix is None:
+            prefix = int(has_cls) + int(getattr(model, "dist_token", None) is not None)
+            reg = getattr(model, "reg_token", None)
+            prefix += reg.shape[1] if torch.is_tensor(reg) else 0
+        size = None
+        if pe is not None and not getattr(pe, "dynamic_img_size", False) and not getattr(model, "dynamic_img_size", False):
+            img = getattr(pe, "img_size", None)
+            if img is not None and getattr(pe, "strict_img_size", True):
+                size = tuple(img) if not isinstance(img, int) else (img, img)
+            elif img is None and getattr(pe, "grid_size", None) is not None and torch.is_tensor(getattr(model, "pos_embed", None)):
+                size = (pe.grid_size[0] * conv.stride[0], pe.grid_size[1] * conv.stride[1])
+        return ViTAdapter(model, "timm", name_of(container), blocks, conv, int(prefix), has_cls, size)
+    raise LayerError(
+        f"{type(model).__name__} is not a recognised Vision Transformer (timm ViT/DeiT, torchvision VisionTransformer, "
+        "Hugging Face ViT, or a model with blocks[i].attn.qkv); use a CNN method such as gradcam"
+    )
+
+
+def model_output(output) -> torch.Tensor:
+    """The tensor to explain from a model's output: a tensor as is, ``.logits`` of a Hugging Face
+    classifier, or the [class] token of ``.last_hidden_state`` (a headless Hugging Face ViT)."""
+    if torch.is_tensor(output):
+        return output
+    if torch.is_tensor(getattr(output, "logits", None)):
+        return output.logits
+    if torch.is_tensor(getattr(output, "last_hidden_state", None)):
+        return output.last_hidden_state[:, 0]
+    if isinstance(output, (tuple, list)) and output and torch.is_tensor(output[0]):
+        return output[0]
+    raise InputError(f"cannot find a tensor in the model output of type {type(output).__name__}")
+
+
+@dataclass
+class BlockRecord:
+    """What :class:`AttentionRecorder` keeps per block: the projection input ``u`` (``(B, N, C)``,
+    in the autograd graph when recording gradients), the attention probabilities ``attn``
+    (``(B, heads, N, N)``, detached) and the decomposed [class] row ``features`` (``(B, N, C)``,
+    ``F_j[h*d + t] = A^h_{0j} V^h_{jt}``, detached; ``sum_j F_j = u[:, 0]``)."""
+
+    u: torch.Tensor
+    attn: torch.Tensor
+    features: torch.Tensor
+
+
+class AttentionRecorder:
+    """Context manager: during forward passes, recompute each block's attention explicitly and
+    record :class:`BlockRecord` s in ``records`` (block order). With ``grad=True`` autograd is
+    switched on at the first block (the caller runs the forward under ``torch.no_grad()``), so
+    ``torch.autograd.grad(score, [r.u for r in records])`` gives every block's ``dy/dU``."""
+
+    def __init__(self, adapter: ViTAdapter, grad: bool = False, tolerance: float = 1e-3):
+        self.adapter = adapter
+        self.grad = grad
+        self.tolerance = tolerance
+        self.records: list[BlockRecord | None] = [None] * len(adapter.blocks)
+        self._handles: list = []
+
+    def _hook(self, block: ViTBlock):
+        def hook(module, args, kwargs, output):
+            x = self.adapter.input_of(block, args, kwargs)
+            if self.grad and not torch.is_grad_enabled():
+                torch.set_grad_enabled(True)  # restored by the caller's no_grad() exit
+            q, k, v, scale = self.adapter.qkv(block, x)
+            attn = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            heads = attn @ v
+            b, h, n, d = heads.shape
+            u = heads.transpose(1, 2).reshape(b, n, h * d)
+            if self.grad and not u.requires_grad:
+                u = u.detach().requires_grad_(True)
+            new = self.adapter.project(block, x, u)
+            original = output[0] if isinstance(output, tuple) else output
+            err = float((new.detach() - original.detach()).abs().max())
+            if err > self.tolerance * (1.0 + float(original.detach().abs().max())):
+                raise LayerError(
+                    f"block '{block.name}': recomputed attention differs from the module's output by {err:.2e}; "
+                    f"this {type(module).__name__} variant is not supported"
+                )
+            with torch.no_grad():
+                features = (attn[:, :, 0, :, None] * v).transpose(1, 2).reshape(b, n, h * d)
+            self.records[block.index] = BlockRecord(u, attn.detach(), features)
+            return self.adapter.wrap(block, output, new)
+
+        return hook
+
+    def __enter__(self) -> "AttentionRecorder":
+        for block in self.adapter.blocks:
+            self._handles.append(block.attn.register_forward_hook(self._hook(block), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def complete(self) -> list[BlockRecord]:
+        missing = [self.adapter.blocks[i].name for i, r in enumerate(self.records) if r is None]
+        if missing:
+            raise LayerError(f"block(s) {', '.join(missing)} did not run in the forward pass")
+        return list(self.records)
+
+
+def token_grid_transform(model: nn.Module, x: torch.Tensor, name: str, tokens: torch.Tensor):
+    """For a layer with ``(B, N, C)`` token output on a recognised ViT: the function that turns
+    such tokens into a ``(B, C, h, w)`` patch map (prefix tokens dropped, grid inferred from the
+    input size). Raises a :class:`LayerError` when ``model`` is not a recognised ViT."""
+    try:
+        adapter = find_vit(model)
+    except LayerError:
+        raise LayerError(
+            f"layer '{name}' outputs tokens {tuple(tokens.shape)}, and {type(model).__name__} is not a recognised ViT; "
+            "choose a layer with a (B, C, H, W) output"
+        ) from None
+    grid = adapter.grid(tuple(x.shape[-2:]))
+    adapter.prefix_tokens(tokens.shape[1], grid)
+    return lambda t: adapter.tokens_to_grid(t, grid)

@@ -1,0 +1,80 @@
+"""Ablation-CAM (Desai & Ramaswamy, WACV 2020): ``w_k = (y^c - y^c_k) / y^c`` where ``y^c_k`` is
+the target score with channel ``k`` of the layer set to zero. No gradients.
+
+The layer's activations are computed once; each ablated copy runs only through the rest of the
+network: the model is fed a small stand-in input whose layer output is replaced by the ablated
+activations, so the part before the layer costs almost nothing. This is checked once per call
+(the un-ablated activations must reproduce the logits); where it fails (a skip connection that
+jumps over the layer, a model that needs the full input size), the full input is used instead.
+Formula choice: ablation sets the channel to zero, as the paper (pytorch-grad-cam uses a very
+negative value when the layer's minimum is not zero).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.hooks import ActivationCapture
+from ..core.targets import ClassTargets
+from ..errors import InputError
+from .base import ClassActivationMethod
+
+STAND_IN = 32  # side of the stand-in input that feeds the layer before its output is replaced
+
+
+class AblationCAM(ClassActivationMethod):
+    name = "ablationcam"
+    needs_gradients = False
+    multi_target = False
+
+    def __init__(self, model, layer=None, batch_size: int = 64):
+        super().__init__(model, layer)
+        if batch_size < 1:
+            raise InputError("batch_size must be at least 1")
+        self.batch_size = batch_size
+
+    def _tail(self, module, feed: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+        """Model output when ``module`` outputs ``acts`` (the input ``feed`` only drives the rest)."""
+        handle = module.register_forward_hook(lambda m, i, o: acts, prepend=True)
+        try:
+            return self.model(feed)
+        finally:
+            handle.remove()
+
+    def _feed(self, module, x: torch.Tensor, activation: torch.Tensor, output: torch.Tensor) -> torch.Tensor | None:
+        """A small stand-in input when it reproduces the logits from the cached activations."""
+        small = x.new_zeros((1, x.shape[1], min(STAND_IN, x.shape[2]), min(STAND_IN, x.shape[3])))
+        try:
+            out = self._tail(module, small.expand(activation.shape[0], -1, -1, -1), activation)
+        except RuntimeError:
+            return None
+        output = output.detach()
+        if out.shape == output.shape and torch.allclose(out, output, rtol=1e-4, atol=1e-4 * (1 + float(output.abs().max()))):
+            return small
+        return None
+
+    def channel_weights(self, activation: torch.Tensor, targets: ClassTargets, output: torch.Tensor,
+                        capture: ActivationCapture) -> torch.Tensor:
+        x, target = capture.inputs, capture.target
+        x = x.to(activation.device)
+        name, module = self._resolved
+        with capture.paused():
+            small = self._feed(module, x, activation, output)
+        b, k = activation.shape[:2]
+        base = targets.scores.float()
+        scores = torch.empty(b * k, device=activation.device)
+        pairs = torch.arange(b * k, device=activation.device)
+        for start in range(0, b * k, self.batch_size):
+            chunk = pairs[start:start + self.batch_size]
+            image, channel = chunk // k, chunk % k
+            acts = activation[image].clone()
+            acts[torch.arange(len(chunk)), channel] = 0
+            feed = small.expand(len(chunk), -1, -1, -1) if small is not None else x[image]
+            with capture.paused():
+                out = self._tail(module, feed, acts)
+            if targets.indices is None:
+                score = target(out)
+            else:
+                score = out.gather(1, targets.indices[image][:, None])[:, 0]
+            scores[start:start + len(chunk)] = score.float()
+        return (base[:, None] - scores.view(b, k)) / base[:, None]

@@ -1,0 +1,78 @@
+"""Attention rollout (Abnar & Zuidema, ACL 2020): ``R_i = A~_i R_{i-1}``, ``R_0 = I``, with
+``A~_b = rownorm((1 - r) mean_h A^h_b + r I)`` (``r = 0.5`` models the residual connection); the
+map of block ``i`` is the [class] row of ``R_i`` at the patch tokens (all prefix tokens dropped).
+
+Batched, with attention recomputed explicitly (fused kernels included; see :mod:`visionlens.core.vit`).
+Class-agnostic: the target only labels the result.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..core.hooks import preserved_model_state
+from ..core.layers import _param_device, resolve_layer
+from ..core.result import Explanation, normalize_maps
+from ..core.targets import Target, resolve_targets
+from ..core.vit import AttentionRecorder, find_vit, model_output
+from ..errors import InputError, LayerError
+from .base import check_input
+
+
+class AttentionRollout:
+    """``AttentionRollout(model)(x) -> Explanation`` with ``flow`` ``(B, L, H, W)`` (rollout up to each block).
+
+    ``head_fusion``: ``mean`` (the paper), ``max`` or ``min`` over heads; ``residual``: weight of
+    the identity added to the attention."""
+
+    name = "rollout"
+    uses_layer = False
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, head_fusion: str = "mean",
+                 residual: float = 0.5):
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if head_fusion not in ("mean", "max", "min"):
+            raise InputError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
+        self.model, self.head_fusion, self.residual = model, head_fusion, residual
+        self.adapter = find_vit(model)
+        if layer is not None:
+            name, _ = resolve_layer(model, layer)
+            if name != self.adapter.blocks_name:
+                raise LayerError(f"rollout uses every block of '{self.adapter.blocks_name}', not layer '{name}'; leave the layer out")
+
+    @property
+    def layer(self) -> str:
+        return f"{self.adapter.blocks_name}[0:{len(self.adapter.blocks)}]"
+
+    def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
+        check_input(x)
+        x = x.to(_param_device(self.model))
+        self.adapter.check_input(x)
+        grid = self.adapter.grid(tuple(x.shape[-2:]))
+        with preserved_model_state(self.model), AttentionRecorder(self.adapter) as recorder, torch.no_grad():
+            output = model_output(self.model(x))
+            records = recorder.complete()
+        targets = resolve_targets(target, output.detach(), x.shape[0])
+        n = records[0].attn.shape[-1]
+        prefix = self.adapter.prefix_tokens(n, grid)
+        eye = torch.eye(n, device=x.device, dtype=torch.float32)
+        rollout = eye.expand(x.shape[0], n, n)
+        rows = []
+        for r in records:
+            a = r.attn.float()
+            a = a.mean(1) if self.head_fusion == "mean" else (a.amax(1) if self.head_fusion == "max" else a.amin(1))
+            a = (1 - self.residual) * a + self.residual * eye
+            a = a / a.sum(-1, keepdim=True)
+            rollout = a @ rollout
+            rows.append(rollout[:, 0, prefix:])
+        flow_raw = torch.stack(rows, 1).reshape(x.shape[0], len(rows), *grid)
+        b, l = flow_raw.shape[:2]
+        flow = normalize_maps(flow_raw.reshape(b * l, *grid), x.shape[-2:], relu=False).reshape(b, l, *x.shape[-2:])
+        return Explanation(
+            maps=flow[:, -1], raw=flow_raw[:, -1], targets=targets.indices.detach() if targets.indices is not None else None,
+            scores=targets.scores.detach(), logits=output.detach(), method=self.name, layer=self.layer,
+            flow=flow, flow_raw=flow_raw,
+        )
+

@@ -1,0 +1,164 @@
+"""Gallery retrieval: ranking against brute force, batching, the embedding cache, bad galleries, CLI."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import visionlens
+from visionlens import SFAM
+from visionlens.cli import main
+from visionlens.data.world import World, WorldConfig
+from visionlens.errors import InputError
+from visionlens.models.embedder import embedding_model
+from visionlens.retrieval import embed_gallery, retrieve_files
+from visionlens.core.similarity import rank
+
+
+def _save(img, path):
+    Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def world_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    gallery, queries = root / "gallery", root / "queries"
+    gallery.mkdir()
+    queries.mkdir()
+    world = World(WorldConfig(size=64), seed=0)
+    for i, img in enumerate(world.batch("test", range(24))["image"]):
+        _save(img, gallery / f"g{i:02d}.png")
+    qs = []
+    for i, img in zip((2, 5, 11), world.batch("test", (2, 5, 11), view=1)["image"]):
+        _save(img, queries / f"q{i}.png")
+        qs.append(queries / f"q{i}.png")
+    return gallery, qs
+
+
+@pytest.fixture(scope="module")
+def metric_zoo():
+    return embedding_model("world-metric")
+
+
+def _tensor(model, path):
+    return model.preprocess(visionlens.data.load_image(path))
+
+
+def test_ranking_equals_brute_force(world_files, metric_zoo, tmp_path):
+    gallery, queries = world_files
+    sfam = SFAM(metric_zoo.module)
+    gal = embed_gallery(gallery, metric_zoo, sfam.embed, batch_size=5, cache=tmp_path, progress=False)
+    paths = sorted(gallery.glob("*.png"))
+    assert gal.paths == paths and gal.cached == 0
+    x = torch.stack([_tensor(metric_zoo, p) for p in paths])
+    with torch.no_grad():
+        brute_g = metric_zoo.module(x)
+        brute_q = metric_zoo.module(torch.stack([_tensor(metric_zoo, q) for q in queries]))
+    cos = F.normalize(brute_q, dim=1) @ F.normalize(brute_g, dim=1).t()
+    order, scores = rank(sfam.embed(torch.stack([_tensor(metric_zoo, q) for q in queries])), gal.embeddings, "cosine")
+    assert torch.equal(order, cos.argsort(dim=1, descending=True, stable=True))
+    torch.testing.assert_close(scores, cos.sort(dim=1, descending=True).values, atol=1e-5, rtol=1e-5)
+    labels = World(WorldConfig(size=64), seed=0).batch("test", range(24))["label"]
+    assert labels[order[:, 0]].tolist() == labels[[2, 5, 11]].tolist()  # the top match has the query's class
+    order_e, _ = rank(brute_q, brute_g, "euclidean")
+    assert torch.equal(order_e, torch.cdist(brute_q, brute_g).argsort(dim=1, stable=True))
+    # the cache: a second run embeds nothing; a changed file is embedded again
+    again = embed_gallery(gallery, metric_zoo, sfam.embed, cache=tmp_path, progress=False)
+    assert again.cached == len(paths)
+    torch.testing.assert_close(again.embeddings, gal.embeddings)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # atomic writes leave no temp files
+    changed = gallery / "g00.png"
+    os.utime(changed, ns=(0, 10**9))
+    third = embed_gallery(gallery, metric_zoo, sfam.embed, cache=tmp_path, progress=False)
+    assert third.cached == len(paths) - 1
+
+
+def test_batch_of_queries_gives_the_same_maps_as_single_calls(world_files, metric_zoo, tmp_path):
+    gallery, queries = world_files
+    together = retrieve_files(queries, gallery, metric_zoo, top=2, out_dir=tmp_path / "all", cache=None,
+                              progress=False, batch_size=2)
+    for q, rec in zip(queries, together["queries"]):
+        single = retrieve_files([q], gallery, metric_zoo, top=2, out_dir=tmp_path / q.stem, cache=None, progress=False)
+        assert [m["file"] for m in single["queries"][0]["matches"]] == [m["file"] for m in rec["matches"]]
+        for m_all, m_one in zip(rec["matches"], single["queries"][0]["matches"]):
+            a, b = np.load(tmp_path / "all" / m_all["maps"]), np.load(tmp_path / q.stem / m_one["maps"])
+            for key in ("sfam_query_map", "sfam_match_map", "sfam_weights"):
+                np.testing.assert_allclose(a[key], b[key], atol=1e-5)
+            assert m_all["score"] == pytest.approx(m_all["explained_score"], abs=1e-5)
+    # the SFAM API: a batch of B pairs equals B single calls
+    sfam = SFAM(metric_zoo.module)
+    xq = torch.stack([_tensor(metric_zoo, q) for q in queries])
+    xg = torch.stack([_tensor(metric_zoo, gallery / f"g{i:02d}.png") for i in (2, 5, 11)])
+    batch = sfam.pair(xq, xg)
+    for i in range(3):
+        one = sfam.pair(xq[i:i + 1], xg[i:i + 1])
+        torch.testing.assert_close(batch.query.maps[i], one.query.maps[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batch.reference.maps[i], one.reference.maps[0], atol=1e-5, rtol=1e-4)
+
+
+def test_bad_galleries(tmp_path, metric_zoo, world_files):
+    _, queries = world_files
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no image files"):
+        retrieve_files(queries, empty, metric_zoo, out_dir=tmp_path / "o", cache=None, progress=False)
+    with pytest.raises(InputError, match="does not exist"):
+        retrieve_files(queries, tmp_path / "missing", metric_zoo, out_dir=tmp_path / "o", cache=None, progress=False)
+    (empty / "broken.png").write_text("not an image")
+    with pytest.raises(InputError, match="no readable image"):
+        retrieve_files(queries, empty, metric_zoo, out_dir=tmp_path / "o", cache=None, progress=False)
+    with pytest.raises(InputError, match="dimensions"):
+        rank(torch.randn(2, 8), torch.randn(5, 9))
+
+
+def test_cli_retrieve_and_explain_pair(world_files, tmp_path, capsys):
+    gallery, queries = world_files
+    (gallery / "zz-broken.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    try:
+        out = tmp_path / "ret"
+        code = main(["retrieve", str(queries[0]), "--gallery", str(gallery), "--model", "world-metric", "--top", "3",
+                     "--out", str(out), "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--quiet",
+                     "--method", "sfam,gradcam"])
+        assert code == 1  # one gallery image was skipped
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["gallery"]["images"] == 24 and len(summary["failures"]) == 1
+        assert "zz-broken.jpg" in summary["failures"][0]["error"]
+        match = summary["queries"][0]["matches"][0]
+        assert match["rank"] == 1 and match["file"].endswith("g02.png") and match["score"] > 0.9
+        for f in [match["query_view"], match["match_view"], *match["query_overlays"].values(), *match["match_overlays"].values()]:
+            assert (out / f).is_file()
+        html = (out / "index.html").read_text()
+        assert "zz-broken.jpg" in html and match["match_overlays"]["sfam"] in html
+    finally:
+        (gallery / "zz-broken.jpg").unlink()
+    for metric in ("cosine", "euclidean"):
+        pair_out = tmp_path / f"pair-{metric}"
+        code = main(["explain-pair", str(queries[0]), str(gallery / "g02.png"), "--model", "world-metric",
+                     "--metric", metric, "--out", str(pair_out), "--device", "cpu"])
+        assert code == 0
+        summary = json.loads((pair_out / "summary.json").read_text())
+        assert summary["layer"]["sfam"] == "trunk.layer3" and summary["metric"] == metric
+        maps = np.load(pair_out / "pair.npz")
+        assert maps["sfam_query_map"].shape == (64, 64) and maps["sfam_match_map"].shape == (64, 64)
+    capsys.readouterr()
+    assert main(["explain-pair", str(queries[0]), str(tmp_path / "nope.png"), "--model", "world-metric",
+                 "--out", str(tmp_path / "bad"), "--device", "cpu"]) == 2
+    assert "nope.png" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_imagenet_model_as_embedder(mobilenet, imagenet_photos, tmp_path):
+    emb = visionlens.embedder(mobilenet)
+    assert emb.layer == "features"
+    x = torch.stack([mobilenet.preprocess(visionlens.data.load_image(p)) for p in imagenet_photos[:2]])
+    with torch.no_grad():
+        feats = mobilenet.module.pool(mobilenet.module.features(x)).flatten(1)
+    torch.testing.assert_close(emb(x), feats)  # the penultimate pooled features
+    exp = SFAM(emb)(x[:1], x[1:])
+    torch.testing.assert_close(exp.coefficients, exp.weights)
+    code = main(["explain-pair", str(imagenet_photos[0]), str(imagenet_photos[1]), "--model", "mobilenet_v2",
+                 "--out", str(tmp_path / "p"), "--device", "cpu"])
+    assert code == 0 and (tmp_path / "p" / "pair.query.sfam.png").is_file()
