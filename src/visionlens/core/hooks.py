@@ -115,10 +115,12 @@ class ActivationCapture:
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        """Extra forward passes inside this block (Score-CAM, Ablation-CAM) are not captured."""
+        """Extra forward passes inside this block (Score-CAM, Ablation-CAM) are not captured and
+        build no autograd graph."""
         self._paused = True
         try:
-            yield
+            with torch.no_grad():
+                yield
         finally:
             self._paused = False
 
