@@ -13,6 +13,7 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..errors import LayerError
 
@@ -27,35 +28,34 @@ _HOOK_DICTS = (
 )
 
 
-def _hook_keys(module: nn.Module) -> dict[str, set]:
-    return {d: set(getattr(module, d, {}).keys()) for d in _HOOK_DICTS}
-
-
 @contextmanager
 def preserved_model_state(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
     """Run a block with ``model`` in eval mode; on exit (also on error) restore every module's
-    train/eval flag, every parameter's ``requires_grad`` and remove any hook added inside."""
+    train/eval flag, every parameter's ``requires_grad`` and remove any hook added inside.
+
+    Cheap enough for every call: hooks added inside are recognised by their handle ids (PyTorch
+    numbers handles from one global counter), so nothing is copied on entry."""
     modules = list(model.modules())
     modes = [m.training for m in modules]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    hooks = [_hook_keys(m) for m in modules]
+    first_new_hook = RemovableHandle.next_id
     try:
-        if eval_mode:
+        if eval_mode and any(modes):
             model.eval()
         yield model
     finally:
         for m, mode in zip(modules, modes):
-            m.training = mode
+            if m.training != mode:
+                m.training = mode
         for p, flag in flags:
             if p.requires_grad != flag:
                 p.requires_grad_(flag)
-        for m, before in zip(modules, hooks):
-            for d, keys in before.items():
-                hook_dict = getattr(m, d, None)
-                if hook_dict is None:
-                    continue
-                for key in [k for k in hook_dict.keys() if k not in keys]:
-                    del hook_dict[key]
+        for m in modules:
+            for d in _HOOK_DICTS:
+                hook_dict = m.__dict__.get(d)
+                if hook_dict:
+                    for key in [k for k in hook_dict if isinstance(k, int) and k >= first_new_hook]:
+                        del hook_dict[key]
 
 
 class ActivationCapture:

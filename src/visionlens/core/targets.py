@@ -51,6 +51,8 @@ def resolve_targets(target: Target, output: torch.Tensor, batch_size: int) -> Cl
     elif isinstance(target, bool):
         raise InputError(f"target must be a class index, a list of indices or a callable, got {target!r}")
     elif isinstance(target, int) or (torch.is_tensor(target) and target.dim() == 0):
+        if not 0 <= int(target) < num_classes:
+            raise InputError(f"target class {int(target)} is out of range for a model with {num_classes} classes")
         indices = torch.full((batch_size,), int(target), dtype=torch.long, device=logits.device)
     else:
         try:
@@ -64,10 +66,10 @@ def resolve_targets(target: Target, output: torch.Tensor, batch_size: int) -> Cl
                 f"got {indices.shape[0]} targets for a batch of {batch_size} images; give one class per image "
                 "(or a row of classes per image) or a single int"
             )
+        bad = (indices < 0) | (indices >= num_classes)  # checked where the indices are (a CPU list: no device sync)
+        if bool(bad.any()):
+            raise InputError(f"target class {int(indices[bad][0])} is out of range for a model with {num_classes} classes")
         indices = indices.to(device=logits.device, dtype=torch.long)
-    bad = (indices < 0) | (indices >= num_classes)
-    if bool(bad.any()):
-        raise InputError(f"target class {int(indices[bad][0])} is out of range for a model with {num_classes} classes")
     if indices.dim() == 2:  # several classes per image: (B, K) indices and scores
         return ClassTargets(indices, logits.gather(1, indices))
     scores = logits.gather(1, indices[:, None])[:, 0]

@@ -15,11 +15,14 @@ from ..core.layers import _param_device, check_spatial, find_last_spatial_layer,
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets
 from ..core.vit import model_output, token_grid_transform
-from ..errors import InputError
+from ..errors import InputError, VisionlensError
 
 
-def check_input(x: torch.Tensor) -> None:
-    """Raise an :class:`InputError` unless ``x`` is a finite, non-empty ``(B, C, H, W)`` float tensor."""
+def check_input(x: torch.Tensor, defer_finite: bool = False) -> torch.Tensor | None:
+    """Raise an :class:`InputError` unless ``x`` is a finite, non-empty ``(B, C, H, W)`` float tensor.
+
+    With ``defer_finite`` (for GPU tensors, where reading the answer would stall the device
+    mid-computation) the finiteness test is returned as a tensor for :func:`raise_if_not_finite`."""
     if not torch.is_tensor(x):
         raise InputError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
@@ -28,8 +31,17 @@ def check_input(x: torch.Tensor) -> None:
         raise InputError("input batch is empty")
     if not x.dtype.is_floating_point:
         raise InputError(f"input must be a float tensor (preprocessed image), got {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        bad = (~torch.isfinite(x)).flatten(1).any(dim=1).nonzero()[:, 0].tolist()
+    finite = torch.isfinite(x).flatten(1).all(dim=1)
+    if defer_finite:
+        return finite
+    raise_if_not_finite(finite)
+    return None
+
+
+def raise_if_not_finite(finite: torch.Tensor) -> None:
+    """The one-line error for NaN or infinite inputs, naming the batch positions."""
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[:, 0].tolist()
         raise InputError(f"input contains NaN or infinite values (batch positions {bad[:10]}); check the preprocessing")
 
 
@@ -87,8 +99,21 @@ def explain_many(methods: Sequence[ClassActivationMethod], x: torch.Tensor, targ
     model = first.model
     if any(m.model is not model for m in methods):
         raise InputError("explain_many needs methods built on the same model")
-    check_input(x)
+    finite = check_input(x, defer_finite=torch.is_tensor(x) and x.is_cuda)  # on a GPU, read it once at the end
     x = x.to(_param_device(model))
+    try:
+        results = _explain_many(methods, model, x, target)
+    except VisionlensError:
+        if finite is not None:
+            raise_if_not_finite(finite)  # a NaN input explains the failure better
+        raise
+    if finite is not None:
+        raise_if_not_finite(finite)
+    return results
+
+
+def _explain_many(methods, model, x, target) -> dict[str, Explanation]:
+    first = methods[0]
     with preserved_model_state(model):
         name, module = first.resolve(x)
         for m in methods[1:]:
