@@ -16,23 +16,13 @@ import torch
 
 from ..core.hooks import ActivationCapture
 from ..core.targets import ClassTargets
-from ..errors import InputError
-from .base import ClassActivationMethod
+from .base import PerturbationMethod
 
 STAND_IN = 32  # side of the stand-in input that feeds the layer before its output is replaced
 
 
-class AblationCAM(ClassActivationMethod):
+class AblationCAM(PerturbationMethod):
     name = "ablationcam"
-    needs_gradients = False
-    multi_target = False
-
-    def __init__(self, model, layer=None, batch_size: int = 64):
-        super().__init__(model, layer)
-        if batch_size < 1:
-            raise InputError("batch_size must be at least 1")
-        self.batch_size = batch_size
-
     def _tail(self, module, feed: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
         """Model output when ``module`` outputs ``acts`` (the input ``feed`` only drives the rest)."""
         handle = module.register_forward_hook(lambda m, i, o: acts, prepend=True)
@@ -72,9 +62,6 @@ class AblationCAM(ClassActivationMethod):
             feed = small.expand(len(chunk), -1, -1, -1) if small is not None else x[image]
             with capture.paused():
                 out = self._tail(module, feed, acts)
-            if targets.indices is None:
-                score = target(out)
-            else:
-                score = out.gather(1, targets.indices[image][:, None])[:, 0]
+            score = self.target_scores(out, image, targets, target)
             scores[start:start + len(chunk)] = score.float()
         return (base[:, None] - scores.view(b, k)) / base[:, None]

@@ -90,6 +90,27 @@ class ClassActivationMethod:
         return explain_many([self], x, target)[self.name]
 
 
+class PerturbationMethod(ClassActivationMethod):
+    """Base of methods that score extra forward passes (Score-CAM, Ablation-CAM): no gradients,
+    one class per image, and ``batch_size`` perturbed inputs per pass (the memory bound)."""
+
+    needs_gradients = False
+    multi_target = False
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, batch_size: int = 64):
+        super().__init__(model, layer)
+        if batch_size < 1:
+            raise InputError("batch_size must be at least 1")
+        self.batch_size = batch_size
+
+    @staticmethod
+    def target_scores(out: torch.Tensor, image: torch.Tensor, targets: ClassTargets, target) -> torch.Tensor:
+        """Scores of perturbed copies of images ``image``: their class logit, or a callable target."""
+        if targets.indices is None:
+            return target(out)
+        return out.gather(1, targets.indices[image][:, None])[:, 0]
+
+
 def explain_many(methods: Sequence[ClassActivationMethod], x: torch.Tensor, target: Target = None) -> dict[str, Explanation]:
     """Several CAM-family methods on the same model and layer from one forward pass and (for the
     gradient methods) one backward pass: ``{method.name: Explanation}``."""

@@ -16,23 +16,13 @@ import torch.nn.functional as F
 
 from ..core.hooks import ActivationCapture
 from ..core.targets import ClassTargets
-from ..errors import InputError
-from .base import ClassActivationMethod
+from .base import PerturbationMethod
 
 EPS = 1e-8
 
 
-class ScoreCAM(ClassActivationMethod):
+class ScoreCAM(PerturbationMethod):
     name = "scorecam"
-    needs_gradients = False
-    multi_target = False
-
-    def __init__(self, model, layer=None, batch_size: int = 64):
-        super().__init__(model, layer)
-        if batch_size < 1:
-            raise InputError("batch_size must be at least 1")
-        self.batch_size = batch_size
-
     def channel_weights(self, activation: torch.Tensor, targets: ClassTargets, output: torch.Tensor,
                         capture: ActivationCapture) -> torch.Tensor:
         x, target = capture.inputs, capture.target
@@ -58,10 +48,7 @@ class ScoreCAM(ClassActivationMethod):
             up = (up - low) / (high - low + EPS)
             with capture.paused():
                 out = self.model(x[image] * up.to(x.dtype))
-            if targets.indices is None:  # a callable target scores the masked batch itself
-                score = target(out)
-            else:
-                score = out.gather(1, targets.indices[image][:, None])[:, 0]
+            score = self.target_scores(out, image, targets, target)
             job_scores[start:start + len(chunk)] = score.float()
         scores[varying] = job_scores[:len(varying)]
         blank_score = torch.zeros(b, device=activation.device)
