@@ -71,3 +71,13 @@ def test_cli_relevance_cam_on_a_torchvision_model(tmp_path, resnet_weights, imag
     summary = json.loads((out / "summary.json").read_text())
     assert summary["layer"] == {"relevance-cam@layer2": "layer2", "gradcam": "layer4"}
     assert summary["images"][0]["predicted_name"].startswith("class ")
+
+
+def test_default_gradcam_layer_of_a_vit_is_the_last_norm1():
+    timm = pytest.importorskip("timm")
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5).eval()
+    exp = visionlens.GradCAM(vit)(torch.randn(2, 3, 32, 32))
+    assert exp.layer == "blocks.1.norm1" and exp.raw.shape == (2, 4, 4)

@@ -14,8 +14,8 @@ from ..core.hooks import ActivationCapture, preserved_model_state
 from ..core.layers import _param_device, check_spatial, find_last_spatial_layer, resolve_layer
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import model_output, token_grid_transform
-from ..errors import InputError, VisionlensError
+from ..core.vit import find_vit, model_output, token_grid_transform
+from ..errors import InputError, LayerError, VisionlensError
 
 
 def check_input(x: torch.Tensor, defer_finite: bool = False) -> torch.Tensor | None:
@@ -45,6 +45,15 @@ def raise_if_not_finite(finite: torch.Tensor) -> None:
         raise InputError(f"input contains NaN or infinite values (batch positions {bad[:10]}); check the preprocessing")
 
 
+def default_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """The layer explained when none is given: the last block's ``norm1`` (tokens, reshaped to the
+    patch grid) for a recognised ViT, else the last spatial layer."""
+    try:
+        return find_vit(model).blocks[-1].norm1
+    except LayerError:
+        return find_last_spatial_layer(model, x)
+
+
 class ClassActivationMethod:
     """Base class: ``Method(model, layer=None)(x, target=None) -> Explanation``.
 
@@ -69,7 +78,7 @@ class ClassActivationMethod:
     def resolve(self, x: torch.Tensor) -> tuple[str, nn.Module]:
         """The ``(name, module)`` explained; found automatically (once) when ``layer`` is None."""
         if self._resolved is None:
-            self._resolved = resolve_layer(self.model, find_last_spatial_layer(self.model, x))
+            self._resolved = resolve_layer(self.model, default_layer(self.model, x))
         return self._resolved
 
     def channel_weights(
