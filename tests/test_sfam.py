@@ -218,3 +218,10 @@ def test_bad_input(metric_model, tiny_net):
         SFAM(Embedder(tiny_net, "features.2"), layer="features.5")(torch.randn(1, 3, 16, 16), torch.randn(8))
     with pytest.raises(InputError, match=r"\(B, D\)"):
         SFAM(tiny_net.features, layer="3")(torch.randn(1, 3, 16, 16), torch.randn(16))
+
+
+def test_sfam_refuses_a_vit_instead_of_explaining_its_patch_embedding():
+    import visionlens
+
+    with pytest.raises(InputError, match="is a ViT"):
+        SFAM(visionlens.embedder("world-dino"))(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64))

@@ -42,6 +42,17 @@ from ..core.similarity import (
 from ..errors import InputError
 from ..models.embedder import Embedder
 from .base import check_input
+
+
+def _is_vit(model: nn.Module) -> bool:
+    from ..core.vit import find_vit
+    from ..errors import LayerError
+
+    try:
+        find_vit(model)
+    except LayerError:
+        return False
+    return True
 from .gradcam import GradCAM
 from .relevance_cam import RelevanceCAM
 
@@ -117,6 +128,10 @@ class SimilarityMethod:
 
     def resolve(self, x: torch.Tensor) -> tuple[str, nn.Module]:
         if self._resolved is None:
+            backbone = self.model.backbone if isinstance(self.model, Embedder) else self.model
+            if _is_vit(backbone):  # its spatial layers are the patch embedding, not features to weigh
+                raise InputError(f"{self.name} explains CNN feature maps; {type(backbone).__name__} is a ViT "
+                                 "(use daam for ViTs, or pass layer=... to pick a feature map yourself)")
             if isinstance(self.model, Embedder):
                 self._resolved = self._resolve_layer(self.model.default_layer(x))
             else:
