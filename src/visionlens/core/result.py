@@ -34,7 +34,9 @@ class Explanation:
     (``None`` for a callable target). ``scores``: the explained score (logit). ``logits``: the
     model output. Flows (DAAM, rollout) carry one map per block: ``flow`` ``(B, L, H, W)`` in
     [0, 1] at input resolution (``maps`` is its last block) and ``flow_raw`` ``(B, L, h, w)``, the
-    accumulated maps before normalisation; ``None`` for single-layer methods.
+    accumulated maps before normalisation; ``None`` for single-layer methods. ``flow_layers``
+    names the layer of each flow map where a method reports it (NAFlow, whose per-layer raw maps
+    differ in resolution and so leave ``flow_raw`` as ``None``).
     """
 
     maps: torch.Tensor
@@ -46,6 +48,7 @@ class Explanation:
     layer: str
     flow: torch.Tensor | None = None
     flow_raw: torch.Tensor | None = None
+    flow_layers: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return self.maps.shape[0]
@@ -64,5 +67,5 @@ class Explanation:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Explanation(
             move(self.maps), move(self.raw), move(self.targets), move(self.scores), move(self.logits), self.method, self.layer,
-            move(self.flow), move(self.flow_raw),
+            move(self.flow), move(self.flow_raw), self.flow_layers,
         )

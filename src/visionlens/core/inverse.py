@@ -1,0 +1,339 @@
+"""Per-module inverses for NAFlow's Neuron-Abandoning Back-Propagation, and a matrix-free,
+batched LSMR solver in torch.
+
+Every inverse maps a back-propagated feature map ``B`` at a module's output to one at its input,
+using what the forward pass stored (the input ``X``):
+
+* elementwise activations (ReLU, ReLU6, ...), Dropout, Identity: identity;
+* ``MaxPool2d``: unpool, ``B``'s values placed at the forward argmax positions (recomputed on
+  ``X`` with ``return_indices=True``), zeros elsewhere;
+* ``BatchNorm2d`` (running statistics): the exact affine inverse
+  ``x = (y - beta) / gamma * sqrt(var + eps) + mean``;
+* ``Conv2d`` (zero padding): least squares ``argmin_v ||conv(v) - (B - b)||`` by LSMR with
+  ``conv2d`` as the operator and ``conv_transpose2d`` as its adjoint (never a dense Jacobian);
+* anything else (residual blocks, inverted residuals, TF-"SAME" convs, merged chains): a
+  composite ``f``, linearised at the stored input with ``torch.func.jvp`` and ``torch.func.vjp``; least squares ``argmin_v ||J v - (B - o)||`` with the offset
+  ``o = f(X) - J X`` (the affine map at the operating point, exact for piecewise-linear ``f``)
+  or, for parity with ``ly9802/NAFlow``, ``o = f(0)``.
+
+The solver (``lsmr``) follows Fong & Saunders (SIAM J. Sci. Comput. 2011), as SciPy's
+``scipy.sparse.linalg.lsmr`` with ``damp = 0``, but every scalar is a per-sample ``(B,)`` tensor,
+so a batch is solved at once and each sample stops at its own convergence test.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LayerError
+
+ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardtanh, nn.Dropout,
+               nn.Dropout2d, nn.Identity, nn.PReLU, nn.Mish)
+
+
+@dataclass
+class SolverOptions:
+    """Least-squares settings: ``atol``/``btol`` (LSMR stopping tolerances, 1e-8 as the reference),
+    ``max_iter`` (iteration cap; ``None``: ``min(m, n)`` as SciPy), ``float64`` (solve in double),
+    ``mode``: ``"lsmr"`` (full least squares, default), ``"truncated_square"`` (the reference's
+    square truncation: keep the first ``n`` of ``m > n`` equations), ``"released"`` (the released
+    code's actual behaviour: every linear/composite inverse falls back to the forward input),
+    ``offset``: ``"operating_point"`` (default) or ``"zero"`` (``f(0)``, the reference's
+    convention for composites)."""
+
+    atol: float = 1e-8
+    btol: float = 1e-8
+    max_iter: int | None = None
+    float64: bool = False
+    mode: str = "lsmr"
+    offset: str = "operating_point"
+
+    def __post_init__(self):
+        if self.mode not in ("lsmr", "truncated_square", "released"):
+            raise LayerError(f"solver mode must be 'lsmr', 'truncated_square' or 'released', got {self.mode!r}")
+        if self.offset not in ("operating_point", "zero"):
+            raise LayerError(f"offset must be 'operating_point' or 'zero', got {self.offset!r}")
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).flatten(1).sum(1)
+
+
+def _norm(a: torch.Tensor) -> torch.Tensor:
+    return a.flatten(1).norm(dim=1)
+
+
+def _bc(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return s.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(b != 0, a / torch.where(b != 0, b, torch.ones_like(b)), torch.zeros_like(a))
+
+
+def _sym_ortho(a: torch.Tensor, b: torch.Tensor):
+    r = torch.hypot(a, b)
+    zero = r == 0
+    c = torch.where(zero, torch.ones_like(r), _div(a, r))
+    s = torch.where(zero, torch.zeros_like(r), _div(b, r))
+    return c, s, r
+
+
+def lsmr(matvec: Callable[[torch.Tensor], torch.Tensor], rmatvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
+         x_shape: tuple[int, ...], atol: float = 1e-8, btol: float = 1e-8, conlim: float = 1e8,
+         max_iter: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``min ||A x - b||`` per sample for a batched linear operator (``matvec``: ``(B, *x_shape)``
+    to ``b``'s shape, ``rmatvec`` its adjoint). Returns ``(x, iterations)``; ``x`` is the
+    minimum-norm solution for consistent underdetermined systems (started from zero)."""
+    batch = b.shape[0]
+    n, m = int(torch.tensor(x_shape).prod()), b[0].numel()
+    max_iter = min(m, n) if max_iter is None else int(max_iter)
+    u = b.clone()
+    normb = _norm(u)
+    beta = normb.clone()
+    u = u * _bc(_div(torch.ones_like(beta), beta), u)
+    v = rmatvec(u)
+    alpha = _norm(v)
+    v = v * _bc(_div(torch.ones_like(alpha), alpha), v)
+    x = torch.zeros((batch, *x_shape), dtype=b.dtype, device=b.device)
+    one = torch.ones_like(beta)
+    zero = torch.zeros_like(beta)
+    zetabar, alphabar, rho, rhobar, cbar, sbar = alpha * beta, alpha.clone(), one.clone(), one.clone(), one.clone(), zero.clone()
+    h, hbar = v.clone(), torch.zeros_like(v)
+    betadd, betad, rhodold, tautildeold, thetatilde, zeta, d = beta.clone(), zero.clone(), one.clone(), zero.clone(), zero.clone(), zero.clone(), zero.clone()
+    normA2 = alpha ** 2
+    maxrbar, minrbar = zero.clone(), torch.full_like(beta, torch.finfo(beta.dtype).max)
+    active = (alpha * beta) != 0
+    iters = torch.zeros(batch, dtype=torch.long, device=b.device)
+    itn = 0
+    while itn < max_iter and bool(active.any()):
+        itn += 1
+        iters += active.long()
+        u = matvec(v) - _bc(alpha, u) * u
+        beta = _norm(u)
+        u = u * _bc(_div(one, beta), u)
+        v = rmatvec(u) - _bc(beta, v) * v
+        alpha = _norm(v)
+        v = v * _bc(_div(one, alpha), v)
+        rhoold = rho
+        c, s, rho = _sym_ortho(alphabar, beta)
+        thetanew = s * alpha
+        alphabar = c * alpha
+        rhobarold, zetaold = rhobar, zeta
+        thetabar = sbar * rho
+        rhotemp = cbar * rho
+        cbar, sbar, rhobar = _sym_ortho(cbar * rho, thetanew)
+        zeta = cbar * zetabar
+        zetabar = -sbar * zetabar
+        hbar = h - _bc(_div(thetabar * rho, rhoold * rhobarold), h) * hbar
+        x = torch.where(_bc(active, x), x + _bc(_div(zeta, rho * rhobar), x) * hbar, x)
+        h = v - _bc(_div(thetanew, rho), v) * h
+        # estimate of ||r||
+        betahat, betadd = c * betadd, -s * betadd
+        thetatildeold = thetatilde
+        ctildeold, stildeold, rhotildeold = _sym_ortho(rhodold, thetabar)
+        thetatilde = stildeold * rhobar
+        rhodold = ctildeold * rhobar
+        betad = -stildeold * betad + ctildeold * betahat
+        tautildeold = _div(zetaold - thetatildeold * tautildeold, rhotildeold)
+        taud = _div(zeta - thetatilde * tautildeold, rhodold)
+        normr = torch.sqrt(d + (betad - taud) ** 2 + betadd ** 2)
+        # estimates of ||A|| and cond(A)
+        normA2 = normA2 + beta ** 2
+        normA = torch.sqrt(normA2)
+        normA2 = normA2 + alpha ** 2
+        maxrbar = torch.maximum(maxrbar, rhobarold)
+        if itn > 1:
+            minrbar = torch.minimum(minrbar, rhobarold)
+        condA = _div(torch.maximum(maxrbar, rhotemp), torch.minimum(minrbar, rhotemp))
+        normar = zetabar.abs()
+        normx = _norm(x)
+        test1 = _div(normr, normb)
+        test2 = torch.where(normA * normr != 0, _div(normar, normA * normr), torch.full_like(normr, float("inf")))
+        test3 = _div(one, condA)
+        rtol = btol + atol * _div(normA * normx, normb)
+        done = (test1 <= rtol) | (test2 <= atol) | (test3 <= 1 / conlim) | (normar == 0) | (1 + test2 <= 1)
+        active = active & ~done
+    return x, iters
+
+
+class LinearOperator:
+    """A batched linear map with its adjoint: ``matvec`` ``(B, *in_shape) -> (B, *out_shape)``."""
+
+    def __init__(self, matvec, rmatvec, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
+        self.matvec, self.rmatvec, self.in_shape, self.out_shape = matvec, rmatvec, tuple(in_shape), tuple(out_shape)
+
+    def truncated(self) -> "LinearOperator":
+        """The reference's square system: the first ``n`` of ``m >= n`` equations (per sample)."""
+        n = int(torch.tensor(self.in_shape).prod())
+        out_shape = self.out_shape
+
+        def mv(v):
+            return self.matvec(v).flatten(1)[:, :n]
+
+        def rmv(u):
+            full = u.new_zeros((u.shape[0], int(torch.tensor(out_shape).prod())))
+            full[:, :n] = u
+            return self.rmatvec(full.view(u.shape[0], *out_shape))
+
+        return LinearOperator(mv, rmv, self.in_shape, (n,))
+
+    def solve(self, target: torch.Tensor, options: SolverOptions) -> torch.Tensor:
+        op = self
+        if options.mode == "truncated_square" and target[0].numel() > int(torch.tensor(self.in_shape).prod()):
+            op = self.truncated()
+            target = target.flatten(1)[:, : int(torch.tensor(self.in_shape).prod())]
+        x, _ = lsmr(op.matvec, op.rmatvec, target, op.in_shape, options.atol, options.btol, max_iter=options.max_iter)
+        return x
+
+
+def conv_operator(conv: nn.Conv2d, in_shape: tuple[int, ...], dtype: torch.dtype | None = None) -> LinearOperator:
+    """``conv2d`` without bias and its adjoint ``conv_transpose2d`` (zero padding only)."""
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise LayerError(f"conv_operator needs explicit zero padding, got padding={conv.padding!r}, mode={conv.padding_mode!r}")
+    w = conv.weight.detach()
+    if dtype is not None:
+        w = w.to(dtype)
+    args = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    c, hh, ww = in_shape
+    probe = F.conv2d(torch.zeros(1, c, hh, ww, dtype=w.dtype, device=w.device), w, **args)
+    out_shape = tuple(probe.shape[1:])
+    full = F.conv_transpose2d(probe, w, **args)
+    output_padding = (hh - full.shape[2], ww - full.shape[3])
+
+    def mv(v):
+        return F.conv2d(v, w, **args)
+
+    def rmv(u):
+        return F.conv_transpose2d(u, w, output_padding=output_padding, **args)
+
+    return LinearOperator(mv, rmv, in_shape, out_shape)
+
+
+def _plain_conv(module: nn.Module) -> bool:
+    return (type(module) is nn.Conv2d or type(module).forward is nn.Conv2d.forward) and isinstance(module, nn.Conv2d) \
+        and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+
+
+def kind_of(module: nn.Module) -> str:
+    """How a module is inverted: ``elementwise``, ``maxpool``, ``batchnorm``, ``conv`` or ``composite``."""
+    if isinstance(module, ELEMENTWISE):
+        return "elementwise"
+    if isinstance(module, nn.MaxPool2d):
+        return "maxpool"
+    if isinstance(module, nn.BatchNorm2d) and module.running_var is not None and type(module).forward is nn.BatchNorm2d.forward:
+        return "batchnorm"
+    if isinstance(module, nn.Conv2d) and _plain_conv(module):
+        return "conv"
+    return "composite"
+
+
+def unpool(pool: nn.MaxPool2d, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Place ``b``'s values at the argmax positions of ``pool`` on its input ``x``; zeros elsewhere
+    (a position that is the argmax of several windows gets one of the values, as MaxUnpool2d)."""
+    _, idx = F.max_pool2d(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, return_indices=True)
+    out = torch.zeros(x.shape[0], x.shape[1], x.shape[2] * x.shape[3], dtype=b.dtype, device=b.device)
+    out.scatter_(2, idx.flatten(2), b.flatten(2))
+    return out.view(x.shape)
+
+
+def batchnorm_inverse(bn: nn.BatchNorm2d, y: torch.Tensor) -> torch.Tensor:
+    """Exact inverse of an eval-mode BatchNorm2d: ``(y - beta) / gamma * sqrt(var + eps) + mean``
+    (channels with ``gamma = 0`` carry no information and give the running mean)."""
+    shape = (1, -1, 1, 1)
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
+    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_var)
+    scale = torch.sqrt(bn.running_var + bn.eps) / torch.where(gamma != 0, gamma, torch.ones_like(gamma))
+    scale = torch.where(gamma != 0, scale, torch.zeros_like(scale))
+    return ((y - beta.view(shape).to(y.dtype)) * scale.view(shape).to(y.dtype) + bn.running_mean.view(shape).to(y.dtype))
+
+
+def _fallback_zero(solution: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The reference's rule: an all-zero least-squares solution is replaced by the forward input."""
+    zero = (solution.flatten(1) == 0).all(dim=1)
+    return torch.where(_bc(zero, solution), x.to(solution.dtype), solution)
+
+
+def conv_inverse(conv: nn.Conv2d, x: torch.Tensor, b: torch.Tensor, options: SolverOptions = SolverOptions()) -> torch.Tensor:
+    """Least-squares input of ``conv`` for the output ``b``: ``argmin_v ||conv2d(v, W) - (b - bias)||``."""
+    if options.mode == "released":
+        return x.to(b.dtype)
+    dtype = torch.float64 if options.float64 else b.dtype
+    op = conv_operator(conv, tuple(x.shape[1:]), dtype)
+    target = b.to(dtype)
+    if conv.bias is not None:
+        target = target - conv.bias.detach().to(dtype).view(1, -1, 1, 1)
+    return _fallback_zero(op.solve(target, options), x).to(b.dtype)
+
+
+def composite_inverse(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, b: torch.Tensor,
+                      options: SolverOptions = SolverOptions()) -> torch.Tensor:
+    """Least-squares inverse of a composite ``f`` linearised at its stored input ``x`` (jvp/vjp;
+    ``f`` must treat samples independently, e.g. BatchNorm in eval mode)."""
+    if options.mode == "released":
+        return x.to(b.dtype)
+    dtype = torch.float64 if options.float64 else x.dtype
+    x0 = x.detach().to(dtype)
+    with torch.enable_grad():
+        fx, vjp_fn = torch.func.vjp(f, x0)
+
+    def jvp_fn(v):
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # forward AD's first use scripts decompositions
+            return torch.func.jvp(f, (x0,), (v,))[1]
+
+    if fx.shape != b.shape:
+        raise LayerError(f"composite output {tuple(fx.shape)} does not match the feature map {tuple(b.shape)}")
+    if options.offset == "operating_point":
+        offset = fx.detach() - jvp_fn(x0).detach()
+    else:
+        with torch.no_grad():
+            offset = f(torch.zeros_like(x0))
+    op = LinearOperator(lambda v: jvp_fn(v).detach(), lambda u: vjp_fn(u)[0].detach(), tuple(x.shape[1:]), tuple(fx.shape[1:]))
+    with torch.no_grad():
+        solution = op.solve(b.to(dtype) - offset, options)
+    return _fallback_zero(solution, x0).to(b.dtype)
+
+
+def module_function(module: nn.Module, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``module`` as a function of its input, with its parameters and buffers cast to ``dtype``."""
+    params = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in module.named_parameters()}
+    buffers = {k: v.to(dtype) if v.is_floating_point() else v for k, v in module.named_buffers()}
+    state = params | buffers
+    return lambda t: torch.func.functional_call(module, state, (t,))
+
+
+# leaf types a composite may contain: linearised by jvp/vjp, samples independent in eval mode
+COMPOSITE_LEAVES = ELEMENTWISE + (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                                  nn.ZeroPad2d, nn.ConstantPad2d, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Flatten, nn.Linear)
+
+
+def check_invertible(module: nn.Module, name: str = "") -> None:
+    """Raise a one-line :class:`LayerError` naming the first leaf module type with no NA-BP inverse."""
+    for sub_name, sub in module.named_modules():
+        if next(sub.children(), None) is None and not isinstance(sub, COMPOSITE_LEAVES):
+            where = ".".join(p for p in (name, sub_name) if p)
+            raise LayerError(f"NAFlow has no inverse for module type {type(sub).__name__} ('{where}'); "
+                             "supported: conv, BatchNorm, max/avg-pool, linear, elementwise activations and blocks of them")
+
+
+def invert(module: nn.Module, x: torch.Tensor, b: torch.Tensor, options: SolverOptions = SolverOptions()) -> torch.Tensor:
+    """``module^{-1}(b)`` given the module's stored forward input ``x`` (see the module docstring)."""
+    kind = kind_of(module)
+    if kind == "elementwise":
+        return b
+    if kind == "maxpool":
+        return unpool(module, x, b)
+    if kind == "batchnorm":
+        return batchnorm_inverse(module, b)
+    if kind == "conv":
+        return conv_inverse(module, x, b, options)
+    check_invertible(module)
+    dtype = torch.float64 if options.float64 else x.dtype
+    return composite_inverse(module_function(module, dtype), x, b, options)

@@ -1,0 +1,333 @@
+"""The evaluation harness behind ``visionlens evaluate``: models x methods x metrics on a data set.
+
+Data streams in batches (bounded memory). Per-image results are appended to ``results.jsonl``
+(one JSON object per (model, method, image), flushed and fsynced per batch). A re-run with the
+same ``--out`` skips the keys already there, so a crashed or killed run resumes without losing or
+duplicating results; a partially written last line is cut off before appending. Batches are fixed
+by image index, so a resumed batch is computed exactly as in an uninterrupted run. At the end:
+``report.csv`` / ``report.json`` (method x metric: mean, 95 % CI, n), ``index.html`` with example
+overlays, and ``manifest.json`` (versions, seed, device, timings, arguments).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import metrics as M
+from .core.progress import Progress
+from .errors import InputError
+from .models.zoo import ZOO, ZooModel, load_model, resolve_device
+from .viz.overlay import overlay, save_atomic
+
+DEFAULT_METRICS = [m for m in M.METRICS if m != "randomisation"]  # randomisation: opt-in (cost: one map per layer)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def parse_data(spec: str) -> dict:
+    """``world[:split]`` (masks and boxes), ``samples`` (bundled photos), or a folder with labels.csv."""
+    if spec == "world" or spec.startswith("world:"):
+        split = spec.partition(":")[2] or "test"
+        if split not in ("train", "val", "test"):
+            raise InputError(f"bad --data '{spec}': world split must be train, val or test")
+        return {"kind": "world", "split": split, "name": f"world:{split}"}
+    if spec == "samples":
+        return {"kind": "samples", "name": "samples"}
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise InputError(f"bad --data '{spec}': use world[:split], samples, or a folder of images with labels.csv")
+    labels = folder / "labels.csv"
+    if not labels.is_file():
+        raise InputError(f"bad --data '{spec}': the folder has no labels.csv (columns file,class_index)")
+    with open(labels, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "file" not in rows[0] or "class_index" not in rows[0]:
+        raise InputError(f"bad --data '{spec}': labels.csv needs the columns file,class_index")
+    return {"kind": "folder", "name": str(folder), "items": [(folder / r["file"], int(r["class_index"])) for r in rows]}
+
+
+def _items(data: dict, n: int | None) -> list[tuple[str, object, int]]:
+    """(image id, source, label) for the first ``n`` images."""
+    if data["kind"] == "world":
+        count = n if n is not None else 2000
+        return [(f"{data['name']}:{i}", i, -1) for i in range(count)]
+    if data["kind"] == "samples":
+        from .data.samples import imagenet_label, sample_images
+
+        items = [(p.name, p, imagenet_label(p)) for p in sample_images("all")]
+        items = [(i, p, -1 if lab is None else lab) for i, p, lab in items]
+    else:
+        items = [(p.name, p, lab) for p, lab in data["items"]]
+    return items[:n] if n is not None else items
+
+
+def _load_batch(data: dict, items, model: ZooModel) -> dict:
+    pre = model.preprocess
+    mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+    if data["kind"] == "world":
+        from .data.world import World, WorldConfig
+
+        b = World(WorldConfig(size=pre.crop)).batch(data["split"], [src for _, src, _ in items])
+        raw = b["image"]
+        return {"ids": [i for i, _, _ in items], "x": (raw - mean) / std, "raw": raw, "label": b["label"],
+                "masks": b["object_mask"], "boxes": b["object_box"]}
+    from .data.images import load_image
+
+    xs = [pre(load_image(src)) for _, src, _ in items]
+    x = torch.stack(xs)
+    return {"ids": [i for i, _, _ in items], "x": x, "raw": (x * std + mean).clamp(0, 1),
+            "label": torch.tensor([lab for _, _, lab in items]), "masks": None, "boxes": None}
+
+
+# --- results file ---------------------------------------------------------------------------
+
+def read_results(path: Path) -> list[dict]:
+    """Complete records of a results file (a torn last line is ignored); first record per key wins."""
+    if not path.exists():
+        return []
+    seen, out = set(), []
+    for line in path.read_bytes().split(b"\n"):
+        try:
+            rec = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        key = (rec.get("model"), rec.get("method"), rec.get("image"))
+        if key not in seen:
+            seen.add(key)
+            out.append(rec)
+    return out
+
+
+def _open_for_append(path: Path):
+    """Cut a torn last line (a kill mid-write), then open for appending."""
+    if path.exists():
+        data = path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
+            with open(path, "r+b") as f:
+                f.truncate(end)
+    return open(path, "a", encoding="utf-8")
+
+
+def _write(f, records: list[dict]) -> None:
+    f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    f.flush()
+    os.fsync(f.fileno())
+
+
+# --- metrics for one batch ------------------------------------------------------------------
+
+def _num(v) -> float | None:
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def batch_metrics(model: ZooModel, method, names: list[str], b: dict, maps: torch.Tensor, target: torch.Tensor,
+                  step: int | None, batch_size: int) -> dict[str, list]:
+    module, x = model.module, b["x"].to(model.device)
+    pre = model.preprocess
+    out: dict[str, list] = {}
+    chunk = max(batch_size * 8, 64)
+    if "deletion" in names:
+        out["deletion"] = M.deletion(module, x, maps, target, step=step, batch_size=chunk).tolist()
+    if "insertion" in names:
+        out["insertion"] = M.insertion(module, x, maps, target, step=step, batch_size=chunk).tolist()
+    if "average-drop" in names or "increase-confidence" in names:
+        drop, inc = M.drop_increase(module, x, maps, pre.mean, pre.std, target, batch_size=chunk)
+        out["average-drop"], out["increase-confidence"] = (100 * drop).tolist(), (100 * inc).tolist()
+    if b["masks"] is not None:
+        masks = b["masks"].to(maps.device)
+        if "pointing-game" in names:
+            out["pointing-game"] = M.pointing_game(maps, masks).tolist()
+        if "relevance-mass" in names:
+            out["relevance-mass"] = M.relevance_mass(maps, masks).tolist()
+        if "relevance-rank" in names:
+            out["relevance-rank"] = M.relevance_rank(maps, masks).tolist()
+    if b["boxes"] is not None:
+        boxes = b["boxes"].to(maps.device)
+        if "energy-pointing-game" in names:
+            out["energy-pointing-game"] = M.energy_pointing_game(maps, boxes).tolist()
+        if "loc-error" in names:
+            correct = target.cpu() == b["label"]
+            out["loc-error"] = M.localisation_error(maps, boxes, correct).__getitem__(0).tolist()
+    if "randomisation" in names:
+        res = M.model_randomisation(module, lambda xx, t: method(xx, t).maps, x, target)
+        out["randomisation"] = M.randomisation_score(res).tolist()
+    return {k: [_num(v) for v in vals] for k, vals in out.items()}
+
+
+# --- the run --------------------------------------------------------------------------------
+
+def _versions() -> dict:
+    import platform
+
+    import torchvision
+
+    from . import __version__
+    return {"visionlens": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def evaluate(models: list[str], methods: list[str], data: str = "world:test", n: int | None = 100, batch_size: int = 16,
+             device: str | None = "cpu", out: str | Path = "visionlens-eval", metrics: list[str] | None = None,
+             step: int | None = None, seed: int = 0, examples: int = 4, progress: bool = True) -> dict:
+    """Run (or resume) the evaluation and write the report card; returns the report dict."""
+    from .methods import METHODS
+    from .pipeline import make_method, parse_method
+
+    for m in models:
+        if m not in ZOO:
+            raise InputError(f"unknown model '{m}'; choose from: {', '.join(ZOO)}")
+    for m in methods:
+        if parse_method(m)[0] not in METHODS:
+            raise InputError(f"unknown method '{m}'; choose from: {', '.join(METHODS)}")
+    names = list(DEFAULT_METRICS if not metrics else (list(M.METRICS) if metrics == ["all"] else metrics))
+    for m in names:
+        M.get_metric(m)
+    if batch_size < 1 or (n is not None and n < 1):
+        raise InputError("--batch-size and --n must be at least 1")
+    spec = parse_data(data)
+    for m in models:
+        world_model = ZOO[m].task.startswith("world")
+        if (spec["kind"] == "world") != world_model:
+            raise InputError(f"model '{m}' does not fit --data {data}: world models take world data, ImageNet models images")
+        if ZOO[m].task.endswith("embedding"):
+            raise InputError(f"model '{m}' is an embedding model; evaluate takes classifiers (see metrics.Confidence for 7.6)")
+    out = Path(out)
+    (out / "examples").mkdir(parents=True, exist_ok=True)
+    path = out / "results.jsonl"
+    done = {(r["model"], r["method"], r.get("image")) for r in read_results(path)}
+    items = _items(spec, n)
+    torch.manual_seed(seed)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    with _open_for_append(path) as f:
+        for model_name in models:
+            model = load_model(model_name, device=device)
+            todo = [(mm, (model_name, mm, "*") not in done) for mm in methods]
+            live = {}
+            for mm, ok in todo:
+                if not ok:
+                    continue
+                try:
+                    live[mm] = make_method(mm, model)
+                except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
+                    _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
+            bar = Progress(len(items) * max(len(live), 1), f"{model_name}", enabled=progress)
+            for start in range(0, len(items), batch_size):
+                chunk = items[start:start + batch_size]
+                missing = {mm: [i for i, _, _ in chunk if (model_name, mm, i) not in done] for mm in live}
+                if not any(missing.values()):
+                    bar.update(len(chunk) * len(live))
+                    continue
+                b = _load_batch(spec, chunk, model)
+                for mm, method in list(live.items()):
+                    if not missing[mm]:
+                        bar.update(len(chunk))
+                        continue
+                    t0 = time.perf_counter()
+                    try:
+                        exp = method(b["x"].to(model.device))
+                        maps, target = exp.maps.detach(), exp.logits.argmax(1).detach()
+                        vals = batch_metrics(model, method, names, b, maps, target, step, batch_size)
+                    except Exception as err:  # noqa: BLE001
+                        _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
+                        del live[mm]
+                        bar.update(len(items) - start)
+                        continue
+                    timings[f"{model_name}/{mm}"] = timings.get(f"{model_name}/{mm}", 0.0) + time.perf_counter() - t0
+                    if start == 0:
+                        _save_examples(out / "examples", model_name, mm, b, maps, examples)
+                    recs = []
+                    for j, image in enumerate(b["ids"]):
+                        if (model_name, mm, image) in done:
+                            continue
+                        recs.append({"model": model_name, "method": mm, "image": image, "label": int(b["label"][j]),
+                                     "predicted": int(target[j]), "metrics": {k: v[j] for k, v in vals.items()}})
+                    _write(f, recs)
+                    done.update((model_name, mm, r["image"]) for r in recs)
+                    bar.update(len(chunk))
+    report = aggregate(read_results(path), models, methods, names)
+    manifest = {"command": {"models": models, "methods": methods, "data": data, "n": n, "batch_size": batch_size,
+                            "device": str(device), "metrics": names, "step": step, "seed": seed},
+                "versions": _versions(), "device": str(resolve_device(device)),
+                "seconds_this_run": round(time.perf_counter() - t_start, 2),
+                "seconds_per_model_method_this_run": {k: round(v, 2) for k, v in timings.items()},
+                "metrics": {k: {"direction": v.direction, "category": v.category, "description": v.description}
+                            for k, v in M.METRICS.items() if k in names}}
+    write_report_card(out, report, manifest)
+    return report
+
+
+def _save_examples(folder: Path, model: str, method: str, b: dict, maps: torch.Tensor, k: int) -> None:
+    for j in range(min(k, len(b["ids"]))):
+        img = Image.fromarray((b["raw"][j].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+        name = f"{model}.{method}.{j}.png".replace("/", "_").replace("@", "_at_")
+        ov = overlay(img, maps[j].float().cpu().numpy())
+        save_atomic(lambda t, o=ov: o.save(t, format="PNG"), folder / name)
+        view = folder / f"{model}.{j}.png"
+        if not view.exists():
+            save_atomic(lambda t, i=img: i.save(t, format="PNG"), view)
+
+
+def aggregate(records: list[dict], models: list[str], methods: list[str], names: list[str]) -> dict:
+    """Mean, 95 % CI (normal approximation, 1.96 standard errors) and n per model x method x metric."""
+    rows, skipped = [], []
+    for model in models:
+        for method in methods:
+            recs = [r for r in records if r["model"] == model and r["method"] == method]
+            skip = [r for r in recs if r.get("image") == "*"]
+            if skip:
+                skipped.append({"model": model, "method": method, "reason": skip[0]["skipped"]})
+                continue
+            for metric in names:
+                vals = np.array([r["metrics"][metric] for r in recs if r["metrics"].get(metric) is not None], float)
+                if not len(vals):
+                    continue
+                half = 1.96 * vals.std(ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")
+                rows.append({"model": model, "method": method, "metric": metric, "mean": float(vals.mean()),
+                             "ci95": float(half), "n": int(len(vals)), "direction": M.METRICS[metric].direction})
+    return {"rows": rows, "skipped": skipped}
+
+
+def write_report_card(out: Path, report: dict, manifest: dict) -> None:
+    from .viz.report_card import report_card_html
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, ["model", "method", "metric", "mean", "ci95", "n", "direction"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(report["rows"])
+    save_atomic(lambda t: Path(t).write_text(buf.getvalue(), encoding="utf-8"), out / "report.csv")
+    save_atomic(lambda t: Path(t).write_text(json.dumps(report, indent=1), encoding="utf-8"), out / "report.json")
+    save_atomic(lambda t: Path(t).write_text(json.dumps(manifest, indent=1), encoding="utf-8"), out / "manifest.json")
+    text = report_card_html(report, manifest, sorted(p.name for p in (out / "examples").glob("*.png")))
+    save_atomic(lambda t: Path(t).write_text(text, encoding="utf-8"), out / "index.html")
+
+
+def markdown_table(report: dict, model: str) -> str:
+    """The method x metric table of one model as Markdown (mean ± 95 % CI)."""
+    rows = [r for r in report["rows"] if r["model"] == model]
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["method"], r["metric"]): r for r in rows}
+    head = "| method | " + " | ".join(f"{m} ({'↑' if M.METRICS[m].higher_is_better else '↓'})" for m in metrics) + " |"
+    lines = [head, "|---" * (len(metrics) + 1) + "|"]
+    for me in methods:
+        vals = [cell.get((me, m)) for m in metrics]
+        lines.append(f"| `{me}` | " + " | ".join("" if v is None else f"{v['mean']:.3f} ± {v['ci95']:.3f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def iter_records(path: Path) -> Iterator[dict]:
+    yield from read_results(Path(path))

@@ -1,0 +1,211 @@
+"""Faithfulness metrics (spec 7.1, 7.2, 7.6): deletion / insertion AUC (Petsiuk et al., RISE,
+arXiv:1806.07421) and Average Drop / Increase in Confidence (Chattopadhyay et al., WACV 2018).
+
+Everything is batched torch on the model's device. The model's output becomes a per-image
+"confidence" through a :class:`Confidence` (softmax probability for classifiers; the spec 7.6
+variants for embedding models: prototype softmax, k-NN vote mass, clamped similarity to a
+reference embedding computed once on the clean images).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+
+
+# --- confidences (spec 7.6) -----------------------------------------------------------------
+
+class Confidence:
+    """Softmax probability of the target class (classifiers). ``predict`` picks the class scored
+    when no target is given: the argmax on the original image."""
+
+    def __call__(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return out.float().softmax(1).gather(1, target[:, None])[:, 0]
+
+    def predict(self, out: torch.Tensor) -> torch.Tensor:
+        return out.argmax(1)
+
+
+class PrototypeConfidence(Confidence):
+    """Few-shot: ``softmax_c(-d(e, p_c))`` over N prototypes (Euclidean, squared distance as
+    ProtoNets) or ``softmax_c(tau * cos(e, p_c))`` (cosine)."""
+
+    def __init__(self, prototypes: torch.Tensor, metric: str = "euclidean", temperature: float = 10.0):
+        if metric not in ("euclidean", "cosine"):
+            raise InputError(f"unknown metric '{metric}'; choose euclidean or cosine")
+        self.prototypes, self.metric, self.temperature = prototypes, metric, temperature
+
+    def logits(self, e: torch.Tensor) -> torch.Tensor:
+        p = self.prototypes.to(e)
+        if self.metric == "euclidean":
+            return -torch.cdist(e.float(), p.float()) ** 2
+        return self.temperature * F.normalize(e.float(), dim=1) @ F.normalize(p.float(), dim=1).T
+
+    def __call__(self, out, target):
+        return super().__call__(self.logits(out), target)
+
+    def predict(self, out):
+        return self.logits(out).argmax(1)
+
+
+class KNNConfidence(Confidence):
+    """DINO-style k-NN: the normalised vote mass of class ``c`` among the top-``k`` bank entries
+    (cosine similarity, weights ``exp(sim / T)``)."""
+
+    def __init__(self, bank: torch.Tensor, labels: torch.Tensor, k: int = 20, temperature: float = 0.07):
+        self.bank, self.labels, self.k, self.temperature = F.normalize(bank.float(), dim=1), labels.long(), k, temperature
+
+    def votes(self, out: torch.Tensor) -> torch.Tensor:
+        sim = F.normalize(out.float(), dim=1) @ self.bank.to(out.device).T
+        top, idx = sim.topk(min(self.k, sim.shape[1]), dim=1)
+        w = (top / self.temperature).exp()
+        votes = torch.zeros(out.shape[0], int(self.labels.max()) + 1, device=out.device)
+        votes.scatter_add_(1, self.labels.to(out.device)[idx], w)
+        return votes / votes.sum(1, keepdim=True)
+
+    def __call__(self, out, target):
+        return self.votes(out).gather(1, target[:, None])[:, 0]
+
+    def predict(self, out):
+        return self.votes(out).argmax(1)
+
+
+class SimilarityConfidence(Confidence):
+    """Retrieval: ``max(cos(e, r), 0)`` with the reference embeddings ``r`` (one per image, from
+    the clean images, computed once); the target is ignored."""
+
+    def __init__(self, references: torch.Tensor):
+        self.references = F.normalize(references.float(), dim=1)
+
+    def __call__(self, out, target):
+        ref = self.references.to(out.device)
+        ref = ref.repeat(out.shape[0] // ref.shape[0], 1) if out.shape[0] != ref.shape[0] else ref
+        return (F.normalize(out.float(), dim=1) * ref).sum(1).clamp_min(0)
+
+    def predict(self, out):
+        return torch.zeros(out.shape[0], dtype=torch.long, device=out.device)
+
+
+def _device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _check(x: torch.Tensor, maps: torch.Tensor) -> None:
+    if x.ndim != 4 or maps.ndim != 3 or maps.shape[0] != x.shape[0] or maps.shape[-2:] != x.shape[-2:]:
+        raise InputError(f"maps must be (B, H, W) at input resolution; got maps {tuple(maps.shape)} for input {tuple(x.shape)}")
+
+
+@torch.no_grad()
+def _scores(model, inputs, confidence, target, batch_size) -> torch.Tensor:
+    out = [confidence(model(inputs[i:i + batch_size]), target[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    return torch.cat(out)
+
+
+# --- deletion / insertion -------------------------------------------------------------------
+
+def trapezoid_auc(curves: torch.Tensor) -> torch.Tensor:
+    """RISE's AUC of ``(..., n + 1)`` curves on [0, 1]: ``(sum_i s_i - s_0/2 - s_n/2) / n``."""
+    n = curves.shape[-1] - 1
+    if n < 1:
+        raise InputError("a curve needs at least two points")
+    return (curves.sum(-1) - curves[..., 0] / 2 - curves[..., -1] / 2) / n
+
+
+def gaussian_blur(x: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """RISE's insertion start: per-channel Gaussian (``size``, ``sigma``), zero padding ``size // 2``."""
+    r = torch.arange(size, dtype=torch.float32, device=x.device) - size // 2
+    g = torch.exp(-r**2 / (2 * sigma**2))
+    k = g[:, None] * g[None, :]
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    return F.conv2d(x, k.expand(c, 1, size, size), padding=size // 2, groups=c)
+
+
+def pixel_ranks(maps: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W)`` -> ``(B, HW)`` rank of each pixel in the order of removal: descending
+    saliency, ties broken by the larger flat index first (RISE's flipped stable argsort)."""
+    flat = maps.flatten(1).float()
+    order = torch.argsort(flat, dim=1, stable=True).flip(1)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return ranks
+
+
+@torch.no_grad()
+def causal_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mode: str = "deletion", target=None,
+                  step: int | None = None, substrate: torch.Tensor | None = None, confidence: Confidence | None = None,
+                  batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deletion or insertion curves, RISE protocol. ``x``: ``(B, C, H, W)`` normalised input;
+    ``maps``: ``(B, H, W)``. Deletion replaces pixels (most salient first, ``step`` per iteration,
+    default the image width) by ``substrate`` (default zeros: the dataset-mean colour in
+    normalised space); insertion starts from :func:`gaussian_blur` and puts original pixels back.
+    Returns ``(curves (B, n + 1), target (B,))``; the class is the argmax on ``x`` by default."""
+    if mode not in ("deletion", "insertion"):
+        raise InputError(f"unknown mode '{mode}'; choose deletion or insertion")
+    _check(x, maps)
+    confidence = confidence or Confidence()
+    device = _device(model)
+    x, maps = x.to(device), maps.to(device)
+    b, c, h, w = x.shape
+    hw = h * w
+    step = step or w
+    n = math.ceil(hw / step)
+    if target is None:
+        target = confidence.predict(model(x))
+    target = torch.as_tensor(target, device=device).long().expand(b) if torch.as_tensor(target).ndim == 0 else torch.as_tensor(target, device=device).long()
+    if mode == "deletion":
+        start, finish = x, (torch.zeros_like(x) if substrate is None else substrate.to(x).expand_as(x))
+    else:
+        start, finish = (gaussian_blur(x) if substrate is None else substrate.to(x).expand_as(x)), x
+    ranks = pixel_ranks(maps).view(b, 1, h, w)
+    curves = torch.empty(b, n + 1, device=device)
+    per = max(1, batch_size // b)  # steps per forward chunk
+    for s0 in range(0, n + 1, per):
+        ks = torch.arange(s0, min(n + 1, s0 + per), device=device)
+        done = ranks[None] < (ks * step)[:, None, None, None, None]  # (K, B, 1, H, W): already changed
+        imgs = torch.where(done, finish[None], start[None]).flatten(0, 1)
+        curves[:, ks] = _scores(model, imgs, confidence, target.repeat(len(ks)), batch_size).view(len(ks), b).T
+    return curves, target
+
+
+def deletion(model, x, maps, target=None, **kw) -> torch.Tensor:
+    """Deletion AUC per image (lower is better)."""
+    return trapezoid_auc(causal_curves(model, x, maps, "deletion", target, **kw)[0])
+
+
+def insertion(model, x, maps, target=None, **kw) -> torch.Tensor:
+    """Insertion AUC per image (higher is better)."""
+    return trapezoid_auc(causal_curves(model, x, maps, "insertion", target, **kw)[0])
+
+
+# --- Average Drop / Increase in Confidence --------------------------------------------------
+
+@torch.no_grad()
+def drop_increase(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mean, std, target=None,
+                  confidence: Confidence | None = None, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image drop ``max(0, Y_c - O_c) / Y_c`` and increase ``1[O_c > Y_c]`` (multiply by 100 and
+    average for the paper's Average Drop % and Increase in Confidence %). ``x`` is normalised with
+    ``mean``/``std``; the explanation image is ``x_raw * E`` with ``x_raw`` in [0, 1] (the paper),
+    normalised again before the forward pass. Scores are softmax probabilities, not logits."""
+    _check(x, maps)
+    confidence = confidence or Confidence()
+    device = _device(model)
+    x, maps = x.to(device), maps.to(device).float()
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=device).view(1, -1, 1, 1)
+    if target is None:
+        target = confidence.predict(model(x))
+    target = torch.as_tensor(target, device=device).long().expand(x.shape[0]) if torch.as_tensor(target).ndim == 0 else torch.as_tensor(target, device=device).long()
+    y = _scores(model, x, confidence, target, batch_size)  # same batching as O_c, so E = 1 gives O_c = Y_c exactly
+    e = maps[:, None]
+    x_tilde = x * e + mean * (e - 1) / std  # = (x_raw * E - mean) / std, exact for E = 1
+    o = _scores(model, x_tilde, confidence, target, batch_size)
+    drop = (y - o).clamp_min(0) / y.clamp_min(1e-12)
+    return drop, (o > y).float()

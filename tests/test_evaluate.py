@@ -1,0 +1,105 @@
+"""`visionlens evaluate`: resumable per-image results (a real SIGKILL), the report card, bad arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from visionlens.cli import main
+from visionlens.evaluate import evaluate, read_results
+
+ARGS = {"models": ["world-cnn"], "methods": ["gradcam", "eigencam"], "data": "world:test", "n": 8, "batch_size": 4,
+        "device": "cpu", "step": 1024, "metrics": ["deletion", "pointing-game", "relevance-mass"], "progress": False}
+CLI = ["evaluate", "--models", "world-cnn", "--methods", "gradcam,eigencam", "--data", "world:test", "--n", "8",
+       "--batch-size", "4", "--device", "cpu", "--step", "1024", "--metrics", "deletion,pointing-game,relevance-mass", "--quiet"]
+
+
+def _by_key(path: Path) -> dict:
+    return {(r["model"], r["method"], r["image"]): r for r in read_results(path)}
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_results(tmp_path):
+    full = tmp_path / "full"
+    evaluate(out=full, **ARGS)
+    expected = _by_key(full / "results.jsonl")
+    assert len(expected) == 16
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "visionlens", *CLI, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    results = killed / "results.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and results.read_bytes().count(b"\n") >= 4:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = _by_key(results)
+    assert 0 < len(partial) < 16
+    assert not (killed / "report.csv").exists()
+    with open(results, "ab") as f:  # as if killed in the middle of writing a line
+        f.write(b'{"image": "world:test:7", "method": "gradc')
+
+    assert main([*CLI, "--out", str(killed)]) == 0
+    lines = results.read_text().splitlines()
+    assert len(lines) == 16 and all(json.loads(line) for line in lines)  # nothing lost, nothing duplicated
+    assert _by_key(results) == expected
+    assert json.loads((killed / "report.json").read_text()) == json.loads((full / "report.json").read_text())
+
+
+def test_report_card_and_skipped_methods(tmp_path):
+    report = evaluate(out=tmp_path, **{**ARGS, "methods": ["gradcam", "rollout"], "n": 4})
+    assert report["skipped"][0]["method"] == "rollout" and "Vision Transformer" in report["skipped"][0]["reason"]
+    cells = {(r["method"], r["metric"]): r for r in report["rows"]}
+    assert cells[("gradcam", "pointing-game")]["n"] == 4
+    assert cells[("gradcam", "deletion")]["direction"] == "lower" and ("gradcam", "relevance-mass") in cells
+    for name in ("report.csv", "report.json", "index.html", "manifest.json", "results.jsonl"):
+        assert (tmp_path / name).is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert list((tmp_path / "examples").glob("world-cnn.gradcam.*.png"))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["versions"]["torch"] and manifest["command"]["seed"] == 0
+    assert "gradcam" in (tmp_path / "index.html").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "nope"], "unknown model"),
+    (["--methods", "nope"], "unknown method"),
+    (["--metrics", "nope"], "unknown metric"),
+    (["--data", "/nonexistent/folder"], "bad --data"),
+    (["--data", "world:holdout"], "bad --data"),
+    (["--data", "samples"], "does not fit"),
+])
+def test_bad_arguments_stop_with_one_line(tmp_path, capsys, argv, message):
+    assert main(["evaluate", "--out", str(tmp_path / "o"), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+def test_folder_without_labels_is_refused(tmp_path, capsys):
+    assert main(["evaluate", "--models", "mobilenet_v2", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "labels.csv" in capsys.readouterr().err
+
+
+def test_labelled_folder(tmp_path, imagenet_photos, mobilenet):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rows = ["file,class_index"]
+    for p in imagenet_photos[:2]:
+        (folder / p.name).write_bytes(p.read_bytes())
+        rows.append(f"{p.name},{int(p.stem.rsplit('_', 1)[1])}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    report = evaluate(["mobilenet_v2"], ["gradcam"], data=str(folder), n=2, batch_size=2, device="cpu",
+                      out=tmp_path / "o", metrics=["average-drop", "increase-confidence"], progress=False)
+    assert {r["metric"] for r in report["rows"]} == {"average-drop", "increase-confidence"}
+    assert all(r["n"] == 2 for r in report["rows"])
