@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.boxes import box_of
+
 # --- the vocabulary -------------------------------------------------------------------------
 
 # Shape primitives as (superellipse exponent p, hole ratio, cut): inside = |u|^p + |v|^p <= 1,
@@ -278,20 +280,6 @@ def _paint(layers: torch.Tensor, size: int) -> torch.Tensor:
     return top[:, pad:pad + size, pad:pad + size].long()
 
 
-def _boxes(masks: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) bool -> (..., 4) float boxes x0, y0, x1, y1 in pixels (exclusive end); zeros if empty."""
-    h, w = masks.shape[-2:]
-    cols, rows = masks.any(-2), masks.any(-1)
-    ar_w, ar_h = torch.arange(w), torch.arange(h)
-    big = 10**6
-    x0 = torch.where(cols, ar_w, big).min(-1).values
-    x1 = torch.where(cols, ar_w, -1).max(-1).values + 1
-    y0 = torch.where(rows, ar_h, big).min(-1).values
-    y1 = torch.where(rows, ar_h, -1).max(-1).values + 1
-    box = torch.stack([x0, y0, x1, y1], -1).float()
-    return torch.where(cols.any(-1, keepdim=True), box, torch.zeros_like(box))
-
-
 def _hue_matrix(degrees: float) -> torch.Tensor:
     a = math.radians(degrees)
     c, s, k = math.cos(a), math.sin(a), 1 / 3
@@ -348,11 +336,11 @@ def render(scenes: list[dict], cfg: WorldConfig, remove_object: bool = False, re
         "image": image,
         "label": torch.tensor([s["label"] for s in scenes]),
         "object_mask": obj,
-        "object_box": _boxes(obj),
+        "object_box": box_of(obj),
         "part_masks": parts,
         "part_ids": torch.tensor(np.stack([s["part_ids"] for s in scenes])),
         "distractor_masks": distractors,
-        "distractor_boxes": _boxes(distractors),
+        "distractor_boxes": box_of(distractors),
         "distractor_valid": layers[:, MAX_PARTS:, 8] > 0.5,
     }
 
