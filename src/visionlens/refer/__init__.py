@@ -1,0 +1,1 @@
+"""Referring segmentation (LGD) and referring human pose and mask (UniPHD)."""
