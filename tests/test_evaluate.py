@@ -103,3 +103,50 @@ def test_labelled_folder(tmp_path, imagenet_photos, mobilenet):
                       out=tmp_path / "o", metrics=["average-drop", "increase-confidence"], progress=False)
     assert {r["metric"] for r in report["rows"]} == {"average-drop", "increase-confidence"}
     assert all(r["n"] == 2 for r in report["rows"])
+
+
+def test_per_class_pointing_game_averages_classes_first(tmp_path):
+    report = evaluate(out=tmp_path, **{**ARGS, "methods": ["gradcam"], "metrics": ["pointing-game-classes"]})
+    recs = [r for r in read_results(tmp_path / "results.jsonl")]
+    by_class: dict[int, list[float]] = {}
+    for r in recs:
+        by_class.setdefault(r["label"], []).append(r["metrics"]["pointing-game"])
+    expected = sum(sum(v) / len(v) for v in by_class.values()) / len(by_class)
+    (row,) = [r for r in report["rows"] if r["metric"] == "pointing-game-classes"]
+    assert row["n"] == len(by_class) and row["mean"] == pytest.approx(expected)
+
+
+def test_embedding_models_use_the_similarity_confidences(tmp_path):
+    """Spec 7.6: SFAM on the metric model is scored by the clamped cosine to each image's nearest
+    gallery image (the clean reference), DAAM on the self-supervised ViT by its k-NN vote mass."""
+    import torch
+
+    from visionlens.evaluate import EmbeddingReference, RetrievalExplainer
+    from visionlens.methods.sfam import SFAM
+    from visionlens.metrics import deletion
+    from visionlens.models import load_model
+
+    args = {**ARGS, "n": 4, "metrics": ["deletion", "average-drop", "pointing-game"]}
+    report = evaluate(out=tmp_path / "m", **{**args, "models": ["world-metric"], "methods": ["sfam", "cam"]},
+                      gallery_size=200)
+    assert {r["method"] for r in report["rows"]} == {"sfam"}
+    assert report["skipped"][0]["method"] == "cam" and "needs class logits" in report["skipped"][0]["reason"]
+    recs = read_results(tmp_path / "m" / "results.jsonl")
+    assert all(0 <= r["reference"] < 200 for r in recs if r["image"] != "*")
+
+    # the recorded deletion AUC is the one of the similarity to the clean nearest neighbour
+    from visionlens.data.world import World, WorldConfig
+    model = load_model("world-metric")
+    b = World(WorldConfig(size=64)).batch("test", range(4))
+    x = (b["image"] - 0.5) / 0.5
+    ref = EmbeddingReference.build(model, {"kind": "world"}, 200)
+    res = RetrievalExplainer(SFAM(model.module, model.layer), model.module, ref)(x, b["label"])
+    auc = deletion(model.module, x, res["maps"], res["target"], step=1024, confidence=res["confidence"])
+    got = sorted((r["image"], r["metrics"]["deletion"]) for r in recs if r["method"] == "sfam")
+    assert [v for _, v in got] == pytest.approx(auc.tolist(), abs=1e-5)
+    assert torch.equal(res["extra"]["reference"], torch.tensor([r["reference"] for r in sorted(
+        (r for r in recs if r["method"] == "sfam"), key=lambda r: r["image"])]))
+
+    report = evaluate(out=tmp_path / "d", **{**args, "models": ["world-dino"], "methods": ["daam"]}, gallery_size=200)
+    cells = {r["metric"]: r for r in report["rows"]}
+    assert cells["deletion"]["n"] == 4 and 0 <= cells["average-drop"]["mean"] <= 100

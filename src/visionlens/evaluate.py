@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -133,22 +134,27 @@ def _num(v) -> float | None:
     return None if math.isnan(v) else v
 
 
-def batch_metrics(model: ZooModel, method, names: list[str], b: dict, maps: torch.Tensor, target: torch.Tensor,
-                  step: int | None, batch_size: int) -> dict[str, list]:
+def batch_metrics(model: ZooModel, explain_fn, names: list[str], b: dict, maps: torch.Tensor, target: torch.Tensor,
+                  step: int | None, batch_size: int, confidence: M.Confidence | None = None,
+                  correct: torch.Tensor | None = None) -> dict[str, list]:
+    """Every requested metric for one batch. ``explain_fn(x, target) -> maps`` (for the sanity
+    check); ``confidence``: softmax probability (classifiers) or a spec 7.6 confidence;
+    ``correct``: per image, whether the decision was right (for the localisation error)."""
     module, x = model.module, b["x"].to(model.device)
     pre = model.preprocess
     out: dict[str, list] = {}
     chunk = max(batch_size * 8, 64)
+    kw = {"confidence": confidence, "batch_size": chunk}
     if "deletion" in names:
-        out["deletion"] = M.deletion(module, x, maps, target, step=step, batch_size=chunk).tolist()
+        out["deletion"] = M.deletion(module, x, maps, target, step=step, **kw).tolist()
     if "insertion" in names:
-        out["insertion"] = M.insertion(module, x, maps, target, step=step, batch_size=chunk).tolist()
+        out["insertion"] = M.insertion(module, x, maps, target, step=step, **kw).tolist()
     if "average-drop" in names or "increase-confidence" in names:
-        drop, inc = M.drop_increase(module, x, maps, pre.mean, pre.std, target, batch_size=chunk)
+        drop, inc = M.drop_increase(module, x, maps, pre.mean, pre.std, target, **kw)
         out["average-drop"], out["increase-confidence"] = (100 * drop).tolist(), (100 * inc).tolist()
     if b["masks"] is not None:
         masks = b["masks"].to(maps.device)
-        if "pointing-game" in names:
+        if "pointing-game" in names or "pointing-game-classes" in names:
             out["pointing-game"] = M.pointing_game(maps, masks).tolist()
         if "relevance-mass" in names:
             out["relevance-mass"] = M.relevance_mass(maps, masks).tolist()
@@ -159,12 +165,102 @@ def batch_metrics(model: ZooModel, method, names: list[str], b: dict, maps: torc
         if "energy-pointing-game" in names:
             out["energy-pointing-game"] = M.energy_pointing_game(maps, boxes).tolist()
         if "loc-error" in names:
-            correct = target.cpu() == b["label"]
+            correct = (target.cpu() == b["label"]) if correct is None else correct.cpu()
             out["loc-error"] = M.localisation_error(maps, boxes, correct).__getitem__(0).tolist()
     if "randomisation" in names:
-        res = M.model_randomisation(module, lambda xx, t: method(xx, t).maps, x, target)
+        res = M.model_randomisation(module, explain_fn, x, target)
         out["randomisation"] = M.randomisation_score(res).tolist()
     return {k: [_num(v) for v in vals] for k, vals in out.items()}
+
+
+# --- how a method explains a batch, per kind of model ---------------------------------------
+
+class ClassifierExplainer:
+    """Classifiers: explain the predicted class; softmax confidence."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> dict:
+        exp = self.method(x)
+        target = exp.logits.argmax(1).detach()
+        return {"maps": exp.maps.detach(), "target": target, "predicted": target.cpu(), "confidence": None,
+                "correct": None, "extra": {}, "explain_fn": lambda xx, t: self.method(xx, t).maps}
+
+
+@dataclass
+class EmbeddingReference:
+    """The gallery for an embedding model: L2-normalised embeddings and labels of the first
+    ``size`` training images of the synthetic world (the k-NN bank, and where references come from)."""
+
+    bank: "MemoryBank"
+
+    @classmethod
+    def build(cls, model: ZooModel, spec: dict, size: int) -> "EmbeddingReference":
+        from .core.memory_bank import build_bank
+
+        if spec["kind"] != "world":
+            raise InputError("embedding models are evaluated on the synthetic world (--data world[:split])")
+        return cls(build_bank(model, world_split="train", n=size).to(model.device))
+
+    def nearest(self, module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index, embedding) of each image's nearest gallery entry (cosine)."""
+        from .core.vit import model_output
+
+        with torch.no_grad():
+            e = torch.nn.functional.normalize(model_output(module(x)).float(), dim=1)
+        idx = (e @ self.bank.features.T).argmax(1)
+        return idx, self.bank.features[idx]
+
+
+class RetrievalExplainer:
+    """Similarity methods: why is the image similar to its nearest gallery image? Confidence: the
+    clamped cosine to that (clean) reference; "correct": the neighbour has the image's class."""
+
+    def __init__(self, method, module, reference: EmbeddingReference):
+        self.method, self.module, self.reference = method, module, reference
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> dict:
+        idx, refs = self.reference.nearest(self.module, x)
+        exp = self.method.explain(x, refs)
+        predicted = self.reference.bank.labels[idx].cpu()
+        return {"maps": exp.maps.detach(), "target": torch.arange(len(x), device=x.device),
+                "predicted": predicted, "confidence": M.SimilarityConfidence(refs), "correct": predicted == labels,
+                "extra": {"reference": idx.cpu()}, "explain_fn": lambda xx, t: self.method.explain(xx, refs).maps}
+
+
+class KNNExplainer:
+    """Class-free flow methods on a self-supervised model (DAAM with the bank, rollout): explain
+    the k-NN-predicted class; confidence: its k-NN vote mass over the gallery."""
+
+    def __init__(self, method, module, reference: EmbeddingReference):
+        self.method, self.module = method, module
+        self.confidence = M.KNNConfidence(reference.bank.features, reference.bank.labels)
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> dict:
+        from .core.vit import model_output
+
+        with torch.no_grad():
+            target = self.confidence.predict(model_output(self.module(x)))
+        exp = self.method(x, target)
+        return {"maps": exp.maps.detach(), "target": target, "predicted": target.cpu(), "confidence": self.confidence,
+                "correct": None, "extra": {}, "explain_fn": lambda xx, t: self.method(xx, t).maps}
+
+
+def make_explainer(name: str, model: ZooModel, reference: EmbeddingReference):
+    """The explainer for method ``name`` (``METHOD@LAYER`` allowed) on an embedding model."""
+    from .methods import METHODS
+    from .methods.sfam import SIMILARITY_METHODS
+    from .pipeline import make_method, parse_method
+
+    base, layer = parse_method(name)
+    if base in SIMILARITY_METHODS:
+        cls = SIMILARITY_METHODS[base]
+        return RetrievalExplainer(cls(model.module, layer if layer is not None else model.layer), model.module, reference)
+    if not getattr(METHODS[base], "uses_layer", True):
+        return KNNExplainer(make_method(name, model, bank=reference.bank), model.module, reference)
+    raise InputError(f"'{base}' needs class logits; on embedding model '{model.name}' use "
+                     f"{', '.join(SIMILARITY_METHODS)} (similarity) or daam, rollout (k-NN)")
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -181,17 +277,27 @@ def _versions() -> dict:
 
 def evaluate(models: list[str], methods: list[str], data: str = "world:test", n: int | None = 100, batch_size: int = 16,
              device: str | None = "cpu", out: str | Path = "visionlens-eval", metrics: list[str] | None = None,
-             step: int | None = None, seed: int = 0, examples: int = 4, progress: bool = True) -> dict:
-    """Run (or resume) the evaluation and write the report card; returns the report dict."""
+             step: int | None = None, seed: int = 0, examples: int = 4, progress: bool = True,
+             gallery_size: int = 1000) -> dict:
+    """Run (or resume) the evaluation and write the report card; returns the report dict.
+
+    Embedding models (spec 7.6) are scored through a confidence instead of a softmax: methods for
+    similarity (SFAM, Grad-CAM and Relevance-CAM on the similarity) explain each image's
+    similarity to its nearest neighbour in a gallery (the first ``gallery_size`` training images),
+    scored by the clamped cosine to that reference; class-free flow methods (DAAM with a k-NN bank,
+    rollout) use the k-NN vote mass of the predicted class over the same gallery."""
     from .methods import METHODS
     from .pipeline import make_method, parse_method
 
     for m in models:
         if m not in ZOO:
             raise InputError(f"unknown model '{m}'; choose from: {', '.join(ZOO)}")
+    from .methods.sfam import SIMILARITY_METHODS
+
+    known = list(METHODS) + [m for m in SIMILARITY_METHODS if m not in METHODS]
     for m in methods:
-        if parse_method(m)[0] not in METHODS:
-            raise InputError(f"unknown method '{m}'; choose from: {', '.join(METHODS)}")
+        if parse_method(m)[0] not in known:
+            raise InputError(f"unknown method '{m}'; choose from: {', '.join(known)} (sfam: embedding models only)")
     names = list(DEFAULT_METRICS if not metrics else (list(M.METRICS) if metrics == ["all"] else metrics))
     for m in names:
         M.get_metric(m)
@@ -202,8 +308,6 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
         world_model = ZOO[m].task.startswith("world")
         if (spec["kind"] == "world") != world_model:
             raise InputError(f"model '{m}' does not fit --data {data}: world models take world data, ImageNet models images")
-        if ZOO[m].task.endswith("embedding"):
-            raise InputError(f"model '{m}' is an embedding model; evaluate takes classifiers (see metrics.Confidence for 7.6)")
     out = Path(out)
     (out / "examples").mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
@@ -217,11 +321,15 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
             model = load_model(model_name, device=device)
             todo = [(mm, (model_name, mm, "*") not in done) for mm in methods]
             live = {}
+            reference = None
+            if ZOO[model_name].task.endswith("embedding") and any(ok for _, ok in todo):
+                reference = EmbeddingReference.build(model, spec, gallery_size)
             for mm, ok in todo:
                 if not ok:
                     continue
                 try:
-                    live[mm] = make_method(mm, model)
+                    live[mm] = (make_explainer(mm, model, reference) if reference is not None
+                                else ClassifierExplainer(make_method(mm, model)))
                 except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
                     _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
             bar = Progress(len(items) * max(len(live), 1), f"{model_name}", enabled=progress)
@@ -232,15 +340,16 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
                     bar.update(len(chunk) * len(live))
                     continue
                 b = _load_batch(spec, chunk, model)
-                for mm, method in list(live.items()):
+                for mm, explainer in list(live.items()):
                     if not missing[mm]:
                         bar.update(len(chunk))
                         continue
                     t0 = time.perf_counter()
                     try:
-                        exp = method(b["x"].to(model.device))
-                        maps, target = exp.maps.detach(), exp.logits.argmax(1).detach()
-                        vals = batch_metrics(model, method, names, b, maps, target, step, batch_size)
+                        res = explainer(b["x"].to(model.device), b["label"])
+                        maps = res["maps"]
+                        vals = batch_metrics(model, res["explain_fn"], names, b, maps, res["target"], step, batch_size,
+                                             res["confidence"], res["correct"])
                     except Exception as err:  # noqa: BLE001
                         _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
                         del live[mm]
@@ -254,13 +363,15 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
                         if (model_name, mm, image) in done:
                             continue
                         recs.append({"model": model_name, "method": mm, "image": image, "label": int(b["label"][j]),
-                                     "predicted": int(target[j]), "metrics": {k: v[j] for k, v in vals.items()}})
+                                     "predicted": int(res["predicted"][j]), **{k: int(v[j]) for k, v in res["extra"].items()},
+                                     "metrics": {k: v[j] for k, v in vals.items()}})
                     _write(f, recs)
                     done.update((model_name, mm, r["image"]) for r in recs)
                     bar.update(len(chunk))
     report = aggregate(read_results(path), models, methods, names)
     manifest = {"command": {"models": models, "methods": methods, "data": data, "n": n, "batch_size": batch_size,
-                            "device": str(device), "metrics": names, "step": step, "seed": seed},
+                            "device": str(device), "metrics": names, "step": step, "seed": seed,
+                            "gallery_size": gallery_size},
                 "versions": _versions(), "device": str(resolve_device(device)),
                 "seconds_this_run": round(time.perf_counter() - t_start, 2),
                 "seconds_per_model_method_this_run": {k: round(v, 2) for k, v in timings.items()},
@@ -292,7 +403,14 @@ def aggregate(records: list[dict], models: list[str], methods: list[str], names:
                 skipped.append({"model": model, "method": method, "reason": skip[0]["skipped"]})
                 continue
             for metric in names:
-                vals = np.array([r["metrics"][metric] for r in recs if r["metrics"].get(metric) is not None], float)
+                if metric == "pointing-game-classes":  # per class first, then over classes
+                    hits: dict[int, list[float]] = {}
+                    for r in recs:
+                        if r["metrics"].get("pointing-game") is not None:
+                            hits.setdefault(r["label"], []).append(r["metrics"]["pointing-game"])
+                    vals = np.array([np.mean(v) for v in hits.values()], float)
+                else:
+                    vals = np.array([r["metrics"][metric] for r in recs if r["metrics"].get(metric) is not None], float)
                 if not len(vals):
                     continue
                 half = 1.96 * vals.std(ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")

@@ -76,19 +76,21 @@ class KNNConfidence(Confidence):
 
 
 class SimilarityConfidence(Confidence):
-    """Retrieval: ``max(cos(e, r), 0)`` with the reference embeddings ``r`` (one per image, from
-    the clean images, computed once); the target is ignored."""
+    """Retrieval: ``max(cos(e, r_t), 0)`` with the reference embeddings ``r`` (computed once, on
+    the clean images); the "class" ``t`` of an image is the row of its reference, so perturbed
+    copies of image ``i`` (any batching) are scored against ``r_i``. ``predict`` gives
+    ``0 .. B-1``: one reference per image, in order."""
 
     def __init__(self, references: torch.Tensor):
         self.references = F.normalize(references.float(), dim=1)
 
     def __call__(self, out, target):
         ref = self.references.to(out.device)
-        ref = ref.repeat(out.shape[0] // ref.shape[0], 1) if out.shape[0] != ref.shape[0] else ref
+        ref = ref[: out.shape[0]] if target is None else ref[torch.as_tensor(target, device=out.device).long()]
         return (F.normalize(out.float(), dim=1) * ref).sum(1).clamp_min(0)
 
     def predict(self, out):
-        return torch.zeros(out.shape[0], dtype=torch.long, device=out.device)
+        return torch.arange(out.shape[0], device=out.device)
 
 
 def _device(model: nn.Module) -> torch.device:
