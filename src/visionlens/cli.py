@@ -159,11 +159,36 @@ def _methods(args) -> list[str]:
 def _cmd_explain_pair(args) -> int:
     from .retrieval import explain_pair_files
 
+    methods = _methods(args)
+    if "naflow" not in methods:
+        model = _embedding_model(args)
+        summary = explain_pair_files(args.a, args.b, model, out_dir=args.out, metric=args.metric, layer=args.layer,
+                                     methods=methods, **_sfam_options(args))
+        print(f"{args.metric} similarity {summary['similarity']:.4f} ({model.name}); wrote both maps with "
+              f"{', '.join(summary['methods'])} to {Path(args.out) / 'index.html'}")
+        return 0
+    # NAFlow: a flow through every layer for both images, on its own page
+    from .data.images import load_image
+    from .errors import InputError
+    from .methods.naflow import SimilarityNAFlow
+    from .pipeline import versions
+    from .viz.pairs import write_pair_flows
+
+    if len(methods) > 1:
+        raise InputError("--method naflow writes a per-layer flow and its own page; run it on its own")
     model = _embedding_model(args)
-    summary = explain_pair_files(args.a, args.b, model, out_dir=args.out, metric=args.metric, layer=args.layer,
-                                 methods=_methods(args), **_sfam_options(args))
-    print(f"{args.metric} similarity {summary['similarity']:.4f} ({model.name}); wrote both maps with "
-          f"{', '.join(summary['methods'])} to {Path(args.out) / 'index.html'}")
+    method = SimilarityNAFlow(model.module, args.layer, args.metric, max_iter=args.max_iter, **_sfam_options(args))
+    views = [model.preprocess.view(load_image(p)) for p in (args.a, args.b)]  # ImageLoadError names the file
+    xa, xb = (model.preprocess.normalize(v)[None] for v in views)
+    pair = method.pair(xa, xb)
+    layers = list(pair.query.flow_layers)
+    summary = {"model": model.name, "metric": args.metric, "methods": ["naflow"], "max_iter": args.max_iter,
+               "sfam_options": _sfam_options(args), "query": str(args.a), "reference": str(args.b),
+               "similarity": float(pair.scores[0]), "device": str(model.device), "versions": versions()}
+    flows = (pair.query.flow[0].cpu().numpy(), pair.reference.flow[0].cpu().numpy())
+    write_pair_flows(Path(args.out), tuple(views), flows, layers, summary)
+    print(f"{args.metric} similarity {summary['similarity']:.4f} ({model.name}); wrote the naflow flows of both images "
+          f"({len(layers)} layers, {layers[0]} to {layers[-1]}) to {Path(args.out) / 'index.html'}")
     return 0
 
 
@@ -189,7 +214,8 @@ def _add_similarity_options(p) -> None:
                    help="zoo model used as an embedder (ImageNet models: pooled penultimate features; world-metric: its "
                         "own normalised embedding)")
     p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
-    p.add_argument("--method", default="sfam", help="comma-separated: sfam, gradcam, relevance-cam (on the similarity)")
+    p.add_argument("--method", default="sfam", help="comma-separated: sfam, gradcam, relevance-cam (on the similarity); "
+                                                    "explain-pair also: naflow (alone: a flow through every layer)")
     p.add_argument("--layer", default=None, help="layer to explain (default: the embedding layer, the GAP input)")
     p.add_argument("--normalize", default="minmax", choices=["minmax", "relu", "none"], help="SFAM: CIS normalisation")
     p.add_argument("--euclid-mode", default="difference", choices=["difference", "cross_term"],
@@ -261,10 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.0, help="domain: pixel noise std")
     p.set_defaults(func=_cmd_world)
 
-    p = sub.add_parser("explain-pair", help="SFAM: why two images are similar (maps for both, for embedding models)")
+    p = sub.add_parser("explain-pair", help="SFAM: why two images are similar (maps for both, for embedding models; "
+                                            "--method naflow: a flow through every layer)")
     p.add_argument("a", help="first image (query)")
     p.add_argument("b", help="second image (reference)")
     _add_similarity_options(p)
+    p.add_argument("--max-iter", type=int, default=20, help="naflow: LSMR iteration cap per layer inverse")
     p.add_argument("--out", default="visionlens-pair", help="output folder")
     p.set_defaults(func=_cmd_explain_pair)
 

@@ -1,10 +1,12 @@
 """NAFlow (Liao et al., arXiv:2412.01202, TPAMI 2026): the neuron-abandoning attention flow, one
 map per layer of a CNN's feature extractor, from the first layers to the last.
 
-The feature extractor is flattened into a chain of stages ``s_0 .. s_{T-1}`` (``nn.Sequential``
-containers are expanded; any other module, e.g. a residual block, is one stage), with tensors
-``t_0`` (its input) and ``t_{k+1} = s_k(t_k)``. With ``y`` the target logit and
-``G_k = dy/dt_k`` (true gradients at the forward activations, one backward pass):
+The feature extractor is flattened into a chain of stages ``s_0 .. s_{T-1}`` in call order
+(``nn.Sequential`` and never-called containers such as ``nn.ModuleList`` are expanded, a module
+containing the layer is opened; any other module, e.g. a residual block, is one stage; see
+:func:`chain_modules`), with tensors ``t_0`` (its input) and ``t_{k+1} = s_k(t_k)``. With ``y``
+the target logit and ``G_k = dy/dt_k`` (true gradients at the forward activations, one backward
+pass):
 
 * top: ``B_T = t_T``, ``M_T = sum_c ReLU(B_T * G_T)`` (gradient x activation);
 * Neuron-Abandoning Back-Propagation, ``k = T-1 .. 1``: ``B_k = s_k^{-1}(B_{k+1}) * N_k`` with the
@@ -19,11 +21,14 @@ composite (AlexNet: conv3-relu3-conv4), as ``ly9802/NAFlow:model/alexnetFlow.py`
 released code, convolutions are really inverted (full least squares, matrix-free LSMR; the
 released behaviour, which falls back to the forward input, is ``solver="released"``, and its
 square truncation ``solver="truncated_square"``).
+
+:class:`SimilarityNAFlow` is the variant for similarity-metric models (spec §5.4, inferred): the
+top gradient is the vector-Jacobian product of SFAM's contribution weights, then the same cascade.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -32,10 +37,14 @@ from ..core.hooks import preserved_model_state
 from ..core.inverse import SolverOptions, check_invertible, composite_inverse, invert, kind_of, module_function
 from ..core.layers import _param_device, find_last_spatial_layer, resolve_layer
 from ..core.result import Explanation, normalize_maps
+from ..core.similarity import (EUCLID_MODES, NORMALIZATIONS, as_references, contribution_scores, contributions,
+                               normalize_scores, similarity)
 from ..core.targets import ClassTargets, Target, resolve_targets
 from ..core.vit import model_output
 from ..errors import InputError, LayerError
+from ..models.embedder import Embedder
 from .base import check_input
+from .sfam import PairExplanation, SimilarityExplanation, SimilarityMethod, _split
 
 
 @dataclass
@@ -65,39 +74,79 @@ def _is_plain_sequential(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
-def chain_modules(model: nn.Module, layer: str, call_order: dict[str, int]) -> list[tuple[str, nn.Module]]:
-    """The elementary stages from the input to ``layer`` (plain ``Sequential`` containers expanded;
-    the root's children in call order)."""
+def call_order(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """The rank of each submodule's first call in one forward pass of ``x`` (no grad)."""
+    order: dict[str, int] = {}
 
-    def expand(prefix: str, module: nn.Module, root: bool):
-        children = [(f"{prefix}.{n}" if prefix else n, c) for n, c in module.named_children()]
-        if root:
-            children = sorted((nc for nc in children if nc[0] in call_order), key=lambda nc: call_order[nc[0]])
+    def record(name):
+        def hook(mod, inputs):
+            order.setdefault(name, len(order))
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+@dataclass
+class Chain:
+    """The stages from the input to a layer, and the non-``Sequential`` modules on the way that
+    were opened (their children taken in call order), innermost last."""
+
+    modules: list[tuple[str, nn.Module]]
+    opened: list[tuple[str, nn.Module]]
+
+
+def chain_modules(model: nn.Module, layer: str, order: dict[str, int]) -> Chain:
+    """The elementary stages from the input to ``layer``, in call order: plain ``Sequential``
+    containers and containers that are never called themselves (``ModuleList``) are expanded;
+    any other module before the layer is one stage (a composite, e.g. a residual block); a module
+    that contains the layer is opened and its children followed in the order they were called
+    (whether that is really a chain is checked on the forward pass)."""
+    opened: list[tuple[str, nn.Module]] = []
+
+    def rank(full: str, child: nn.Module) -> int | None:
+        if full in order:
+            return order[full]
+        inner = [order[f"{full}.{n}"] for n, _ in child.named_modules() if n and f"{full}.{n}" in order]
+        return min(inner) if inner else None
+
+    def expand(prefix: str, module: nn.Module):
+        children = []
+        for n, c in module.named_children():
+            full = f"{prefix}.{n}" if prefix else n
+            r = rank(full, c)
+            if r is not None:  # never called (e.g. an unused head): not on the chain
+                children.append((r, full, c))
         out = []
-        for full, child in children:
-            inside = layer.startswith(full + ".")
-            if full == layer or inside:
-                if _is_plain_sequential(child):
-                    sub, found = expand(full, child, False)
-                    out += sub
-                    if found or full == layer:
-                        return out, True
-                    continue
-                if inside:
-                    raise LayerError(f"layer '{layer}' is inside '{full}' ({type(child).__name__}), which NAFlow inverts "
-                                     f"as one block; choose '{full}' or a layer outside it")
+        for _, full, child in sorted(children, key=lambda t: t[0]):
+            called = full in order
+            opaque = called and not _is_plain_sequential(child)
+            if full == layer and opaque:
                 out.append((full, child))
                 return out, True
-            if _is_plain_sequential(child):
-                out += expand(full, child, False)[0]
-            else:
+            if full == layer or layer.startswith(full + "."):
+                if opaque:
+                    opened.append((full, child))
+                sub, found = expand(full, child)
+                out += sub
+                return out, found or full == layer
+            if opaque:
                 out.append((full, child))
+            else:
+                out += expand(full, child)[0]
         return out, False
 
-    stages, found = expand("", model, True)
-    if not found:
-        raise LayerError(f"layer '{layer}' is not on the chain of modules NAFlow can follow from the input")
-    return stages
+    stages, found = expand("", model)
+    if not found or not stages:
+        raise LayerError(f"layer '{layer}' is not on the chain of modules NAFlow can follow from the input "
+                         "(it was not called in the forward pass)")
+    return Chain(stages, opened)
 
 
 def merge_reducing(stages: list[Stage], tensors: list[torch.Tensor]) -> list[Stage]:
@@ -147,6 +196,8 @@ class NAFlow:
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if threshold < 0:
             raise InputError(f"threshold must be >= 0, got {threshold}")
+        if max_iter is not None and (isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1):
+            raise InputError(f"max_iter must be a positive integer or None, got {max_iter!r}")
         self.model = model
         self.layer_arg = layer
         self.options = SolverOptions(atol=atol, btol=btol, max_iter=max_iter, float64=float64, mode=solver, offset=offset)
@@ -176,76 +227,85 @@ class NAFlow:
 
         return composite_inverse(f, x, b, self.options)
 
+    def _forward_chain(self, x: torch.Tensor, layer: str, target: Target):
+        """One forward pass that records the chain's tensors ``t_0 .. t_T`` (recomputed from the
+        first stage's input, in-place activations switched off) and their gradients."""
+        chain = chain_modules(self.model, layer, call_order(self.model, x[:1]))
+        modules = chain.modules
+        for name, module in modules:
+            check_invertible(module, name)
+        inplace = [m for _, mod in modules for m in mod.modules() if getattr(m, "inplace", False) is True]
+        captured: dict[str, object] = {}
+
+        def not_a_chain() -> LayerError:
+            if chain.opened:
+                full, module = chain.opened[-1]
+                return LayerError(f"layer '{layer}' is inside '{full}' ({type(module).__name__}), whose forward does more "
+                                  f"than call its children in order; NAFlow inverts it as one block: choose '{full}' "
+                                  "or a layer outside it")
+            return LayerError(f"the modules before '{layer}' are not a plain chain (the model's forward adds operations "
+                              "between them); pass the feature extractor as layer=...")
+
+        def first_hook(mod, inputs):
+            if "input" not in captured:
+                captured["input"] = inputs[0].detach().clone()
+
+        def last_hook(mod, inputs, output):
+            if "tensors" in captured or "busy" in captured:
+                return None
+            captured["busy"] = True
+            tensors = [captured["input"].requires_grad_(True)]
+            try:
+                for i, (_, m) in enumerate(modules):
+                    # the last stage is called without its hooks (another hook may stop the forward there)
+                    tensors.append(m.forward(tensors[-1]) if i == len(modules) - 1 else m(tensors[-1]))
+            except RuntimeError:
+                raise not_a_chain() from None
+            if not torch.is_tensor(output) or tensors[-1].shape != output.shape \
+                    or not torch.allclose(tensors[-1], output, rtol=1e-4, atol=1e-4):
+                raise not_a_chain()
+            captured["tensors"] = tensors
+            return tensors[-1]
+
+        handles = []
+        try:
+            for m in inplace:
+                m.inplace = False
+            handles = [modules[0][1].register_forward_pre_hook(first_hook),
+                       modules[-1][1].register_forward_hook(last_hook)]
+            with torch.enable_grad():
+                output = model_output(self.model(x))
+                targets = resolve_targets(target, output, x.shape[0])
+                if targets.scores.dim() != 1:
+                    raise InputError("NAFlow explains one class per image; give one target per image")
+                if "tensors" not in captured:
+                    raise LayerError(f"layer '{layer}' was not reached in the forward pass")
+                tensors = captured["tensors"]
+                grads = torch.autograd.grad(targets.scores.sum(), tensors[1:], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+            for m in inplace:
+                m.inplace = True
+        tensors = [t.detach() for t in tensors]
+        grads = [None] + [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(tensors[1:], grads)]
+        return modules, tensors, grads, targets, output.detach()
+
     def terms(self, x: torch.Tensor, target: Target = None) -> NAFlowTerms:
+        """The cascade for ``target`` (a class index per image, ``None`` for the predicted class, or
+        a callable ``output -> (B,)`` score, e.g. the similarity of :class:`SimilarityNAFlow`)."""
         check_input(x)
         x = x.to(_param_device(self.model))
         layer = self._layer_name(x)
         with preserved_model_state(self.model):
-            order: dict[str, int] = {}
-            def record(name):
-                def hook(mod, inputs):
-                    order.setdefault(name, len(order))
-                return hook
-
-            handles = [m.register_forward_pre_hook(record(n)) for n, m in self.model.named_children()]
-            try:
-                with torch.no_grad():
-                    self.model(x[:1])
-            finally:
-                for h in handles:
-                    h.remove()
-            modules = chain_modules(self.model, layer, order)
-            for name, module in modules:
-                check_invertible(module, name)
-            inplace = [m for _, mod in modules for m in mod.modules() if getattr(m, "inplace", False) is True]
-            captured: dict[str, torch.Tensor] = {}
-
-            def first_hook(mod, inputs):
-                if "input" not in captured:
-                    captured["input"] = inputs[0].detach().clone()
-
-            def last_hook(mod, inputs, output):
-                if "tensors" in captured or "busy" in captured:  # the recomputation below calls the layer itself
-                    return None
-                captured["busy"] = True
-                t = captured["input"].requires_grad_(True)
-                tensors = [t]
-                for _, m in modules:
-                    tensors.append(m(tensors[-1]))
-                if tensors[-1].shape != output.shape or not torch.allclose(tensors[-1], output, rtol=1e-4, atol=1e-4):
-                    raise LayerError(f"the modules before '{layer}' are not a plain chain (the model's forward adds "
-                                     "operations between them); pass the feature extractor as layer=...")
-                captured["tensors"] = tensors
-                return tensors[-1]
-
-            try:
-                for m in inplace:
-                    m.inplace = False
-                handles = [modules[0][1].register_forward_pre_hook(first_hook),
-                           resolve_layer(self.model, layer)[1].register_forward_hook(last_hook)]
-                with torch.enable_grad():
-                    output = model_output(self.model(x))
-                    targets = resolve_targets(target, output, x.shape[0])
-                    if targets.scores.dim() != 1:
-                        raise InputError("NAFlow explains one class per image; give one target per image")
-                    tensors = captured["tensors"]
-                    grads = torch.autograd.grad(targets.scores.sum(), tensors[1:], allow_unused=True)
-            finally:
-                for h in handles:
-                    h.remove()
-                for m in inplace:
-                    m.inplace = True
-            tensors = [t.detach() for t in tensors]
-            grads = [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(tensors[1:], grads)]
-            grads = [None] + grads  # G at t_k
+            modules, tensors, grads, targets, output = self._forward_chain(x, layer, target)
             stages = [Stage(n, [(n, m)], i, i + 1) for i, (n, m) in enumerate(modules)]
             if self.merge:
                 stages = merge_reducing(stages, tensors)
             with torch.no_grad():
                 top = len(tensors) - 1
                 b = tensors[top]
-                names, maps, feats, gs = [stages[-1].name], [], [b], [grads[top]]
-                maps.append((b * grads[top]).clamp_min(0).sum(1))
+                names, maps, feats, gs = [stages[-1].name], [(b * grads[top]).clamp_min(0).sum(1)], [b], [grads[top]]
                 for k in range(len(stages) - 1, 0, -1):
                     st = stages[k]
                     g = grads[st.start]
@@ -255,9 +315,8 @@ class NAFlow:
                     feats.append(b)
                     gs.append(g)
         self.layer = layer
-        scores = targets.scores.detach()
-        return NAFlowTerms(names[::-1], maps[::-1], feats[::-1], gs[::-1], ClassTargets(targets.indices, scores),
-                           output.detach())
+        return NAFlowTerms(names[::-1], maps[::-1], feats[::-1], gs[::-1],
+                           ClassTargets(targets.indices, targets.scores.detach()), output)
 
     def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
         t = self.terms(x, target)
@@ -267,3 +326,79 @@ class NAFlow:
             maps=flow[:, -1], raw=t.maps[-1], targets=t.targets.indices, scores=t.targets.scores, logits=t.logits,
             method=self.name, layer=f"{t.names[0]}..{t.names[-1]}", flow=flow, flow_raw=None, flow_layers=tuple(t.names),
         )
+
+
+class SimilarityNAFlow(SimilarityMethod):
+    """NAFlow for a similarity-metric model [inferred, spec §5.4: the paper's "channel contribution
+    weights via the Jacobian matrix" module is not in the released code].
+
+    ``SimilarityNAFlow(model, layer=None, metric="cosine")(x, reference)`` or ``.pair(a, b)``:
+
+    1. the dimension-wise contribution weights ``w`` of SFAM (CIS, then ``normalize``) between the
+       query embedding ``e`` and the reference(s);
+    2. ``G_T = J_e^T w`` with ``J_e = de/dY_T``: a vector-Jacobian product from the embedding the
+       metric uses (after the model's projection and L2 normalisation) to the layer, i.e. the
+       gradient of the scalar ``w . e`` with ``w`` held constant;
+    3. the cascade of :class:`NAFlow` unchanged, with the target logit replaced by ``w . e``.
+
+    The result is a :class:`~visionlens.methods.sfam.SimilarityExplanation` with ``flow``
+    ``(B, L, H, W)`` and ``flow_layers``; ``.pair`` gives the flows of both images from one set of
+    weights. ``layer``: the last layer of the cascade (default: the embedding layer, the GAP input).
+    The solver options are those of :class:`NAFlow`.
+    """
+
+    name = "naflow"
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, metric: str = "cosine",
+                 normalize: str = "minmax", euclid_mode: str = "difference", **naflow_options):
+        super().__init__(model, layer, metric)
+        if normalize not in NORMALIZATIONS:
+            raise InputError(f"unknown CIS normalisation {normalize!r}; choose from: {', '.join(NORMALIZATIONS)}")
+        if euclid_mode not in EUCLID_MODES:
+            raise InputError(f"unknown euclid_mode {euclid_mode!r}; choose from: {', '.join(EUCLID_MODES)}")
+        self.normalize, self.euclid_mode = normalize, euclid_mode
+        NAFlow(model, **naflow_options)  # validates the options
+        self.naflow_options = naflow_options
+
+    def explain(self, x: torch.Tensor, refs: torch.Tensor) -> SimilarityExplanation:
+        check_input(x)
+        x = x.to(_param_device(self.model))
+        e = self.embed(x)
+        refs = as_references(refs.to(e.device, e.dtype), x.shape[0], e.shape[1])
+        scores = similarity(e, refs, self.metric)
+        cis = contribution_scores(contributions(e, refs, self.metric, self.euclid_mode))
+        w = normalize_scores(cis, self.normalize)
+        name, module = self.resolve(x)
+        embedded = isinstance(self.model, Embedder)  # its output is already the metric's embedding
+
+        def score(output: torch.Tensor) -> torch.Tensor:  # w . e, w constant: its gradient is J_e^T w
+            emb = output if embedded else self._finish(output)
+            if emb.shape != w.shape:
+                raise InputError(f"the model returns {tuple(emb.shape)}, not the (B, D) embedding {tuple(w.shape)}")
+            return (emb * w.to(emb.dtype)).sum(1)
+
+        t = NAFlow(self.model, layer=module, **self.naflow_options).terms(x, score)
+        flow = torch.stack([normalize_maps(m, tuple(x.shape[-2:]), relu=False) for m in t.maps], dim=1)
+        names = [n.removeprefix("backbone.") if embedded else n for n in t.names]  # as SFAM: relative to the backbone
+        return SimilarityExplanation(
+            maps=flow[:, -1], raw=t.maps[-1], targets=None, scores=scores, logits=e, method=self.name,
+            layer=f"{names[0]}..{names[-1]}", flow=flow, flow_layers=tuple(names), references=refs,
+            metric=self.metric, cis=cis, weights=w,
+        )
+
+    def pair(self, a: torch.Tensor, b: torch.Tensor) -> PairExplanation:
+        """Both images' flows from one set of weights: ``a[i]`` against ``b[i]`` and ``b[i]``
+        against ``a[i]`` (one batch of ``2B``; ``b`` may hold one image for all of ``a``)."""
+        check_input(a)
+        check_input(b)
+        if b.shape[0] == 1 and a.shape[0] > 1:
+            b = b.expand(a.shape[0], -1, -1, -1)
+        if a.shape[0] != b.shape[0] or a.shape[1:] != b.shape[1:]:
+            raise InputError(f"pair images must have matching shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+        x = torch.cat([a, b.to(a.device)])
+        n = a.shape[0]
+        e = self.embed(x)
+        exp = self.explain(x, torch.cat([e[n:], e[:n]])[:, None])
+        parts = [replace(part, flow=exp.flow[sl], flow_layers=exp.flow_layers)
+                 for part, sl in zip(_split(exp, n), (slice(0, n), slice(n, None)))]
+        return PairExplanation(*parts)
