@@ -1,0 +1,151 @@
+"""A small white-box vision-language model for the synthetic referring world (CLIP stand-in).
+
+* Image side: two small CNNs over 4-channel crops (RGB + the proposal mask), 24x24 each.
+  **Local** branch: the mask's box, pixels outside the mask filled with grey (GL-CLIP's local
+  crop). **Context** branch: a box three times larger around the mask, pixels kept (plays the
+  role of GL-CLIP's global-context feature: what surrounds the region).
+* Text side: a bag of words over the synthetic vocabulary, with separate embeddings for the
+  words after "with" and after "surrounded by" (a bag alone cannot tell "a lantern surrounded by
+  a grey ring" from "a grey ring surrounded by a lantern"). Words outside the vocabulary are
+  ignored; a sentence with none gives the zero vector (cosine 0 for every region).
+
+It is trained (``train_toy_vlm.py``) contrastively on region captions only, the way CLIP is
+trained on alt-text: appearance captions and surrounding captions, never referring expressions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...data.world import CLASS_NAMES, PART_NAMES, SHAPES
+from ...errors import AssetError, InputError
+from .synthetic import DISTRACTOR_COLOUR_NAMES
+
+CROP = 24
+CONTEXT_SCALE = 3.0
+WEIGHTS = Path(__file__).with_name("toy_vlm.pt")
+_WORDS = sorted({"a", "an", "photo", "of", "with", "and", "surrounded", "by"}
+                | set(CLASS_NAMES) | {w for p in PART_NAMES for w in p.split()}
+                | set(DISTRACTOR_COLOUR_NAMES) | set(SHAPES))
+VOCAB = {w: i for i, w in enumerate(_WORDS)}
+SEGMENT_WORDS = {"with": 1, "surrounded": 2}
+
+
+def tokenize(text: str) -> list[int]:
+    """Known words -> ids; words after "with" / "surrounded" are shifted to their own segment."""
+    ids, seg = [], 0
+    for w in re.findall(r"[a-z][a-z\-]*", text.lower()):
+        seg = max(seg, SEGMENT_WORDS.get(w, 0))
+        if w in VOCAB:
+            ids.append(VOCAB[w] + seg * len(VOCAB))
+    return ids
+
+
+def _box_grids(boxes: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
+    """Sampling grids for square crops ``boxes`` (N, 3: cx, cy, side in pixels)."""
+    lin = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
+    gx = boxes[:, 0, None] + lin[None] * boxes[:, 2, None]  # (N, size) pixel x
+    gy = boxes[:, 1, None] + lin[None] * boxes[:, 2, None]
+    nx = gx / width * 2 - 1
+    ny = gy / height * 2 - 1
+    return torch.stack([nx[:, None, :].expand(-1, size, -1), ny[:, :, None].expand(-1, -1, size)], dim=-1)
+
+
+def region_crops(image: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image`` (3, H, W) in [0, 1], ``masks`` (N, H, W) bool -> local and context crops, each
+    (N, 4, 24, 24). Empty masks give empty (all-zero mask channel) crops."""
+    n, h, w = masks.shape
+    m = masks.float()
+    ys = torch.arange(h, dtype=torch.float32)
+    xs = torch.arange(w, dtype=torch.float32)
+    rows, cols = m.amax(2) > 0, m.amax(1) > 0
+    big = 1e9
+    y0 = torch.where(rows, ys, big).amin(1)
+    y1 = torch.where(rows, ys, -big).amax(1)
+    x0 = torch.where(cols, xs, big).amin(1)
+    x1 = torch.where(cols, xs, -big).amax(1)
+    empty = ~rows.any(1)
+    y0, y1, x0, x1 = (torch.where(empty, 0.0, v) for v in (y0, y1, x0, x1))
+    side = torch.maximum(x1 - x0, y1 - y0) * 1.15 + 3
+    cx, cy = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2
+    stack = torch.cat([image[None].expand(n, -1, -1, -1), m[:, None]], dim=1)
+    local_src = torch.cat([torch.where(m[:, None] > 0, image[None], torch.full_like(image[None], 0.5)), m[:, None]], 1)
+    local = F.grid_sample(local_src, _box_grids(torch.stack([cx, cy, side], 1), CROP, h, w), align_corners=False)
+    context = F.grid_sample(stack, _box_grids(torch.stack([cx, cy, side * CONTEXT_SCALE], 1), CROP, h, w),
+                            align_corners=False)
+    return local, context
+
+
+def _cnn(dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 9, 96), nn.ReLU(), nn.Linear(96, dim),
+    )
+
+
+class ToyVLM(nn.Module):
+    """Region encoders (local, context) and a bag-of-words text encoder in one ``dim``-d space."""
+
+    def __init__(self, dim: int = 32):
+        super().__init__()
+        self.local = _cnn(dim)
+        self.context = _cnn(dim)
+        self.words = nn.EmbeddingBag(3 * len(VOCAB), dim, mode="mean")
+        self.text_proj = nn.Linear(dim, dim, bias=False)
+
+    def encode_crops(self, local: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-norm ``(global/context, local)`` features of precomputed crops."""
+        return F.normalize(self.context(context), dim=-1), F.normalize(self.local(local), dim=-1)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        ids = [tokenize(t) for t in texts]
+        flat = torch.tensor([i for seq in ids for i in seq], dtype=torch.long)
+        offsets = torch.tensor(np.cumsum([0] + [len(s) for s in ids[:-1]]), dtype=torch.long)
+        bag = self.words(flat, offsets)  # empty bags -> zeros
+        out = F.normalize(self.text_proj(bag), dim=-1)
+        empty = torch.tensor([len(s) == 0 for s in ids])
+        return torch.where(empty[:, None], torch.zeros_like(out), out)
+
+
+class ToyVLMEncoder:
+    """The pipeline's encoder interface on :class:`ToyVLM`: ``encode_regions(image, masks)`` ->
+    ``(global, local)`` unit features and ``encode_text(texts)``; ``name`` for caches."""
+
+    def __init__(self, model: ToyVLM, name: str = "toy-vlm"):
+        self.model, self.name = model.eval(), name
+
+    @torch.no_grad()
+    def encode_regions(self, image: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if image.ndim != 3 or image.shape[0] != 3 or masks.ndim != 3 or masks.shape[1:] != image.shape[1:]:
+            raise InputError(f"expected image (3, H, W) and masks (N, H, W) of the same size, got "
+                             f"{tuple(image.shape)} and {tuple(masks.shape)}")
+        return self.model.encode_crops(*region_crops(image.float(), masks.bool()))
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(list(texts))
+
+
+def load_toy_vlm(path: str | Path | None = None) -> ToyVLMEncoder:
+    """The packaged weights (``toy_vlm.pt``, made by ``train_toy_vlm.py``) or another file."""
+    path = Path(path) if path else WEIGHTS
+    if not path.is_file():
+        raise AssetError(f"toy VLM weights not found at {path}; run `python -m visionlens.refer.lgd.train_toy_vlm`")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = ToyVLM(int(state["dim"]))
+    model.load_state_dict(state["state_dict"])
+    return ToyVLMEncoder(model, name=f"toy-vlm:{path.name}")
+
+
+def manifest() -> dict:
+    p = WEIGHTS.with_suffix(".json")
+    return json.loads(p.read_text()) if p.is_file() else {}

@@ -1,0 +1,46 @@
+"""UniPHD configuration: every size is configurable; defaults are the CPU-small synthetic model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class UniPHDConfig:
+    image_size: int = 96
+    backbone: str = "cnn"                 # "cnn" (small, trained here)
+    backbone_widths: tuple = (16, 32, 48, 64)   # strides 4, 8, 16, 32
+    text_encoder: str = "small"           # "small" (word-level, trained here) or a local transformers dir
+    vocab: tuple = ()                     # word vocabulary of the small text encoder
+    max_words: int = 16                   # the official code uses 32 RoBERTa tokens
+    text_layers: int = 1
+    d_model: int = 64                     # official: 256
+    heads: int = 4                        # official: 8
+    ffn: int = 128                        # official: 2048
+    levels: int = 4                       # strides 8, 16, 32, 64
+    points: int = 4                       # deformable sampling points per level and head
+    encoder_layers: int = 2               # official: 6
+    decoder_layers: int = 2               # official: 6
+    queries: int = 5                      # official: 20 query groups
+    keypoints: int = 17
+    mask_channels: int = 16               # dynamic conv width (official: 16)
+    dropout: float = 0.0
+    loss_weights: dict = field(default_factory=lambda: {
+        "ce": 2.0, "keypoints": 10.0, "oks": 4.0, "visibility": 4.0, "bbox": 5.0, "giou": 2.0,
+        "mask": 2.0, "dice": 5.0, "mask_low": 2.0, "dice_low": 5.0})
+    cost_weights: dict = field(default_factory=lambda: {
+        "ce": 2.0, "bbox": 5.0, "giou": 2.0, "keypoints": 10.0, "oks": 4.0, "mask": 2.0, "dice": 5.0})
+    matcher_mask_points: int = 144        # 12x12 point-sampled mask cost; 0 skips the mask terms
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["backbone_widths"] = list(self.backbone_widths)
+        d["vocab"] = list(self.vocab)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UniPHDConfig":
+        d = dict(d)
+        d["backbone_widths"] = tuple(d.get("backbone_widths", cls.backbone_widths))
+        d["vocab"] = tuple(d.get("vocab", ()))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
