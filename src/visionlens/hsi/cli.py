@@ -1,5 +1,193 @@
-"""Placeholder: replaced by the sub-system's command line."""
+"""``visionlens hsi-cd train|eval|map``: SpectralKAN hyperspectral change detection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MODELS_HELP = "spectralkan-b, spectralkan-d, mtsf-kan, wkan, kan, dual-branch, mlp, cnn"
 
 
-def register(subparsers) -> None:  # pragma: no cover - replaced
-    pass
+def _add_data(p, required: bool) -> None:
+    p.add_argument("--data", default="synthetic" if required else None,
+                   help="'synthetic' or a folder with a dataset's .mat files (default: "
+                        + ("synthetic)" if required else "the data the checkpoint was trained on)"))
+    p.add_argument("--dataset", default=None, help="farmland, river, usa, bayarea or barbara (with a folder --data)")
+    p.add_argument("--size", type=int, default=80, help="synthetic scene side in pixels")
+    p.add_argument("--bands", type=int, default=64, help="synthetic scene bands")
+    p.add_argument("--scene-seed", type=int, default=0, help="synthetic scene seed")
+    p.add_argument("--shading", type=float, default=0.15, help="synthetic smooth gain-field amplitude (pseudo-change)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("hsi-cd", help="hyperspectral change detection (SpectralKAN)")
+    sub = p.add_subparsers(dest="hsi_command", required=True)
+
+    t = sub.add_parser("train", help="train and test a change detector; writes model.pt, metrics.json, change_map.png")
+    _add_data(t, required=True)
+    t.add_argument("--model", default="spectralkan-b", help=MODELS_HELP)
+    t.add_argument("--epochs", type=int, default=200)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--train-fraction", type=float, default=0.01, help="stratified fraction of each class (paper: 0.01)")
+    t.add_argument("--patch", type=int, default=5)
+    t.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
+    t.add_argument("--basis", default="fast", choices=["fast", "recursive"])
+    t.add_argument("--out", default="runs/hsi-cd", help="output folder")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="score a checkpoint on its test pixels (OA, Kappa, AA)")
+    e.add_argument("--checkpoint", required=True)
+    _add_data(e, required=False)
+    e.add_argument("--out", default=None, help="optional metrics JSON path")
+    e.set_defaults(func=_cmd_eval)
+
+    m = sub.add_parser("map", help="predict every pixel and write a change-map PNG (truth | prediction | errors)")
+    m.add_argument("--checkpoint", required=True)
+    _add_data(m, required=False)
+    m.add_argument("--out", default="change_map.png")
+    m.set_defaults(func=_cmd_map)
+
+
+def _set_threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _data_spec(args) -> dict:
+    from ..errors import InputError
+
+    if args.data in (None, "synthetic"):
+        if args.dataset:
+            raise InputError("--dataset needs --data pointing at the folder with its .mat files")
+        return {"kind": "synthetic", "size": args.size, "bands": args.bands, "seed": args.scene_seed,
+                "shading": args.shading}
+    if not args.dataset:
+        raise InputError("with a folder --data, name its layout with --dataset (farmland, river, usa, bayarea, barbara)")
+    return {"kind": "mat", "folder": str(args.data), "dataset": args.dataset}
+
+
+def _load_scene(spec: dict):
+    from .data import load_dataset
+    from .synthetic import SyntheticConfig, make_scene
+
+    if spec["kind"] == "synthetic":
+        config = SyntheticConfig(size=int(spec["size"]), bands=int(spec["bands"]), shading=float(spec["shading"]))
+        return make_scene(config, seed=int(spec["seed"]))
+    return load_dataset(spec["dataset"], spec["folder"])
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
+
+
+def _print(result: dict) -> None:
+    print(f"OA {result['oa']:.4f}  Kappa {result['kappa']:.4f}  AA {result['aa']:.4f}  "
+          f"params {result['params']:,}  FLOPs/pixel {result['flops']:,} (base MACs {result['base_macs']:,})  "
+          + (f"train CPU {result['train_cpu_s']:.2f} s  " if "train_cpu_s" in result else "")
+          + f"test CPU {result['test_cpu_s']:.2f} s  "
+          f"peak RSS {result['peak_rss_mb']:.0f} MB")
+
+
+def _write_json(obj: dict, dest: Path) -> None:
+    from ..viz.overlay import save_atomic
+
+    save_atomic(lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)), dest)
+
+
+def _cmd_train(args) -> int:
+    import torch
+
+    from ..errors import InputError
+    from ..viz.overlay import save_atomic
+    from .train import TRAINABLE, TrainConfig, run
+
+    _set_threads(args)
+    spec = _data_spec(args)
+    scene = _load_scene(spec)
+    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         train_fraction=args.train_fraction, patch=args.patch, seed=args.seed, basis=args.basis)
+    if config.model not in TRAINABLE:
+        raise InputError(f"--model {config.model!r} is not trainable here: use one of {', '.join(TRAINABLE)}")
+    model, result = run(scene, config, progress=not args.quiet)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"state_dict": model.state_dict(), "train_config": config.to_dict(), "data": spec,
+                  "bands": scene.bands}
+    save_atomic(lambda tmp: torch.save(checkpoint, tmp), out / "model.pt")
+    _write_json({"model": args.model, "data": spec, "config": config.to_dict(), **result}, out / "metrics.json")
+    _write_map(model, scene, config, out / "change_map.png")
+    _print(result)
+    print(f"wrote {out / 'model.pt'}, {out / 'metrics.json'} and {out / 'change_map.png'}")
+    return 0
+
+
+def _restore(args):
+    import torch
+
+    from ..errors import InputError
+    from .train import TrainConfig, create_model
+
+    _set_threads(args)
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise InputError(f"no checkpoint at {path}: run `visionlens hsi-cd train --out DIR` first")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        config = TrainConfig(**checkpoint["train_config"])
+        saved_spec = checkpoint["data"]
+    except Exception as exc:
+        raise InputError(f"{path} is not an hsi-cd checkpoint ({type(exc).__name__}): train one with `hsi-cd train`") from exc
+    spec = saved_spec if args.data is None else _data_spec(args)
+    scene = _load_scene(spec)
+    if scene.bands != checkpoint["bands"]:
+        raise InputError(f"the checkpoint expects {checkpoint['bands']} bands, the data has {scene.bands}")
+    model = create_model(config.model, scene.bands, config.patch, config.basis)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), scene, config
+
+
+def _cmd_eval(args) -> int:
+    from .data import PatchPairs, stratified_split
+    from .train import evaluate, model_cost, parameter_count
+
+    model, scene, config = _restore(args)
+    _, test_pos = stratified_split(scene.labels, config.train_fraction, config.seed)
+    result = evaluate(model, PatchPairs(scene, config.patch), test_pos, scene.labels, config.eval_batch)
+    result.update(params=parameter_count(model), **model_cost(model), test_pixels=int(len(test_pos)))
+    result["peak_rss_mb"] = _peak_rss_mb()
+    _print(result)
+    if args.out:
+        _write_json({"model": config.model, **result}, Path(args.out))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_map(args) -> int:
+    model, scene, config = _restore(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_map(model, scene, config, out)
+    print(f"wrote {out}: ground truth | prediction | errors (white changed, red false alarm, green missed)")
+    return 0
+
+
+def _write_map(model, scene, config, dest: Path) -> None:
+    from ..viz.overlay import save_atomic
+    from .data import PatchPairs
+    from .maps import change_map_image
+    from .train import all_positions, predict
+
+    positions = all_positions(scene.labels.shape)
+    pred = predict(model, PatchPairs(scene, config.patch), positions, config.eval_batch).reshape(scene.labels.shape)
+    image = change_map_image(pred, scene.labels)
+    save_atomic(lambda tmp: image.save(tmp, format="PNG"), dest)
