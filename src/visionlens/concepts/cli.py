@@ -1,5 +1,79 @@
-"""Placeholder: replaced by the sub-system's command line."""
+"""``visionlens concepts``: TraNCE / ICE concept discovery for classes at one layer."""
+
+from __future__ import annotations
 
 
-def register(subparsers) -> None:  # pragma: no cover - replaced
-    pass
+def _cmd_concepts(args) -> int:
+    import torch
+
+    from ..errors import InputError
+    from ..models import load_model
+    from .run import parse_classes, run_concepts
+    from .sources import open_source
+
+    for flag, value in (("--n-concepts", args.n_concepts), ("--images", args.images), ("--views", args.views)):
+        if value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    torch.manual_seed(args.seed)
+    model = load_model(args.model, device=args.device)
+    data = args.data or ("world:val" if args.model.startswith("world") else "samples")
+    source = open_source(data, model, views=args.views, seed=args.world_seed)
+    classes = parse_classes(args.classes, source.classes())
+    options = {"seed": args.seed}
+    if args.reducer == "vae":
+        options.update(hidden=args.vae_hidden, beta=args.vae_beta, epochs=args.vae_epochs, lr=args.vae_lr,
+                       clamp=not args.vae_signed, orient=not args.vae_no_orient)
+    elif args.reducer == "nmf":
+        options.update(max_iter=args.nmf_iter)
+    summary = run_concepts(
+        model, args.layer, source, classes, args.out, reducer=args.reducer, n_concepts=args.n_concepts,
+        reducer_options=options, n_images=args.images * source.views_per_item,
+        batch_size=args.batch_size, weight_mode=args.weights, coherence=args.coherence, pooled=args.pooled,
+        threshold=args.threshold, seed=args.seed, progress=not args.quiet, data_name=data,
+    )
+    a = summary["average"]
+    print(f"{'class':>28s}  fidelity  coherence  faith")
+    for cls, r in summary["classes"].items():
+        s = r["scores"]
+        print(f"{cls + ': ' + r['name'][:22]:>28s}  {s['fidelity']:8.2f}  {s['coherence']:9.2f}  {s['faith']:6.2f}")
+    print(f"{'mean':>28s}  {a['fidelity']:8.2f}  {a['coherence']:9.2f}  {a['faith']:6.2f}"
+          + (f"  best-part IoU {a['best_part_iou']:.3f} (random {a['random_iou']:.3f})" if "best_part_iou" in a else ""))
+    print(f"wrote {args.out}/concepts.json, metrics.csv, index.html and {len(classes) * 2} concept sheets "
+          f"({summary['wall_s']:.0f} s)")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("concepts", help="discover concepts (TraNCE VAE or ICE NMF) for classes; write concept "
+                                               "sheets, Fidelity / Coherence / Faith")
+    p.add_argument("--model", default="world-cnn", help="zoo model name (default world-cnn)")
+    p.add_argument("--layer", default=None, help="layer with a (B, C, H, W) output after a ReLU (default: the model's)")
+    p.add_argument("--data", default=None, help="world[:split] (default for world models, split val), samples (the "
+                                                "bundled photos) or a folder with labels.csv (file,class_index)")
+    p.add_argument("--classes", default="all", help="class indices and ranges, e.g. 0,3 or 151-155 (default all)")
+    p.add_argument("--reducer", default="vae", help="vae (TraNCE) or nmf (ICE)")
+    p.add_argument("--n-concepts", type=int, default=10, help="number of concepts c' (default 10)")
+    p.add_argument("--images", type=int, default=32, help="images per class (photos: before --views)")
+    p.add_argument("--views", type=int, default=1, help="crops/flips per photo, 1-8 (for one photo per class)")
+    p.add_argument("--pooled", action="store_true", help="fit one reducer on all chosen classes (a group of related "
+                                                         "classes), scored per class")
+    p.add_argument("--weights", default="autograd", choices=["autograd", "finite-difference"],
+                   help="class-concept weights: autograd (default) or ICE's central finite difference")
+    p.add_argument("--coherence", default="pearson", choices=["pearson", "stability", "agreement"],
+                   help="Coherence candidate (default pearson; see docs/concepts.md)")
+    p.add_argument("--threshold", type=float, default=0.5, help="heat-map threshold lambda for views and IoU")
+    p.add_argument("--vae-hidden", type=int, default=64, help="VAE decoder hidden width (0: linear decoder)")
+    p.add_argument("--vae-beta", type=float, default=1e-3, help="VAE KL weight beta")
+    p.add_argument("--vae-epochs", type=int, default=60)
+    p.add_argument("--vae-lr", type=float, default=3e-3)
+    p.add_argument("--vae-signed", action="store_true", help="keep negative VAE concept scores (default: clamp at 0)")
+    p.add_argument("--vae-no-orient", action="store_true", help="keep each VAE latent's training sign (default: "
+                                                                 "flip latents whose large excursions are negative)")
+    p.add_argument("--nmf-iter", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--out", default="concepts-out", help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_concepts)

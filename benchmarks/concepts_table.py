@@ -1,0 +1,129 @@
+"""TraNCE (VAE) vs ICE (NMF) concept discovery, side by side: Faith / Fidelity / Coherence per
+class and averaged, and the best-part IoU of every VAE concept on the synthetic world.
+
+    python benchmarks/concepts_table.py world --out /tmp/concepts-bench
+    python benchmarks/concepts_table.py mobilenet --data /work/shared/data/imagenet-sample --out /tmp/concepts-bench
+
+``world``: world-cnn at layer3, world:val, every class, 32 images per class, c' = 10, one reducer
+per class. ``mobilenet``: mobilenet_v2 at features.18, a group of related ImageNet classes (one
+photo each in the ImageNet sample, so each photo gives 8 crops/flips), one reducer pooled over
+the group, scored per class. Writes ``<out>/<setting>.md`` (tables), ``<out>/<setting>.json`` and
+the run folders; with ``--docs`` also a small concept sheet PNG into docs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+SETTINGS = {
+    "world": dict(model="world-cnn", layer="layer3", data="world:val", classes="all", images=32, views=1, pooled=False),
+    "mobilenet": dict(model="mobilenet_v2", layer="features.18", data="/work/shared/data/imagenet-sample",
+                      classes="151-160", images=1, views=8, pooled=True),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("setting", choices=SETTINGS)
+    ap.add_argument("--data", default=None, help="override the data source (e.g. /work/shared/data/imagenet-sample)")
+    ap.add_argument("--classes", default=None)
+    ap.add_argument("--images", type=int, default=None, help="images (photos) per class")
+    ap.add_argument("--n-concepts", type=int, default=10)
+    ap.add_argument("--vae-epochs", type=int, default=60)
+    ap.add_argument("--out", default="/tmp/concepts-bench")
+    ap.add_argument("--docs", action="store_true", help="also write docs/concept-sheet-<setting>.png")
+    ap.add_argument("--sheet-only", action="store_true", help="only redraw the docs sheet from a finished run in --out")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    from visionlens.concepts.run import parse_classes, run_concepts
+    from visionlens.concepts.sources import open_source
+    from visionlens.models import load_model
+
+    cfg = dict(SETTINGS[args.setting])
+    for key in ("data", "classes", "images"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    model = load_model(cfg["model"])
+    source = open_source(cfg["data"], model, views=cfg["views"])
+    classes = parse_classes(cfg["classes"], source.classes())
+    out = Path(args.out)
+    if args.sheet_only:
+        return docs_sheet(model, cfg, source, classes, out, args.setting)
+    results = {}
+    for reducer in ("vae", "nmf"):
+        options = {"seed": 0}
+        if reducer == "vae":
+            options["epochs"] = args.vae_epochs
+        t0 = time.perf_counter()
+        results[reducer] = run_concepts(
+            model, cfg["layer"], source, classes, out / f"{args.setting}-{reducer}", reducer=reducer,
+            n_concepts=args.n_concepts, reducer_options=options, n_images=cfg["images"] * cfg["views"],
+            pooled=cfg["pooled"], progress=False, data_name=cfg["data"])
+        results[reducer]["wall_s"] = round(time.perf_counter() - t0, 1)
+        print(f"{reducer}: {results[reducer]['average']} ({results[reducer]['wall_s']} s)", flush=True)
+    lines = [f"{cfg['model']} @ {cfg['layer']}, data {cfg['data']}, classes {cfg['classes']}, "
+             f"{cfg['images']} image(s) x {cfg['views']} view(s) per class, c' = {args.n_concepts}, "
+             f"{'one reducer pooled over the classes' if cfg['pooled'] else 'one reducer per class'}, "
+             f"Coherence = Pearson (default), weights by autograd", "",
+             "| class | VAE Fidelity | VAE Coherence | VAE Faith | NMF Fidelity | NMF Coherence | NMF Faith |"
+             + (" VAE best-part IoU (random) | NMF best-part IoU (random) |" if args.setting == "world" else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if args.setting == "world" else "")]
+
+    def iou_cell(r):
+        p = r["part_iou"]
+        return f" {sum(p['iou']) / len(p['iou']):.3f} ({sum(p['random_iou']) / len(p['random_iou']):.3f}) |"
+
+    for cls in results["vae"]["classes"]:
+        v, n = results["vae"]["classes"][cls], results["nmf"]["classes"][cls]
+        row = (f"| {cls}: {v['name']} | {v['scores']['fidelity']:.2f} | {v['scores']['coherence']:.2f} | "
+               f"{v['scores']['faith']:.2f} | {n['scores']['fidelity']:.2f} | {n['scores']['coherence']:.2f} | "
+               f"{n['scores']['faith']:.2f} |")
+        if args.setting == "world":
+            row += iou_cell(v) + iou_cell(n)
+        lines.append(row)
+    va, na = results["vae"]["average"], results["nmf"]["average"]
+    row = (f"| **mean** | **{va['fidelity']:.2f}** | **{va['coherence']:.2f}** | **{va['faith']:.2f}** | "
+           f"**{na['fidelity']:.2f}** | **{na['coherence']:.2f}** | **{na['faith']:.2f}** |")
+    if args.setting == "world":
+        row += f" {va['best_part_iou']:.3f} ({va['random_iou']:.3f}) | {na['best_part_iou']:.3f} ({na['random_iou']:.3f}) |"
+    lines.append(row)
+    lines.append("")
+    lines.append(f"wall time: VAE {results['vae']['wall_s']} s, NMF {results['nmf']['wall_s']} s")
+    if args.setting == "world":
+        lines += ["", "Best-part IoU of every VAE concept (concept: part, IoU / random-layout IoU):", ""]
+        for cls, r in results["vae"]["classes"].items():
+            p = r["part_iou"]
+            cells = ", ".join(f"{k}: {name} {iou:.2f}/{rnd:.2f}" for k, (name, iou, rnd)
+                              in enumerate(zip(r["part_names"], p["iou"], p["random_iou"])))
+            lines.append(f"- {cls} {r['name']}: {cells}")
+    (out / f"{args.setting}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.setting}.json").write_text(json.dumps(results, indent=2))
+    print("\n".join(lines))
+    if args.docs:
+        docs_sheet(model, cfg, source, classes, out, args.setting)
+
+
+def docs_sheet(model, cfg, source, classes, out: Path, setting: str) -> None:
+    """The VAE concept sheet of the first class (top 5 concepts, Bessel view) for docs/."""
+    from visionlens.concepts.discovery import best_part_iou, discover_class
+    from visionlens.concepts.reducers import load_reducer
+    from visionlens.concepts.sheet import concept_sheet, save_sheet
+
+    cls = classes[0]
+    run_dir = out / f"{setting}-vae"
+    name = "pooled.pt" if cfg["pooled"] else f"class_{cls}.pt"
+    found = discover_class(model, cfg["layer"], source, cls, load_reducer(run_dir / "reducers" / name),
+                           n_images=cfg["images"] * cfg["views"], fit=False, progress=False)
+    found.extras["part_iou"] = best_part_iou(found)
+    dest = Path(__file__).resolve().parents[1] / "docs" / f"concept-sheet-{setting}.png"
+    save_sheet(concept_sheet(found, "bessel", tile=80, max_concepts=5), dest)
+    print(f"wrote {dest} ({dest.stat().st_size // 1024} KB)")
+
+if __name__ == "__main__":
+    main()
