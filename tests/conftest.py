@@ -32,6 +32,17 @@ class TinyGapNet(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of small-tensor tests (faster and deterministic on a shared
+    2-core machine); the previous setting comes back afterwards. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")`` or as an argument."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_net():
     torch.manual_seed(0)

@@ -199,12 +199,6 @@ def test_selection_bad_input():
 
 # --- end to end ------------------------------------------------------------------------------------
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # deterministic CPU kernels, no oversubscription on small machines
-    yield
-    torch.set_num_threads(before)
 
 
 def test_ci_sized_adaptation_improves_over_source_only(one_thread):

@@ -20,11 +20,7 @@ from visionlens.hsi.train import TrainConfig, run
 KNOTS = uniform_knots()                        # 12 knots, -2.2 .. 2.2, h = 0.4
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def count(model) -> int:
@@ -231,7 +227,6 @@ def test_otsu_matches_skimage():
 
 def test_ci_training_beats_change_vector_analysis():
     """About 400 optimiser steps on a 48x48x32 scene with smooth illumination pseudo-changes."""
-    torch.set_num_threads(1)
     scene = make_scene(SyntheticConfig(size=48, bands=32, shading=0.15), seed=0)
     _, cva = run(scene, TrainConfig(model="cva-otsu", train_fraction=0.1, seed=0))
     _, kan = run(scene, TrainConfig(model="spectralkan-b", epochs=100, lr=0.01, train_fraction=0.1, seed=0))

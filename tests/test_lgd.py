@@ -22,13 +22,7 @@ from visionlens.refer.lgd.scores import LGDConfig, fuse, select
 mu = pytest.importorskip("pycocotools.mask", reason="pycocotools is the mask oracle (pip install pycocotools)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- masks and metrics ------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from ..core.vit import model_output
 from ..errors import InputError, LayerError
 from ..models.embedder import Embedder
 from .base import check_input
-from .sfam import PairExplanation, SimilarityExplanation, SimilarityMethod, _split
+from .sfam import PairExplanation, SimilarityExplanation, SimilarityMethod, _split, pair_batch
 
 
 @dataclass
@@ -389,13 +389,7 @@ class SimilarityNAFlow(SimilarityMethod):
     def pair(self, a: torch.Tensor, b: torch.Tensor) -> PairExplanation:
         """Both images' flows from one set of weights: ``a[i]`` against ``b[i]`` and ``b[i]``
         against ``a[i]`` (one batch of ``2B``; ``b`` may hold one image for all of ``a``)."""
-        check_input(a)
-        check_input(b)
-        if b.shape[0] == 1 and a.shape[0] > 1:
-            b = b.expand(a.shape[0], -1, -1, -1)
-        if a.shape[0] != b.shape[0] or a.shape[1:] != b.shape[1:]:
-            raise InputError(f"pair images must have matching shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-        x = torch.cat([a, b.to(a.device)])
+        x = pair_batch(a, b)
         n = a.shape[0]
         e = self.embed(x)
         exp = self.explain(x, torch.cat([e[n:], e[:n]])[:, None])

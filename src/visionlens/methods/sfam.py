@@ -99,6 +99,18 @@ def _split(exp: SimilarityExplanation, n: int) -> tuple[SimilarityExplanation, S
     return part(slice(0, n)), part(slice(n, None))
 
 
+def pair_batch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``cat([a, b])`` for explaining pairs ``(a[i], b[i])`` both ways in one batch of ``2B``
+    (``b`` may hold one image for all of ``a``); checked."""
+    check_input(a)
+    check_input(b)
+    if b.shape[0] == 1 and a.shape[0] > 1:
+        b = b.expand(a.shape[0], -1, -1, -1)
+    if a.shape[0] != b.shape[0] or a.shape[1:] != b.shape[1:]:
+        raise InputError(f"pair images must have matching shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return torch.cat([a, b.to(a.device)])
+
+
 class SimilarityMethod:
     """Shared flow: ``Method(model, layer=None, metric="cosine")(x, reference)``.
 
@@ -195,13 +207,7 @@ class SimilarityMethod:
     def pair(self, a: torch.Tensor, b: torch.Tensor) -> PairExplanation:
         """Explain each pair ``(a[i], b[i])`` both ways: ``a`` against ``b`` and ``b`` against ``a``
         (one batch of ``2B``). ``b`` may hold one image for all of ``a``."""
-        check_input(a)
-        check_input(b)
-        if b.shape[0] == 1 and a.shape[0] > 1:
-            b = b.expand(a.shape[0], -1, -1, -1)
-        if a.shape[0] != b.shape[0] or a.shape[1:] != b.shape[1:]:
-            raise InputError(f"pair images must have matching shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-        x = torch.cat([a, b.to(a.device)])
+        x = pair_batch(a, b)
         e = self.embed(x)
         n = a.shape[0]
         refs = torch.cat([e[n:], e[:n]])[:, None]
