@@ -16,7 +16,7 @@ def _samples(args, default_count: int):
     if args.data:
         if not args.images:
             raise InputError("--data needs --images (the folder with the RefHuman images)")
-        return load_refhuman(args.data, args.images, limit=args.limit)
+        return load_refhuman(args.data, args.images, limit=args.limit, lazy=True)
     return synthetic_refhuman(args.synthetic or default_count, seed=args.seed, size=args.size)
 
 

@@ -18,7 +18,7 @@ class UniPHDConfig:
     heads: int = 4                        # official: 8
     ffn: int = 128                        # official: 2048
     levels: int = 4                       # strides 8, 16, 32, 64
-    points: int = 4                       # deformable sampling points per level and head
+    points: int = 2                       # deformable sampling points per level and head (official: 4)
     encoder_layers: int = 2               # official: 6
     decoder_layers: int = 2               # official: 6
     queries: int = 5                      # official: 20 query groups

@@ -45,7 +45,7 @@ ARM_STATES = {"down": 0.35, "side": 1.5, "up": 2.7}  # angle from the downward v
 class RefSample:
     """One referring sample: an image, one prompt set and the referred person's pose and mask."""
 
-    image: np.ndarray          # (H, W, 3) uint8
+    image: np.ndarray | None   # (H, W, 3) uint8; None when loaded lazily from ``image_path``
     keypoints: np.ndarray      # (17, 3) float: x, y, v (0 unlabelled, 1 occluded, 2 visible)
     mask: np.ndarray           # (H, W) bool
     caption: str
@@ -55,6 +55,16 @@ class RefSample:
     file_name: str = ""
     area: float = 0.0
     bbox: tuple = (0.0, 0.0, 0.0, 0.0)
+    image_path: str = ""
+
+
+def sample_image(s: RefSample) -> np.ndarray:
+    """The sample's pixels (read from ``image_path`` when the loader kept it lazy)."""
+    if s.image is not None:
+        return s.image
+    from PIL import Image
+
+    return np.asarray(Image.open(s.image_path).convert("RGB"))
 
 
 # --- masks ----------------------------------------------------------------------------------
@@ -119,8 +129,10 @@ def box_of_mask(mask: np.ndarray) -> tuple:
 
 # --- loader / writer ------------------------------------------------------------------------
 
-def load_refhuman(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, limit: int | None = None) -> list[RefSample]:
-    """Read a RefHuman JSON (one image entry per referring sample) and its images.
+def load_refhuman(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, limit: int | None = None,
+                  lazy: bool = False) -> list[RefSample]:
+    """Read a RefHuman JSON (one image entry per referring sample) and its images (``lazy``: keep only
+    the path and read pixels when a batch needs them, for full-size datasets).
 
     Annotations with ``num_keypoints == 0`` or ``iscrowd == 1`` are dropped, as in the official loader.
     """
@@ -147,7 +159,7 @@ def load_refhuman(annotation_file: str | os.PathLike, image_dir: str | os.PathLi
         if im["file_name"] not in cache:
             if not file.is_file():
                 raise InputError(f"image not found: {file}; pass the folder holding the RefHuman images")
-            cache[im["file_name"]] = np.asarray(Image.open(file).convert("RGB"))
+            cache[im["file_name"]] = None if lazy else np.asarray(Image.open(file).convert("RGB"))
         h, w = int(im["height"]), int(im["width"])
         scribble = np.asarray(ann.get("scribble", []), dtype=np.float64)
         if scribble.size != 120:
@@ -159,7 +171,7 @@ def load_refhuman(annotation_file: str | os.PathLike, image_dir: str | os.PathLi
             caption=str(im.get("caption", "")),
             scribbles=scribble.reshape(5, 12, 2),
             image_id=int(im["id"]), ann_id=int(ann["id"]), file_name=im["file_name"],
-            area=float(ann["area"]), bbox=tuple(float(b) for b in ann["bbox"]),
+            area=float(ann["area"]), bbox=tuple(float(b) for b in ann["bbox"]), image_path=str(file),
         ))
         if limit is not None and len(samples) >= limit:
             break
@@ -178,7 +190,7 @@ def write_refhuman(samples: list[RefSample], annotation_file: str | os.PathLike,
     for s in samples:
         h, w = s.mask.shape
         if s.file_name not in written:
-            Image.fromarray(s.image).save(image_dir / s.file_name)
+            Image.fromarray(sample_image(s)).save(image_dir / s.file_name)
             written.add(s.file_name)
         images.append({"id": s.image_id, "file_name": s.file_name, "height": h, "width": w, "caption": s.caption})
         annotations.append({

@@ -29,7 +29,8 @@ def evaluate_model(model, samples: list[RefSample], kind: str = "text", batch_si
             if kind == "text":
                 prompt["texts"] = [""] * len(chunk)
             else:
-                prompt["points"] = torch.rand_like(prompt["points"][:, :1]).expand_as(prompt["points"]) * size
+                random_points = torch.tensor(rng.uniform(0, size - 1, size=(len(chunk), 1, 2)), dtype=torch.float32)
+                prompt["points"] = random_points.expand_as(prompt["points"]).contiguous()
         outputs = model(images_tensor(fitted), prompt)
         for s, res in zip(chunk, _rescale(outputs, size, chunk)):
             gts.append({"image_id": s.image_id, "id": s.ann_id, "keypoints": s.keypoints.reshape(-1).tolist(), "area": s.area,

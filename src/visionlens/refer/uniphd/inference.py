@@ -11,7 +11,7 @@ import torch
 
 from ...errors import AssetError, InputError
 from .config import UniPHDConfig
-from .data import RefSample, box_of_mask
+from .data import RefSample, box_of_mask, sample_image
 
 PACKAGED_WEIGHTS = Path(__file__).parent / "weights" / "uniphd-synth.pt"
 
@@ -20,7 +20,7 @@ def fit_sample(s: RefSample, size: int) -> RefSample:
     """Resize a sample to the model's square input (image bilinear, mask nearest, coordinates scaled)."""
     h, w = s.mask.shape
     if (h, w) == (size, size):
-        return s
+        return s if s.image is not None else replace(s, image=sample_image(s))
     from PIL import Image
 
     sx, sy = size / w, size / h
@@ -29,7 +29,7 @@ def fit_sample(s: RefSample, size: int) -> RefSample:
     kp[:, 1] = (kp[:, 1] + 0.5) * sy - 0.5
     scr = (s.scribbles + 0.5) * [sx, sy] - 0.5
     mask = np.asarray(Image.fromarray(s.mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
-    image = np.asarray(Image.fromarray(s.image).resize((size, size), Image.BILINEAR))
+    image = np.asarray(Image.fromarray(sample_image(s)).resize((size, size), Image.BILINEAR))
     return replace(s, image=image, mask=mask, keypoints=kp, scribbles=scr, area=s.area * sx * sy, bbox=box_of_mask(mask))
 
 

@@ -11,7 +11,6 @@ learned keypoint embedding + the selected memory feature) -> PHD decoder with pe
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...errors import InputError
