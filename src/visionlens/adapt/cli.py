@@ -46,7 +46,7 @@ def _cmd_adapt(args) -> int:
                     budget=args.budget, temperature=args.temperature)
     figure_method = "eianet" if "eianet" in methods else None
     keep = (figure_method, "source:etf") if args.gradcam and figure_method else ()
-    progress = Progress(len(seeds) * len(methods), "adapt") if not args.quiet else None
+    progress = Progress(len(seeds) * len(methods), "adapt", unit="run") if not args.quiet else None
     per_seed, figure = [], None
     for seed in seeds:
         shift = load_shift(args.data, seed, args.size, args.n_source, args.n_target, args.data_dir, args.strength)

@@ -199,7 +199,7 @@ class NMFReducer(Reducer):
         self.n_channels = rows.shape[1]
         scores, p = self._init(rows)
         total = int(self.config["max_iter"])
-        bar = Progress(total, "nmf iterations", enabled=progress)
+        bar = Progress(total, "nmf iterations", enabled=progress, unit="it")
         prev = None
         for it in range(total):
             p = self._hals_scores(rows.T, p.T.contiguous(), scores.T).T.contiguous()

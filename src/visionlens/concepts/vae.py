@@ -93,7 +93,7 @@ class VAEReducer(Reducer):
         x_all = rows / self.scale
         opt = _Adam(list(self.net.parameters()), float(c["lr"]))
         epochs, bs = int(c["epochs"]), int(c["batch_size"])
-        bar = Progress(epochs, "vae training", enabled=progress)
+        bar = Progress(epochs, "vae training", enabled=progress, unit="epoch")
         self.net.train()
         for _ in range(epochs):
             order = torch.randperm(len(x_all), generator=gen)

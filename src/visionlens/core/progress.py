@@ -8,8 +8,8 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int, label: str = "", stream=None, enabled: bool = True):
-        self.total, self.label, self.done = total, label, 0
+    def __init__(self, total: int, label: str = "", stream=None, enabled: bool = True, unit: str = "img"):
+        self.total, self.label, self.done, self.unit = total, label, 0, unit
         self.stream = stream or sys.stderr
         self.enabled = enabled and total > 0
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -24,7 +24,7 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
-        line = f"{self.label} [{bar}] {self.done}/{self.total} {rate:.1f} img/s"
+        line = f"{self.label} [{bar}] {self.done}/{self.total} {rate:.1f} {self.unit}/s"
         if self.tty:
             self.stream.write("\r" + line + ("\n" if self.done >= self.total else ""))
             self.stream.flush()

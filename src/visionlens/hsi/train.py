@@ -66,7 +66,7 @@ def fit(model: nn.Module, pairs: PatchPairs, positions: np.ndarray, labels: np.n
     bar = None
     if progress:
         from ..core.progress import Progress
-        bar = Progress(config.epochs, "hsi-cd train")
+        bar = Progress(config.epochs, "hsi-cd train", unit="epoch")
     losses, wall, cpu = [], time.perf_counter(), time.process_time()
     model.train()
     for _ in range(config.epochs):

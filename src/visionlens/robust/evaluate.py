@@ -103,7 +103,7 @@ def run_evaluation(settings: EvalSettings, progress: bool = True) -> dict:
     sets = [("clean", 0)] + [(c, s) for c in settings.corruptions for s in settings.severities]
     runs = [(p, seed) for p in PROTOCOLS for seed in (settings.bs1_seeds if p == "bs1" else settings.seeds)]
     names = list(variants(model, settings.gamma, settings.alpha))
-    bar = Progress(len(runs) * len(sets) * len(names), "sata evaluate", enabled=progress)
+    bar = Progress(len(runs) * len(sets) * len(names), "sata evaluate", enabled=progress, unit="run")
     correct: dict = {}
     savings: dict = {}
     for seed in sorted({seed for _, seed in runs}):

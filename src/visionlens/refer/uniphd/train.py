@@ -64,7 +64,7 @@ def train(samples: list[RefSample], out: str | os.PathLike, steps: int = 1000, b
         model.load_state_dict(blob["model"])
         opt.load_state_dict(blob["optimizer"])
         start, history = int(blob["step"]), json.loads(blob["history"])
-    bar = Progress(steps - start, "pose train", enabled=progress)
+    bar = Progress(steps - start, "pose train", enabled=progress, unit="step")
     t0 = time.perf_counter()
     model.train()
     step = start
