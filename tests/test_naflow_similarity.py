@@ -123,7 +123,8 @@ def test_cli_explain_pair_naflow_writes_both_flows(tmp_path, capsys):
             assert (out / summary["files"][role][key]).is_file()
     with np.load(out / "pair.npz") as npz:
         assert npz["naflow_query_flow"].shape == npz["naflow_match_flow"].shape == (6, 64, 64)
-    assert (out / "index.html").is_file()
+    page = (out / "index.html").read_text()
+    assert all(summary["files"][role]["gif"] in page for role in ("query", "match"))
     # naflow writes its own page: combined with other methods it is refused, nothing written
     rc = main(["explain-pair", *files, "--model", "world-metric", "--method", "naflow,sfam", "--out", str(tmp_path / "o2")])
     assert rc == 2 and not (tmp_path / "o2").exists()

@@ -84,8 +84,9 @@ def write_pair_flows(out_dir: Path, views: tuple[Image.Image, Image.Image], flow
         name = Path(str(summary.get("query" if role == "query" else "reference", role))).name
         f = files[role]
         rows.append(f"<tr><td class='meta'><b>{esc(role)}</b><br>{esc(name)}</td><td><img src='{esc(f['view'])}' alt='{role}'>"
-                    f"</td><td><img src='{esc(f['overlay'])}' alt='{esc(method)} last layer'></td></tr>"
-                    f"<tr><td class='meta'>{esc(method)} flow, first to last layer</td><td colspan='2'>"
+                    f"</td><td><img src='{esc(f['overlay'])}' alt='{esc(method)} last layer'></td>"
+                    f"<td><img src='{esc(f['gif'])}' alt='{esc(method)} flow, animated'></td></tr>"
+                    f"<tr><td class='meta'>{esc(method)} flow, first to last layer</td><td colspan='3'>"
                     f"<img class='strip' src='{esc(f['flow'])}' alt='{esc(method)} flow'></td></tr>")
     rows.append("</table></body></html>\n")
     text = "".join(rows)
