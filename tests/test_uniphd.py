@@ -435,3 +435,14 @@ def test_packaged_model_follows_positional_prompts():
     real, control = evaluate_model(model, val, "point"), evaluate_model(model, val, "point", control=True)
     assert real["oIoU"] > control["oIoU"] + 0.3 and real["PCKh@0.5"] > control["PCKh@0.5"] + 0.3
     assert real["pose_AP"] > control["pose_AP"] + 0.15
+
+
+def test_cli_synth_writes_a_refhuman_set_that_loads_back(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["pose", "synth", "--n", "3", "--size", "64", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    samples = load_refhuman(out / "annotations.json", out / "images")
+    assert len(samples) == 3 and all(s.mask.shape == (64, 64) and s.mask.any() for s in samples)
+    assert samples[0].caption in said and "pose predict" in said
+    x, y = (int(v) for v in said.split("--point ")[1].split(")")[0].split(","))
+    assert samples[0].mask[y, x]  # the suggested point lies on the referred person

@@ -126,6 +126,25 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_synth(args) -> int:
+    """Write synthetic scenes as a RefHuman-format set (annotation JSON + PNG images)."""
+    from .data import synthetic_refhuman, write_refhuman
+
+    if args.n < 1:
+        raise InputError("--n must be at least 1")
+    out = Path(args.out)
+    samples = synthetic_refhuman(args.n, seed=args.seed, size=args.size)
+    ann = write_refhuman(samples, out / "annotations.json", out / "images")
+    s = samples[0]
+    ys, xs = s.mask.nonzero()
+    mid = ((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2).argmin()  # the mask pixel nearest its centroid
+    print(f"wrote {len(samples)} referring samples ({len({x.file_name for x in samples})} images) to {ann} and {out / 'images'}")
+    print(f"try: visionlens pose predict {out / 'images' / s.file_name} --text \"{s.caption}\"  "
+          f"(or --point {int(xs[mid])},{int(ys[mid])})")
+    print(f"     visionlens pose eval --data {ann} --images {out / 'images'}")
+    return 0
+
+
 def _data_args(p) -> None:
     p.add_argument("--data", help="RefHuman-format annotation JSON (default: synthetic scenes)")
     p.add_argument("--images", help="folder with the images named in --data")
@@ -167,3 +186,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="overlay PNG (default: IMAGE_pose.png in the current folder)")
     p.add_argument("--json", default=None, help="also write keypoints, box and score as JSON")
     p.set_defaults(func=_cmd_predict)
+    g = sub.add_parser("synth", help="write synthetic scenes as a RefHuman-format set (annotations.json + images/)")
+    g.add_argument("--n", type=int, default=20, help="number of referring samples")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--size", type=int, default=96, help="image side in pixels")
+    g.add_argument("--out", default="pose-synth", help="output folder")
+    g.set_defaults(func=_cmd_synth)
