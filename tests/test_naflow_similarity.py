@@ -129,3 +129,28 @@ def test_cli_explain_pair_naflow_writes_both_flows(tmp_path, capsys):
     rc = main(["explain-pair", *files, "--model", "world-metric", "--method", "naflow,sfam", "--out", str(tmp_path / "o2")])
     assert rc == 2 and not (tmp_path / "o2").exists()
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_retrieve_with_naflow_writes_the_last_layer_maps(tmp_path):
+    """`retrieve --method naflow` explains each top match with the flow's last-layer map (the npz
+    holds what SimilarityNAFlow.pair gives for that query/match pair)."""
+    from visionlens.data.world import World, WorldConfig
+
+    b = World(WorldConfig(size=64)).batch("test", range(4))
+    gallery = tmp_path / "g"
+    gallery.mkdir()
+    for i in range(4):
+        Image.fromarray((b["image"][i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(gallery / f"{i}.png")
+    out = tmp_path / "out"
+    rc = main(["retrieve", str(gallery / "1.png"), "--gallery", str(gallery), "--model", "world-metric", "--method",
+               "naflow", "--top", "2", "--no-cache", "--quiet", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    match = summary["queries"][0]["matches"][1]
+    with np.load(out / "1.top02.npz") as npz:
+        saved = npz["naflow_query_map"]
+    model = visionlens.load_model("world-metric", device="cpu")
+    views = [model.preprocess.normalize(model.preprocess.view(Image.open(p).convert("RGB")))[None]
+             for p in (gallery / "1.png", match["file"])]
+    pair = SimilarityNAFlow(model.module).pair(*views)
+    assert np.allclose(saved, pair.query.maps[0].numpy(), atol=1e-4)

@@ -215,7 +215,8 @@ def _add_similarity_options(p) -> None:
                         "own normalised embedding)")
     p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
     p.add_argument("--method", default="sfam", help="comma-separated: sfam, gradcam, relevance-cam (on the similarity); "
-                                                    "explain-pair also: naflow (alone: a flow through every layer)")
+                                                    "naflow (explain-pair: alone, a flow through every layer; retrieve: its "
+                                                    "last-layer map)")
     p.add_argument("--layer", default=None, help="layer to explain (default: the embedding layer, the GAP input)")
     p.add_argument("--normalize", default="minmax", choices=["minmax", "relu", "none"], help="SFAM: CIS normalisation")
     p.add_argument("--euclid-mode", default="difference", choices=["difference", "cross_term"],

@@ -177,12 +177,15 @@ def _save_npz(arrays: dict, dest: Path) -> None:
 def _make_methods(model: ZooModel, methods: Sequence[str], layer, metric: str, **sfam_options):
     from .methods.sfam import SFAM, SIMILARITY_METHODS
 
+    from .methods.naflow import SimilarityNAFlow
+
+    known = {**SIMILARITY_METHODS, "naflow": SimilarityNAFlow}
     out = {}
     for m in methods:
-        if m not in SIMILARITY_METHODS:
-            raise InputError(f"unknown similarity method '{m}'; choose from: {', '.join(SIMILARITY_METHODS)}")
-        cls = SIMILARITY_METHODS[m]
-        out[m] = cls(model.module, layer, metric, **sfam_options) if cls is SFAM else cls(model.module, layer, metric)
+        if m not in known:
+            raise InputError(f"unknown similarity method '{m}'; choose from: {', '.join(known)}")
+        cls = known[m]
+        out[m] = cls(model.module, layer, metric, **sfam_options) if cls in (SFAM, SimilarityNAFlow) else cls(model.module, layer, metric)
     return out
 
 
