@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from visionlens.errors import AssetError, InputError, VisionlensError
-from visionlens.refer.lgd.masks import mask_iou, polygons_to_mask, rle_decode, rle_encode
+from visionlens.refer.masks import mask_iou, polygons_to_mask, rle_decode, rle_encode
 from visionlens.refer.lgd.metrics import ReferMetrics
 from visionlens.refer.lgd.scores import LGDConfig, fuse, select
 

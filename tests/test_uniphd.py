@@ -13,9 +13,9 @@ import torch
 
 from visionlens.cli import main
 from visionlens.errors import InputError
+from visionlens.refer.masks import rle_decode, rle_encode
 from visionlens.refer.uniphd.config import UniPHDConfig
-from visionlens.refer.uniphd.data import (FLIP_PAIRS, flip_sample, load_refhuman, mask_to_rle, rle_to_mask,
-                                          synthetic_refhuman, write_refhuman)
+from visionlens.refer.uniphd.data import FLIP_PAIRS, flip_sample, load_refhuman, synthetic_refhuman, write_refhuman
 from visionlens.refer.uniphd.inference import PACKAGED_WEIGHTS, fit_sample
 from visionlens.refer.uniphd.metrics import coco_ap, oks, pckh, referring_iou
 
@@ -53,7 +53,7 @@ def _cocoeval(gts, preds, kind, size=96):
     anns = []
     for g in gts:
         a = {k: v for k, v in g.items() if k != "mask"}
-        a["segmentation"] = mask_to_rle(g["mask"])
+        a["segmentation"] = rle_encode(g["mask"], compressed=False)
         anns.append(a)
     coco = COCO()
     coco.dataset = {"images": [{"id": g["image_id"], "height": size, "width": size} for g in gts], "annotations": anns,
@@ -175,9 +175,9 @@ def test_loader_polygons_crowd_and_bad_input(tmp_path, samples):
 def test_rle_matches_pycocotools(samples):
     mask_utils = pytest.importorskip("pycocotools.mask")
     for s in samples[:5]:
-        rle = mask_to_rle(s.mask)
+        rle = rle_encode(s.mask, compressed=False)
         decoded = mask_utils.decode(mask_utils.frPyObjects(rle, *rle["size"])).astype(bool)
-        assert np.array_equal(decoded, s.mask) and np.array_equal(rle_to_mask(rle), s.mask)
+        assert np.array_equal(decoded, s.mask) and np.array_equal(rle_decode(rle), s.mask)
 
 
 def test_generator_invariants(samples):

@@ -223,7 +223,7 @@ def _cmd_refer(args) -> int:
               "config": {"alpha": config.alpha, "beta": config.beta, "mix": config.mix, "use_att": use_att,
                          "use_sur": use_sur, "pairing": config.pairing}, **result.as_dict()}
     if sample is not None:
-        from .masks import mask_iou
+        from ..masks import mask_iou
 
         report["iou_with_ground_truth"] = mask_iou(result.mask, sample.mask)[0]
     save_atomic(lambda t: overlay.save(t, format="PNG"), out / "overlay.png")

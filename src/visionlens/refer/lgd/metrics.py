@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .masks import mask_iou
+from ..masks import mask_iou
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import InputError
-from .masks import rle_decode
+from ..masks import rle_decode
 
 
 def _check(masks, image: torch.Tensor, source: str) -> torch.Tensor:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import InputError
-from .masks import segmentation_to_mask
+from ..masks import segmentation_to_mask
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 _ALLOWED = {("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset")}

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import InputError
+from ..masks import rle_encode, segmentation_to_mask
 
 KEYPOINT_NAMES = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
@@ -67,58 +68,7 @@ def sample_image(s: RefSample) -> np.ndarray:
     return np.asarray(Image.open(s.image_path).convert("RGB"))
 
 
-# --- masks ----------------------------------------------------------------------------------
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """COCO uncompressed RLE (column-major runs, starting with a run of zeros)."""
-    flat = np.asarray(mask, dtype=bool).flatten(order="F")
-    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"counts": [int(c) for c in counts], "size": [int(mask.shape[0]), int(mask.shape[1])]}
-
-
-def rle_to_mask(rle: dict) -> np.ndarray:
-    h, w = rle["size"]
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        try:
-            from pycocotools import mask as mask_utils
-        except ImportError as err:
-            raise InputError("compressed RLE masks need pycocotools: pip install 'visionlens[refer]'") from err
-        return mask_utils.decode(rle).astype(bool)
-    values = np.zeros(len(counts), dtype=bool)
-    values[1::2] = True
-    flat = np.repeat(values, counts)
-    if flat.size != h * w:
-        raise InputError(f"RLE counts sum to {flat.size}, expected {h}x{w}; the annotation is corrupt")
-    return flat.reshape((h, w), order="F")
-
-
-def polygons_to_mask(polygons: list, h: int, w: int) -> np.ndarray:
-    """Rasterise COCO polygons (pycocotools when installed, so masks match COCO exactly; else PIL)."""
-    try:
-        from pycocotools import mask as mask_utils
-        return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))).astype(bool)
-    except ImportError:
-        from PIL import Image, ImageDraw
-        canvas = Image.new("L", (w, h), 0)
-        draw = ImageDraw.Draw(canvas)
-        for poly in polygons:
-            if len(poly) >= 6:
-                draw.polygon([(poly[i], poly[i + 1]) for i in range(0, len(poly), 2)], fill=1)
-        return np.asarray(canvas, dtype=bool)
-
-
-def segmentation_to_mask(seg, h: int, w: int) -> np.ndarray:
-    if isinstance(seg, list):
-        return polygons_to_mask(seg, h, w)
-    if isinstance(seg, dict) and "counts" in seg:
-        return rle_to_mask(seg)
-    raise InputError("annotation 'segmentation' must be polygons or an RLE dict with 'counts' and 'size'")
-
+# --- masks ---------------------------------------------------------------------------------
 
 def box_of_mask(mask: np.ndarray) -> tuple:
     ys, xs = np.nonzero(mask)
@@ -197,7 +147,7 @@ def write_refhuman(samples: list[RefSample], annotation_file: str | os.PathLike,
             "id": s.ann_id, "image_id": s.image_id, "category_id": 1, "iscrowd": 0,
             "keypoints": [float(v) for v in s.keypoints.reshape(-1)],
             "num_keypoints": int((s.keypoints[:, 2] > 0).sum()),
-            "segmentation": mask_to_rle(s.mask), "area": float(s.area), "bbox": [float(b) for b in s.bbox],
+            "segmentation": rle_encode(s.mask, compressed=False), "area": float(s.area), "bbox": [float(b) for b in s.bbox],
             "scribble": [float(v) for v in s.scribbles.reshape(-1)],
         })
     out = Path(annotation_file)

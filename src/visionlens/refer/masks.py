@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ...errors import InputError
+from ..errors import InputError
 
 
 def rle_counts_from_string(s: str) -> list[int]:
