@@ -10,7 +10,8 @@ size, at 224x224, it times round by round (contenders interleaved, medians repor
               output only (no graph before the layer, no parameter gradients)
   visionlens / pytorch-grad-cam / torchcam / captum   Grad-CAM, maps at input resolution
 then K = 5 classes per image (visionlens: one forward + one batched backward; the anchors: what
-their API offers: one call per class), and Score-CAM (visionlens vs pytorch-grad-cam, batch 1).
+their API offers: one call per class), and Score-CAM (visionlens on its BatchNorm-folded scoring
+copy, visionlens exact = on the model itself, pytorch-grad-cam; batch 1).
 On CUDA it also reports peak memory. Anchors that are not installed are skipped.
 """
 
@@ -141,6 +142,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet50"])
     parser.add_argument("--scorecam-layer", default="features.16", help="MobileNetV2 layer for the Score-CAM row")
+    parser.add_argument("--scorecam-only", action="store_true", help="only the Score-CAM table")
     args = parser.parse_args()
     device = torch.device(args.device)
     from visionlens import GradCAM, ScoreCAM
@@ -157,6 +159,8 @@ def main():
 
         models["resnet50"] = (torchvision.models.resnet50().to(device).eval(), "layer4")
     for name, (model, layer_name) in models.items():
+        if args.scorecam_only:
+            break
         layer = dict(model.named_modules())[layer_name]
         for b in args.batches:
             x = torch.randn(b, 3, 224, 224, device=device)
@@ -179,7 +183,8 @@ def main():
         model = models["mobilenet_v2"][0]
         x = torch.randn(1, 3, 224, 224, device=device)
         layer = dict(model.named_modules())[args.scorecam_layer]
-        contenders = {"visionlens": lambda: ScoreCAM(model, args.scorecam_layer, batch_size=64)(x)}
+        contenders = {"visionlens": lambda: ScoreCAM(model, args.scorecam_layer, batch_size=64)(x),
+                      "visionlens exact": lambda: ScoreCAM(model, args.scorecam_layer, batch_size=64, inference_copy=False)(x)}
         try:
             import pytorch_grad_cam as pgc
 

@@ -89,6 +89,18 @@ def efficientnet():
     return _require(lambda: visionlens.load_model("efficientnet_lite0"))
 
 
+def labelled_folder(folder, photos) -> str:
+    """Copy sample ImageNet photos (named ``..._<class index>``) into ``folder`` with the
+    ``labels.csv`` that `visionlens evaluate --data FOLDER` reads; returns the folder."""
+    folder.mkdir()
+    rows = ["file,class_index"]
+    for p in photos:
+        (folder / p.name).write_bytes(p.read_bytes())
+        rows.append(f"{p.name},{int(p.stem.rsplit('_', 1)[1])}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return str(folder)
+
+
 def snapshot(model: nn.Module) -> dict:
     """Everything a call must leave unchanged: modes, flags, hooks, parameters and buffers."""
     return {

@@ -7,6 +7,7 @@ import torch
 
 from visionlens import AblationCAM, EigenCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from visionlens.data import load_image
+from conftest import assert_same_state, snapshot
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
@@ -71,6 +72,15 @@ def test_ablation_cam_by_hand_and_the_stand_in_input(tiny_net):
             out = tiny_net.fc(tiny_net.pool(ablated).flatten(1)).gather(1, torch.tensor([[1], [3]]))[:, 0]
             weights[:, k] = (base - out) / base
     torch.testing.assert_close(exp.raw, torch.einsum("bk,bkhw->bhw", weights, acts), rtol=1e-4, atol=1e-5)
+
+
+def test_score_cam_on_the_inference_copy_equals_the_model(mobilenet, photos_x):
+    x, classes = photos_x[0][:2], photos_x[1][:2]
+    before = snapshot(mobilenet.module)
+    fast = ScoreCAM(mobilenet.module, "features.3")(x, classes)
+    exact = ScoreCAM(mobilenet.module, "features.3", inference_copy=False)(x, classes)
+    torch.testing.assert_close(fast.maps, exact.maps, rtol=0, atol=1e-4)
+    assert_same_state(before, snapshot(mobilenet.module))
 
 
 def test_score_cam_memory_bound_does_not_change_the_result(tiny_net):

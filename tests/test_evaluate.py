@@ -15,6 +15,8 @@ import pytest
 from visionlens.cli import main
 from visionlens.evaluate import evaluate, read_results
 
+from conftest import labelled_folder
+
 ARGS = {"models": ["world-cnn"], "methods": ["gradcam", "eigencam"], "data": "world:test", "n": 8, "batch_size": 4,
         "device": "cpu", "step": 1024, "metrics": ["deletion", "pointing-game", "relevance-mass"], "progress": False}
 CLI = ["evaluate", "--models", "world-cnn", "--methods", "gradcam,eigencam", "--data", "world:test", "--n", "8",
@@ -92,14 +94,7 @@ def test_folder_without_labels_is_refused(tmp_path, capsys):
 
 
 def test_labelled_folder(tmp_path, imagenet_photos, mobilenet):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    rows = ["file,class_index"]
-    for p in imagenet_photos[:2]:
-        (folder / p.name).write_bytes(p.read_bytes())
-        rows.append(f"{p.name},{int(p.stem.rsplit('_', 1)[1])}")
-    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    report = evaluate(["mobilenet_v2"], ["gradcam"], data=str(folder), n=2, batch_size=2, device="cpu",
+    report = evaluate(["mobilenet_v2"], ["gradcam"], data=labelled_folder(tmp_path / "photos", imagenet_photos[:2]), n=2, batch_size=2, device="cpu",
                       out=tmp_path / "o", metrics=["average-drop", "increase-confidence"], progress=False)
     assert {r["metric"] for r in report["rows"]} == {"average-drop", "increase-confidence"}
     assert all(r["n"] == 2 for r in report["rows"])
@@ -150,3 +145,16 @@ def test_embedding_models_use_the_similarity_confidences(tmp_path):
     report = evaluate(out=tmp_path / "d", **{**args, "models": ["world-dino"], "methods": ["daam"]}, gallery_size=200)
     cells = {r["metric"]: r for r in report["rows"]}
     assert cells["deletion"]["n"] == 4 and 0 <= cells["average-drop"]["mean"] <= 100
+
+
+def test_progress_counts_only_work_done_in_this_run():
+    import io
+
+    from visionlens.core.progress import Progress
+
+    buf = io.StringIO()
+    bar = Progress(10, "m", stream=buf)
+    bar.skip(5)  # resumed: already done, so no rate and no time left from it
+    assert buf.getvalue().splitlines()[-1] == "m [############------------] 5/10 0.0 img/s"
+    bar.update(1)
+    assert bar.done == 6 and bar.skipped == 5 and buf.getvalue().splitlines()[-1].endswith(" left")

@@ -88,6 +88,27 @@ def test_deletion_insertion_match_rise_reference(tiny_net, mode):
     assert np.abs(ours - ref).max() < 1e-5
 
 
+@pytest.mark.parametrize("mode", ["deletion", "insertion"])
+def test_shared_curve_ends_change_nothing_but_the_forward_count(tiny_net, mode):
+    """The first and last curve points do not depend on the map: scored once (curve_ends) and
+    passed in, the curves are the same, with two fewer forwards per image per method."""
+    torch.manual_seed(2)
+    x, maps, target = torch.randn(3, 3, 16, 16), torch.rand(3, 16, 16), torch.tensor([0, 2, 1])
+    seen = []
+    hook = tiny_net.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        plain, _ = M.causal_curves(tiny_net, x, maps, mode, target, step=32, batch_size=3)
+        n_plain = sum(seen)
+        seen.clear()
+        ends = M.curve_ends(tiny_net, x, target, mode)
+        shared, _ = M.causal_curves(tiny_net, x, maps, mode, target, step=32, batch_size=3, ends=ends)
+        n_shared = sum(seen) - 2 * len(x)  # minus curve_ends' own forwards
+    finally:
+        hook.remove()
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-6)
+    assert (n_plain, n_shared) == (3 * 9, 3 * 7)  # 8 steps: 9 points per curve
+
+
 class _FixedMaps:
     """A stand-in CAM extractor for torchcam's metric: returns the given maps (already at input size)."""
 

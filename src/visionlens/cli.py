@@ -128,7 +128,7 @@ def _cmd_evaluate(args) -> int:
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
     report = evaluate(split(args.models), split(args.methods), data=args.data, n=args.n, batch_size=args.batch_size,
                       device=args.device, out=args.out, metrics=split(args.metrics) if args.metrics else None,
-                      step=args.step, seed=args.seed, progress=not args.quiet)
+                      step=args.step, seed=args.seed, progress=not args.quiet, fast_scoring=not args.exact_scoring)
     for s in report["skipped"]:
         print(f"skipped {s['method']} on {s['model']}: {s['reason']}")
     print(f"{len(report['rows'])} (model, method, metric) cells; wrote {Path(args.out) / 'report.csv'}, "
@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="visionlens-eval", help="output folder (re-run with the same folder to resume)")
+    p.add_argument("--exact-scoring", action="store_true",
+                   help="score perturbations on the model itself, not on its checked BatchNorm-folded copy (slower)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from . import metrics as M
+from .core.inference import checked_inference_copy
 from .core.progress import Progress
 from .errors import InputError
 from .models.zoo import ZOO, ZooModel, load_model, resolve_device
@@ -136,21 +137,35 @@ def _num(v) -> float | None:
 
 def batch_metrics(model: ZooModel, explain_fn, names: list[str], b: dict, maps: torch.Tensor, target: torch.Tensor,
                   step: int | None, batch_size: int, confidence: M.Confidence | None = None,
-                  correct: torch.Tensor | None = None) -> dict[str, list]:
+                  correct: torch.Tensor | None = None, scorer: torch.nn.Module | None = None,
+                  ends_cache: dict | None = None) -> dict[str, list]:
     """Every requested metric for one batch. ``explain_fn(x, target) -> maps`` (for the sanity
     check); ``confidence``: softmax probability (classifiers) or a spec 7.6 confidence;
-    ``correct``: per image, whether the decision was right (for the localisation error)."""
+    ``correct``: per image, whether the decision was right (for the localisation error);
+    ``scorer``: the module the perturbation metrics' forward passes use (default the model);
+    ``ends_cache``: a dict shared by the methods of one batch, so that the map-independent first
+    and last points of the softmax deletion/insertion curves are scored once per target."""
     module, x = model.module, b["x"].to(model.device)
+    scorer = module if scorer is None else scorer
     pre = model.preprocess
     out: dict[str, list] = {}
     chunk = max(batch_size * 8, 64)
     kw = {"confidence": confidence, "batch_size": chunk}
+
+    def ends(mode: str):
+        if ends_cache is None or not (confidence is None or type(confidence) is M.Confidence):
+            return None  # other confidences may carry per-method state
+        key = (mode, tuple(target.tolist()))
+        if key not in ends_cache:
+            ends_cache[key] = M.curve_ends(scorer, x, target, mode, **kw)
+        return ends_cache[key]
+
     if "deletion" in names:
-        out["deletion"] = M.deletion(module, x, maps, target, step=step, **kw).tolist()
+        out["deletion"] = M.deletion(scorer, x, maps, target, step=step, ends=ends("deletion"), **kw).tolist()
     if "insertion" in names:
-        out["insertion"] = M.insertion(module, x, maps, target, step=step, **kw).tolist()
+        out["insertion"] = M.insertion(scorer, x, maps, target, step=step, ends=ends("insertion"), **kw).tolist()
     if "average-drop" in names or "increase-confidence" in names:
-        drop, inc = M.drop_increase(module, x, maps, pre.mean, pre.std, target, **kw)
+        drop, inc = M.drop_increase(scorer, x, maps, pre.mean, pre.std, target, **kw)
         out["average-drop"], out["increase-confidence"] = (100 * drop).tolist(), (100 * inc).tolist()
     if b["masks"] is not None:
         masks = b["masks"].to(maps.device)
@@ -278,14 +293,18 @@ def _versions() -> dict:
 def evaluate(models: list[str], methods: list[str], data: str = "world:test", n: int | None = 100, batch_size: int = 16,
              device: str | None = "cpu", out: str | Path = "visionlens-eval", metrics: list[str] | None = None,
              step: int | None = None, seed: int = 0, examples: int = 4, progress: bool = True,
-             gallery_size: int = 1000) -> dict:
+             gallery_size: int = 1000, fast_scoring: bool = True) -> dict:
     """Run (or resume) the evaluation and write the report card; returns the report dict.
 
     Embedding models (spec 7.6) are scored through a confidence instead of a softmax: methods for
     similarity (SFAM, Grad-CAM and Relevance-CAM on the similarity) explain each image's
     similarity to its nearest neighbour in a gallery (the first ``gallery_size`` training images),
     scored by the clamped cosine to that reference; class-free flow methods (DAAM with a k-NN bank,
-    rollout) use the k-NN vote mass of the predicted class over the same gallery."""
+    rollout) use the k-NN vote mass of the predicted class over the same gallery.
+
+    With ``fast_scoring`` the forward passes of deletion, insertion and Average Drop run on a
+    BatchNorm-folded, channels-last copy of the model (:mod:`visionlens.core.inference`), used only
+    if it matches the model on the first batch; the manifest says which one scored."""
     from .methods import METHODS
     from .pipeline import make_method, parse_method
 
@@ -315,6 +334,7 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
     items = _items(spec, n)
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
+    scoring: dict[str, str] = {}
     t_start = time.perf_counter()
     with _open_for_append(path) as f:
         for model_name in models:
@@ -333,23 +353,28 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
                 except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
                     _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
             bar = Progress(len(items) * max(len(live), 1), f"{model_name}", enabled=progress)
+            scorer = None
             for start in range(0, len(items), batch_size):
                 chunk = items[start:start + batch_size]
                 missing = {mm: [i for i, _, _ in chunk if (model_name, mm, i) not in done] for mm in live}
                 if not any(missing.values()):
-                    bar.update(len(chunk) * len(live))
+                    bar.skip(len(chunk) * len(live))
                     continue
                 b = _load_batch(spec, chunk, model)
+                ends_cache: dict = {}
+                if scorer is None:
+                    scorer, scoring[model_name] = (checked_inference_copy(model.module, b["x"].to(model.device))
+                                                   if fast_scoring else (model.module, "model itself"))
                 for mm, explainer in list(live.items()):
                     if not missing[mm]:
-                        bar.update(len(chunk))
+                        bar.skip(len(chunk))
                         continue
                     t0 = time.perf_counter()
                     try:
                         res = explainer(b["x"].to(model.device), b["label"])
                         maps = res["maps"]
                         vals = batch_metrics(model, res["explain_fn"], names, b, maps, res["target"], step, batch_size,
-                                             res["confidence"], res["correct"])
+                                             res["confidence"], res["correct"], scorer, ends_cache)
                     except Exception as err:  # noqa: BLE001
                         _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
                         del live[mm]
@@ -371,7 +396,8 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
     report = aggregate(read_results(path), models, methods, names)
     manifest = {"command": {"models": models, "methods": methods, "data": data, "n": n, "batch_size": batch_size,
                             "device": str(device), "metrics": names, "step": step, "seed": seed,
-                            "gallery_size": gallery_size},
+                            "gallery_size": gallery_size, "fast_scoring": fast_scoring},
+                "scoring": scoring,
                 "versions": _versions(), "device": str(resolve_device(device)),
                 "seconds_this_run": round(time.perf_counter() - t_start, 2),
                 "seconds_per_model_method_this_run": {k: round(v, 2) for k, v in timings.items()},

@@ -6,7 +6,10 @@ Formula choices (as pytorch-grad-cam): masks upsampled with ``align_corners=True
 score is the target logit (not the softmax probability), ``softmax`` over channels. The masked
 inputs are never materialised all at once: they are built and scored ``batch_size`` at a time
 (across images and channels), so peak memory is bounded by ``batch_size``. Constant channels
-(all-zero masks) share one forward pass per image.
+(all-zero masks) share one forward pass per image. With ``inference_copy`` (the default) the
+masked images are scored by a BatchNorm-folded, channels-last copy of the model
+(:mod:`visionlens.core.inference`), used only when it matches the model on the input: faster on
+CPU (``benchmarks/cam_speed.py --scorecam-only``), and equal to the model within float rounding.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.hooks import ActivationCapture
+from ..core.inference import checked_inference_copy
 from ..core.targets import ClassTargets
 from .base import PerturbationMethod
 
@@ -23,6 +27,10 @@ EPS = 1e-8
 
 class ScoreCAM(PerturbationMethod):
     name = "scorecam"
+
+    def __init__(self, model, layer=None, batch_size: int = 64, inference_copy: bool = True):
+        super().__init__(model, layer, batch_size)
+        self.inference_copy = inference_copy
     def channel_weights(self, activation: torch.Tensor, targets: ClassTargets, output: torch.Tensor,
                         capture: ActivationCapture) -> torch.Tensor:
         x, target = capture.inputs, capture.target
@@ -37,6 +45,10 @@ class ScoreCAM(PerturbationMethod):
         varying = (~constant).nonzero()[:, 0]
         blank_images = constant.view(b, k).any(dim=1).nonzero()[:, 0]
         jobs = torch.cat([varying, blank_images * k + constant.view(b, k).float().argmax(dim=1)[blank_images]])
+        scorer = self.model
+        if self.inference_copy and len(jobs) > b:  # worth a copy: more masked passes than images
+            with capture.paused():
+                scorer = checked_inference_copy(self.model, x[:4])[0]
         job_scores = torch.empty(len(jobs), device=activation.device)
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start:start + self.batch_size]
@@ -47,7 +59,7 @@ class ScoreCAM(PerturbationMethod):
             high = up.amax(dim=(2, 3), keepdim=True)
             up = (up - low) / (high - low + EPS)
             with capture.paused():
-                out = self.model(x[image] * up.to(x.dtype))
+                out = scorer(x[image] * up.to(x.dtype))
             score = self.target_scores(out, image, targets, target)
             job_scores[start:start + len(chunk)] = score.float()
         scores[varying] = job_scores[:len(varying)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from .faithfulness import (Confidence, KNNConfidence, PrototypeConfidence, SimilarityConfidence, causal_curves,
-                           deletion, drop_increase, gaussian_blur, insertion, pixel_ranks, trapezoid_auc)
+                           curve_ends, deletion, drop_increase, gaussian_blur, insertion, pixel_ranks, trapezoid_auc)
 from .localisation import (box_iou, box_of, boxes_to_mask, energy_pointing_game, largest_component,
                            localisation_error, per_class_mean, pointing_game, relevance_mass, relevance_rank)
 from .sanity import model_randomisation, parameter_layers, passes, randomisation_score, spearman
@@ -68,7 +68,7 @@ def get_metric(name: str) -> MetricInfo:
 
 
 __all__ = ["METRICS", "MetricInfo", "get_metric", "Confidence", "KNNConfidence", "PrototypeConfidence",
-           "SimilarityConfidence", "causal_curves", "deletion", "insertion", "drop_increase", "gaussian_blur",
+           "SimilarityConfidence", "causal_curves", "curve_ends", "deletion", "insertion", "drop_increase", "gaussian_blur",
            "pixel_ranks", "trapezoid_auc", "box_iou", "box_of", "boxes_to_mask", "energy_pointing_game",
            "largest_component", "localisation_error", "per_class_mean", "pointing_game", "relevance_mass",
            "relevance_rank", "model_randomisation", "parameter_layers", "passes", "randomisation_score", "spearman"]

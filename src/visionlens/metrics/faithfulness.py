@@ -143,11 +143,14 @@ def pixel_ranks(maps: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def causal_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mode: str = "deletion", target=None,
                   step: int | None = None, substrate: torch.Tensor | None = None, confidence: Confidence | None = None,
-                  batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+                  batch_size: int = 64, ends: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Deletion or insertion curves, RISE protocol. ``x``: ``(B, C, H, W)`` normalised input;
     ``maps``: ``(B, H, W)``. Deletion replaces pixels (most salient first, ``step`` per iteration,
     default the image width) by ``substrate`` (default zeros: the dataset-mean colour in
     normalised space); insertion starts from :func:`gaussian_blur` and puts original pixels back.
+    ``ends``: the scores of the first and last images of the curve (they do not depend on the
+    map, so methods compared on the same images can share them; :func:`curve_ends`).
     Returns ``(curves (B, n + 1), target (B,))``; the class is the argmax on ``x`` by default."""
     if mode not in ("deletion", "insertion"):
         raise InputError(f"unknown mode '{mode}'; choose deletion or insertion")
@@ -168,13 +171,36 @@ def causal_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mode: s
         start, finish = (gaussian_blur(x) if substrate is None else substrate.to(x).expand_as(x)), x
     ranks = pixel_ranks(maps).view(b, 1, h, w)
     curves = torch.empty(b, n + 1, device=device)
+    first, last = 0, n + 1
+    if ends is not None:
+        curves[:, 0], curves[:, n] = ends[0].to(device), ends[1].to(device)
+        first, last = 1, n
     per = max(1, batch_size // b)  # steps per forward chunk
-    for s0 in range(0, n + 1, per):
-        ks = torch.arange(s0, min(n + 1, s0 + per), device=device)
+    for s0 in range(first, last, per):
+        ks = torch.arange(s0, min(last, s0 + per), device=device)
         done = ranks[None] < (ks * step)[:, None, None, None, None]  # (K, B, 1, H, W): already changed
         imgs = torch.where(done, finish[None], start[None]).flatten(0, 1)
         curves[:, ks] = _scores(model, imgs, confidence, target.repeat(len(ks)), batch_size).view(len(ks), b).T
     return curves, target
+
+
+@torch.no_grad()
+def curve_ends(model: nn.Module, x: torch.Tensor, target, mode: str, substrate: torch.Tensor | None = None,
+               confidence: Confidence | None = None, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of the first and last images of the ``mode`` curves of ``x`` for ``target``
+    (deletion: ``x`` and the substrate; insertion: the blurred start and ``x``)."""
+    confidence = confidence or Confidence()
+    device = _device(model)
+    x = x.to(device)
+    target = torch.as_tensor(target, device=device).long().expand(x.shape[0])
+    if mode == "deletion":
+        start, finish = x, (torch.zeros_like(x) if substrate is None else substrate.to(x).expand_as(x))
+    elif mode == "insertion":
+        start, finish = (gaussian_blur(x) if substrate is None else substrate.to(x).expand_as(x)), x
+    else:
+        raise InputError(f"unknown mode '{mode}'; choose deletion or insertion")
+    both = _scores(model, torch.cat([start, finish]), confidence, target.repeat(2), batch_size)
+    return both[:x.shape[0]], both[x.shape[0]:]
 
 
 def deletion(model, x, maps, target=None, **kw) -> torch.Tensor:

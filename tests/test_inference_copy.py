@@ -1,0 +1,125 @@
+"""The BatchNorm-folded, channels-last scoring copy: same outputs, user's model untouched, safe fallback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from visionlens.core.inference import InferenceCopy, checked_inference_copy, conv_bn_pairs, fold_batchnorm
+from visionlens.evaluate import evaluate, read_results
+
+from conftest import assert_same_state, labelled_folder, snapshot
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Reversed(nn.Module):
+    """BN before the conv (attributes registered conv first): nothing to fold."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return self.conv(self.bn(x))
+
+
+class Attributes(nn.Module):
+    """Conv -> BN as attributes (foldable), and a conv whose output also feeds a skip (not)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = self.bn1(self.conv1(x)).relu()
+        z = self.conv2(y)
+        return self.bn2(z) + z
+
+
+class Dynamic(nn.Sequential):
+    """Data-dependent control flow: not traceable, so only nn.Sequential order is used."""
+
+    def forward(self, x):
+        return super().forward(x) if x.sum() > -1e9 else x
+
+
+def _init(net: nn.Module) -> nn.Module:
+    for m in net.modules():  # non-trivial running statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return _init(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                               nn.Sequential(nn.Conv2d(8, 8, 3, groups=8, padding=1), nn.BatchNorm2d(8)), Reversed(),
+                               Attributes(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)))
+
+
+def test_folding_follows_the_data_flow():
+    net, x = _net(), torch.randn(4, 3, 16, 16)
+    assert conv_bn_pairs(net) == [("0", "1"), ("3.0", "3.1"), ("5.conv1", "5.bn1")]  # not the skip's, not 4's
+    fast = InferenceCopy(net)
+    assert fast.folded == 3 and sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-5, atol=1e-5)
+    assert fold_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False))) == 0
+
+
+def test_untraceable_models_fold_only_sequential_pairs():
+    torch.manual_seed(0)
+    net = _init(Dynamic(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), Attributes()))
+    assert conv_bn_pairs(net) == [("0", "1")]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(InferenceCopy(net)(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_checked_copy_leaves_the_model_exactly_as_it_was():
+    net = _net().train()
+    net.register_forward_hook(lambda *a: None)
+    before = snapshot(net)
+    fast, note = checked_inference_copy(net, torch.randn(2, 3, 16, 16))
+    assert isinstance(fast, InferenceCopy) and "3 BatchNorm folded" in note
+    assert_same_state(before, snapshot(net))  # mode, flags, hooks, parameters, buffers
+    assert all(not p.requires_grad for p in fast.parameters())
+    assert all(not m._forward_hooks for m in fast.modules())  # the user's hook is neither copied nor run
+
+
+def test_checked_copy_falls_back_to_the_model():
+    class Dict(nn.Module):
+        def forward(self, x):
+            return {"out": x}
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            return x * float("nan")
+
+    d = Dict()
+    assert checked_inference_copy(d, torch.randn(1, 3, 4, 4)) == (d, "model itself (inference copy gave other outputs)")
+    b = Broken()
+    module, note = checked_inference_copy(b, torch.randn(1, 3, 4, 4))
+    assert module is b and "differs" in note
+
+
+def test_evaluation_scores_on_the_copy_match_the_model(tmp_path, imagenet_photos, mobilenet):
+    args = dict(data=labelled_folder(tmp_path / "photos", imagenet_photos[:2]), n=2, batch_size=2, device="cpu", step=6272, progress=False,
+                metrics=["deletion", "insertion", "average-drop"])
+    evaluate(["mobilenet_v2"], ["gradcam"], out=tmp_path / "fast", **args)
+    evaluate(["mobilenet_v2"], ["gradcam"], out=tmp_path / "exact", fast_scoring=False, **args)
+    fast, exact = read_results(tmp_path / "fast" / "results.jsonl"), read_results(tmp_path / "exact" / "results.jsonl")
+    assert [r["image"] for r in fast] == [r["image"] for r in exact] and len(fast) == 2
+    for a, b in zip(fast, exact):
+        for k in args["metrics"]:
+            assert a["metrics"][k] == pytest.approx(b["metrics"][k], abs=1e-3)  # AUCs; drop in %
+    assert "inference copy (52 BatchNorm folded" in json.loads((tmp_path / "fast" / "manifest.json").read_text())["scoring"]["mobilenet_v2"]
+    assert json.loads((tmp_path / "exact" / "manifest.json").read_text())["scoring"]["mobilenet_v2"] == "model itself"
