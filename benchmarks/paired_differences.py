@@ -1,0 +1,53 @@
+"""Paired method differences from a `visionlens evaluate` folder: is one method better on the same images?
+
+    python benchmarks/paired_differences.py OUT [--baseline gradcam] [--metrics deletion insertion]
+
+The report card's intervals are over images, whose difficulty varies far more than the methods
+differ. Here, per model, metric and method, the per-image difference ``method - baseline`` on the
+images both were scored on, its mean ± 95 % CI half-width (1.96 standard errors), n, and whether
+the interval excludes 0 in the metric's better direction ("better"), the worse one ("worse") or
+neither ("tie").
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+
+from visionlens.evaluate import read_results
+from visionlens.metrics import METRICS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out")
+    ap.add_argument("--baseline", default="gradcam")
+    ap.add_argument("--metrics", nargs="+", default=["deletion", "insertion"])
+    args = ap.parse_args()
+    recs = {(r["model"], r["method"], r["image"]): r["metrics"]
+            for r in read_results(Path(args.out) / "results.jsonl") if r.get("image") != "*"}
+    print(f"| model | method − {args.baseline} | metric | mean difference | 95 % CI | n | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for model in dict.fromkeys(k[0] for k in recs):
+        for method in dict.fromkeys(k[1] for k in recs if k[0] == model):
+            if method == args.baseline:
+                continue
+            for metric in args.metrics:
+                d = np.array([recs[k][metric] - recs[(model, args.baseline, k[2])][metric] for k in recs
+                              if k[:2] == (model, method) and (model, args.baseline, k[2]) in recs
+                              and recs[k].get(metric) is not None
+                              and recs[(model, args.baseline, k[2])].get(metric) is not None], float)
+                if len(d) < 2:
+                    continue
+                half = 1.96 * d.std(ddof=1) / math.sqrt(len(d))
+                sign = 1 if METRICS[metric].direction == "higher" else -1
+                lo, hi = d.mean() - half, d.mean() + half
+                verdict = "better" if sign * lo > 0 and sign * hi > 0 else "worse" if sign * lo < 0 and sign * hi < 0 else "tie"
+                print(f"| {model} | `{method}` | {metric} | {d.mean():+.4f} | ±{half:.4f} | {len(d)} | {verdict} |")
+
+
+if __name__ == "__main__":
+    main()
