@@ -140,6 +140,16 @@ def pixel_ranks(maps: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
+def _curve_images(x: torch.Tensor, mode: str, substrate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first and last images of a ``mode`` curve: deletion goes from ``x`` to the substrate
+    (default zeros), insertion from the substrate (default :func:`gaussian_blur`) to ``x``."""
+    if mode == "deletion":
+        return x, (torch.zeros_like(x) if substrate is None else substrate.to(x).expand_as(x))
+    if mode == "insertion":
+        return (gaussian_blur(x) if substrate is None else substrate.to(x).expand_as(x)), x
+    raise InputError(f"unknown mode '{mode}'; choose deletion or insertion")
+
+
 @torch.no_grad()
 def causal_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mode: str = "deletion", target=None,
                   step: int | None = None, substrate: torch.Tensor | None = None, confidence: Confidence | None = None,
@@ -152,8 +162,6 @@ def causal_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mode: s
     ``ends``: the scores of the first and last images of the curve (they do not depend on the
     map, so methods compared on the same images can share them; :func:`curve_ends`).
     Returns ``(curves (B, n + 1), target (B,))``; the class is the argmax on ``x`` by default."""
-    if mode not in ("deletion", "insertion"):
-        raise InputError(f"unknown mode '{mode}'; choose deletion or insertion")
     _check(x, maps)
     confidence = confidence or Confidence()
     device = _device(model)
@@ -165,10 +173,7 @@ def causal_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mode: s
     if target is None:
         target = confidence.predict(model(x))
     target = torch.as_tensor(target, device=device).long().expand(b) if torch.as_tensor(target).ndim == 0 else torch.as_tensor(target, device=device).long()
-    if mode == "deletion":
-        start, finish = x, (torch.zeros_like(x) if substrate is None else substrate.to(x).expand_as(x))
-    else:
-        start, finish = (gaussian_blur(x) if substrate is None else substrate.to(x).expand_as(x)), x
+    start, finish = _curve_images(x, mode, substrate)
     ranks = pixel_ranks(maps).view(b, 1, h, w)
     curves = torch.empty(b, n + 1, device=device)
     first, last = 0, n + 1
@@ -193,12 +198,7 @@ def curve_ends(model: nn.Module, x: torch.Tensor, target, mode: str, substrate: 
     device = _device(model)
     x = x.to(device)
     target = torch.as_tensor(target, device=device).long().expand(x.shape[0])
-    if mode == "deletion":
-        start, finish = x, (torch.zeros_like(x) if substrate is None else substrate.to(x).expand_as(x))
-    elif mode == "insertion":
-        start, finish = (gaussian_blur(x) if substrate is None else substrate.to(x).expand_as(x)), x
-    else:
-        raise InputError(f"unknown mode '{mode}'; choose deletion or insertion")
+    start, finish = _curve_images(x, mode, substrate)
     both = _scores(model, torch.cat([start, finish]), confidence, target.repeat(2), batch_size)
     return both[:x.shape[0]], both[x.shape[0]:]
 
