@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/cam_speed.py [--device cuda] [--batches 1 16 128] [--repeats 15]
                                       [--models mobilenet_v2 resnet50] [--scorecam-layer ...]
+                                      [--tables gradcam scorecam ablationcam]
 
 For each model (torchvision ResNet-50 with random weights; the zoo's MobileNetV2) and batch
 size, at 224x224, it times round by round (contenders interleaved, medians reported):
@@ -10,8 +11,10 @@ size, at 224x224, it times round by round (contenders interleaved, medians repor
               output only (no graph before the layer, no parameter gradients)
   visionlens / pytorch-grad-cam / torchcam / captum   Grad-CAM, maps at input resolution
 then K = 5 classes per image (visionlens: one forward + one batched backward; the anchors: what
-their API offers: one call per class), and Score-CAM (visionlens on its BatchNorm-folded scoring
-copy, visionlens exact = on the model itself, pytorch-grad-cam; batch 1).
+their API offers: one call per class), then Score-CAM (MobileNetV2 ``--scorecam-layer``;
+visionlens on its BatchNorm-folded scoring copy, visionlens exact = on the model itself,
+pytorch-grad-cam) and Ablation-CAM (MobileNetV2 ``features``, 1,280 channels; visionlens with its
+stand-in input, visionlens with the full input for every ablated copy, pytorch-grad-cam); batch 1.
 On CUDA it also reports peak memory. Anchors that are not installed are skipped.
 """
 
@@ -142,10 +145,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet50"])
     parser.add_argument("--scorecam-layer", default="features.16", help="MobileNetV2 layer for the Score-CAM row")
-    parser.add_argument("--scorecam-only", action="store_true", help="only the Score-CAM table")
+    parser.add_argument("--tables", nargs="+", choices=["gradcam", "scorecam", "ablationcam"],
+                        default=["gradcam", "scorecam", "ablationcam"], help="which tables to time (default: all)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    from visionlens import GradCAM, ScoreCAM
+    from visionlens import AblationCAM, GradCAM, ScoreCAM
     from visionlens.models import MobileNetV2
 
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}"
@@ -159,7 +163,7 @@ def main():
 
         models["resnet50"] = (torchvision.models.resnet50().to(device).eval(), "layer4")
     for name, (model, layer_name) in models.items():
-        if args.scorecam_only:
+        if "gradcam" not in args.tables:
             break
         layer = dict(model.named_modules())[layer_name]
         for b in args.batches:
@@ -183,6 +187,7 @@ def main():
         model = models["mobilenet_v2"][0]
         x = torch.randn(1, 3, 224, 224, device=device)
         layer = dict(model.named_modules())[args.scorecam_layer]
+    if "mobilenet_v2" in models and "scorecam" in args.tables:
         contenders = {"visionlens": lambda: ScoreCAM(model, args.scorecam_layer, batch_size=64)(x),
                       "visionlens exact": lambda: ScoreCAM(model, args.scorecam_layer, batch_size=64, inference_copy=False)(x)}
         try:
@@ -194,6 +199,20 @@ def main():
         except ImportError:
             pass
         table(f"mobilenet_v2 Score-CAM at {args.scorecam_layer}, batch 1", run_round_robin(contenders, max(3, args.repeats // 5), device),
+              "visionlens")
+    if "mobilenet_v2" in models and "ablationcam" in args.tables:
+        full_input = AblationCAM(model, "features", batch_size=64)
+        full_input._feed = lambda *args: None  # no stand-in: every ablated copy re-runs the whole network
+        contenders = {"visionlens": lambda: AblationCAM(model, "features", batch_size=64)(x),
+                      "visionlens, full input": lambda: full_input(x)}
+        try:
+            import pytorch_grad_cam as pgc
+
+            ablation = pgc.AblationCAM(model=model, target_layers=[model.features], batch_size=64)
+            contenders["pytorch-grad-cam"] = lambda: ablation(input_tensor=x, targets=None)
+        except ImportError:
+            pass
+        table("mobilenet_v2 Ablation-CAM at features, batch 1", run_round_robin(contenders, max(3, args.repeats // 5), device),
               "visionlens")
 
 

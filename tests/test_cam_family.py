@@ -83,6 +83,19 @@ def test_score_cam_on_the_inference_copy_equals_the_model(mobilenet, photos_x):
     assert_same_state(before, snapshot(mobilenet.module))
 
 
+def test_ablation_cam_one_image_stand_in_equals_the_full_input(mobilenet, photos_x):
+    x, classes = photos_x[0][:2], photos_x[1][:2]
+    before = snapshot(mobilenet.module)
+    cam = AblationCAM(mobilenet.module, "features", batch_size=512)
+    with torch.no_grad():
+        small, expand = cam._feed(mobilenet.module.features, x, mobilenet.module.features(x), mobilenet.module(x))
+    assert small.shape == (1, 3, 8, 8) and not expand  # one 8 px image drives the layers before the ablation
+    full = AblationCAM(mobilenet.module, "features", batch_size=512)
+    full._feed = lambda *args: None  # every ablated copy runs on its own full input
+    torch.testing.assert_close(cam(x, classes).maps, full(x, classes).maps, rtol=0, atol=1e-5)
+    assert_same_state(before, snapshot(mobilenet.module))
+
+
 def test_score_cam_memory_bound_does_not_change_the_result(tiny_net):
     x = torch.randn(3, 3, 32, 32)
     a = ScoreCAM(tiny_net, "features.2", batch_size=1)(x)

@@ -105,3 +105,16 @@ def test_world_cnn_top_map_points_at_the_object_at_least_as_often_as_gradcam():
     # the top map does not depend on the solver: the cheap released-code fallback suffices here
     top = pointing(NAFlow(zoo.module, solver="released")(x, b["label"]).maps)
     assert top >= grad  # 0.615 vs 0.605 on these 200 images
+
+
+@pytest.mark.parametrize("name", ["mobilenet", "efficientnet"])
+def test_the_maps_equal_layercam_on_the_imagenet_models(request, imagenet_photos, name):
+    """Why docs/evaluation.md (b) lets the LayerCAM rows stand for NAFlow: the top map, which is
+    what NAFlow returns as ``maps``, is LayerCAM's formula at the last feature layer."""
+    from visionlens import LayerCAM
+    from visionlens.data import load_image
+
+    zm = request.getfixturevalue(name)
+    x = zm.preprocess(load_image(imagenet_photos[0]))[None]
+    # max_iter only shapes the lower layers' inverses, never the top map: 1 keeps the test short
+    torch.testing.assert_close(NAFlow(zm.module, max_iter=1)(x).maps, LayerCAM(zm.module, zm.layer)(x).maps, rtol=0, atol=1e-5)

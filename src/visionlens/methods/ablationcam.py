@@ -3,9 +3,11 @@ the target score with channel ``k`` of the layer set to zero. No gradients.
 
 The layer's activations are computed once; each ablated copy runs only through the rest of the
 network: the model is fed a small stand-in input whose layer output is replaced by the ablated
-activations, so the part before the layer costs almost nothing. This is checked once per call
-(the un-ablated activations must reproduce the logits); where it fails (a skip connection that
-jumps over the layer, a model that needs the full input size), the full input is used instead.
+activations, so the part before the layer costs almost nothing. The stand-in is one image
+(8 px, else 32 px), or one per ablated copy where the model needs the batch sizes to agree. This
+is checked once per call (the un-ablated activations must reproduce the logits); where every
+stand-in fails (a skip connection that jumps over the layer, a model that needs the full input
+size), the full input is used instead.
 Formula choice: ablation sets the channel to zero, as the paper (pytorch-grad-cam uses a very
 negative value when the layer's minimum is not zero).
 """
@@ -18,7 +20,7 @@ from ..core.hooks import ActivationCapture
 from ..core.targets import ClassTargets
 from .base import PerturbationMethod
 
-STAND_IN = 32  # side of the stand-in input that feeds the layer before its output is replaced
+STAND_INS = (8, 32)  # sides tried for the stand-in input that feeds the layer before its output is replaced
 
 
 class AblationCAM(PerturbationMethod):
@@ -31,16 +33,20 @@ class AblationCAM(PerturbationMethod):
         finally:
             handle.remove()
 
-    def _feed(self, module, x: torch.Tensor, activation: torch.Tensor, output: torch.Tensor) -> torch.Tensor | None:
-        """A small stand-in input when it reproduces the logits from the cached activations."""
-        small = x.new_zeros((1, x.shape[1], min(STAND_IN, x.shape[2]), min(STAND_IN, x.shape[3])))
-        try:
-            out = self._tail(module, small.expand(activation.shape[0], -1, -1, -1), activation)
-        except RuntimeError:
-            return None
+    def _feed(self, module, x: torch.Tensor, activation: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+        """``(stand-in, expand)``: the first small input that reproduces the logits from the cached
+        activations, fed as one image or (``expand``) repeated to the batch; ``None`` if none does."""
         output = output.detach()
-        if out.shape == output.shape and torch.allclose(out, output, rtol=1e-4, atol=1e-4 * (1 + float(output.abs().max()))):
-            return small
+        for side in STAND_INS:
+            small = x.new_zeros((1, x.shape[1], min(side, x.shape[2]), min(side, x.shape[3])))
+            for expand in (False, True):
+                try:
+                    out = self._tail(module, small.expand(activation.shape[0], -1, -1, -1) if expand else small, activation)
+                except RuntimeError:
+                    continue
+                if (isinstance(out, torch.Tensor) and out.shape == output.shape
+                        and torch.allclose(out, output, rtol=1e-4, atol=1e-4 * (1 + float(output.abs().max())))):
+                    return small, expand
         return None
 
     def channel_weights(self, activation: torch.Tensor, targets: ClassTargets, output: torch.Tensor,
@@ -49,7 +55,7 @@ class AblationCAM(PerturbationMethod):
         x = x.to(activation.device)
         name, module = self._resolved
         with capture.paused():
-            small = self._feed(module, x, activation, output)
+            stand_in = self._feed(module, x, activation, output)
         b, k = activation.shape[:2]
         base = targets.scores.float()
         scores = torch.empty(b * k, device=activation.device)
@@ -59,7 +65,11 @@ class AblationCAM(PerturbationMethod):
             image, channel = chunk // k, chunk % k
             acts = activation[image].clone()
             acts[torch.arange(len(chunk)), channel] = 0
-            feed = small.expand(len(chunk), -1, -1, -1) if small is not None else x[image]
+            if stand_in is None:
+                feed = x[image]
+            else:
+                small, expand = stand_in
+                feed = small.expand(len(chunk), -1, -1, -1) if expand else small
             with capture.paused():
                 out = self._tail(module, feed, acts)
             score = self.target_scores(out, image, targets, target)

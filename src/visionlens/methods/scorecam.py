@@ -9,7 +9,7 @@ inputs are never materialised all at once: they are built and scored ``batch_siz
 (all-zero masks) share one forward pass per image. With ``inference_copy`` (the default) the
 masked images are scored by a BatchNorm-folded, channels-last copy of the model
 (:mod:`visionlens.core.inference`), used only when it matches the model on the input: faster on
-CPU (``benchmarks/cam_speed.py --scorecam-only``), and equal to the model within float rounding.
+CPU (``benchmarks/cam_speed.py --tables scorecam``), and equal to the model within float rounding.
 """
 
 from __future__ import annotations
