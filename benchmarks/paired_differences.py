@@ -12,12 +12,11 @@ neither ("tie").
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
 
-from visionlens.evaluate import read_results
+from visionlens.evaluate import ci95, read_results
 from visionlens.metrics import METRICS
 
 
@@ -42,7 +41,7 @@ def main() -> None:
                               and recs[(model, args.baseline, k[2])].get(metric) is not None], float)
                 if len(d) < 2:
                     continue
-                half = 1.96 * d.std(ddof=1) / math.sqrt(len(d))
+                half = ci95(d)
                 sign = 1 if METRICS[metric].direction == "higher" else -1
                 lo, hi = d.mean() - half, d.mean() + half
                 verdict = "better" if sign * lo > 0 and sign * hi > 0 else "worse" if sign * lo < 0 and sign * hi < 0 else "tie"

@@ -86,7 +86,7 @@ def test_score_cam_on_the_inference_copy_equals_the_model(mobilenet, photos_x):
 def test_ablation_cam_one_image_stand_in_equals_the_full_input(mobilenet, photos_x):
     x, classes = photos_x[0][:2], photos_x[1][:2]
     before = snapshot(mobilenet.module)
-    cam = AblationCAM(mobilenet.module, "features", batch_size=512)
+    cam = AblationCAM(mobilenet.module, "features")
     with torch.no_grad():
         small, expand = cam._feed(mobilenet.module.features, x, mobilenet.module.features(x), mobilenet.module(x))
     assert small.shape == (1, 3, 8, 8) and not expand  # one 8 px image drives the layers before the ablation

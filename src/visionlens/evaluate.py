@@ -418,6 +418,12 @@ def _save_examples(folder: Path, model: str, method: str, b: dict, maps: torch.T
             save_atomic(lambda t, i=img: i.save(t, format="PNG"), view)
 
 
+def ci95(values: np.ndarray) -> float:
+    """Half-width of the 95 % confidence interval of the mean (normal approximation, 1.96 standard
+    errors); NaN for fewer than two values."""
+    return 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+
+
 def aggregate(records: list[dict], models: list[str], methods: list[str], names: list[str]) -> dict:
     """Mean, 95 % CI (normal approximation, 1.96 standard errors) and n per model x method x metric."""
     rows, skipped = [], []
@@ -439,9 +445,8 @@ def aggregate(records: list[dict], models: list[str], methods: list[str], names:
                     vals = np.array([r["metrics"][metric] for r in recs if r["metrics"].get(metric) is not None], float)
                 if not len(vals):
                     continue
-                half = 1.96 * vals.std(ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")
                 rows.append({"model": model, "method": method, "metric": metric, "mean": float(vals.mean()),
-                             "ci95": float(half), "n": int(len(vals)), "direction": M.METRICS[metric].direction})
+                             "ci95": float(ci95(vals)), "n": int(len(vals)), "direction": M.METRICS[metric].direction})
     return {"rows": rows, "skipped": skipped}
 
 

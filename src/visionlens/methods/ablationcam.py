@@ -23,6 +23,11 @@ from .base import PerturbationMethod
 STAND_INS = (8, 32)  # sides tried for the stand-in input that feeds the layer before its output is replaced
 
 
+def _batched(small: torch.Tensor, expand: bool, n: int) -> torch.Tensor:
+    """The stand-in as fed with ``n`` ablated copies: one image, or (``expand``) one per copy."""
+    return small.expand(n, -1, -1, -1) if expand else small
+
+
 class AblationCAM(PerturbationMethod):
     name = "ablationcam"
     def _tail(self, module, feed: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
@@ -41,7 +46,7 @@ class AblationCAM(PerturbationMethod):
             small = x.new_zeros((1, x.shape[1], min(side, x.shape[2]), min(side, x.shape[3])))
             for expand in (False, True):
                 try:
-                    out = self._tail(module, small.expand(activation.shape[0], -1, -1, -1) if expand else small, activation)
+                    out = self._tail(module, _batched(small, expand, activation.shape[0]), activation)
                 except RuntimeError:
                     continue
                 if (isinstance(out, torch.Tensor) and out.shape == output.shape
@@ -65,11 +70,7 @@ class AblationCAM(PerturbationMethod):
             image, channel = chunk // k, chunk % k
             acts = activation[image].clone()
             acts[torch.arange(len(chunk)), channel] = 0
-            if stand_in is None:
-                feed = x[image]
-            else:
-                small, expand = stand_in
-                feed = small.expand(len(chunk), -1, -1, -1) if expand else small
+            feed = x[image] if stand_in is None else _batched(*stand_in, len(chunk))
             with capture.paused():
                 out = self._tail(module, feed, acts)
             score = self.target_scores(out, image, targets, target)
