@@ -12,7 +12,8 @@ size, at 224x224, it times round by round (contenders interleaved, medians repor
   visionlens / pytorch-grad-cam / torchcam / captum   Grad-CAM, maps at input resolution
 then K = 5 classes per image (visionlens: one forward + one batched backward; the anchors: what
 their API offers: one call per class), then Score-CAM (MobileNetV2 ``--scorecam-layer``;
-visionlens on its BatchNorm-folded scoring copy, visionlens exact = on the model itself,
+visionlens on its BatchNorm-folded scoring copy, the same copy compiled (``compile=True``;
+compiling happens in the warm-up round, untimed), visionlens exact = on the model itself,
 pytorch-grad-cam) and Ablation-CAM (MobileNetV2 ``features``, 1,280 channels; visionlens with its
 stand-in input, visionlens with the full input for every ablated copy, pytorch-grad-cam); batch 1.
 On CUDA it also reports peak memory. Anchors that are not installed are skipped.
@@ -189,6 +190,7 @@ def main():
         layer = dict(model.named_modules())[args.scorecam_layer]
     if "mobilenet_v2" in models and "scorecam" in args.tables:
         contenders = {"visionlens": lambda: ScoreCAM(model, args.scorecam_layer, batch_size=64)(x),
+                      "visionlens compiled": lambda: ScoreCAM(model, args.scorecam_layer, batch_size=64, compile=True)(x),
                       "visionlens exact": lambda: ScoreCAM(model, args.scorecam_layer, batch_size=64, inference_copy=False)(x)}
         try:
             import pytorch_grad_cam as pgc

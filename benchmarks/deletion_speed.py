@@ -10,6 +10,8 @@ fetched) with Grad-CAM maps, it times (medians of interleaved rounds):
   exact       visionlens deletion + insertion on the model itself (``--exact-scoring``)
   copy        visionlens deletion + insertion on the checked BatchNorm-folded, channels-last copy
               (what ``visionlens evaluate`` uses)
+  compiled    the same on that copy compiled for batches of ``--chunk`` (``evaluate --compile``;
+              compiling is timed once, apart)
   torchcam    torchcam's Grad-CAM and DeletionInsertionMetric on the same batch, if installed (its
               own maps and protocol details, see tests/test_metrics.py; the same number of steps)
 and prints each as ms per image and as a ratio to the floor.
@@ -72,6 +74,9 @@ def main() -> None:
         with torch.no_grad():
             target = zoo.module(x).argmax(1)
         fast, note = checked_inference_copy(zoo.module, x)
+        t0 = time.perf_counter()
+        compiled, compiled_note = checked_inference_copy(zoo.module, x, compile_batch=args.chunk)
+        compile_s = time.perf_counter() - t0
         h, w = x.shape[-2:]
         n_scores = 2 * (math.ceil(h * w / args.step) + 1)  # deletion + insertion curves
         total = args.images * n_scores
@@ -89,7 +94,7 @@ def main() -> None:
             return lambda: (M.deletion(module, x, maps, target, step=args.step, batch_size=args.chunk),
                             M.insertion(module, x, maps, target, step=args.step, batch_size=args.chunk))
 
-        contenders = {"floor": floor, "exact": ours(zoo.module), "copy": ours(fast)}
+        contenders = {"floor": floor, "exact": ours(zoo.module), "copy": ours(fast), "compiled": ours(compiled)}
         if tcm is not None and not args.no_anchor:
             from torchcam.methods import GradCAM as TorchcamGradCAM
 
@@ -114,6 +119,7 @@ def main() -> None:
                 times[k].append(time.perf_counter() - t0)
         base = statistics.median(times["floor"])
         print(f"\n{name}: {args.images} images x {n_scores} scored inputs; scoring copy: {note}")
+        print(f"compiled: {compiled_note}; building and checking it took {compile_s:.1f} s")
         print(f"{'':10s} {'ms/image':>10s} {'x floor':>8s}")
         for k, v in times.items():
             t = statistics.median(v)

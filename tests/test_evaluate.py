@@ -58,6 +58,19 @@ def test_resume_after_sigkill_gives_the_uninterrupted_results(tmp_path):
     assert json.loads((killed / "report.json").read_text()) == json.loads((full / "report.json").read_text())
 
 
+def test_report_covers_the_images_asked_for(tmp_path):
+    """Re-run with a smaller --n on a folder holding more results: nothing is recomputed and the
+    report card covers exactly the first --n images (how a long run's progress is published)."""
+    full = evaluate(out=tmp_path, **{**ARGS, "methods": ["gradcam"], "n": 8})
+    lines = (tmp_path / "results.jsonl").read_text()
+    first = evaluate(out=tmp_path, **{**ARGS, "methods": ["gradcam"], "n": 4})
+    assert (tmp_path / "results.jsonl").read_text() == lines
+    recs = [r for r in read_results(tmp_path / "results.jsonl")][:4]
+    row = {r["metric"]: r for r in first["rows"]}["deletion"]
+    assert row["n"] == 4 and row["mean"] == pytest.approx(sum(r["metrics"]["deletion"] for r in recs) / 4)
+    assert {r["metric"]: r for r in full["rows"]}["deletion"]["n"] == 8
+
+
 def test_report_card_and_skipped_methods(tmp_path):
     report = evaluate(out=tmp_path, **{**ARGS, "methods": ["gradcam", "rollout"], "n": 4})
     assert report["skipped"][0]["method"] == "rollout" and "Vision Transformer" in report["skipped"][0]["reason"]
@@ -86,6 +99,23 @@ def test_bad_arguments_stop_with_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the lock uses flock")
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "results.jsonl").write_text('{"image": "world:test:0", "method": "gradc')  # a torn line
+    with open(out / "results.jsonl", "a") as running:  # as a run in progress holds it
+        fcntl.flock(running.fileno(), fcntl.LOCK_EX)
+        assert main([*CLI, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "another `visionlens evaluate` is writing to" in err and "\n" not in err
+        assert (out / "results.jsonl").read_text().endswith("gradc")  # the running one's file untouched
+    assert main([*CLI, "--out", str(out)]) == 0  # once it has stopped
+    assert len(read_results(out / "results.jsonl")) == 16
 
 
 def test_folder_without_labels_is_refused(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -123,3 +124,68 @@ def test_evaluation_scores_on_the_copy_match_the_model(tmp_path, imagenet_photos
             assert a["metrics"][k] == pytest.approx(b["metrics"][k], abs=1e-3)  # AUCs; drop in %
     assert "inference copy (52 BatchNorm folded" in json.loads((tmp_path / "fast" / "manifest.json").read_text())["scoring"]["mobilenet_v2"]
     assert json.loads((tmp_path / "exact" / "manifest.json").read_text())["scoring"]["mobilenet_v2"] == "model itself"
+
+
+needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                                    reason="torch.compile on CPU needs a C++ compiler")
+
+
+@needs_compiler
+def test_compiled_copy_matches_the_model_in_fixed_batches():
+    net = _net()
+    before = snapshot(net)
+    fast, note = checked_inference_copy(net, torch.randn(3, 3, 16, 16), compile_batch=4)
+    assert isinstance(fast, InferenceCopy) and note.startswith("compiled inference copy (3 BatchNorm folded"), note
+    with torch.no_grad():
+        for n in (1, 2, 3, 4, 9):  # 1 runs uncompiled (under half a batch), 2 and 3 padded, 9 = 4 + 4 + 1
+            x = torch.randn(n, 3, 16, 16)
+            torch.testing.assert_close(fast(x), net(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(fast.run_compiled(x), net(x), rtol=1e-5, atol=1e-5)
+    assert_same_state(before, snapshot(net))
+    # built once per unchanged model; an in-place update (e.g. an optimiser step) builds a new one
+    assert checked_inference_copy(net, torch.randn(2, 3, 16, 16), compile_batch=4)[0] is fast
+    with torch.no_grad():
+        net[0].weight.mul_(2)
+    again, note = checked_inference_copy(net, torch.randn(2, 3, 16, 16), compile_batch=4)
+    assert again is not fast and note.startswith("compiled")
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net(x), rtol=1e-5, atol=1e-5)  # the updated weights
+
+
+def test_compile_failure_falls_back_to_the_uncompiled_copy(monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    net = _net()
+    fast, note = checked_inference_copy(net, torch.randn(2, 3, 16, 16), compile_batch=4)
+    assert isinstance(fast, InferenceCopy) and fast._compiled is None
+    assert note.startswith("inference copy (3 BatchNorm folded") and note.endswith("not compiled (RuntimeError: no C++ compiler found)")
+
+
+@needs_compiler
+def test_compiled_evaluation_matches_the_uncompiled_one(tmp_path, imagenet_photos, mobilenet, monkeypatch):
+    """``evaluate(compile=True)``: the metrics and Score-CAM's masked passes share one compiled copy
+    (both score 64 images per pass here) and give the uncompiled results."""
+    calls = []
+    run_compiled = InferenceCopy.run_compiled
+    monkeypatch.setattr(InferenceCopy, "run_compiled", lambda self, x, pad_all=True: calls.append(
+        (id(self), len(x))) or run_compiled(self, x, pad_all))
+    args = dict(data=labelled_folder(tmp_path / "photos", imagenet_photos[:2]), n=2, batch_size=2, device="cpu", step=1568,
+                progress=False, metrics=["deletion", "insertion", "average-drop"])
+    methods = ["gradcam", "scorecam@features.3"]
+    evaluate(["mobilenet_v2"], methods, out=tmp_path / "plain", **args)
+    assert not calls
+    evaluate(["mobilenet_v2"], methods, out=tmp_path / "compiled", compile=True, **args)
+    # one copy; Score-CAM's 48 masked images and each method's 2 x 31 deletion/insertion steps went through it
+    assert len({c[0] for c in calls}) == 1 and {48, 62} <= {c[1] for c in calls}
+    plain, compiled = (read_results(tmp_path / d / "results.jsonl") for d in ("plain", "compiled"))
+    assert [(r["method"], r["image"]) for r in plain] == [(r["method"], r["image"]) for r in compiled] and len(plain) == 4
+    for a, b in zip(plain, compiled):
+        for k in args["metrics"]:
+            # Score-CAM's weights move by float rounding, which can reorder near-tied pixels
+            assert a["metrics"][k] == pytest.approx(b["metrics"][k], abs=1e-3)
+    manifest = json.loads((tmp_path / "compiled" / "manifest.json").read_text())
+    assert manifest["scoring"]["mobilenet_v2"].startswith("compiled inference copy (52 BatchNorm folded")
+    assert manifest["command"]["compile"] is True

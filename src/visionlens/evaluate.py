@@ -112,14 +112,25 @@ def read_results(path: Path) -> list[dict]:
 
 
 def _open_for_append(path: Path):
-    """Cut a torn last line (a kill mid-write), then open for appending."""
-    if path.exists():
-        data = path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end != len(data):
-            with open(path, "r+b") as f:
-                f.truncate(end)
-    return open(path, "a", encoding="utf-8")
+    """Open for appending, locked against a second ``evaluate`` on the same folder (where the OS
+    has ``flock``), then cut a torn last line (a kill mid-write)."""
+    f = open(path, "a", encoding="utf-8")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        fcntl = None
+    if fcntl is not None:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise InputError(f"another `visionlens evaluate` is writing to {path.parent}; let it finish or stop it "
+                             "before re-running there, or use another --out") from None
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        os.truncate(path, end)
+    return f
 
 
 def _write(f, records: list[dict]) -> None:
@@ -133,6 +144,11 @@ def _write(f, records: list[dict]) -> None:
 def _num(v) -> float | None:
     v = float(v)
     return None if math.isnan(v) else v
+
+
+def scoring_batch(batch_size: int) -> int:
+    """How many perturbed images the metrics score per forward pass."""
+    return max(batch_size * 8, 64)
 
 
 def batch_metrics(model: ZooModel, explain_fn, names: list[str], b: dict, maps: torch.Tensor, target: torch.Tensor,
@@ -149,8 +165,7 @@ def batch_metrics(model: ZooModel, explain_fn, names: list[str], b: dict, maps: 
     scorer = module if scorer is None else scorer
     pre = model.preprocess
     out: dict[str, list] = {}
-    chunk = max(batch_size * 8, 64)
-    kw = {"confidence": confidence, "batch_size": chunk}
+    kw = {"confidence": confidence, "batch_size": scoring_batch(batch_size)}
 
     def ends(mode: str):
         if ends_cache is None or not (confidence is None or type(confidence) is M.Confidence):
@@ -293,7 +308,7 @@ def _versions() -> dict:
 def evaluate(models: list[str], methods: list[str], data: str = "world:test", n: int | None = 100, batch_size: int = 16,
              device: str | None = "cpu", out: str | Path = "visionlens-eval", metrics: list[str] | None = None,
              step: int | None = None, seed: int = 0, examples: int = 4, progress: bool = True,
-             gallery_size: int = 1000, fast_scoring: bool = True) -> dict:
+             gallery_size: int = 1000, fast_scoring: bool = True, compile: bool = False) -> dict:
     """Run (or resume) the evaluation and write the report card; returns the report dict.
 
     Embedding models (spec 7.6) are scored through a confidence instead of a softmax: methods for
@@ -304,7 +319,10 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
 
     With ``fast_scoring`` the forward passes of deletion, insertion and Average Drop run on a
     BatchNorm-folded, channels-last copy of the model (:mod:`visionlens.core.inference`), used only
-    if it matches the model on the first batch; the manifest says which one scored."""
+    if it matches the model on the first batch; the manifest says which one scored. ``compile``
+    also compiles that copy (``torch.compile``, one fixed batch size) for the metrics and for the
+    masked passes of methods that take it (Score-CAM): a minute or so of compiling per model,
+    then about 1.4-1.5x faster scoring on this project's CPU (docs/benchmarks.md)."""
     from .methods import METHODS
     from .pipeline import make_method, parse_method
 
@@ -330,13 +348,13 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
     out = Path(out)
     (out / "examples").mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
-    done = {(r["model"], r["method"], r.get("image")) for r in read_results(path)}
     items = _items(spec, n)
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
     scoring: dict[str, str] = {}
     t_start = time.perf_counter()
     with _open_for_append(path) as f:
+        done = {(r["model"], r["method"], r.get("image")) for r in read_results(path)}
         for model_name in models:
             model = load_model(model_name, device=device)
             todo = [(mm, (model_name, mm, "*") not in done) for mm in methods]
@@ -350,6 +368,8 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
                 try:
                     live[mm] = (make_explainer(mm, model, reference) if reference is not None
                                 else ClassifierExplainer(make_method(mm, model)))
+                    if compile and hasattr(getattr(live[mm], "method", None), "compile"):
+                        live[mm].method.compile = True
                 except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
                     _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
             bar = Progress(len(items) * max(len(live), 1), f"{model_name}", enabled=progress)
@@ -363,8 +383,10 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
                 b = _load_batch(spec, chunk, model)
                 ends_cache: dict = {}
                 if scorer is None:
-                    scorer, scoring[model_name] = (checked_inference_copy(model.module, b["x"].to(model.device))
-                                                   if fast_scoring else (model.module, "model itself"))
+                    scorer, scoring[model_name] = (
+                        checked_inference_copy(model.module, b["x"].to(model.device),
+                                               compile_batch=scoring_batch(batch_size) if compile else None)
+                        if fast_scoring else (model.module, "model itself"))
                 for mm, explainer in list(live.items()):
                     if not missing[mm]:
                         bar.skip(len(chunk))
@@ -393,10 +415,15 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
                     _write(f, recs)
                     done.update((model_name, mm, r["image"]) for r in recs)
                     bar.update(len(chunk))
-    report = aggregate(read_results(path), models, methods, names)
+    # the report card covers the images of this command: a folder that also holds results for more
+    # images (an earlier, larger --n) reports the first --n, e.g. a long run's progress so far
+    wanted = {i for i, _, _ in items}
+    report = aggregate([r for r in read_results(path) if r.get("image") == "*" or r.get("image") in wanted],
+                       models, methods, names)
     manifest = {"command": {"models": models, "methods": methods, "data": data, "n": n, "batch_size": batch_size,
                             "device": str(device), "metrics": names, "step": step, "seed": seed,
-                            "gallery_size": gallery_size, "fast_scoring": fast_scoring},
+                            "gallery_size": gallery_size, "fast_scoring": fast_scoring,
+                            "compile": compile},
                 "scoring": scoring,
                 "versions": _versions(), "device": str(resolve_device(device)),
                 "seconds_this_run": round(time.perf_counter() - t_start, 2),

@@ -8,11 +8,19 @@ which convolution's output, and a pair is folded only when that output goes nowh
 that cannot be traced falls back to adjacent pairs inside ``nn.Sequential`` (where registration
 order is the data flow). The copy is checked against the model on real inputs before use; the
 user's model is never touched.
+
+Optionally (``compile_batch``) the copy is also compiled with ``torch.compile`` (inductor, weights
+frozen into the graph) for one fixed batch size: inputs are cut into batches of that size and a
+short last batch is zero-padded, so exactly one graph is built per image size. Compiling takes
+seconds to a minute, so compiled copies are kept per model and reused while the model's
+parameters and buffers are unchanged (same tensors, no in-place update since).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import weakref
 
 import torch
 from torch import fx, nn
@@ -89,42 +97,122 @@ def _without_hooks(module: nn.Module) -> dict:
 
 class InferenceCopy(nn.Module):
     """An eval-mode, gradient-free copy of ``module`` with BatchNorm folded and channels-last
-    weights; inputs are made channels-last on the way in."""
+    weights; inputs are made channels-last on the way in. With ``compile_batch`` the copy also
+    runs through ``torch.compile`` in batches of exactly that many images (see the module doc)."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, compile_batch: int | None = None):
         super().__init__()
         inner = copy.deepcopy(module, _without_hooks(module)).eval()
         for p in inner.parameters():
             p.requires_grad_(False)
         self.folded = fold_batchnorm(inner)
         self.inner = inner.to(memory_format=torch.channels_last)
+        if compile_batch is not None and compile_batch < 1:
+            raise ValueError("compile_batch must be at least 1")
+        self.compile_batch = compile_batch
+        self._compiled = (torch.compile(self.inner, dynamic=False, options={"freezing": True})
+                          if compile_batch else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.inner(x)
+        if self._compiled is None or x.ndim != 4:
+            return self.inner(x)
+        return self.run_compiled(x, pad_all=False)
+
+    def run_compiled(self, x: torch.Tensor, pad_all: bool = True) -> torch.Tensor:
+        """The compiled graph on ``x`` cut into batches of ``compile_batch``. A short last batch is
+        zero-padded when it fills at least half a batch (or always, with ``pad_all``); a smaller one
+        runs uncompiled, where padding would cost more than it saves."""
+        step = self.compile_batch
+        outs = []
+        with torch.no_grad():
+            for start in range(0, len(x), step):
+                part = x[start:start + step].contiguous(memory_format=torch.channels_last)
+                k = len(part)
+                if k < step and not (pad_all or 2 * k >= step):
+                    outs.append(self.inner(part))
+                    continue
+                if k < step:
+                    pad = part.new_zeros((step - k, *part.shape[1:]))
+                    part = torch.cat([part, pad]).contiguous(memory_format=torch.channels_last)
+                out = self._compiled(part)
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError("the compiled copy needs a model that returns one tensor")
+                outs.append(out[:k])
+        return torch.cat(outs)
+
+
+def _fingerprint(module: nn.Module) -> tuple:
+    """Changes when a parameter or buffer is replaced or updated in place."""
+    return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device)
+                 for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
-def checked_inference_copy(module: nn.Module, x: torch.Tensor, rtol: float = 1e-4) -> tuple[nn.Module, str]:
+def checked_inference_copy(module: nn.Module, x: torch.Tensor, rtol: float = 1e-4,
+                           compile_batch: int | None = None) -> tuple[nn.Module, str]:
     """``(InferenceCopy, description)`` if the copy's outputs on ``x`` match ``module``'s within
     ``rtol`` of their largest magnitude; otherwise ``(module, reason)``. Never raises for a model
-    the copy cannot handle: scoring then simply runs on the model itself."""
+    the copy cannot handle: scoring then simply runs on the model itself.
+
+    With ``compile_batch`` the copy is compiled (a copy compiled earlier for the same, unchanged
+    model and batch size is reused). A new compiled copy is checked through the compiled graph (``x``
+    padded to a full batch), a reused one as a plain call would run ``x``. If compiling fails or
+    the compiled graph disagrees, the uncompiled copy is checked and used instead."""
+    if compile_batch:
+        key = (_fingerprint(module), compile_batch)
+        cached = _COMPILED.get(module)
+        fast = cached["copy"] if cached is not None and cached["key"] == key else None
+        try:
+            fast_out = fast(x) if fast is not None else None
+            if fast is None:
+                fast = InferenceCopy(module, compile_batch)
+                fast_out = fast.run_compiled(x)
+            ref = _reference(module, x)
+        except Exception as err:  # noqa: BLE001 - no compiler, unsupported op, ...: run uncompiled
+            fast, why = checked_inference_copy(module, x, rtol)
+            first_line = (str(err).splitlines() or [""])[0][:120]
+            return fast, f"{why}; not compiled ({type(err).__name__}: {first_line})"
+        verdict = _compare(ref, fast_out, rtol)
+        if verdict is None:
+            _COMPILED[module] = {"key": key, "copy": fast}
+            err = float((ref - fast_out).abs().max())
+            return fast, (f"compiled inference copy ({fast.folded} BatchNorm folded, channels-last, torch.compile "
+                          f"in batches of {compile_batch}; max |diff| {err:.1e} on the first batch)")
+        fast, why = checked_inference_copy(module, x, rtol)
+        return fast, f"{why}; not compiled (compiled copy {verdict})"
     try:
         fast = InferenceCopy(module)
-        was_training = module.training
-        module.eval()
-        try:
-            ref = module(x)
-        finally:
-            module.train(was_training)
+        ref = _reference(module, x)
         got = fast(x)
     except Exception as err:  # noqa: BLE001 - any failure means "use the model as it is"
         return module, f"model itself (inference copy failed: {type(err).__name__})"
+    verdict = _compare(ref, got, rtol)
+    if verdict is not None:
+        return module, f"model itself (inference copy {verdict})"
+    err = float((ref - got).abs().max())
+    return fast, f"inference copy ({fast.folded} BatchNorm folded, channels-last; max |diff| {err:.1e} on the first batch)"
+
+
+def _reference(module: nn.Module, x: torch.Tensor):
+    was_training = module.training
+    module.eval()
+    try:
+        return module(x)
+    finally:
+        module.train(was_training)
+
+
+def _compare(ref, got, rtol: float) -> str | None:
+    """None when ``got`` matches ``ref`` within ``rtol`` of its largest magnitude, else why not."""
     if not (isinstance(ref, torch.Tensor) and isinstance(got, torch.Tensor)) or ref.shape != got.shape:
-        return module, "model itself (inference copy gave other outputs)"
+        return "gave other outputs"
     err = float((ref - got).abs().max())
     scale = max(1.0, float(ref.abs().max()))
     if not err <= rtol * scale:  # also catches NaN
-        return module, f"model itself (inference copy differs by {err:.2e})"
-    return fast, f"inference copy ({fast.folded} BatchNorm folded, channels-last; max |diff| {err:.1e} on the first batch)"
+        return f"differs by {err:.2e}"
+    return None

@@ -10,6 +10,9 @@ inputs are never materialised all at once: they are built and scored ``batch_siz
 masked images are scored by a BatchNorm-folded, channels-last copy of the model
 (:mod:`visionlens.core.inference`), used only when it matches the model on the input: faster on
 CPU (``benchmarks/cam_speed.py --tables scorecam``), and equal to the model within float rounding.
+With ``compile=True`` that copy is also compiled with ``torch.compile`` for batches of
+``batch_size`` (checked the same way, built once per model and reused across calls; the first call
+pays the compilation).
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ EPS = 1e-8
 class ScoreCAM(PerturbationMethod):
     name = "scorecam"
 
-    def __init__(self, model, layer=None, batch_size: int = 64, inference_copy: bool = True):
+    def __init__(self, model, layer=None, batch_size: int = 64, inference_copy: bool = True, compile: bool = False):
         super().__init__(model, layer, batch_size)
         self.inference_copy = inference_copy
+        self.compile = compile
+
     def channel_weights(self, activation: torch.Tensor, targets: ClassTargets, output: torch.Tensor,
                         capture: ActivationCapture) -> torch.Tensor:
         x, target = capture.inputs, capture.target
@@ -48,7 +53,8 @@ class ScoreCAM(PerturbationMethod):
         scorer = self.model
         if self.inference_copy and len(jobs) > b:  # worth a copy: more masked passes than images
             with capture.paused():
-                scorer = checked_inference_copy(self.model, x[:4])[0]
+                scorer = checked_inference_copy(self.model, x[:4],
+                                                compile_batch=self.batch_size if self.compile else None)[0]
         job_scores = torch.empty(len(jobs), device=activation.device)
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start:start + self.batch_size]
