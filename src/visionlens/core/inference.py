@@ -18,8 +18,10 @@ parameters and buffers are unchanged (same tensors, no in-place update since).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
+import logging
 import weakref
 
 import torch
@@ -136,11 +138,27 @@ class InferenceCopy(nn.Module):
                 if k < step:
                     pad = part.new_zeros((step - k, *part.shape[1:]))
                     part = torch.cat([part, pad]).contiguous(memory_format=torch.channels_last)
-                out = self._compiled(part)
+                with _quiet_cuda_home_warning():
+                    out = self._compiled(part)
                 if not isinstance(out, torch.Tensor):
                     raise TypeError("the compiled copy needs a model that returns one tensor")
                 outs.append(out[:k])
         return torch.cat(outs)
+
+
+@contextlib.contextmanager
+def _quiet_cuda_home_warning():
+    """Compiling on a CPU-only machine makes torch warn that it found no CUDA runtime: true, and
+    irrelevant to a CPU graph, so that one message is dropped while compiling."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _fingerprint(module: nn.Module) -> tuple:
