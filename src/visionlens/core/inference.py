@@ -127,6 +127,8 @@ class InferenceCopy(nn.Module):
         zero-padded when it fills at least half a batch (or always, with ``pad_all``); a smaller one
         runs uncompiled, where padding would cost more than it saves."""
         step = self.compile_batch
+        if not len(x):
+            return self.inner(x)
         outs = []
         with torch.no_grad():
             for start in range(0, len(x), step):
