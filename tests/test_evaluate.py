@@ -188,3 +188,15 @@ def test_progress_counts_only_work_done_in_this_run():
     assert buf.getvalue().splitlines()[-1] == "m [############------------] 5/10 0.0 img/s"
     bar.update(1)
     assert bar.done == 6 and bar.skipped == 5 and buf.getvalue().splitlines()[-1].endswith(" left")
+
+
+def test_compare_runs_script_reports_agreement(tmp_path):
+    """benchmarks/compare_runs.py: two runs of the same images at different batch sizes agree."""
+    evaluate(out=tmp_path / "a", **{**ARGS, "methods": ["gradcam"], "n": 4})
+    evaluate(out=tmp_path / "b", **{**ARGS, "methods": ["gradcam"], "n": 4, "batch_size": 2})
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_runs.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b")],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines()[2:]]
+    assert {r[2].strip() for r in rows} == {"deletion", "pointing-game", "relevance-mass"}
+    assert all(r[3].strip() == "4" and float(r[4]) < 1e-3 for r in rows)
