@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+try:
+    import fcntl
+except ImportError:  # Windows: results files are not locked
+    fcntl = None
+
 import numpy as np
 import torch
 from PIL import Image
@@ -115,10 +120,6 @@ def _open_for_append(path: Path):
     """Open for appending, locked against a second ``evaluate`` on the same folder (where the OS
     has ``flock``), then cut a torn last line (a kill mid-write)."""
     f = open(path, "a", encoding="utf-8")
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        fcntl = None
     if fcntl is not None:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

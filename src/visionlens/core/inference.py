@@ -197,10 +197,9 @@ def checked_inference_copy(module: nn.Module, x: torch.Tensor, rtol: float = 1e-
             fast, why = checked_inference_copy(module, x, rtol)
             first_line = (str(err).splitlines() or [""])[0][:120]
             return fast, f"{why}; not compiled ({type(err).__name__}: {first_line})"
-        verdict = _compare(ref, fast_out, rtol)
+        err, verdict = _compare(ref, fast_out, rtol)
         if verdict is None:
             _COMPILED[module] = {"key": key, "copy": fast}
-            err = float((ref - fast_out).abs().max())
             return fast, (f"compiled inference copy ({fast.folded} BatchNorm folded, channels-last, torch.compile "
                           f"in batches of {compile_batch}; max |diff| {err:.1e} on the first batch)")
         fast, why = checked_inference_copy(module, x, rtol)
@@ -211,10 +210,9 @@ def checked_inference_copy(module: nn.Module, x: torch.Tensor, rtol: float = 1e-
         got = fast(x)
     except Exception as err:  # noqa: BLE001 - any failure means "use the model as it is"
         return module, f"model itself (inference copy failed: {type(err).__name__})"
-    verdict = _compare(ref, got, rtol)
+    err, verdict = _compare(ref, got, rtol)
     if verdict is not None:
         return module, f"model itself (inference copy {verdict})"
-    err = float((ref - got).abs().max())
     return fast, f"inference copy ({fast.folded} BatchNorm folded, channels-last; max |diff| {err:.1e} on the first batch)"
 
 
@@ -227,12 +225,13 @@ def _reference(module: nn.Module, x: torch.Tensor):
         module.train(was_training)
 
 
-def _compare(ref, got, rtol: float) -> str | None:
-    """None when ``got`` matches ``ref`` within ``rtol`` of its largest magnitude, else why not."""
+def _compare(ref, got, rtol: float) -> tuple[float, str | None]:
+    """``(max |ref - got|, None)`` when ``got`` matches ``ref`` within ``rtol`` of its largest
+    magnitude, else ``(..., why not)``."""
     if not (isinstance(ref, torch.Tensor) and isinstance(got, torch.Tensor)) or ref.shape != got.shape:
-        return "gave other outputs"
+        return float("nan"), "gave other outputs"
     err = float((ref - got).abs().max())
     scale = max(1.0, float(ref.abs().max()))
     if not err <= rtol * scale:  # also catches NaN
-        return f"differs by {err:.2e}"
-    return None
+        return err, f"differs by {err:.2e}"
+    return err, None
