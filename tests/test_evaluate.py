@@ -93,6 +93,7 @@ def test_report_card_and_skipped_methods(tmp_path):
     (["--data", "/nonexistent/folder"], "bad --data"),
     (["--data", "world:holdout"], "bad --data"),
     (["--data", "samples"], "does not fit"),
+    (["--step", "0"], "--step must be at least 1 pixel"),
 ])
 def test_bad_arguments_stop_with_one_line(tmp_path, capsys, argv, message):
     assert main(["evaluate", "--out", str(tmp_path / "o"), "--quiet", *argv]) == 2
@@ -116,6 +117,61 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path, capsys):
         assert (out / "results.jsonl").read_text().endswith("gradc")  # the running one's file untouched
     assert main([*CLI, "--out", str(out)]) == 0  # once it has stopped
     assert len(read_results(out / "results.jsonl")) == 16
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--step", "512"], "--step 1024 (this command: 512)"),
+    (["--metrics", "deletion,insertion"], "--metrics deletion,pointing-game,relevance-mass (this command adds insertion)"),
+    (["--data", "world:val"], "--data world:test (this command: world:val)"),
+    (["--seed", "3"], "--seed 0 (this command: 3)"),
+])
+def test_a_folder_refuses_results_computed_with_other_settings(tmp_path, capsys, change, message):
+    """Per-image values depend on the data, the step, the seed and the metrics: a re-run that
+    differs in one of them would mix incomparable results in one report, so it is refused, also
+    for a folder written before its settings were recorded (they are read from its manifest)."""
+    out = tmp_path / "o"
+    first = [*CLI, "--n", "4", "--out", str(out)]
+    assert main(first) == 0
+    before = (out / "results.jsonl").read_bytes()
+    changed = first + change  # argparse: the last value given wins
+    assert main(changed) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    (out / "settings.json").unlink()  # as written by an older version: the manifest holds the command
+    assert main(changed) == 2 and message in capsys.readouterr().err
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_a_subset_of_metrics_reports_the_subset_and_keeps_the_folder_whole(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main([*CLI, "--n", "4", "--out", str(out)]) == 0
+    report = evaluate(out=out, **{**ARGS, "metrics": ["deletion"]})  # and 4 more images
+    assert {r["metric"] for r in report["rows"]} == {"deletion"} and all(r["n"] == 8 for r in report["rows"])
+    recs = read_results(out / "results.jsonl")
+    assert len(recs) == 16 and all(set(r["metrics"]) == {"deletion", "pointing-game", "relevance-mass"} for r in recs)
+    (out / "settings.json").write_text("{not json")
+    assert main([*CLI, "--out", str(out)]) == 2
+    assert "settings.json is unreadable" in capsys.readouterr().err
+
+
+def test_metrics_the_data_cannot_support(tmp_path, capsys):
+    """Asked for by name, a localisation metric on photos without masks is refused before any
+    work; left to the default, the metrics the data cannot support are left out."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "labels.csv").write_text("file,class_index\na.jpg,1\n")
+    argv = ["evaluate", "--models", "mobilenet_v2", "--data", str(folder), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main([*argv, "--metrics", "deletion,pointing-game"]) == 2
+    assert "metric 'pointing-game' needs object masks" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+def test_default_metrics_on_photos_are_those_photos_support(tmp_path, imagenet_photos, mobilenet):
+    evaluate(["mobilenet_v2"], ["gradcam"], data=labelled_folder(tmp_path / "photos", imagenet_photos[:1]), n=1,
+             batch_size=1, device="cpu", out=tmp_path / "o", step=12544, progress=False)
+    computed = json.loads((tmp_path / "o" / "settings.json").read_text())["metrics"]
+    assert computed == ["deletion", "insertion", "average-drop", "increase-confidence"]
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["command"]["metrics"] == computed
 
 
 def test_folder_without_labels_is_refused(tmp_path, capsys):

@@ -88,6 +88,13 @@ def test_deletion_insertion_match_rise_reference(tiny_net, mode):
     assert np.abs(ours - ref).max() < 1e-5
 
 
+@pytest.mark.parametrize("step", [0, -16])
+def test_a_step_below_one_pixel_is_refused(tiny_net, step):
+    x, maps = torch.randn(1, 3, 16, 16), torch.rand(1, 16, 16)
+    with pytest.raises(InputError, match="step must be at least 1 pixel"):
+        M.deletion(tiny_net, x, maps, step=step)
+
+
 @pytest.mark.parametrize("mode", ["deletion", "insertion"])
 def test_shared_curve_ends_change_nothing_but_the_forward_count(tiny_net, mode):
     """The first and last curve points do not depend on the map: scored once (curve_ends) and

@@ -4,7 +4,9 @@ Data streams in batches (bounded memory). Per-image results are appended to ``re
 (one JSON object per (model, method, image), flushed and fsynced per batch). A re-run with the
 same ``--out`` skips the keys already there, so a crashed or killed run resumes without losing or
 duplicating results; a partially written last line is cut off before appending. Batches are fixed
-by image index, so a resumed batch is computed exactly as in an uninterrupted run. At the end:
+by image index, so a resumed batch is computed exactly as in an uninterrupted run. ``settings.json``
+records what the values depend on (data, step, seed, metrics); a re-run with other values is
+refused rather than mixing incomparable results. At the end:
 ``report.csv`` / ``report.json`` (method x metric: mean, 95 % CI, n), ``index.html`` with example
 overlays, and ``manifest.json`` (versions, seed, device, timings, arguments).
 """
@@ -12,6 +14,7 @@ overlays, and ``manifest.json`` (versions, seed, device, timings, arguments).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -61,7 +64,13 @@ def parse_data(spec: str) -> dict:
         rows = list(csv.DictReader(f))
     if not rows or "file" not in rows[0] or "class_index" not in rows[0]:
         raise InputError(f"bad --data '{spec}': labels.csv needs the columns file,class_index")
-    return {"kind": "folder", "name": str(folder), "items": [(folder / r["file"], int(r["class_index"])) for r in rows]}
+    return {"kind": "folder", "name": str(folder), "items": [(folder / r["file"], int(r["class_index"])) for r in rows],
+            "labels_sha256": hashlib.sha256(labels.read_bytes()).hexdigest()}
+
+
+def ground_truth(data: dict) -> set[str]:
+    """What a metric may need that the data provides (``MetricInfo.needs``)."""
+    return {"model", "masks", "boxes"} if data["kind"] == "world" else {"model"}
 
 
 def _items(data: dict, n: int | None) -> list[tuple[str, object, int]]:
@@ -138,6 +147,72 @@ def _write(f, records: list[dict]) -> None:
     f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     f.flush()
     os.fsync(f.fileno())
+
+
+# --- what a folder's results were computed with ------------------------------------------------
+
+SETTINGS = "settings.json"
+
+
+def run_settings(data: dict, metrics: list[str], step: int | None, seed: int, gallery_size: int) -> dict:
+    """The arguments that per-image values depend on, besides the model and method of each record.
+    Batch size, device and the scoring copy change values only by float rounding, so they may
+    differ between the runs that fill one folder; these may not."""
+    source = ({"kind": "folder", "labels_sha256": data["labels_sha256"], "path": str(Path(data["name"]).resolve())}
+              if data["kind"] == "folder" else {"kind": data["kind"], "name": data["name"]})
+    return {"data": source, "metrics": list(metrics), "step": step, "seed": seed, "gallery_size": gallery_size}
+
+
+def _recorded_settings(out: Path) -> dict | None:
+    """The folder's settings; for a folder written before they were recorded, those of the command
+    in its manifest (None if that cannot be read)."""
+    path = out / SETTINGS
+    if path.exists():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        if not (isinstance(recorded, dict) and isinstance(recorded.get("data"), dict)
+                and isinstance(recorded.get("metrics"), list)):
+            raise InputError(f"{path} is unreadable; restore it, or delete it to resume without checking that the "
+                             "results there were computed with this command's settings")
+        return recorded
+    try:
+        cmd = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["command"]
+        return run_settings(parse_data(cmd["data"]), cmd["metrics"], cmd["step"], cmd["seed"],
+                            cmd.get("gallery_size", 1000))
+    except (OSError, ValueError, KeyError, TypeError, InputError):
+        return None
+
+
+def settle_settings(out: Path, settings: dict, has_results: bool) -> list[str]:
+    """Check this command's settings against the results already in ``out`` and record them;
+    returns the metrics to compute for new images: the folder's own list, so that every record of
+    a folder has the same metrics (a command may report a subset of them)."""
+    recorded = _recorded_settings(out) if has_results else None
+    if recorded is not None:
+        def shown(key, value):
+            if key == "data":  # a folder is known by its labels.csv, wherever it is now
+                return value.get("name") or f"{value.get('path')} (labels.csv {value.get('labels_sha256', '?')[:12]})"
+            return "the image width (RISE)" if key == "step" and value is None else str(value)
+
+        def same(key):
+            a, b = recorded.get(key), settings[key]
+            return ({k: v for k, v in a.items() if k != "path"} == {k: v for k, v in b.items() if k != "path"}
+                    if key == "data" and isinstance(a, dict) else a == b)
+
+        differ = [f"--{k.replace('_', '-')} {shown(k, recorded.get(k))} (this command: {shown(k, settings[k])})"
+                  for k in ("data", "step", "seed", "gallery_size") if not same(k)]
+        extra = [m for m in settings["metrics"] if m not in recorded["metrics"]]
+        if extra:
+            differ.append(f"--metrics {','.join(recorded['metrics'])} (this command adds {','.join(extra)})")
+        if differ:
+            raise InputError(f"{out} holds results computed with {'; '.join(differ)}: re-run with the folder's "
+                             "settings, or use another --out")
+        settings = {**settings, "metrics": recorded["metrics"]}
+    if recorded != settings or not (out / SETTINGS).exists():
+        save_atomic(lambda t: Path(t).write_text(json.dumps(settings, indent=1), encoding="utf-8"), out / SETTINGS)
+    return settings["metrics"]
 
 
 # --- metrics for one batch ------------------------------------------------------------------
@@ -341,7 +416,17 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
         M.get_metric(m)
     if batch_size < 1 or (n is not None and n < 1):
         raise InputError("--batch-size and --n must be at least 1")
+    if step is not None and step < 1:
+        raise InputError(f"--step must be at least 1 pixel (got {step}); leave it out for RISE's step, the image width")
     spec = parse_data(data)
+    available = ground_truth(spec)
+    if metrics and metrics != ["all"]:  # asked for by name: say why one cannot be computed here
+        for m in names:
+            lacking = [need for need in M.METRICS[m].needs if need not in available]
+            if lacking:
+                raise InputError(f"metric '{m}' needs object {lacking[0]}, which --data {data} does not have "
+                                 "(--data world has masks and boxes)")
+    names = [m for m in names if set(M.METRICS[m].needs) <= available]
     for m in models:
         world_model = ZOO[m].task.startswith("world")
         if (spec["kind"] == "world") != world_model:
@@ -356,6 +441,7 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
     t_start = time.perf_counter()
     with _open_for_append(path) as f:
         done = {(r["model"], r["method"], r.get("image")) for r in read_results(path)}
+        computed = settle_settings(out, run_settings(spec, names, step, seed, gallery_size), bool(done))
         for model_name in models:
             model = load_model(model_name, device=device)
             todo = [(mm, (model_name, mm, "*") not in done) for mm in methods]
@@ -396,7 +482,7 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
                     try:
                         res = explainer(b["x"].to(model.device), b["label"])
                         maps = res["maps"]
-                        vals = batch_metrics(model, res["explain_fn"], names, b, maps, res["target"], step, batch_size,
+                        vals = batch_metrics(model, res["explain_fn"], computed, b, maps, res["target"], step, batch_size,
                                              res["confidence"], res["correct"], scorer, ends_cache)
                     except Exception as err:  # noqa: BLE001
                         _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])

@@ -168,7 +168,9 @@ def causal_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mode: s
     x, maps = x.to(device), maps.to(device)
     b, c, h, w = x.shape
     hw = h * w
-    step = step or w
+    step = w if step is None else int(step)
+    if step < 1:
+        raise InputError(f"step must be at least 1 pixel, got {step}")
     n = math.ceil(hw / step)
     if target is None:
         target = confidence.predict(model(x))
