@@ -160,6 +160,7 @@ def test_metrics_the_data_cannot_support(tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "labels.csv").write_text("file,class_index\na.jpg,1\n")
+    (folder / "a.jpg").write_bytes(b"not read")
     argv = ["evaluate", "--models", "mobilenet_v2", "--data", str(folder), "--out", str(tmp_path / "o"), "--quiet"]
     assert main([*argv, "--metrics", "deletion,pointing-game"]) == 2
     assert "metric 'pointing-game' needs object masks" in capsys.readouterr().err
@@ -172,6 +173,40 @@ def test_default_metrics_on_photos_are_those_photos_support(tmp_path, imagenet_p
     computed = json.loads((tmp_path / "o" / "settings.json").read_text())["metrics"]
     assert computed == ["deletion", "insertion", "average-drop", "increase-confidence"]
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["command"]["metrics"] == computed
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("a.jpg,zero", "labels.csv line 2: class_index 'zero' is not a whole number"),
+    ("a.jpg,-3", "labels.csv line 2: class_index -3 is negative"),
+    ("gone.jpg,1", "labels.csv lists 1 file(s) that are not in the folder, first 'gone.jpg'"),
+    ("a.jpg,1000", "class_index 1000 in labels.csv is not an ImageNet-1k class (0-999)"),
+])
+def test_a_bad_labels_file_is_refused_before_any_work(tmp_path, capsys, rows, message):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"not read: the listing is checked first")
+    (folder / "labels.csv").write_text(f"file,class_index\n{rows}\n")
+    out = tmp_path / "o"
+    assert main(["evaluate", "--models", "mobilenet_v2", "--data", str(folder), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_a_corrupt_photo_stops_the_run_and_keeps_what_was_done(tmp_path, capsys, imagenet_photos, mobilenet):
+    folder = labelled_folder(tmp_path / "photos", imagenet_photos[:2])
+    files = [Path(folder) / p.name for p in imagenet_photos[:2]]  # in labels.csv order
+    good = files[0].read_bytes()
+    files[1].write_bytes(good[:len(good) // 3])  # truncated
+    argv = ["evaluate", "--models", "mobilenet_v2", "--data", folder, "--metrics", "average-drop", "--batch-size", "1",
+            "--device", "cpu", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "truncated or corrupt" in err and "re-run to resume" in err and "\n" not in err
+    assert len(read_results(tmp_path / "o" / "results.jsonl")) == 1  # the first photo's result is kept
+    files[0].write_bytes(good[:len(good) // 3])
+    assert main([*argv, "--out", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()  # stopped before its first result: nothing left behind
 
 
 def test_folder_without_labels_is_refused(tmp_path, capsys):

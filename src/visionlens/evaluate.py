@@ -36,7 +36,7 @@ from PIL import Image
 from . import metrics as M
 from .core.inference import checked_inference_copy
 from .core.progress import Progress
-from .errors import InputError
+from .errors import ImageLoadError, InputError
 from .models.zoo import ZOO, ZooModel, load_model, resolve_device
 from .viz.overlay import overlay, save_atomic
 
@@ -64,7 +64,21 @@ def parse_data(spec: str) -> dict:
         rows = list(csv.DictReader(f))
     if not rows or "file" not in rows[0] or "class_index" not in rows[0]:
         raise InputError(f"bad --data '{spec}': labels.csv needs the columns file,class_index")
-    return {"kind": "folder", "name": str(folder), "items": [(folder / r["file"], int(r["class_index"])) for r in rows],
+    items = []
+    for line, r in enumerate(rows, start=2):
+        try:
+            label = int(r["class_index"])
+        except (TypeError, ValueError):
+            raise InputError(f"bad --data '{spec}': labels.csv line {line}: class_index {r['class_index']!r} "
+                             "is not a whole number") from None
+        if label < 0:
+            raise InputError(f"bad --data '{spec}': labels.csv line {line}: class_index {label} is negative")
+        items.append((folder / (r["file"] or ""), label))
+    missing = [str(p.relative_to(folder)) for p, _ in items if not p.is_file()]
+    if missing:
+        raise InputError(f"bad --data '{spec}': labels.csv lists {len(missing)} file(s) that are not in the folder, "
+                         f"first {missing[0]!r}")
+    return {"kind": "folder", "name": str(folder), "items": items,
             "labels_sha256": hashlib.sha256(labels.read_bytes()).hexdigest()}
 
 
@@ -100,7 +114,11 @@ def _load_batch(data: dict, items, model: ZooModel) -> dict:
                 "masks": b["object_mask"], "boxes": b["object_box"]}
     from .data.images import load_image
 
-    xs = [pre(load_image(src)) for _, src, _ in items]
+    try:
+        xs = [pre(load_image(src)) for _, src, _ in items]
+    except ImageLoadError as err:
+        raise ImageLoadError(f"{err}; replace the file and re-run to resume (results so far are kept), or list only "
+                             "readable images in labels.csv and use a new --out") from None
     x = torch.stack(xs)
     return {"ids": [i for i, _, _ in items], "x": x, "raw": (x * std + mean).clamp(0, 1),
             "label": torch.tensor([lab for _, _, lab in items]), "masks": None, "boxes": None}
@@ -141,6 +159,20 @@ def _open_for_append(path: Path):
     if end != len(data):
         os.truncate(path, end)
     return f
+
+
+def _remove_new_files(out: Path, created: list[Path]) -> None:
+    """Undo a run that stopped before its first result: its files, and the folders it made."""
+    for name in ("results.jsonl", SETTINGS):
+        (out / name).unlink(missing_ok=True)
+    if out / "examples" in created:
+        for png in (out / "examples").glob("*.png"):
+            png.unlink(missing_ok=True)
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
 
 
 def _write(f, records: list[dict]) -> None:
@@ -431,77 +463,88 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
         world_model = ZOO[m].task.startswith("world")
         if (spec["kind"] == "world") != world_model:
             raise InputError(f"model '{m}' does not fit --data {data}: world models take world data, ImageNet models images")
+        if spec["kind"] == "folder" and ZOO[m].task == "imagenet":
+            top = max(label for _, label in spec["items"])
+            if top >= 1000:
+                raise InputError(f"bad --data '{data}': class_index {top} in labels.csv is not an ImageNet-1k class "
+                                 f"(0-999) of model '{m}'")
     out = Path(out)
-    (out / "examples").mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
+    fresh, created = not path.exists(), [d for d in (out, out / "examples") if not d.exists()]
+    (out / "examples").mkdir(parents=True, exist_ok=True)
     items = _items(spec, n)
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
     scoring: dict[str, str] = {}
     t_start = time.perf_counter()
-    with _open_for_append(path) as f:
-        done = {(r["model"], r["method"], r.get("image")) for r in read_results(path)}
-        computed = settle_settings(out, run_settings(spec, names, step, seed, gallery_size), bool(done))
-        for model_name in models:
-            model = load_model(model_name, device=device)
-            todo = [(mm, (model_name, mm, "*") not in done) for mm in methods]
-            live = {}
-            reference = None
-            if ZOO[model_name].task.endswith("embedding") and any(ok for _, ok in todo):
-                reference = EmbeddingReference.build(model, spec, gallery_size)
-            for mm, ok in todo:
-                if not ok:
-                    continue
-                try:
-                    live[mm] = (make_explainer(mm, model, reference) if reference is not None
-                                else ClassifierExplainer(make_method(mm, model)))
-                    if compile and hasattr(getattr(live[mm], "method", None), "compile"):
-                        live[mm].method.compile = True
-                except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
-                    _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
-            bar = Progress(len(items) * max(len(live), 1), f"{model_name}", enabled=progress)
-            scorer = None
-            for start in range(0, len(items), batch_size):
-                chunk = items[start:start + batch_size]
-                missing = {mm: [i for i, _, _ in chunk if (model_name, mm, i) not in done] for mm in live}
-                if not any(missing.values()):
-                    bar.skip(len(chunk) * len(live))
-                    continue
-                b = _load_batch(spec, chunk, model)
-                ends_cache: dict = {}
-                if scorer is None:
-                    scorer, scoring[model_name] = (
-                        checked_inference_copy(model.module, b["x"].to(model.device),
-                                               compile_batch=scoring_batch(batch_size) if compile else None)
-                        if fast_scoring else (model.module, "model itself"))
-                for mm, explainer in list(live.items()):
-                    if not missing[mm]:
-                        bar.skip(len(chunk))
+    try:
+        with _open_for_append(path) as f:
+            done = {(r["model"], r["method"], r.get("image")) for r in read_results(path)}
+            computed = settle_settings(out, run_settings(spec, names, step, seed, gallery_size), bool(done))
+            for model_name in models:
+                model = load_model(model_name, device=device)
+                todo = [(mm, (model_name, mm, "*") not in done) for mm in methods]
+                live = {}
+                reference = None
+                if ZOO[model_name].task.endswith("embedding") and any(ok for _, ok in todo):
+                    reference = EmbeddingReference.build(model, spec, gallery_size)
+                for mm, ok in todo:
+                    if not ok:
                         continue
-                    t0 = time.perf_counter()
                     try:
-                        res = explainer(b["x"].to(model.device), b["label"])
-                        maps = res["maps"]
-                        vals = batch_metrics(model, res["explain_fn"], computed, b, maps, res["target"], step, batch_size,
-                                             res["confidence"], res["correct"], scorer, ends_cache)
-                    except Exception as err:  # noqa: BLE001
+                        live[mm] = (make_explainer(mm, model, reference) if reference is not None
+                                    else ClassifierExplainer(make_method(mm, model)))
+                        if compile and hasattr(getattr(live[mm], "method", None), "compile"):
+                            live[mm].method.compile = True
+                    except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
                         _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
-                        del live[mm]
-                        bar.update(len(items) - start)
+                bar = Progress(len(items) * max(len(live), 1), f"{model_name}", enabled=progress)
+                scorer = None
+                for start in range(0, len(items), batch_size):
+                    chunk = items[start:start + batch_size]
+                    missing = {mm: [i for i, _, _ in chunk if (model_name, mm, i) not in done] for mm in live}
+                    if not any(missing.values()):
+                        bar.skip(len(chunk) * len(live))
                         continue
-                    timings[f"{model_name}/{mm}"] = timings.get(f"{model_name}/{mm}", 0.0) + time.perf_counter() - t0
-                    if start == 0:
-                        _save_examples(out / "examples", model_name, mm, b, maps, examples)
-                    recs = []
-                    for j, image in enumerate(b["ids"]):
-                        if (model_name, mm, image) in done:
+                    b = _load_batch(spec, chunk, model)
+                    ends_cache: dict = {}
+                    if scorer is None:
+                        scorer, scoring[model_name] = (
+                            checked_inference_copy(model.module, b["x"].to(model.device),
+                                                   compile_batch=scoring_batch(batch_size) if compile else None)
+                            if fast_scoring else (model.module, "model itself"))
+                    for mm, explainer in list(live.items()):
+                        if not missing[mm]:
+                            bar.skip(len(chunk))
                             continue
-                        recs.append({"model": model_name, "method": mm, "image": image, "label": int(b["label"][j]),
-                                     "predicted": int(res["predicted"][j]), **{k: int(v[j]) for k, v in res["extra"].items()},
-                                     "metrics": {k: v[j] for k, v in vals.items()}})
-                    _write(f, recs)
-                    done.update((model_name, mm, r["image"]) for r in recs)
-                    bar.update(len(chunk))
+                        t0 = time.perf_counter()
+                        try:
+                            res = explainer(b["x"].to(model.device), b["label"])
+                            maps = res["maps"]
+                            vals = batch_metrics(model, res["explain_fn"], computed, b, maps, res["target"], step, batch_size,
+                                                 res["confidence"], res["correct"], scorer, ends_cache)
+                        except Exception as err:  # noqa: BLE001
+                            _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
+                            del live[mm]
+                            bar.update(len(items) - start)
+                            continue
+                        timings[f"{model_name}/{mm}"] = timings.get(f"{model_name}/{mm}", 0.0) + time.perf_counter() - t0
+                        if start == 0:
+                            _save_examples(out / "examples", model_name, mm, b, maps, examples)
+                        recs = []
+                        for j, image in enumerate(b["ids"]):
+                            if (model_name, mm, image) in done:
+                                continue
+                            recs.append({"model": model_name, "method": mm, "image": image, "label": int(b["label"][j]),
+                                         "predicted": int(res["predicted"][j]), **{k: int(v[j]) for k, v in res["extra"].items()},
+                                         "metrics": {k: v[j] for k, v in vals.items()}})
+                        _write(f, recs)
+                        done.update((model_name, mm, r["image"]) for r in recs)
+                        bar.update(len(chunk))
+    except BaseException:
+        if fresh and not read_results(path):  # stopped before its first result: leave nothing behind
+            _remove_new_files(out, created)
+        raise
     # the report card covers the images of this command: a folder that also holds results for more
     # images (an earlier, larger --n) reports the first --n, e.g. a long run's progress so far
     wanted = {i for i, _, _ in items}
