@@ -74,6 +74,40 @@ def test_ablation_cam_by_hand_and_the_stand_in_input(tiny_net):
     torch.testing.assert_close(exp.raw, torch.einsum("bk,bkhw->bhw", weights, acts), rtol=1e-4, atol=1e-5)
 
 
+def test_ablation_cam_on_vit_tokens_by_hand():
+    """On a ViT token layer, channel k is zeroed in every token (class token included) and the map
+    is over the patch grid; checked against ablating each channel on the full input by a hook."""
+    import visionlens
+    from visionlens.data.world import World, WorldConfig
+
+    vit = visionlens.load_model("world-vit").module
+    x = (World(WorldConfig(size=64)).batch("test", [0, 1, 2])["image"] - 0.5) / 0.5
+    before = snapshot(vit)
+    exp = AblationCAM(vit, batch_size=48)(x)
+    layer = dict(vit.named_modules())[exp.layer]
+    with torch.no_grad():
+        captured = []
+        handle = layer.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
+        logits = vit(x)
+        handle.remove()
+        target = logits.argmax(1, keepdim=True)
+        base = logits.gather(1, target)[:, 0]
+        acts = captured[0]  # (B, 1 + h*w, C)
+        weights = torch.empty(3, acts.shape[2])
+        for k in range(acts.shape[2]):
+            def zero_channel(m, i, o, k=k):
+                o = o.clone()
+                o[:, :, k] = 0
+                return o
+            handle = layer.register_forward_hook(zero_channel)
+            weights[:, k] = (base - vit(x).gather(1, target)[:, 0]) / base
+            handle.remove()
+        grid = acts[:, 1:].reshape(3, 8, 8, -1).permute(0, 3, 1, 2)
+    torch.testing.assert_close(exp.raw, torch.einsum("bk,bkhw->bhw", weights, grid), rtol=1e-4, atol=1e-5)
+    assert torch.equal(exp.targets, target[:, 0])
+    assert_same_state(before, snapshot(vit))
+
+
 def test_score_cam_on_the_inference_copy_equals_the_model(mobilenet, photos_x):
     x, classes = photos_x[0][:2], photos_x[1][:2]
     before = snapshot(mobilenet.module)

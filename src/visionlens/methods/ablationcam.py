@@ -9,7 +9,9 @@ is checked once per call (the un-ablated activations must reproduce the logits);
 stand-in fails (a skip connection that jumps over the layer, a model that needs the full input
 size), the full input is used instead.
 Formula choice: ablation sets the channel to zero, as the paper (pytorch-grad-cam uses a very
-negative value when the layer's minimum is not zero).
+negative value when the layer's minimum is not zero). On a ViT token layer, channel ``k`` is
+zeroed in every token, the class and other prefix tokens included (as pytorch-grad-cam's ViT
+ablation layer does); the map is over the patch tokens.
 """
 
 from __future__ import annotations
@@ -59,8 +61,11 @@ class AblationCAM(PerturbationMethod):
         x, target = capture.inputs, capture.target
         x = x.to(activation.device)
         name, module = self._resolved
+        # the layer's own output is what an ablated copy feeds on: (B, K, h, w), or ViT tokens (B, N, K)
+        tokens = name in capture.transforms
+        source = capture.get(name).detach() if tokens else activation
         with capture.paused():
-            stand_in = self._feed(module, x, activation, output)
+            stand_in = self._feed(module, x, source, output)
         b, k = activation.shape[:2]
         base = targets.scores.float()
         scores = torch.empty(b * k, device=activation.device)
@@ -68,8 +73,11 @@ class AblationCAM(PerturbationMethod):
         for start in range(0, b * k, self.batch_size):
             chunk = pairs[start:start + self.batch_size]
             image, channel = chunk // k, chunk % k
-            acts = activation[image].clone()
-            acts[torch.arange(len(chunk)), channel] = 0
+            acts = source[image].clone()
+            if tokens:
+                acts[torch.arange(len(chunk)), :, channel] = 0
+            else:
+                acts[torch.arange(len(chunk)), channel] = 0
             feed = x[image] if stand_in is None else _batched(*stand_in, len(chunk))
             with capture.paused():
                 out = self._tail(module, feed, acts)
