@@ -1,12 +1,13 @@
 """Paired method differences from a `visionlens evaluate` folder: is one method better on the same images?
 
-    python benchmarks/paired_differences.py OUT [--baseline gradcam] [--metrics deletion insertion]
+    python benchmarks/paired_differences.py OUT [--baseline gradcam] [--metrics deletion insertion] [--images-of OTHER]
 
 The report card's intervals are over images, whose difficulty varies far more than the methods
 differ. Here, per model, metric and method, the per-image difference ``method - baseline`` on the
 images both were scored on, its mean ± 95 % CI half-width (1.96 standard errors), n, and whether
 the interval excludes 0 in the metric's better direction ("better"), the worse one ("worse") or
-neither ("tie").
+neither ("tie"). ``--images-of OTHER`` keeps only the images that the folder OTHER holds results
+for, e.g. to compare a long run with a shorter one at another setting on the same images.
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--baseline", default="gradcam")
     ap.add_argument("--metrics", nargs="+", default=["deletion", "insertion"])
+    ap.add_argument("--images-of", default=None, help="only the images this other evaluate folder holds")
     args = ap.parse_args()
     recs = {(r["model"], r["method"], r["image"]): r["metrics"]
             for r in read_results(Path(args.out) / "results.jsonl") if r.get("image") != "*"}
+    if args.images_of:
+        keep = {r["image"] for r in read_results(Path(args.images_of) / "results.jsonl") if r.get("image") != "*"}
+        recs = {k: v for k, v in recs.items() if k[2] in keep}
     print(f"| model | method − {args.baseline} | metric | mean difference | 95 % CI | n | verdict |")
     print("|---|---|---|---|---|---|---|")
     for model in dict.fromkeys(k[0] for k in recs):

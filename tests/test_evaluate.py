@@ -291,3 +291,19 @@ def test_compare_runs_script_reports_agreement(tmp_path):
     rows = [line.split("|")[1:-1] for line in out.splitlines()[2:]]
     assert {r[2].strip() for r in rows} == {"deletion", "pointing-game", "relevance-mass"}
     assert all(r[3].strip() == "4" and float(r[4]) < 1e-3 for r in rows)
+
+
+def test_paired_differences_script_on_the_images_of_another_run(tmp_path):
+    """benchmarks/paired_differences.py: per-image method - baseline differences, optionally on the
+    images another folder holds (here the first 4 of 8)."""
+    evaluate(out=tmp_path / "long", **{**ARGS, "n": 8})
+    evaluate(out=tmp_path / "short", **{**ARGS, "methods": ["gradcam"], "n": 4})
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_differences.py"
+    recs = {(r["method"], r["image"]): r["metrics"]["deletion"] for r in read_results(tmp_path / "long" / "results.jsonl")}
+    for extra, n in (([], 8), (["--images-of", str(tmp_path / "short")], 4)):
+        out = subprocess.run([sys.executable, str(script), str(tmp_path / "long"), "--metrics", "deletion", *extra],
+                             capture_output=True, text=True, check=True).stdout
+        row = [c.strip() for c in out.splitlines()[2].split("|")[1:-1]]
+        images = [f"world:test:{i}" for i in range(n)]
+        diff = sum(recs[("eigencam", i)] - recs[("gradcam", i)] for i in images) / n
+        assert row[1] == "`eigencam`" and int(row[5]) == n and float(row[3]) == pytest.approx(diff, abs=1e-4)
