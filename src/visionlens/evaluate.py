@@ -223,18 +223,17 @@ def settle_settings(out: Path, settings: dict, has_results: bool) -> list[str]:
     a folder has the same metrics (a command may report a subset of them)."""
     recorded = _recorded_settings(out) if has_results else None
     if recorded is not None:
+        def compared(values, key):  # a folder is known by its labels.csv, wherever it is now
+            value = values.get(key)
+            return {k: v for k, v in value.items() if k != "path"} if key == "data" else value
+
         def shown(key, value):
-            if key == "data":  # a folder is known by its labels.csv, wherever it is now
+            if key == "data":
                 return value.get("name") or f"{value.get('path')} (labels.csv {value.get('labels_sha256', '?')[:12]})"
             return "the image width (RISE)" if key == "step" and value is None else str(value)
 
-        def same(key):
-            a, b = recorded.get(key), settings[key]
-            return ({k: v for k, v in a.items() if k != "path"} == {k: v for k, v in b.items() if k != "path"}
-                    if key == "data" and isinstance(a, dict) else a == b)
-
         differ = [f"--{k.replace('_', '-')} {shown(k, recorded.get(k))} (this command: {shown(k, settings[k])})"
-                  for k in ("data", "step", "seed", "gallery_size") if not same(k)]
+                  for k in ("data", "step", "seed", "gallery_size") if compared(recorded, k) != compared(settings, k)]
         extra = [m for m in settings["metrics"] if m not in recorded["metrics"]]
         if extra:
             differ.append(f"--metrics {','.join(recorded['metrics'])} (this command adds {','.join(extra)})")
@@ -459,15 +458,14 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
                 raise InputError(f"metric '{m}' needs object {lacking[0]}, which --data {data} does not have "
                                  "(--data world has masks and boxes)")
     names = [m for m in names if set(M.METRICS[m].needs) <= available]
+    top = max(label for _, label in spec["items"]) if spec["kind"] == "folder" else -1
     for m in models:
         world_model = ZOO[m].task.startswith("world")
         if (spec["kind"] == "world") != world_model:
             raise InputError(f"model '{m}' does not fit --data {data}: world models take world data, ImageNet models images")
-        if spec["kind"] == "folder" and ZOO[m].task == "imagenet":
-            top = max(label for _, label in spec["items"])
-            if top >= 1000:
-                raise InputError(f"bad --data '{data}': class_index {top} in labels.csv is not an ImageNet-1k class "
-                                 f"(0-999) of model '{m}'")
+        if ZOO[m].task == "imagenet" and top >= 1000:
+            raise InputError(f"bad --data '{data}': class_index {top} in labels.csv is not an ImageNet-1k class "
+                             f"(0-999) of model '{m}'")
     out = Path(out)
     path = out / "results.jsonl"
     fresh, created = not path.exists(), [d for d in (out, out / "examples") if not d.exists()]
