@@ -94,6 +94,7 @@ def test_report_card_and_skipped_methods(tmp_path):
     (["--data", "world:holdout"], "bad --data"),
     (["--data", "samples"], "does not fit"),
     (["--step", "0"], "--step must be at least 1 pixel"),
+    (["--gallery-size", "0"], "--gallery-size must be at least 1"),
 ])
 def test_bad_arguments_stop_with_one_line(tmp_path, capsys, argv, message):
     assert main(["evaluate", "--out", str(tmp_path / "o"), "--quiet", *argv]) == 2
@@ -124,6 +125,7 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path, capsys):
     (["--metrics", "deletion,insertion"], "--metrics deletion,pointing-game,relevance-mass (this command adds insertion)"),
     (["--data", "world:val"], "--data world:test (this command: world:val)"),
     (["--seed", "3"], "--seed 0 (this command: 3)"),
+    (["--gallery-size", "50"], "--gallery-size 1000 (this command: 50)"),
 ])
 def test_a_folder_refuses_results_computed_with_other_settings(tmp_path, capsys, change, message):
     """Per-image values depend on the data, the step, the seed and the metrics: a re-run that

@@ -129,7 +129,7 @@ def _cmd_evaluate(args) -> int:
     report = evaluate(split(args.models), split(args.methods), data=args.data, n=args.n, batch_size=args.batch_size,
                       device=args.device, out=args.out, metrics=split(args.metrics) if args.metrics else None,
                       step=args.step, seed=args.seed, progress=not args.quiet, fast_scoring=not args.exact_scoring,
-                      compile=args.compile)
+                      compile=args.compile, gallery_size=args.gallery_size)
     for s in report["skipped"]:
         print(f"skipped {s['method']} on {s['model']}: {s['reason']}")
     print(f"{len(report['rows'])} (model, method, metric) cells; wrote {Path(args.out) / 'report.csv'}, "
@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=None, help="comma-separated metrics, or 'all' (default: all but randomisation)")
     p.add_argument("--step", type=int, default=None, help="deletion/insertion pixels per step (default: the image width)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gallery-size", type=int, default=1000,
+                   help="embedding models: the first N training images form the gallery (nearest neighbour, k-NN)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="visionlens-eval", help="output folder (re-run with the same folder to resume)")

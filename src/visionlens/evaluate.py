@@ -449,6 +449,8 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
         raise InputError("--batch-size and --n must be at least 1")
     if step is not None and step < 1:
         raise InputError(f"--step must be at least 1 pixel (got {step}); leave it out for RISE's step, the image width")
+    if gallery_size < 1:
+        raise InputError(f"--gallery-size must be at least 1 (got {gallery_size})")
     spec = parse_data(data)
     available = ground_truth(spec)
     if metrics and metrics != ["all"]:  # asked for by name: say why one cannot be computed here
