@@ -6,7 +6,10 @@ The report card's intervals are over images, whose difficulty varies far more th
 differ. Here, per model, metric and method, the per-image difference ``method - baseline`` on the
 images both were scored on, its mean ± 95 % CI half-width (1.96 standard errors), n, and whether
 the interval excludes 0 in the metric's better direction ("better"), the worse one ("worse") or
-neither ("tie"). ``--images-of OTHER`` keeps only the images that the folder OTHER holds results
+neither ("tie"); "equal" when every per-image difference is within ``--tolerance`` (default
+1e-4, the printed precision). Two methods that give the same maps up to float rounding (CAM and
+Grad-CAM on a GAP + linear network) still differ by up to ~1e-4 per image, as near-equal pixels
+can swap places in the deletion order; such a difference is not called better or worse. ``--images-of OTHER`` keeps only the images that the folder OTHER holds results
 for, e.g. to compare a long run with a shorter one at another setting on the same images.
 """
 
@@ -27,6 +30,8 @@ def main() -> None:
     ap.add_argument("--baseline", default="gradcam")
     ap.add_argument("--metrics", nargs="+", default=["deletion", "insertion"])
     ap.add_argument("--images-of", default=None, help="only the images this other evaluate folder holds")
+    ap.add_argument("--tolerance", type=float, default=1e-4,
+                    help="per-image differences this small count as none (verdict 'equal' when all are)")
     args = ap.parse_args()
     recs = {(r["model"], r["method"], r["image"]): r["metrics"]
             for r in read_results(Path(args.out) / "results.jsonl") if r.get("image") != "*"}
@@ -49,7 +54,9 @@ def main() -> None:
                 half = ci95(d)
                 sign = 1 if METRICS[metric].direction == "higher" else -1
                 lo, hi = d.mean() - half, d.mean() + half
-                verdict = "better" if sign * lo > 0 and sign * hi > 0 else "worse" if sign * lo < 0 and sign * hi < 0 else "tie"
+                verdict = ("equal" if np.abs(d).max() <= args.tolerance else
+                           "better" if sign * lo > 0 and sign * hi > 0 else
+                           "worse" if sign * lo < 0 and sign * hi < 0 else "tie")
                 print(f"| {model} | `{method}` | {metric} | {d.mean():+.4f} | ±{half:.4f} | {len(d)} | {verdict} |")
 
 

@@ -309,3 +309,28 @@ def test_paired_differences_script_on_the_images_of_another_run(tmp_path):
         images = [f"world:test:{i}" for i in range(n)]
         diff = sum(recs[("eigencam", i)] - recs[("gradcam", i)] for i in images) / n
         assert row[1] == "`eigencam`" and int(row[5]) == n and float(row[3]) == pytest.approx(diff, abs=1e-4)
+
+
+def test_paired_differences_calls_rounding_sized_differences_equal(tmp_path):
+    """CAM and Grad-CAM give the same maps on the world CNN (GAP + linear head), up to float
+    rounding: the verdict is "equal", never "better" or "worse" from a zero-width interval."""
+    evaluate(out=tmp_path / "o", **{**ARGS, "methods": ["gradcam", "cam", "eigencam"], "n": 6})
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_differences.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "o"), "--metrics", "deletion", "relevance-mass"],
+                         capture_output=True, text=True, check=True).stdout
+    verdicts = {(r[1], r[2]): r[6] for r in ([c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()[2:])}
+    assert verdicts[("`cam`", "deletion")] == verdicts[("`cam`", "relevance-mass")] == "equal"
+    assert verdicts[("`eigencam`", "relevance-mass")] in {"better", "worse", "tie"}
+
+
+def test_markdown_table_names_the_n_of_cells_over_fewer_images():
+    from visionlens.evaluate import markdown_table
+
+    def row(method, metric, n):
+        return {"model": "m", "method": method, "metric": metric, "mean": 0.5, "ci95": 0.1, "n": n, "direction": "lower"}
+
+    report = {"rows": [row("gradcam", "randomisation", 355), row("eigencam", "randomisation", 500),
+                       row("eigencam", "pointing-game-classes", 10)], "skipped": []}
+    lines = markdown_table(report, "m").splitlines()
+    assert lines[2] == "| `gradcam` | 0.500 ± 0.100 (n = 355) |  |"
+    assert lines[3] == "| `eigencam` | 0.500 ± 0.100 | 0.500 ± 0.100 (10 classes) |"

@@ -622,16 +622,27 @@ def write_report_card(out: Path, report: dict, manifest: dict) -> None:
 
 
 def markdown_table(report: dict, model: str) -> str:
-    """The method x metric table of one model as Markdown (mean ± 95 % CI)."""
+    """The method x metric table of one model as Markdown (mean ± 95 % CI). A cell over fewer images
+    than the table's largest n (e.g. maps that became constant under randomisation, where the
+    correlation is undefined) says its own n; the per-class pointing game says its number of classes."""
     rows = [r for r in report["rows"] if r["model"] == model]
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["method"], r["metric"]): r for r in rows}
+    n_max = max((r["n"] for r in rows if r["metric"] != "pointing-game-classes"), default=0)
+
+    def shown(v: dict | None) -> str:
+        if v is None:
+            return ""
+        text = f"{v['mean']:.3f} ± {v['ci95']:.3f}"
+        if v["metric"] == "pointing-game-classes":  # its mean and CI are over classes
+            return f"{text} ({v['n']} classes)"
+        return text + (f" (n = {v['n']})" if v["n"] < n_max else "")
+
     head = "| method | " + " | ".join(f"{m} ({'↑' if M.METRICS[m].higher_is_better else '↓'})" for m in metrics) + " |"
     lines = [head, "|---" * (len(metrics) + 1) + "|"]
     for me in methods:
-        vals = [cell.get((me, m)) for m in metrics]
-        lines.append(f"| `{me}` | " + " | ".join("" if v is None else f"{v['mean']:.3f} ± {v['ci95']:.3f}" for v in vals) + " |")
+        lines.append(f"| `{me}` | " + " | ".join(shown(cell.get((me, m))) for m in metrics) + " |")
     return "\n".join(lines)
 
 
