@@ -9,8 +9,9 @@ the interval excludes 0 in the metric's better direction ("better"), the worse o
 neither ("tie"); "equal" when every per-image difference is within ``--tolerance`` (default
 1e-4, the printed precision). Two methods that give the same maps up to float rounding (CAM and
 Grad-CAM on a GAP + linear network) still differ by up to ~1e-4 per image, as near-equal pixels
-can swap places in the deletion order; such a difference is not called better or worse. ``--images-of OTHER`` keeps only the images that the folder OTHER holds results
-for, e.g. to compare a long run with a shorter one at another setting on the same images.
+can swap places in the deletion order; such a difference is not called better or worse.
+``--images-of OTHER`` keeps only the images that the folder OTHER holds results for, e.g. to
+compare a long run with a shorter one at another setting on the same images.
 """
 
 from __future__ import annotations

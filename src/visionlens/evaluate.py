@@ -41,6 +41,7 @@ from .models.zoo import ZOO, ZooModel, load_model, resolve_device
 from .viz.overlay import overlay, save_atomic
 
 DEFAULT_METRICS = [m for m in M.METRICS if m != "randomisation"]  # randomisation: opt-in (cost: one map per layer)
+PER_CLASS_METRIC = "pointing-game-classes"  # summarised per class first; its n counts classes
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -291,7 +292,7 @@ def batch_metrics(model: ZooModel, explain_fn, names: list[str], b: dict, maps: 
         out["average-drop"], out["increase-confidence"] = (100 * drop).tolist(), (100 * inc).tolist()
     if b["masks"] is not None:
         masks = b["masks"].to(maps.device)
-        if "pointing-game" in names or "pointing-game-classes" in names:
+        if "pointing-game" in names or PER_CLASS_METRIC in names:
             out["pointing-game"] = M.pointing_game(maps, masks).tolist()
         if "relevance-mass" in names:
             out["relevance-mass"] = M.relevance_mass(maps, masks).tolist()
@@ -592,7 +593,7 @@ def aggregate(records: list[dict], models: list[str], methods: list[str], names:
                 skipped.append({"model": model, "method": method, "reason": skip[0]["skipped"]})
                 continue
             for metric in names:
-                if metric == "pointing-game-classes":  # per class first, then over classes
+                if metric == PER_CLASS_METRIC:  # per class first, then over classes
                     hits: dict[int, list[float]] = {}
                     for r in recs:
                         if r["metrics"].get("pointing-game") is not None:
@@ -629,13 +630,13 @@ def markdown_table(report: dict, model: str) -> str:
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["method"], r["metric"]): r for r in rows}
-    n_max = max((r["n"] for r in rows if r["metric"] != "pointing-game-classes"), default=0)
+    n_max = max((r["n"] for r in rows if r["metric"] != PER_CLASS_METRIC), default=0)
 
     def shown(v: dict | None) -> str:
         if v is None:
             return ""
         text = f"{v['mean']:.3f} ± {v['ci95']:.3f}"
-        if v["metric"] == "pointing-game-classes":  # its mean and CI are over classes
+        if v["metric"] == PER_CLASS_METRIC:
             return f"{text} ({v['n']} classes)"
         return text + (f" (n = {v['n']})" if v["n"] < n_max else "")
 
