@@ -11,17 +11,16 @@ device, batch size or scoring copy reproduces an earlier one.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
-from visionlens.evaluate import read_results
+from visionlens.evaluate import read_folder_results
 
 
 def _load(folders: list[str]) -> dict:
     out: dict = {}
     for folder in folders:
-        for r in read_results(Path(folder) / "results.jsonl"):
+        for r in read_folder_results(folder):
             if r.get("image") != "*":
                 out.setdefault((r["model"], r["method"], r["image"]), {}).update(r["metrics"])
     return out

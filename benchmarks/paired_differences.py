@@ -17,11 +17,10 @@ compare a long run with a shorter one at another setting on the same images.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
-from visionlens.evaluate import ci95, read_results
+from visionlens.evaluate import ci95, read_folder_results
 from visionlens.metrics import METRICS
 
 
@@ -35,9 +34,9 @@ def main() -> None:
                     help="per-image differences this small count as none (verdict 'equal' when all are)")
     args = ap.parse_args()
     recs = {(r["model"], r["method"], r["image"]): r["metrics"]
-            for r in read_results(Path(args.out) / "results.jsonl") if r.get("image") != "*"}
+            for r in read_folder_results(args.out) if r.get("image") != "*"}
     if args.images_of:
-        keep = {r["image"] for r in read_results(Path(args.images_of) / "results.jsonl") if r.get("image") != "*"}
+        keep = {r["image"] for r in read_folder_results(args.images_of) if r.get("image") != "*"}
         recs = {k: v for k, v in recs.items() if k[2] in keep}
     print(f"| model | method − {args.baseline} | metric | mean difference | 95 % CI | n | verdict |")
     print("|---|---|---|---|---|---|---|")

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionlens.evaluate import read_results
+from visionlens.evaluate import read_folder_results
 from visionlens.metrics.sanity import spearman
 
 
 def _load(folder: str) -> dict:
-    return {(r["model"], r["method"], r["image"]): r["metrics"] for r in read_results(Path(folder) / "results.jsonl")
+    return {(r["model"], r["method"], r["image"]): r["metrics"] for r in read_folder_results(folder)
             if r.get("image") != "*"}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from visionlens.cli import main
-from visionlens.evaluate import evaluate, read_results
+from visionlens.evaluate import evaluate, read_folder_results, read_results
 
 from conftest import labelled_folder
 
@@ -95,6 +95,8 @@ def test_report_card_and_skipped_methods(tmp_path):
     (["--data", "samples"], "does not fit"),
     (["--step", "0"], "--step must be at least 1 pixel"),
     (["--gallery-size", "0"], "--gallery-size must be at least 1"),
+    (["--shard", "3/2"], "bad --shard '3/2': use K/N with 1 <= K <= N"),
+    (["--shard", "half"], "bad --shard 'half'"),
 ])
 def test_bad_arguments_stop_with_one_line(tmp_path, capsys, argv, message):
     assert main(["evaluate", "--out", str(tmp_path / "o"), "--quiet", *argv]) == 2
@@ -118,6 +120,49 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path, capsys):
         assert (out / "results.jsonl").read_text().endswith("gradc")  # the running one's file untouched
     assert main([*CLI, "--out", str(out)]) == 0  # once it has stopped
     assert len(read_results(out / "results.jsonl")) == 16
+
+
+def test_shards_together_give_the_unsharded_results(tmp_path, capsys):
+    """Three shards fill one folder, each its own file, and each the overlays of its images among the
+    command's first four; the command without --shard then computes nothing and reports all images,
+    as one run does."""
+    full = tmp_path / "full"
+    assert main([*CLI, "--out", str(full)]) == 0
+    expected = _by_key(full / "results.jsonl")
+    out = tmp_path / "o"
+    assert main([*CLI, "--out", str(out), "--shard", "3/3"]) == 0
+    assert main([*CLI, "--out", str(out), "--shard", "2/3"]) == 0
+    assert sorted(p.name for p in (out / "examples").glob("world-cnn.gradcam.*.png")) == [
+        "world-cnn.gradcam.2.png", "world-cnn.gradcam.3.png"]  # named by their index in the command's images
+    assert {r["image"] for r in read_results(out / "results.shard-2-of-3.jsonl")} == {"world:test:2", "world:test:3",
+                                                                                      "world:test:4"}
+    assert main([*CLI, "--out", str(out), "--shard", "1/3"]) == 0
+    assert sorted(p.name for p in (out / "examples").iterdir()) == sorted(p.name for p in (full / "examples").iterdir())
+    capsys.readouterr()
+    assert main([*CLI, "--out", str(out)]) == 0
+    assert read_results(out / "results.jsonl") == []  # nothing recomputed
+    got = {(r["model"], r["method"], r["image"]): r for r in read_folder_results(out)}
+    assert got.keys() == expected.keys()
+    for key, rec in got.items():  # other batches: equal up to float rounding
+        assert rec["predicted"] == expected[key]["predicted"]
+        for metric, value in rec["metrics"].items():
+            assert value == pytest.approx(expected[key]["metrics"][metric], abs=1e-5)
+    full_rows = {(r["method"], r["metric"]): r for r in json.loads((full / "report.json").read_text())["rows"]}
+    for row in json.loads((out / "report.json").read_text())["rows"]:
+        assert row["n"] == full_rows[(row["method"], row["metric"])]["n"]
+        assert row["mean"] == pytest.approx(full_rows[(row["method"], row["metric"])]["mean"], abs=1e-5)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the lock uses flock")
+def test_a_shard_runs_beside_a_run_holding_the_folder(tmp_path):
+    import fcntl
+
+    out = tmp_path / "o"
+    out.mkdir()
+    with open(out / "results.jsonl", "a") as running:  # an unsharded run in progress holds its own file
+        fcntl.flock(running.fileno(), fcntl.LOCK_EX)
+        assert main([*CLI, "--n", "4", "--out", str(out), "--shard", "2/2", "--methods", "gradcam"]) == 0
+    assert [r["image"] for r in read_folder_results(out)] == ["world:test:2", "world:test:3"]
 
 
 @pytest.mark.parametrize("change, message", [

@@ -129,7 +129,7 @@ def _cmd_evaluate(args) -> int:
     report = evaluate(split(args.models), split(args.methods), data=args.data, n=args.n, batch_size=args.batch_size,
                       device=args.device, out=args.out, metrics=split(args.metrics) if args.metrics else None,
                       step=args.step, seed=args.seed, progress=not args.quiet, fast_scoring=not args.exact_scoring,
-                      compile=args.compile, gallery_size=args.gallery_size)
+                      compile=args.compile, gallery_size=args.gallery_size, shard=args.shard)
     for s in report["skipped"]:
         print(f"skipped {s['method']} on {s['model']}: {s['reason']}")
     print(f"{len(report['rows'])} (model, method, metric) cells; wrote {Path(args.out) / 'report.csv'}, "
@@ -329,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="also torch.compile that copy (and Score-CAM's masked passes): about a minute of compiling "
                         "per model, then faster scoring; for long runs")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="compute only the K-th of N contiguous parts of the images, into the folder's own file for "
+                        "that part, so that the parts can run at the same time; the same command without --shard "
+                        "then writes the whole report card")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -144,6 +144,53 @@ def read_results(path: Path) -> list[dict]:
     return out
 
 
+RESULTS = "results.jsonl"
+
+
+def results_file(shard: tuple[int, int] | None) -> str:
+    """A run's own results file in its folder: one per shard, so that shards run side by side."""
+    return RESULTS if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.jsonl"
+
+
+def result_files(folder: Path) -> list[Path]:
+    """The results files of a folder: the unsharded one first, then the shards' in name order."""
+    folder = Path(folder)
+    return [p for p in [folder / RESULTS, *sorted(folder.glob("results.shard-*-of-*.jsonl"))] if p.exists()]
+
+
+def read_folder_results(folder: Path) -> list[dict]:
+    """Complete records of all of a folder's results files; first record per key wins."""
+    seen, out = set(), []
+    for path in result_files(folder):
+        for rec in read_results(path):
+            key = (rec.get("model"), rec.get("method"), rec.get("image"))
+            if key not in seen:
+                seen.add(key)
+                out.append(rec)
+    return out
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` (the K-th of N contiguous blocks of the images) as ``(K, N)``."""
+    if spec is None:
+        return None
+    try:
+        k, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise InputError(f"bad --shard '{spec}': use K/N with 1 <= K <= N, e.g. 2/4 for the second of four parts")
+    return k, n
+
+
+def shard_items(items: list, shard: tuple[int, int] | None) -> list:
+    """The K-th of N contiguous, nearly equal blocks of ``items`` (all of them without a shard)."""
+    if shard is None:
+        return items
+    k, n = shard
+    return items[(k - 1) * len(items) // n:k * len(items) // n]
+
+
 def _open_for_append(path: Path):
     """Open for appending, locked against a second ``evaluate`` on the same folder (where the OS
     has ``flock``), then cut a torn last line (a kill mid-write)."""
@@ -162,10 +209,13 @@ def _open_for_append(path: Path):
     return f
 
 
-def _remove_new_files(out: Path, created: list[Path]) -> None:
-    """Undo a run that stopped before its first result: its files, and the folders it made."""
-    for name in ("results.jsonl", SETTINGS):
-        (out / name).unlink(missing_ok=True)
+def _remove_new_files(out: Path, own: Path, created: list[Path]) -> None:
+    """Undo a run that stopped before its first result: its files, and the folders it made (not
+    the settings and folders that another shard's results file, even an empty one, relies on)."""
+    own.unlink(missing_ok=True)
+    if result_files(out):
+        return
+    (out / SETTINGS).unlink(missing_ok=True)
     if out / "examples" in created:
         for png in (out / "examples").glob("*.png"):
             png.unlink(missing_ok=True)
@@ -416,8 +466,14 @@ def _versions() -> dict:
 def evaluate(models: list[str], methods: list[str], data: str = "world:test", n: int | None = 100, batch_size: int = 16,
              device: str | None = "cpu", out: str | Path = "visionlens-eval", metrics: list[str] | None = None,
              step: int | None = None, seed: int = 0, examples: int = 4, progress: bool = True,
-             gallery_size: int = 1000, fast_scoring: bool = True, compile: bool = False) -> dict:
+             gallery_size: int = 1000, fast_scoring: bool = True, compile: bool = False,
+             shard: str | tuple[int, int] | None = None) -> dict:
     """Run (or resume) the evaluation and write the report card; returns the report dict.
+
+    ``shard="K/N"`` computes only the K-th of N contiguous blocks of the first ``n`` images, into
+    the folder's own results file for that shard, so that the N parts can run at the same time
+    (processes, or machines whose files are then copied into one folder). The report card always
+    covers all first ``n`` images done so far, in every results file of the folder.
 
     Embedding models (spec 7.6) are scored through a confidence instead of a softmax: methods for
     similarity (SFAM, Grad-CAM and Relevance-CAM on the similarity) explain each image's
@@ -452,6 +508,10 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
         raise InputError(f"--step must be at least 1 pixel (got {step}); leave it out for RISE's step, the image width")
     if gallery_size < 1:
         raise InputError(f"--gallery-size must be at least 1 (got {gallery_size})")
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    elif shard is not None:
+        shard = parse_shard(f"{shard[0]}/{shard[1]}")
     spec = parse_data(data)
     available = ground_truth(spec)
     if metrics and metrics != ["all"]:  # asked for by name: say why one cannot be computed here
@@ -470,17 +530,19 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
             raise InputError(f"bad --data '{data}': class_index {top} in labels.csv is not an ImageNet-1k class "
                              f"(0-999) of model '{m}'")
     out = Path(out)
-    path = out / "results.jsonl"
+    path = out / results_file(shard)
     fresh, created = not path.exists(), [d for d in (out, out / "examples") if not d.exists()]
     (out / "examples").mkdir(parents=True, exist_ok=True)
     items = _items(spec, n)
+    mine = shard_items(items, shard)
+    offset = 0 if shard is None else (shard[0] - 1) * len(items) // shard[1]  # index of mine[0] in items
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
     scoring: dict[str, str] = {}
     t_start = time.perf_counter()
     try:
         with _open_for_append(path) as f:
-            done = {(r["model"], r["method"], r.get("image")) for r in read_results(path)}
+            done = {(r["model"], r["method"], r.get("image")) for r in read_folder_results(out)}
             computed = settle_settings(out, run_settings(spec, names, step, seed, gallery_size), bool(done))
             for model_name in models:
                 model = load_model(model_name, device=device)
@@ -499,10 +561,10 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
                             live[mm].method.compile = True
                     except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
                         _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
-                bar = Progress(len(items) * max(len(live), 1), f"{model_name}", enabled=progress)
+                bar = Progress(len(mine) * max(len(live), 1), f"{model_name}", enabled=progress)
                 scorer = None
-                for start in range(0, len(items), batch_size):
-                    chunk = items[start:start + batch_size]
+                for start in range(0, len(mine), batch_size):
+                    chunk = mine[start:start + batch_size]
                     missing = {mm: [i for i, _, _ in chunk if (model_name, mm, i) not in done] for mm in live}
                     if not any(missing.values()):
                         bar.skip(len(chunk) * len(live))
@@ -527,11 +589,11 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
                         except Exception as err:  # noqa: BLE001
                             _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
                             del live[mm]
-                            bar.update(len(items) - start)
+                            bar.update(len(mine) - start)
                             continue
                         timings[f"{model_name}/{mm}"] = timings.get(f"{model_name}/{mm}", 0.0) + time.perf_counter() - t0
-                        if start == 0:
-                            _save_examples(out / "examples", model_name, mm, b, maps, examples)
+                        if offset + start < examples:  # overlays of the first images of the command
+                            _save_examples(out / "examples", model_name, mm, b, maps, offset + start, examples)
                         recs = []
                         for j, image in enumerate(b["ids"]):
                             if (model_name, mm, image) in done:
@@ -544,17 +606,17 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
                         bar.update(len(chunk))
     except BaseException:
         if fresh and not read_results(path):  # stopped before its first result: leave nothing behind
-            _remove_new_files(out, created)
+            _remove_new_files(out, path, created)
         raise
-    # the report card covers the images of this command: a folder that also holds results for more
-    # images (an earlier, larger --n) reports the first --n, e.g. a long run's progress so far
+    # the report card covers the images of this command, all shards: a folder that also holds results
+    # for more images (an earlier, larger --n) reports the first --n, e.g. a long run's progress so far
     wanted = {i for i, _, _ in items}
-    report = aggregate([r for r in read_results(path) if r.get("image") == "*" or r.get("image") in wanted],
+    report = aggregate([r for r in read_folder_results(out) if r.get("image") == "*" or r.get("image") in wanted],
                        models, methods, names)
     manifest = {"command": {"models": models, "methods": methods, "data": data, "n": n, "batch_size": batch_size,
                             "device": str(device), "metrics": names, "step": step, "seed": seed,
                             "gallery_size": gallery_size, "fast_scoring": fast_scoring,
-                            "compile": compile},
+                            "compile": compile, "shard": None if shard is None else f"{shard[0]}/{shard[1]}"},
                 "scoring": scoring,
                 "versions": _versions(), "device": str(resolve_device(device)),
                 "seconds_this_run": round(time.perf_counter() - t_start, 2),
@@ -565,13 +627,14 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
     return report
 
 
-def _save_examples(folder: Path, model: str, method: str, b: dict, maps: torch.Tensor, k: int) -> None:
-    for j in range(min(k, len(b["ids"]))):
+def _save_examples(folder: Path, model: str, method: str, b: dict, maps: torch.Tensor, first: int, k: int) -> None:
+    """Overlays of the batch's images whose index among the command's images (``first`` + j) is below ``k``."""
+    for j in range(min(k - first, len(b["ids"]))):
         img = Image.fromarray((b["raw"][j].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
-        name = f"{model}.{method}.{j}.png".replace("/", "_").replace("@", "_at_")
+        name = f"{model}.{method}.{first + j}.png".replace("/", "_").replace("@", "_at_")
         ov = overlay(img, maps[j].float().cpu().numpy())
         save_atomic(lambda t, o=ov: o.save(t, format="PNG"), folder / name)
-        view = folder / f"{model}.{j}.png"
+        view = folder / f"{model}.{first + j}.png"
         if not view.exists():
             save_atomic(lambda t, i=img: i.save(t, format="PNG"), view)
 
