@@ -154,15 +154,22 @@ def test_shards_together_give_the_unsharded_results(tmp_path, capsys):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the lock uses flock")
-def test_a_shard_runs_beside_a_run_holding_the_folder(tmp_path):
+def test_a_shard_runs_beside_a_run_holding_the_folder(tmp_path, capsys):
     import fcntl
 
     out = tmp_path / "o"
     out.mkdir()
+    shard = [*CLI, "--n", "4", "--out", str(out), "--shard", "2/2", "--methods", "gradcam"]
     with open(out / "results.jsonl", "a") as running:  # an unsharded run in progress holds its own file
         fcntl.flock(running.fileno(), fcntl.LOCK_EX)
-        assert main([*CLI, "--n", "4", "--out", str(out), "--shard", "2/2", "--methods", "gradcam"]) == 0
+        assert main(shard) == 0
     assert [r["image"] for r in read_folder_results(out)] == ["world:test:2", "world:test:3"]
+    with open(out / "results.shard-2-of-2.jsonl", "a") as running:  # but not beside the same shard
+        fcntl.flock(running.fileno(), fcntl.LOCK_EX)
+        capsys.readouterr()
+        assert main(shard) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is writing to" in err and "(results.shard-2-of-2.jsonl)" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("change, message", [

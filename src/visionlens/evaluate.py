@@ -200,7 +200,8 @@ def _open_for_append(path: Path):
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.close()
-            raise InputError(f"another `visionlens evaluate` is writing to {path.parent}; let it finish or stop it "
+            part = "" if path.name == RESULTS else f" ({path.name})"
+            raise InputError(f"another `visionlens evaluate` is writing to {path.parent}{part}; let it finish or stop it "
                              "before re-running there, or use another --out") from None
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
