@@ -127,21 +127,27 @@ def _load_batch(data: dict, items, model: ZooModel) -> dict:
 
 # --- results file ---------------------------------------------------------------------------
 
-def read_results(path: Path) -> list[dict]:
-    """Complete records of a results file (a torn last line is ignored); first record per key wins."""
-    if not path.exists():
-        return []
+def _first_per_key(records) -> list[dict]:
     seen, out = set(), []
-    for line in path.read_bytes().split(b"\n"):
-        try:
-            rec = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            continue
+    for rec in records:
         key = (rec.get("model"), rec.get("method"), rec.get("image"))
         if key not in seen:
             seen.add(key)
             out.append(rec)
     return out
+
+
+def _parsed_lines(data: bytes):
+    for line in data.split(b"\n"):
+        try:
+            yield json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            continue
+
+
+def read_results(path: Path) -> list[dict]:
+    """Complete records of a results file (a torn last line is ignored); first record per key wins."""
+    return _first_per_key(_parsed_lines(path.read_bytes())) if path.exists() else []
 
 
 RESULTS = "results.jsonl"
@@ -160,14 +166,7 @@ def result_files(folder: Path) -> list[Path]:
 
 def read_folder_results(folder: Path) -> list[dict]:
     """Complete records of all of a folder's results files; first record per key wins."""
-    seen, out = set(), []
-    for path in result_files(folder):
-        for rec in read_results(path):
-            key = (rec.get("model"), rec.get("method"), rec.get("image"))
-            if key not in seen:
-                seen.add(key)
-                out.append(rec)
-    return out
+    return _first_per_key(rec for path in result_files(folder) for rec in read_results(path))
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -183,12 +182,12 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
     return k, n
 
 
-def shard_items(items: list, shard: tuple[int, int] | None) -> list:
-    """The K-th of N contiguous, nearly equal blocks of ``items`` (all of them without a shard)."""
+def shard_bounds(count: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """Start and stop of the K-th of N contiguous, nearly equal blocks of ``count`` items (all without a shard)."""
     if shard is None:
-        return items
+        return 0, count
     k, n = shard
-    return items[(k - 1) * len(items) // n:k * len(items) // n]
+    return (k - 1) * count // n, k * count // n
 
 
 def _open_for_append(path: Path):
@@ -509,10 +508,8 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
         raise InputError(f"--step must be at least 1 pixel (got {step}); leave it out for RISE's step, the image width")
     if gallery_size < 1:
         raise InputError(f"--gallery-size must be at least 1 (got {gallery_size})")
-    if isinstance(shard, str):
-        shard = parse_shard(shard)
-    elif shard is not None:
-        shard = parse_shard(f"{shard[0]}/{shard[1]}")
+    if shard is not None:
+        shard = parse_shard(shard if isinstance(shard, str) else f"{shard[0]}/{shard[1]}")
     spec = parse_data(data)
     available = ground_truth(spec)
     if metrics and metrics != ["all"]:  # asked for by name: say why one cannot be computed here
@@ -535,8 +532,8 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
     fresh, created = not path.exists(), [d for d in (out, out / "examples") if not d.exists()]
     (out / "examples").mkdir(parents=True, exist_ok=True)
     items = _items(spec, n)
-    mine = shard_items(items, shard)
-    offset = 0 if shard is None else (shard[0] - 1) * len(items) // shard[1]  # index of mine[0] in items
+    offset, stop = shard_bounds(len(items), shard)
+    mine = items[offset:stop]
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
     scoring: dict[str, str] = {}
