@@ -112,7 +112,7 @@ def main() -> None:
 def docs_sheet(model, cfg, source, classes, out: Path, setting: str) -> None:
     """The VAE concept sheet of the first class (top 5 concepts, Bessel view) for docs/."""
     from visionlens.concepts.discovery import best_part_iou, discover_class
-    from visionlens.concepts.reducers import load_reducer
+    from visionlens.concepts.factory import load_reducer
     from visionlens.concepts.sheet import concept_sheet, save_sheet
 
     cls = classes[0]

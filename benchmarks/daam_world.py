@@ -18,7 +18,7 @@ import torch
 
 import visionlens
 from visionlens import DAAM, AttentionRollout, GradCAM
-from visionlens.core.memory_bank import build_bank
+from visionlens.data.bank import build_bank
 from visionlens.data.world import CLASS_NAMES, World, WorldConfig
 
 

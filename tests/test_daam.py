@@ -10,7 +10,8 @@ from PIL import Image
 
 import visionlens
 from visionlens import DAAM
-from visionlens.core.memory_bank import MemoryBank, build_bank, knn_vote
+from visionlens.core.memory_bank import MemoryBank, knn_vote
+from visionlens.data.bank import build_bank
 from visionlens.data.world import World, WorldConfig
 from visionlens.errors import InputError
 from visionlens.methods.daam import dimension_weights, display_maps

@@ -93,3 +93,23 @@ def test_broken_files_give_one_line_errors(tmp_path, make, message):
         load_image(path)
     text = str(info.value)
     assert message in text and str(path) in text and "\n" not in text
+
+
+@pytest.mark.parametrize("make", ["/dev/zero", "/dev/urandom", "fifo"])
+def test_devices_and_fifos_are_not_regular_files(tmp_path, make):
+    import os
+
+    path = make
+    if make == "fifo":
+        path = tmp_path / "pipe.png"
+        os.mkfifo(path)  # opening it for reading would block forever
+    elif not os.path.exists(make):
+        pytest.skip(f"{make} does not exist here")
+    with pytest.raises(ImageLoadError, match="not a regular file"):
+        load_image(path)
+
+
+def test_a_newline_in_a_name_stays_on_one_line(tmp_path):
+    with pytest.raises(ImageLoadError) as info:
+        load_image(tmp_path / "bro\nken.png")
+    assert "\n" not in str(info.value) and "ken.png" in str(info.value)

@@ -25,6 +25,35 @@ mu = pytest.importorskip("pycocotools.mask", reason="pycocotools is the mask ora
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def run_cli(argv: list[str]) -> int:
+    """``visionlens.cli.main`` in-process; an argparse refusal (SystemExit) gives its exit status."""
+    from visionlens.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+def one_error_line(capsys) -> str:
+    """The captured stderr, checked to be exactly one ``error:`` line without a traceback."""
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state(monkeypatch):
+    """Every test leaves torch's thread count, default dtype and global random state as it found
+    them, and sees no $VISIONLENS_CLIP from the environment."""
+    monkeypatch.delenv("VISIONLENS_CLIP", raising=False)
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+
+
 # --- masks and metrics ------------------------------------------------------------------------
 
 
@@ -150,21 +179,26 @@ def test_refcoco_loader_on_generated_fixture(tmp_path):
         ReferDataset(tmp_path, "refcocog")
 
 
-def test_refcoco_evaluation_cli_with_oracle_proposals(tmp_path):
+def _coco_images(root) -> str:
     from PIL import Image
 
-    from visionlens.cli import main
-    from visionlens.refer.lgd.refcoco import ReferDataset
-
-    _refer_fixture(tmp_path, np.random.default_rng(0))
-    coco = tmp_path / "coco"
+    coco = root / "coco"
     coco.mkdir()
     for i in (1, 2):  # PNG bytes under the COCO .jpg names (PIL reads by content)
         Image.fromarray((np.random.default_rng(i).random((30, 40, 3)) * 255).astype(np.uint8)).save(
             coco / f"COCO_train2014_00000000000{i}.jpg", format="PNG")
+    return str(coco)
+
+
+def test_refcoco_evaluation_cli_with_oracle_proposals(tmp_path, tiny_clip):
+    from visionlens.cli import main
+    from visionlens.refer.lgd.refcoco import ReferDataset
+
+    _refer_fixture(tmp_path, np.random.default_rng(0))
+    coco = _coco_images(tmp_path)
     out = tmp_path / "eval"
-    assert main(["refer", "--refcoco", str(tmp_path), "--split", "testA", "--coco-dir", str(coco), "--proposer", "gt",
-                 "--out", str(out), "--quiet"]) == 0
+    assert main(["refer", "--refcoco", str(tmp_path), "--split", "testA", "--coco-dir", coco, "--proposer", "gt",
+                 "--clip", tiny_clip, "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "refcoco_eval.json").read_text())
     ds = ReferDataset(tmp_path, "refcoco")
     inst = ds.image_masks(1)
@@ -173,7 +207,99 @@ def test_refcoco_evaluation_cli_with_oracle_proposals(tmp_path):
     for row in result["samples"]:  # the chosen oracle mask, scored independently
         metrics.add(inst[order[row["chosen"]]], ds.mask(row["ann_id"]))
     assert result["summary"] == pytest.approx(metrics.summary()) and result["summary"]["n"] == 2
-    assert main(["refer", "--refcoco", str(tmp_path), "--split", "nope", "--coco-dir", str(coco), "--out", str(out)]) == 2
+    assert main(["refer", "--refcoco", str(tmp_path), "--split", "nope", "--coco-dir", coco, "--clip", tiny_clip,
+                 "--out", str(out)]) == 2
+
+
+def test_refcoco_without_clip_refuses_instead_of_scoring_with_the_toy_vlm(tmp_path, capsys):
+    """The packaged toy VLM scores every COCO sentence 0 and picks proposal 0: refused, naming --clip."""
+    _refer_fixture(tmp_path, np.random.default_rng(0))
+    out = tmp_path / "eval"
+    rc = run_cli(["refer", "--refcoco", str(tmp_path), "--split", "testA", "--coco-dir", _coco_images(tmp_path),
+                  "--proposer", "gt", "--out", str(out), "--quiet"])
+    assert rc == 2 and "--clip" in one_error_line(capsys) and not out.exists()
+
+
+def _write_refs(root, refs) -> None:
+    (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+
+
+@pytest.mark.parametrize("damage,named", [
+    ("no annotations", "'annotations'"), ("no sentences", "'sentences'"), ("unknown ann_id", "ann_id 99"),
+    ("image without height", "'height'"), ("not json", "not valid JSON"), ("rle size", "RLE size"),
+    ("sentence without text", "'sent' or 'raw'"),
+])
+def test_refcoco_bad_files_are_one_line_before_any_work(tmp_path, capsys, damage, named):
+    """Each damage names the file and the field or id, exit 2, before the CLIP folder is even read."""
+    _refer_fixture(tmp_path, np.random.default_rng(0))
+    folder = tmp_path / "refcoco"
+    inst = json.loads((folder / "instances.json").read_text())
+    refs = pickle.loads((folder / "refs(unc).p").read_bytes())
+    if damage == "no annotations":
+        del inst["annotations"]
+    elif damage == "image without height":
+        del inst["images"][1]["height"]
+    elif damage == "rle size":
+        inst["annotations"][1]["segmentation"]["size"] = [31, 40]
+    elif damage == "no sentences":
+        del refs[1]["sentences"]
+    elif damage == "sentence without text":
+        refs[0]["sentences"][1] = {"sent_id": 1}
+    else:
+        refs[2]["ann_id"] = 99
+    (folder / "instances.json").write_text("{oops" if damage == "not json" else json.dumps(inst))
+    _write_refs(tmp_path, refs)
+    out = tmp_path / "eval"
+    rc = run_cli(["refer", "--refcoco", str(tmp_path), "--coco-dir", _coco_images(tmp_path), "--proposer", "gt",
+                  "--clip", str(tmp_path / "no-clip-here"), "--out", str(out), "--quiet"])
+    err = one_error_line(capsys)
+    assert rc == 2 and named in err and not out.exists()
+    expected = "refs(unc).p" if damage in ("no sentences", "unknown ann_id", "sentence without text") else "instances.json"
+    assert expected in err
+
+
+def test_refcoco_unreadable_image_is_skipped_on_one_line(tmp_path, capsys, tiny_clip):
+    """A corrupt photo inside a run: reported on one line, skipped, the others scored, exit 1."""
+    _refer_fixture(tmp_path, np.random.default_rng(0))
+    refs = pickle.loads((tmp_path / "refcoco" / "refs(unc).p").read_bytes())
+    refs[2]["split"] = "testA"  # image 2's sentence joins the two on image 1
+    _write_refs(tmp_path, refs)
+    coco = _coco_images(tmp_path)
+    (tmp_path / "coco" / "COCO_train2014_000000000002.jpg").write_bytes(b"not an image at all")
+    out = tmp_path / "eval"
+    rc = run_cli(["refer", "--refcoco", str(tmp_path), "--split", "testA", "--coco-dir", coco, "--proposer", "gt",
+                  "--clip", tiny_clip, "--out", str(out), "--quiet"])
+    err = one_error_line(capsys)
+    assert rc == 1 and "sentence 3" in err and "COCO_train2014_000000000002.jpg" in err
+    result = json.loads((out / "refcoco_eval.json").read_text())
+    assert result["summary"]["n"] == 2 and [s["sent_id"] for s in result["skipped"]] == [3]
+    (tmp_path / "coco" / "COCO_train2014_000000000002.jpg").unlink()  # a missing one: refused before any work
+    assert run_cli(["refer", "--refcoco", str(tmp_path), "--split", "testA", "--coco-dir", coco, "--proposer", "gt",
+                    "--clip", tiny_clip, "--out", str(tmp_path / "e2"), "--quiet"]) == 2
+    assert "no such image" in one_error_line(capsys) and not (tmp_path / "e2").exists()
+
+
+class _PersistentRefs(pickle.Pickler):
+    def persistent_id(self, obj):
+        return "external" if obj == "ref-by-id" else None
+
+
+def test_refs_pickle_with_a_persistent_id_is_one_line(tmp_path):
+    import io
+
+    from visionlens.refer.lgd.refcoco import safe_load_pickle
+
+    buffer = io.BytesIO()
+    _PersistentRefs(buffer, protocol=2).dump([{"split": "ref-by-id"}])
+    path = tmp_path / "refs(unc).p"
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(InputError, match="persistent") as err:
+        safe_load_pickle(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    path.write_bytes(buffer.getvalue()[:-3])  # truncated
+    with pytest.raises(InputError) as err:
+        safe_load_pickle(path)
+    assert "\n" not in str(err.value)
 
 
 # --- scores -----------------------------------------------------------------------------------
@@ -300,24 +426,32 @@ def _tiny_tokenizer(words):
 WORDS = "a photo of the red blue square disc lantern with and surrounded by one next to left".split()
 
 
-def test_hf_clip_encoder_from_local_folder(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> str:
+    """A random-initialised tiny CLIP (and tokenizer) saved with save_pretrained; its folder."""
     pytest.importorskip("transformers")
     from transformers import CLIPConfig, CLIPModel
 
+    folder = tmp_path_factory.mktemp("tiny-clip") / "clip"
+    tok, vocab = _tiny_tokenizer(WORDS)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=32,
+                                          eos_token_id=2, bos_token_id=1, pad_token_id=0),
+                         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                            num_attention_heads=2, image_size=32, patch_size=8), projection_dim=16)
+        CLIPModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_hf_clip_encoder_from_local_folder(tmp_path, tiny_clip):
     from visionlens.refer.lgd.clip_hf import HFClipEncoder
 
     with pytest.raises(AssetError, match="config.json"):
         HFClipEncoder(tmp_path / "missing")
-    tok, vocab = _tiny_tokenizer(WORDS)
-    torch.manual_seed(0)
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=2, max_position_embeddings=32, eos_token_id=2, bos_token_id=1,
-                                      pad_token_id=0),
-                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
-                                        image_size=32, patch_size=8), projection_dim=16)
-    CLIPModel(cfg).save_pretrained(tmp_path / "clip")
-    tok.save_pretrained(tmp_path / "clip")
-    enc = HFClipEncoder(tmp_path / "clip", masked_blocks=2)
+    enc = HFClipEncoder(tiny_clip, masked_blocks=2)
     image = torch.rand(3, 40, 48)
     full = torch.ones(1, 40, 48, dtype=torch.bool)
     half = torch.zeros(1, 40, 48, dtype=torch.bool)
@@ -422,6 +556,60 @@ def test_loopback_describer_talks_openai_chat():
         LoopbackDescriber(f"http://127.0.0.1:{server.server_port}", "x", timeout=2).describe(torch.rand(3, 4, 4), "x", "attribute")
 
 
+# --- toy VLM weights ------------------------------------------------------------------------------
+
+
+def _toy_state():
+    from visionlens.refer.lgd.toy_vlm import WEIGHTS
+
+    return torch.load(WEIGHTS, weights_only=True)
+
+
+class _Code:
+    def __reduce__(self):
+        return (print, ("executed",))
+
+
+@pytest.mark.parametrize("damage,named", [
+    ("garbage", "toy VLM"), ("pickled code", "toy VLM"), ("missing", "toy VLM"),
+    ("not a dict", "'dim' and 'state_dict'"), ("no dim", "'dim' and 'state_dict'"), ("bad dim", "'dim'"),
+    ("missing weight", "'words.weight' is missing"), ("wrong shape", "'text_proj.weight' has shape (32, 31)"),
+    ("nan weight", "'local.0.bias' contains NaN"), ("extra weight", "unexpected weight 'spare'"),
+])
+def test_load_toy_vlm_bad_file_is_one_input_error(tmp_path, damage, named):
+    """Formerly raw UnpicklingError / KeyError / RuntimeError: now one line naming the file and the first problem."""
+    from visionlens.refer.lgd.toy_vlm import load_toy_vlm
+
+    path = tmp_path / "toy.pt"
+    state = _toy_state()
+    weights = state["state_dict"]
+    if damage == "garbage":
+        path.write_bytes(b"\x00 not a checkpoint")
+    elif damage == "pickled code":
+        torch.save({"dim": 32, "state_dict": _Code()}, path)
+    elif damage != "missing":
+        if damage == "not a dict":
+            state = [1, 2]
+        elif damage == "no dim":
+            del state["dim"]
+        elif damage == "bad dim":
+            state["dim"] = -3
+        elif damage == "missing weight":
+            del weights["words.weight"]
+        elif damage == "wrong shape":
+            weights["text_proj.weight"] = weights["text_proj.weight"][:, :31]
+        elif damage == "nan weight":
+            weights["local.0.bias"][2] = float("nan")
+        else:
+            weights["spare"] = torch.zeros(1)
+        torch.save(state, path)
+    with pytest.raises(InputError) as err:
+        load_toy_vlm(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and named in message, message
+    assert isinstance(load_toy_vlm().model, torch.nn.Module)  # the packaged weights still pass every check
+
+
 # --- CLI ----------------------------------------------------------------------------------------
 
 
@@ -436,3 +624,54 @@ def test_cli_refer_synthetic_scene_and_errors(tmp_path, capsys):
     assert (out / "overlay.png").is_file() and (out / "mask.png").is_file()
     assert main(["refer", "synthetic:test:2", "--clip", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2
     assert "config.json" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_cli_synthetic_index_is_bounded(tmp_path, capsys):
+    """synthetic:test:999999 used to render a million scenes (hours); now an immediate, clear refusal."""
+    import time
+
+    from visionlens.refer.lgd.cli import MAX_SYNTHETIC_INDEX
+
+    for spec in ("synthetic:test:999999", f"synthetic:test:{MAX_SYNTHETIC_INDEX + 1}", "synthetic:test:-1",
+                 "synthetic:nope:3", "synthetic:test", "synthetic:test:3:4"):
+        start = time.perf_counter()
+        assert run_cli(["refer", spec, "--out", str(tmp_path / "o")]) == 2
+        assert time.perf_counter() - start < 2, spec
+        assert "synthetic" in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--alpha", "nan"), ("--alpha", "-1"), ("--beta", "inf"), ("--mix", "1.5"), ("--mix", "nan"),
+    ("--describer-error", "2"), ("--limit", "0"), ("--n-val", "0"), ("--n-test", "-5"), ("--seed", "-1"),
+    ("--seed", "0.5"),
+])
+def test_cli_refer_refuses_bad_numbers(tmp_path, capsys, flag, value):
+    rc = run_cli(["refer", "synthetic:test:2", "--out", str(tmp_path / "o"), f"{flag}={value}"])
+    assert rc == 2 and flag in one_error_line(capsys) and not (tmp_path / "o").exists()
+
+
+def test_config_and_photo_without_known_words_are_refused(tmp_path, capsys):
+    from PIL import Image
+
+    for bad in ({"alpha": float("nan")}, {"beta": -1.0}, {"mix": 2.0}, {"logit_scale": 0.0}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            LGDConfig(**bad)
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(photo)
+    rc = run_cli(["refer", str(photo), "the dog on a sofa", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "--clip" in one_error_line(capsys) and not (tmp_path / "o").exists()
+
+
+def test_scores_json_is_strict_and_threads_are_restored(tmp_path):
+    from visionlens.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # the command runs on at most 2, then gives the caller's setting back
+    try:
+        assert main(["refer", "synthetic:test:1", "--out", str(tmp_path / "o")]) == 0
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    text = (tmp_path / "o" / "scores.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))

@@ -49,7 +49,7 @@ class Evil:
         ("caffe:alexnet", "good", "unknown model library 'caffe'"),
         ("torchvision:resnet34", "good", "does not fit torchvision:resnet34"),
         ("torchvision:resnet18", "evil", "not a safe PyTorch state dict"),
-        ("torchvision:resnet18", "missing", "no such weights file"),
+        ("torchvision:resnet18", "missing", "no such state dict file"),
     ],
 )
 def test_bad_library_models_give_one_line_errors(tmp_path, resnet_weights, spec, make, message, capsys):

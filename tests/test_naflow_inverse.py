@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from visionlens.core.inverse import (SolverOptions, batchnorm_inverse, check_invertible, conv_inverse, invert, lsmr,
+from visionlens.methods.naflow.inverse import (SolverOptions, batchnorm_inverse, check_invertible, conv_inverse, invert, lsmr,
                                      unpool)
 from visionlens.errors import LayerError
 

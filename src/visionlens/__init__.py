@@ -6,7 +6,7 @@
 >>> exp = visionlens.explain(["cat.jpg"], model, "cam")  # or one call from files
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
 from .core import Explanation  # noqa: E402
 from .errors import AssetError, ImageLoadError, InputError, LayerError, LRPError, VisionlensError  # noqa: E402
@@ -15,7 +15,8 @@ from .methods import (  # noqa: E402
     NAFlow, RelevanceCAM, ScoreCAM, XGradCAM,
 )
 from .core.similarity import SimilarityTarget  # noqa: E402
-from .methods.sfam import SFAM, PairExplanation, SimilarityExplanation, SimilarityGradCAM, SimilarityRelevanceCAM  # noqa: E402
+from .methods.sfam import SFAM  # noqa: E402
+from .methods.similarity import PairExplanation, SimilarityExplanation, SimilarityGradCAM, SimilarityRelevanceCAM  # noqa: E402
 from .models import Embedder, Preprocess, ZooModel, available_models, embedder, load_model  # noqa: E402
 from .methods.base import explain_many  # noqa: E402
 from .pipeline import explain, explain_files  # noqa: E402

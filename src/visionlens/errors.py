@@ -27,3 +27,10 @@ class AssetError(VisionlensError, RuntimeError):
 
 class LRPError(VisionlensError, ValueError):
     """A module or operation that the LRP engine has no rule for (the message says how to add one)."""
+
+
+def display(path) -> str:
+    """A path as one printable line: as it is, or quoted with escapes when it holds control
+    characters (a newline in a file name must not split a one-line message)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)

@@ -7,8 +7,6 @@ HTML page. Images that fail are listed in the summary and leave no files behind.
 
 from __future__ import annotations
 
-import json
-import platform
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -17,16 +15,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__
 from .core.progress import Progress
 from .core.result import Explanation
 from .core.targets import Target
 from .data.images import load_image
-from .errors import ImageLoadError, InputError, VisionlensError
+from .errors import ImageLoadError, InputError, VisionlensError, display
 from .methods import METHODS
 from .models.zoo import ZooModel, load_model, resolve_device
 from .viz.flow import flow_strip, save_flow_gif
-from .viz.overlay import overlay, save_atomic
+from .viz.overlay import overlay
+from .io import save_atomic, versions, write_json
+from .outputs import check_out_dir, make_out_dir, remove_if_empty, safe_name, unique_stems
 from .viz.report import write_report
 
 
@@ -87,25 +86,25 @@ def explain(
     return make_method(method, model, layer, bank)(x, target)
 
 
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
-    for p in paths:
-        stem = Path(p).stem or "image"
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        stems.append(stem if n == 0 else f"{stem}-{n + 1}")
-    return stems
+def output_files(stem: str, methods: Sequence[str], flow_methods: Sequence[str] = ()) -> dict:
+    """The names of one image's outputs: its view, an overlay per method, the raw maps and, for
+    methods with a flow, a strip and a GIF."""
+    files = {"view": f"{stem}.png", "overlays": {m: f"{stem}.{safe_name(m)}.png" for m in methods}, "maps": f"{stem}.npz"}
+    if flow_methods:
+        files["flows"] = {m: f"{stem}.{safe_name(m)}.flow.png" for m in flow_methods}
+        files["gifs"] = {m: f"{stem}.{safe_name(m)}.gif" for m in flow_methods}
+    return files
+
+
+def _file_names(files: dict) -> list[str]:
+    return [v for value in files.values() for v in (value.values() if isinstance(value, dict) else [value])]
 
 
 def _write_image_outputs(out_dir: Path, stem: str, view: Image.Image, maps: dict, raws: dict, flows: dict | None = None) -> dict:
     """Write view, overlays, flow strips and GIFs (methods with a flow) and npz for one image; on
     failure remove whatever was written."""
     flows = flows or {}
-    files = {"view": f"{stem}.png", "overlays": {m: f"{stem}.{m}.png" for m in maps}, "maps": f"{stem}.npz"}
-    if flows:
-        files["flows"] = {m: f"{stem}.{m}.flow.png" for m in flows}
-        files["gifs"] = {m: f"{stem}.{m}.gif" for m in flows}
+    files = output_files(stem, list(maps), list(flows))
     written: list[Path] = []
     try:
         for m, flow in flows.items():
@@ -133,10 +132,6 @@ def _write_image_outputs(out_dir: Path, stem: str, view: Image.Image, maps: dict
     return files
 
 
-def versions() -> dict:
-    return {"visionlens": __version__, "torch": torch.__version__, "python": platform.python_version()}
-
-
 def explain_files(
     paths: Sequence[str | Path],
     model: ZooModel,
@@ -151,77 +146,112 @@ def explain_files(
 ) -> dict:
     """Explain image files and write outputs to ``out_dir``; return the summary (also written as
     ``summary.json``). A method may be ``METHOD@LAYER`` to use its own layer instead of ``layer``
-    (its outputs are then keyed by that whole string). Bad layers/methods/targets raise before
-    anything is written; unreadable images are recorded in ``summary["failures"]`` and the rest
-    still run."""
-    out = Path(out_dir)
+    (its outputs are then keyed by that whole string). Bad layers, methods, targets and output
+    folders raise before anything is written; an image that cannot be read, or whose map is not
+    finite, is recorded in ``summary["failures"]`` (one line on stderr) and the rest still run.
+    Output names never collide and never replace an input (see :mod:`visionlens.outputs`)."""
+    out, methods, paths = Path(out_dir), list(methods), list(paths)
+    if not methods:
+        raise InputError("no method given; choose from: " + ", ".join(METHODS))
+    if not paths:
+        raise InputError("no images given")
     explainers = {m: make_method(m, model, layer, bank) for m in methods}
     probe = torch.zeros(1, 3, model.preprocess.crop, model.preprocess.crop)
-    layers = {}
-    for name, ex in explainers.items():  # fail fast on a bad layer or target, before any output
-        layers[name] = ex(probe, target).layer
-    out.mkdir(parents=True, exist_ok=True)
-    stems = _unique_stems([Path(p) for p in paths])
-    rows, failures = [], []
-    bar = Progress(len(paths), label=model.name, enabled=progress and len(paths) > 3)
-    for start in range(0, len(paths), batch_size):
-        chunk = list(zip(paths[start:start + batch_size], stems[start:start + batch_size]))
-        views, tensors, kept = [], [], []
-        for path, stem in chunk:
-            try:
-                view = model.preprocess.view(load_image(path))
-            except ImageLoadError as err:
-                failures.append({"file": str(path), "error": str(err)})
-                print(f"error: {err}", file=sys.stderr)
-                bar.update()
-                continue
-            views.append(view)
-            tensors.append(model.preprocess.normalize(view))
-            kept.append((path, stem))
-        if not kept:
-            continue
-        x = torch.stack(tensors)
-        results = {m: ex(x, target) for m, ex in explainers.items()}
-        first = next(iter(results.values()))
-        probs = first.probabilities.cpu()
-        for i, (path, stem) in enumerate(kept):
-            maps = {m: r.maps[i].cpu().numpy() for m, r in results.items()}
-            raws = {m: r.raw[i].cpu().numpy() for m, r in results.items()}
-            flows = {m: r.flow[i].cpu().numpy() for m, r in results.items() if r.flow is not None}
-            try:
-                files = _write_image_outputs(out, stem, views[i], maps, raws, flows)
-            except (OSError, VisionlensError) as err:
-                failures.append({"file": str(path), "error": f"{path}: could not write outputs ({err})"})
-                bar.update()
-                continue
-            pred = int(first.predictions[i])
-            tgt = int(first.targets[i])
-            rows.append({
-                "file": str(path),
-                **files,
-                "predicted": pred,
-                "predicted_name": model.class_name(pred),
-                "probability": float(probs[i, pred]),
-                "target": tgt,
-                "target_name": model.class_name(tgt),
-                "target_probability": float(probs[i, tgt]),
-                "scores": {m: float(r.scores[i]) for m, r in results.items()},
-            })
-            bar.update()
+    probes = {name: ex(probe, target) for name, ex in explainers.items()}  # a bad layer or target fails here
+    flow_methods = [name for name, r in probes.items() if r.flow is not None]
+    names_of = lambda stem: _file_names(output_files(stem, methods, flow_methods))  # noqa: E731
+    stems = unique_stems(paths, names_of, taken=paths, out=out)
+    check_out_dir(out, [n for stem in stems for n in names_of(stem)] + ["summary.json", "index.html"])
+    created = make_out_dir(out)
+    try:
+        rows, failures = _explain_in_batches(paths, stems, model, explainers, target, out, batch_size, progress)
+    except BaseException:
+        remove_if_empty(out, created)
+        raise
     summary = {
         "model": model.name,
-        "methods": list(methods),
-        "layer": layers,
+        "methods": methods,
+        "layer": {name: r.layer for name, r in probes.items()},
         "target": "predicted" if target is None else target,
         "device": str(model.device),
         "versions": versions(),
         "images": rows,
         "failures": failures,
     }
-    text = json.dumps(summary, indent=2)
-    save_atomic(lambda t: Path(t).write_text(text, encoding="utf-8"), out / "summary.json")
+    write_json(summary, out / "summary.json")
     write_report(out / "index.html", title or f"visionlens: {model.name}", [report_section(summary, "")])
     return summary
+
+
+def _load_views(chunk, model: ZooModel, failures: list, bar: Progress):
+    """The model's views of a chunk's images; an unreadable image is a failure line, skipped."""
+    views, kept = [], []
+    for path, stem in chunk:
+        try:
+            views.append(model.preprocess.view(load_image(path)))
+        except ImageLoadError as err:
+            _fail(failures, path, str(err), bar)
+            continue
+        kept.append((path, stem))
+    return views, kept
+
+
+def _fail(failures: list, path, message: str, bar: Progress) -> None:
+    failures.append({"file": str(path), "error": message})
+    print(f"error: {message}", file=sys.stderr)
+    bar.update()
+
+
+def _not_finite(results: dict, i: int) -> str | None:
+    """The first method whose map of image ``i`` holds NaN or infinite values."""
+    for m, r in results.items():
+        if not (bool(torch.isfinite(r.raw[i]).all()) and bool(torch.isfinite(r.maps[i]).all())):
+            return m
+    return None
+
+
+def _explain_in_batches(paths, stems, model, explainers, target, out: Path, batch_size: int, progress: bool):
+    rows, failures = [], []
+    bar = Progress(len(paths), label=model.name, enabled=progress and len(paths) > 3)
+    for start in range(0, len(paths), batch_size):
+        chunk = list(zip(paths[start:start + batch_size], stems[start:start + batch_size]))
+        views, kept = _load_views(chunk, model, failures, bar)
+        if not kept:
+            continue
+        x = torch.stack([model.preprocess.normalize(v) for v in views])
+        results = {m: ex(x, target) for m, ex in explainers.items()}
+        for i, (path, stem) in enumerate(kept):
+            bad = _not_finite(results, i)
+            if bad is not None:
+                _fail(failures, path, f"{display(path)}: the {bad} map holds NaN or infinite values (check the model's "
+                                      "weights and the image)", bar)
+                continue
+            try:
+                files = _write_image_outputs(out, stem, views[i], *_image_arrays(results, i))
+            except (OSError, VisionlensError) as err:
+                _fail(failures, path, f"{display(path)}: could not write outputs ({err})", bar)
+                continue
+            rows.append({"file": str(path), **files, **_prediction_record(model, results, i)})
+            bar.update()
+    return rows, failures
+
+
+def _image_arrays(results: dict, i: int) -> tuple[dict, dict, dict]:
+    maps = {m: r.maps[i].cpu().numpy() for m, r in results.items()}
+    raws = {m: r.raw[i].cpu().numpy() for m, r in results.items()}
+    flows = {m: r.flow[i].cpu().numpy() for m, r in results.items() if r.flow is not None}
+    return maps, raws, flows
+
+
+def _prediction_record(model: ZooModel, results: dict, i: int) -> dict:
+    first = next(iter(results.values()))
+    probs = first.probabilities[i].cpu()
+    pred, tgt = int(first.predictions[i]), int(first.targets[i])
+    return {
+        "predicted": pred, "predicted_name": model.class_name(pred), "probability": float(probs[pred]),
+        "target": tgt, "target_name": model.class_name(tgt), "target_probability": float(probs[tgt]),
+        "scores": {m: float(r.scores[i]) for m, r in results.items()},
+    }
 
 
 def report_section(summary: dict, base: str) -> dict:

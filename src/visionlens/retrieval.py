@@ -10,7 +10,7 @@ memory at a time, so galleries larger than memory work (the embeddings, ``N × D
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -23,9 +23,11 @@ from .assets import cache_dir as _home
 from .core.progress import Progress
 from .core.similarity import check_metric, rank
 from .data.images import load_image
-from .errors import ImageLoadError, InputError
+from .errors import ImageLoadError, InputError, display
 from .models.zoo import ZooModel
-from .viz.overlay import overlay, save_atomic
+from .viz.overlay import overlay
+from .io import save_atomic, versions, write_json
+from .outputs import check_out_dir, make_out_dir, safe_name, unique_stems
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -175,11 +177,11 @@ def _save_npz(arrays: dict, dest: Path) -> None:
 
 
 def _make_methods(model: ZooModel, methods: Sequence[str], layer, metric: str, **sfam_options):
-    from .methods.sfam import SFAM, SIMILARITY_METHODS
-
+    from .methods import SIMILARITY_METHODS
     from .methods.naflow import SimilarityNAFlow
+    from .methods.sfam import SFAM
 
-    known = {**SIMILARITY_METHODS, "naflow": SimilarityNAFlow}
+    known = SIMILARITY_METHODS
     out = {}
     for m in methods:
         if m not in known:
@@ -189,18 +191,26 @@ def _make_methods(model: ZooModel, methods: Sequence[str], layer, metric: str, *
     return out
 
 
+def pair_files(prefix: str, methods: Sequence[str]) -> dict:
+    """The names of one pair's outputs: both views, an overlay per method and image, the npz."""
+    return {"query_view": f"{prefix}.query.png", "match_view": f"{prefix}.match.png",
+            "query_overlays": {m: f"{prefix}.query.{safe_name(m)}.png" for m in methods},
+            "match_overlays": {m: f"{prefix}.match.{safe_name(m)}.png" for m in methods}, "maps": f"{prefix}.npz"}
+
+
+def _names(files: dict) -> list[str]:
+    return [v for value in files.values() for v in (value.values() if isinstance(value, dict) else [value])]
+
+
 def _pair_outputs(out: Path, prefix: str, views: tuple[Image.Image, Image.Image], results: dict, i: int) -> dict:
     """Write both views, one overlay per method and image, and the npz of one pair."""
     qv, rv = views
-    files = {"query_view": f"{prefix}.query.png", "match_view": f"{prefix}.match.png",
-             "query_overlays": {}, "match_overlays": {}, "maps": f"{prefix}.npz"}
+    files = pair_files(prefix, list(results))
     _save_png(qv, out / files["query_view"])
     _save_png(rv, out / files["match_view"])
     arrays = {}
     for m, pair in results.items():
         qmap, rmap = pair.query.maps[i].cpu().numpy(), pair.reference.maps[i].cpu().numpy()
-        files["query_overlays"][m] = f"{prefix}.query.{m}.png"
-        files["match_overlays"][m] = f"{prefix}.match.{m}.png"
         _save_png(overlay(qv, qmap), out / files["query_overlays"][m])
         _save_png(overlay(rv, rmap), out / files["match_overlays"][m])
         arrays |= {f"{m}_query_map": qmap, f"{m}_match_map": rmap,
@@ -220,22 +230,31 @@ def _explain_pairs(methods: dict, xa: torch.Tensor, xb: torch.Tensor, batch_size
     return results
 
 
+def _refuse_inputs_in(out: Path, inputs: Sequence, names: Sequence[str]) -> None:
+    """An :class:`InputError` when an output name would replace one of the inputs."""
+    targets = {os.path.abspath(out / n) for n in names}
+    for p in inputs:
+        if os.path.abspath(p) in targets:
+            raise InputError(f"{display(p)} is an input and would be replaced by an output; choose another --out")
+
+
 def explain_pair_files(
     a: str | Path, b: str | Path, model: ZooModel, out_dir: str | Path = "visionlens-pair", metric: str = "cosine",
     layer=None, methods: Sequence[str] = ("sfam",), **sfam_options,
 ) -> dict:
     """Explain the similarity of two image files both ways; write views, overlays, npz,
     ``summary.json`` and ``index.html`` to ``out_dir``; return the summary."""
-    from .pipeline import versions
     from .viz.pairs import write_pair_report
 
     check_metric(metric)
     explainers = _make_methods(model, methods, layer, metric, **sfam_options)
     views = [model.preprocess.view(load_image(p)) for p in (a, b)]  # ImageLoadError names the file
+    out = Path(out_dir)
+    check_out_dir(out, _names(pair_files("pair", list(methods))) + ["summary.json", "index.html"])
+    _refuse_inputs_in(out, [a, b], _names(pair_files("pair", list(methods))))
     xa, xb = (model.preprocess.normalize(v)[None] for v in views)
     results = {m: ex.pair(xa, xb) for m, ex in explainers.items()}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     files = _pair_outputs(out, "pair", tuple(views), results, 0)
     first = next(iter(results.values()))
     summary = {
@@ -245,7 +264,7 @@ def explain_pair_files(
         "query": str(a), "reference": str(b), "similarity": float(first.scores[0]),
         "files": files, "device": str(model.device), "versions": versions(),
     }
-    save_atomic(lambda t: Path(t).write_text(json.dumps(summary, indent=2), encoding="utf-8"), out / "summary.json")
+    write_json(summary, out / "summary.json")
     write_pair_report(out / "index.html", f"visionlens pair: {model.name}, {metric}", [{
         "query": str(a), "methods": list(methods),
         "rows": [{"file": str(b), "rank": None, "score": summary["similarity"], **files}],
@@ -262,7 +281,6 @@ def retrieve_files(
     """Rank ``gallery`` for each query, explain the top ``top`` matches (query and match maps) and
     write them with ``summary.json`` and ``index.html``. Unreadable gallery images are skipped and
     listed in ``summary["failures"]``; an unreadable query stops with an :class:`ImageLoadError`."""
-    from .pipeline import _unique_stems, versions
     from .viz.pairs import write_pair_report
 
     check_metric(metric)
@@ -279,9 +297,13 @@ def retrieve_files(
     qemb = embedder.embed(xq).float().cpu()
     order, scores = rank(qemb, gal.embeddings, metric, k=top)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    k = min(top, len(gal))
+    names_of = lambda stem: [n for j in range(k) for n in _names(pair_files(f"{stem}.top{j + 1:02d}", list(methods)))]  # noqa: E731
+    stems = unique_stems(queries, names_of, taken=[*queries, *gal.paths], out=out)
+    check_out_dir(out, [n for stem in stems for n in names_of(stem)] + ["summary.json", "index.html"])
+    make_out_dir(out)
     sections, records = [], []
-    for qi, (qpath, qstem) in enumerate(zip(queries, _unique_stems(queries))):
+    for qi, (qpath, qstem) in enumerate(zip(queries, stems)):
         rows, mviews, xs = [], [], []
         for j, gi in enumerate(order[qi].tolist()):
             mviews.append(model.preprocess.view(load_image(gal.paths[gi])))
@@ -304,7 +326,7 @@ def retrieve_files(
                     "from_cache": gal.cached, "embedding_dim": int(gal.embeddings.shape[1])},
         "queries": records, "failures": gal.failures, "device": str(model.device), "versions": versions(),
     }
-    save_atomic(lambda t: Path(t).write_text(json.dumps(summary, indent=2), encoding="utf-8"), out / "summary.json")
+    write_json(summary, out / "summary.json")
     write_pair_report(out / "index.html", f"visionlens retrieval: {model.name}, {metric}, top {top}", sections)
     return summary
 

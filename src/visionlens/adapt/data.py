@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_number
 from ..errors import InputError
 
 DATASETS = ("world", "digits", "fashion")
@@ -155,6 +156,7 @@ def fashion_shift(data_dir: str | Path | None = None, n_source: int = 3000, n_ta
         images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
         labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
         keep = np.flatnonzero(np.isin(labels, classes))
+        _check_count("n_source" if prefix == "train" else "n_target", n, len(keep))
         pick = keep[torch.randperm(len(keep), generator=gen)[:n].numpy()]
         x = torch.tensor(images[pick], dtype=torch.float32)[:, None] / 255.0
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
@@ -170,7 +172,7 @@ def fashion_shift(data_dir: str | Path | None = None, n_source: int = 3000, n_ta
 
 def plant_outliers(shift: DomainShift, fraction: float = 0.02, seed: int = 0) -> DomainShift:
     """Append ``ceil(fraction * n)`` uniform-noise images labelled -1 to the target set."""
-    if not 0 <= fraction < 1:
+    if not 0 <= fraction < 1:  # also NaN
         raise InputError(f"outlier fraction must be in [0, 1), got {fraction}")
     m = math.ceil(fraction * len(shift.target_x))
     if m == 0:
@@ -181,17 +183,41 @@ def plant_outliers(shift: DomainShift, fraction: float = 0.02, seed: int = 0) ->
                        torch.cat([shift.target_y, torch.full((m,), -1, dtype=torch.long)]), shift.class_names)
 
 
+def class_count(name: str) -> int:
+    """The number of classes of the named shift."""
+    from ..data.world import CLASS_NAMES
+
+    counts = {"world": len(CLASS_NAMES), "digits": 10, "fashion": len(FASHION_CLASSES)}
+    if name not in counts:
+        raise InputError(f"unknown dataset {name!r}; choose from: {', '.join(DATASETS)}")
+    return counts[name]
+
+
+def _check_count(name: str, value: int | None, available: int | None = None) -> None:
+    """``None`` (the default size) or a whole number from 1 to ``available``."""
+    if value is None:
+        return
+    check_number(name, value, minimum=1, integer=True)
+    if available is not None and value > available:
+        raise InputError(f"{name} is {value} but the dataset has {available} images there; ask for at most {available}")
+
+
 def load_shift(name: str, seed: int = 0, size: int = 32, n_source: int | None = None, n_target: int | None = None,
                data_dir: str | None = None, strength: str = "strong") -> DomainShift:
-    """A named domain shift (see :data:`DATASETS`)."""
+    """A named domain shift (see :data:`DATASETS`); ``n_source`` / ``n_target``: ``None`` for the
+    dataset's default size, else the number of images (never more than the dataset has)."""
+    _check_count("n_source", n_source)
+    _check_count("n_target", n_target)
     if name == "world":
-        return world_shift(n_source or 2000, n_target or 1000, size, strength, seed)
+        return world_shift(2000 if n_source is None else n_source, 1000 if n_target is None else n_target, size,
+                           strength, seed)
     if name == "digits":
         shift = digits_shift(size, seed)
-        if n_source or n_target:
-            shift = DomainShift(shift.name, shift.source_x[:n_source], shift.source_y[:n_source],
-                                shift.target_x[:n_target], shift.target_y[:n_target], shift.class_names)
-        return shift
+        _check_count("n_source", n_source, len(shift.source_x))
+        _check_count("n_target", n_target, len(shift.target_x))
+        return DomainShift(shift.name, shift.source_x[:n_source], shift.source_y[:n_source],
+                           shift.target_x[:n_target], shift.target_y[:n_target], shift.class_names)
     if name == "fashion":
-        return fashion_shift(data_dir, n_source or 3000, n_target or 1500, size, seed=seed)
+        return fashion_shift(data_dir, 3000 if n_source is None else n_source, 1500 if n_target is None else n_target,
+                             size, seed=seed)
     raise InputError(f"unknown dataset {name!r}; choose from: {', '.join(DATASETS)}")

@@ -18,7 +18,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..checks import check_number
+from ..errors import InputError, VisionlensError
+
+
+class DivergedError(VisionlensError):
+    """Training produced NaN or infinite values (a learning rate too large for the data)."""
 
 
 def check_images(x, name: str = "images") -> torch.Tensor:
@@ -77,6 +82,9 @@ class SourceConfig:
     shift_pixels: int = 2
     seed: int = 0
 
+    def __post_init__(self):
+        _check_config(self)
+
 
 @dataclass
 class AdaptConfig:
@@ -93,6 +101,25 @@ class AdaptConfig:
     shift_pixels: int = 2
     seed: int = 0
 
+    def __post_init__(self):
+        _check_config(self)
+
+
+def _check_config(cfg) -> None:
+    """One :class:`InputError` naming the first bad field of a training config."""
+    check_number("epochs", cfg.epochs, minimum=0, integer=True)
+    check_number("batch_size", cfg.batch_size, minimum=2, integer=True)
+    check_number("lr", cfg.lr, above=0)
+    check_number("momentum", cfg.momentum, minimum=0, maximum=1)
+    check_number("weight_decay", cfg.weight_decay, minimum=0)
+    check_number("shift_pixels", cfg.shift_pixels, minimum=0, integer=True)
+    check_number("seed", cfg.seed, minimum=0, integer=True)
+    for name in ("bottleneck_lr_mult", "lr_encoder"):
+        if hasattr(cfg, name):
+            check_number(name, getattr(cfg, name), minimum=0)
+    if hasattr(cfg, "smoothing"):
+        check_number("smoothing", cfg.smoothing, minimum=0, maximum=1)
+
 
 def _sgd(groups, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     groups = [g for g in groups if g["params"]]
@@ -106,6 +133,19 @@ def _batches(n: int, batch_size: int, gen: torch.Generator, drop_last: bool = Tr
         idx = order[i:i + batch_size]
         if len(idx) > 1:  # BatchNorm1d needs two samples (the reference skips size-1 batches too)
             yield idx
+
+
+def _check_loss(loss: torch.Tensor, stage: str) -> None:
+    """Stop with one line when training diverged (a NaN or infinite loss)."""
+    if not bool(torch.isfinite(loss)):
+        raise DivergedError(f"{stage} diverged (the loss is {float(loss)}); lower the learning rate (--lr)")
+
+
+def _check_model(net, stage: str) -> None:
+    """Stop with one line when a parameter or buffer became NaN or infinite."""
+    for name, value in list(net.named_parameters()) + list(net.named_buffers()):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise DivergedError(f"{stage} diverged ({name} holds NaN or infinite values); lower the learning rate (--lr)")
 
 
 def train_source(net, x: torch.Tensor, y: torch.Tensor, cfg: SourceConfig | None = None) -> dict:
@@ -123,11 +163,13 @@ def train_source(net, x: torch.Tensor, y: torch.Tensor, cfg: SourceConfig | None
         total = 0.0
         for idx in _batches(len(x), cfg.batch_size, gen):
             loss = label_smoothed_ce(net(translate(x[idx], cfg.shift_pixels, gen)), y[idx], cfg.smoothing)
+            _check_loss(loss, "source training")
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item()
         losses.append(total)
+    _check_model(net, "source training")
     net.eval()
     return {"losses": losses, "seconds": time.time() - start}
 
@@ -143,7 +185,11 @@ def predict(net, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, 
         feats.append(f)
         probs.append(net.head(f).softmax(1))
     net.train(was)
-    return torch.cat(feats), torch.cat(probs)
+    feats, probs = torch.cat(feats), torch.cat(probs)
+    if not (bool(torch.isfinite(feats).all()) and bool(torch.isfinite(probs).all())):
+        raise DivergedError("the network gives NaN or infinite outputs (its training diverged); "
+                            "lower the learning rate (--lr)")
+    return feats, probs
 
 
 def evaluate(net, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -230,7 +276,12 @@ def adapt(net, x: torch.Tensor, objective: Objective, cfg: AdaptConfig | None = 
     history = {"accuracy": [evaluate(net, x, y_eval)] if y_eval is not None else []}
     if not objective.trains:
         return history
-    torch.manual_seed(cfg.seed)
+    with torch.random.fork_rng(devices=[]):  # seeded for the objective; the caller's state comes back
+        torch.manual_seed(cfg.seed)
+        return _adapt(net, x, objective, cfg, y_eval, history)
+
+
+def _adapt(net, x: torch.Tensor, objective: Objective, cfg: AdaptConfig, y_eval, history: dict) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = _sgd([{"params": net.encoder_parameters(), "lr": cfg.lr * cfg.lr_encoder},
                 {"params": net.bottleneck_parameters(), "lr": cfg.lr * cfg.bottleneck_lr_mult}],
@@ -243,10 +294,12 @@ def adapt(net, x: torch.Tensor, objective: Objective, cfg: AdaptConfig | None = 
         net.train()
         for idx in _batches(len(x), cfg.batch_size, gen):
             loss = objective.loss(net, translate(x[idx], cfg.shift_pixels, gen), idx, step / steps)
+            _check_loss(loss, f"adaptation ({objective.name})")
             opt.zero_grad()
             loss.backward()
             opt.step()
             step += 1
+        _check_model(net, f"adaptation ({objective.name})")
         if y_eval is not None:
             history["accuracy"].append(evaluate(net, x, y_eval))
     net.eval()

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_finite, check_number
 from ..errors import InputError
 from .framework import Objective, predict
 from .peers import information_maximisation
@@ -78,6 +79,7 @@ def _tree_path_lengths(x: np.ndarray, sub: np.ndarray, rng: np.random.Generator,
 def homogeneity(features: torch.Tensor, n_trees: int = 100, sample_size: int = 256, seed: int = 0,
                 smooth_knn: int = 0) -> torch.Tensor:
     """``h(x)`` [reconstructed HPE]: mean isolation path length / ``c(psi)``; higher = more homogeneous."""
+    check_finite("the homogeneity features", features)
     x = features.detach().double().cpu().numpy()
     n = len(x)
     if n < 2:
@@ -173,12 +175,19 @@ def _greedy(order: torch.Tensor, b: int, exclude: torch.Tensor | None) -> torch.
 
 
 def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 25) -> torch.Tensor:
-    """Lloyd's k-means with k-means++ seeding; returns the ``(k, d)`` centres."""
+    """Lloyd's k-means with k-means++ seeding; returns the ``(k, d)`` centres. Degenerate input
+    (non-finite values, ``k`` outside 1..n) is one :class:`InputError`; duplicate points are fine."""
+    if x.ndim != 2 or len(x) == 0:
+        raise InputError(f"k-means needs a non-empty (n, d) feature matrix, got shape {tuple(x.shape)}")
+    x = x if x.is_floating_point() else x.float()
+    check_finite("the k-means features", x)
+    check_number("k", k, minimum=1, maximum=len(x), integer=True)
     gen = torch.Generator().manual_seed(seed)
     centres = [x[torch.randint(len(x), (1,), generator=gen)].squeeze(0)]
     for _ in range(1, k):
         d2 = torch.cdist(x, torch.stack(centres)).min(1).values ** 2
-        centres.append(x[torch.multinomial(d2 + 1e-12, 1, generator=gen)].squeeze(0))
+        weights = d2 + 1e-12 if bool(torch.isfinite(d2).all()) else torch.ones_like(d2)  # overflow: uniform
+        centres.append(x[torch.multinomial(weights, 1, generator=gen)].squeeze(0))
     c = torch.stack(centres)
     for _ in range(iters):
         assign = torch.cdist(x, c).argmin(1)
@@ -197,6 +206,8 @@ def select(strategy: str, features: torch.Tensor, probs: torch.Tensor, budget: f
     n = len(features)
     if probs.shape[0] != n:
         raise InputError("features and probabilities must have the same number of rows")
+    check_finite("the selection features", features)
+    check_finite("the selection probabilities", probs)
     b = budget_size(n, budget)
     opt = options or SelectionOptions()
     gen = torch.Generator().manual_seed(seed)

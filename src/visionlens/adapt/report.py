@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..methods.gradcam import GradCAM
-from ..viz.overlay import overlay, save_atomic
+from ..viz.overlay import overlay
+from ..io import save_atomic, write_json
 
 
 def _tile(image: torch.Tensor, size: int) -> Image.Image:
@@ -51,9 +51,9 @@ def write_outputs(out: Path, results: dict, table: str, figure: Image.Image | No
     """Write ``results.json``, ``table.md`` and (optionally) ``gradcam.png`` atomically."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in (("results.json", json.dumps(results, indent=1)), ("table.md", table + "\n")):
-        save_atomic(lambda tmp, text=text: Path(tmp).write_text(text), out / name)
-        written.append(out / name)
+    written.append(write_json(results, out / "results.json", indent=1))  # strict JSON: NaN becomes null
+    save_atomic(lambda tmp: Path(tmp).write_text(table + "\n"), out / "table.md")
+    written.append(out / "table.md")
     if figure is not None:
         save_atomic(lambda tmp: figure.save(tmp, format="PNG", optimize=True), out / "gradcam.png")
         written.append(out / "gradcam.png")

@@ -3,7 +3,8 @@ activations at one layer are made of, score the explainer (Fidelity, Coherence, 
 concept sheets. Entry points: :func:`discover_class`, :func:`run_concepts`, ``visionlens concepts``."""
 
 from .discovery import ClassConcepts, best_part_iou, concept_weights, discover_class, explain_image
-from .reducers import IdentityReducer, NMFReducer, Reducer, load_reducer, make_reducer
+from .factory import load_reducer, make_reducer
+from .reducers import IdentityReducer, NMFReducer, Reducer
 from .run import run_concepts
 from .vae import VAEReducer
 

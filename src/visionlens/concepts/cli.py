@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..checks import count, number
+
 
 def _cmd_concepts(args) -> int:
     import torch
@@ -52,27 +54,27 @@ def register(subparsers) -> None:
                                                 "bundled photos) or a folder with labels.csv (file,class_index)")
     p.add_argument("--classes", default="all", help="class indices and ranges, e.g. 0,3 or 151-155 (default all)")
     p.add_argument("--reducer", default="vae", help="vae (TraNCE) or nmf (ICE)")
-    p.add_argument("--n-concepts", type=int, default=10, help="number of concepts c' (default 10)")
-    p.add_argument("--images", type=int, default=32, help="images per class (photos: before --views)")
-    p.add_argument("--views", type=int, default=1, help="crops/flips per photo, 1-8 (for one photo per class)")
+    p.add_argument("--n-concepts", type=count(maximum=1000), default=10, help="number of concepts c' (default 10)")
+    p.add_argument("--images", type=count(maximum=100_000), default=32, help="images per class (photos: before --views)")
+    p.add_argument("--views", type=count(maximum=8), default=1, help="crops/flips per photo, 1-8 (for one photo per class)")
     p.add_argument("--pooled", action="store_true", help="fit one reducer on all chosen classes (a group of related "
                                                          "classes), scored per class")
     p.add_argument("--weights", default="autograd", choices=["autograd", "finite-difference"],
                    help="class-concept weights: autograd (default) or ICE's central finite difference")
     p.add_argument("--coherence", default="pearson", choices=["pearson", "stability", "agreement"],
                    help="Coherence candidate (default pearson; see docs/concepts.md)")
-    p.add_argument("--threshold", type=float, default=0.5, help="heat-map threshold lambda for views and IoU")
-    p.add_argument("--vae-hidden", type=int, default=64, help="VAE decoder hidden width (0: linear decoder)")
-    p.add_argument("--vae-beta", type=float, default=1e-3, help="VAE KL weight beta")
-    p.add_argument("--vae-epochs", type=int, default=60)
-    p.add_argument("--vae-lr", type=float, default=3e-3)
+    p.add_argument("--threshold", type=number(minimum=0, maximum=1), default=0.5, help="heat-map threshold lambda for views and IoU")
+    p.add_argument("--vae-hidden", type=count(minimum=0, maximum=65536), default=64, help="VAE decoder hidden width (0: linear decoder)")
+    p.add_argument("--vae-beta", type=number(minimum=0), default=1e-3, help="VAE KL weight beta")
+    p.add_argument("--vae-epochs", type=count(maximum=100_000), default=60)
+    p.add_argument("--vae-lr", type=number(above=0, maximum=10), default=3e-3)
     p.add_argument("--vae-signed", action="store_true", help="keep negative VAE concept scores (default: clamp at 0)")
     p.add_argument("--vae-no-orient", action="store_true", help="keep each VAE latent's training sign (default: "
                                                                  "flip latents whose large excursions are negative)")
-    p.add_argument("--nmf-iter", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--nmf-iter", type=count(maximum=1_000_000), default=200)
+    p.add_argument("--seed", type=count(minimum=0), default=0)
+    p.add_argument("--world-seed", type=count(minimum=0), default=0, help="seed of the synthetic world")
+    p.add_argument("--batch-size", type=count(maximum=4096), default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--out", default="concepts-out", help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -2,7 +2,7 @@
 
 One interface for every reducer: ``fit(G)`` on rows ``G`` (samples x channels), ``transform(G)``
 -> concept scores ``S``, ``decode(S)`` -> reconstruction ``A'``, ``concept_vectors()`` -> the
-CAV matrix ``(c', c)``, and ``save(path)`` / :func:`load_reducer` (plain tensors, loaded with
+CAV matrix ``(c', c)``, and ``save(path)`` / :func:`~visionlens.concepts.factory.load_reducer` (plain tensors, loaded with
 ``weights_only=True``). ``IdentityReducer`` (``S = A``) is the exact-reconstruction reference;
 ``NMFReducer`` is the ICE baseline (torch multiplicative updates); the TraNCE VAE lives in
 ``vae.py``.
@@ -10,7 +10,6 @@ CAV matrix ``(c', c)``, and ``save(path)`` / :func:`load_reducer` (plain tensors
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -83,36 +82,6 @@ class Reducer:
                 "state": {k: v.detach().cpu().clone() for k, v in self._state().items()}}
         torch.save(blob, path)
         return path
-
-
-def load_reducer(path: str | Path) -> Reducer:
-    """A reducer saved with :meth:`Reducer.save` (loaded with ``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such reducer file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(f"{path}: not a saved reducer ({type(err).__name__})") from None
-    if not isinstance(blob, dict) or blob.get("kind") not in REDUCERS:
-        raise InputError(f"{path}: not a saved reducer (unknown kind); choose from: {', '.join(REDUCERS)}")
-    reducer = REDUCERS[blob["kind"]](**blob["config"])
-    reducer.n_channels = int(blob["n_channels"])
-    reducer._load_state(blob["state"])
-    return reducer
-
-
-def make_reducer(kind: str, n_concepts: int, **options) -> Reducer:
-    """Build a reducer by name (``nmf``, ``vae``, ``identity``)."""
-    from . import vae  # noqa: F401  (registers the VAE)
-
-    if kind not in REDUCERS or kind == "base":
-        raise InputError(f"unknown reducer '{kind}'; choose from: {', '.join(k for k in REDUCERS if k != 'base')}")
-    if not isinstance(n_concepts, int) or n_concepts < 1:
-        raise InputError(f"--n-concepts must be a positive integer, got {n_concepts!r}")
-    return REDUCERS[kind](n_concepts=n_concepts, **options)
 
 
 @register_reducer

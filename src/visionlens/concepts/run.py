@@ -13,10 +13,10 @@ from pathlib import Path
 from ..core.layers import resolve_layer
 from ..errors import InputError
 from ..metrics.concepts import DEFAULT_COHERENCE, average_scores
-from ..viz.overlay import save_atomic
+from ..io import save_atomic
 from .collect import CALC_LIMIT, collect_rows, layer_activations
 from .discovery import best_part_iou, discover_class
-from .reducers import make_reducer
+from .factory import make_reducer
 from .sheet import concept_sheet, concepts_section_html, save_sheet, write_concepts_page
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..viz.overlay import save_atomic
+from ..io import save_atomic
 from .bessel import bessel_view, ice_view
 
 VIEWS = {"bessel": bessel_view, "ice": ice_view}

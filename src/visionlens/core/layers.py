@@ -67,7 +67,8 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     return layer_name(model, module), module
 
 
-def _param_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter (or buffer); CPU for a model with neither."""
     for p in model.parameters():
         return p.device
     for b in model.buffers():
@@ -122,3 +123,6 @@ def check_spatial(name: str, activation: torch.Tensor) -> None:
             f"layer '{name}' has output shape {tuple(activation.shape)}, not a spatial (B, C, H, W) map; "
             "choose a convolutional feature layer (list them with `visionlens layers MODEL`)"
         )
+
+
+_param_device = model_device  # the former private name, kept for importers outside the package

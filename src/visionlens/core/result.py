@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +64,6 @@ class Explanation:
         return self.logits.argmax(dim=1)
 
     def to(self, device: str | torch.device) -> "Explanation":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Explanation(
-            move(self.maps), move(self.raw), move(self.targets), move(self.scores), move(self.logits), self.method, self.layer,
-            move(self.flow), move(self.flow_raw), self.flow_layers,
-        )
+        """The same result (of the same type, every field kept) with its tensors on ``device``."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if torch.is_tensor(getattr(self, f.name))}
+        return replace(self, **moved)

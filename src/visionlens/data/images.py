@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageLoadError
+from ..errors import ImageLoadError, display
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -47,11 +47,13 @@ def _to_rgb_uint8(img: Image.Image, where: str) -> Image.Image:
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open ``path`` as an 8-bit RGB ``PIL.Image``; raise :class:`ImageLoadError` on any problem."""
     p = Path(path)
-    where = str(path)
+    where = display(path)
     if not p.exists():
         raise ImageLoadError(f"{where}: no such file")
     if p.is_dir():
         raise ImageLoadError(f"{where}: is a directory, not an image file")
+    if not p.is_file():  # a device, FIFO or socket: reading it could block or never end
+        raise ImageLoadError(f"{where}: not a regular file; give an image file")
     if p.stat().st_size == 0:
         raise ImageLoadError(f"{where}: file is empty (0 bytes); not an image")
     try:

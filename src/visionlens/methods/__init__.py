@@ -1,4 +1,4 @@
-"""One module per explanation method; ``METHODS`` maps CLI names to classes."""
+"""One module per explanation method; :mod:`.registry` lists them all (``visionlens methods``)."""
 
 from .ablationcam import AblationCAM
 from .base import ClassActivationMethod
@@ -10,14 +10,12 @@ from .gradcam_plusplus import GradCAMPlusPlus
 from .hirescam import HiResCAM
 from .layercam import LayerCAM
 from .naflow import NAFlow
+from .registry import METHODS, REGISTRY, SIMILARITY_METHODS, MethodInfo
 from .relevance_cam import RelevanceCAM
 from .rollout import AttentionRollout
 from .scorecam import ScoreCAM
 from .xgradcam import XGradCAM
 
-METHODS = {"cam": CAM, "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM,
-           "hirescam": HiResCAM, "eigencam": EigenCAM, "scorecam": ScoreCAM, "ablationcam": AblationCAM, "relevance-cam": RelevanceCAM, "daam": DAAM, "rollout": AttentionRollout,
-           "naflow": NAFlow}
-
 __all__ = ["AblationCAM", "EigenCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "ScoreCAM", "XGradCAM",
-           "AttentionRollout", "CAM", "ClassActivationMethod", "DAAM", "GradCAM", "METHODS", "NAFlow", "RelevanceCAM"]
+           "AttentionRollout", "CAM", "ClassActivationMethod", "DAAM", "GradCAM", "METHODS", "MethodInfo", "NAFlow",
+           "REGISTRY", "RelevanceCAM", "SIMILARITY_METHODS"]

@@ -1,5 +1,16 @@
-"""Shared flow of the class-activation-map family: forward with a captured layer, resolve the
-target, compute channel weights (the only method-specific step), weighted sum, post-process."""
+"""The one method contract and the kinds built on it.
+
+:class:`Method` does the steps every method shares: the model check, the input check (a finite,
+non-empty ``(B, C, H, W)`` float tensor), the move to the model's device and the model-state
+guard (modes, ``requires_grad`` and hooks restored on exit, also after an error); a method
+supplies only :meth:`Method.explain`, its own step. The kinds:
+
+* :class:`ClassActivationMethod` (CAM family): forward with a captured layer, resolve the target,
+  channel weights (the method's step), weighted sum, post-process. Methods at one layer share
+  one forward (and backward) pass in :func:`explain_many`;
+* :class:`FlowMethod`: one map per layer or block (DAAM, rollout, NAFlow), from ``terms``;
+* similarity methods (:mod:`visionlens.methods.similarity`): maps for both images of a pair.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +22,7 @@ import torch
 from torch import nn
 
 from ..core.hooks import ActivationCapture, preserved_model_state
-from ..core.layers import _param_device, check_spatial, find_last_spatial_layer, resolve_layer
+from ..core.layers import check_spatial, find_last_spatial_layer, model_device, resolve_layer
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets
 from ..core.vit import find_vit, model_output, token_grid_transform
@@ -54,22 +65,105 @@ def default_layer(model: nn.Module, x: torch.Tensor) -> str:
         return find_last_spatial_layer(model, x)
 
 
-class ClassActivationMethod:
-    """Base class: ``Method(model, layer=None)(x, target=None) -> Explanation``.
+def check_model(model) -> nn.Module:
+    """``model`` if it is a ``torch.nn.Module``, else one :class:`InputError` line."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
 
-    ``layer`` is a module, a dotted name, or ``None`` for the last spatial layer. Subclasses set
-    ``name`` and ``needs_gradients`` and implement :meth:`channel_weights`.
-    """
+
+class Method:
+    """The contract: ``Method(model, layer=None)(x, target=None) -> Explanation``.
+
+    ``x`` is a preprocessed ``(B, C, H, W)`` batch; ``target`` a class index per image (or one
+    for all, or ``(B, K)`` for methods with ``multi_target``), ``None`` for the predicted class,
+    or a callable on the model's output. Class attributes say what a method can do: ``kind``
+    (``cam``, ``flow``), ``uses_layer`` (``False``: it uses every block), ``uses_bank`` (a k-NN
+    memory bank), ``multi_target``, ``shares_pass`` (see :func:`explain_many`)."""
+
+    name = "method"
+    kind = "cam"
+    uses_layer = True
+    uses_bank = False
+    multi_target = False
+    shares_pass = False
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None):
+        self.model = check_model(model)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The checked input on the model's device."""
+        check_input(x)
+        return x.to(model_device(self.model))
+
+    def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
+        x = self.prepare(x)
+        with preserved_model_state(self.model):
+            return self.explain(x, target)
+
+    def explain(self, x: torch.Tensor, target: Target) -> Explanation:
+        """The method's own step, on a checked input, inside the model-state guard."""
+        raise NotImplementedError
+
+
+class FlowMethod(Method):
+    """Methods with one map per layer or block: ``terms(x, target)`` computes the per-layer terms
+    (public, for analysis); :meth:`flow_explanation` builds the result from them."""
+
+    kind = "flow"
+    uses_layer = False
+
+    def terms(self, x: torch.Tensor, target: Target = None):
+        """The method's per-layer terms for ``x`` (checked, on the model's device, model guarded)."""
+        x = self.prepare(x)
+        with preserved_model_state(self.model):
+            return self.compute_terms(x, target)
+
+    def compute_terms(self, x: torch.Tensor, target: Target):
+        raise NotImplementedError
+
+    def explain(self, x: torch.Tensor, target: Target) -> Explanation:
+        return self.flow_explanation(x, self.compute_terms(x, target))
+
+    def flow_explanation(self, x: torch.Tensor, terms) -> Explanation:
+        raise NotImplementedError
+
+
+class ViTFlowMethod(FlowMethod):
+    """A flow through every block of a ViT (DAAM, rollout): ``layer`` may only name the blocks."""
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None):
+        super().__init__(model)
+        self.adapter = find_vit(model)
+        if layer is not None:
+            name, _ = resolve_layer(model, layer)
+            if name != self.adapter.blocks_name:
+                raise LayerError(f"{self.name} uses every block of '{self.adapter.blocks_name}', not layer '{name}'; "
+                                 "leave the layer out")
+
+    @property
+    def layer(self) -> str:
+        return f"{self.adapter.blocks_name}[0:{len(self.adapter.blocks)}]"
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().prepare(x)
+        self.adapter.check_input(x)
+        return x
+
+
+class ClassActivationMethod(Method):
+    """The CAM family: ``layer`` is a module, a dotted name, or ``None`` for the last spatial
+    layer. Subclasses set ``name`` and ``needs_gradients`` and implement :meth:`channel_weights`
+    (or, with ``shares_pass = False``, their own :meth:`explain`)."""
 
     name = "base"
     needs_gradients = False
     relu = True
     multi_target = True  # accepts (B, K) targets: maps (B, K, H, W)
+    shares_pass = True  # computes its weights from the shared forward (and backward) pass of explain_many
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None):
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        super().__init__(model)
         self.layer = layer
         self._resolved: tuple[str, nn.Module] | None = None
         if layer is not None:
@@ -96,6 +190,8 @@ class ClassActivationMethod:
         return torch.einsum("bk,bkhw->bhw", weights, activation)
 
     def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
+        if not self.shares_pass:
+            return super().__call__(x, target)
         return explain_many([self], x, target)[self.name]
 
 
@@ -120,17 +216,26 @@ class PerturbationMethod(ClassActivationMethod):
         return out.gather(1, targets.indices[image][:, None])[:, 0]
 
 
-def explain_many(methods: Sequence[ClassActivationMethod], x: torch.Tensor, target: Target = None) -> dict[str, Explanation]:
-    """Several CAM-family methods on the same model and layer from one forward pass and (for the
-    gradient methods) one backward pass: ``{method.name: Explanation}``."""
+def explain_many(methods: Sequence, x: torch.Tensor, target: Target = None) -> dict[str, Explanation]:
+    """Several methods on the same model: ``{method.name: Explanation}``. The CAM-family methods
+    at one layer share one forward pass and (for the gradient methods) one backward pass; a
+    method that needs its own pass (``shares_pass = False``, e.g. Relevance-CAM's LRP pass, or a
+    flow method) runs on its own."""
     if not methods:
         raise InputError("no methods given")
-    first = methods[0]
-    model = first.model
+    model = methods[0].model
     if any(m.model is not model for m in methods):
         raise InputError("explain_many needs methods built on the same model")
+    shared = [m for m in methods if isinstance(m, ClassActivationMethod) and m.shares_pass]
+    results = {m.name: m(x, target) for m in methods if m not in shared}
+    if shared:
+        results |= _explain_shared(shared, model, x, target)
+    return {m.name: results[m.name] for m in methods}
+
+
+def _explain_shared(methods, model, x, target) -> dict[str, Explanation]:
     finite = check_input(x, defer_finite=torch.is_tensor(x) and x.is_cuda)  # on a GPU, read it once at the end
-    x = x.to(_param_device(model))
+    x = x.to(model_device(model))
     try:
         results = _explain_many(methods, model, x, target)
     except VisionlensError:

@@ -30,14 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.hooks import preserved_model_state
-from ..core.layers import _param_device, resolve_layer
 from ..core.memory_bank import MemoryBank, knn_vote
 from ..core.result import Explanation
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import AttentionRecorder, find_vit, model_output
+from ..core.vit import AttentionRecorder, model_output
 from ..errors import InputError, LayerError
-from .base import check_input
+from .base import ViTFlowMethod
 
 _EPS = 1e-10
 
@@ -121,7 +119,7 @@ def _headless(model: nn.Module, family: str) -> bool:
     return isinstance(head, nn.Identity) or getattr(model, "num_classes", None) == 0
 
 
-class DAAM:
+class DAAM(ViTFlowMethod):
     """``DAAM(model, bank=None)(x, target=None) -> Explanation`` with ``flow`` ``(B, L, H, W)``.
 
     ``mode``: ``"supervised"`` (class logit), ``"self-supervised"`` (k-NN memory ``bank``: a
@@ -132,22 +130,14 @@ class DAAM:
     """
 
     name = "daam"
-    uses_layer = False
     uses_bank = True
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, bank: MemoryBank | str | Path | None = None,
                  mode: str = "auto", k: int = 20, temperature: float = 0.07, nonlinear: bool = True, alpha: float = 5.0,
                  block_norm: bool = False):
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
-        self.adapter = find_vit(model)
+        super().__init__(model, layer)
         if not self.adapter.has_class_token:
             raise LayerError(f"{type(model).__name__} has no [class] token; DAAM decomposes the [class] row of the attention")
-        if layer is not None:
-            name, _ = resolve_layer(model, layer)
-            if name != self.adapter.blocks_name:
-                raise LayerError(f"DAAM uses every block of '{self.adapter.blocks_name}', not layer '{name}'; leave the layer out")
         if mode not in ("auto", "supervised", "self-supervised"):
             raise InputError(f"mode must be 'auto', 'supervised' or 'self-supervised', got {mode!r}")
         self.bank = MemoryBank.load(bank) if isinstance(bank, (str, Path)) else bank
@@ -160,31 +150,23 @@ class DAAM:
                              "bank for it; build one with `visionlens bank --model MODEL --out bank.pt` and pass --bank bank.pt")
         self.k, self.temperature, self.nonlinear, self.alpha, self.block_norm = k, temperature, nonlinear, alpha, block_norm
 
-    @property
-    def layer(self) -> str:
-        return f"{self.adapter.blocks_name}[0:{len(self.adapter.blocks)}]"
-
-    def terms(self, x: torch.Tensor, target: Target = None) -> DAAMTerms:
+    def compute_terms(self, x: torch.Tensor, target: Target) -> DAAMTerms:
         """Run the model once forward and once backward and return the per-block terms."""
-        check_input(x)
-        x = x.to(_param_device(self.model))
-        self.adapter.check_input(x)
         grid = self.adapter.grid(tuple(x.shape[-2:]))
-        with preserved_model_state(self.model):
-            with AttentionRecorder(self.adapter, grad=True) as recorder, torch.no_grad():
-                output = model_output(self.model(x))
-                records = recorder.complete()
-                if self.mode == "supervised":
-                    targets = resolve_targets(target, output, x.shape[0])
-                    score, weights, logits = targets.scores, None, output.detach()
-                else:
-                    weights, classes, votes = dimension_weights(output.detach(), self.bank, self.k, self.temperature, target)
-                    score = (output * weights.to(output.dtype)).sum(1)  # q.backward(gradient=w)
-                    targets = ClassTargets(classes, score)
-                    logits = (votes / votes.sum(1, keepdim=True)).clamp_min(1e-12).log()
-                if not score.requires_grad:
-                    raise LayerError("the target score does not depend on the attention blocks")
-                grads = torch.autograd.grad(score.sum(), [r.u for r in records], allow_unused=True)
+        with AttentionRecorder(self.adapter, grad=True) as recorder, torch.no_grad():
+            output = model_output(self.model(x))
+            records = recorder.complete()
+            if self.mode == "supervised":
+                targets = resolve_targets(target, output, x.shape[0])
+                score, weights, logits = targets.scores, None, output.detach()
+            else:
+                weights, classes, votes = dimension_weights(output.detach(), self.bank, self.k, self.temperature, target)
+                score = (output * weights.to(output.dtype)).sum(1)  # q.backward(gradient=w)
+                targets = ClassTargets(classes, score)
+                logits = (votes / votes.sum(1, keepdim=True)).clamp_min(1e-12).log()
+            if not score.requires_grad:
+                raise LayerError("the target score does not depend on the attention blocks")
+            grads = torch.autograd.grad(score.sum(), [r.u for r in records], allow_unused=True)
         if any(g is None for g in grads):
             raise LayerError("the model output does not depend on every block's [class] token")
         gradients = torch.stack([g[:, 0] for g in grads], dim=1).detach().float()  # (B, L, C)
@@ -197,8 +179,7 @@ class DAAM:
         targets = ClassTargets(targets.indices, scores)
         return DAAMTerms(features, gradients, coefficients, block_maps, accumulate(block_maps), targets, logits, weights)
 
-    def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
-        t = self.terms(x, target)
+    def flow_explanation(self, x: torch.Tensor, t: DAAMTerms) -> Explanation:
         flow = display_maps(t.accumulated, self.nonlinear, self.alpha)
         flow = F.interpolate(flow, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False).clamp(0, 1)
         return Explanation(

@@ -12,11 +12,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core.layers import _param_device, check_spatial
+from ..core.layers import check_spatial
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import Target
 from ..lrp import LRP, Canonizer, Composite
-from .base import ClassActivationMethod, check_input, spatial_mean
+from .base import ClassActivationMethod, spatial_mean
 
 
 class RelevanceCAM(ClassActivationMethod):
@@ -30,6 +30,7 @@ class RelevanceCAM(ClassActivationMethod):
     name = "relevance-cam"
     needs_gradients = True
     relu = False
+    shares_pass = False  # its own LRP backward pass
 
     def __init__(
         self,
@@ -43,9 +44,7 @@ class RelevanceCAM(ClassActivationMethod):
         self.engine = LRP(model, composite, canonizers)
         self.contrastive = contrastive
 
-    def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
-        check_input(x)
-        x = x.to(_param_device(self.model))
+    def explain(self, x: torch.Tensor, target: Target) -> Explanation:
         name, _ = self.resolve(x)
         att = self.engine.attribute(x, target, layers=[name], contrastive=self.contrastive)
         activation, relevance = att.activations[name], att.relevance[name]

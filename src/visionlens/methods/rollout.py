@@ -11,47 +11,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.hooks import preserved_model_state
-from ..core.layers import _param_device, resolve_layer
 from ..core.result import Explanation, normalize_maps
-from ..core.targets import Target, resolve_targets
-from ..core.vit import AttentionRecorder, find_vit, model_output
-from ..errors import InputError, LayerError
-from .base import check_input
+from ..core.targets import ClassTargets, Target, resolve_targets
+from ..core.vit import AttentionRecorder, model_output
+from ..errors import InputError
+from .base import ViTFlowMethod, check_model
 
 
-class AttentionRollout:
+class AttentionRollout(ViTFlowMethod):
     """``AttentionRollout(model)(x) -> Explanation`` with ``flow`` ``(B, L, H, W)`` (rollout up to each block).
 
     ``head_fusion``: ``mean`` (the paper), ``max`` or ``min`` over heads; ``residual``: weight of
     the identity added to the attention."""
 
     name = "rollout"
-    uses_layer = False
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, head_fusion: str = "mean",
                  residual: float = 0.5):
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_model(model)
         if head_fusion not in ("mean", "max", "min"):
             raise InputError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
-        self.model, self.head_fusion, self.residual = model, head_fusion, residual
-        self.adapter = find_vit(model)
-        if layer is not None:
-            name, _ = resolve_layer(model, layer)
-            if name != self.adapter.blocks_name:
-                raise LayerError(f"rollout uses every block of '{self.adapter.blocks_name}', not layer '{name}'; leave the layer out")
+        super().__init__(model, layer)
+        self.head_fusion, self.residual = head_fusion, residual
 
-    @property
-    def layer(self) -> str:
-        return f"{self.adapter.blocks_name}[0:{len(self.adapter.blocks)}]"
-
-    def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
-        check_input(x)
-        x = x.to(_param_device(self.model))
-        self.adapter.check_input(x)
+    def compute_terms(self, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, ClassTargets, torch.Tensor]:
+        """``(flow_raw (B, L, h, w), targets, logits)``: the rollout's [class] row up to each block."""
         grid = self.adapter.grid(tuple(x.shape[-2:]))
-        with preserved_model_state(self.model), AttentionRecorder(self.adapter) as recorder, torch.no_grad():
+        with AttentionRecorder(self.adapter) as recorder, torch.no_grad():
             output = model_output(self.model(x))
             records = recorder.complete()
         targets = resolve_targets(target, output.detach(), x.shape[0])
@@ -67,12 +53,15 @@ class AttentionRollout:
             a = a / a.sum(-1, keepdim=True)
             rollout = a @ rollout
             rows.append(rollout[:, 0, prefix:])
-        flow_raw = torch.stack(rows, 1).reshape(x.shape[0], len(rows), *grid)
+        return torch.stack(rows, 1).reshape(x.shape[0], len(rows), *grid), targets, output.detach()
+
+    def flow_explanation(self, x: torch.Tensor, terms) -> Explanation:
+        flow_raw, targets, logits = terms
         b, l = flow_raw.shape[:2]
-        flow = normalize_maps(flow_raw.reshape(b * l, *grid), x.shape[-2:], relu=False).reshape(b, l, *x.shape[-2:])
+        flow = normalize_maps(flow_raw.reshape(b * l, *flow_raw.shape[2:]), x.shape[-2:], relu=False)
+        flow = flow.reshape(b, l, *x.shape[-2:])
         return Explanation(
             maps=flow[:, -1], raw=flow_raw[:, -1], targets=targets.indices.detach() if targets.indices is not None else None,
-            scores=targets.scores.detach(), logits=output.detach(), method=self.name, layer=self.layer,
+            scores=targets.scores.detach(), logits=logits, method=self.name, layer=self.layer,
             flow=flow, flow_raw=flow_raw,
         )
-

@@ -4,7 +4,6 @@ class names; and a wrapper that gives the same interface to any ``torch.nn.Modul
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +13,8 @@ import torch
 from torch import nn
 
 from ..assets import locate
-from ..errors import AssetError, InputError
+from ..errors import AssetError, InputError, display
+from ..io import load_checkpoint
 from .efficientnet_lite import EfficientNetLite0
 from .mobilenet_v2 import MobileNetV2
 from .preprocessing import Preprocess
@@ -119,23 +119,37 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def load_state_dict_file(path: str | Path) -> dict:
     """A state dict from a checkpoint file, loaded with ``weights_only=True`` (pickled code is
-    refused); ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers are unwrapped."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such weights file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the load still refuses code
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unsafe pickle, corrupt or not a torch file
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: not a safe PyTorch state dict (weights_only load failed: {reason})") from None
+    refused); ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers are unwrapped and a common
+    ``module.`` (DDP) or ``model.`` prefix is stripped. NaN or infinite values are refused."""
+    state = load_checkpoint(path, "state dict")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise InputError(f"{path}: expected a state dict of tensors")
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise InputError(f"{display(path)}: expected a state dict of tensors")
+    for prefix in ("module.", "model."):
+        if all(isinstance(k, str) and k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InputError(f"{display(path)}: '{key}' holds NaN or infinite values; these weights cannot explain anything")
     return state
+
+
+def fit_state_dict(module: nn.Module, state: dict, spec: str, path) -> None:
+    """Load ``state`` into ``module`` or raise one line naming the first key that does not fit."""
+    own = module.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise InputError(f"{display(path)} does not fit {spec}: '{key}' has shape {tuple(value.shape)} in the file, "
+                             f"{tuple(own[key].shape)} in the model")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        first = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
+        raise InputError(f"{display(path)} does not fit {spec}: {len(missing)} missing and {len(unexpected)} unexpected "
+                         f"keys (first: {first})")
+    module.load_state_dict(state)
 
 
 def _num_classes(state: dict) -> int | None:
@@ -174,14 +188,19 @@ def load_library_model(spec: str, weights: str | Path | None, device=None) -> Zo
         close = difflib.get_close_matches(arch, names, n=4) or names[:4]
         raise InputError(f"unknown {library} model '{arch}'; close names: {', '.join(close)}")
     module = build()
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        first = (missing or unexpected)[0]
-        raise InputError(
-            f"{weights} does not fit {spec}: {len(missing)} missing and {len(unexpected)} unexpected keys (e.g. '{first}')"
-        )
+    fit_state_dict(module, state, spec, weights)
     module.eval().to(resolve_device(device))
     return ZooModel(spec, module, Preprocess(), imagenet_classes() if classes == 1000 else None, None)
+
+
+def _zoo_state(entry: ZooEntry) -> dict:
+    path = WORLD_WEIGHTS / entry.weights if entry.packaged else locate(entry.weights)
+    if not path.is_file():
+        raise AssetError(f"{path} is missing; retrain it with: python scripts/train_world.py {entry.name}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # an unsafe or corrupt checkpoint
+        raise AssetError(f"{path}: cannot be loaded safely ({type(err).__name__}); delete it and run: visionlens fetch weights") from None
 
 
 def load_model(
@@ -209,15 +228,11 @@ def load_model(
     if not isinstance(model, str) or model not in ZOO:
         raise InputError(f"unknown model {model!r}; choose from: {', '.join(ZOO)}, torchvision:NAME or timm:NAME (with weights)")
     entry = ZOO[model]
-    path = WORLD_WEIGHTS / entry.weights if entry.packaged else locate(entry.weights)
-    if not path.is_file():
-        raise AssetError(f"{path} is missing; retrain it with: python scripts/train_world.py {entry.name}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # an unsafe or corrupt checkpoint
-        raise AssetError(f"{path}: cannot be loaded safely ({type(err).__name__}); delete it and run: visionlens fetch weights") from None
     module = entry.build()
-    module.load_state_dict(state)
+    if weights is not None:  # the zoo architecture with the user's own (e.g. fine-tuned) weights
+        fit_state_dict(module, load_state_dict_file(weights), model, weights)
+    else:
+        module.load_state_dict(_zoo_state(entry))
     module.eval().to(resolve_device(device))
     if entry.task == "imagenet":
         names = imagenet_classes()

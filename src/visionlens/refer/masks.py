@@ -73,11 +73,18 @@ def rle_decode(rle: dict) -> np.ndarray:
         counts = rle["counts"]
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"not a COCO RLE dict with 'size' and 'counts': {err}") from None
-    if isinstance(counts, bytes):
-        counts = counts.decode("ascii")
-    if isinstance(counts, str):
-        counts = rle_counts_from_string(counts)
-    counts = np.asarray(counts, dtype=np.int64)
+    if h < 0 or w < 0:
+        raise InputError(f"RLE size must be non-negative, got {[h, w]}")
+    try:
+        if isinstance(counts, bytes):
+            counts = counts.decode("ascii")
+        if isinstance(counts, str):
+            counts = rle_counts_from_string(counts)
+        counts = np.asarray(counts, dtype=np.int64)
+    except (IndexError, UnicodeDecodeError, TypeError, ValueError, OverflowError):
+        raise InputError("RLE 'counts' is neither a COCO counts string nor a list of integers") from None
+    if counts.ndim != 1:
+        raise InputError(f"RLE 'counts' must be a flat list, got shape {counts.shape}")
     if counts.sum() != h * w or (counts < 0).any():
         raise InputError(f"RLE counts sum to {int(counts.sum())}, expected {h}*{w}={h * w}")
     values = np.zeros(len(counts), dtype=bool)
@@ -145,9 +152,23 @@ def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np
     pycocotools' ``frPyObjects`` + ``merge`` + ``decode``."""
     out = np.zeros((int(height), int(width)), dtype=bool)
     for poly in polygons:
-        if len(poly) >= 6:
-            out |= rle_decode({"size": [height, width], "counts": _polygon_counts([float(c) for c in poly], int(height), int(width))})
+        xy = _polygon_coordinates(poly, int(height), int(width))
+        if len(xy) >= 6:
+            out |= rle_decode({"size": [height, width], "counts": _polygon_counts(xy, int(height), int(width))})
     return out
+
+
+def _polygon_coordinates(poly, height: int, width: int) -> list[float]:
+    """``poly`` as floats: finite and not absurdly far outside the image (the tracing walks every
+    1/5 pixel, so a coordinate of 1e9 would take hours)."""
+    try:
+        xy = [float(c) for c in poly]
+    except (TypeError, ValueError):
+        raise InputError("a polygon must be a flat list of numbers [x0, y0, x1, y1, ...]") from None
+    reach = 10 * max(height, width, 1)
+    if not all(math.isfinite(c) and abs(c) <= reach for c in xy):
+        raise InputError(f"a polygon coordinate is NaN, infinite or far outside the {height}x{width} image")
+    return xy
 
 
 def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:

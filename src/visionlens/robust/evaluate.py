@@ -10,7 +10,6 @@ seed: ``CE_c = sum_s err_variant(c, s) / sum_s err_plain(c, s)``, ``mCE = 100 * 
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -97,8 +96,12 @@ def run_evaluation(settings: EvalSettings, progress: bool = True) -> dict:
     from ..models.world_eval import normalise
     from ..models.zoo import load_model
 
-    torch.manual_seed(0)
-    model = load_model(settings.model).module
+    with torch.random.fork_rng(devices=[]):  # seeded here; the caller's random state comes back
+        torch.manual_seed(0)
+        return _run(settings, load_model(settings.model).module, normalise, progress)
+
+
+def _run(settings: EvalSettings, model: nn.Module, normalise, progress: bool) -> dict:
     images, labels = _world_test(settings.images)
     sets = [("clean", 0)] + [(c, s) for c in settings.corruptions for s in settings.severities]
     runs = [(p, seed) for p in PROTOCOLS for seed in (settings.bs1_seeds if p == "bs1" else settings.seeds)]
@@ -168,7 +171,7 @@ def table_markdown(raw: dict) -> str:
     rows = summarise(raw)
     batch = raw["settings"]["batch"]
     proto_name = {"sorted": f"class-sorted, bs {batch}", "shuffled": f"shuffled, bs {batch}", "bs1": "batch size 1"}
-    fmt = lambda m: f"{m[0]:.1f} ± {m[1]:.1f}" if m[1] else f"{m[0]:.1f}"  # noqa: E731
+    fmt = lambda m: "n/a" if m[0] != m[0] else f"{m[0]:.1f} ± {m[1]:.1f}" if m[1] else f"{m[0]:.1f}"  # noqa: E731
     lines = ["| protocol | variant | seeds | clean acc % | corrupted acc % | mCE (plain = 100) | FFN FLOPs saved % |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -180,10 +183,17 @@ def table_markdown(raw: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def raw_to_json(raw: dict) -> str:
-    """The raw counts as JSON (tuple keys joined by '|')."""
+def raw_to_dict(raw: dict) -> dict:
+    """The raw counts with JSON keys (tuple keys joined by '|')."""
     enc = lambda k: "|".join(str(p) if not isinstance(p, tuple) else f"{p[0]}:{p[1]}" for p in k)  # noqa: E731
     out = dict(raw)
     out["correct"] = {enc(k): v for k, v in raw["correct"].items()}
     out["savings"] = {enc(k): v for k, v in raw["savings"].items()}
-    return json.dumps(out, indent=1)
+    return out
+
+
+def raw_to_json(raw: dict) -> str:
+    """The raw counts as strict JSON text (a NaN or infinity becomes null)."""
+    from ..io import dumps
+
+    return dumps(raw_to_dict(raw), indent=1)

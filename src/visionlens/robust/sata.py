@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from ..core.vit import find_vit
+from ..checks import check_number
 from ..errors import InputError, LayerError
 
 MERGES = ("corrected", "reference")
@@ -91,6 +92,7 @@ class SataConfig:
             raise InputError(f"unknown grouping {self.grouping!r}; choose from: {', '.join(GROUPINGS)}")
         if not 0.0 <= self.gamma <= 1.0:
             raise InputError(f"gamma must lie in [0, 1] (fraction of blocks without SATA), got {self.gamma}")
+        check_number("alpha", self.alpha)  # any finite factor; <= 0 disables SATA
         if self.reference_batch_coupling and self.grouping != "sata":
             raise InputError("reference_batch_coupling only applies to grouping='sata'")
 

@@ -1,6 +1,7 @@
 """Overlays and the HTML report."""
 
-from .overlay import jet, overlay, save_atomic
+from .overlay import jet, overlay
+from ..io import save_atomic
 from .report import write_report
 
 __all__ = ["jet", "overlay", "save_atomic", "write_report"]

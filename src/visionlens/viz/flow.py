@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .overlay import overlay, save_atomic
+from .overlay import overlay
+from ..io import save_atomic
 
 
 def _frames(view: Image.Image, flow: np.ndarray, panel: int) -> list[Image.Image]:

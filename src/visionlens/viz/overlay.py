@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -30,21 +27,3 @@ def overlay(image: Image.Image, saliency: np.ndarray, alpha: float = 0.5) -> Ima
     return Image.fromarray(np.clip(np.round(mixed), 0, 255).astype(np.uint8))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def save_atomic(write, dest: Path) -> None:
-    """Call ``write(tmp_path)`` and move the result to ``dest``; no partial file on failure."""
-    dest = Path(dest)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=dest.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual permissions
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -4,15 +4,15 @@ files of a pair explained with a per-layer flow (NAFlow)."""
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .flow import flow_strip, save_flow_gif
-from .overlay import overlay, save_atomic
-from .report import _STYLE
+from .overlay import overlay
+from ..io import dumps, save_atomic
+from .report import _STYLE, href
 
 
 def write_pair_report(dest: Path, title: str, sections: list[dict]) -> Path:
@@ -32,7 +32,7 @@ def write_pair_report(dest: Path, title: str, sections: list[dict]) -> Path:
         for row in sec["rows"]:
             rank = "" if row.get("rank") is None else f"rank {row['rank']}<br>"
             meta = f"{rank}<b>{esc(Path(row['file']).name)}</b><br>similarity: {row['score']:.4f}"
-            img = lambda p, alt: f"<td><img src='{esc(p)}' alt='{esc(alt)}'></td>"  # noqa: E731
+            img = lambda p, alt: f"<td><img src='{href(p)}' alt='{esc(alt)}'></td>"  # noqa: E731
             parts.append(f"<tr><td class='meta'>{meta}</td>{img(row['query_view'], 'query')}")
             parts += [img(row["query_overlays"][m], m) for m in sec["methods"]]
             parts.append(img(row["match_view"], "match"))
@@ -75,7 +75,7 @@ def write_pair_flows(out_dir: Path, views: tuple[Image.Image, Image.Image], flow
 
     save_atomic(write_npz, out / files["maps"])
     summary = {**summary, "layers": list(labels), "files": files}
-    save_atomic(lambda t: Path(t).write_text(json.dumps(summary, indent=2), encoding="utf-8"), out / "summary.json")
+    save_atomic(lambda t: Path(t).write_text(dumps(summary), encoding="utf-8"), out / "summary.json")
     esc = html.escape
     rows = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(method)} pair</title>",
             f"<style>{_STYLE}</style></head><body><h1>{esc(method)}: {esc(str(summary.get('model', '')))}, "
@@ -83,11 +83,11 @@ def write_pair_flows(out_dir: Path, views: tuple[Image.Image, Image.Image], flow
     for role in ("query", "match"):
         name = Path(str(summary.get("query" if role == "query" else "reference", role))).name
         f = files[role]
-        rows.append(f"<tr><td class='meta'><b>{esc(role)}</b><br>{esc(name)}</td><td><img src='{esc(f['view'])}' alt='{role}'>"
-                    f"</td><td><img src='{esc(f['overlay'])}' alt='{esc(method)} last layer'></td>"
-                    f"<td><img src='{esc(f['gif'])}' alt='{esc(method)} flow, animated'></td></tr>"
+        rows.append(f"<tr><td class='meta'><b>{esc(role)}</b><br>{esc(name)}</td><td><img src='{href(f['view'])}' alt='{role}'>"
+                    f"</td><td><img src='{href(f['overlay'])}' alt='{esc(method)} last layer'></td>"
+                    f"<td><img src='{href(f['gif'])}' alt='{esc(method)} flow, animated'></td></tr>"
                     f"<tr><td class='meta'>{esc(method)} flow, first to last layer</td><td colspan='3'>"
-                    f"<img class='strip' src='{esc(f['flow'])}' alt='{esc(method)} flow'></td></tr>")
+                    f"<img class='strip' src='{href(f['flow'])}' alt='{esc(method)} flow'></td></tr>")
     rows.append("</table></body></html>\n")
     text = "".join(rows)
     save_atomic(lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), out / "index.html")

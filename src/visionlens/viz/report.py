@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from urllib.parse import quote
 
-from .overlay import save_atomic
+from ..io import save_atomic
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -14,6 +15,12 @@ th { text-align: left; } img { width: 160px; height: 160px; display: block; }
 .meta { font-size: 0.85em; max-width: 220px; } .fail { color: #a00; }
 img.strip { width: auto; height: 150px; display: inline-block; margin-right: 8px; }
 """
+
+
+def href(path: str) -> str:
+    """A relative file path as an attribute value: percent-encoded (``#``, ``?``, spaces) and
+    HTML-escaped, so that every file name links to itself."""
+    return html.escape(quote(path, safe="/"))
 
 
 def write_report(dest: Path, title: str, sections: list[dict]) -> Path:
@@ -33,12 +40,12 @@ def write_report(dest: Path, title: str, sections: list[dict]) -> Path:
         for row in sec["rows"]:
             meta = (f"<b>{html.escape(Path(row['file']).name)}</b><br>predicted: {html.escape(row['predicted'])}"
                     f"<br>probability: {row['probability']:.3f}<br>explained: {html.escape(row['target'])}")
-            parts.append(f"<tr><td class='meta'>{meta}</td><td><img src='{html.escape(prefix + row['view'])}' alt='input'></td>")
-            parts += [f"<td><img src='{html.escape(prefix + row['overlays'][m])}' alt='{html.escape(m)}'></td>" for m in sec["methods"]]
+            parts.append(f"<tr><td class='meta'>{meta}</td><td><img src='{href(prefix + row['view'])}' alt='input'></td>")
+            parts += [f"<td><img src='{href(prefix + row['overlays'][m])}' alt='{html.escape(m)}'></td>" for m in sec["methods"]]
             parts.append("</tr>")
             for m, strip in (row.get("flows") or {}).items():  # attention flows: one panel per block
                 parts.append(f"<tr><td class='meta'>{html.escape(m)} flow, first to last block</td>"
-                             f"<td colspan='{len(sec['methods']) + 1}'><img class='strip' src='{html.escape(prefix + strip)}' "
+                             f"<td colspan='{len(sec['methods']) + 1}'><img class='strip' src='{href(prefix + strip)}' "
                              f"alt='{html.escape(m)} flow'></td></tr>")
         parts.append("</table>")
         if sec.get("failures"):

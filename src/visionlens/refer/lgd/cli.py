@@ -8,7 +8,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from ...checks import count, number
+
+# synthetic:SPLIT:INDEX is sample INDEX of the benchmark, which renders samples 0..INDEX in order (a
+# sample's scene depends on every earlier one: scenes without an expression of the turn's kind are
+# skipped), 40-60 a second on a 2-core machine after a 4 s start. The bound keeps one scene under
+# about 20 s and covers every sample the default benchmark reports (--n-test 400, --n-val 200).
+MAX_SYNTHETIC_INDEX = 499
+SEED = count(minimum=0, maximum=2**32 - 1)
 
 
 def register(subparsers) -> None:
@@ -23,25 +33,26 @@ def register(subparsers) -> None:
     p.add_argument("--split", default="val", help="--refcoco: split (val, testA, testB, test)")
     p.add_argument("--split-by", default=None, help="--refcoco: refs file suffix (unc, umd, google)")
     p.add_argument("--coco-dir", default=None, help="--refcoco: folder of the COCO train2014 images")
-    p.add_argument("--limit", type=int, default=None, help="--refcoco: first N sentences only (a declared subset)")
-    p.add_argument("--n-val", type=int, default=200, help="benchmark: val samples used to tune alpha/beta")
-    p.add_argument("--n-test", type=int, default=400, help="benchmark: test samples reported")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=count(), default=None, help="--refcoco: first N sentences only (a declared subset)")
+    p.add_argument("--n-val", type=count(), default=200, help="benchmark: val samples used to tune alpha/beta")
+    p.add_argument("--n-test", type=count(), default=400, help="benchmark: test samples reported")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--proposer", default=None, choices=["gt", "colour", "felzenszwalb", "slic", "sam", "file"],
                    help="mask proposals (default: gt for synthetic scenes, colour otherwise)")
     p.add_argument("--proposals", default=None, help="--proposer file: .npy/.npz/.json RLE file or PNG folder")
     p.add_argument("--sam", default=None, help="local SAM folder (save_pretrained; or $VISIONLENS_SAM)")
     p.add_argument("--clip", default=None, help="local CLIP folder (save_pretrained; or $VISIONLENS_CLIP); "
-                                                "default: the packaged toy VLM (synthetic vocabulary only)")
+                                                "default: the packaged toy VLM (synthetic vocabulary only; "
+                                                "--refcoco needs a CLIP)")
     p.add_argument("--mllm-dir", default=None, help="local MLLM folder (transformers)")
     p.add_argument("--mllm-url", default=None, help="OpenAI-compatible server on 127.0.0.1, e.g. http://127.0.0.1:8080")
     p.add_argument("--mllm-model", default="local", help="model name sent to --mllm-url (also the cache key)")
-    p.add_argument("--describer-error", type=float, default=0.0, help="synthetic rule describer: error rate")
+    p.add_argument("--describer-error", type=number(minimum=0, maximum=1), default=0.0, help="synthetic rule describer: error rate")
     p.add_argument("--cache", default=None, help="JSONL description cache (read, and appended on a miss)")
     p.add_argument("--cache-only", action="store_true", help="use only the cache; a miss is an error")
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of S_att")
-    p.add_argument("--beta", type=float, default=0.5, help="weight of S_sur")
-    p.add_argument("--mix", type=float, default=0.5, help="global share a of the fused region feature")
+    p.add_argument("--alpha", type=number(minimum=0), default=0.5, help="weight of S_att")
+    p.add_argument("--beta", type=number(minimum=0), default=0.5, help="weight of S_sur")
+    p.add_argument("--mix", type=number(minimum=0, maximum=1), default=0.5, help="global share a of the fused region feature")
     p.add_argument("--no-att", action="store_true", help="ablation: drop the attribute term")
     p.add_argument("--no-sur", action="store_true", help="ablation: drop the surrounding term")
     p.add_argument("--device", default="cpu")
@@ -94,35 +105,37 @@ def _proposer(args, synthetic: bool):
     return ClassicalProposer(kind)
 
 
+def _clip_dir(args) -> str | None:
+    return args.clip or os.environ.get("VISIONLENS_CLIP") or None
+
+
 def _encoder(args):
-    if args.clip:
+    if _clip_dir(args):
         from .clip_hf import HFClipEncoder
 
-        return HFClipEncoder(args.clip, device=args.device)
+        return HFClipEncoder(_clip_dir(args), device=args.device)
     from .toy_vlm import load_toy_vlm
 
     return load_toy_vlm()
 
 
 def _cmd_benchmark(args) -> int:
-    import json
-
-    from ...viz.overlay import save_atomic
+    from ...errors import InputError
+    from ...io import save_atomic, write_json
     from .benchmark import ablation_table, markdown
     from .describers import SceneDescriber
     from .proposals import GTProposer
+    from .toy_vlm import load_toy_vlm
 
     if args.clip or args.mllm_dir or args.mllm_url:
-        from ...errors import InputError
-
         raise InputError("--benchmark scores the synthetic world with the toy VLM and rule describer; drop --clip/--mllm-*")
-    result = ablation_table(_encoder(args), SceneDescriber(args.describer_error, seed=args.seed),
+    result = ablation_table(load_toy_vlm(), SceneDescriber(args.describer_error, seed=args.seed),
                             _proposer(args, True) if args.proposer else GTProposer(),
                             n_val=args.n_val, n_test=args.n_test, seed=args.seed, progress=not args.quiet)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(result)
-    save_atomic(lambda t: Path(t).write_text(json.dumps(result, indent=2)), out / "ablation.json")
+    write_json(result, out / "ablation.json")
     save_atomic(lambda t: Path(t).write_text(table + "\n"), out / "ablation.md")
     print(table)
     print(f"wrote {out / 'ablation.json'} and {out / 'ablation.md'}")
@@ -130,15 +143,18 @@ def _cmd_benchmark(args) -> int:
 
 
 def _cmd_refcoco(args) -> int:
-    import json
+    import sys
 
     from ...errors import InputError
-    from ...viz.overlay import save_atomic
+    from ...io import write_json
     from .pipeline import LGD
     from .refcoco import ReferDataset
     from .refcoco_eval import evaluate_refcoco
     from .scores import LGDConfig
 
+    if not _clip_dir(args):
+        raise InputError("--refcoco needs --clip DIR (a local CLIP save_pretrained folder, or set $VISIONLENS_CLIP): "
+                         "the packaged toy VLM knows only the synthetic world's words")
     if not args.coco_dir:
         raise InputError("--refcoco needs --coco-dir (the COCO train2014 image folder)")
     dataset = ReferDataset(args.refcoco, args.dataset, args.split_by)
@@ -149,16 +165,18 @@ def _cmd_refcoco(args) -> int:
     config = LGDConfig(alpha=args.alpha, beta=args.beta, mix=args.mix, use_att=use_att, use_sur=use_sur)
     proposer = _proposer_refcoco(args)
     result = evaluate_refcoco(dataset, args.split, args.coco_dir, LGD(_encoder(args), describer, config), proposer,
-                              limit=args.limit, progress=not args.quiet)
+                              limit=args.limit, progress=not args.quiet,
+                              on_skip=lambda message: print(f"error: {message}", file=sys.stderr))
     s = result["summary"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result["config"] = {"dataset": args.dataset, "split": args.split, "limit": args.limit, "alpha": args.alpha,
                         "beta": args.beta, "use_att": use_att, "use_sur": use_sur, "proposer": proposer.name}
-    save_atomic(lambda t: Path(t).write_text(json.dumps(result, indent=2)), out / "refcoco_eval.json")
+    write_json(result, out / "refcoco_eval.json")
+    skipped = len(result["skipped"])
     print(f"{args.dataset} {args.split}: n={s['n']} oIoU {100 * s['oIoU']:.2f} mIoU {100 * s['mIoU']:.2f} "
-          f"Pr@0.5 {100 * s['Pr@0.5']:.2f}; wrote {out / 'refcoco_eval.json'}")
-    return 0
+          f"Pr@0.5 {100 * s['Pr@0.5']:.2f}; {skipped} skipped; wrote {out / 'refcoco_eval.json'}")
+    return 1 if skipped else 0
 
 
 def _proposer_refcoco(args):
@@ -170,52 +188,90 @@ def _proposer_refcoco(args):
 
 
 def _cmd_refer(args) -> int:
-    import json
+    import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
+    try:
+        if args.benchmark:
+            return _cmd_benchmark(args)
+        if args.refcoco:
+            return _cmd_refcoco(args)
+        return _cmd_single(args)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers keep their setting
+
+
+def _synthetic_sample(spec: str, seed: int):
+    """The benchmark sample named ``synthetic:SPLIT:INDEX``."""
+    from ...data.world import SPLITS
+    from ...errors import InputError
+    from .synthetic import benchmark
+
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[1] not in SPLITS or not parts[2].isdigit():
+        raise InputError(f"synthetic scenes are synthetic:SPLIT:INDEX with SPLIT one of {', '.join(SPLITS)} "
+                         f"(e.g. synthetic:test:3), got {spec!r}")
+    index = int(parts[2])
+    if index > MAX_SYNTHETIC_INDEX:
+        raise InputError(f"synthetic scene index must be 0-{MAX_SYNTHETIC_INDEX} (scenes are rendered in order; "
+                         f"use --seed for other scenes), got {index}")
+    return benchmark(parts[1], index + 1, seed=seed)[index]
+
+
+def _image_tensor(path: str):
     import numpy as np
     import torch
 
+    from ...data.images import load_image
+
+    pil = load_image(path)
+    return torch.from_numpy(np.asarray(pil.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def _check_toy_vocabulary(args, expression: str, described: bool) -> None:
+    """Without descriptions the toy VLM scores only the expression; one without a content word it
+    knows would score every region the same: refuse that."""
     from ...errors import InputError
-    from ...viz.overlay import save_atomic
+    from .toy_vlm import content_words
+
+    if not _clip_dir(args) and not described and not content_words(expression):
+        raise InputError(f"no word of {expression!r} is known to the packaged toy VLM (synthetic world vocabulary); "
+                         "pass --clip DIR with a local CLIP, or an MLLM backend for descriptions")
+
+
+def _cmd_single(args) -> int:
+    import numpy as np
+
+    from ...errors import InputError
+    from ...io import save_atomic, write_json
     from .pipeline import LGD
     from .scores import LGDConfig
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    if args.benchmark:
-        return _cmd_benchmark(args)
-    if args.refcoco:
-        return _cmd_refcoco(args)
     if not args.image:
         raise InputError("give IMAGE and \"expression\" (or synthetic:SPLIT:INDEX, or --benchmark)")
     sample, scene, image_id = None, None, ""
     if args.image.startswith("synthetic:"):
-        from .synthetic import benchmark
-
-        try:
-            _, split, index = args.image.split(":")
-            sample = benchmark(split, int(index) + 1, seed=args.seed)[int(index)]
-        except ValueError:
-            raise InputError(f"synthetic scenes are synthetic:SPLIT:INDEX (e.g. synthetic:test:3), got {args.image!r}") from None
+        sample = _synthetic_sample(args.image, args.seed)
         image, scene, image_id = sample.image, sample.entities, sample.image_id
         expression = args.expression or sample.expression
     else:
-        from ...data.images import load_image
-
         if not args.expression:
             raise InputError("give the referring expression after the image")
-        pil = load_image(args.image)
-        image = torch.from_numpy(np.asarray(pil.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
         expression = args.expression
+        image = _image_tensor(args.image)  # a bad file fails here, before any model is loaded
     describer = _describer(args, sample is not None)
     use_att, use_sur = not args.no_att, not args.no_sur
     if describer is None and (use_att or use_sur):
         print("no MLLM backend or cache given: scoring with S_van only (see --mllm-dir / --mllm-url / --cache)")
         use_att = use_sur = False
+    _check_toy_vocabulary(args, expression, use_att or use_sur)
     config = LGDConfig(alpha=args.alpha, beta=args.beta, mix=args.mix, use_att=use_att, use_sur=use_sur)
-    if sample is None and not args.clip:
+    if sample is None and not _clip_dir(args):
         print("note: the packaged toy VLM knows only the synthetic world's words; pass --clip DIR for photos")
+    encoder = _encoder(args)
     masks = _proposer(args, sample is not None).propose(image, sample)
-    result = LGD(_encoder(args), describer, config).segment(image, expression, masks, image_id=image_id, scene=scene)
+    result = LGD(encoder, describer, config).segment(image, expression, masks, image_id=image_id, scene=scene)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overlay = _overlay(image, result.mask)
@@ -230,7 +286,7 @@ def _cmd_refer(args) -> int:
     from PIL import Image
 
     save_atomic(lambda t: Image.fromarray(result.mask.astype(np.uint8) * 255).save(t, format="PNG"), out / "mask.png")
-    save_atomic(lambda t: Path(t).write_text(json.dumps(report, indent=2)), out / "scores.json")
+    write_json(report, out / "scores.json")
     t = result.total[result.index]
     print(f"{expression!r}: chose proposal {result.index} of {len(masks)} (S={t:.4f}, area {int(result.mask.sum())} px)"
           + (f", IoU with ground truth {report['iou_with_ground_truth']:.3f}" if sample is not None else ""))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InputError
-from .local_weights import model_dir, require_transformers
+from .local_weights import loading, model_dir, require_transformers
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,11 +33,13 @@ class HFClipEncoder:
     def __init__(self, path: str | Path | None = None, masked_blocks: int = 3, device: str = "cpu"):
         tf = require_transformers()
         self.path = model_dir(path, "CLIP", "VISIONLENS_CLIP", "openai/clip-vit-base-patch32")
-        self.model = tf.CLIPModel.from_pretrained(self.path, local_files_only=True).eval().to(device)
+        with loading("CLIP", self.path):
+            self.model = tf.CLIPModel.from_pretrained(self.path, local_files_only=True).eval().to(device)
         try:
             self.tokenizer = tf.AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         except (OSError, ValueError) as err:
-            raise InputError(f"no tokenizer files in {self.path} (save the CLIP tokenizer there too): {err}") from None
+            reason = " ".join(str(err).split())[:200]
+            raise InputError(f"no tokenizer files in {self.path} (save the CLIP tokenizer there too): {reason}") from None
         self.device, self.k = device, int(masked_blocks)
         cfg = self.path / "preprocessor_config.json"
         pre = json.loads(cfg.read_text()) if cfg.is_file() else {}

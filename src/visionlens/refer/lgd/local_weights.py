@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from ...errors import AssetError, InputError
@@ -32,3 +33,23 @@ def model_dir(path: str | Path | None, what: str, env: str, example: str) -> Pat
     if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
         raise AssetError(f"{what} weights not found: {p} has config.json but no *.safetensors / *.bin file")
     return p
+
+
+@contextmanager
+def loading(what: str, path: Path):
+    """Around ``from_pretrained`` calls: no progress bar on stderr (restored afterwards), and any
+    failure to read the folder as one :class:`InputError` line naming it."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    except (AssetError, InputError):
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged folder can fail in many ways
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise InputError(f"cannot load the {what} in {path}: {reason}") from None
+    finally:
+        if shown:
+            logging.enable_progress_bar()

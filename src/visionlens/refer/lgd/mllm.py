@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ...errors import InputError, VisionlensError
-from .local_weights import model_dir, require_transformers
+from .local_weights import loading, model_dir, require_transformers
 from .prompts import build_prompt, clean_description, load_prompts
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -47,17 +47,15 @@ class HFLocalDescriber:
         tf = require_transformers()
         self.path = model_dir(path, "MLLM", "VISIONLENS_MLLM", "llava-hf/llava-1.5-7b-hf")
         self.prompts = prompts or load_prompts()
-        config = tf.AutoConfig.from_pretrained(self.path, local_files_only=True)
-        self.multimodal = hasattr(config, "vision_config")
-        try:
+        with loading("MLLM", self.path):
+            config = tf.AutoConfig.from_pretrained(self.path, local_files_only=True)
+            self.multimodal = hasattr(config, "vision_config")
             if self.multimodal:
                 self.processor = tf.AutoProcessor.from_pretrained(self.path, local_files_only=True)
                 self.model = tf.AutoModelForImageTextToText.from_pretrained(self.path, local_files_only=True)
             else:
                 self.processor = tf.AutoTokenizer.from_pretrained(self.path, local_files_only=True)
                 self.model = tf.AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise InputError(f"cannot load the MLLM in {self.path}: {str(err).splitlines()[0]}") from None
         self.model.eval().to(device)
         self.device, self.max_new_tokens = device, max_new_tokens
         self.name = f"hf:{self.path.name}"

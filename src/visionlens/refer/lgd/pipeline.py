@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...errors import InputError
+from ...checks import check_finite
+from ...errors import InputError, VisionlensError
 from .scores import LGDConfig, fuse, region_features, select, term_scores
 
 DESCRIPTION_KIND = {"att": "attribute", "sur": "surrounding"}
@@ -31,6 +32,13 @@ class Segmentation:
     def as_dict(self) -> dict:
         return {"index": self.index, "area": int(self.mask.sum()), "scores": self.scores, "total": self.total,
                 "descriptions": self.descriptions}
+
+
+def _check_encoded(encoder, *features: torch.Tensor) -> None:
+    """Stop (not an input problem: the weights are) when the encoder gives NaN or infinite features."""
+    if not all(bool(torch.isfinite(f).all()) for f in features):
+        name = getattr(encoder, "name", type(encoder).__name__)
+        raise VisionlensError(f"the encoder {name} gave NaN or infinite features; check its weights")
 
 
 class LGD:
@@ -55,12 +63,14 @@ class LGD:
         masks = torch.as_tensor(masks).bool()
         if masks.ndim != 3 or masks.shape[0] == 0:
             raise InputError(f"expected (N, H, W) mask proposals with N >= 1, got shape {tuple(masks.shape)}")
+        check_finite("the image", torch.as_tensor(image))
         descriptions = self.describe(image, expression, image_id, scene)
         f_global, f_local = self.encoder.encode_regions(image, masks)
         feats = region_features(f_global, f_local, self.config.mix)
         sentences = {"van": expression, **{k: v for k, v in descriptions.items() if v}}
         keys = list(sentences)
         encoded = self.encoder.encode_text([sentences[k] for k in keys])
+        _check_encoded(self.encoder, f_global, f_local, encoded)
         texts = {k: encoded[i] for i, k in enumerate(keys)}
         return term_scores(feats, texts, self.config), descriptions
 

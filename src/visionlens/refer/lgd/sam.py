@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InputError
-from .local_weights import model_dir, require_transformers
+from .local_weights import loading, model_dir, require_transformers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,7 +41,8 @@ class SamProposer:
                  nms_thresh: float = 0.7, min_area: int = 16, device: str = "cpu"):
         tf = require_transformers()
         self.path = model_dir(path, "SAM", "VISIONLENS_SAM", "facebook/sam-vit-base")
-        self.model = tf.SamModel.from_pretrained(self.path, local_files_only=True).eval().to(device)
+        with loading("SAM", self.path):
+            self.model = tf.SamModel.from_pretrained(self.path, local_files_only=True).eval().to(device)
         cfg = self.path / "preprocessor_config.json"
         pre = json.loads(cfg.read_text()) if cfg.is_file() else {}
         self.mean = torch.tensor(pre.get("image_mean", IMAGENET_MEAN)).view(3, 1, 1)

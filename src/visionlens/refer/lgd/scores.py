@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from ...checks import check_number
 from ...errors import InputError
 
 FEATURES = ("fused", "global", "local")
@@ -34,6 +35,12 @@ class LGDConfig:
     mix: float = 0.5
     pairing: dict = field(default_factory=lambda: {"van": "fused", "att": "fused", "sur": "global"})
     logit_scale: float = 1.0
+
+    def __post_init__(self):
+        check_number("alpha", self.alpha, minimum=0)
+        check_number("beta", self.beta, minimum=0)
+        check_number("mix", self.mix, minimum=0, maximum=1)
+        check_number("logit_scale", self.logit_scale, above=0)
 
     def with_(self, **changes) -> "LGDConfig":
         return replace(self, **changes)

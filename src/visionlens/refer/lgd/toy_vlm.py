@@ -25,13 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...data.world import CLASS_NAMES, PART_NAMES, SHAPES
-from ...errors import AssetError, InputError
+from ...errors import AssetError, InputError, display
 from .synthetic import DISTRACTOR_COLOUR_NAMES
 
 CROP = 24
 CONTEXT_SCALE = 3.0
 WEIGHTS = Path(__file__).with_name("toy_vlm.pt")
-_WORDS = sorted({"a", "an", "photo", "of", "with", "and", "surrounded", "by"}
+FUNCTION_WORDS = frozenset({"a", "an", "photo", "of", "with", "and", "surrounded", "by"})
+_WORDS = sorted(FUNCTION_WORDS
                 | set(CLASS_NAMES) | {w for p in PART_NAMES for w in p.split()}
                 | set(DISTRACTOR_COLOUR_NAMES) | set(SHAPES))
 VOCAB = {w: i for i, w in enumerate(_WORDS)}
@@ -46,6 +47,11 @@ def tokenize(text: str) -> list[int]:
         if w in VOCAB:
             ids.append(VOCAB[w] + seg * len(VOCAB))
     return ids
+
+
+def content_words(text: str) -> list[str]:
+    """The words of ``text`` the toy VLM knows, function words ("a", "of", "with", ...) left out."""
+    return [w for w in re.findall(r"[a-z][a-z\-]*", text.lower()) if w in VOCAB and w not in FUNCTION_WORDS]
 
 
 def _box_grids(boxes: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
@@ -136,14 +142,53 @@ class ToyVLMEncoder:
 
 
 def load_toy_vlm(path: str | Path | None = None) -> ToyVLMEncoder:
-    """The packaged weights (``toy_vlm.pt``, made by ``train_toy_vlm.py``) or another file."""
+    """The packaged weights (``toy_vlm.pt``, made by ``train_toy_vlm.py``) or another file; a file
+    that is not a toy VLM checkpoint (or holds NaN / infinite weights) is one :class:`InputError`."""
+    from ...io import load_checkpoint
+
+    if path is None and not WEIGHTS.is_file():
+        raise AssetError(f"toy VLM weights not found at {WEIGHTS}; run `python -m visionlens.refer.lgd.train_toy_vlm`")
     path = Path(path) if path else WEIGHTS
-    if not path.is_file():
-        raise AssetError(f"toy VLM weights not found at {path}; run `python -m visionlens.refer.lgd.train_toy_vlm`")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = ToyVLM(int(state["dim"]))
-    model.load_state_dict(state["state_dict"])
+    state = load_checkpoint(path, "toy VLM weights")
+    model = ToyVLM(_checked_dim(state, path))
+    model.load_state_dict(_checked_state_dict(state["state_dict"], model, path))
     return ToyVLMEncoder(model, name=f"toy-vlm:{path.name}")
+
+
+_REMAKE = "make one with `python -m visionlens.refer.lgd.train_toy_vlm`"
+
+
+def _checked_dim(state, path: Path) -> int:
+    """The checkpoint's embedding size, after checking its two keys."""
+    if not isinstance(state, dict) or "dim" not in state or "state_dict" not in state:
+        raise InputError(f"{display(path)}: not a toy VLM checkpoint (expected a dict with 'dim' and 'state_dict'); {_REMAKE}")
+    dim = state["dim"]
+    if isinstance(dim, torch.Tensor) and dim.numel() == 1 and not dim.is_floating_point():
+        dim = int(dim)
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 4096:
+        raise InputError(f"{display(path)}: 'dim' must be an integer in 1-4096, got {dim!r}; {_REMAKE}")
+    if not isinstance(state["state_dict"], dict):
+        raise InputError(f"{display(path)}: 'state_dict' must be a dict of tensors; {_REMAKE}")
+    return dim
+
+
+def _checked_state_dict(weights: dict, model: ToyVLM, path: Path) -> dict:
+    """``weights`` if it has exactly the model's tensors, shapes and finite values; else the first problem."""
+    expected = model.state_dict()
+    for key, ref in expected.items():
+        got = weights.get(key)
+        if not isinstance(got, torch.Tensor):
+            problem = "is missing" if got is None else f"is a {type(got).__name__}, not a tensor"
+            raise InputError(f"{display(path)}: weight {key!r} {problem}; {_REMAKE}")
+        if got.shape != ref.shape:
+            raise InputError(f"{display(path)}: weight {key!r} has shape {tuple(got.shape)}, a dim-{model.words.embedding_dim} "
+                             f"toy VLM needs {tuple(ref.shape)}; {_REMAKE}")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise InputError(f"{display(path)}: weight {key!r} contains NaN or infinite values; {_REMAKE}")
+    extra = [k for k in weights if k not in expected]
+    if extra:
+        raise InputError(f"{display(path)}: unexpected weight {extra[0]!r} (not a toy VLM checkpoint); {_REMAKE}")
+    return weights
 
 
 def manifest() -> dict:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...checks import count
+from ...io import write_json
 from .captions import random_captions
 from .synthetic import make_scenes
 from .toy_vlm import WEIGHTS, ToyVLM, region_crops
@@ -71,11 +73,11 @@ def retrieval_accuracy(model: ToyVLM, lo, co, att: list[str], sur: list[str], ba
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenes", type=int, default=600)
-    ap.add_argument("--val-scenes", type=int, default=150)
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenes", type=count(), default=600)
+    ap.add_argument("--val-scenes", type=count(), default=150)
+    ap.add_argument("--steps", type=count(), default=600)
+    ap.add_argument("--batch", type=count(minimum=2), default=128)
+    ap.add_argument("--seed", type=count(minimum=0), default=0)
     ap.add_argument("--out", default=str(WEIGHTS))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -117,8 +119,7 @@ def main(argv=None) -> int:
         "wall_time_s": round(time.time() - t0, 1), "data_time_s": round(t_data, 1),
         "machine": "shared 2-core CPU, torch.set_num_threads(1)",
     }
-    with open(str(args.out).rsplit(".", 1)[0] + ".json", "w") as f:
-        json.dump(manifest, f, indent=2)
+    write_json(manifest, str(args.out).rsplit(".", 1)[0] + ".json")
     print(json.dumps(manifest["metrics"]), f"wall {manifest['wall_time_s']}s")
     return 0
 

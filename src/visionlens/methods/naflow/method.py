@@ -11,7 +11,7 @@ pass):
 * top: ``B_T = t_T``, ``M_T = sum_c ReLU(B_T * G_T)`` (gradient x activation);
 * Neuron-Abandoning Back-Propagation, ``k = T-1 .. 1``: ``B_k = s_k^{-1}(B_{k+1}) * N_k`` with the
   abandoning mask ``N_k = 1[|G_k| > tau]`` (``tau = 0``: exact zeros, as the reference) and the
-  per-module inverses of :mod:`visionlens.core.inverse`; ``M_k = sum_c ReLU(B_k * G_k)``;
+  per-module inverses of :mod:`visionlens.methods.naflow.inverse`; ``M_k = sum_c ReLU(B_k * G_k)``;
 * ``s_0`` is never inverted (as the reference), so there are ``T`` maps, each min-max normalised
   on its own and resized bilinearly to the input; ``flow[:, 0]`` is the shallowest.
 
@@ -33,18 +33,17 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..core.hooks import preserved_model_state
-from ..core.inverse import SolverOptions, check_invertible, composite_inverse, invert, kind_of, module_function
-from ..core.layers import _param_device, find_last_spatial_layer, resolve_layer
-from ..core.result import Explanation, normalize_maps
-from ..core.similarity import (EUCLID_MODES, NORMALIZATIONS, as_references, contribution_scores, contributions,
+from .inverse import SolverOptions, check_invertible, composite_inverse, invert, kind_of, module_function
+from ...core.layers import _param_device, find_last_spatial_layer, resolve_layer
+from ...core.result import Explanation, normalize_maps
+from ...core.similarity import (EUCLID_MODES, NORMALIZATIONS, as_references, contribution_scores, contributions,
                                normalize_scores, similarity)
-from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import model_output
-from ..errors import InputError, LayerError
-from ..models.embedder import Embedder
-from .base import check_input
-from .sfam import PairExplanation, SimilarityExplanation, SimilarityMethod, _split, pair_batch
+from ...core.targets import ClassTargets, Target, resolve_targets
+from ...core.vit import model_output
+from ...errors import InputError, LayerError
+from ...models.embedder import Embedder
+from ..base import FlowMethod, check_input
+from ..similarity import PairExplanation, SimilarityExplanation, SimilarityMethod, _split, pair_batch
 
 
 @dataclass
@@ -173,7 +172,7 @@ def merge_reducing(stages: list[Stage], tensors: list[torch.Tensor]) -> list[Sta
     return out
 
 
-class NAFlow:
+class NAFlow(FlowMethod):
     """``NAFlow(model, layer=None)(x, target=None) -> Explanation`` with ``flow`` ``(B, L, H, W)``.
 
     ``layer``: the last module of the feature extractor (default: ``features`` when the model has
@@ -186,19 +185,15 @@ class NAFlow:
     """
 
     name = "naflow"
-    uses_layer = False
-    multi_target = False
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, solver: str = "lsmr", atol: float = 1e-8,
                  btol: float = 1e-8, max_iter: int | None = 20, float64: bool = False, threshold: float = 0.0,
                  offset: str = "operating_point", merge: bool = True):
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        super().__init__(model)
         if threshold < 0:
             raise InputError(f"threshold must be >= 0, got {threshold}")
         if max_iter is not None and (isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1):
             raise InputError(f"max_iter must be a positive integer or None, got {max_iter!r}")
-        self.model = model
         self.layer_arg = layer
         self.options = SolverOptions(atol=atol, btol=btol, max_iter=max_iter, float64=float64, mode=solver, offset=offset)
         self.threshold, self.merge = float(threshold), merge
@@ -291,35 +286,31 @@ class NAFlow:
         grads = [None] + [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(tensors[1:], grads)]
         return modules, tensors, grads, targets, output.detach()
 
-    def terms(self, x: torch.Tensor, target: Target = None) -> NAFlowTerms:
+    def compute_terms(self, x: torch.Tensor, target: Target) -> NAFlowTerms:
         """The cascade for ``target`` (a class index per image, ``None`` for the predicted class, or
         a callable ``output -> (B,)`` score, e.g. the similarity of :class:`SimilarityNAFlow`)."""
-        check_input(x)
-        x = x.to(_param_device(self.model))
         layer = self._layer_name(x)
-        with preserved_model_state(self.model):
-            modules, tensors, grads, targets, output = self._forward_chain(x, layer, target)
-            stages = [Stage(n, [(n, m)], i, i + 1) for i, (n, m) in enumerate(modules)]
-            if self.merge:
-                stages = merge_reducing(stages, tensors)
-            with torch.no_grad():
-                top = len(tensors) - 1
-                b = tensors[top]
-                names, maps, feats, gs = [stages[-1].name], [(b * grads[top]).clamp_min(0).sum(1)], [b], [grads[top]]
-                for k in range(len(stages) - 1, 0, -1):
-                    st = stages[k]
-                    g = grads[st.start]
-                    b = self._invert(st, tensors[st.start], b) * (g.abs() > self.threshold).to(b.dtype)
-                    names.append(stages[k - 1].name)
-                    maps.append((b * g).clamp_min(0).sum(1))
-                    feats.append(b)
-                    gs.append(g)
+        modules, tensors, grads, targets, output = self._forward_chain(x, layer, target)
+        stages = [Stage(n, [(n, m)], i, i + 1) for i, (n, m) in enumerate(modules)]
+        if self.merge:
+            stages = merge_reducing(stages, tensors)
+        with torch.no_grad():
+            top = len(tensors) - 1
+            b = tensors[top]
+            names, maps, feats, gs = [stages[-1].name], [(b * grads[top]).clamp_min(0).sum(1)], [b], [grads[top]]
+            for k in range(len(stages) - 1, 0, -1):
+                st = stages[k]
+                g = grads[st.start]
+                b = self._invert(st, tensors[st.start], b) * (g.abs() > self.threshold).to(b.dtype)
+                names.append(stages[k - 1].name)
+                maps.append((b * g).clamp_min(0).sum(1))
+                feats.append(b)
+                gs.append(g)
         self.layer = layer
         return NAFlowTerms(names[::-1], maps[::-1], feats[::-1], gs[::-1],
                            ClassTargets(targets.indices, targets.scores.detach()), output)
 
-    def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
-        t = self.terms(x, target)
+    def flow_explanation(self, x: torch.Tensor, t: NAFlowTerms) -> Explanation:
         size = tuple(x.shape[-2:])
         flow = torch.stack([normalize_maps(m, size, relu=False) for m in t.maps], dim=1)
         return Explanation(

@@ -1,0 +1,62 @@
+"""Checks of user-given values, each failing with one actionable :class:`InputError` line.
+
+``check_number`` serves the Python API; ``number`` and ``count`` build ``argparse`` types from the
+same rule, so a command refuses ``--lr nan`` or ``--epochs 0`` before any work."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from .errors import InputError
+
+
+def check_number(name: str, value, minimum: float | None = None, maximum: float | None = None,
+                 above: float | None = None, integer: bool = False):
+    """``value`` if it is a finite number within the bounds (``minimum``/``maximum`` inclusive,
+    ``above`` exclusive), else an :class:`InputError` naming ``name``."""
+    kind = "an integer" if integer else "a finite number"
+    try:
+        number = int(value) if integer else float(value)
+        if integer and number != float(value):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{name} must be {kind}, got {value!r}") from None
+    if not integer and not math.isfinite(number):
+        raise InputError(f"{name} must be {kind}, got {value!r}")
+    if above is not None and not number > above:
+        raise InputError(f"{name} must be greater than {above:g}, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise InputError(f"{name} must be at least {minimum:g}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise InputError(f"{name} must be at most {maximum:g}, got {value!r}")
+    return number
+
+
+def _argparse_type(integer: bool, **bounds):
+    def parse(text: str):
+        try:
+            return check_number("the value", text, integer=integer, **bounds)
+        except InputError as err:
+            raise argparse.ArgumentTypeError(str(err).replace("the value ", "")) from None
+
+    parse.__name__ = "integer" if integer else "number"
+    return parse
+
+
+def number(minimum: float | None = None, maximum: float | None = None, above: float | None = None):
+    """An ``argparse`` type: a finite float within the bounds."""
+    return _argparse_type(False, minimum=minimum, maximum=maximum, above=above)
+
+
+def count(minimum: int = 1, maximum: int | None = None):
+    """An ``argparse`` type: an integer within the bounds (at least 1 by default)."""
+    return _argparse_type(True, minimum=minimum, maximum=maximum)
+
+
+def check_finite(name: str, tensor) -> None:
+    """An :class:`InputError` naming ``name`` when a tensor holds NaN or infinite values."""
+    import torch
+
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise InputError(f"{name} contains NaN or infinite values")

@@ -1,0 +1,148 @@
+"""Output files of a run: names that cannot collide, and a folder that is safe to write into.
+
+Each input gets one stem, stable for the same command line: its file name without the image
+suffix; where inputs share that, the file name with its suffix; where they still do, as many of
+its parent folders as tell them apart (joined by ``__``). Any character outside ASCII letters,
+digits and ``. - _ @ +`` becomes ``_``. Where two inputs would still share an output name,
+or an output would land on an input file, the stems involved get a short hash of the input's
+full path. A run never replaces a file it did not write: into a folder that
+already holds files, it replaces only the outputs listed in that folder's own ``summary.json``
+(an earlier run's) and refuses any other existing file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .errors import InputError, display
+
+_UNSAFE = re.compile(r"[^\w.\-@+]", re.ASCII)
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every character outside ASCII letters, digits and ``. - _ @ +`` as ``_``."""
+    name = _UNSAFE.sub("_", text).strip(".")
+    return name or "image"
+
+
+def _label(parts: tuple[str, ...], level: int) -> str:
+    """Level 0: the file name without suffix; 1: with it; 2 and up: with ``level - 1`` parent folders."""
+    name = parts[-1]
+    if level == 0:
+        return safe_name(Path(name).stem)
+    return "__".join(safe_name(x) for x in (*parts[max(0, len(parts) - level):-1], name))
+
+
+def _shortest_labels(paths: Sequence[Path]) -> list[str]:
+    parts = [Path(os.path.abspath(p)).parts for p in paths]
+    levels = [0] * len(paths)
+    while True:
+        labels = [_label(p, lv) for p, lv in zip(parts, levels)]
+        shared = [i for i, lab in enumerate(labels) if labels.count(lab) > 1 and levels[i] < len(parts[i])]
+        if not shared:
+            return labels
+        for i in shared:
+            levels[i] += 1
+
+
+def _hashed(stem: str, path: Path) -> str:
+    digest = hashlib.sha1(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{stem}-{digest}"
+
+
+def unique_stems(paths: Sequence[str | Path], files_of: Callable[[str], Iterable[str]] = lambda s: [s],
+                 taken: Iterable[Path] = (), out: Path | None = None) -> list[str]:
+    """One stem per input path (see the module docstring). ``files_of(stem)`` gives the file names
+    a stem produces; ``taken`` are paths (inputs) that no output in ``out`` may land on."""
+    paths = [Path(p) for p in paths]
+    stems = _shortest_labels(paths)
+    blocked = {os.path.abspath(t) for t in taken}
+    for _ in range(3):  # a hash separates any remaining clash (a second round only for hash-on-hash)
+        owners: dict[str, list[int]] = {}
+        for i, stem in enumerate(stems):
+            for name in files_of(stem):
+                owners.setdefault(name, []).append(i)
+        clash = {i for idx in owners.values() if len(set(idx)) > 1 for i in idx}
+        if out is not None:
+            clash |= {i for name, idx in owners.items() if os.path.abspath(out / name) in blocked for i in idx}
+        if not clash:
+            return stems
+        stems = [_hashed(s, paths[i]) if i in clash else s for i, s in enumerate(stems)]
+    raise InputError("could not give every input its own output names; are some inputs given twice?")
+
+
+OUTPUT_KEYS = {"view", "overlays", "maps", "flows", "gifs", "files",
+               "query_view", "match_view", "query_overlays", "match_overlays"}
+
+
+def _own_files(out: Path) -> set[str]:
+    """Names an earlier run listed in ``out/summary.json`` (with the summary and page themselves)."""
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    names = {"summary.json", "index.html"}
+
+    def collect(value, inside: bool):
+        if isinstance(value, str) and inside:
+            names.add(value)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                collect(v, inside or k in OUTPUT_KEYS)
+        elif isinstance(value, list):
+            for v in value:
+                collect(v, inside)
+
+    collect(summary, False)
+    return names
+
+
+def check_out_dir(out: Path, planned: Iterable[str]) -> None:
+    """Refuse, in one line and before any work, an ``out`` that cannot be written or that holds a
+    file of a planned name that no earlier run of this kind wrote."""
+    out = Path(out)
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise InputError(f"--out {display(out)}: {display(folder)} is a file, not a folder; choose another --out")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise InputError(f"--out {display(out)}: {display(folder)} is not writable; choose another --out")
+            break
+    if not out.is_dir():
+        return
+    own = _own_files(out)
+    for name in planned:
+        if (out / name).exists() and name not in own:
+            raise InputError(f"{display(out / name)} exists and was not written by visionlens; "
+                             "choose an empty --out folder or move that file")
+
+
+def make_out_dir(out: Path) -> bool:
+    """Create ``out`` (and its parents); check that a file can be written in it. Return whether
+    it was created here (so that a failed run can remove it again)."""
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".visionlens-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        remove_if_empty(out, created)
+        raise InputError(f"--out {display(out)}: cannot write there ({err.strerror}); choose another --out") from None
+    return created
+
+
+def remove_if_empty(out: Path, created: bool) -> None:
+    """Remove ``out`` again when this run created it and left nothing in it."""
+    if created:
+        try:
+            out.rmdir()
+        except OSError:
+            pass

@@ -1,0 +1,101 @@
+"""The contract every registered method keeps: bad input refused in one line, the model given
+back exactly as it was, results on the model's device with the documented shapes, ``.to()``
+keeping every field, and ``explain_many`` over any mix of methods."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import one_error_line  # noqa: F401  (shared helpers live in tests/helpers.py)
+from conftest import TinyGapNet, assert_same_state, snapshot
+from visionlens import METHODS, GradCAM, RelevanceCAM, explain_many
+from visionlens.errors import InputError, VisionlensError
+from visionlens.methods.sfam import SFAM
+from visionlens.methods.similarity import SimilarityExplanation
+
+VIT_METHODS = {"daam", "rollout"}
+
+
+def _vit():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5).eval()
+
+
+def _model_and_input(name: str):
+    torch.manual_seed(0)
+    if name in VIT_METHODS:
+        return _vit(), torch.randn(2, 3, 32, 32)
+    return TinyGapNet().eval(), torch.randn(2, 3, 32, 32)
+
+
+def _build(name: str, model):
+    return METHODS[name](model)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_keeps_the_contract(name):
+    model, x = _model_and_input(name)
+    next(model.parameters()).requires_grad_(False)  # a frozen parameter must stay frozen
+    before = snapshot(model)
+    method = _build(name, model)
+    result = method(x)
+    assert_same_state(before, snapshot(model))
+    assert result.maps.shape == (2, 32, 32) and result.maps.device == x.device
+    assert torch.isfinite(result.maps).all() and 0 <= float(result.maps.min()) and float(result.maps.max()) <= 1
+    assert result.logits.shape == (2, 5) and result.method == name
+    moved = result.to("cpu")
+    assert type(moved) is type(result) and moved.layer == result.layer and torch.equal(moved.maps, result.maps)
+    for bad in (x[0], x.long(), x[:0], torch.full_like(x, float("nan"))):
+        with pytest.raises(InputError) as info:
+            method(bad)
+        assert "\n" not in str(info.value)
+    assert_same_state(before, snapshot(model))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_restores_the_model_after_an_error_inside(name):
+    model, x = _model_and_input(name)
+    model.train()
+    before = snapshot(model)
+    method = _build(name, model)
+    with pytest.raises((VisionlensError, IndexError, RuntimeError)):
+        method(x, torch.tensor([99, 99]))  # a class the model does not have
+    assert_same_state(before, snapshot(model))
+
+
+def test_similarity_explanation_to_keeps_its_own_fields(tiny_net):
+    embedder = torch.nn.Sequential(tiny_net.features, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    sfam = SFAM(embedder, "0", "cosine")
+    x = torch.randn(2, 3, 32, 32)
+    result = sfam(x, torch.randn(2, 16))
+    assert isinstance(result, SimilarityExplanation) and result.weights is not None
+    moved = result.to("cpu")
+    assert isinstance(moved, SimilarityExplanation)
+    for field in ("references", "cis", "weights", "coefficients"):
+        before, after = getattr(result, field), getattr(moved, field)
+        assert (before is None) == (after is None) and (before is None or torch.equal(before, after)), field
+    assert moved.metric == result.metric
+
+
+def test_explain_many_runs_methods_that_need_their_own_pass(tiny_net):
+    x = torch.randn(2, 3, 32, 32)
+    both = explain_many([GradCAM(tiny_net), RelevanceCAM(tiny_net)], x)
+    assert list(both) == ["gradcam", "relevance-cam"]
+    alone = RelevanceCAM(tiny_net)(x)
+    assert torch.allclose(both["relevance-cam"].maps, alone.maps, atol=1e-5)
+    assert torch.allclose(both["gradcam"].maps, GradCAM(tiny_net)(x).maps, atol=1e-5)
+
+
+def test_every_registered_method_is_a_method_and_is_listed(capsys):
+    from visionlens.cli import main
+    from visionlens.methods import REGISTRY
+    from visionlens.methods.base import Method
+
+    assert all(issubclass(m.cls, Method) for m in REGISTRY)
+    assert {m.kind for m in REGISTRY} == {"cam", "flow", "similarity"}
+    assert main(["methods"]) == 0
+    listed = [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == [[m.name, m.kind, m.explains] for m in REGISTRY]

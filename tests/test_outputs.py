@@ -1,0 +1,161 @@
+"""`visionlens explain` output files: unique names, inputs never replaced, folders checked
+before any work, names escaped in the page, strict JSON."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers import one_error_line, strict_json
+from visionlens.cli import main
+from visionlens.outputs import safe_name, unique_stems
+
+
+@pytest.fixture
+def photo(imagenet_photos) -> Image.Image:
+    return Image.open(imagenet_photos[0]).convert("RGB").resize((96, 96))
+
+
+def _explain(*args) -> int:
+    return main(["explain", *map(str, args), "--quiet", "--device", "cpu"])
+
+
+def _summary(out: Path) -> dict:
+    return strict_json((out / "summary.json").read_text())
+
+
+def test_explain_into_the_input_folder_never_replaces_the_input(tmp_path, photo, monkeypatch):
+    src = tmp_path / "tench.png"
+    photo.save(src)
+    before = src.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert _explain("tench.png", "--out", ".") == 0
+    assert src.read_bytes() == before
+    row = _summary(tmp_path)["images"][0]
+    assert row["view"] != "tench.png" and (tmp_path / row["view"]).is_file()
+
+
+def test_same_file_names_in_different_folders_keep_every_output(tmp_path, photo):
+    paths = [tmp_path / "x" / "a.jpg", tmp_path / "y" / "a.jpg", tmp_path / "z" / "a-2.jpg"]
+    for i, p in enumerate(paths):
+        p.parent.mkdir()
+        photo.rotate(90 * i).save(p)
+    out = tmp_path / "o"
+    assert _explain(*paths, "--out", out) == 0
+    rows = _summary(out)["images"]
+    assert len(rows) == 3 and len({r["view"] for r in rows}) == 3
+    names = {n for r in rows for n in (r["view"], r["maps"], *r["overlays"].values())}
+    assert len(names) == 9 and all((out / n).is_file() for n in names)
+    # each view is that image's own view, not another's
+    views = [Image.open(out / r["view"]) for r in rows]
+    assert len({v.tobytes() for v in views}) == 3
+
+
+def test_an_image_named_like_another_images_overlay(tmp_path, photo):
+    a, b = tmp_path / "photo.jpg", tmp_path / "photo.gradcam.jpg"
+    photo.save(a)
+    photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(b)
+    out = tmp_path / "o"
+    assert _explain(a, b, "--out", out, "--method", "gradcam") == 0
+    rows = _summary(out)["images"]
+    files = [n for r in rows for n in (r["view"], r["overlays"]["gradcam"], r["maps"])]
+    assert len(set(files)) == 6 and all((out / n).is_file() for n in files)
+    # reruns give the same names (stable)
+    assert _explain(a, b, "--out", out, "--method", "gradcam") == 0
+    assert [r["view"] for r in _summary(out)["images"]] == [r["view"] for r in rows]
+
+
+def test_names_with_hash_and_newline_are_safe_on_disk_and_in_the_page(tmp_path, photo):
+    a, b = tmp_path / "a#1.jpg", tmp_path / "new\nline.jpg"
+    photo.save(a)
+    photo.save(b)
+    out = tmp_path / "o"
+    assert _explain(a, b, "--out", out) == 0
+    page = (out / "index.html").read_text()
+    for src in re.findall(r"src='([^']*)'", page):
+        assert "#" not in src and "\n" not in src and (out / src).is_file()
+    assert all("\n" not in p.name and "#" not in p.name for p in out.iterdir())
+
+
+def test_an_unreadable_name_with_a_newline_is_reported_on_one_line(tmp_path, photo, capsys):
+    good = tmp_path / "good.png"
+    photo.save(good)
+    bad = tmp_path / "bro\nken.png"
+    bad.write_text("not an image")
+    assert _explain(good, bad, "--out", tmp_path / "o") == 1
+    assert "ken.png" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("case", ["file", "below-a-file"])
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, photo, capsys, case):
+    img = tmp_path / "p.png"
+    photo.save(img)
+    out = img if case == "file" else img / "sub"
+    assert _explain(img, "--out", out) == 2
+    assert "is a file, not a folder" in one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
+
+
+def test_unwritable_out_is_refused_before_any_map_is_computed(tmp_path, photo, capsys, monkeypatch):
+    img = tmp_path / "p.png"
+    photo.save(img)
+    computed = []
+    import visionlens.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_explain_in_batches", lambda *a, **k: computed.append(1) or ([], []))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path / "ro" else real_access(p, mode))
+    (tmp_path / "ro").mkdir()
+    assert _explain(img, "--out", tmp_path / "ro" / "sub") == 2
+    assert "not writable" in one_error_line(capsys.readouterr().err)
+    assert not computed and not (tmp_path / "ro" / "sub").exists()
+
+
+def test_a_write_check_failure_leaves_no_folder(tmp_path, photo, capsys, monkeypatch):
+    img = tmp_path / "p.png"
+    photo.save(img)
+    import tempfile
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert _explain(img, "--out", tmp_path / "new") == 2
+    assert "cannot write there" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "new").exists()
+
+
+def test_empty_method_list_is_one_line_and_leaves_no_folder(tmp_path, photo, capsys):
+    img = tmp_path / "p.png"
+    photo.save(img)
+    assert _explain(img, "--method", ",", "--out", tmp_path / "o") == 2
+    assert "no method given" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_second_run_replaces_only_its_own_files_and_refuses_foreign_ones(tmp_path, photo, capsys):
+    img = tmp_path / "p.png"
+    photo.save(img)
+    out = tmp_path / "o"
+    assert _explain(img, "--out", out) == 0
+    assert _explain(img, "--out", out, "--method", "gradcam,cam") == 0  # its own earlier outputs: replaced
+    capsys.readouterr()
+    (out / "q.png").write_bytes(b"the user's own file")
+    q = tmp_path / "q.png"
+    photo.save(q)
+    assert _explain(q, "--out", out) == 2
+    assert "was not written by visionlens" in one_error_line(capsys.readouterr().err)
+    assert (out / "q.png").read_bytes() == b"the user's own file"
+
+
+def test_stems_are_short_unique_and_stable():
+    assert unique_stems(["x/a.jpg", "y/b.jpg"]) == ["a", "b"]
+    assert unique_stems(["a.jpg", "a.png"]) == ["a.jpg", "a.png"]
+    assert unique_stems(["x/a.jpg", "y/a.jpg"]) == ["x__a.jpg", "y__a.jpg"]
+    clash = unique_stems(["p.jpg", "p.m.jpg"], lambda s: [f"{s}.png", f"{s}.m.png"])
+    assert len(set(clash)) == 2 and clash == unique_stems(["p.jpg", "p.m.jpg"], lambda s: [f"{s}.png", f"{s}.m.png"])
+    assert safe_name("a b#c\n.d") == "a_b_c_.d"
