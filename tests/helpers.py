@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import torch
+from torch import nn
+
 
 def one_error_line(err: str) -> str:
     """The single ``error:`` line a command printed on stderr (asserting that there is one, and
@@ -20,3 +23,57 @@ def strict_json(text: str):
         raise AssertionError(f"not strict JSON: {token}")
 
     return json.loads(text, parse_constant=refuse)
+
+
+class TinyGapNet(nn.Module):
+    """conv-bn-relu x2 -> GAP -> linear: the setting where CAM is defined."""
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def labelled_folder(folder, photos) -> str:
+    """Copy sample ImageNet photos (named ``..._<class index>``) into ``folder`` with the
+    ``labels.csv`` that `visionlens evaluate --data FOLDER` reads; returns the folder."""
+    folder.mkdir()
+    rows = ["file,class_index"]
+    for p in photos:
+        (folder / p.name).write_bytes(p.read_bytes())
+        rows.append(f"{p.name},{int(p.stem.rsplit('_', 1)[1])}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return str(folder)
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything a call must leave unchanged: modes, flags, hooks, parameters and buffers."""
+    return {
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "hooks": [
+            sum(len(getattr(m, d, {})) for d in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                                                  "_backward_pre_hooks", "_forward_hooks_with_kwargs"))
+            for m in model.modules()
+        ],
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert before["training"] == after["training"]
+    assert before["requires_grad"] == after["requires_grad"]
+    assert before["hooks"] == after["hooks"]
+    for g0, g1 in zip(before["grads"], after["grads"]):
+        assert (g0 is None and g1 is None) or torch.equal(g0, g1)
+    assert before["state"].keys() == after["state"].keys()
+    for k in before["state"]:
+        assert torch.equal(before["state"][k], after["state"][k]), k

@@ -10,7 +10,7 @@ import visionlens
 from visionlens import CAM, GradCAM
 from visionlens.errors import InputError, LayerError, VisionlensError
 
-from conftest import assert_same_state, snapshot
+from helpers import assert_same_state, snapshot
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import torch
 
 from visionlens import AblationCAM, EigenCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from visionlens.data import load_image
-from conftest import assert_same_state, snapshot
+from helpers import assert_same_state, snapshot
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import visionlens
-from conftest import TinyGapNet
-from helpers import one_error_line, strict_json
+from helpers import TinyGapNet, one_error_line, strict_json
 from visionlens.cli import main
 from visionlens.errors import InputError
 from visionlens.models.zoo import load_state_dict_file

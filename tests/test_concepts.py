@@ -20,7 +20,7 @@ from visionlens.errors import InputError
 from visionlens.metrics.concepts import COHERENCE_MODES, coherence, concept_scores, faith, fidelity
 from visionlens.models import load_model
 
-from conftest import assert_same_state, snapshot
+from helpers import assert_same_state, snapshot
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,10 +40,11 @@ def test_identity_reducer_gives_full_fidelity_and_model_is_untouched(world_cnn, 
     before = snapshot(world_cnn.module)
     found = discover_class(world_cnn, "layer3", world_source, 2, IdentityReducer(), n_images=8, progress=False)
     assert_same_state(before, snapshot(world_cnn.module))
-    assert found.scores["fidelity"] == 100.0
-    assert found.scores["coherence"] == pytest.approx(100.0, abs=1e-9)
+    # the identity reconstructs exactly here; bounds that hold however another CPU's kernels round
+    assert 99.99 <= found.scores["fidelity"] <= 100.0
+    assert found.scores["coherence"] == pytest.approx(100.0, abs=1e-3)
     assert found.heatmaps.shape == (8, 128, 8, 8)
-    assert torch.equal(found.outputs, found.reconstructed_outputs)
+    torch.testing.assert_close(found.reconstructed_outputs, found.outputs, rtol=1e-5, atol=1e-5)
 
 
 def test_metric_definitions_against_numpy():

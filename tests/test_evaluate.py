@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,8 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+import visionlens.evaluate as E
+from visionlens import metrics as M
 from visionlens.cli import main
+from visionlens.errors import InputError
 from visionlens.evaluate import evaluate, read_folder_results, read_results
 
 from conftest import labelled_folder
@@ -21,6 +26,22 @@ ARGS = {"models": ["world-cnn"], "methods": ["gradcam", "eigencam"], "data": "wo
         "device": "cpu", "step": 1024, "metrics": ["deletion", "pointing-game", "relevance-mass"], "progress": False}
 CLI = ["evaluate", "--models", "world-cnn", "--methods", "gradcam,eigencam", "--data", "world:test", "--n", "8",
        "--batch-size", "4", "--device", "cpu", "--step", "1024", "--metrics", "deletion,pointing-game,relevance-mass", "--quiet"]
+
+
+def _strict_json(text: str):
+    """``json.loads`` that refuses the NaN / Infinity tokens strict JSON does not have."""
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _exit_status(argv: list[str]) -> int:
+    """``main``'s exit status, also where argparse refuses the line (it raises SystemExit in-process)."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
 
 
 def _by_key(path: Path) -> dict:
@@ -93,15 +114,15 @@ def test_report_card_and_skipped_methods(tmp_path):
     (["--data", "/nonexistent/folder"], "bad --data"),
     (["--data", "world:holdout"], "bad --data"),
     (["--data", "samples"], "does not fit"),
-    (["--step", "0"], "--step must be at least 1 pixel"),
-    (["--gallery-size", "0"], "--gallery-size must be at least 1"),
+    (["--step", "0"], "--step.* must be at least 1"),  # refused by argparse or by evaluate()
+    (["--gallery-size", "0"], "--gallery-size.* must be at least 1"),
     (["--shard", "3/2"], "bad --shard '3/2': use K/N with 1 <= K <= N"),
     (["--shard", "half"], "bad --shard 'half'"),
 ])
 def test_bad_arguments_stop_with_one_line(tmp_path, capsys, argv, message):
-    assert main(["evaluate", "--out", str(tmp_path / "o"), "--quiet", *argv]) == 2
+    assert _exit_status(["evaluate", "--out", str(tmp_path / "o"), "--quiet", *argv]) == 2
     err = capsys.readouterr().err.strip()
-    assert message in err and "\n" not in err
+    assert re.search(message if ".*" in message else re.escape(message), err) and "\n" not in err
     assert not (tmp_path / "o" / "results.jsonl").exists()
 
 
@@ -234,6 +255,7 @@ def test_default_metrics_on_photos_are_those_photos_support(tmp_path, imagenet_p
     ("a.jpg,-3", "labels.csv line 2: class_index -3 is negative"),
     ("gone.jpg,1", "labels.csv lists 1 file(s) that are not in the folder, first 'gone.jpg'"),
     ("a.jpg,1000", "class_index 1000 in labels.csv is not an ImageNet-1k class (0-999)"),
+    ("a.jpg,1\n./a.jpg,2", "labels.csv line 3: './a.jpg' is listed twice (first on line 2)"),
 ])
 def test_a_bad_labels_file_is_refused_before_any_work(tmp_path, capsys, rows, message):
     folder = tmp_path / "photos"
@@ -386,3 +408,212 @@ def test_markdown_table_names_the_n_of_cells_over_fewer_images():
     lines = markdown_table(report, "m").splitlines()
     assert lines[2] == "| `gradcam` | 0.500 ± 0.100 (n = 355) |  |"
     assert lines[3] == "| `eigencam` | 0.500 ± 0.100 | 0.500 ± 0.100 (10 classes) |"
+
+
+# --- reliability: keys, invalid lines, duplicates, races, memory, optional packages, strict JSON ---
+
+def test_images_with_the_same_name_in_subfolders_stay_apart(tmp_path, capsys, imagenet_photos, mobilenet):
+    """Records are keyed by the path relative to the data root: a/x.JPEG and b/x.JPEG are two images."""
+    folder = tmp_path / "photos"
+    rows = ["file,class_index"]
+    for name, photo in zip(["a/x.JPEG", "b/x.JPEG", "c.JPEG"], imagenet_photos[:3]):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(photo.read_bytes())
+        rows.append(f"{name},{int(photo.stem.rsplit('_', 1)[1])}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "o"
+    assert main(["evaluate", "--models", "mobilenet_v2", "--methods", "gradcam", "--data", str(folder), "--metrics",
+                 "average-drop", "--batch-size", "3", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert sorted(r["image"] for r in read_results(out / "results.jsonl")) == ["a/x.JPEG", "b/x.JPEG", "c.JPEG"]
+    (row,) = json.loads((out / "report.json").read_text())["rows"]
+    assert row["n"] == 3
+
+
+def test_an_invalid_results_line_is_skipped_with_one_warning(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = [*CLI, "--n", "2", "--methods", "gradcam", "--out", str(out)]
+    assert main(argv) == 0
+    results = out / "results.jsonl"
+    first, *rest = results.read_text().splitlines()
+    results.write_text("\n".join([first, "42", "{}", *rest]) + "\n")
+    capsys.readouterr()
+    assert main(argv) == 0  # was: AttributeError / KeyError on every re-run
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "Traceback" not in err
+    assert f"{results} line 2 is not a results record" in warnings[0] and "(and 1 more such lines)" in warnings[0]
+    assert all(r["n"] == 2 for r in json.loads((out / "report.json").read_text())["rows"])
+    assert len(results.read_text().splitlines()) == 4  # nothing recomputed, nothing removed
+
+
+def test_a_contradicting_duplicate_record_is_named_in_a_warning(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = [*CLI, "--n", "2", "--methods", "gradcam", "--metrics", "deletion", "--out", str(out)]
+    assert main(argv) == 0
+    results = out / "results.jsonl"
+    first = json.loads(results.read_text().splitlines()[0])
+    with open(results, "a") as f:
+        f.write(json.dumps(first) + "\n")  # the same values: harmless, no warning
+        f.write(json.dumps({**first, "metrics": {"deletion": 0.999}}) + "\n")
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("warning:")
+    assert f"{results} line 4: a second record for (world-cnn, gradcam, {first['image']}) with other values" in err
+    assert f"the first ({results} line 1) is used" in err
+    recs = {r["image"]: r for r in read_results(results, warn=False)}
+    assert recs[first["image"]]["metrics"] == first["metrics"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the lock uses flock")
+def test_a_run_refused_at_the_same_instant_leaves_the_winners_files(tmp_path, monkeypatch, capsys):
+    """Two fresh runs start at once: both find no results file; the winner creates and locks it (and
+    writes its settings and an overlay) just before the loser opens it. The refused loser must not
+    clean up: nothing there is its own."""
+    import fcntl
+
+    out = tmp_path / "o"
+    real, held = E._open_for_append, []
+
+    def winner_first(path):
+        (path.parent / "examples").mkdir(parents=True, exist_ok=True)
+        winner = open(path, "a")
+        fcntl.flock(winner.fileno(), fcntl.LOCK_EX)
+        held.append(winner)
+        (path.parent / "settings.json").write_text("{}")
+        (path.parent / "examples" / "world-cnn.0.png").write_bytes(b"png")
+        return real(path)
+
+    monkeypatch.setattr(E, "_open_for_append", winner_first)
+    try:
+        assert main([*CLI, "--out", str(out)]) == 2
+        assert "another `visionlens evaluate` is writing to" in capsys.readouterr().err
+        assert os.path.samestat(os.stat(out / "results.jsonl"), os.fstat(held[0].fileno()))
+        assert (out / "settings.json").exists() and (out / "examples" / "world-cnn.0.png").exists()
+    finally:
+        held[0].close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the lock uses flock")
+def test_a_run_never_writes_into_a_removed_results_file(tmp_path, monkeypatch, capsys):
+    """The other order: this run opens the file, the run holding it stops before its first result and
+    removes it, then this run gets the lock. It must open the file again, not fill the removed one."""
+    import fcntl
+    import types
+
+    out = tmp_path / "o"
+    calls = []
+
+    def flock(fd, op):
+        if not calls:
+            os.unlink(out / "results.jsonl")  # the other run's clean-up, between our open and our lock
+        calls.append(op)
+        return fcntl.flock(fd, op)
+
+    monkeypatch.setattr(E, "fcntl", types.SimpleNamespace(LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB, flock=flock))
+    assert main([*CLI, "--n", "2", "--methods", "gradcam", "--out", str(out)]) == 0
+    assert len(calls) == 2 and len(read_results(out / "results.jsonl")) == 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the lock uses flock")
+def test_a_run_that_stops_early_cleans_up_while_holding_the_lock(tmp_path, monkeypatch, capsys):
+    """A run that stops before its first result removes its files while it still holds the lock, so
+    a run arriving meanwhile is refused, never handed a file that is about to be removed."""
+    out = tmp_path / "o"
+    real, arrivals = E._remove_new_files, []
+
+    def removing(folder, own, created):
+        try:
+            E._open_for_append(own).close()  # a second run arriving now
+            arrivals.append("let in")
+        except InputError:
+            arrivals.append("refused")
+        real(folder, own, created)
+
+    def no_model(*args, **kwargs):
+        raise InputError("cannot load the model")
+
+    monkeypatch.setattr(E, "_remove_new_files", removing)
+    monkeypatch.setattr(E, "load_model", no_model)
+    assert main([*CLI, "--out", str(out)]) == 2
+    assert arrivals == ["refused"] and not out.exists()
+
+
+def test_batches_stay_within_the_memory_budget(tmp_path, monkeypatch):
+    """batch_size=1000000 on 12 images: the image batch and every forward pass of the scoring stay
+    within the byte budget (here 8 world images), whatever the flag says."""
+    per_image = 3 * 64 * 64 * 4
+    monkeypatch.setattr(E, "BATCH_BYTES", 8 * per_image, raising=False)
+    loaded, forwards = [], []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            forwards.append(len(x))
+            return self.module(x)
+
+    real_load = E._load_batch
+    def load_batch(data, items, model):
+        loaded.append(len(items))
+        return real_load(data, items, model)
+
+    monkeypatch.setattr(E, "_load_batch", load_batch)
+    monkeypatch.setattr(E, "checked_inference_copy", lambda module, x, compile_batch=None: (Recorder(module), "recorder"))
+    out = tmp_path / "o"
+    evaluate(out=out, **{**ARGS, "n": 12, "batch_size": 10**6, "methods": ["gradcam"], "metrics": ["deletion"],
+                         "step": 256})
+    assert loaded == [8, 4]
+    assert forwards and max(forwards) <= 8
+    assert json.loads((out / "manifest.json").read_text())["batches"] == {"world-cnn": {"images": 8, "scoring": 8}}
+
+
+def test_batch_sizes_are_capped_by_images_and_bytes():
+    photo, world = 3 * 224 * 224 * 4, 3 * 64 * 64 * 4
+    assert E.scoring_batch(16, photo) == 128 and E.scoring_batch(4, world) == 64  # the defaults are unchanged
+    for per_image in (photo, world):
+        assert E.scoring_batch(10**6, per_image) * per_image <= E.BATCH_BYTES
+    assert E.image_batch(10**6, 2, photo) == 2  # never more than the images there are
+    assert E.image_batch(10**6, 10**4, photo) * photo <= E.BATCH_BYTES
+    assert E.image_batch(1, 10, 10**12) == E.scoring_batch(1, 10**12) == 1  # at least one image
+
+
+def test_a_run_that_needs_no_torchvision_finishes_without_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` now fails
+    out = tmp_path / "o"
+    assert main([*CLI, "--n", "1", "--methods", "gradcam", "--out", str(out)]) == 0
+    versions = json.loads((out / "manifest.json").read_text())["versions"]
+    assert versions["torch"] and versions["visionlens"] and versions["python"]
+
+
+def test_every_json_file_is_strict_json(tmp_path, monkeypatch, capsys):
+    """An undefined CI (n = 1) and metric values that are NaN or infinite become null, never the
+    bare NaN / Infinity tokens strict parsers refuse."""
+    monkeypatch.setattr(M, "relevance_mass", lambda maps, masks: torch.full((len(maps),), float("inf")))
+    monkeypatch.setattr(M, "pointing_game", lambda maps, masks: torch.full((len(maps),), float("nan")))
+    out = tmp_path / "o"
+    assert main([*CLI, "--n", "1", "--methods", "gradcam", "--out", str(out)]) == 0
+    for name in ("manifest.json", "settings.json", "report.json"):
+        _strict_json((out / name).read_text())
+    (rec,) = [_strict_json(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert rec["metrics"]["relevance-mass"] is None and rec["metrics"]["pointing-game"] is None
+    (row,) = _strict_json((out / "report.json").read_text())["rows"]  # deletion only: the others are undefined
+    assert row["metric"] == "deletion" and row["n"] == 1 and row["ci95"] is None
+    assert "nan" not in (out / "index.html").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n": 0}, "--n must be at least 1, got 0"),
+    ({"n": float("nan")}, "--n must be an integer, got nan"),
+    ({"batch_size": 0}, "--batch-size must be at least 1, got 0"),
+    ({"batch_size": 2.5}, "--batch-size must be an integer, got 2.5"),
+    ({"step": 0}, "--step must be at least 1 pixel (got 0)"),
+    ({"step": "wide"}, "--step must be an integer, got 'wide'"),
+    ({"gallery_size": 0}, "--gallery-size must be at least 1, got 0"),
+])
+def test_numeric_arguments_are_checked_before_any_work(tmp_path, change, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        evaluate(out=tmp_path / "o", **{**ARGS, **change})
+    assert not (tmp_path / "o").exists()

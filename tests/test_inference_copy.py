@@ -12,7 +12,7 @@ from torch import nn
 from visionlens.core.inference import InferenceCopy, checked_inference_copy, conv_bn_pairs, fold_batchnorm
 from visionlens.evaluate import evaluate, read_results
 
-from conftest import assert_same_state, labelled_folder, snapshot
+from helpers import assert_same_state, labelled_folder, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from conftest import assert_same_state, snapshot
+from helpers import assert_same_state, snapshot
 from visionlens.errors import InputError, LRPError
 from visionlens.lrp import canonizers
 from visionlens.lrp import LRP, Add, Composite, Gating, ResidualAdd, ZPlus, ZRule, canonized, default_canonizers

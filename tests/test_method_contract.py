@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import one_error_line  # noqa: F401  (shared helpers live in tests/helpers.py)
-from conftest import TinyGapNet, assert_same_state, snapshot
+from helpers import TinyGapNet, assert_same_state, snapshot
 from visionlens import METHODS, GradCAM, RelevanceCAM, explain_many
 from visionlens.errors import InputError, VisionlensError
 from visionlens.methods.sfam import SFAM

@@ -12,7 +12,7 @@ import visionlens
 from visionlens import NAFlow
 from visionlens.errors import LayerError
 
-from conftest import assert_same_state, snapshot
+from helpers import assert_same_state, snapshot
 
 
 class SmallSeq(nn.Module):

@@ -19,7 +19,7 @@ from visionlens.methods.naflow import NAFlow, SimilarityNAFlow
 from visionlens.methods.sfam import SFAM
 from visionlens.models.embedder import embedding_model
 
-from conftest import assert_same_state, snapshot
+from helpers import assert_same_state, snapshot
 
 
 def _similarity_gradient_x_activation(model, layer_module, x, w, finish=lambda e: e):

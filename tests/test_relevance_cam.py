@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import assert_same_state, snapshot
+from helpers import assert_same_state, snapshot
 from visionlens import RelevanceCAM
 from visionlens.cli import main
 from visionlens.core.result import normalize_maps

@@ -13,7 +13,7 @@ from visionlens.data.world import World, WorldConfig
 from visionlens.errors import InputError, LayerError
 from visionlens.models.world_eval import normalise
 
-from conftest import assert_same_state, snapshot
+from helpers import assert_same_state, snapshot
 
 
 @pytest.fixture(scope="module")

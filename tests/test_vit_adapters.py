@@ -13,7 +13,7 @@ from visionlens.core.hooks import preserved_model_state
 from visionlens.core.vit import AttentionRecorder, find_vit
 from visionlens.errors import InputError, LayerError
 
-from conftest import assert_same_state, snapshot
+from helpers import assert_same_state, snapshot
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")

@@ -17,9 +17,7 @@ def check_number(name: str, value, minimum: float | None = None, maximum: float 
     ``above`` exclusive), else an :class:`InputError` naming ``name``."""
     kind = "an integer" if integer else "a finite number"
     try:
-        number = int(value) if integer else float(value)
-        if integer and number != float(value):
-            raise ValueError
+        number = _integer(value) if integer else float(value)
     except (TypeError, ValueError, OverflowError):
         raise InputError(f"{name} must be {kind}, got {value!r}") from None
     if not integer and not math.isfinite(number):
@@ -31,6 +29,19 @@ def check_number(name: str, value, minimum: float | None = None, maximum: float 
     if maximum is not None and number > maximum:
         raise InputError(f"{name} must be at most {maximum:g}, got {value!r}")
     return number
+
+
+def _integer(value) -> int:
+    """``value`` as an int: an int, an integral float, or a string of digits (any size)."""
+    if isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError
+        return int(value)
+    return int(str(value).strip())
 
 
 def _argparse_type(integer: bool, **bounds):

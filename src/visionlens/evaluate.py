@@ -1,14 +1,17 @@
 """The evaluation harness behind ``visionlens evaluate``: models x methods x metrics on a data set.
 
-Data streams in batches (bounded memory). Per-image results are appended to ``results.jsonl``
-(one JSON object per (model, method, image), flushed and fsynced per batch). A re-run with the
-same ``--out`` skips the keys already there, so a crashed or killed run resumes without losing or
-duplicating results; a partially written last line is cut off before appending. Batches are fixed
-by image index, so a resumed batch is computed exactly as in an uninterrupted run. ``settings.json``
-records what the values depend on (data, step, seed, metrics); a re-run with other values is
-refused rather than mixing incomparable results. At the end:
-``report.csv`` / ``report.json`` (method x metric: mean, 95 % CI, n), ``index.html`` with example
-overlays, and ``manifest.json`` (versions, seed, device, timings, arguments).
+Data streams in batches, each within a byte budget (:data:`BATCH_BYTES`) whatever the batch size
+asked for. Per-image results are appended to ``results.jsonl`` (one strict-JSON object per (model,
+method, image), flushed and fsynced per batch; a folder's image is known by its path relative to
+the folder). A re-run with the same ``--out`` skips the keys already there, so a crashed or killed
+run resumes without losing or duplicating results; a partially written last line is cut off before
+appending, and a line that is not a record (or a record that contradicts an earlier one) is
+ignored with a one-line warning. One run at a time writes a results file (``flock``); a run that
+stops before its first result removes what it made, while it still holds the lock. Batches are
+fixed by image index, so a resumed batch is computed exactly as in an uninterrupted run.
+``settings.json`` records what the values depend on (data, step, seed, metrics); a re-run with
+other values is refused rather than mixing incomparable results. At the end: ``report.csv`` / ``report.json`` (method x metric: mean, 95 % CI, n), ``index.html`` with example
+overlays, and ``manifest.json`` (versions, seed, device, timings, batch sizes, arguments).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +38,13 @@ import torch
 from PIL import Image
 
 from . import metrics as M
+from .checks import check_number
 from .core.inference import checked_inference_copy
 from .core.progress import Progress
 from .errors import ImageLoadError, InputError
+from .io import save_atomic, strict, versions, write_json
 from .models.zoo import ZOO, ZooModel, load_model, resolve_device
-from .viz.overlay import overlay, save_atomic
+from .viz.overlay import overlay
 
 DEFAULT_METRICS = [m for m in M.METRICS if m != "randomisation"]  # randomisation: opt-in (cost: one map per layer)
 PER_CLASS_METRIC = "pointing-game-classes"  # summarised per class first; its n counts classes
@@ -65,7 +71,7 @@ def parse_data(spec: str) -> dict:
         rows = list(csv.DictReader(f))
     if not rows or "file" not in rows[0] or "class_index" not in rows[0]:
         raise InputError(f"bad --data '{spec}': labels.csv needs the columns file,class_index")
-    items = []
+    items, lines = [], {}
     for line, r in enumerate(rows, start=2):
         try:
             label = int(r["class_index"])
@@ -74,13 +80,26 @@ def parse_data(spec: str) -> dict:
                              "is not a whole number") from None
         if label < 0:
             raise InputError(f"bad --data '{spec}': labels.csv line {line}: class_index {label} is negative")
-        items.append((folder / (r["file"] or ""), label))
-    missing = [str(p.relative_to(folder)) for p, _ in items if not p.is_file()]
+        key = image_key(r["file"] or "")
+        if key in lines:
+            raise InputError(f"bad --data '{spec}': labels.csv line {line}: {r['file']!r} is listed twice "
+                             f"(first on line {lines[key]})")
+        lines[key] = line
+        items.append((key, folder / key, label))
+    missing = [key for key, p, _ in items if not p.is_file()]
     if missing:
         raise InputError(f"bad --data '{spec}': labels.csv lists {len(missing)} file(s) that are not in the folder, "
                          f"first {missing[0]!r}")
     return {"kind": "folder", "name": str(folder), "items": items,
             "labels_sha256": hashlib.sha256(labels.read_bytes()).hexdigest()}
+
+
+def image_key(file: str) -> str:
+    """The id of a folder's image in results: its path relative to the data root (the folder with
+    labels.csv), normalised, with ``/`` separators, so that ``a/x.JPEG`` and ``b/x.JPEG`` stay two
+    images. Results written when images were keyed by file name alone keep their keys in a flat
+    folder (name and path agree); in a nested one they match no image and are computed again."""
+    return Path(os.path.normpath(file)).as_posix()
 
 
 def ground_truth(data: dict) -> set[str]:
@@ -99,7 +118,7 @@ def _items(data: dict, n: int | None) -> list[tuple[str, object, int]]:
         items = [(p.name, p, imagenet_label(p)) for p in sample_images("all")]
         items = [(i, p, -1 if lab is None else lab) for i, p, lab in items]
     else:
-        items = [(p.name, p, lab) for p, lab in data["items"]]
+        items = list(data["items"])
     return items[:n] if n is not None else items
 
 
@@ -127,27 +146,90 @@ def _load_batch(data: dict, items, model: ZooModel) -> dict:
 
 # --- results file ---------------------------------------------------------------------------
 
-def _first_per_key(records) -> list[dict]:
-    seen, out = set(), []
-    for rec in records:
-        key = (rec.get("model"), rec.get("method"), rec.get("image"))
-        if key not in seen:
-            seen.add(key)
-            out.append(rec)
-    return out
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
-def _parsed_lines(data: bytes):
-    for line in data.split(b"\n"):
-        try:
-            yield json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+def _warn_first(problems: list[str], what: str) -> None:
+    """One line for a list of problems: the first, and how many more of the same kind."""
+    if problems:
+        more = f" (and {len(problems) - 1} more {what})" if len(problems) > 1 else ""
+        _warn(problems[0] + more)
+
+
+def _is_value(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _record_problem(rec) -> str | None:
+    """Why a parsed line is not a results record, or None if it is one."""
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not an object"
+    if not all(isinstance(rec.get(k), str) for k in ("model", "method", "image")):
+        return "no model, method and image"
+    if rec["image"] == "*":
+        return None if isinstance(rec.get("skipped"), str) else "a skipped method without its reason"
+    if not isinstance(rec.get("label"), int) or isinstance(rec.get("label"), bool):
+        return "no integer label"
+    metrics = rec.get("metrics")
+    if not isinstance(metrics, dict) or not all(_is_value(v) for v in metrics.values()):
+        return "no metrics object of numbers"
+    return None
+
+
+def _located_records(path: Path, invalid: list[str]) -> Iterator[tuple[str, dict]]:
+    """("FILE line N", record) for the complete lines of a results file that are records; the others
+    are added to ``invalid``. The part after the last newline (empty, or a line a kill cut short)
+    is no line."""
+    for number, line in enumerate(path.read_bytes().split(b"\n")[:-1], start=1):
+        if not line.strip():
             continue
+        where = f"{path} line {number}"
+        try:
+            rec = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            invalid.append(f"{where} is not JSON; ignored")
+            continue
+        why = _record_problem(rec)
+        if why is not None:
+            invalid.append(f"{where} is not a results record ({why}); ignored")
+            continue
+        yield where, rec
 
 
-def read_results(path: Path) -> list[dict]:
-    """Complete records of a results file (a torn last line is ignored); first record per key wins."""
-    return _first_per_key(_parsed_lines(path.read_bytes())) if path.exists() else []
+def _key_text(key: tuple) -> str:
+    return "(" + ", ".join(key) + ")"
+
+
+def _first_per_key(located, conflicts: list[str]) -> list[dict]:
+    """The first record per (model, method, image); a later one with other values is added to ``conflicts``."""
+    first: dict[tuple, tuple[str, dict]] = {}
+    for where, rec in located:
+        key = (rec["model"], rec["method"], rec["image"])
+        if key not in first:
+            first[key] = (where, rec)
+        elif rec != first[key][1]:
+            conflicts.append(f"{where}: a second record for {_key_text(key)} with other values; the first "
+                             f"({first[key][0]}) is used")
+    return [rec for _, rec in first.values()]
+
+
+def _read(paths: list[Path], warn: bool) -> list[dict]:
+    invalid: list[str] = []
+    conflicts: list[str] = []
+    records = _first_per_key((x for path in paths for x in _located_records(path, invalid)), conflicts)
+    if warn:
+        _warn_first(invalid, "such lines")
+        _warn_first(conflicts, "such records")
+    return records
+
+
+def read_results(path: Path, warn: bool = True) -> list[dict]:
+    """Complete records of a results file, first record per (model, method, image). A torn last
+    line is ignored silently; with ``warn``, invalid lines and records that contradict an earlier
+    one get one line each kind on stderr."""
+    path = Path(path)
+    return _read([path], warn) if path.exists() else []
 
 
 RESULTS = "results.jsonl"
@@ -164,9 +246,9 @@ def result_files(folder: Path) -> list[Path]:
     return [p for p in [folder / RESULTS, *sorted(folder.glob("results.shard-*-of-*.jsonl"))] if p.exists()]
 
 
-def read_folder_results(folder: Path) -> list[dict]:
-    """Complete records of all of a folder's results files; first record per key wins."""
-    return _first_per_key(rec for path in result_files(folder) for rec in read_results(path))
+def read_folder_results(folder: Path, warn: bool = True) -> list[dict]:
+    """Complete records of all of a folder's results files; first record per key wins (as :func:`read_results`)."""
+    return _read(result_files(folder), warn)
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -190,28 +272,57 @@ def shard_bounds(count: int, shard: tuple[int, int] | None) -> tuple[int, int]:
     return (k - 1) * count // n, k * count // n
 
 
-def _open_for_append(path: Path):
-    """Open for appending, locked against a second ``evaluate`` on the same folder (where the OS
-    has ``flock``), then cut a torn last line (a kill mid-write)."""
-    f = open(path, "a", encoding="utf-8")
-    if fcntl is not None:
+def _busy(path: Path) -> InputError:
+    part = "" if path.name == RESULTS else f" ({path.name})"
+    return InputError(f"another `visionlens evaluate` is writing to {path.parent}{part}; let it finish or stop it "
+                      "before re-running there, or use another --out")
+
+
+def _still_named(f, path: Path) -> bool:
+    """Whether the open file ``f`` is still the file at ``path`` (not removed, nor replaced)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(f.fileno())
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _lock(path: Path):
+    """``path`` opened for appending and locked (where the OS has ``flock``). A run that stopped
+    before its first result removes its file while it holds the lock, so a file locked only once
+    it has lost its name is let go and ``path`` opened again: no run writes into a removed file."""
+    for _ in range(100):
+        path.parent.mkdir(parents=True, exist_ok=True)  # its folder, too, may just have been removed
+        f = open(path, "a", encoding="utf-8")
+        if fcntl is None:
+            return f
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.close()
-            part = "" if path.name == RESULTS else f" ({path.name})"
-            raise InputError(f"another `visionlens evaluate` is writing to {path.parent}{part}; let it finish or stop it "
-                             "before re-running there, or use another --out") from None
+            raise _busy(path) from None
+        if _still_named(f, path):
+            return f
+        f.close()
+    raise _busy(path)
+
+
+def _open_for_append(path: Path):
+    """Open for appending, locked against a second ``evaluate`` on the same file, then cut a torn
+    last line (a kill mid-write)."""
+    f = _lock(path)
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end != len(data):
-        os.truncate(path, end)
+        os.ftruncate(f.fileno(), end)
     return f
 
 
 def _remove_new_files(out: Path, own: Path, created: list[Path]) -> None:
     """Undo a run that stopped before its first result: its files, and the folders it made (not
-    the settings and folders that another shard's results file, even an empty one, relies on)."""
+    the settings and folders that another shard's results file, even an empty one, relies on).
+    Called while the run still holds the lock on ``own``, so that no run can have opened it since."""
     own.unlink(missing_ok=True)
     if result_files(out):
         return
@@ -227,7 +338,7 @@ def _remove_new_files(out: Path, own: Path, created: list[Path]) -> None:
 
 
 def _write(f, records: list[dict]) -> None:
-    f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    f.write("".join(json.dumps(strict(r), sort_keys=True, allow_nan=False) + "\n" for r in records))
     f.flush()
     os.fsync(f.fileno())
 
@@ -293,20 +404,38 @@ def settle_settings(out: Path, settings: dict, has_results: bool) -> list[str]:
                              "settings, or use another --out")
         settings = {**settings, "metrics": recorded["metrics"]}
     if recorded != settings or not (out / SETTINGS).exists():
-        save_atomic(lambda t: Path(t).write_text(json.dumps(settings, indent=1), encoding="utf-8"), out / SETTINGS)
+        write_json(settings, out / SETTINGS, indent=1)
     return settings["metrics"]
 
 
 # --- metrics for one batch ------------------------------------------------------------------
 
 def _num(v) -> float | None:
+    """A metric value for a record: NaN or infinity (undefined) becomes None."""
     v = float(v)
-    return None if math.isnan(v) else v
+    return v if math.isfinite(v) else None
 
 
-def scoring_batch(batch_size: int) -> int:
-    """How many perturbed images the metrics score per forward pass."""
-    return max(batch_size * 8, 64)
+BATCH_BYTES = 128 * 3 * 224 * 224 * 4
+"""The most bytes of input images one batch holds (the default scoring batch of 224 px images,
+about 74 MiB): a batch size asked for beyond it is capped, whatever the flag says."""
+
+
+def image_bytes(model: ZooModel) -> int:
+    """Bytes of one model input image (float32 RGB at the crop size)."""
+    return 3 * model.preprocess.crop ** 2 * 4
+
+
+def image_batch(batch_size: int, count: int, per_image: int) -> int:
+    """How many images are loaded and explained together: ``batch_size``, but no more than there are
+    images (``count``) or than fit in :data:`BATCH_BYTES` (``per_image`` bytes each)."""
+    return max(1, min(batch_size, count, BATCH_BYTES // per_image))
+
+
+def scoring_batch(batch_size: int, per_image: int) -> int:
+    """How many perturbed images the metrics score per forward pass: eight per image of the batch
+    (at least 64), but no more than fit in :data:`BATCH_BYTES` (``per_image`` bytes each)."""
+    return max(1, min(max(batch_size * 8, 64), BATCH_BYTES // per_image))
 
 
 def batch_metrics(model: ZooModel, explain_fn, names: list[str], b: dict, maps: torch.Tensor, target: torch.Tensor,
@@ -323,7 +452,7 @@ def batch_metrics(model: ZooModel, explain_fn, names: list[str], b: dict, maps: 
     scorer = module if scorer is None else scorer
     pre = model.preprocess
     out: dict[str, list] = {}
-    kw = {"confidence": confidence, "batch_size": scoring_batch(batch_size)}
+    kw = {"confidence": confidence, "batch_size": scoring_batch(batch_size, x[0].numel() * x.element_size())}
 
     def ends(mode: str):
         if ends_cache is None or not (confidence is None or type(confidence) is M.Confidence):
@@ -385,7 +514,7 @@ class EmbeddingReference:
 
     @classmethod
     def build(cls, model: ZooModel, spec: dict, size: int) -> "EmbeddingReference":
-        from .core.memory_bank import build_bank
+        from .data.bank import build_bank
 
         if spec["kind"] != "world":
             raise InputError("embedding models are evaluated on the synthetic world (--data world[:split])")
@@ -437,8 +566,7 @@ class KNNExplainer:
 
 def make_explainer(name: str, model: ZooModel, reference: EmbeddingReference):
     """The explainer for method ``name`` (``METHOD@LAYER`` allowed) on an embedding model."""
-    from .methods import METHODS
-    from .methods.sfam import SIMILARITY_METHODS
+    from .methods import METHODS, SIMILARITY_METHODS
     from .pipeline import make_method, parse_method
 
     base, layer = parse_method(name)
@@ -454,13 +582,166 @@ def make_explainer(name: str, model: ZooModel, reference: EmbeddingReference):
 # --- the run --------------------------------------------------------------------------------
 
 def _versions() -> dict:
-    import platform
+    """Versions of the packages the results depend on (optional ones only when installed)."""
+    return versions()
 
-    import torchvision
 
-    from . import __version__
-    return {"visionlens": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+def _checked_numbers(n, batch_size, step, gallery_size, examples) -> tuple:
+    """The numeric arguments as integers, each checked (one :class:`InputError` line naming the flag)."""
+    if n is not None:
+        n = check_number("--n", n, minimum=1, integer=True)
+    batch_size = check_number("--batch-size", batch_size, minimum=1, integer=True)
+    if step is not None:
+        step = check_number("--step", step, integer=True)
+        if step < 1:
+            raise InputError(f"--step must be at least 1 pixel (got {step}); leave it out for RISE's step, the image width")
+    gallery_size = check_number("--gallery-size", gallery_size, minimum=1, integer=True)
+    examples = check_number("examples", examples, minimum=0, integer=True)
+    return n, batch_size, step, gallery_size, examples
+
+
+def _checked_choices(models: list[str], methods: list[str], metrics: list[str] | None,
+                     data: str) -> tuple[list[str], dict]:
+    """The metrics to report and the parsed data, after checking models, methods and metrics against them."""
+    from .methods import METHODS, SIMILARITY_METHODS
+    from .pipeline import parse_method
+
+    for m in models:
+        if m not in ZOO:
+            raise InputError(f"unknown model '{m}'; choose from: {', '.join(ZOO)}")
+    known = list(METHODS) + [m for m in SIMILARITY_METHODS if m not in METHODS]
+    for m in methods:
+        if parse_method(m)[0] not in known:
+            raise InputError(f"unknown method '{m}'; choose from: {', '.join(known)} (sfam: embedding models only)")
+    names = list(DEFAULT_METRICS if not metrics else (list(M.METRICS) if metrics == ["all"] else metrics))
+    for m in names:
+        M.get_metric(m)
+    spec = parse_data(data)
+    available = ground_truth(spec)
+    if metrics and metrics != ["all"]:  # asked for by name: say why one cannot be computed here
+        for m in names:
+            lacking = [need for need in M.METRICS[m].needs if need not in available]
+            if lacking:
+                raise InputError(f"metric '{m}' needs object {lacking[0]}, which --data {data} does not have "
+                                 "(--data world has masks and boxes)")
+    names = [m for m in names if set(M.METRICS[m].needs) <= available]
+    top = max(label for _, _, label in spec["items"]) if spec["kind"] == "folder" else -1
+    for m in models:
+        world_model = ZOO[m].task.startswith("world")
+        if (spec["kind"] == "world") != world_model:
+            raise InputError(f"model '{m}' does not fit --data {data}: world models take world data, ImageNet models images")
+        if ZOO[m].task == "imagenet" and top >= 1000:
+            raise InputError(f"bad --data '{data}': class_index {top} in labels.csv is not an ImageNet-1k class "
+                             f"(0-999) of model '{m}'")
+    return names, spec
+
+
+@dataclass
+class _Run:
+    """What the models of one command share: where results go and which images are this run's."""
+
+    out: Path
+    f: object                        # the locked results file
+    spec: dict
+    mine: list                       # (image id, source, label) of this run's images
+    offset: int                      # index of mine[0] among the command's images
+    metrics: list[str]               # computed for every new record (the folder's list)
+    done: set
+    step: int | None
+    batch_size: int
+    examples: int
+    device: str | None
+    progress: bool
+    gallery_size: int
+    fast_scoring: bool
+    compile: bool
+    timings: dict
+    scoring: dict
+    batches: dict
+
+
+def _explainers(run: _Run, model: ZooModel, methods: list[str]) -> dict:
+    """The explainer of each method not yet marked skipped for ``model``; those that cannot be made
+    are recorded as skipped."""
+    from .pipeline import make_method
+
+    todo = [mm for mm in methods if (model.name, mm, "*") not in run.done]
+    reference = None
+    if ZOO[model.name].task.endswith("embedding") and todo:
+        reference = EmbeddingReference.build(model, run.spec, run.gallery_size)
+    live = {}
+    for mm in todo:
+        try:
+            live[mm] = (make_explainer(mm, model, reference) if reference is not None
+                        else ClassifierExplainer(make_method(mm, model)))
+            if run.compile and hasattr(getattr(live[mm], "method", None), "compile"):
+                live[mm].method.compile = True
+        except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
+            _write(run.f, [_skipped(model.name, mm, err)])
+    return live
+
+
+def _skipped(model: str, method: str, err: Exception) -> dict:
+    return {"model": model, "method": method, "image": "*", "skipped": f"{type(err).__name__}: {err}"}
+
+
+def _records(model: str, method: str, b: dict, res: dict, vals: dict, done: set) -> list[dict]:
+    """The new per-image records of one method on one batch."""
+    recs = []
+    for j, image in enumerate(b["ids"]):
+        if (model, method, image) in done:
+            continue
+        recs.append({"model": model, "method": method, "image": image, "label": int(b["label"][j]),
+                     "predicted": int(res["predicted"][j]), **{k: int(v[j]) for k, v in res["extra"].items()},
+                     "metrics": {k: v[j] for k, v in vals.items()}})
+    return recs
+
+
+def _evaluate_model(run: _Run, model_name: str, methods: list[str]) -> None:
+    """Every method not done yet on ``model_name``, batch by batch, appended to the results file."""
+    model = load_model(model_name, device=run.device)
+    live = _explainers(run, model, methods)
+    per_image = image_bytes(model)
+    batch = image_batch(run.batch_size, len(run.mine), per_image)
+    run.batches[model_name] = {"images": batch, "scoring": scoring_batch(batch, per_image)}
+    bar = Progress(len(run.mine) * max(len(live), 1), f"{model_name}", enabled=run.progress)
+    scorer = None
+    for start in range(0, len(run.mine), batch):
+        chunk = run.mine[start:start + batch]
+        missing = {mm: [i for i, _, _ in chunk if (model_name, mm, i) not in run.done] for mm in live}
+        if not any(missing.values()):
+            bar.skip(len(chunk) * len(live))
+            continue
+        b = _load_batch(run.spec, chunk, model)
+        ends_cache: dict = {}
+        if scorer is None:
+            scorer, run.scoring[model_name] = (
+                checked_inference_copy(model.module, b["x"].to(model.device),
+                                       compile_batch=scoring_batch(batch, per_image) if run.compile else None)
+                if run.fast_scoring else (model.module, "model itself"))
+        for mm, explainer in list(live.items()):
+            if not missing[mm]:
+                bar.skip(len(chunk))
+                continue
+            t0 = time.perf_counter()
+            try:
+                res = explainer(b["x"].to(model.device), b["label"])
+                maps = res["maps"]
+                vals = batch_metrics(model, res["explain_fn"], run.metrics, b, maps, res["target"], run.step, batch,
+                                     res["confidence"], res["correct"], scorer, ends_cache)
+            except Exception as err:  # noqa: BLE001
+                _write(run.f, [_skipped(model_name, mm, err)])
+                del live[mm]
+                bar.update(len(run.mine) - start)
+                continue
+            key = f"{model_name}/{mm}"
+            run.timings[key] = run.timings.get(key, 0.0) + time.perf_counter() - t0
+            if run.offset + start < run.examples:  # overlays of the first images of the command
+                _save_examples(run.out / "examples", model_name, mm, b, maps, run.offset + start, run.examples)
+            recs = _records(model_name, mm, b, res, vals, run.done)
+            _write(run.f, recs)
+            run.done.update((model_name, mm, r["image"]) for r in recs)
+            bar.update(len(chunk))
 
 
 def evaluate(models: list[str], methods: list[str], data: str = "world:test", n: int | None = 100, batch_size: int = 16,
@@ -487,138 +768,44 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
     also compiles that copy (``torch.compile``, one fixed batch size) for the metrics and for the
     masked passes of methods that take it (Score-CAM): a minute or so of compiling per model,
     then about 1.4-1.5x faster scoring on this project's CPU (docs/benchmarks.md)."""
-    from .methods import METHODS
-    from .pipeline import make_method, parse_method
-
-    for m in models:
-        if m not in ZOO:
-            raise InputError(f"unknown model '{m}'; choose from: {', '.join(ZOO)}")
-    from .methods.sfam import SIMILARITY_METHODS
-
-    known = list(METHODS) + [m for m in SIMILARITY_METHODS if m not in METHODS]
-    for m in methods:
-        if parse_method(m)[0] not in known:
-            raise InputError(f"unknown method '{m}'; choose from: {', '.join(known)} (sfam: embedding models only)")
-    names = list(DEFAULT_METRICS if not metrics else (list(M.METRICS) if metrics == ["all"] else metrics))
-    for m in names:
-        M.get_metric(m)
-    if batch_size < 1 or (n is not None and n < 1):
-        raise InputError("--batch-size and --n must be at least 1")
-    if step is not None and step < 1:
-        raise InputError(f"--step must be at least 1 pixel (got {step}); leave it out for RISE's step, the image width")
-    if gallery_size < 1:
-        raise InputError(f"--gallery-size must be at least 1 (got {gallery_size})")
+    n, batch_size, step, gallery_size, examples = _checked_numbers(n, batch_size, step, gallery_size, examples)
+    names, spec = _checked_choices(models, methods, metrics, data)
     if shard is not None:
         shard = parse_shard(shard if isinstance(shard, str) else f"{shard[0]}/{shard[1]}")
-    spec = parse_data(data)
-    available = ground_truth(spec)
-    if metrics and metrics != ["all"]:  # asked for by name: say why one cannot be computed here
-        for m in names:
-            lacking = [need for need in M.METRICS[m].needs if need not in available]
-            if lacking:
-                raise InputError(f"metric '{m}' needs object {lacking[0]}, which --data {data} does not have "
-                                 "(--data world has masks and boxes)")
-    names = [m for m in names if set(M.METRICS[m].needs) <= available]
-    top = max(label for _, label in spec["items"]) if spec["kind"] == "folder" else -1
-    for m in models:
-        world_model = ZOO[m].task.startswith("world")
-        if (spec["kind"] == "world") != world_model:
-            raise InputError(f"model '{m}' does not fit --data {data}: world models take world data, ImageNet models images")
-        if ZOO[m].task == "imagenet" and top >= 1000:
-            raise InputError(f"bad --data '{data}': class_index {top} in labels.csv is not an ImageNet-1k class "
-                             f"(0-999) of model '{m}'")
     out = Path(out)
     path = out / results_file(shard)
-    fresh, created = not path.exists(), [d for d in (out, out / "examples") if not d.exists()]
-    (out / "examples").mkdir(parents=True, exist_ok=True)
+    created = [d for d in (out, out / "examples") if not d.exists()]
     items = _items(spec, n)
     offset, stop = shard_bounds(len(items), shard)
-    mine = items[offset:stop]
     torch.manual_seed(seed)
-    timings: dict[str, float] = {}
-    scoring: dict[str, str] = {}
     t_start = time.perf_counter()
-    try:
-        with _open_for_append(path) as f:
-            done = {(r["model"], r["method"], r.get("image")) for r in read_folder_results(out)}
+    with _open_for_append(path) as f:
+        fresh = os.fstat(f.fileno()).st_size == 0
+        try:
+            (out / "examples").mkdir(exist_ok=True)
+            done = {(r["model"], r["method"], r["image"]) for r in read_folder_results(out)}
             computed = settle_settings(out, run_settings(spec, names, step, seed, gallery_size), bool(done))
+            run = _Run(out, f, spec, items[offset:stop], offset, computed, done, step, batch_size, examples, device,
+                       progress, gallery_size, fast_scoring, compile, {}, {}, {})
             for model_name in models:
-                model = load_model(model_name, device=device)
-                todo = [(mm, (model_name, mm, "*") not in done) for mm in methods]
-                live = {}
-                reference = None
-                if ZOO[model_name].task.endswith("embedding") and any(ok for _, ok in todo):
-                    reference = EmbeddingReference.build(model, spec, gallery_size)
-                for mm, ok in todo:
-                    if not ok:
-                        continue
-                    try:
-                        live[mm] = (make_explainer(mm, model, reference) if reference is not None
-                                    else ClassifierExplainer(make_method(mm, model)))
-                        if compile and hasattr(getattr(live[mm], "method", None), "compile"):
-                            live[mm].method.compile = True
-                    except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
-                        _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
-                bar = Progress(len(mine) * max(len(live), 1), f"{model_name}", enabled=progress)
-                scorer = None
-                for start in range(0, len(mine), batch_size):
-                    chunk = mine[start:start + batch_size]
-                    missing = {mm: [i for i, _, _ in chunk if (model_name, mm, i) not in done] for mm in live}
-                    if not any(missing.values()):
-                        bar.skip(len(chunk) * len(live))
-                        continue
-                    b = _load_batch(spec, chunk, model)
-                    ends_cache: dict = {}
-                    if scorer is None:
-                        scorer, scoring[model_name] = (
-                            checked_inference_copy(model.module, b["x"].to(model.device),
-                                                   compile_batch=scoring_batch(batch_size) if compile else None)
-                            if fast_scoring else (model.module, "model itself"))
-                    for mm, explainer in list(live.items()):
-                        if not missing[mm]:
-                            bar.skip(len(chunk))
-                            continue
-                        t0 = time.perf_counter()
-                        try:
-                            res = explainer(b["x"].to(model.device), b["label"])
-                            maps = res["maps"]
-                            vals = batch_metrics(model, res["explain_fn"], computed, b, maps, res["target"], step, batch_size,
-                                                 res["confidence"], res["correct"], scorer, ends_cache)
-                        except Exception as err:  # noqa: BLE001
-                            _write(f, [{"model": model_name, "method": mm, "image": "*", "skipped": f"{type(err).__name__}: {err}"}])
-                            del live[mm]
-                            bar.update(len(mine) - start)
-                            continue
-                        timings[f"{model_name}/{mm}"] = timings.get(f"{model_name}/{mm}", 0.0) + time.perf_counter() - t0
-                        if offset + start < examples:  # overlays of the first images of the command
-                            _save_examples(out / "examples", model_name, mm, b, maps, offset + start, examples)
-                        recs = []
-                        for j, image in enumerate(b["ids"]):
-                            if (model_name, mm, image) in done:
-                                continue
-                            recs.append({"model": model_name, "method": mm, "image": image, "label": int(b["label"][j]),
-                                         "predicted": int(res["predicted"][j]), **{k: int(v[j]) for k, v in res["extra"].items()},
-                                         "metrics": {k: v[j] for k, v in vals.items()}})
-                        _write(f, recs)
-                        done.update((model_name, mm, r["image"]) for r in recs)
-                        bar.update(len(chunk))
-    except BaseException:
-        if fresh and not read_results(path):  # stopped before its first result: leave nothing behind
-            _remove_new_files(out, path, created)
-        raise
+                _evaluate_model(run, model_name, methods)
+        except BaseException:
+            if fresh and os.fstat(f.fileno()).st_size == 0:  # stopped before its first result: leave nothing behind
+                _remove_new_files(out, path, created)        # (still locked: no other run has the file open)
+            raise
     # the report card covers the images of this command, all shards: a folder that also holds results
     # for more images (an earlier, larger --n) reports the first --n, e.g. a long run's progress so far
     wanted = {i for i, _, _ in items}
-    report = aggregate([r for r in read_folder_results(out) if r.get("image") == "*" or r.get("image") in wanted],
+    report = aggregate([r for r in read_folder_results(out, warn=False) if r["image"] == "*" or r["image"] in wanted],
                        models, methods, names)
     manifest = {"command": {"models": models, "methods": methods, "data": data, "n": n, "batch_size": batch_size,
                             "device": str(device), "metrics": names, "step": step, "seed": seed,
                             "gallery_size": gallery_size, "fast_scoring": fast_scoring,
                             "compile": compile, "shard": None if shard is None else f"{shard[0]}/{shard[1]}"},
-                "scoring": scoring,
+                "scoring": run.scoring, "batches": run.batches,
                 "versions": _versions(), "device": str(resolve_device(device)),
                 "seconds_this_run": round(time.perf_counter() - t_start, 2),
-                "seconds_per_model_method_this_run": {k: round(v, 2) for k, v in timings.items()},
+                "seconds_per_model_method_this_run": {k: round(v, 2) for k, v in run.timings.items()},
                 "metrics": {k: {"direction": v.direction, "category": v.category, "description": v.description}
                             for k, v in M.METRICS.items() if k in names}}
     write_report_card(out, report, manifest)
@@ -643,6 +830,11 @@ def ci95(values: np.ndarray) -> float:
     return 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
 
 
+def _finite(v) -> bool:
+    """Whether a recorded metric value counts (None: undefined; NaN/infinity from older files likewise)."""
+    return v is not None and math.isfinite(v)
+
+
 def aggregate(records: list[dict], models: list[str], methods: list[str], names: list[str]) -> dict:
     """Mean, 95 % CI (normal approximation, 1.96 standard errors) and n per model x method x metric."""
     rows, skipped = [], []
@@ -657,11 +849,11 @@ def aggregate(records: list[dict], models: list[str], methods: list[str], names:
                 if metric == PER_CLASS_METRIC:  # per class first, then over classes
                     hits: dict[int, list[float]] = {}
                     for r in recs:
-                        if r["metrics"].get("pointing-game") is not None:
+                        if _finite(r["metrics"].get("pointing-game")):
                             hits.setdefault(r["label"], []).append(r["metrics"]["pointing-game"])
                     vals = np.array([np.mean(v) for v in hits.values()], float)
                 else:
-                    vals = np.array([r["metrics"][metric] for r in recs if r["metrics"].get(metric) is not None], float)
+                    vals = np.array([r["metrics"][metric] for r in recs if _finite(r["metrics"].get(metric))], float)
                 if not len(vals):
                     continue
                 rows.append({"model": model, "method": method, "metric": metric, "mean": float(vals.mean()),
@@ -670,6 +862,7 @@ def aggregate(records: list[dict], models: list[str], methods: list[str], names:
 
 
 def write_report_card(out: Path, report: dict, manifest: dict) -> None:
+    """``report.csv``, ``report.json``, ``manifest.json`` (strict JSON) and ``index.html`` in ``out``."""
     from .viz.report_card import report_card_html
 
     buf = io.StringIO()
@@ -677,8 +870,8 @@ def write_report_card(out: Path, report: dict, manifest: dict) -> None:
     w.writeheader()
     w.writerows(report["rows"])
     save_atomic(lambda t: Path(t).write_text(buf.getvalue(), encoding="utf-8"), out / "report.csv")
-    save_atomic(lambda t: Path(t).write_text(json.dumps(report, indent=1), encoding="utf-8"), out / "report.json")
-    save_atomic(lambda t: Path(t).write_text(json.dumps(manifest, indent=1), encoding="utf-8"), out / "manifest.json")
+    write_json(report, out / "report.json", indent=1)  # strict JSON: an undefined CI (n = 1) is null
+    write_json(manifest, out / "manifest.json", indent=1)
     text = report_card_html(report, manifest, sorted(p.name for p in (out / "examples").glob("*.png")))
     save_atomic(lambda t: Path(t).write_text(text, encoding="utf-8"), out / "index.html")
 
@@ -696,7 +889,7 @@ def markdown_table(report: dict, model: str) -> str:
     def shown(v: dict | None) -> str:
         if v is None:
             return ""
-        text = f"{v['mean']:.3f} ± {v['ci95']:.3f}"
+        text = f"{v['mean']:.3f}" + (f" ± {v['ci95']:.3f}" if _finite(v["ci95"]) else "")
         if v["metric"] == PER_CLASS_METRIC:
             return f"{text} ({v['n']} classes)"
         return text + (f" (n = {v['n']})" if v["n"] < n_max else "")

@@ -4,7 +4,16 @@ CI, n, direction), skipped methods with the reason, example overlays and the man
 from __future__ import annotations
 
 import html
-import json
+import math
+
+from ..io import dumps
+
+
+def _cell(r: dict) -> str:
+    """mean ± CI (n); the CI is left out where it is undefined (n = 1: NaN, or null once read back)."""
+    ci = r["ci95"]
+    spread = f" ± {ci:.3f}" if ci is not None and math.isfinite(ci) else ""
+    return f"<td>{r['mean']:.3f}{spread} (n={r['n']})</td>"
 
 
 def report_card_html(report: dict, manifest: dict, example_files: list[str]) -> str:
@@ -19,14 +28,14 @@ def report_card_html(report: dict, manifest: dict, example_files: list[str]) -> 
         methods = list(dict.fromkeys(r["method"] for r in rows))
         cell = {(r["method"], r["metric"]): r for r in rows}
         parts.append(f"<h2>{e(model)}</h2><table><tr><th>method</th>")
-        parts += [f"<th>{e(m)} ({'higher' if cell[(methods[0], m)]['direction'] == 'higher' else 'lower'} is better)</th>"
-                  for m in metrics] if methods else []
+        direction = {r["metric"]: r["direction"] for r in rows}  # the first method may lack a metric
+        parts += [f"<th>{e(m)} ({direction[m]} is better)</th>" for m in metrics]
         parts.append("<th>examples</th></tr>")
         for me in methods:
             parts.append(f"<tr><td>{e(me)}</td>")
             for m in metrics:
                 r = cell.get((me, m))
-                parts.append("<td></td>" if r is None else f"<td>{r['mean']:.3f} ± {r['ci95']:.3f} (n={r['n']})</td>")
+                parts.append("<td></td>" if r is None else _cell(r))
             prefix = f"{model}.{me}.".replace("/", "_").replace("@", "_at_")
             imgs = [f for f in example_files if f.startswith(prefix)]
             parts.append("<td>" + "".join(f"<img src='examples/{e(f)}' alt='{e(f)}'>" for f in imgs) + "</td></tr>")
@@ -34,5 +43,5 @@ def report_card_html(report: dict, manifest: dict, example_files: list[str]) -> 
         for s in report["skipped"]:
             if s["model"] == model:
                 parts.append(f"<p class='skip'>skipped {e(s['method'])}: {e(s['reason'])}</p>")
-    parts.append(f"<h2>manifest</h2><pre>{e(json.dumps(manifest, indent=1))}</pre></body></html>\n")
+    parts.append(f"<h2>manifest</h2><pre>{e(dumps(manifest, indent=1))}</pre></body></html>\n")
     return "".join(parts)
