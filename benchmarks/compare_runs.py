@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from visionlens.evaluate import read_folder_results
+from visionlens.evaluation import read_folder_results
 
 
 def _load(folders: list[str]) -> dict:

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from visionlens.evaluate import markdown_table
+from visionlens.evaluation import markdown_table
 
 
 def main(folders: list[str]) -> None:

@@ -20,7 +20,7 @@ import argparse
 
 import numpy as np
 
-from visionlens.evaluate import ci95, read_folder_results
+from visionlens.evaluation import ci95, read_folder_results
 from visionlens.metrics import METRICS
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionlens.evaluate import read_folder_results
+from visionlens.evaluation import read_folder_results
 from visionlens.metrics.sanity import spearman
 
 

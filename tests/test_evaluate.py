@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import visionlens.evaluate as E
+import visionlens.evaluation.data as D
+import visionlens.evaluation.run as R
+import visionlens.evaluation.store as S
 from visionlens import metrics as M
 from visionlens.cli import main
 from visionlens.errors import InputError
-from visionlens.evaluate import evaluate, read_folder_results, read_results
+from visionlens.evaluation import evaluate, markdown_table, read_folder_results, read_results
 
 from conftest import labelled_folder
 
@@ -313,7 +315,7 @@ def test_embedding_models_use_the_similarity_confidences(tmp_path):
     gallery image (the clean reference), DAAM on the self-supervised ViT by its k-NN vote mass."""
     import torch
 
-    from visionlens.evaluate import EmbeddingReference, RetrievalExplainer
+    from visionlens.evaluation import EmbeddingReference, RetrievalExplainer
     from visionlens.methods.sfam import SFAM
     from visionlens.metrics import deletion
     from visionlens.models import load_model
@@ -333,10 +335,10 @@ def test_embedding_models_use_the_similarity_confidences(tmp_path):
     x = (b["image"] - 0.5) / 0.5
     ref = EmbeddingReference.build(model, {"kind": "world"}, 200)
     res = RetrievalExplainer(SFAM(model.module, model.layer), model.module, ref)(x, b["label"])
-    auc = deletion(model.module, x, res["maps"], res["target"], step=1024, confidence=res["confidence"])
+    auc = deletion(model.module, x, res.maps, res.targets, step=1024, confidence=res.confidence)
     got = sorted((r["image"], r["metrics"]["deletion"]) for r in recs if r["method"] == "sfam")
     assert [v for _, v in got] == pytest.approx(auc.tolist(), abs=1e-5)
-    assert torch.equal(res["extra"]["reference"], torch.tensor([r["reference"] for r in sorted(
+    assert torch.equal(res.extra["reference"], torch.tensor([r["reference"] for r in sorted(
         (r for r in recs if r["method"] == "sfam"), key=lambda r: r["image"])]))
 
     report = evaluate(out=tmp_path / "d", **{**args, "models": ["world-dino"], "methods": ["daam"]}, gallery_size=200)
@@ -398,8 +400,6 @@ def test_paired_differences_calls_rounding_sized_differences_equal(tmp_path):
 
 
 def test_markdown_table_names_the_n_of_cells_over_fewer_images():
-    from visionlens.evaluate import markdown_table
-
     def row(method, metric, n):
         return {"model": "m", "method": method, "metric": metric, "mean": 0.5, "ci95": 0.1, "n": n, "direction": "lower"}
 
@@ -473,7 +473,7 @@ def test_a_run_refused_at_the_same_instant_leaves_the_winners_files(tmp_path, mo
     import fcntl
 
     out = tmp_path / "o"
-    real, held = E._open_for_append, []
+    real, held = S.open_for_append, []
 
     def winner_first(path):
         (path.parent / "examples").mkdir(parents=True, exist_ok=True)
@@ -484,7 +484,7 @@ def test_a_run_refused_at_the_same_instant_leaves_the_winners_files(tmp_path, mo
         (path.parent / "examples" / "world-cnn.0.png").write_bytes(b"png")
         return real(path)
 
-    monkeypatch.setattr(E, "_open_for_append", winner_first)
+    monkeypatch.setattr(S, "open_for_append", winner_first)
     try:
         assert main([*CLI, "--out", str(out)]) == 2
         assert "another `visionlens evaluate` is writing to" in capsys.readouterr().err
@@ -510,7 +510,7 @@ def test_a_run_never_writes_into_a_removed_results_file(tmp_path, monkeypatch, c
         calls.append(op)
         return fcntl.flock(fd, op)
 
-    monkeypatch.setattr(E, "fcntl", types.SimpleNamespace(LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB, flock=flock))
+    monkeypatch.setattr(S, "fcntl", types.SimpleNamespace(LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB, flock=flock))
     assert main([*CLI, "--n", "2", "--methods", "gradcam", "--out", str(out)]) == 0
     assert len(calls) == 2 and len(read_results(out / "results.jsonl")) == 2
 
@@ -520,11 +520,11 @@ def test_a_run_that_stops_early_cleans_up_while_holding_the_lock(tmp_path, monke
     """A run that stops before its first result removes its files while it still holds the lock, so
     a run arriving meanwhile is refused, never handed a file that is about to be removed."""
     out = tmp_path / "o"
-    real, arrivals = E._remove_new_files, []
+    real, arrivals = S.remove_new_files, []
 
     def removing(folder, own, created):
         try:
-            E._open_for_append(own).close()  # a second run arriving now
+            S.open_for_append(own).close()  # a second run arriving now
             arrivals.append("let in")
         except InputError:
             arrivals.append("refused")
@@ -533,8 +533,8 @@ def test_a_run_that_stops_early_cleans_up_while_holding_the_lock(tmp_path, monke
     def no_model(*args, **kwargs):
         raise InputError("cannot load the model")
 
-    monkeypatch.setattr(E, "_remove_new_files", removing)
-    monkeypatch.setattr(E, "load_model", no_model)
+    monkeypatch.setattr(S, "remove_new_files", removing)
+    monkeypatch.setattr(R, "load_model", no_model)
     assert main([*CLI, "--out", str(out)]) == 2
     assert arrivals == ["refused"] and not out.exists()
 
@@ -543,7 +543,7 @@ def test_batches_stay_within_the_memory_budget(tmp_path, monkeypatch):
     """batch_size=1000000 on 12 images: the image batch and every forward pass of the scoring stay
     within the byte budget (here 8 world images), whatever the flag says."""
     per_image = 3 * 64 * 64 * 4
-    monkeypatch.setattr(E, "BATCH_BYTES", 8 * per_image, raising=False)
+    monkeypatch.setattr(D, "BATCH_BYTES", 8 * per_image)
     loaded, forwards = [], []
 
     class Recorder(torch.nn.Module):
@@ -555,13 +555,13 @@ def test_batches_stay_within_the_memory_budget(tmp_path, monkeypatch):
             forwards.append(len(x))
             return self.module(x)
 
-    real_load = E._load_batch
+    real_load = D.load_batch
     def load_batch(data, items, model):
         loaded.append(len(items))
         return real_load(data, items, model)
 
-    monkeypatch.setattr(E, "_load_batch", load_batch)
-    monkeypatch.setattr(E, "checked_inference_copy", lambda module, x, compile_batch=None: (Recorder(module), "recorder"))
+    monkeypatch.setattr(D, "load_batch", load_batch)
+    monkeypatch.setattr(R, "checked_inference_copy", lambda module, x, compile_batch=None: (Recorder(module), "recorder"))
     out = tmp_path / "o"
     evaluate(out=out, **{**ARGS, "n": 12, "batch_size": 10**6, "methods": ["gradcam"], "metrics": ["deletion"],
                          "step": 256})
@@ -572,12 +572,12 @@ def test_batches_stay_within_the_memory_budget(tmp_path, monkeypatch):
 
 def test_batch_sizes_are_capped_by_images_and_bytes():
     photo, world = 3 * 224 * 224 * 4, 3 * 64 * 64 * 4
-    assert E.scoring_batch(16, photo) == 128 and E.scoring_batch(4, world) == 64  # the defaults are unchanged
+    assert D.scoring_batch(16, photo) == 128 and D.scoring_batch(4, world) == 64  # the defaults are unchanged
     for per_image in (photo, world):
-        assert E.scoring_batch(10**6, per_image) * per_image <= E.BATCH_BYTES
-    assert E.image_batch(10**6, 2, photo) == 2  # never more than the images there are
-    assert E.image_batch(10**6, 10**4, photo) * photo <= E.BATCH_BYTES
-    assert E.image_batch(1, 10, 10**12) == E.scoring_batch(1, 10**12) == 1  # at least one image
+        assert D.scoring_batch(10**6, per_image) * per_image <= D.BATCH_BYTES
+    assert D.image_batch(10**6, 2, photo) == 2  # never more than the images there are
+    assert D.image_batch(10**6, 10**4, photo) * photo <= D.BATCH_BYTES
+    assert D.image_batch(1, 10, 10**12) == D.scoring_batch(1, 10**12) == 1  # at least one image
 
 
 def test_a_run_that_needs_no_torchvision_finishes_without_it(tmp_path, monkeypatch, capsys):
@@ -617,3 +617,23 @@ def test_numeric_arguments_are_checked_before_any_work(tmp_path, change, message
     with pytest.raises(InputError, match=re.escape(message)):
         evaluate(out=tmp_path / "o", **{**ARGS, **change})
     assert not (tmp_path / "o").exists()
+
+
+def test_a_new_metric_is_one_registry_entry(tmp_path, monkeypatch):
+    """A metric registered with its ``compute`` (and nothing else edited) is computed per image,
+    recorded, aggregated and described in the manifest; the registry is restored afterwards."""
+    toy = M.MetricInfo("toy", True, "faithfulness", ("classifier",), ("masks",), "class",
+                       "the explained class, as a number", compute=lambda c: c.target.float() + 0 * c.masks.sum((1, 2)))
+    monkeypatch.setitem(M.METRICS, "toy", toy)
+    out = tmp_path / "o"
+    report = evaluate(out=out, **{**ARGS, "methods": ["gradcam"], "n": 4, "metrics": ["toy", "relevance-mass"]})
+    recs = read_results(out / "results.jsonl")
+    assert len(recs) == 4 and all(r["metrics"]["toy"] == r["predicted"] for r in recs)
+    (row,) = [r for r in report["rows"] if r["metric"] == "toy"]
+    assert row["n"] == 4 and row["direction"] == "higher"
+    assert row["mean"] == pytest.approx(sum(r["predicted"] for r in recs) / 4)
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["toy"]["description"] == toy.description
+    assert "toy (↑)" in markdown_table(report, "world-cnn")
+    # a metric that needs what the data lacks is refused by name, like the built-in ones
+    with pytest.raises(InputError, match="metric 'toy' needs object masks"):
+        evaluate(["mobilenet_v2"], ["gradcam"], data="samples", n=1, out=tmp_path / "s", metrics=["toy"], progress=False)

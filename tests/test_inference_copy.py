@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from visionlens.core.inference import InferenceCopy, checked_inference_copy, conv_bn_pairs, fold_batchnorm
-from visionlens.evaluate import evaluate, read_results
+from visionlens.evaluation import evaluate, read_results
 
 from helpers import assert_same_state, labelled_folder, snapshot
 

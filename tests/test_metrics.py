@@ -294,3 +294,11 @@ def test_embedding_confidences():
     knn = M.KNNConfidence(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), torch.tensor([0, 0, 1]), k=2)
     assert knn(e[:1], torch.tensor([0])).item() == pytest.approx(1.0)
     assert math.isclose(float(knn.votes(e).sum(1)[1]), 1.0, rel_tol=1e-6)
+
+
+def test_every_registered_metric_can_be_computed():
+    """Each entry of the registry carries its compute function, or names the per-image metric it summarises."""
+    for name, info in M.METRICS.items():
+        assert (info.compute is not None) != (info.per_class_of is not None), name
+        assert info.per_class_of is None or M.METRICS[info.per_class_of].compute is not None
+    assert "randomisation" not in M.default_metrics() and "deletion" in M.default_metrics()
