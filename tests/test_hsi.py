@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,38 @@ KNOTS = uniform_knots()                        # 12 knots, -2.2 .. 2.2, h = 0.4
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    """Each test leaves the torch RNG, thread count, grad mode and default dtype as it found them
+    (the CLI's --threads and the tests' manual_seed would otherwise leak into later tests)."""
+    threads, grad, dtype = torch.get_num_threads(), torch.is_grad_enabled(), torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(grad)
+    torch.set_default_dtype(dtype)
+
+
+def _exit_code(argv) -> int:
+    """``visionlens.cli.main(argv)``; an argparse refusal (SystemExit) gives its code."""
+    from visionlens.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+def _one_error_line(capsys, *names) -> str:
+    """The single stderr line, which starts with ``error:``, names every one of ``names`` and is no traceback."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
 
 
 def count(model) -> int:
@@ -272,8 +306,8 @@ def test_cli_rejects_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
 
     bogus = tmp_path / "model.pt"
     bogus.write_bytes(b"not a checkpoint")
-    assert main(["hsi-cd", "eval", "--checkpoint", str(bogus)]) != 0
-    assert "not an hsi-cd checkpoint" in capsys.readouterr().err
+    assert main(["hsi-cd", "eval", "--checkpoint", str(bogus)]) == 2
+    _one_error_line(capsys, str(bogus), "hsi-cd checkpoint")
 
 
 def test_boundary_mask_matches_morphology():
@@ -286,3 +320,115 @@ def test_boundary_mask_matches_morphology():
     expected = (changed & ~ndimage.binary_erosion(changed, box, border_value=1)) | (
         ~changed & ndimage.binary_dilation(changed, box))
     np.testing.assert_array_equal(boundary_mask(labels, 2), expected)
+
+
+# ---- bad input: one line, exit 2, before any work ------------------------------------------------------
+
+@pytest.mark.parametrize("flag,value", [
+    ("--epochs", "0"), ("--lr", "nan"), ("--lr", "0"), ("--lr", "inf"), ("--batch-size", "0"),
+    ("--train-fraction", "1"), ("--train-fraction", "nan"), ("--patch", "4"), ("--patch", "0"), ("--patch", "99"),
+    ("--size", "3"), ("--size", "1000000"), ("--bands", "1"), ("--threads", "0"), ("--seed", "-1"),
+    ("--scene-seed", "-1"), ("--shading", "nan"), ("--shading", "-0.1")])
+def test_cli_train_rejects_bad_numbers(tmp_path, capsys, flag, value):
+    out = tmp_path / "run"
+    tiny = ["--size", "16", "--bands", "6", "--epochs", "1", "--train-fraction", "0.2", "--model", "mlp"]  # fast if accepted
+    assert _exit_code(["hsi-cd", "train", *tiny, flag, value, "--out", str(out), "--quiet"]) == 2
+    _one_error_line(capsys, flag)
+    assert not out.exists()
+
+
+def test_cli_eval_and_map_reject_bad_numbers(tmp_path, capsys):
+    for command in ("eval", "map"):
+        assert _exit_code(["hsi-cd", command, "--checkpoint", str(tmp_path / "m.pt"), "--threads", "-2"]) == 2
+        _one_error_line(capsys, "--threads")
+
+
+def test_cli_refuses_an_oversized_synthetic_scene_and_an_unknown_model(tmp_path, capsys):
+    assert _exit_code(["hsi-cd", "train", "--size", "2048", "--bands", "1024", "--out", str(tmp_path / "o")]) == 2
+    _one_error_line(capsys, "--size", "--bands")
+    assert _exit_code(["hsi-cd", "train", "--model", "cva-otsu", "--out", str(tmp_path / "o")]) == 2
+    _one_error_line(capsys, "--model")
+    assert not (tmp_path / "o").exists()
+
+
+def test_nan_pixel_in_a_mat_cube_is_refused_at_load(tmp_path, capsys):
+    pytest.importorskip("scipy.io")
+    rng = np.random.default_rng(0)
+    t1, t2 = rng.random((9, 8, 5)), rng.random((9, 8, 5))
+    t1[4, 3, 2] = np.nan
+    t2[0, 0, 0] = np.inf
+    _write_layout(tmp_path, "farmland", t1, t2, rng.integers(0, 2, (9, 8)).astype(np.uint8))
+    with pytest.raises(InputError, match="1 non-finite"):
+        load_dataset("farmland", tmp_path)
+    out = tmp_path / "o"
+    assert _exit_code(["hsi-cd", "train", "--data", str(tmp_path), "--dataset", "farmland", "--out", str(out),
+                       "--quiet"]) == 2
+    _one_error_line(capsys, "farm06.mat", "1 non-finite")
+    assert not out.exists()
+    with pytest.raises(InputError, match="date t2 holds 1 non-finite"):
+        Scene(np.zeros_like(t2), t2, np.zeros((9, 8), dtype=np.int64))
+
+
+def test_a_non_finite_loss_stops_training():
+    from visionlens.hsi.train import create_model, fit
+
+    scene = make_scene(SyntheticConfig(size=16, bands=6), seed=0)
+    train_pos, _ = stratified_split(scene.labels, 0.2, 0)
+    model = create_model("mlp", scene.bands)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(InputError, match="diverged.*lower --lr") as err:
+        fit(model, PatchPairs(scene), train_pos, scene.labels, TrainConfig(model="mlp", epochs=2))
+    assert "\n" not in str(err.value)
+
+
+def test_training_leaves_the_callers_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    run(make_scene(SyntheticConfig(size=16, bands=6), seed=0), TrainConfig(model="mlp", epochs=1, train_fraction=0.2))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_cli_refuses_unsafe_or_non_finite_checkpoints(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _exit_code(["hsi-cd", "train", "--size", "16", "--bands", "6", "--epochs", "1", "--train-fraction", "0.2",
+                       "--model", "mlp", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    name = next(iter(checkpoint["state_dict"]))
+    checkpoint["state_dict"][name][0] = float("nan")
+    torch.save(checkpoint, tmp_path / "nan.pt")
+    assert _exit_code(["hsi-cd", "eval", "--checkpoint", str(tmp_path / "nan.pt")]) == 2
+    _one_error_line(capsys, "nan.pt", name, "NaN")
+    torch.save({**checkpoint, "hook": _Evil()}, tmp_path / "evil.pt")
+    assert _exit_code(["hsi-cd", "map", "--checkpoint", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "m.png")]) == 2
+    _one_error_line(capsys, "evil.pt")
+    assert not (tmp_path / "m.png").exists() and not (tmp_path / "pwned").exists()
+
+
+class _Evil:
+    """Pickles as a call to ``open(..., "w")``: a weights_only load must refuse it."""
+
+    def __reduce__(self):
+        return (open, (str(Path(__file__).parent / "pwned"), "w"))
+
+
+def test_metrics_json_is_strict_even_with_a_nan_score(tmp_path, monkeypatch):
+    import json
+
+    import visionlens.hsi.train as train_module
+
+    out = tmp_path / "run"
+    assert _exit_code(["hsi-cd", "train", "--size", "16", "--bands", "6", "--epochs", "1", "--train-fraction", "0.2",
+                       "--model", "mlp", "--out", str(out), "--quiet"]) == 0
+    monkeypatch.setattr(train_module, "scores", lambda truth, pred: {"oa": float("nan"), "kappa": 0.5, "aa": 0.5})
+    assert _exit_code(["hsi-cd", "eval", "--checkpoint", str(out / "model.pt"), "--out", str(tmp_path / "e.json")]) == 0
+
+    def refuse(token):
+        raise AssertionError(f"non-strict JSON token {token}")
+
+    for path in (out / "metrics.json", tmp_path / "e.json"):
+        data = json.loads(path.read_text(), parse_constant=refuse)
+        assert data["model"] == "mlp"
+    assert json.loads((tmp_path / "e.json").read_text())["oa"] is None

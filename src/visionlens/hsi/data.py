@@ -61,10 +61,30 @@ class Scene:
                              f"got {self.t1.shape} and {self.t2.shape}")
         if self.labels.shape != self.t1.shape[:2]:
             raise InputError(f"{self.name}: label map {self.labels.shape} does not match image size {self.t1.shape[:2]}")
+        for date, cube in (("t1", self.t1), ("t2", self.t2)):
+            _check_finite(cube, f"{self.name}: date {date}")
 
     @property
     def bands(self) -> int:
         return self.t1.shape[2]
+
+
+def _check_finite(cube: np.ndarray, what: str) -> None:
+    """An :class:`InputError` naming ``what`` and the count when a cube holds NaN or infinite values."""
+    bad = int(cube.size - np.count_nonzero(np.isfinite(cube)))
+    if bad:
+        raise InputError(f"{what} holds {bad} non-finite value(s) (NaN or Inf) out of {cube.size}: "
+                         "fill or interpolate them before change detection")
+
+
+def _read_cube(path: Path, key: str) -> np.ndarray:
+    """A date's ``(H, W, bands)`` cube as float32, refused when it holds NaN or infinite values."""
+    cube = _read_variable(path, key)
+    if not np.issubdtype(cube.dtype, np.number) or np.iscomplexobj(cube):
+        raise InputError(f"{path}: variable {key!r} is not a real numeric array (dtype {cube.dtype})")
+    cube = cube.astype(np.float32)
+    _check_finite(cube, f"{path}: variable {key!r}")
+    return cube
 
 
 def _read_variable(path: Path, key: str) -> np.ndarray:
@@ -90,8 +110,8 @@ def load_dataset(name: str, folder) -> Scene:
     if key not in DATASETS:
         raise InputError(f"unknown dataset {name!r}: use one of {', '.join(sorted(DATASETS))}")
     layout, folder = DATASETS[key], Path(folder)
-    t1 = _read_variable(folder / layout.t1[0], layout.t1[1]).astype(np.float32)
-    t2 = _read_variable(folder / layout.t2[0], layout.t2[1]).astype(np.float32)
+    t1 = _read_cube(folder / layout.t1[0], layout.t1[1])
+    t2 = _read_cube(folder / layout.t2[0], layout.t2[1])
     raw = _read_variable(folder / layout.label[0], layout.label[1])
     if raw.ndim == 3 and raw.shape[2] == 1:
         raw = raw[..., 0]

@@ -56,8 +56,20 @@ def parameter_count(model: nn.Module) -> int:
 
 def fit(model: nn.Module, pairs: PatchPairs, positions: np.ndarray, labels: np.ndarray, config: TrainConfig,
         progress: bool = False) -> dict:
-    """Train in place on the pixels ``positions`` (``(N, 2)``); returns losses and timings."""
-    torch.manual_seed(config.seed)
+    """Train in place on the pixels ``positions`` (``(N, 2)``); returns losses and timings. Seeds a
+    forked torch RNG (the caller's is left as it was); a non-finite loss stops with an :class:`InputError`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _fit(model, pairs, positions, labels, config, progress)
+
+
+def _check_loss(loss: torch.Tensor, epoch: int, config: TrainConfig) -> None:
+    if not bool(torch.isfinite(loss)):
+        raise InputError(f"hsi-cd training diverged: the loss became {loss.item()} in epoch {epoch} "
+                         f"(lr {config.lr:g}); lower --lr or check the data for extreme values")
+
+
+def _fit(model, pairs, positions, labels, config, progress) -> dict:
     x = pairs.patches(positions[:, 0], positions[:, 1])
     y = torch.from_numpy(labels[positions[:, 0], positions[:, 1]]).long()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -69,12 +81,13 @@ def fit(model: nn.Module, pairs: PatchPairs, positions: np.ndarray, labels: np.n
         bar = Progress(config.epochs, "hsi-cd train", unit="epoch")
     losses, wall, cpu = [], time.perf_counter(), time.process_time()
     model.train()
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
         order, total = torch.randperm(len(y)), 0.0
         for start in range(0, len(y), config.batch_size):
             idx = order[start:start + config.batch_size]
             optimizer.zero_grad()
             loss = loss_fn(model(x[idx]), y[idx])
+            _check_loss(loss, epoch + 1, config)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
@@ -126,8 +139,9 @@ def run(scene: Scene, config: TrainConfig, progress: bool = False):
         result.update(test_wall_s=time.perf_counter() - wall, test_cpu_s=time.process_time() - cpu,
                       train_wall_s=0.0, train_cpu_s=0.0)
         return None, result
-    torch.manual_seed(config.seed)
-    model = create_model(config.model, scene.bands, config.patch, config.basis)
+    with torch.random.fork_rng(devices=[]):                            # leave the caller's RNG as it was
+        torch.manual_seed(config.seed)
+        model = create_model(config.model, scene.bands, config.patch, config.basis)
     pairs = PatchPairs(scene, config.patch)
     history = fit(model, pairs, train_pos, scene.labels, config, progress)
     result = evaluate(model, pairs, test_pos, scene.labels, config.eval_batch)

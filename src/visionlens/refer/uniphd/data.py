@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import InputError
+from ...io import write_json
 from ..masks import rle_encode, segmentation_to_mask
 
 KEYPOINT_NAMES = (
@@ -60,12 +61,13 @@ class RefSample:
 
 
 def sample_image(s: RefSample) -> np.ndarray:
-    """The sample's pixels (read from ``image_path`` when the loader kept it lazy)."""
+    """The sample's pixels (read from ``image_path`` when the loader kept it lazy); an unreadable file
+    raises :class:`~visionlens.errors.ImageLoadError` naming it."""
     if s.image is not None:
         return s.image
-    from PIL import Image
+    from ...data.images import load_image
 
-    return np.asarray(Image.open(s.image_path).convert("RGB"))
+    return np.asarray(load_image(s.image_path).convert("RGB"))
 
 
 # --- masks ---------------------------------------------------------------------------------
@@ -79,54 +81,142 @@ def box_of_mask(mask: np.ndarray) -> tuple:
 
 # --- loader / writer ------------------------------------------------------------------------
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers(value, n: int | None = None) -> bool:
+    """``value`` is a list of finite numbers (of length ``n`` when given)."""
+    return isinstance(value, list) and (n is None or len(value) == n) and all(_is_number(v) for v in value)
+
+
+def _ann_fields_problem(ann: dict, h: int, w: int) -> str | None:
+    """What is wrong with a used annotation's fields (``None`` when nothing is)."""
+    if not _numbers(ann.get("keypoints"), 51):
+        return _field_problem(ann, "keypoints", "51 finite numbers (17 x, y, v triples)")
+    seg = ann.get("segmentation")
+    if isinstance(seg, dict):
+        if not isinstance(seg.get("counts"), (str, list)) or list(seg.get("size", [])) != [h, w]:
+            return f"field 'segmentation' must be an RLE with 'counts' and 'size' [{h}, {w}] (the image's height, width)"
+    elif not (isinstance(seg, list) and seg and all(_numbers(poly) and len(poly) >= 6 and len(poly) % 2 == 0
+                                                      for poly in seg)):
+        return _field_problem(ann, "segmentation", "polygons (lists of >= 3 finite x, y pairs) or an RLE dict")
+    if not _numbers(ann.get("bbox"), 4) or min(ann["bbox"][2:]) < 0:
+        return _field_problem(ann, "bbox", "4 finite numbers x, y, width, height (width, height >= 0)")
+    if not _is_number(ann.get("area")) or ann["area"] < 0:
+        return _field_problem(ann, "area", "a finite number >= 0")
+    if not _numbers(ann.get("scribble"), 120):
+        return _field_problem(ann, "scribble", "120 finite numbers (5 scribbles x 12 x, y points)")
+    return None
+
+
+def _field_problem(entry: dict, field: str, expected: str) -> str:
+    if field not in entry:
+        return f"missing field {field!r} ({expected})"
+    value = entry[field]
+    got = f"{len(value)} values" if isinstance(value, (list, dict)) else repr(value)[:40]
+    return f"field {field!r} must hold {expected}, got {got}"
+
+
+def _image_problem(im) -> str | None:
+    """What is wrong with an image entry (``None`` when nothing is)."""
+    if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+        return _field_problem(im, "file_name", "the image's file name")
+    for field in ("height", "width"):
+        if not isinstance(im.get(field), int) or isinstance(im[field], bool) or im[field] < 1:
+            return _field_problem(im, field, "a positive integer")
+    if not isinstance(im.get("caption"), str):
+        return _field_problem(im, "caption", "the referring text; RefHuman gives one per image entry")
+    return None
+
+
+def _used(ann: dict) -> bool:
+    """The official loader drops crowd annotations and those without a labelled keypoint."""
+    return not ann.get("iscrowd", 0) and ann.get("num_keypoints", 1) != 0
+
+
+def _check_refhuman(path: Path, data) -> tuple[dict, list[dict]]:
+    """``(images by id, used annotations)`` of a parsed RefHuman file, every field they need checked
+    first; else one :class:`InputError` line naming the file, the entry and the field."""
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise InputError(f"{path} is not a RefHuman/COCO annotation file: expected an object with the lists "
+                         "'images' and 'annotations'")
+    images = {im["id"]: im for im in data["images"] if isinstance(im, dict) and isinstance(im.get("id"), int)}
+    used, checked = [], set()
+    for index, ann in enumerate(data["annotations"]):
+        name = f"annotation id {ann['id']!r}" if isinstance(ann, dict) and "id" in ann else f"annotation at index {index}"
+        if not isinstance(ann, dict):
+            raise InputError(f"{path}: {name} is not a JSON object")
+        if _used(ann):
+            _check_annotation(path, name, ann, images, checked)
+            used.append(ann)
+    return images, used
+
+
+def _check_annotation(path: Path, name: str, ann: dict, images: dict, checked: set) -> None:
+    """One used annotation and (once) its image entry; ``checked`` holds the image ids already seen."""
+    if not isinstance(ann.get("id"), int) or not isinstance(ann.get("image_id"), int):
+        raise InputError(f"{path}: {name}: fields 'id' and 'image_id' must be integers")
+    im = images.get(ann["image_id"])
+    if im is None:
+        raise InputError(f"{path}: {name} refers to image id {ann['image_id']}, which 'images' lacks")
+    if ann["image_id"] not in checked:
+        problem = _image_problem(im)
+        if problem:
+            raise InputError(f"{path}: image id {ann['image_id']} (of {name}): {problem}")
+        checked.add(ann["image_id"])
+    problem = _ann_fields_problem(ann, im["height"], im["width"])
+    if problem:
+        raise InputError(f"{path}: {name}: {problem}")
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise InputError(f"annotation file not found: {path}; pass the RefHuman_*.json path")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"{path} is not valid JSON ({' '.join(str(err).split())}); pass a RefHuman_*.json file") from None
+
+
+def _sample(path: Path, ann: dict, im: dict, image, file: Path) -> RefSample:
+    h, w = im["height"], im["width"]
+    try:
+        mask = segmentation_to_mask(ann["segmentation"], h, w)
+    except InputError as err:
+        raise InputError(f"{path}: annotation id {ann['id']}: field 'segmentation': {err}") from None
+    return RefSample(
+        image=image, keypoints=np.asarray(ann["keypoints"], dtype=np.float64).reshape(17, 3), mask=mask,
+        caption=im["caption"], scribbles=np.asarray(ann["scribble"], dtype=np.float64).reshape(5, 12, 2),
+        image_id=int(im["id"]), ann_id=int(ann["id"]), file_name=im["file_name"], area=float(ann["area"]),
+        bbox=tuple(float(b) for b in ann["bbox"]), image_path=str(file))
+
+
 def load_refhuman(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, limit: int | None = None,
                   lazy: bool = False) -> list[RefSample]:
     """Read a RefHuman JSON (one image entry per referring sample) and its images (``lazy``: keep only
     the path and read pixels when a batch needs them, for full-size datasets).
 
-    Annotations with ``num_keypoints == 0`` or ``iscrowd == 1`` are dropped, as in the official loader.
+    Annotations with ``num_keypoints == 0`` or ``iscrowd == 1`` are dropped, as in the official loader;
+    the fields of the others are checked before any image is read.
     """
-    from PIL import Image
+    from ...data.images import load_image
 
     path = Path(annotation_file)
-    if not path.is_file():
-        raise InputError(f"annotation file not found: {path}; pass the RefHuman_*.json path")
-    try:
-        data = json.loads(path.read_text())
-        images = {im["id"]: im for im in data["images"]}
-        annotations = data["annotations"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{path} is not a RefHuman/COCO annotation file ({err}); expected 'images' and 'annotations'") from err
-    cache: dict[str, np.ndarray] = {}
+    images, used = _check_refhuman(path, _read_json(path))
+    if not used:
+        raise InputError(f"{path} holds no usable annotation (need num_keypoints > 0 and iscrowd == 0)")
+    cache: dict[str, np.ndarray | None] = {}
     samples = []
-    for ann in annotations:
-        if ann.get("iscrowd", 0) or ann.get("num_keypoints", 0) == 0:
-            continue
-        im = images.get(ann["image_id"])
-        if im is None:
-            raise InputError(f"annotation {ann.get('id')} refers to missing image id {ann['image_id']}")
+    for ann in used[:limit]:
+        im = images[ann["image_id"]]
         file = Path(image_dir) / im["file_name"]
         if im["file_name"] not in cache:
             if not file.is_file():
                 raise InputError(f"image not found: {file}; pass the folder holding the RefHuman images")
-            cache[im["file_name"]] = None if lazy else np.asarray(Image.open(file).convert("RGB"))
-        h, w = int(im["height"]), int(im["width"])
-        scribble = np.asarray(ann.get("scribble", []), dtype=np.float64)
-        if scribble.size != 120:
-            raise InputError(f"annotation {ann.get('id')}: 'scribble' must hold 120 numbers (5 x 12 x 2), got {scribble.size}")
-        samples.append(RefSample(
-            image=cache[im["file_name"]],
-            keypoints=np.asarray(ann["keypoints"], dtype=np.float64).reshape(17, 3),
-            mask=segmentation_to_mask(ann["segmentation"], h, w),
-            caption=str(im.get("caption", "")),
-            scribbles=scribble.reshape(5, 12, 2),
-            image_id=int(im["id"]), ann_id=int(ann["id"]), file_name=im["file_name"],
-            area=float(ann["area"]), bbox=tuple(float(b) for b in ann["bbox"]), image_path=str(file),
-        ))
-        if limit is not None and len(samples) >= limit:
-            break
-    if not samples:
-        raise InputError(f"{path} holds no usable annotation (need num_keypoints > 0 and iscrowd == 0)")
+            cache[im["file_name"]] = None if lazy else np.asarray(load_image(file).convert("RGB"))
+        samples.append(_sample(path, ann, im, cache[im["file_name"]], file))
     return samples
 
 
@@ -150,13 +240,10 @@ def write_refhuman(samples: list[RefSample], annotation_file: str | os.PathLike,
             "segmentation": rle_encode(s.mask, compressed=False), "area": float(s.area), "bbox": [float(b) for b in s.bbox],
             "scribble": [float(v) for v in s.scribbles.reshape(-1)],
         })
-    out = Path(annotation_file)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps({"images": images, "annotations": annotations,
-                               "categories": [{"id": 1, "name": "person", "keypoints": list(KEYPOINT_NAMES),
-                                               "skeleton": [[a + 1, b + 1] for a, b in SKELETON]}]}))
-    tmp.replace(out)
-    return out
+    return write_json({"images": images, "annotations": annotations,
+                       "categories": [{"id": 1, "name": "person", "keypoints": list(KEYPOINT_NAMES),
+                                       "skeleton": [[a + 1, b + 1] for a, b in SKELETON]}]},
+                      annotation_file, indent=None)
 
 
 def eval_prompt(sample: RefSample, kind: str) -> np.ndarray | str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...errors import ImageLoadError, InputError
 from .data import RefSample
 from .inference import fit_sample, images_tensor, make_prompt, postprocess
 from .metrics import coco_ap, pckh, referring_iou
@@ -16,14 +17,18 @@ from .metrics import coco_ap, pckh, referring_iou
 def evaluate_model(model, samples: list[RefSample], kind: str = "text", batch_size: int = 32, control: bool = False,
                    progress=None) -> dict:
     """Metrics dict; ``control=True`` replaces the prompt by an empty text / a random point (the
-    prompt-agnostic control: what the model scores without knowing whom to pick)."""
+    prompt-agnostic control: what the model scores without knowing whom to pick). A sample whose image
+    cannot be read is skipped and listed in ``skipped`` (file and reason)."""
     model.eval()
     size = model.config.image_size
     rng = np.random.default_rng(0)
-    gts, kp_preds, mask_preds, top_kp, top_masks = [], [], [], [], []
+    gts, kp_preds, mask_preds, top_kp, top_masks, skipped = [], [], [], [], [], []
     for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        fitted = [fit_sample(s, size) for s in chunk]
+        chunk, fitted = _fit_chunk(samples[start:start + batch_size], size, skipped)
+        if progress is not None:
+            progress.update(len(samples[start:start + batch_size]) - len(chunk))
+        if not chunk:
+            continue
         prompt = make_prompt(fitted, kind)
         if control:
             if kind == "text":
@@ -42,13 +47,30 @@ def evaluate_model(model, samples: list[RefSample], kind: str = "text", batch_si
             top_masks.append(res["masks"][0])
         if progress is not None:
             progress.update(len(chunk))
+    if not gts:
+        raise InputError(f"no sample could be evaluated: every image failed to load (first: {skipped[0]['reason']})")
     kp = coco_ap(gts, kp_preds, "keypoints")
     seg = coco_ap(gts, mask_preds, "segm")
     out = {"prompt": kind + (" (control)" if control else ""), "samples": len(samples),
            "pose_AP": kp["AP"], "pose_AP50": kp["AP50"], "pose_AP75": kp["AP75"],
            "mask_AP": seg["AP"], "mask_AP50": seg["AP50"], "PCKh@0.5": pckh(top_kp, [g["keypoints"] for g in gts])}
     out.update(referring_iou(top_masks, [g["mask"] for g in gts]))
+    out.update(samples=len(gts), skipped=skipped)
     return out
+
+
+def _fit_chunk(chunk: list[RefSample], size: int, skipped: list) -> tuple[list, list]:
+    """The chunk's samples whose image loads, and those samples fitted to ``size``; the others are
+    appended to ``skipped`` as ``{"file", "reason"}``."""
+    kept, fitted = [], []
+    for s in chunk:
+        try:
+            fitted.append(fit_sample(s, size))
+        except ImageLoadError as err:
+            skipped.append({"file": s.image_path or s.file_name, "reason": str(err)})
+            continue
+        kept.append(s)
+    return kept, fitted
 
 
 def _rescale(outputs, size, chunk):

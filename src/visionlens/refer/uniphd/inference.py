@@ -91,26 +91,46 @@ def postprocess(outputs: dict, size: int, out_hw: tuple | None = None) -> list[d
 
 
 def save_weights(model, path: str | os.PathLike, half: bool = False, extra: dict | None = None) -> Path:
+    """Write ``{"config", "model", **extra}`` to ``path`` atomically (``half``: float16 weights)."""
+    from ...io import save_atomic
+
     state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"config": model.config.to_dict(), "model": state, **(extra or {})}, tmp)
-    tmp.replace(path)
+    blob = {"config": model.config.to_dict(), "model": state, **(extra or {})}
+    save_atomic(lambda tmp: torch.save(blob, tmp), path)
     return path
+
+
+def read_weights(path: str | os.PathLike, what: str = "UniPHD weights") -> dict:
+    """A UniPHD weights/checkpoint file as ``{"config": dict, "model": state dict, ...}``: loaded without
+    running pickled code, its parts and the finiteness of every weight checked (one :class:`InputError` line)."""
+    from ...checks import check_finite
+    from ...io import load_checkpoint
+
+    blob = load_checkpoint(path, what)
+    if not isinstance(blob, dict) or not isinstance(blob.get("config"), dict) or not isinstance(blob.get("model"), dict):
+        raise InputError(f"{path} is not a {what} file (expected 'config' and 'model'): "
+                         "train one with `visionlens pose train`")
+    for name, tensor in blob["model"].items():
+        if not isinstance(tensor, torch.Tensor):
+            raise InputError(f"{path}: model entry {name!r} is not a tensor; not a UniPHD weights file")
+        check_finite(f"{path}: weight {name!r}", tensor)
+    return blob
 
 
 def load_uniphd(path: str | os.PathLike | None = None, device: str = "cpu"):
     """A UniPHD from a weights or checkpoint file (default: the packaged synthetic model), in eval mode."""
     from .model import UniPHD
 
+    if path is None and not PACKAGED_WEIGHTS.is_file():
+        raise AssetError(f"UniPHD weights not found: {PACKAGED_WEIGHTS}; train some with `visionlens pose train`")
     path = Path(path) if path else PACKAGED_WEIGHTS
-    if not path.is_file():
-        raise AssetError(f"UniPHD weights not found: {path}; train some with `visionlens pose train`")
+    blob = read_weights(path)
     try:
-        blob = torch.load(path, map_location=device, weights_only=True)
         model = UniPHD(UniPHDConfig.from_dict(blob["config"]))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["model"].items()})
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
-        raise AssetError(f"{path} is not a UniPHD weights file ({str(err).splitlines()[0]})") from err
+        reason = " ".join(str(err).split())[:160]
+        raise InputError(f"{path} is not a UniPHD weights file ({reason}); train one with `visionlens pose train`") from None
     return model.to(device).eval()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
+from ...io import dumps
 from .config import UniPHDConfig
 from .data import RefSample, flip_sample
 from .inference import fit_sample, images_tensor, make_prompt, make_targets, save_weights
@@ -35,24 +36,49 @@ def batch_at(samples: list[RefSample], step: int, batch_size: int, seed: int, si
     return images_tensor(chosen), make_prompt(chosen, kind, rng), make_targets(chosen, size)
 
 
+def _resume_state(out: Path) -> dict:
+    """The checkpoint ``out`` as ``{"config", "model", "optimizer", "step", "history"}``, checked."""
+    from .inference import read_weights
+
+    blob = read_weights(out, "pose train checkpoint")
+    try:
+        state = {"config": UniPHDConfig.from_dict(blob["config"]), "model": blob["model"],
+                 "optimizer": dict(blob["optimizer"]), "step": int(blob["step"]), "history": json.loads(blob["history"])}
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{out} is not a resumable pose train checkpoint (no {err}): pass --no-resume or "
+                         "another --out") from None
+    return state
+
+
+def _check_loss(loss: torch.Tensor, step: int, lr: float, saved: int, out: Path) -> None:
+    if not bool(torch.isfinite(loss)):
+        where = f"{out} keeps step {saved}" if saved else "nothing was saved"
+        raise InputError(f"pose train diverged: the loss became {float(loss.detach())} at step {step} (lr {lr:g}); "
+                         f"lower --lr ({where})")
+
+
 def train(samples: list[RefSample], out: str | os.PathLike, steps: int = 1000, batch_size: int = 8, lr: float = 1e-3,
           seed: int = 0, config: UniPHDConfig | None = None, resume: bool = True, checkpoint_every: int = 100,
           log=None, progress: bool = True, time_limit: float | None = None, flip: bool = True,
           prompt_kinds: tuple = ("text", "scribble", "point")) -> dict:
-    """Train (or resume) a UniPHD; writes ``out`` (checkpoint) and ``out``.log.jsonl. Returns a summary."""
-    from ...core.progress import Progress
-
+    """Train (or resume) a UniPHD; writes the checkpoint ``out``. Returns a summary. The torch RNG is
+    seeded in a fork (the caller's is left as it was); a non-finite loss stops with an :class:`InputError`."""
     if not samples:
         raise InputError("no training samples")
     if steps < 1 or batch_size < 1:
         raise InputError("steps and batch_size must be >= 1")
-    out = Path(out)
-    torch.manual_seed(seed)
-    blob = None
-    if resume and out.is_file():
-        blob = torch.load(out, map_location="cpu", weights_only=True)
-        config = UniPHDConfig.from_dict(blob["config"])
-    config = config or UniPHDConfig()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _train(samples, Path(out), steps, batch_size, lr, seed, config, resume, checkpoint_every, log,
+                      progress, time_limit, flip, tuple(prompt_kinds))
+
+
+def _train(samples, out, steps, batch_size, lr, seed, config, resume, checkpoint_every, log, progress, time_limit,
+           flip, prompt_kinds) -> dict:
+    from ...core.progress import Progress
+
+    state = _resume_state(out) if resume and out.is_file() else None
+    config = state["config"] if state else (config or UniPHDConfig())
     if config.text_encoder == "small" and not config.vocab:
         config.vocab = build_vocab(s.caption for s in samples)
     model = UniPHD(config)
@@ -60,19 +86,20 @@ def train(samples: list[RefSample], out: str | os.PathLike, steps: int = 1000, b
     rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
     opt = torch.optim.AdamW([{"params": rest}, {"params": backbone}], lr=lr, weight_decay=1e-4)
     start, history = 0, []
-    if blob is not None:
-        model.load_state_dict(blob["model"])
-        opt.load_state_dict(blob["optimizer"])
-        start, history = int(blob["step"]), json.loads(blob["history"])
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = state["step"], state["history"]
     bar = Progress(steps - start, "pose train", enabled=progress, unit="step")
     t0 = time.perf_counter()
     model.train()
-    step = start
+    step, saved = start, start
     for step in range(start, steps):
         for group in opt.param_groups:  # step decay x0.1 for the last 15 % (official: epoch 18 of 20)
             group["lr"] = lr * (0.1 if step >= int(steps * 0.85) else 1.0)
-        images, prompt, target = batch_at(samples, step, batch_size, seed, config.image_size, flip, tuple(prompt_kinds))
+        images, prompt, target = batch_at(samples, step, batch_size, seed, config.image_size, flip, prompt_kinds)
         loss, terms = criterion(model(images, prompt), target, config)
+        _check_loss(loss, step + 1, lr, saved, out)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -84,7 +111,8 @@ def train(samples: list[RefSample], out: str | os.PathLike, steps: int = 1000, b
         done = step + 1 == steps or (time_limit is not None and time.perf_counter() - t0 > time_limit)
         if (step + 1) % checkpoint_every == 0 or done:
             save_weights(model, out, extra={"optimizer": opt.state_dict(),
-                                            "step": torch.tensor(step + 1), "history": json.dumps(history)})
+                                            "step": torch.tensor(step + 1), "history": dumps(history, indent=None)})
+            saved = step + 1
         if done:
             break
     return {"steps": step + 1, "seconds": time.perf_counter() - t0, "history": history, "model": model.eval()}
