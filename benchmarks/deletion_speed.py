@@ -13,7 +13,7 @@ fetched) with Grad-CAM maps, it times (medians of interleaved rounds):
   compiled    the same on that copy compiled for batches of ``--chunk`` (``evaluate --compile``;
               compiling is timed once, apart)
   torchcam    torchcam's Grad-CAM and DeletionInsertionMetric on the same batch, if installed (its
-              own maps and protocol details, see tests/test_metrics.py; the same number of steps)
+              own maps and protocol details, see tests/evaluation/test_metrics.py; the same number of steps)
 and prints each as ms per image and as a ratio to the floor.
 """
 

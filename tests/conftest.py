@@ -8,13 +8,20 @@ by scripts/test.sh and CI), where a missing asset is a failure.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 from torch import nn
 
 import visionlens
-from helpers import TinyGapNet, assert_same_state, labelled_folder, snapshot  # noqa: F401  (also for old imports)
+from helpers import TinyGapNet
+
+# torch.compile's on-disk cache does not tell CPU capabilities apart: a kernel cached under one
+# ATEN_CPU_CAPABILITY fails to build under another ("'at::vec' has not been declared"). The tests
+# keep one cache per capability (set before torch's inductor reads it).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"torchinductor-visionlens-{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}"))
 from visionlens.errors import AssetError
 
 

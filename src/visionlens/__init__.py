@@ -6,20 +6,45 @@
 >>> exp = visionlens.explain(["cat.jpg"], model, "cam")  # or one call from files
 """
 
-from ._version import __version__  # noqa: F401
+from __future__ import annotations
 
-from .core import Explanation  # noqa: E402
-from .errors import AssetError, ImageLoadError, InputError, LayerError, LRPError, VisionlensError  # noqa: E402
-from .methods import (  # noqa: E402
-    CAM, DAAM, METHODS, AblationCAM, AttentionRollout, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM,
-    NAFlow, RelevanceCAM, ScoreCAM, XGradCAM,
-)
-from .core.similarity import SimilarityTarget  # noqa: E402
-from .methods.sfam import SFAM  # noqa: E402
-from .methods.similarity import PairExplanation, SimilarityExplanation, SimilarityGradCAM, SimilarityRelevanceCAM  # noqa: E402
-from .models import Embedder, Preprocess, ZooModel, available_models, embedder, load_model  # noqa: E402
-from .methods.base import explain_many  # noqa: E402
-from .pipeline import explain, explain_files  # noqa: E402
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
+from ._version import __version__  # noqa: F401
+from .errors import AssetError, ImageLoadError, InputError, LayerError, LRPError, VisionlensError  # noqa: F401
+
+# The public API, imported on first use: `import visionlens` (and `visionlens --help`) stays fast,
+# torch is imported only when a name that needs it is used.
+_EXPORTS = {
+    "Explanation": "core",
+    "SimilarityTarget": "core.similarity",
+    **dict.fromkeys(["CAM", "DAAM", "METHODS", "AblationCAM", "AttentionRollout", "EigenCAM", "GradCAM",
+                     "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "NAFlow", "RelevanceCAM", "ScoreCAM", "XGradCAM"],
+                    "methods"),
+    "SFAM": "methods.sfam",
+    **dict.fromkeys(["PairExplanation", "SimilarityExplanation", "SimilarityGradCAM", "SimilarityRelevanceCAM"],
+                    "methods.similarity"),
+    **dict.fromkeys(["Embedder", "Preprocess", "ZooModel", "available_models", "embedder", "load_model"], "models"),
+    "explain_many": "methods.base",
+    "explain": "pipeline",
+    "explain_files": "pipeline",
+}
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .core import Explanation
+    from .core.similarity import SimilarityTarget
+    from .methods import (CAM, DAAM, METHODS, AblationCAM, AttentionRollout, EigenCAM, GradCAM, GradCAMPlusPlus,
+                          HiResCAM, LayerCAM, NAFlow, RelevanceCAM, ScoreCAM, XGradCAM)
+    from .methods.base import explain_many
+    from .methods.sfam import SFAM
+    from .methods.similarity import PairExplanation, SimilarityExplanation, SimilarityGradCAM, SimilarityRelevanceCAM
+    from .models import Embedder, Preprocess, ZooModel, available_models, embedder, load_model
+    from .pipeline import explain, explain_files
 
 __all__ = [
     "AblationCAM",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import assets
+from ._version import __version__
 from .checks import count, number
 from .errors import VisionlensError
 
@@ -124,7 +125,7 @@ def _cmd_bank(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
     report = evaluate(split(args.models), split(args.methods), data=args.data, n=args.n, batch_size=args.batch_size,
@@ -227,17 +228,14 @@ def _add_similarity_options(p) -> None:
 
 
 def _parser_explain(sub) -> None:
-    from .methods import METHODS
-    from .models import available_models
-
     p = sub.add_parser("explain", help="explain image files; write overlays, raw maps, summary.json, index.html")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--model", default="mobilenet_v2",
-                   help=f"zoo model ({', '.join(available_models())}) or torchvision:NAME / timm:NAME with --weights")
+                   help="zoo model (list them with `visionlens models`), or torchvision:NAME / timm:NAME with --weights")
     p.add_argument("--weights", default=None, help="state-dict file for a torchvision:NAME or timm:NAME model")
     p.add_argument("--method", default="gradcam",
-                   help=f"method or comma-separated methods: {', '.join(METHODS)}; METHOD@LAYER gives a method its own "
-                        "layer, e.g. relevance-cam@features.13,gradcam")
+                   help="method or comma-separated methods (list them with `visionlens methods`); METHOD@LAYER gives a "
+                        "method its own layer, e.g. relevance-cam@features.13,gradcam")
     p.add_argument("--layer", default=None, help="layer name (e.g. features.18, features[-1]) for methods without @LAYER; "
                                                   "default: the model's last feature layer")
     p.add_argument("--target", type=count(minimum=0), default=None, help="class index to explain for every image (default: predicted class)")
@@ -369,6 +367,7 @@ _CORE_PARSERS = (_parser_explain, _parser_bank, _parser_demo, _parser_models, _p
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="visionlens", description="Explain vision models.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--version", action="version", version=f"visionlens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _CORE_PARSERS:
         add(sub)
@@ -382,11 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
 # its parser(s) and sets func. Imports inside register() stay lazy so `visionlens --help` is fast.
 _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "visionlens.concepts.cli",       # concepts (TraNCE / ICE)
-    "visionlens.robust.cli",         # sata
-    "visionlens.adapt.cli",          # adapt (EIANet, ProULearn)
-    "visionlens.hsi.cli",            # hsi-cd (SpectralKAN)
-    "visionlens.refer.lgd.cli",      # refer (LGD)
-    "visionlens.refer.uniphd.cli",   # pose (UniPHD)
 )
 
 # The research systems are distributions of their own (systems/ in the repository). Each adds its
@@ -414,8 +408,9 @@ def _register_systems(sub) -> None:
         found[name].load()(sub)
     for command, dist in SYSTEM_COMMANDS.items():
         if command not in sub.choices:
-            p = sub.add_parser(command, help=f"(not installed: pip install {dist})", add_help=False)
-            p.add_argument("rest", nargs=argparse.REMAINDER)
+            # no option prefix (argv never holds a NUL): every argument, --help too, is taken as it is
+            p = sub.add_parser(command, help=f"(not installed: pip install {dist})", add_help=False, prefix_chars="\0")
+            p.add_argument("rest", nargs="*")
             p.set_defaults(func=lambda args, c=command, d=dist: _not_installed(c, d))
 
 

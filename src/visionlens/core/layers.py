@@ -93,7 +93,7 @@ def layer_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[int
             for name, module in model.named_modules():
                 if name:
                     handles.append(module.register_forward_hook(make(name)))
-            model(x.to(_param_device(model)))
+            model(x.to(model_device(model)))
         finally:
             for h in handles:
                 h.remove()
@@ -123,6 +123,3 @@ def check_spatial(name: str, activation: torch.Tensor) -> None:
             f"layer '{name}' has output shape {tuple(activation.shape)}, not a spatial (B, C, H, W) map; "
             "choose a convolutional feature layer (list them with `visionlens layers MODEL`)"
         )
-
-
-_param_device = model_device  # the former private name, kept for importers outside the package

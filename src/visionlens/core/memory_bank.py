@@ -64,18 +64,32 @@ class MemoryBank:
             raise InputError(f"{path} is not a visionlens memory bank ({type(err).__name__}); rebuild it with `visionlens bank`") from None
 
 
+def cosine_neighbours(query: torch.Tensor, keys: torch.Tensor, k: int, exclude_self: bool = False):
+    """The ``k`` nearest ``keys`` of each ``query`` row by cosine similarity: ``(sims, indices)``,
+    each ``(B, k)``; ``exclude_self`` (query and keys the same set) leaves each row's own index out.
+    The one k-NN search of the package (memory banks, world-model scores, the adaptation systems)."""
+    sims = F.normalize(query.float(), dim=1) @ F.normalize(keys.float(), dim=1).t()
+    if exclude_self:
+        sims.fill_diagonal_(-float("inf"))
+    return sims.topk(min(k, keys.shape[0] - int(exclude_self)), dim=1)
+
+
+def weighted_votes(query: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int = 20,
+                   temperature: float = 0.07):
+    """DINO's weighted k-NN vote: ``(votes (B, num_classes), sims (B, k), indices (B, k))``, each
+    of the top-``k`` neighbours adding ``exp(sim / T)`` to its class."""
+    top, idx = cosine_neighbours(query, keys, k)
+    votes = torch.zeros(query.shape[0], num_classes, device=query.device)
+    votes.scatter_add_(1, labels.to(query.device)[idx], (top / temperature).exp())
+    return votes, top, idx
+
+
 def knn_vote(query: torch.Tensor, bank: MemoryBank, k: int = 20, temperature: float = 0.07):
-    """DINO's weighted k-NN vote for ``query`` (``(B, D)``, normalised here).
+    """DINO's weighted k-NN vote for ``query`` (``(B, D)``, normalised here) against a memory bank.
 
     Returns ``(votes, sims, indices)``: ``votes`` ``(B, num_classes)`` summed ``exp(sim / T)``
     per class, and the top-``k`` cosine similarities and bank indices ``(B, k)``."""
     if query.dim() != 2 or query.shape[1] != bank.features.shape[1]:
         raise InputError(f"the model output {tuple(query.shape)} does not match the memory bank's "
                          f"{bank.features.shape[1]}-d embeddings; build the bank with the same model")
-    k = min(k, len(bank))
-    feats = bank.features.to(query.device, torch.float32)
-    sims = F.normalize(query.float(), dim=1) @ feats.t()
-    top, idx = sims.topk(k, dim=1)
-    votes = torch.zeros(query.shape[0], bank.num_classes, device=query.device)
-    votes.scatter_add_(1, bank.labels.to(query.device)[idx], (top / temperature).exp())
-    return votes, top, idx
+    return weighted_votes(query, bank.features.to(query.device), bank.labels, bank.num_classes, k, temperature)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..core.hooks import preserved_model_state
-from ..core.layers import _param_device, resolve_layer
+from ..core.layers import model_device, resolve_layer
 from ..core.targets import ClassTargets, Target, resolve_targets
 from ..errors import InputError, LayerError, LRPError
 from .canonizers import Canonizer, canonized, default_canonizers
@@ -227,7 +227,7 @@ class LRP:
                 continue
             name, module = resolve_layer(self.model, layer)
             resolved[name] = module
-        x = x.to(_param_device(self.model))
+        x = x.to(model_device(self.model))
         model = self.model
         with preserved_model_state(model), ExitStack() as stack:
             stack.enter_context(canonized(model, self.canonizers))

@@ -9,9 +9,9 @@ distractors.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..core.memory_bank import cosine_neighbours, weighted_votes
 from ..data.world import NUM_CLASSES, World
 
 
@@ -39,12 +39,8 @@ def accuracy(module: nn.Module, world: World, split: str, indices, **render) -> 
 
 
 def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, k: int = 20, temperature: float = 0.07) -> torch.Tensor:
-    """DINO's weighted k-NN vote: cosine similarities, top-k, weights ``exp(sim / T)``."""
-    sims = F.normalize(query, dim=1) @ F.normalize(bank, dim=1).t()
-    top, idx = sims.topk(k, dim=1)
-    votes = torch.zeros(query.shape[0], NUM_CLASSES)
-    votes.scatter_add_(1, bank_labels[idx], (top / temperature).exp())
-    return votes.argmax(1)
+    """DINO's weighted k-NN vote (:func:`~visionlens.core.memory_bank.weighted_votes`): the class."""
+    return weighted_votes(query, bank, bank_labels, NUM_CLASSES, k, temperature)[0].argmax(1)
 
 
 def knn_accuracy(module: nn.Module, world: World, bank_indices, query_indices, **render) -> float:
@@ -57,9 +53,8 @@ def recall_at_1(module: nn.Module, world: World, indices, **render) -> float:
     """Each (possibly modified) test image queries the clean test images, itself excluded."""
     gallery, labels = outputs(module, world, "test", indices)
     query, _ = outputs(module, world, "test", indices, **render) if render else (gallery, labels)
-    sims = F.normalize(query, dim=1) @ F.normalize(gallery, dim=1).t()
-    sims.fill_diagonal_(-float("inf"))
-    return float((labels[sims.argmax(1)] == labels).float().mean())
+    nearest = cosine_neighbours(query, gallery, 1, exclude_self=True)[1][:, 0]  # image i's own copy left out
+    return float((labels[nearest] == labels).float().mean())
 
 
 def score(kind: str, module: nn.Module, world: World, indices, bank: int = 5000, **render) -> float:

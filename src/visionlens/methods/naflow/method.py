@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .inverse import SolverOptions, check_invertible, composite_inverse, invert, kind_of, module_function
-from ...core.layers import _param_device, find_last_spatial_layer, resolve_layer
+from ...core.layers import model_device, find_last_spatial_layer, resolve_layer
 from ...core.result import Explanation, normalize_maps
 from ...core.similarity import (EUCLID_MODES, NORMALIZATIONS, as_references, contribution_scores, contributions,
                                normalize_scores, similarity)
@@ -353,7 +353,7 @@ class SimilarityNAFlow(SimilarityMethod):
 
     def explain(self, x: torch.Tensor, refs: torch.Tensor) -> SimilarityExplanation:
         check_input(x)
-        x = x.to(_param_device(self.model))
+        x = x.to(model_device(self.model))
         e = self.embed(x)
         refs = as_references(refs.to(e.device, e.dtype), x.shape[0], e.shape[1])
         scores = similarity(e, refs, self.metric)

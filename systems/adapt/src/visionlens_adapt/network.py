@@ -1,0 +1,108 @@
+"""The adaptation network: backbone -> SAGAN attention -> GAP -> bottleneck (Linear + BN1d) -> head.
+
+Backbones: ``small-cnn`` (the project's WorldResNet trunk, trained from scratch) and
+``mobilenet_v2`` (the packaged ImageNet MobileNetV2 ``features``, early stages frozen). Heads:
+``etf`` (fixed simplex ETF, EIANet) or ``linear`` (SHOT / AaD style).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from visionlens.errors import InputError
+
+from .eianet import SAGANAttention
+from .etf import SimplexETF
+
+BACKBONES = ("small-cnn", "mobilenet_v2")
+HEADS = ("etf", "linear")
+
+
+class Normalise(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class FrozenPrefix(nn.Module):
+    """Runs ``frozen`` without gradients and in eval mode (BatchNorm statistics kept), then ``rest``."""
+
+    def __init__(self, frozen: nn.Module, rest: nn.Module):
+        super().__init__()
+        self.frozen, self.rest = frozen, rest
+        for p in self.frozen.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+    def forward(self, x):
+        with torch.no_grad():
+            x = self.frozen(x)
+        return self.rest(x)
+
+
+def build_backbone(name: str, freeze: int = 14) -> tuple[nn.Module, int]:
+    """``(module, channels)``: input images in [0, 1], output a spatial feature map."""
+    if name == "small-cnn":
+        from visionlens.models.world_models import WorldResNet
+
+        trunk = WorldResNet(num_classes=0, widths=(16, 32, 64))
+        return nn.Sequential(Normalise((0.5,) * 3, (0.5,) * 3), trunk.stem, trunk.layer1, trunk.layer2, trunk.layer3), 64
+    if name == "mobilenet_v2":
+        from visionlens.models import load_model
+
+        features = load_model("mobilenet_v2").module.features
+        body = FrozenPrefix(nn.Sequential(Normalise((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), *features[:freeze]),
+                            nn.Sequential(*features[freeze:]))
+        return body, 1280
+    raise InputError(f"unknown backbone {name!r}; choose from: {', '.join(BACKBONES)}")
+
+
+class AdaptNet(nn.Module):
+    """``embed(x)``: the bottleneck feature (BN output, not normalised); ``head``: logits."""
+
+    def __init__(self, num_classes: int, backbone: str = "small-cnn", head: str = "linear", bottleneck: int = 64,
+                 temperature: float = 0.0, learned_attention: bool = False, seed: int = 0):
+        super().__init__()
+        if head not in HEADS:
+            raise InputError(f"unknown head {head!r}; choose from: {', '.join(HEADS)}")
+        if num_classes < 2:
+            raise InputError(f"need at least 2 classes, got {num_classes}")
+        torch.manual_seed(seed)
+        self.num_classes = num_classes
+        self.backbone, channels = build_backbone(backbone)
+        self.attention = SAGANAttention(channels, temperature=temperature, learned=learned_attention)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.bottleneck = nn.Linear(channels, bottleneck)
+        self.bn = nn.BatchNorm1d(bottleneck)
+        self.head = SimplexETF(bottleneck, num_classes, seed) if head == "etf" else nn.Linear(bottleneck, num_classes)
+
+    def set_temperature(self, temperature: float) -> None:
+        self.attention.temperature = float(temperature)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.bottleneck(self.pool(self.attention(self.backbone(x))).flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return [p for m in (self.backbone, self.attention) for p in m.parameters() if p.requires_grad]
+
+    def bottleneck_parameters(self) -> list[nn.Parameter]:
+        """Bottleneck + BN (+ the linear head at source time: see :meth:`freeze_head`)."""
+        params = list(self.bottleneck.parameters()) + list(self.bn.parameters())
+        return params + [p for p in self.head.parameters() if p.requires_grad]
+
+    def freeze_head(self) -> None:
+        """Target time: the classifier stays the source one (ETF is never trained anyway)."""
+        for p in self.head.parameters():
+            p.requires_grad_(False)

@@ -1,0 +1,240 @@
+"""``visionlens hsi-cd train|eval|map``: SpectralKAN hyperspectral change detection."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from visionlens.checks import count, number
+
+MODELS_HELP = "spectralkan-b, spectralkan-d, mtsf-kan, wkan, kan, dual-branch, mlp, cnn"
+MAX_SCENE_VALUES = 2 ** 27      # synthetic --size^2 x --bands values per date (1 GiB of float64)
+MAX_PATCH = 31
+SEED = count(minimum=0, maximum=2 ** 32 - 1)
+
+
+def _fraction(text: str) -> float:
+    """An ``argparse`` type: a finite number in (0, 1)."""
+    value = number(above=0)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be less than 1, got {text!r}")
+    return value
+
+
+def _patch(text: str) -> int:
+    """An ``argparse`` type: an odd patch side from 1 to ``MAX_PATCH``."""
+    value = count(maximum=MAX_PATCH)(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be odd (the patch is centred on its pixel), got {text!r}")
+    return value
+
+
+def _add_data(p, required: bool) -> None:
+    p.add_argument("--data", default="synthetic" if required else None,
+                   help="'synthetic' or a folder with a dataset's .mat files (default: "
+                        + ("synthetic)" if required else "the data the checkpoint was trained on)"))
+    p.add_argument("--dataset", default=None, help="farmland, river, usa, bayarea or barbara (with a folder --data)")
+    p.add_argument("--size", type=count(minimum=8, maximum=2048), default=80,
+                   help="synthetic scene side in pixels (8 to 2048)")
+    p.add_argument("--bands", type=count(minimum=2, maximum=1024), default=64, help="synthetic scene bands (2 to 1024)")
+    p.add_argument("--scene-seed", type=SEED, default=0, help="synthetic scene seed")
+    p.add_argument("--shading", type=number(minimum=0, maximum=0.5), default=0.15,
+                   help="synthetic smooth gain-field amplitude (pseudo-change), 0 to 0.5")
+    p.add_argument("--threads", type=count(maximum=1024), default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("hsi-cd", help="hyperspectral change detection (SpectralKAN)")
+    sub = p.add_subparsers(dest="hsi_command", required=True)
+
+    t = sub.add_parser("train", help="train and test a change detector; writes model.pt, metrics.json, change_map.png")
+    _add_data(t, required=True)
+    t.add_argument("--model", default="spectralkan-b", help=MODELS_HELP)
+    t.add_argument("--epochs", type=count(), default=200)
+    t.add_argument("--batch-size", type=count(), default=64)
+    t.add_argument("--lr", type=number(above=0, maximum=10), default=1e-3)
+    t.add_argument("--train-fraction", type=_fraction, default=0.01,
+                   help="stratified fraction of each class, in (0, 1) (paper: 0.01)")
+    t.add_argument("--patch", type=_patch, default=5, help=f"odd patch side, 1 to {MAX_PATCH}")
+    t.add_argument("--seed", type=SEED, default=0, help="split and initialisation seed")
+    t.add_argument("--basis", default="fast", choices=["fast", "recursive"])
+    t.add_argument("--out", default="runs/hsi-cd", help="output folder")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="score a checkpoint on its test pixels (OA, Kappa, AA)")
+    e.add_argument("--checkpoint", required=True)
+    _add_data(e, required=False)
+    e.add_argument("--out", default=None, help="optional metrics JSON path")
+    e.set_defaults(func=_cmd_eval)
+
+    m = sub.add_parser("map", help="predict every pixel and write a change-map PNG (truth | prediction | errors)")
+    m.add_argument("--checkpoint", required=True)
+    _add_data(m, required=False)
+    m.add_argument("--out", default="change_map.png")
+    m.set_defaults(func=_cmd_map)
+
+
+def _set_threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _data_spec(args) -> dict:
+    from visionlens.errors import InputError
+
+    if args.data in (None, "synthetic"):
+        if args.dataset:
+            raise InputError("--dataset needs --data pointing at the folder with its .mat files")
+        if args.size ** 2 * args.bands > MAX_SCENE_VALUES:
+            raise InputError(f"a synthetic scene of --size {args.size} and --bands {args.bands} holds more than "
+                             f"{MAX_SCENE_VALUES:,} values per date: lower --size or --bands")
+        return {"kind": "synthetic", "size": args.size, "bands": args.bands, "seed": args.scene_seed,
+                "shading": args.shading}
+    if not args.dataset:
+        raise InputError("with a folder --data, name its layout with --dataset (farmland, river, usa, bayarea, barbara)")
+    return {"kind": "mat", "folder": str(args.data), "dataset": args.dataset}
+
+
+def _load_scene(spec: dict):
+    from .data import load_dataset
+    from .synthetic import SyntheticConfig, make_scene
+
+    if spec["kind"] == "synthetic":
+        config = SyntheticConfig(size=int(spec["size"]), bands=int(spec["bands"]), shading=float(spec["shading"]))
+        return make_scene(config, seed=int(spec["seed"]))
+    return load_dataset(spec["dataset"], spec["folder"])
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
+
+
+def _print(result: dict) -> None:
+    print(f"OA {result['oa']:.4f}  Kappa {result['kappa']:.4f}  AA {result['aa']:.4f}  "
+          f"params {result['params']:,}  FLOPs/pixel {result['flops']:,} (base MACs {result['base_macs']:,})  "
+          + (f"train CPU {result['train_cpu_s']:.2f} s  " if "train_cpu_s" in result else "")
+          + f"test CPU {result['test_cpu_s']:.2f} s  "
+          f"peak RSS {result['peak_rss_mb']:.0f} MB")
+
+
+def _cmd_train(args) -> int:
+    import torch
+
+    from visionlens.errors import InputError
+    from visionlens.io import save_atomic, write_json
+    from .train import TRAINABLE, TrainConfig, run
+
+    if args.model not in TRAINABLE:
+        raise InputError(f"--model {args.model!r} is not trainable here: use one of {', '.join(TRAINABLE)}")
+    _set_threads(args)
+    spec = _data_spec(args)
+    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         train_fraction=args.train_fraction, patch=args.patch, seed=args.seed, basis=args.basis)
+    scene = _load_scene(spec)
+    model, result = run(scene, config, progress=not args.quiet)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"state_dict": model.state_dict(), "train_config": config.to_dict(), "data": spec,
+                  "bands": scene.bands}
+    save_atomic(lambda tmp: torch.save(checkpoint, tmp), out / "model.pt")
+    write_json({"model": args.model, "data": spec, "config": config.to_dict(), **result}, out / "metrics.json")
+    _write_map(model, scene, config, out / "change_map.png")
+    _print(result)
+    print(f"wrote {out / 'model.pt'}, {out / 'metrics.json'} and {out / 'change_map.png'}")
+    return 0
+
+
+_SPEC_KEYS = {"synthetic": ("size", "bands", "seed", "shading"), "mat": ("folder", "dataset")}
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The checkpoint's parts (state dict, :class:`TrainConfig`, data spec, bands), checked: one
+    :class:`InputError` line for a missing, unsafe, foreign or non-finite file."""
+    from visionlens.checks import check_finite
+    from visionlens.errors import InputError
+    from visionlens.io import load_checkpoint
+    from .train import TrainConfig
+
+    if not path.is_file():
+        raise InputError(f"no checkpoint at {path}: run `visionlens hsi-cd train --out DIR` first")
+    blob = load_checkpoint(path, "hsi-cd checkpoint")
+    try:
+        config = TrainConfig(**blob["train_config"])
+        spec, bands, state = dict(blob["data"]), int(blob["bands"]), dict(blob["state_dict"])
+        if not set(_SPEC_KEYS.get(spec.get("kind"), ("kind",))) <= set(spec):
+            raise KeyError("data")
+    except Exception as exc:  # noqa: BLE001 - any malformed part: one line
+        raise InputError(f"{path} is not an hsi-cd checkpoint ({type(exc).__name__}): train one with "
+                         "`hsi-cd train`") from None
+    for name, tensor in state.items():
+        check_finite(f"{path}: weight {name!r}", tensor)
+    return {"config": config, "data": spec, "bands": bands, "state_dict": state}
+
+
+def _restore(args):
+    from visionlens.errors import InputError
+    from .train import create_model
+
+    path = Path(args.checkpoint)
+    saved = _read_checkpoint(path)
+    spec = saved["data"] if args.data is None else _data_spec(args)
+    config = saved["config"]
+    _set_threads(args)
+    scene = _load_scene(spec)
+    if scene.bands != saved["bands"]:
+        raise InputError(f"the checkpoint expects {saved['bands']} bands, the data has {scene.bands}")
+    model = create_model(config.model, scene.bands, config.patch, config.basis)
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as exc:
+        raise InputError(f"{path}: its weights do not fit a {config.model} on {scene.bands} bands "
+                         f"({' '.join(str(exc).split())[:160]})") from None
+    return model.eval(), scene, config
+
+
+def _cmd_eval(args) -> int:
+    from visionlens.io import write_json
+    from .data import PatchPairs, stratified_split
+    from .train import evaluate, model_cost, parameter_count
+
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    model, scene, config = _restore(args)
+    _, test_pos = stratified_split(scene.labels, config.train_fraction, config.seed)
+    result = evaluate(model, PatchPairs(scene, config.patch), test_pos, scene.labels, config.eval_batch)
+    result.update(params=parameter_count(model), **model_cost(model), test_pixels=int(len(test_pos)))
+    result["peak_rss_mb"] = _peak_rss_mb()
+    _print(result)
+    if args.out:
+        write_json({"model": config.model, **result}, Path(args.out))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_map(args) -> int:
+    model, scene, config = _restore(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_map(model, scene, config, out)
+    print(f"wrote {out}: ground truth | prediction | errors (white changed, red false alarm, green missed)")
+    return 0
+
+
+def _write_map(model, scene, config, dest: Path) -> None:
+    from visionlens.io import save_atomic
+    from .data import PatchPairs
+    from .maps import change_map_image
+    from .train import all_positions, predict
+
+    positions = all_positions(scene.labels.shape)
+    pred = predict(model, PatchPairs(scene, config.patch), positions, config.eval_batch).reshape(scene.labels.shape)
+    image = change_map_image(pred, scene.labels)
+    save_atomic(lambda tmp: image.save(tmp, format="PNG"), dest)

@@ -1,0 +1,310 @@
+"""``visionlens refer``: LGD zero-shot referring segmentation.
+
+    visionlens refer IMAGE "expression" [--proposer colour|felzenszwalb|slic|sam|file] [--clip DIR]
+                     [--mllm-dir DIR | --mllm-url URL] [--cache FILE] --out DIR
+    visionlens refer synthetic:test:3 ["expression"]     # a synthetic scene: GT proposals + rule describer
+    visionlens refer --benchmark --out DIR               # the synthetic ablation table
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from visionlens.checks import count, number
+
+# synthetic:SPLIT:INDEX is sample INDEX of the benchmark, which renders samples 0..INDEX in order (a
+# sample's scene depends on every earlier one: scenes without an expression of the turn's kind are
+# skipped), 40-60 a second on a 2-core machine after a 4 s start. The bound keeps one scene under
+# about 20 s and covers every sample the default benchmark reports (--n-test 400, --n-val 200).
+MAX_SYNTHETIC_INDEX = 499
+SEED = count(minimum=0, maximum=2**32 - 1)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("refer", help="LGD: segment the object a sentence refers to (zero-shot, pluggable "
+                                            "proposals / CLIP / MLLM); --benchmark scores the synthetic benchmark")
+    p.add_argument("image", nargs="?", help="image file, or synthetic:SPLIT:INDEX for a synthetic scene")
+    p.add_argument("expression", nargs="?", help="referring expression (synthetic scenes: defaults to their own)")
+    p.add_argument("--benchmark", action="store_true", help="run the synthetic ablation table instead")
+    p.add_argument("--refcoco", default=None, metavar="ROOT",
+                   help="evaluate on RefCOCO-style data: ROOT/DATASET/refs(*).p + instances.json (needs --coco-dir)")
+    p.add_argument("--dataset", default="refcoco", choices=["refcoco", "refcoco+", "refcocog"])
+    p.add_argument("--split", default="val", help="--refcoco: split (val, testA, testB, test)")
+    p.add_argument("--split-by", default=None, help="--refcoco: refs file suffix (unc, umd, google)")
+    p.add_argument("--coco-dir", default=None, help="--refcoco: folder of the COCO train2014 images")
+    p.add_argument("--limit", type=count(), default=None, help="--refcoco: first N sentences only (a declared subset)")
+    p.add_argument("--n-val", type=count(), default=200, help="benchmark: val samples used to tune alpha/beta")
+    p.add_argument("--n-test", type=count(), default=400, help="benchmark: test samples reported")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--proposer", default=None, choices=["gt", "colour", "felzenszwalb", "slic", "sam", "file"],
+                   help="mask proposals (default: gt for synthetic scenes, colour otherwise)")
+    p.add_argument("--proposals", default=None, help="--proposer file: .npy/.npz/.json RLE file or PNG folder")
+    p.add_argument("--sam", default=None, help="local SAM folder (save_pretrained; or $VISIONLENS_SAM)")
+    p.add_argument("--clip", default=None, help="local CLIP folder (save_pretrained; or $VISIONLENS_CLIP); "
+                                                "default: the packaged toy VLM (synthetic vocabulary only; "
+                                                "--refcoco needs a CLIP)")
+    p.add_argument("--mllm-dir", default=None, help="local MLLM folder (transformers)")
+    p.add_argument("--mllm-url", default=None, help="OpenAI-compatible server on 127.0.0.1, e.g. http://127.0.0.1:8080")
+    p.add_argument("--mllm-model", default="local", help="model name sent to --mllm-url (also the cache key)")
+    p.add_argument("--describer-error", type=number(minimum=0, maximum=1), default=0.0, help="synthetic rule describer: error rate")
+    p.add_argument("--cache", default=None, help="JSONL description cache (read, and appended on a miss)")
+    p.add_argument("--cache-only", action="store_true", help="use only the cache; a miss is an error")
+    p.add_argument("--alpha", type=number(minimum=0), default=0.5, help="weight of S_att")
+    p.add_argument("--beta", type=number(minimum=0), default=0.5, help="weight of S_sur")
+    p.add_argument("--mix", type=number(minimum=0, maximum=1), default=0.5, help="global share a of the fused region feature")
+    p.add_argument("--no-att", action="store_true", help="ablation: drop the attribute term")
+    p.add_argument("--no-sur", action="store_true", help="ablation: drop the surrounding term")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="visionlens-refer", help="output folder")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_refer)
+
+
+def _describer(args, synthetic: bool):
+    from visionlens.errors import InputError
+    from .describers import CachedDescriber, SceneDescriber
+
+    inner = None
+    if args.mllm_dir and args.mllm_url:
+        raise InputError("give --mllm-dir or --mllm-url, not both")
+    if args.mllm_dir:
+        from .mllm import HFLocalDescriber
+
+        inner = HFLocalDescriber(args.mllm_dir, device=args.device)
+    elif args.mllm_url:
+        from .mllm import LoopbackDescriber
+
+        inner = LoopbackDescriber(args.mllm_url, args.mllm_model)
+    elif synthetic:
+        inner = SceneDescriber(args.describer_error, seed=args.seed)
+    if args.cache:
+        if inner is None and not args.cache_only:
+            raise InputError("--cache without an MLLM backend needs --cache-only (and --mllm-model naming the cached model)")
+        return CachedDescriber(args.cache, inner, model=None if inner else args.mllm_model, cache_only=args.cache_only)
+    return inner
+
+
+def _proposer(args, synthetic: bool):
+    from visionlens.errors import InputError
+    from .proposals import ClassicalProposer, FileProposer, GTProposer
+
+    kind = args.proposer or ("gt" if synthetic else "colour")
+    if kind == "gt":
+        if not synthetic:
+            raise InputError("--proposer gt needs ground-truth masks: use a synthetic:SPLIT:INDEX scene")
+        return GTProposer()
+    if kind == "file":
+        if not args.proposals:
+            raise InputError("--proposer file needs --proposals PATH")
+        return FileProposer(args.proposals)
+    if kind == "sam":
+        from .sam import SamProposer
+
+        return SamProposer(args.sam, device=args.device)
+    return ClassicalProposer(kind)
+
+
+def _clip_dir(args) -> str | None:
+    return args.clip or os.environ.get("VISIONLENS_CLIP") or None
+
+
+def _encoder(args):
+    if _clip_dir(args):
+        from .clip_hf import HFClipEncoder
+
+        return HFClipEncoder(_clip_dir(args), device=args.device)
+    from .toy_vlm import load_toy_vlm
+
+    return load_toy_vlm()
+
+
+def _cmd_benchmark(args) -> int:
+    from visionlens.errors import InputError
+    from visionlens.io import save_atomic, write_json
+    from .benchmark import ablation_table, markdown
+    from .describers import SceneDescriber
+    from .proposals import GTProposer
+    from .toy_vlm import load_toy_vlm
+
+    if args.clip or args.mllm_dir or args.mllm_url:
+        raise InputError("--benchmark scores the synthetic world with the toy VLM and rule describer; drop --clip/--mllm-*")
+    result = ablation_table(load_toy_vlm(), SceneDescriber(args.describer_error, seed=args.seed),
+                            _proposer(args, True) if args.proposer else GTProposer(),
+                            n_val=args.n_val, n_test=args.n_test, seed=args.seed, progress=not args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(result)
+    write_json(result, out / "ablation.json")
+    save_atomic(lambda t: Path(t).write_text(table + "\n"), out / "ablation.md")
+    print(table)
+    print(f"wrote {out / 'ablation.json'} and {out / 'ablation.md'}")
+    return 0
+
+
+def _cmd_refcoco(args) -> int:
+    import sys
+
+    from visionlens.errors import InputError
+    from visionlens.io import write_json
+    from .pipeline import LGD
+    from .refcoco import ReferDataset
+    from .refcoco_eval import evaluate_refcoco
+    from .scores import LGDConfig
+
+    if not _clip_dir(args):
+        raise InputError("--refcoco needs --clip DIR (a local CLIP save_pretrained folder, or set $VISIONLENS_CLIP): "
+                         "the packaged toy VLM knows only the synthetic world's words")
+    if not args.coco_dir:
+        raise InputError("--refcoco needs --coco-dir (the COCO train2014 image folder)")
+    dataset = ReferDataset(args.refcoco, args.dataset, args.split_by)
+    if args.split not in dataset.splits():
+        raise InputError(f"split {args.split!r} not in {args.dataset}; it has {', '.join(dataset.splits())}")
+    describer = _describer(args, False)
+    use_att, use_sur = (not args.no_att) and describer is not None, (not args.no_sur) and describer is not None
+    config = LGDConfig(alpha=args.alpha, beta=args.beta, mix=args.mix, use_att=use_att, use_sur=use_sur)
+    proposer = _proposer_refcoco(args)
+    result = evaluate_refcoco(dataset, args.split, args.coco_dir, LGD(_encoder(args), describer, config), proposer,
+                              limit=args.limit, progress=not args.quiet,
+                              on_skip=lambda message: print(f"error: {message}", file=sys.stderr))
+    s = result["summary"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result["config"] = {"dataset": args.dataset, "split": args.split, "limit": args.limit, "alpha": args.alpha,
+                        "beta": args.beta, "use_att": use_att, "use_sur": use_sur, "proposer": proposer.name}
+    write_json(result, out / "refcoco_eval.json")
+    skipped = len(result["skipped"])
+    print(f"{args.dataset} {args.split}: n={s['n']} oIoU {100 * s['oIoU']:.2f} mIoU {100 * s['mIoU']:.2f} "
+          f"Pr@0.5 {100 * s['Pr@0.5']:.2f}; {skipped} skipped; wrote {out / 'refcoco_eval.json'}")
+    return 1 if skipped else 0
+
+
+def _proposer_refcoco(args):
+    from .proposals import GTProposer
+
+    if (args.proposer or "colour") == "gt":
+        return GTProposer()
+    return _proposer(args, False)
+
+
+def _cmd_refer(args) -> int:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
+    try:
+        if args.benchmark:
+            return _cmd_benchmark(args)
+        if args.refcoco:
+            return _cmd_refcoco(args)
+        return _cmd_single(args)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers keep their setting
+
+
+def _synthetic_sample(spec: str, seed: int):
+    """The benchmark sample named ``synthetic:SPLIT:INDEX``."""
+    from visionlens.data.world import SPLITS
+    from visionlens.errors import InputError
+    from .synthetic import benchmark
+
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[1] not in SPLITS or not parts[2].isdigit():
+        raise InputError(f"synthetic scenes are synthetic:SPLIT:INDEX with SPLIT one of {', '.join(SPLITS)} "
+                         f"(e.g. synthetic:test:3), got {spec!r}")
+    index = int(parts[2])
+    if index > MAX_SYNTHETIC_INDEX:
+        raise InputError(f"synthetic scene index must be 0-{MAX_SYNTHETIC_INDEX} (scenes are rendered in order; "
+                         f"use --seed for other scenes), got {index}")
+    return benchmark(parts[1], index + 1, seed=seed)[index]
+
+
+def _image_tensor(path: str):
+    import numpy as np
+    import torch
+
+    from visionlens.data.images import load_image
+
+    pil = load_image(path)
+    return torch.from_numpy(np.asarray(pil.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def _check_toy_vocabulary(args, expression: str, described: bool) -> None:
+    """Without descriptions the toy VLM scores only the expression; one without a content word it
+    knows would score every region the same: refuse that."""
+    from visionlens.errors import InputError
+    from .toy_vlm import content_words
+
+    if not _clip_dir(args) and not described and not content_words(expression):
+        raise InputError(f"no word of {expression!r} is known to the packaged toy VLM (synthetic world vocabulary); "
+                         "pass --clip DIR with a local CLIP, or an MLLM backend for descriptions")
+
+
+def _cmd_single(args) -> int:
+    import numpy as np
+
+    from visionlens.errors import InputError
+    from visionlens.io import save_atomic, write_json
+    from .pipeline import LGD
+    from .scores import LGDConfig
+
+    if not args.image:
+        raise InputError("give IMAGE and \"expression\" (or synthetic:SPLIT:INDEX, or --benchmark)")
+    sample, scene, image_id = None, None, ""
+    if args.image.startswith("synthetic:"):
+        sample = _synthetic_sample(args.image, args.seed)
+        image, scene, image_id = sample.image, sample.entities, sample.image_id
+        expression = args.expression or sample.expression
+    else:
+        if not args.expression:
+            raise InputError("give the referring expression after the image")
+        expression = args.expression
+        image = _image_tensor(args.image)  # a bad file fails here, before any model is loaded
+    describer = _describer(args, sample is not None)
+    use_att, use_sur = not args.no_att, not args.no_sur
+    if describer is None and (use_att or use_sur):
+        print("no MLLM backend or cache given: scoring with S_van only (see --mllm-dir / --mllm-url / --cache)")
+        use_att = use_sur = False
+    _check_toy_vocabulary(args, expression, use_att or use_sur)
+    config = LGDConfig(alpha=args.alpha, beta=args.beta, mix=args.mix, use_att=use_att, use_sur=use_sur)
+    if sample is None and not _clip_dir(args):
+        print("note: the packaged toy VLM knows only the synthetic world's words; pass --clip DIR for photos")
+    encoder = _encoder(args)
+    masks = _proposer(args, sample is not None).propose(image, sample)
+    result = LGD(encoder, describer, config).segment(image, expression, masks, image_id=image_id, scene=scene)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overlay = _overlay(image, result.mask)
+    report = {"image": args.image, "expression": expression, "proposals": int(len(masks)),
+              "config": {"alpha": config.alpha, "beta": config.beta, "mix": config.mix, "use_att": use_att,
+                         "use_sur": use_sur, "pairing": config.pairing}, **result.as_dict()}
+    if sample is not None:
+        from ..masks import mask_iou
+
+        report["iou_with_ground_truth"] = mask_iou(result.mask, sample.mask)[0]
+    save_atomic(lambda t: overlay.save(t, format="PNG"), out / "overlay.png")
+    from PIL import Image
+
+    save_atomic(lambda t: Image.fromarray(result.mask.astype(np.uint8) * 255).save(t, format="PNG"), out / "mask.png")
+    write_json(report, out / "scores.json")
+    t = result.total[result.index]
+    print(f"{expression!r}: chose proposal {result.index} of {len(masks)} (S={t:.4f}, area {int(result.mask.sum())} px)"
+          + (f", IoU with ground truth {report['iou_with_ground_truth']:.3f}" if sample is not None else ""))
+    for k, v in result.descriptions.items():
+        print(f"  {k}: {v}")
+    print(f"wrote {out / 'overlay.png'}, {out / 'mask.png'} and {out / 'scores.json'}")
+    return 0
+
+
+def _overlay(image, mask):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    rgb = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.float32)
+    m = mask.astype(bool)
+    rgb[m] = 0.45 * rgb[m] + 0.55 * np.array([255, 40, 40], dtype=np.float32)
+    edge = m & ~(torch.nn.functional.max_pool2d(torch.from_numpy(~m)[None, None].float(), 3, 1, 1)[0, 0] == 0).numpy()
+    rgb[edge] = (255, 255, 0)
+    img = Image.fromarray(rgb.round().astype(np.uint8))
+    return img.resize((img.width * 4, img.height * 4), Image.NEAREST) if max(img.size) < 200 else img

@@ -1,0 +1,273 @@
+"""``visionlens pose train|eval|predict``: UniPHD referring human pose and mask estimation."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from visionlens.checks import count, number
+from visionlens.errors import InputError
+
+PROMPTS = ("text", "point", "scribble")
+MAX_SIZE = 4096                      # input / image side in pixels
+MAX_SYNTHETIC_BYTES = 4 * 2 ** 30    # synthetic images + masks held in memory
+EXIT_SKIPPED = 1
+SEED = count(minimum=0, maximum=2 ** 32 - 1)
+
+
+def _size(multiple: int = 1):
+    """An ``argparse`` type: a side from 32 to ``MAX_SIZE`` pixels, a multiple of ``multiple``."""
+    side = count(minimum=32, maximum=MAX_SIZE)
+
+    def parse(text: str) -> int:
+        value = side(text)
+        if value % multiple:
+            raise argparse.ArgumentTypeError(f"must be a multiple of {multiple} (the mask head's stride), got {text!r}")
+        return value
+
+    parse.__name__ = "size"
+    return parse
+
+
+def _check_synthetic(n: int, size: int, flag: str) -> None:
+    """Refuse a synthetic set that would not fit in memory, before generating it."""
+    need = n * size * size * 4                      # RGB uint8 image + bool mask per sample
+    if need > MAX_SYNTHETIC_BYTES:
+        raise InputError(f"{n} synthetic samples of {size}x{size} pixels need {need / 2 ** 30:.1f} GiB of memory "
+                         f"(limit {MAX_SYNTHETIC_BYTES // 2 ** 30} GiB): lower {flag} or --size")
+
+
+def _samples(args, default_count: int):
+    from .data import load_refhuman, synthetic_refhuman
+
+    if args.data:
+        if not args.images:
+            raise InputError("--data needs --images (the folder with the RefHuman images)")
+        return load_refhuman(args.data, args.images, limit=args.limit, lazy=True)
+    n = args.synthetic or default_count
+    _check_synthetic(n, args.size, "--synthetic")
+    return synthetic_refhuman(n, seed=args.seed, size=args.size)
+
+
+def _prepare_out(path) -> None:
+    """Create the folder of an output path up front (a bad path fails before any work)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _cmd_train(args) -> int:
+    import torch
+
+    from visionlens.io import dumps
+    from .config import UniPHDConfig
+    from .evaluate import evaluate_model
+    from .train import train
+
+    if args.eval_samples:
+        _check_synthetic(args.eval_samples, args.size, "--eval-samples")
+    _prepare_out(args.out)
+    torch.set_num_threads(args.threads)
+    samples = _samples(args, 2000)
+    config = UniPHDConfig(image_size=args.size)
+    if args.text_encoder:
+        config.text_encoder = args.text_encoder
+    result = train(samples, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                   config=config, resume=not args.no_resume, progress=not args.quiet, time_limit=args.time_limit)
+    print(f"trained {result['steps']} steps in {result['seconds']:.0f} s; checkpoint {args.out} "
+          f"(resume by running the same command; final loss {result['history'][-1]['loss']:.3f})")
+    if args.eval_samples:
+        from .data import synthetic_refhuman
+
+        val = synthetic_refhuman(args.eval_samples, seed=args.seed + 10_000, size=args.size)
+        print(dumps(evaluate_model(result["model"], val, "text"), indent=None))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from visionlens.core.progress import Progress
+    from visionlens.io import write_json
+    from .evaluate import evaluate_model
+    from .inference import load_uniphd
+
+    _prepare_out(args.json)
+    model = load_uniphd(args.weights)
+    args.size = model.config.image_size
+    samples = _samples(args, 300)
+    kinds = PROMPTS if args.prompt == "all" else (args.prompt,)
+    rows = []
+    for kind in kinds:
+        for control in ((False, True) if args.control else (False,)):
+            rows.append(evaluate_model(model, samples, kind, control=control,
+                                       progress=None if args.quiet else Progress(len(samples), f"pose eval {kind}")))
+    skipped = _report_skipped(rows)
+    print(f"{'prompt':20s} {'pose AP':>8s} {'AP50':>6s} {'mask AP':>8s} {'PCKh':>6s} {'oIoU':>6s} {'mIoU':>6s}")
+    for r in rows:
+        print(f"{r['prompt']:20s} {100 * r['pose_AP']:8.1f} {100 * r['pose_AP50']:6.1f} {100 * r['mask_AP']:8.1f} "
+              f"{100 * r['PCKh@0.5']:6.1f} {100 * r['oIoU']:6.1f} {100 * r['mIoU']:6.1f}")
+    if args.json:
+        write_json(rows, args.json)
+    return EXIT_SKIPPED if skipped else 0
+
+
+def _report_skipped(rows: list[dict]) -> int:
+    """Print each skipped image once (one line on stderr); return how many there were."""
+    seen = {}
+    for row in rows:
+        for item in row.get("skipped", []):
+            seen.setdefault(item["file"], item["reason"])
+    for reason in seen.values():
+        print(f"skipped: {reason}", file=sys.stderr)
+    return len(seen)
+
+
+def parse_points(text: str, what: str):
+    """"x,y" or "x,y;x,y;..." -> list of (x, y) floats."""
+    try:
+        pts = [tuple(float(v) for v in p.split(",")) for p in text.strip().split(";") if p.strip()]
+    except ValueError:
+        pts = []
+    if not pts or any(len(p) != 2 or not all(map(math.isfinite, p)) for p in pts):
+        raise InputError(f"--{what} must be finite 'x,y' pixel coordinates{' separated by ;' if what == 'scribble' else ''}, got {text!r}")
+    return pts
+
+
+def _prompt_kind(args) -> str:
+    given = [p for p in PROMPTS if getattr(args, p) is not None]
+    if len(given) != 1:
+        raise InputError("give exactly one prompt: --text \"...\", --point x,y or --scribble \"x,y;x,y;...\"")
+    kind = given[0]
+    if kind == "text" and not args.text.strip():
+        raise InputError("--text is empty; describe the person, e.g. --text \"the person in a red shirt\"")
+    return kind
+
+
+def _prompt_points(args, kind: str, w: int, h: int):
+    """The --point/--scribble pixels as an ``(K, 2)`` array, checked against the ``w`` x ``h`` image."""
+    import numpy as np
+
+    pts = np.array(parse_points(getattr(args, kind), kind))
+    if kind == "point" and len(pts) != 1:
+        raise InputError("--point takes one 'x,y'; use --scribble for several points")
+    if (pts[:, 0] < 0).any() or (pts[:, 0] > w - 1).any() or (pts[:, 1] < 0).any() or (pts[:, 1] > h - 1).any():
+        raise InputError(f"--{kind}: prompt point(s) outside the {w}x{h} image (x in 0..{w - 1}, y in 0..{h - 1})")
+    return pts
+
+
+def _check_result(res: dict) -> None:
+    import numpy as np
+
+    for key in ("scores", "keypoints", "boxes"):
+        if not np.isfinite(res[key][0]).all():
+            raise InputError(f"the model's {key} came out NaN or infinite: check --weights (retrain or use the packaged model)")
+
+
+def _cmd_predict(args) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from visionlens.data.images import load_image
+    from visionlens.io import save_atomic, write_json
+    from .inference import load_uniphd, postprocess
+    from .overlay import draw_overlay
+
+    kind = _prompt_kind(args)
+    if kind != "text":
+        parse_points(getattr(args, kind), kind)         # a malformed prompt fails before the image is read
+    image = np.asarray(load_image(args.image).convert("RGB"))
+    h, w = image.shape[:2]
+    pts = None if kind == "text" else _prompt_points(args, kind, w, h)
+    out = Path(args.out or Path(args.image).with_suffix("").name + "_pose.png")
+    for dest in (out, args.json):
+        _prepare_out(dest)
+    model = load_uniphd(args.weights)
+    size = model.config.image_size
+    if kind == "text":
+        prompt = {"kind": "text", "texts": [args.text]}
+    else:
+        scaled = (pts + 0.5) * [size / w, size / h] - 0.5
+        prompt = {"kind": kind, "points": torch.tensor(scaled[None], dtype=torch.float32)}
+    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    with torch.no_grad():
+        x = torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float() / 255
+        res = postprocess(model(x, prompt), size, (h, w))[0]
+    _check_result(res)
+    overlay = draw_overlay(image, res["keypoints"][0], res["masks"][0], pts, max(1, 384 // max(h, w)))
+    save_atomic(lambda tmp: overlay.save(tmp, format="PNG"), out)
+    if args.json:
+        write_json({"score": float(res["scores"][0]), "keypoints": res["keypoints"][0].tolist(),
+                    "box": res["boxes"][0].tolist(), "mask_area": int(res["masks"][0].sum())}, args.json)
+    print(f"{kind} prompt -> person score {res['scores'][0]:.2f}, mask {int(res['masks'][0].sum())} px; wrote {out}")
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    """Write synthetic scenes as a RefHuman-format set (annotation JSON + PNG images)."""
+    from .data import synthetic_refhuman, write_refhuman
+
+    _check_synthetic(args.n, args.size, "--n")
+    out = Path(args.out)
+    samples = synthetic_refhuman(args.n, seed=args.seed, size=args.size)
+    ann = write_refhuman(samples, out / "annotations.json", out / "images")
+    s = samples[0]
+    ys, xs = s.mask.nonzero()
+    mid = ((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2).argmin()  # the mask pixel nearest its centroid
+    print(f"wrote {len(samples)} referring samples ({len({x.file_name for x in samples})} images) to {ann} and {out / 'images'}")
+    print(f"try: visionlens pose predict {out / 'images' / s.file_name} --text \"{s.caption}\"  "
+          f"(or --point {int(xs[mid])},{int(ys[mid])})")
+    print(f"     visionlens pose eval --data {ann} --images {out / 'images'}")
+    return 0
+
+
+def _data_args(p) -> None:
+    p.add_argument("--data", help="RefHuman-format annotation JSON (default: synthetic scenes)")
+    p.add_argument("--images", help="folder with the images named in --data")
+    p.add_argument("--limit", type=count(), default=None, help="use at most this many annotations of --data")
+    p.add_argument("--synthetic", type=count(minimum=0), default=0, help="number of synthetic referring samples")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--quiet", action="store_true")
+
+
+def register(subparsers) -> None:
+    pose = subparsers.add_parser("pose", help="UniPHD referring human pose and mask (text, point or scribble prompt)")
+    sub = pose.add_subparsers(dest="pose_command", required=True)
+    t = sub.add_parser("train", help="train (or resume) a UniPHD on RefHuman-format or synthetic data")
+    _data_args(t)
+    t.add_argument("--out", default="uniphd.pt", help="checkpoint path (resumed when it exists)")
+    t.add_argument("--steps", type=count(), default=1000)
+    t.add_argument("--batch-size", type=count(), default=8)
+    t.add_argument("--lr", type=number(above=0, maximum=10), default=1e-3)
+    t.add_argument("--size", type=_size(multiple=4), default=96,
+                   help=f"square input size, a multiple of 4 from 32 to {MAX_SIZE}")
+    t.add_argument("--text-encoder", default=None, help="'small' (default) or a local transformers model directory")
+    t.add_argument("--time-limit", type=number(minimum=0), default=None,
+                   help="stop (and checkpoint) after this many seconds")
+    t.add_argument("--threads", type=count(maximum=1024), default=1)
+    t.add_argument("--no-resume", action="store_true", help="start from scratch even if --out exists")
+    t.add_argument("--eval-samples", type=count(minimum=0), default=0,
+                   help="evaluate on this many held-out synthetic samples")
+    t.set_defaults(func=_cmd_train)
+    e = sub.add_parser("eval", help="pose AP, mask AP, PCKh, oIoU/mIoU per prompt kind")
+    _data_args(e)
+    e.add_argument("--weights", default=None, help="weights/checkpoint (default: the packaged synthetic model)")
+    e.add_argument("--prompt", choices=PROMPTS + ("all",), default="all")
+    e.add_argument("--control", action="store_true", help="also score the prompt-agnostic control")
+    e.add_argument("--json", default=None, help="write the metrics here")
+    e.set_defaults(func=_cmd_eval, size=96)
+    p = sub.add_parser("predict", help="keypoints + mask of the person a prompt refers to, as a PNG overlay")
+    p.add_argument("image")
+    p.add_argument("--text", default=None, help='e.g. "the person in a red shirt"')
+    p.add_argument("--point", default=None, help="x,y pixel inside the person")
+    p.add_argument("--scribble", default=None, help='"x,y;x,y;..." pixels on the person')
+    p.add_argument("--weights", default=None)
+    p.add_argument("--out", default=None, help="overlay PNG (default: IMAGE_pose.png in the current folder)")
+    p.add_argument("--json", default=None, help="also write keypoints, box and score as JSON")
+    p.set_defaults(func=_cmd_predict)
+    g = sub.add_parser("synth", help="write synthetic scenes as a RefHuman-format set (annotations.json + images/)")
+    g.add_argument("--n", type=count(), default=20, help="number of referring samples")
+    g.add_argument("--seed", type=SEED, default=0)
+    g.add_argument("--size", type=_size(), default=96, help=f"image side in pixels, 32 to {MAX_SIZE}")
+    g.add_argument("--out", default="pose-synth", help="output folder")
+    g.set_defaults(func=_cmd_synth)
