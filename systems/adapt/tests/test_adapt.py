@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from visionlens.cli import main
 from visionlens.errors import InputError
 from visionlens_adapt import eianet
 from visionlens_adapt.data import DomainShift, load_shift, plant_outliers, world_shift
@@ -20,26 +21,6 @@ from visionlens_adapt.network import AdaptNet
 from visionlens_adapt.proulearn import (
     ProULearnObjective, SelectionOptions, central_correlation_loss, correlation_index, homogeneity, kmeans, select,
 )
-
-
-def run_cli(argv: list[str]) -> int:
-    """``visionlens.cli.main`` in-process; an argparse refusal (SystemExit) gives its exit status."""
-    from visionlens.cli import main
-
-    try:
-        return main(argv)
-    except SystemExit as stop:
-        return stop.code
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_state():
-    """Every test leaves torch's thread count, default dtype and global random state as it found them."""
-    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    torch.set_num_threads(threads)
-    torch.set_default_dtype(dtype)
 
 
 # --- ETF -------------------------------------------------------------------------------------------
@@ -224,7 +205,6 @@ def test_selection_bad_input():
 # --- end to end ------------------------------------------------------------------------------------
 
 
-
 def test_ci_sized_adaptation_improves_over_source_only(one_thread):
     """Synthetic world, 600 source / 400 target images at 32 px, strong shift. Source-only accuracy is
     measured on the network that is adapted (attention temperature 0.01), the way ``adapt`` logs its
@@ -287,7 +267,7 @@ def test_cli_runs_on_a_tiny_setting(tmp_path):
 ])
 def test_cli_bad_input_fails_cleanly(tmp_path, capsys, argv):
     out = tmp_path / "run"
-    rc = run_cli(["adapt", "--n-source", "64", "--n-target", "32", "--seeds", "0", "--source-epochs", "1",
+    rc = main(["adapt", "--n-source", "64", "--n-target", "32", "--seeds", "0", "--source-epochs", "1",
                "--adapt-epochs", "1", "--out", str(out), "--quiet", *argv])
     assert rc != 0
     err = capsys.readouterr().err.strip()
@@ -308,7 +288,7 @@ def test_cli_refuses_every_bad_number_before_work(tmp_path, capsys, flag, value)
     """Each numeric flag: NaN, infinity, out-of-range and fractional counts are one line naming the
     flag, exit 2, nothing written (``--n-source 0`` used to become 2000, ``--lr nan`` to run)."""
     out = tmp_path / "run"
-    rc = run_cli(["adapt", "--n-source", "64", "--n-target", "32", "--seeds", "0", "--source-epochs", "1",
+    rc = main(["adapt", "--n-source", "64", "--n-target", "32", "--seeds", "0", "--source-epochs", "1",
                "--adapt-epochs", "1", "--out", str(out), "--quiet", f"{flag}={value}"])
     err = capsys.readouterr().err
     assert rc == 2, err
@@ -321,7 +301,7 @@ def test_cli_stops_on_a_diverging_learning_rate(tmp_path, capsys):
     traceback from ProULearn's k-means, nothing written."""
     out = tmp_path / "run"
     threads = torch.get_num_threads()
-    rc = run_cli(["adapt", "--n-source", "64", "--n-target", "32", "--seeds", "0", "--source-epochs", "1",
+    rc = main(["adapt", "--n-source", "64", "--n-target", "32", "--seeds", "0", "--source-epochs", "1",
                "--adapt-epochs", "1", "--methods", "proulearn-kmeans,proulearn-proulearn", "--lr", "1e6",
                "--threads", "1", "--out", str(out), "--quiet"])
     err = capsys.readouterr().err

@@ -18,33 +18,12 @@ from visionlens_hsi.peers import cva_otsu, otsu_threshold
 from visionlens_hsi.spectralkan import build_model, formula_parameter_count
 from visionlens_hsi.synthetic import SyntheticConfig, make_scene
 from visionlens_hsi.train import TrainConfig, run
+from visionlens.cli import main
 
 KNOTS = uniform_knots()                        # 12 knots, -2.2 .. 2.2, h = 0.4
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_state():
-    """Each test leaves the torch RNG, thread count, grad mode and default dtype as it found them
-    (the CLI's --threads and the tests' manual_seed would otherwise leak into later tests)."""
-    threads, grad, dtype = torch.get_num_threads(), torch.is_grad_enabled(), torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    torch.set_num_threads(threads)
-    torch.set_grad_enabled(grad)
-    torch.set_default_dtype(dtype)
-
-
-def _exit_code(argv) -> int:
-    """``visionlens.cli.main(argv)``; an argparse refusal (SystemExit) gives its code."""
-    from visionlens.cli import main
-
-    try:
-        return main(argv)
-    except SystemExit as stop:
-        return stop.code
 
 
 def _one_error_line(capsys, *names) -> str:
@@ -332,21 +311,21 @@ def test_boundary_mask_matches_morphology():
 def test_cli_train_rejects_bad_numbers(tmp_path, capsys, flag, value):
     out = tmp_path / "run"
     tiny = ["--size", "16", "--bands", "6", "--epochs", "1", "--train-fraction", "0.2", "--model", "mlp"]  # fast if accepted
-    assert _exit_code(["hsi-cd", "train", *tiny, flag, value, "--out", str(out), "--quiet"]) == 2
+    assert main(["hsi-cd", "train", *tiny, flag, value, "--out", str(out), "--quiet"]) == 2
     _one_error_line(capsys, flag)
     assert not out.exists()
 
 
 def test_cli_eval_and_map_reject_bad_numbers(tmp_path, capsys):
     for command in ("eval", "map"):
-        assert _exit_code(["hsi-cd", command, "--checkpoint", str(tmp_path / "m.pt"), "--threads", "-2"]) == 2
+        assert main(["hsi-cd", command, "--checkpoint", str(tmp_path / "m.pt"), "--threads", "-2"]) == 2
         _one_error_line(capsys, "--threads")
 
 
 def test_cli_refuses_an_oversized_synthetic_scene_and_an_unknown_model(tmp_path, capsys):
-    assert _exit_code(["hsi-cd", "train", "--size", "2048", "--bands", "1024", "--out", str(tmp_path / "o")]) == 2
+    assert main(["hsi-cd", "train", "--size", "2048", "--bands", "1024", "--out", str(tmp_path / "o")]) == 2
     _one_error_line(capsys, "--size", "--bands")
-    assert _exit_code(["hsi-cd", "train", "--model", "cva-otsu", "--out", str(tmp_path / "o")]) == 2
+    assert main(["hsi-cd", "train", "--model", "cva-otsu", "--out", str(tmp_path / "o")]) == 2
     _one_error_line(capsys, "--model")
     assert not (tmp_path / "o").exists()
 
@@ -361,7 +340,7 @@ def test_nan_pixel_in_a_mat_cube_is_refused_at_load(tmp_path, capsys):
     with pytest.raises(InputError, match="1 non-finite"):
         load_dataset("farmland", tmp_path)
     out = tmp_path / "o"
-    assert _exit_code(["hsi-cd", "train", "--data", str(tmp_path), "--dataset", "farmland", "--out", str(out),
+    assert main(["hsi-cd", "train", "--data", str(tmp_path), "--dataset", "farmland", "--out", str(out),
                        "--quiet"]) == 2
     _one_error_line(capsys, "farm06.mat", "1 non-finite")
     assert not out.exists()
@@ -392,17 +371,17 @@ def test_training_leaves_the_callers_rng_alone():
 
 def test_cli_refuses_unsafe_or_non_finite_checkpoints(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _exit_code(["hsi-cd", "train", "--size", "16", "--bands", "6", "--epochs", "1", "--train-fraction", "0.2",
+    assert main(["hsi-cd", "train", "--size", "16", "--bands", "6", "--epochs", "1", "--train-fraction", "0.2",
                        "--model", "mlp", "--out", str(out), "--quiet"]) == 0
     capsys.readouterr()
     checkpoint = torch.load(out / "model.pt", weights_only=True)
     name = next(iter(checkpoint["state_dict"]))
     checkpoint["state_dict"][name][0] = float("nan")
     torch.save(checkpoint, tmp_path / "nan.pt")
-    assert _exit_code(["hsi-cd", "eval", "--checkpoint", str(tmp_path / "nan.pt")]) == 2
+    assert main(["hsi-cd", "eval", "--checkpoint", str(tmp_path / "nan.pt")]) == 2
     _one_error_line(capsys, "nan.pt", name, "NaN")
     torch.save({**checkpoint, "hook": _Evil()}, tmp_path / "evil.pt")
-    assert _exit_code(["hsi-cd", "map", "--checkpoint", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "m.png")]) == 2
+    assert main(["hsi-cd", "map", "--checkpoint", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "m.png")]) == 2
     _one_error_line(capsys, "evil.pt")
     assert not (tmp_path / "m.png").exists() and not (tmp_path / "pwned").exists()
 
@@ -420,10 +399,10 @@ def test_metrics_json_is_strict_even_with_a_nan_score(tmp_path, monkeypatch):
     import visionlens_hsi.train as train_module
 
     out = tmp_path / "run"
-    assert _exit_code(["hsi-cd", "train", "--size", "16", "--bands", "6", "--epochs", "1", "--train-fraction", "0.2",
+    assert main(["hsi-cd", "train", "--size", "16", "--bands", "6", "--epochs", "1", "--train-fraction", "0.2",
                        "--model", "mlp", "--out", str(out), "--quiet"]) == 0
     monkeypatch.setattr(train_module, "scores", lambda truth, pred: {"oa": float("nan"), "kappa": 0.5, "aa": 0.5})
-    assert _exit_code(["hsi-cd", "eval", "--checkpoint", str(out / "model.pt"), "--out", str(tmp_path / "e.json")]) == 0
+    assert main(["hsi-cd", "eval", "--checkpoint", str(out / "model.pt"), "--out", str(tmp_path / "e.json")]) == 0
 
     def refuse(token):
         raise AssertionError(f"non-strict JSON token {token}")

@@ -18,21 +18,12 @@ from visionlens.errors import AssetError, InputError, VisionlensError
 from visionlens_refer.masks import mask_iou, polygons_to_mask, rle_decode, rle_encode
 from visionlens_refer.lgd.metrics import ReferMetrics
 from visionlens_refer.lgd.scores import LGDConfig, fuse, select
+from visionlens.cli import main
 
 mu = pytest.importorskip("pycocotools.mask", reason="pycocotools is the mask oracle (pip install pycocotools)")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run_cli(argv: list[str]) -> int:
-    """``visionlens.cli.main`` in-process; an argparse refusal (SystemExit) gives its exit status."""
-    from visionlens.cli import main
-
-    try:
-        return main(argv)
-    except SystemExit as stop:
-        return stop.code
 
 
 def one_error_line(capsys) -> str:
@@ -43,15 +34,9 @@ def one_error_line(capsys) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _restore_torch_state(monkeypatch):
-    """Every test leaves torch's thread count, default dtype and global random state as it found
-    them, and sees no $VISIONLENS_CLIP from the environment."""
+def _no_clip_from_the_environment(monkeypatch):
+    """Every test sees no $VISIONLENS_CLIP from the environment (globals: the repository's conftest.py)."""
     monkeypatch.delenv("VISIONLENS_CLIP", raising=False)
-    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    torch.set_num_threads(threads)
-    torch.set_default_dtype(dtype)
 
 
 # --- masks and metrics ------------------------------------------------------------------------
@@ -215,7 +200,7 @@ def test_refcoco_without_clip_refuses_instead_of_scoring_with_the_toy_vlm(tmp_pa
     """The packaged toy VLM scores every COCO sentence 0 and picks proposal 0: refused, naming --clip."""
     _refer_fixture(tmp_path, np.random.default_rng(0))
     out = tmp_path / "eval"
-    rc = run_cli(["refer", "--refcoco", str(tmp_path), "--split", "testA", "--coco-dir", _coco_images(tmp_path),
+    rc = main(["refer", "--refcoco", str(tmp_path), "--split", "testA", "--coco-dir", _coco_images(tmp_path),
                   "--proposer", "gt", "--out", str(out), "--quiet"])
     assert rc == 2 and "--clip" in one_error_line(capsys) and not out.exists()
 
@@ -250,7 +235,7 @@ def test_refcoco_bad_files_are_one_line_before_any_work(tmp_path, capsys, damage
     (folder / "instances.json").write_text("{oops" if damage == "not json" else json.dumps(inst))
     _write_refs(tmp_path, refs)
     out = tmp_path / "eval"
-    rc = run_cli(["refer", "--refcoco", str(tmp_path), "--coco-dir", _coco_images(tmp_path), "--proposer", "gt",
+    rc = main(["refer", "--refcoco", str(tmp_path), "--coco-dir", _coco_images(tmp_path), "--proposer", "gt",
                   "--clip", str(tmp_path / "no-clip-here"), "--out", str(out), "--quiet"])
     err = one_error_line(capsys)
     assert rc == 2 and named in err and not out.exists()
@@ -267,14 +252,14 @@ def test_refcoco_unreadable_image_is_skipped_on_one_line(tmp_path, capsys, tiny_
     coco = _coco_images(tmp_path)
     (tmp_path / "coco" / "COCO_train2014_000000000002.jpg").write_bytes(b"not an image at all")
     out = tmp_path / "eval"
-    rc = run_cli(["refer", "--refcoco", str(tmp_path), "--split", "testA", "--coco-dir", coco, "--proposer", "gt",
+    rc = main(["refer", "--refcoco", str(tmp_path), "--split", "testA", "--coco-dir", coco, "--proposer", "gt",
                   "--clip", tiny_clip, "--out", str(out), "--quiet"])
     err = one_error_line(capsys)
     assert rc == 1 and "sentence 3" in err and "COCO_train2014_000000000002.jpg" in err
     result = json.loads((out / "refcoco_eval.json").read_text())
     assert result["summary"]["n"] == 2 and [s["sent_id"] for s in result["skipped"]] == [3]
     (tmp_path / "coco" / "COCO_train2014_000000000002.jpg").unlink()  # a missing one: refused before any work
-    assert run_cli(["refer", "--refcoco", str(tmp_path), "--split", "testA", "--coco-dir", coco, "--proposer", "gt",
+    assert main(["refer", "--refcoco", str(tmp_path), "--split", "testA", "--coco-dir", coco, "--proposer", "gt",
                     "--clip", tiny_clip, "--out", str(tmp_path / "e2"), "--quiet"]) == 2
     assert "no such image" in one_error_line(capsys) and not (tmp_path / "e2").exists()
 
@@ -635,7 +620,7 @@ def test_cli_synthetic_index_is_bounded(tmp_path, capsys):
     for spec in ("synthetic:test:999999", f"synthetic:test:{MAX_SYNTHETIC_INDEX + 1}", "synthetic:test:-1",
                  "synthetic:nope:3", "synthetic:test", "synthetic:test:3:4"):
         start = time.perf_counter()
-        assert run_cli(["refer", spec, "--out", str(tmp_path / "o")]) == 2
+        assert main(["refer", spec, "--out", str(tmp_path / "o")]) == 2
         assert time.perf_counter() - start < 2, spec
         assert "synthetic" in one_error_line(capsys)
     assert not (tmp_path / "o").exists()
@@ -647,7 +632,7 @@ def test_cli_synthetic_index_is_bounded(tmp_path, capsys):
     ("--seed", "0.5"),
 ])
 def test_cli_refer_refuses_bad_numbers(tmp_path, capsys, flag, value):
-    rc = run_cli(["refer", "synthetic:test:2", "--out", str(tmp_path / "o"), f"{flag}={value}"])
+    rc = main(["refer", "synthetic:test:2", "--out", str(tmp_path / "o"), f"{flag}={value}"])
     assert rc == 2 and flag in one_error_line(capsys) and not (tmp_path / "o").exists()
 
 
@@ -659,7 +644,7 @@ def test_config_and_photo_without_known_words_are_refused(tmp_path, capsys):
             LGDConfig(**bad)
     photo = tmp_path / "photo.png"
     Image.new("RGB", (40, 30), (90, 120, 30)).save(photo)
-    rc = run_cli(["refer", str(photo), "the dog on a sofa", "--out", str(tmp_path / "o")])
+    rc = main(["refer", str(photo), "the dog on a sofa", "--out", str(tmp_path / "o")])
     assert rc == 2 and "--clip" in one_error_line(capsys) and not (tmp_path / "o").exists()
 
 

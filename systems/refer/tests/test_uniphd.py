@@ -20,29 +20,9 @@ from visionlens_refer.uniphd.inference import PACKAGED_WEIGHTS, fit_sample
 from visionlens_refer.uniphd.metrics import coco_ap, oks, pckh, referring_iou
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_state():
-    """Each test leaves the torch RNG, thread count, grad mode and default dtype as it found them
-    (the tests' manual_seed, set_num_threads and `pose train --threads` would otherwise leak)."""
-    threads, grad, dtype = torch.get_num_threads(), torch.is_grad_enabled(), torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    torch.set_num_threads(threads)
-    torch.set_grad_enabled(grad)
-    torch.set_default_dtype(dtype)
-
-
 @pytest.fixture(scope="module")
 def samples():
     return synthetic_refhuman(30, seed=3)
-
-
-def _exit_code(argv) -> int:
-    """``main(argv)``; an argparse refusal (SystemExit) gives its code."""
-    try:
-        return main(argv)
-    except SystemExit as stop:
-        return stop.code
 
 
 def _one_error_line(capsys, *names) -> str:
@@ -512,22 +492,22 @@ def test_cli_refuses_unsafe_foreign_and_non_finite_weights(tmp_path, scene_file,
     x, y = s.scribbles[0, 5]
     evil = tmp_path / "evil.pth"
     torch.save({"config": {}, "model": {}, "hook": _Evil(tmp_path / "pwned")}, evil)
-    assert _exit_code(["pose", "eval", "--weights", str(evil), "--synthetic", "2"]) == 2
+    assert main(["pose", "eval", "--weights", str(evil), "--synthetic", "2"]) == 2
     _one_error_line(capsys, "evil.pth")
     assert not (tmp_path / "pwned").exists()
     out = tmp_path / "o.png"
-    assert _exit_code(["pose", "predict", str(path), "--point", f"{x},{y}", "--weights", str(path), "--out", str(out)]) == 2
+    assert main(["pose", "predict", str(path), "--point", f"{x},{y}", "--weights", str(path), "--out", str(out)]) == 2
     _one_error_line(capsys, path.name)
     blob = torch.load(PACKAGED_WEIGHTS, weights_only=True)
     name = next(k for k, v in blob["model"].items() if v.is_floating_point())
     blob["model"][name] = blob["model"][name].clone().fill_(float("inf"))
     torch.save(blob, tmp_path / "inf.pt")
-    assert _exit_code(["pose", "predict", str(path), "--point", f"{x},{y}", "--weights", str(tmp_path / "inf.pt"),
+    assert main(["pose", "predict", str(path), "--point", f"{x},{y}", "--weights", str(tmp_path / "inf.pt"),
                        "--out", str(out)]) == 2
     _one_error_line(capsys, "inf.pt", name)
     blob = torch.load(PACKAGED_WEIGHTS, weights_only=True)
     torch.save({"config": blob["config"], "model": blob["model"]}, tmp_path / "weights.pt")
-    assert _exit_code(["pose", "train", "--out", str(tmp_path / "weights.pt"), "--synthetic", "2", "--steps", "1",
+    assert main(["pose", "train", "--out", str(tmp_path / "weights.pt"), "--synthetic", "2", "--steps", "1",
                        "--quiet"]) == 2  # weights without optimizer state cannot be resumed
     _one_error_line(capsys, "weights.pt", "--no-resume")
     assert not out.exists()
@@ -545,14 +525,14 @@ def test_cli_rejects_bad_numbers(tmp_path, capsys, argv, flag):
     out = tmp_path / "out"
     tiny = {"train": ["--synthetic", "2", "--steps", "1", "--size", "64", "--quiet"], "eval": ["--synthetic", "2",
             "--prompt", "point", "--quiet"], "synth": ["--n", "1", "--size", "32"]}[argv[0]]  # fast if accepted
-    assert _exit_code(["pose", argv[0], *tiny, *argv[1:], "--out" if argv[0] != "eval" else "--json", str(out)]) == 2
+    assert main(["pose", argv[0], *tiny, *argv[1:], "--out" if argv[0] != "eval" else "--json", str(out)]) == 2
     _one_error_line(capsys, flag)
     assert not out.exists()
 
 
 def test_cli_refuses_a_synthetic_set_too_large_for_memory(tmp_path, capsys):
     out = tmp_path / "synth"
-    assert _exit_code(["pose", "synth", "--n", "100000", "--size", "4096", "--out", str(out)]) == 2
+    assert main(["pose", "synth", "--n", "100000", "--size", "4096", "--out", str(out)]) == 2
     _one_error_line(capsys, "--n", "--size")
     assert not out.exists()
 
@@ -561,9 +541,9 @@ def test_cli_refuses_a_synthetic_set_too_large_for_memory(tmp_path, capsys):
 def test_cli_predict_refuses_non_finite_points(tmp_path, scene_file, capsys, point):
     path, _ = scene_file
     out = tmp_path / "o.png"
-    assert _exit_code(["pose", "predict", str(path), "--point", point, "--out", str(out)]) == 2
+    assert main(["pose", "predict", str(path), "--point", point, "--out", str(out)]) == 2
     _one_error_line(capsys, "--point")
-    assert _exit_code(["pose", "predict", str(path), "--scribble", f"1,1;{point}", "--out", str(out)]) == 2
+    assert main(["pose", "predict", str(path), "--scribble", f"1,1;{point}", "--out", str(out)]) == 2
     _one_error_line(capsys, "--scribble")
     assert not out.exists()
 
@@ -601,7 +581,7 @@ def test_cli_eval_checks_the_refhuman_schema_first(tmp_path, capsys, where, fiel
     _edit(data[where][1], field, value)
     ann.write_text(json.dumps(data))
     js = tmp_path / "m.json"
-    assert _exit_code(["pose", "eval", "--data", str(ann), "--images", str(tmp_path / "images"), "--prompt", "point",
+    assert main(["pose", "eval", "--data", str(ann), "--images", str(tmp_path / "images"), "--prompt", "point",
                        "--quiet", "--json", str(js)]) == 2
     line = _one_error_line(capsys, "ann.json", expect)
     entry = data["annotations"][1]
@@ -625,7 +605,7 @@ def test_cli_eval_skips_an_unreadable_image_with_exit_1(tmp_path, capsys):
     assert samples[0].file_name != broken.name
     broken.write_bytes(b"not a png")
     js = tmp_path / "m.json"
-    assert _exit_code(["pose", "eval", "--data", str(ann), "--images", str(tmp_path / "images"), "--prompt", "all",
+    assert main(["pose", "eval", "--data", str(ann), "--images", str(tmp_path / "images"), "--prompt", "all",
                        "--quiet", "--json", str(js)]) == 1
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()

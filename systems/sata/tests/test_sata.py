@@ -23,24 +23,6 @@ from visionlens_sata.sata import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run_cli(argv: list[str]) -> int:
-    """``main`` in-process; an argparse refusal (SystemExit) gives its exit status."""
-    try:
-        return main(argv)
-    except SystemExit as stop:
-        return stop.code
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_state():
-    """Every test leaves torch's thread count, default dtype and global random state as it found them."""
-    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    torch.set_num_threads(threads)
-    torch.set_default_dtype(dtype)
-
-
 @pytest.fixture(scope="module")
 def world_vit():
     from visionlens.models.zoo import load_model
@@ -369,7 +351,7 @@ def test_cli_writes_the_table(tmp_path, capsys):
 def test_cli_refuses_every_bad_number_before_work(tmp_path, capsys, flag, value):
     """``--alpha nan`` used to run (0 % saved, mCE "nan", exit 0): every numeric flag is checked."""
     out = tmp_path / "sata.md"
-    rc = run_cli(["sata", "evaluate", "--images", "6", "--out", str(out), "--quiet", f"{flag}={value}"])
+    rc = main(["sata", "evaluate", "--images", "6", "--out", str(out), "--quiet", f"{flag}={value}"])
     err = capsys.readouterr().err
     assert rc == 2, err
     assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err
