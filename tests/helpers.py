@@ -8,12 +8,14 @@ import torch
 from torch import nn
 
 
-def one_error_line(err: str) -> str:
-    """The single ``error:`` line a command printed on stderr (asserting that there is one, and
-    no traceback)."""
+def one_error_line(err: str, *names: str) -> str:
+    """The single ``error:`` line a command printed on stderr (asserting that there is one, that
+    it names every one of ``names``, and no traceback)."""
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
     return lines[0]
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import one_error_line
 from visionlens.errors import InputError
 from visionlens_hsi.data import (CHANGED, DATASETS, UNCHANGED, UNKNOWN, PatchPairs, Scene, load_dataset,
                                  normalize_pair, stratified_split, symmetric_pad)
@@ -24,16 +25,6 @@ KNOTS = uniform_knots()                        # 12 knots, -2.2 .. 2.2, h = 0.4
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _one_error_line(capsys, *names) -> str:
-    """The single stderr line, which starts with ``error:``, names every one of ``names`` and is no traceback."""
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def count(model) -> int:
@@ -286,7 +277,7 @@ def test_cli_rejects_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     bogus = tmp_path / "model.pt"
     bogus.write_bytes(b"not a checkpoint")
     assert main(["hsi-cd", "eval", "--checkpoint", str(bogus)]) == 2
-    _one_error_line(capsys, str(bogus), "hsi-cd checkpoint")
+    one_error_line(capsys.readouterr().err, str(bogus), "hsi-cd checkpoint")
 
 
 def test_boundary_mask_matches_morphology():
@@ -312,21 +303,21 @@ def test_cli_train_rejects_bad_numbers(tmp_path, capsys, flag, value):
     out = tmp_path / "run"
     tiny = ["--size", "16", "--bands", "6", "--epochs", "1", "--train-fraction", "0.2", "--model", "mlp"]  # fast if accepted
     assert main(["hsi-cd", "train", *tiny, flag, value, "--out", str(out), "--quiet"]) == 2
-    _one_error_line(capsys, flag)
+    one_error_line(capsys.readouterr().err, flag)
     assert not out.exists()
 
 
 def test_cli_eval_and_map_reject_bad_numbers(tmp_path, capsys):
     for command in ("eval", "map"):
         assert main(["hsi-cd", command, "--checkpoint", str(tmp_path / "m.pt"), "--threads", "-2"]) == 2
-        _one_error_line(capsys, "--threads")
+        one_error_line(capsys.readouterr().err, "--threads")
 
 
 def test_cli_refuses_an_oversized_synthetic_scene_and_an_unknown_model(tmp_path, capsys):
     assert main(["hsi-cd", "train", "--size", "2048", "--bands", "1024", "--out", str(tmp_path / "o")]) == 2
-    _one_error_line(capsys, "--size", "--bands")
+    one_error_line(capsys.readouterr().err, "--size", "--bands")
     assert main(["hsi-cd", "train", "--model", "cva-otsu", "--out", str(tmp_path / "o")]) == 2
-    _one_error_line(capsys, "--model")
+    one_error_line(capsys.readouterr().err, "--model")
     assert not (tmp_path / "o").exists()
 
 
@@ -342,7 +333,7 @@ def test_nan_pixel_in_a_mat_cube_is_refused_at_load(tmp_path, capsys):
     out = tmp_path / "o"
     assert main(["hsi-cd", "train", "--data", str(tmp_path), "--dataset", "farmland", "--out", str(out),
                        "--quiet"]) == 2
-    _one_error_line(capsys, "farm06.mat", "1 non-finite")
+    one_error_line(capsys.readouterr().err, "farm06.mat", "1 non-finite")
     assert not out.exists()
     with pytest.raises(InputError, match="date t2 holds 1 non-finite"):
         Scene(np.zeros_like(t2), t2, np.zeros((9, 8), dtype=np.int64))
@@ -379,10 +370,10 @@ def test_cli_refuses_unsafe_or_non_finite_checkpoints(tmp_path, capsys):
     checkpoint["state_dict"][name][0] = float("nan")
     torch.save(checkpoint, tmp_path / "nan.pt")
     assert main(["hsi-cd", "eval", "--checkpoint", str(tmp_path / "nan.pt")]) == 2
-    _one_error_line(capsys, "nan.pt", name, "NaN")
+    one_error_line(capsys.readouterr().err, "nan.pt", name, "NaN")
     torch.save({**checkpoint, "hook": _Evil()}, tmp_path / "evil.pt")
     assert main(["hsi-cd", "map", "--checkpoint", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "m.png")]) == 2
-    _one_error_line(capsys, "evil.pt")
+    one_error_line(capsys.readouterr().err, "evil.pt")
     assert not (tmp_path / "m.png").exists() and not (tmp_path / "pwned").exists()
 
 

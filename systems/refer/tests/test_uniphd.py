@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from visionlens.cli import main
+from helpers import one_error_line
 from visionlens.errors import InputError
 from visionlens_refer.masks import rle_decode, rle_encode
 from visionlens_refer.uniphd.config import UniPHDConfig
@@ -23,16 +24,6 @@ from visionlens_refer.uniphd.metrics import coco_ap, oks, pckh, referring_iou
 @pytest.fixture(scope="module")
 def samples():
     return synthetic_refhuman(30, seed=3)
-
-
-def _one_error_line(capsys, *names) -> str:
-    """The single stderr line, which starts with ``error:``, names every one of ``names`` and is no traceback."""
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def _gt_pred_set(samples, seed=1):
@@ -493,23 +484,23 @@ def test_cli_refuses_unsafe_foreign_and_non_finite_weights(tmp_path, scene_file,
     evil = tmp_path / "evil.pth"
     torch.save({"config": {}, "model": {}, "hook": _Evil(tmp_path / "pwned")}, evil)
     assert main(["pose", "eval", "--weights", str(evil), "--synthetic", "2"]) == 2
-    _one_error_line(capsys, "evil.pth")
+    one_error_line(capsys.readouterr().err, "evil.pth")
     assert not (tmp_path / "pwned").exists()
     out = tmp_path / "o.png"
     assert main(["pose", "predict", str(path), "--point", f"{x},{y}", "--weights", str(path), "--out", str(out)]) == 2
-    _one_error_line(capsys, path.name)
+    one_error_line(capsys.readouterr().err, path.name)
     blob = torch.load(PACKAGED_WEIGHTS, weights_only=True)
     name = next(k for k, v in blob["model"].items() if v.is_floating_point())
     blob["model"][name] = blob["model"][name].clone().fill_(float("inf"))
     torch.save(blob, tmp_path / "inf.pt")
     assert main(["pose", "predict", str(path), "--point", f"{x},{y}", "--weights", str(tmp_path / "inf.pt"),
                        "--out", str(out)]) == 2
-    _one_error_line(capsys, "inf.pt", name)
+    one_error_line(capsys.readouterr().err, "inf.pt", name)
     blob = torch.load(PACKAGED_WEIGHTS, weights_only=True)
     torch.save({"config": blob["config"], "model": blob["model"]}, tmp_path / "weights.pt")
     assert main(["pose", "train", "--out", str(tmp_path / "weights.pt"), "--synthetic", "2", "--steps", "1",
                        "--quiet"]) == 2  # weights without optimizer state cannot be resumed
-    _one_error_line(capsys, "weights.pt", "--no-resume")
+    one_error_line(capsys.readouterr().err, "weights.pt", "--no-resume")
     assert not out.exists()
 
 
@@ -526,14 +517,14 @@ def test_cli_rejects_bad_numbers(tmp_path, capsys, argv, flag):
     tiny = {"train": ["--synthetic", "2", "--steps", "1", "--size", "64", "--quiet"], "eval": ["--synthetic", "2",
             "--prompt", "point", "--quiet"], "synth": ["--n", "1", "--size", "32"]}[argv[0]]  # fast if accepted
     assert main(["pose", argv[0], *tiny, *argv[1:], "--out" if argv[0] != "eval" else "--json", str(out)]) == 2
-    _one_error_line(capsys, flag)
+    one_error_line(capsys.readouterr().err, flag)
     assert not out.exists()
 
 
 def test_cli_refuses_a_synthetic_set_too_large_for_memory(tmp_path, capsys):
     out = tmp_path / "synth"
     assert main(["pose", "synth", "--n", "100000", "--size", "4096", "--out", str(out)]) == 2
-    _one_error_line(capsys, "--n", "--size")
+    one_error_line(capsys.readouterr().err, "--n", "--size")
     assert not out.exists()
 
 
@@ -542,9 +533,9 @@ def test_cli_predict_refuses_non_finite_points(tmp_path, scene_file, capsys, poi
     path, _ = scene_file
     out = tmp_path / "o.png"
     assert main(["pose", "predict", str(path), "--point", point, "--out", str(out)]) == 2
-    _one_error_line(capsys, "--point")
+    one_error_line(capsys.readouterr().err, "--point")
     assert main(["pose", "predict", str(path), "--scribble", f"1,1;{point}", "--out", str(out)]) == 2
-    _one_error_line(capsys, "--scribble")
+    one_error_line(capsys.readouterr().err, "--scribble")
     assert not out.exists()
 
 
@@ -583,7 +574,7 @@ def test_cli_eval_checks_the_refhuman_schema_first(tmp_path, capsys, where, fiel
     js = tmp_path / "m.json"
     assert main(["pose", "eval", "--data", str(ann), "--images", str(tmp_path / "images"), "--prompt", "point",
                        "--quiet", "--json", str(js)]) == 2
-    line = _one_error_line(capsys, "ann.json", expect)
+    line = one_error_line(capsys.readouterr().err, "ann.json", expect)
     entry = data["annotations"][1]
     assert f"annotation id {entry['id']}" in line  # the annotation, and for an image field also its image id
     assert where == "annotations" or f"image id {entry['image_id']}" in line
