@@ -71,3 +71,31 @@ def check_finite(name: str, tensor) -> None:
 
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         raise InputError(f"{name} contains NaN or infinite values")
+
+
+def comma_list(item):
+    """An ``argparse`` type: one value or a comma-separated list (``0,1,2``), each read by the
+    ``argparse`` type ``item``; returns a list. Use it with ``nargs="+"`` and
+    ``action=FlatList`` so that ``--seeds 0 1 2``, ``--seeds 0,1,2`` and ``--seeds 0,1 2`` agree."""
+
+    def parse(text: str) -> list:
+        parts = [part.strip() for part in str(text).split(",")]
+        if not any(parts):
+            raise argparse.ArgumentTypeError(f"empty list {text!r}; give values such as 0,1,2")
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"empty item in {text!r}; give values such as 0,1,2")
+        return [item(part) for part in parts]
+
+    parse.__name__ = f"list of {getattr(item, '__name__', 'value')}"
+    return parse
+
+
+class FlatList(argparse.Action):
+    """An ``argparse`` action for ``nargs="+"`` with a :func:`comma_list` type: stores the values of
+    all the space- and comma-separated words as one flat list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        flat = []
+        for value in values if isinstance(values, list) else [values]:
+            flat.extend(value if isinstance(value, list) else [value])
+        setattr(namespace, self.dest, flat)

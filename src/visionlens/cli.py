@@ -216,7 +216,7 @@ def _add_similarity_options(p) -> None:
     p.add_argument("--model", default="mobilenet_v2",
                    help="zoo model used as an embedder (ImageNet models: pooled penultimate features; world-metric: its "
                         "own normalised embedding)")
-    p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
+    p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"], help="similarity between embeddings")
     p.add_argument("--method", default="sfam", help="comma-separated: sfam, gradcam, relevance-cam (on the similarity); "
                                                     "naflow (explain-pair: alone, a flow through every layer; retrieve: its "
                                                     "last-layer map)")
@@ -224,7 +224,7 @@ def _add_similarity_options(p) -> None:
     p.add_argument("--normalize", default="minmax", choices=["minmax", "relu", "none"], help="SFAM: CIS normalisation")
     p.add_argument("--euclid-mode", default="difference", choices=["difference", "cross_term"],
                    help="SFAM, euclidean: c_d = -(e_d - r_d)^2 (difference) or e_d r_d (cross_term)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
 
 
 def _parser_explain(sub) -> None:
@@ -240,8 +240,8 @@ def _parser_explain(sub) -> None:
                                                   "default: the model's last feature layer")
     p.add_argument("--target", type=count(minimum=0), default=None, help="class index to explain for every image (default: predicted class)")
     p.add_argument("--out", default="visionlens-out", help="output folder")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--batch-size", type=count(maximum=4096), default=16)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    p.add_argument("--batch-size", type=count(maximum=4096), default=16, help="images per forward/backward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--bank", default=None, help="k-NN memory bank (from `visionlens bank`) for DAAM on a self-supervised model")
     p.set_defaults(func=_cmd_explain)
@@ -256,16 +256,16 @@ def _parser_bank(sub) -> None:
     p.add_argument("--n", type=count(maximum=10_000_000), default=5000, help="number of world images")
     p.add_argument("--images", default=None, help="a folder of images instead: one sub-folder per class, or any layout with --labels")
     p.add_argument("--labels", default=None, help="CSV of file,label (label: class index or class name), paths relative to --images")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=count(maximum=4096), default=250)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    p.add_argument("--batch-size", type=count(maximum=4096), default=250, help="images per forward pass")
     p.set_defaults(func=_cmd_bank)
 
 
 def _parser_demo(sub) -> None:
     p = sub.add_parser("demo", help="explain the bundled sample photos with every zoo model (CAM, Grad-CAM, Relevance-CAM)")
     p.add_argument("--out", default="visionlens-demo", help="output folder (index.html inside)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -281,7 +281,7 @@ def _parser_methods(sub) -> None:
 
 def _parser_layers(sub) -> None:
     p = sub.add_parser("layers", help="list a zoo model's layers with output shapes")
-    p.add_argument("model")
+    p.add_argument("model", help="zoo model name (list them with `visionlens models`)")
     p.set_defaults(func=_cmd_layers)
 
 
@@ -290,11 +290,11 @@ def _parser_world(sub) -> None:
     p.add_argument("--out", default="world-sheet.png", help="PNG file to write")
     p.add_argument("--n", type=count(maximum=10_000), default=16, help="number of samples")
     p.add_argument("--size", type=count(minimum=16, maximum=2048), default=96, help="image side in pixels")
-    p.add_argument("--split", default="train", choices=["train", "val", "test"])
-    p.add_argument("--seed", type=count(minimum=0), default=0)
-    p.add_argument("--columns", type=count(maximum=64), default=2)
+    p.add_argument("--split", default="train", choices=["train", "val", "test"], help="synthetic-world split to draw from")
+    p.add_argument("--seed", type=count(minimum=0), default=0, help="random seed of the drawn samples")
+    p.add_argument("--columns", type=count(maximum=64), default=2, help="columns of the contact sheet")
     p.add_argument("--occlusion", type=number(minimum=0, maximum=1), default=0.0, help="probability that a distractor covers the object")
-    p.add_argument("--max-distractors", type=int, default=3, choices=[0, 1, 2, 3])
+    p.add_argument("--max-distractors", type=int, default=3, choices=[0, 1, 2, 3], help="most distractor shapes per image")
     p.add_argument("--hue-shift", type=number(minimum=-360, maximum=360), default=0.0, help="domain: hue rotation in degrees")
     p.add_argument("--blur", type=number(minimum=0, maximum=50), default=0.0, help="domain: Gaussian blur sigma in pixels")
     p.add_argument("--noise", type=number(minimum=0, maximum=10), default=0.0, help="domain: pixel noise std")
@@ -319,7 +319,7 @@ def _parser_retrieve(sub) -> None:
     p.add_argument("--top", type=count(maximum=1000), default=5, help="number of matches to explain per query")
     _add_similarity_options(p)
     p.add_argument("--out", default="visionlens-retrieve", help="output folder")
-    p.add_argument("--batch-size", type=count(maximum=4096), default=16)
+    p.add_argument("--batch-size", type=count(maximum=4096), default=16, help="gallery images per forward pass")
     p.add_argument("--cache-dir", default=None, help="gallery embedding cache (default: $VISIONLENS_HOME/embeddings)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -328,18 +328,20 @@ def _parser_retrieve(sub) -> None:
 
 def _parser_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score methods with faithfulness, localisation and sanity metrics; resumable")
-    p.add_argument("--models", default="world-cnn", help="comma-separated zoo classifiers")
-    p.add_argument("--methods", default="gradcam", help="comma-separated methods (METHOD@LAYER allowed)")
+    p.add_argument("--models", "--model", dest="models", default="world-cnn",
+                   help="comma-separated zoo classifiers (--model is the same flag)")
+    p.add_argument("--methods", "--method", dest="methods", default="gradcam",
+                   help="comma-separated methods, METHOD@LAYER allowed (--method is the same flag)")
     p.add_argument("--data", default="world:test",
                    help="world[:split] (with masks), samples (bundled photos), or a folder with labels.csv (file,class_index)")
     p.add_argument("--n", type=count(), default=100, help="number of images (the first n)")
     p.add_argument("--metrics", default=None, help="comma-separated metrics, or 'all' (default: all but randomisation)")
     p.add_argument("--step", type=count(), default=None, help="deletion/insertion pixels per step (default: the image width)")
-    p.add_argument("--seed", type=count(minimum=0), default=0)
+    p.add_argument("--seed", type=count(minimum=0), default=0, help="random seed of the run (torch.manual_seed)")
     p.add_argument("--gallery-size", type=count(), default=1000,
                    help="embedding models: the first N training images form the gallery (nearest neighbour, k-NN)")
-    p.add_argument("--batch-size", type=count(maximum=4096), default=16)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=count(maximum=4096), default=16, help="images per batch")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--out", default="visionlens-eval", help="output folder (re-run with the same folder to resume)")
     p.add_argument("--exact-scoring", action="store_true",
                    help="score perturbations on the model itself, not on its checked BatchNorm-folded copy (slower)")
@@ -350,7 +352,7 @@ def _parser_evaluate(sub) -> None:
                    help="compute only the K-th of N contiguous parts of the images, into the folder's own file for "
                         "that part, so that the parts can run at the same time; the same command without --shard "
                         "then writes the whole report card")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -422,8 +424,27 @@ def _not_installed(command: str, dist: str) -> int:
 EXIT_INTERNAL = 70  # a bug: sysexits' EX_SOFTWARE
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that ends each flag's text with its default; defaults that say nothing (None, False,
+    the store_true flags) and texts that already name their default are left as they are."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        if isinstance(action.default, (list, tuple)) and action.help:  # as typed: 0 1, not [0, 1]
+            shown = " ".join(map(str, action.default)).replace("%", "%%")
+            return f"{action.help} (default: {shown})"
+        return super()._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse with its usage errors on one line (``error: PROG: message``) and exit 2."""
+    """argparse with its usage errors on one line (``error: PROG: message``) and exit 2, and help
+    that shows defaults. Sub-parsers are made with this class too (``add_subparsers`` passes
+    ``parser_class=type(parser)``), so every command's help shows its defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         print(f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)", file=sys.stderr)

@@ -5,21 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from visionlens.checks import check_number, count, number
+from visionlens.checks import FlatList, comma_list, count, number
 
 # the target set must hold a few k-NN neighbourhoods (EIANet / AaD use k = 4) and a batch
 MIN_TARGET = 8
+SEED = count(minimum=0, maximum=2**32 - 1)
 MAX_IMAGES = 100_000  # a larger synthetic set would not fit in memory on a laptop
-
-
-def _seeds(text: str) -> list[int]:
-    from visionlens.errors import InputError
-
-    seeds = [check_number("--seeds", s.strip(), minimum=0, maximum=2**32 - 1, integer=True)
-             for s in text.split(",") if s.strip()]
-    if not seeds:
-        raise InputError("--seeds is empty; give comma-separated integers, e.g. 0,1,2")
-    return seeds
 
 
 def _check_args(args, methods: list[str]) -> None:
@@ -47,7 +38,7 @@ def _cmd_adapt(args) -> int:
 
     from .experiment import parse_methods
 
-    methods, seeds = parse_methods(args.methods), _seeds(args.seeds)
+    methods, seeds = parse_methods(args.methods), list(args.seeds)
     _check_args(args, methods)
     threads = torch.get_num_threads()
     if args.threads:
@@ -106,15 +97,16 @@ def register(subparsers) -> None:
     p.add_argument("--data", default="world", help="world, digits or fashion (Fashion-MNIST; see --data-dir)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST idx directory (default: the Debian package's)")
     p.add_argument("--strength", default="strong", help="world shift strength: mild, strong or severe")
-    p.add_argument("--backbone", default="small-cnn", choices=["small-cnn", "mobilenet_v2"])
+    p.add_argument("--backbone", default="small-cnn", choices=["small-cnn", "mobilenet_v2"], help="feature extractor")
     p.add_argument("--methods", default="all", help="comma-separated methods or 'all'")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (one source model per seed)")
+    p.add_argument("--seeds", type=comma_list(SEED), nargs="+", action=FlatList, default=[0, 1, 2],
+                   help="seeds, space- or comma-separated (one source model per seed)")
     p.add_argument("--n-source", type=count(minimum=2, maximum=MAX_IMAGES), default=800, help="source images (default 800)")
     p.add_argument("--n-target", type=count(minimum=MIN_TARGET, maximum=MAX_IMAGES), default=500, help="target images (default 500)")
     p.add_argument("--size", type=count(minimum=16, maximum=512), default=32, help="image side in pixels (16-512)")
-    p.add_argument("--source-epochs", type=count(), default=6)
-    p.add_argument("--adapt-epochs", type=count(), default=4)
-    p.add_argument("--batch-size", type=count(minimum=2), default=64)
+    p.add_argument("--source-epochs", type=count(), default=6, help="epochs of source training")
+    p.add_argument("--adapt-epochs", type=count(), default=4, help="epochs of target adaptation")
+    p.add_argument("--batch-size", type=count(minimum=2), default=64, help="images per training batch")
     p.add_argument("--lr", type=number(above=0), default=1e-2,
                    help="base learning rate (the reference uses 1e-3 on a pretrained ResNet-50)")
     p.add_argument("--bottleneck", type=count(), default=64, help="bottleneck width (ETF head: at least the classes)")
@@ -126,5 +118,5 @@ def register(subparsers) -> None:
     p.add_argument("--gradcam", type=count(minimum=0), default=4, help="target images in the Grad-CAM figure (0: none)")
     p.add_argument("--threads", type=count(minimum=0), default=1, help="torch CPU threads (0: torch default)")
     p.add_argument("--out", default="adapt-out", help="output directory")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_adapt)

@@ -50,28 +50,29 @@ def register(subparsers) -> None:
     t = sub.add_parser("train", help="train and test a change detector; writes model.pt, metrics.json, change_map.png")
     _add_data(t, required=True)
     t.add_argument("--model", default="spectralkan-b", help=MODELS_HELP)
-    t.add_argument("--epochs", type=count(), default=200)
-    t.add_argument("--batch-size", type=count(), default=64)
-    t.add_argument("--lr", type=number(above=0, maximum=10), default=1e-3)
+    t.add_argument("--epochs", type=count(), default=200, help="training epochs")
+    t.add_argument("--batch-size", type=count(), default=64, help="pixels (patches) per training batch")
+    t.add_argument("--lr", type=number(above=0, maximum=10), default=1e-3, help="learning rate")
     t.add_argument("--train-fraction", type=_fraction, default=0.01,
                    help="stratified fraction of each class, in (0, 1) (paper: 0.01)")
     t.add_argument("--patch", type=_patch, default=5, help=f"odd patch side, 1 to {MAX_PATCH}")
     t.add_argument("--seed", type=SEED, default=0, help="split and initialisation seed")
-    t.add_argument("--basis", default="fast", choices=["fast", "recursive"])
+    t.add_argument("--basis", default="fast", choices=["fast", "recursive"],
+                   help="B-spline basis evaluation: fast (closed form) or recursive (the reference Cox-de Boor recursion); same values")
     t.add_argument("--out", default="runs/hsi-cd", help="output folder")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="score a checkpoint on its test pixels (OA, Kappa, AA)")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="model.pt written by `visionlens hsi-cd train`")
     _add_data(e, required=False)
     e.add_argument("--out", default=None, help="optional metrics JSON path")
     e.set_defaults(func=_cmd_eval)
 
     m = sub.add_parser("map", help="predict every pixel and write a change-map PNG (truth | prediction | errors)")
-    m.add_argument("--checkpoint", required=True)
+    m.add_argument("--checkpoint", required=True, help="model.pt written by `visionlens hsi-cd train`")
     _add_data(m, required=False)
-    m.add_argument("--out", default="change_map.png")
+    m.add_argument("--out", default="change_map.png", help="PNG file to write")
     m.set_defaults(func=_cmd_map)
 
 

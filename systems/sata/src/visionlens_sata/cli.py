@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from visionlens.checks import count, number
+from visionlens.checks import FlatList, comma_list, count, number
 
 SEED = count(minimum=0, maximum=2**32 - 1)
 
@@ -16,9 +16,11 @@ def register(subparsers) -> None:
     e = sub.add_parser("evaluate", help="accuracy, mCE, FFN savings and CPU latency under three batching protocols")
     e.add_argument("--model", default="world-vit", help="a WorldViT zoo model (default: world-vit)")
     e.add_argument("--images", type=count(minimum=2), default=50, help="test images of the synthetic world (default 50)")
-    e.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1], help="seeds for the batched protocols")
-    e.add_argument("--bs1-seeds", type=SEED, nargs="+", default=[0], help="seeds for the batch-size-1 protocol")
-    e.add_argument("--batch", type=count(), default=16, help="batch size of the sorted and shuffled protocols")
+    e.add_argument("--seeds", type=comma_list(SEED), nargs="+", action=FlatList, default=[0, 1],
+                   help="seeds for the batched protocols (space- or comma-separated)")
+    e.add_argument("--bs1-seeds", type=comma_list(SEED), nargs="+", action=FlatList, default=[0],
+                   help="seeds for the batch-size-1 protocol (space- or comma-separated)")
+    e.add_argument("--batch", "--batch-size", dest="batch", type=count(), default=16, help="batch size of the sorted and shuffled protocols")
     e.add_argument("--gamma", type=number(minimum=0, maximum=1), default=0.7,
                    help="fraction of blocks without SATA (default 0.7)")
     e.add_argument("--alpha", type=number(), default=1.0, help="split bound factor (default 1.0; <= 0 disables SATA)")

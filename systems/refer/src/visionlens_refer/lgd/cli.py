@@ -29,14 +29,14 @@ def register(subparsers) -> None:
     p.add_argument("--benchmark", action="store_true", help="run the synthetic ablation table instead")
     p.add_argument("--refcoco", default=None, metavar="ROOT",
                    help="evaluate on RefCOCO-style data: ROOT/DATASET/refs(*).p + instances.json (needs --coco-dir)")
-    p.add_argument("--dataset", default="refcoco", choices=["refcoco", "refcoco+", "refcocog"])
+    p.add_argument("--dataset", default="refcoco", choices=["refcoco", "refcoco+", "refcocog"], help="--refcoco: dataset")
     p.add_argument("--split", default="val", help="--refcoco: split (val, testA, testB, test)")
     p.add_argument("--split-by", default=None, help="--refcoco: refs file suffix (unc, umd, google)")
     p.add_argument("--coco-dir", default=None, help="--refcoco: folder of the COCO train2014 images")
     p.add_argument("--limit", type=count(), default=None, help="--refcoco: first N sentences only (a declared subset)")
     p.add_argument("--n-val", type=count(), default=200, help="benchmark: val samples used to tune alpha/beta")
     p.add_argument("--n-test", type=count(), default=400, help="benchmark: test samples reported")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the synthetic scenes and describer")
     p.add_argument("--proposer", default=None, choices=["gt", "colour", "felzenszwalb", "slic", "sam", "file"],
                    help="mask proposals (default: gt for synthetic scenes, colour otherwise)")
     p.add_argument("--proposals", default=None, help="--proposer file: .npy/.npz/.json RLE file or PNG folder")
@@ -55,9 +55,10 @@ def register(subparsers) -> None:
     p.add_argument("--mix", type=number(minimum=0, maximum=1), default=0.5, help="global share a of the fused region feature")
     p.add_argument("--no-att", action="store_true", help="ablation: drop the attribute term")
     p.add_argument("--no-sur", action="store_true", help="ablation: drop the surrounding term")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or auto (CUDA when available), for local SAM, CLIP and MLLM models")
     p.add_argument("--out", default="visionlens-refer", help="output folder")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_refer)
 
 
@@ -71,7 +72,7 @@ def _describer(args, synthetic: bool):
     if args.mllm_dir:
         from .mllm import HFLocalDescriber
 
-        inner = HFLocalDescriber(args.mllm_dir, device=args.device)
+        inner = HFLocalDescriber(args.mllm_dir, device=_device(args))
     elif args.mllm_url:
         from .mllm import LoopbackDescriber
 
@@ -101,8 +102,15 @@ def _proposer(args, synthetic: bool):
     if kind == "sam":
         from .sam import SamProposer
 
-        return SamProposer(args.sam, device=args.device)
+        return SamProposer(args.sam, device=_device(args))
     return ClassicalProposer(kind)
+
+
+def _device(args) -> str:
+    """--device for the local SAM, CLIP and MLLM models: auto is CUDA when available."""
+    from visionlens.models.zoo import resolve_device
+
+    return str(resolve_device(args.device))
 
 
 def _clip_dir(args) -> str | None:
@@ -113,7 +121,7 @@ def _encoder(args):
     if _clip_dir(args):
         from .clip_hf import HFClipEncoder
 
-        return HFClipEncoder(_clip_dir(args), device=args.device)
+        return HFClipEncoder(_clip_dir(args), device=_device(args))
     from .toy_vlm import load_toy_vlm
 
     return load_toy_vlm()
