@@ -202,11 +202,12 @@ def _cmd_retrieve(args) -> int:
     summary = retrieve_files(args.queries, args.gallery, model, top=args.top, out_dir=args.out, metric=args.metric,
                              layer=args.layer, methods=_methods(args), batch_size=args.batch_size,
                              cache=None if args.no_cache else (args.cache_dir or "default"),
-                             progress=not args.quiet, **_sfam_options(args))
+                             progress=not args.quiet, exclude_query=args.exclude_query, **_sfam_options(args))
     g = summary["gallery"]
     for q in summary["queries"]:
         best = ", ".join(f"{Path(m['file']).name} ({m['score']:.3f})" for m in q["matches"][:3])
-        print(f"{Path(q['query']).name}: {best}")
+        note = " (itself left out of the gallery)" if q["excluded_from_gallery"] else ""
+        print(f"{Path(q['query']).name}{note}: {best}")
     print(f"gallery: {g['images']} image(s) ({g['from_cache']} from the cache), {len(summary['failures'])} skipped; "
           f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'index.html'}")
     return EXIT_FAILED_IMAGES if summary["failures"] else 0
@@ -322,6 +323,9 @@ def _parser_retrieve(sub) -> None:
     p.add_argument("--batch-size", type=count(maximum=4096), default=16, help="gallery images per forward pass")
     p.add_argument("--cache-dir", default=None, help="gallery embedding cache (default: $VISIONLENS_HOME/embeddings)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument("--exclude-query", action=argparse.BooleanOptionalAction, default=True,
+                   help="leave a query that is itself in the gallery out of its own ranking (summary.json says so "
+                        "per query); --no-exclude-query ranks it too")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_retrieve)
 

@@ -273,14 +273,23 @@ def explain_pair_files(
     return summary
 
 
+def _own_gallery_index(queries: Sequence[Path], gallery: Sequence[Path]) -> list[int | None]:
+    """For each query, the index of the same file in the gallery (``None`` when it is not there)."""
+    where = {os.path.realpath(p): i for i, p in enumerate(gallery)}
+    return [where.get(os.path.realpath(q)) for q in queries]
+
+
 def retrieve_files(
     queries: Sequence[str | Path], gallery: str | Path | Sequence[str | Path], model: ZooModel, top: int = 5,
     out_dir: str | Path = "visionlens-retrieve", metric: str = "cosine", layer=None, methods: Sequence[str] = ("sfam",),
-    batch_size: int = 16, cache: str | Path | None = "default", progress: bool = True, **sfam_options,
+    batch_size: int = 16, cache: str | Path | None = "default", progress: bool = True, exclude_query: bool = True,
+    **sfam_options,
 ) -> dict:
     """Rank ``gallery`` for each query, explain the top ``top`` matches (query and match maps) and
-    write them with ``summary.json`` and ``index.html``. Unreadable gallery images are skipped and
-    listed in ``summary["failures"]``; an unreadable query stops with an :class:`ImageLoadError`."""
+    write them with ``summary.json`` and ``index.html``. A query that is itself in the gallery is
+    left out of its own ranking unless ``exclude_query=False`` (each query's record says whether it
+    was). Unreadable gallery images are skipped and listed in ``summary["failures"]``; an
+    unreadable query stops with an :class:`ImageLoadError`."""
     from .viz.pairs import write_pair_report
 
     check_metric(metric)
@@ -295,9 +304,12 @@ def retrieve_files(
     xq = torch.stack([model.preprocess.normalize(v) for v in qviews])
     gal = embed_gallery(gallery, model, embedder.embed, batch_size=batch_size, cache=cache, progress=progress)
     qemb = embedder.embed(xq).float().cpu()
-    order, scores = rank(qemb, gal.embeddings, metric, k=top)
+    own = _own_gallery_index(queries, gal.paths) if exclude_query else [None] * len(queries)
+    k = min(top, len(gal) - any(j is not None for j in own))
+    if k < 1:
+        raise InputError("the gallery holds only the query itself; add images or pass --no-exclude-query")
+    order, scores = rank(qemb, gal.embeddings, metric, k=k, exclude=own)
     out = Path(out_dir)
-    k = min(top, len(gal))
     names_of = lambda stem: [n for j in range(k) for n in _names(pair_files(f"{stem}.top{j + 1:02d}", list(methods)))]  # noqa: E731
     stems = unique_stems(queries, names_of, taken=[*queries, *gal.paths], out=out)
     check_out_dir(out, [n for stem in stems for n in names_of(stem)] + ["summary.json", "index.html"])
@@ -316,7 +328,7 @@ def retrieve_files(
             files = _pair_outputs(out, f"{qstem}.top{j + 1:02d}", (qviews[qi], mviews[j]), pair_results, i)
             rows.append({"rank": j + 1, "file": str(gal.paths[gi]), "score": float(scores[qi, j]),
                          "explained_score": float(next(iter(pair_results.values())).scores[i]), **files})
-        records.append({"query": str(qpath), "matches": rows})
+        records.append({"query": str(qpath), "excluded_from_gallery": own[qi] is not None, "matches": rows})
         sections.append({"query": str(qpath), "methods": list(methods), "rows": rows, "failures": gal.failures if qi == 0 else []})
     summary = {
         "model": model.name, "metric": metric, "methods": list(methods), "top": top,

@@ -162,3 +162,27 @@ def test_imagenet_model_as_embedder(mobilenet, imagenet_photos, tmp_path):
     code = main(["explain-pair", str(imagenet_photos[0]), str(imagenet_photos[1]), "--model", "mobilenet_v2",
                  "--out", str(tmp_path / "p"), "--device", "cpu"])
     assert code == 0 and (tmp_path / "p" / "pair.query.sfam.png").is_file()
+
+
+def test_a_query_in_the_gallery_is_left_out_of_its_own_ranking(world_files, tmp_path, capsys):
+    gallery, _ = world_files
+    query = gallery / "g03.png"
+    base = ["retrieve", str(query), "--gallery", str(gallery), "--model", "world-metric", "--top", "3",
+            "--device", "cpu", "--quiet", "--no-cache"]
+    assert main([*base, "--out", str(tmp_path / "default")]) == 0
+    assert "(itself left out of the gallery)" in capsys.readouterr().out
+    record = json.loads((tmp_path / "default" / "summary.json").read_text())["queries"][0]
+    assert record["excluded_from_gallery"] is True
+    assert all(os.path.realpath(m["file"]) != os.path.realpath(query) for m in record["matches"])
+    assert len(record["matches"]) == 3
+    assert main([*base, "--out", str(tmp_path / "kept"), "--no-exclude-query"]) == 0
+    kept = json.loads((tmp_path / "kept" / "summary.json").read_text())["queries"][0]
+    assert kept["excluded_from_gallery"] is False
+    assert os.path.realpath(kept["matches"][0]["file"]) == os.path.realpath(query)  # itself, ranked first
+    assert kept["matches"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_rank_leaves_out_the_given_gallery_items():
+    gallery = torch.eye(4)
+    order, scores = rank(torch.eye(4)[:2], gallery, exclude=[0, None])
+    assert order[0, 0] != 0 and order[1, 0] == 1 and torch.isfinite(scores[:, :3]).all()

@@ -187,10 +187,11 @@ class SimilarityTarget:
 
 
 def rank(query: torch.Tensor, gallery: torch.Tensor, metric: str = "cosine", k: int | None = None,
-         exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+         exclude_self: bool = False, exclude: list[int | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank ``gallery`` ``(N, D)`` for each query ``(B, D)``: returns ``(indices, scores)``, both
     ``(B, k)``, most similar first (ties by gallery order). ``exclude_self`` drops gallery item
-    ``i`` for query ``i`` (query = gallery)."""
+    ``i`` for query ``i`` (query = gallery); ``exclude[i]`` (an index or ``None``) drops one
+    gallery item for query ``i`` (the query's own file in the gallery)."""
     check_embeddings(query, "query embeddings")
     check_embeddings(gallery, "gallery embeddings")
     if query.dim() == 1:
@@ -209,6 +210,11 @@ def rank(query: torch.Tensor, gallery: torch.Tensor, metric: str = "cosine", k: 
         scores = scores.clone()
         n = min(scores.shape)
         scores[torch.arange(n), torch.arange(n)] = -float("inf")
+    if exclude is not None:
+        scores = scores.clone()
+        for i, j in enumerate(exclude):
+            if j is not None:
+                scores[i, j] = -float("inf")
     k = scores.shape[1] if k is None else k
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
