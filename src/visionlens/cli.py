@@ -19,13 +19,15 @@ DEMO_RELEVANCE_LAYERS = {"mobilenet_v2": "features.13", "efficientnet_lite0": "_
 
 
 def _cmd_explain(args) -> int:
+    from .data.images import image_files
     from .models import load_model
     from .pipeline import explain_files
 
+    images = image_files(args.images, recursive=args.recursive)
     model = load_model(args.model, device=args.device, weights=args.weights)
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     summary = explain_files(
-        args.images, model, methods, layer=args.layer, target=args.target, out_dir=args.out,
+        images, model, methods, layer=args.layer, target=args.target, out_dir=args.out,
         batch_size=args.batch_size, progress=not args.quiet, bank=args.bank,
     )
     n_ok, n_bad = len(summary["images"]), len(summary["failures"])
@@ -88,10 +90,14 @@ def _cmd_layers(args) -> int:
 
     from .core.layers import layer_shapes
     from .models import load_model
+    from .models.zoo import library_architecture
 
-    model = load_model(args.model)
-    size = model.preprocess.crop
-    for name, shape in layer_shapes(model.module, torch.zeros(1, 3, size, size)):
+    if ":" in args.model and args.weights is None:  # the layers do not depend on the weights
+        module, size = library_architecture(args.model).eval(), args.size
+    else:
+        model = load_model(args.model, weights=args.weights)
+        module, size = model.module, args.size or model.preprocess.crop
+    for name, shape in layer_shapes(module, torch.zeros(1, 3, size or 224, size or 224)):
         print(f"{name:40s} {shape}")
     return 0
 
@@ -230,7 +236,8 @@ def _add_similarity_options(p) -> None:
 
 def _parser_explain(sub) -> None:
     p = sub.add_parser("explain", help="explain image files; write overlays, raw maps, summary.json, index.html")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or folders (their image files, sorted)")
+    p.add_argument("--recursive", action="store_true", help="also take the images in the folders' sub-folders")
     p.add_argument("--model", default="mobilenet_v2",
                    help="zoo model (list them with `visionlens models`), or torchvision:NAME / timm:NAME with --weights")
     p.add_argument("--weights", default=None, help="state-dict file for a torchvision:NAME or timm:NAME model")
@@ -281,8 +288,12 @@ def _parser_methods(sub) -> None:
 
 
 def _parser_layers(sub) -> None:
-    p = sub.add_parser("layers", help="list a zoo model's layers with output shapes")
-    p.add_argument("model", help="zoo model name (list them with `visionlens models`)")
+    p = sub.add_parser("layers", help="list a model's layers with output shapes")
+    p.add_argument("model", help="zoo model name (list them with `visionlens models`), or torchvision:NAME / timm:NAME "
+                                 "(its architecture; no weights needed)")
+    p.add_argument("--weights", default=None, help="state-dict file to load first (checked like explain's --weights)")
+    p.add_argument("--size", type=count(minimum=16, maximum=4096), default=None,
+                   help="input side in pixels (default: the model's crop size, 224 for an architecture)")
     p.set_defaults(func=_cmd_layers)
 
 

@@ -81,3 +81,14 @@ def test_default_gradcam_layer_of_a_vit_is_the_last_norm1():
     vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5).eval()
     exp = visionlens.GradCAM(vit)(torch.randn(2, 3, 32, 32))
     assert exp.layer == "blocks.1.norm1" and exp.raw.shape == (2, 4, 4)
+
+
+def test_layers_lists_an_architecture_without_weights_and_takes_weights(tmp_path, capsys):
+    from visionlens.cli import main
+
+    assert main(["layers", "torchvision:resnet18", "--size", "64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("layer4 ") and "(1, 512, 2, 2)" in line for line in lines)
+    (tmp_path / "junk.pth").write_text("junk")
+    assert main(["layers", "torchvision:resnet18", "--weights", str(tmp_path / "junk.pth")]) == 2
+    assert "not a PyTorch state dict file" in capsys.readouterr().err

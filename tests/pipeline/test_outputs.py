@@ -159,3 +159,20 @@ def test_stems_are_short_unique_and_stable():
     clash = unique_stems(["p.jpg", "p.m.jpg"], lambda s: [f"{s}.png", f"{s}.m.png"])
     assert len(set(clash)) == 2 and clash == unique_stems(["p.jpg", "p.m.jpg"], lambda s: [f"{s}.png", f"{s}.m.png"])
     assert safe_name("a b#c\n.d") == "a_b_c_.d"
+
+
+def test_a_folder_gives_its_images_sorted_and_recursive_adds_sub_folders(tmp_path, photo, capsys):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("b.png", "a.jpg", "sub/c.png"):
+        photo.save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "o"
+    assert _explain(folder, "--out", out) == 0
+    assert [Path(r["file"]).name for r in _summary(out)["images"]] == ["a.jpg", "b.png"]
+    assert _explain(folder, "--recursive", "--out", tmp_path / "r") == 0
+    assert [Path(r["file"]).name for r in _summary(tmp_path / "r")["images"]] == ["a.jpg", "b.png", "c.png"]
+    (tmp_path / "empty").mkdir()
+    assert _explain(tmp_path / "empty", "--out", tmp_path / "e") == 2
+    assert "no image files" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "e").exists()

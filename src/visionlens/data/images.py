@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageLoadError, display
+from ..errors import ImageLoadError, InputError, display
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -76,3 +76,21 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     if rgb.width < 1 or rgb.height < 1:
         raise ImageLoadError(f"{where}: image has no pixels")
     return rgb
+
+
+def image_files(paths, recursive: bool = False) -> list[Path]:
+    """The images named by ``paths``: a file as given, a folder as its image files (by suffix,
+    sorted; with ``recursive`` also those in sub-folders). A folder without images is an
+    :class:`InputError`; a missing file stays in the list (it is reported as that image's error)."""
+    found: list[Path] = []
+    for given in map(Path, paths):
+        if not given.is_dir():
+            found.append(given)
+            continue
+        pattern = given.rglob("*") if recursive else given.iterdir()
+        images = sorted(p for p in pattern if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not images:
+            hint = "" if recursive else " (add --recursive to look in its sub-folders)"
+            raise InputError(f"{display(given)}: no image files in this folder{hint}")
+        found.extend(images)
+    return found

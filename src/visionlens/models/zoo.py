@@ -157,15 +157,11 @@ def _num_classes(state: dict) -> int | None:
     return int(heads[-1].shape[0]) if heads else None
 
 
-def load_library_model(spec: str, weights: str | Path | None, device=None) -> ZooModel:
-    """``torchvision:NAME`` or ``timm:NAME`` built without downloads, with weights from a local
-    state-dict file (the number of classes is read from it)."""
+def library_architecture(spec: str, num_classes: int | None = None) -> nn.Module:
+    """The architecture of ``torchvision:NAME`` or ``timm:NAME``, randomly initialised (nothing is
+    downloaded); an unknown name is one line with the closest names."""
     library, _, arch = spec.partition(":")
-    if weights is None:
-        raise InputError(f"{spec} needs a local weights file (--weights PATH); nothing is downloaded")
-    state = load_state_dict_file(weights)
-    classes = _num_classes(state)
-    kwargs = {} if classes is None else {"num_classes": classes}
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if library == "torchvision":
         try:
             import torchvision.models as tvm
@@ -187,7 +183,17 @@ def load_library_model(spec: str, weights: str | Path | None, device=None) -> Zo
 
         close = difflib.get_close_matches(arch, names, n=4) or names[:4]
         raise InputError(f"unknown {library} model '{arch}'; close names: {', '.join(close)}")
-    module = build()
+    return build()
+
+
+def load_library_model(spec: str, weights: str | Path | None, device=None) -> ZooModel:
+    """``torchvision:NAME`` or ``timm:NAME`` built without downloads, with weights from a local
+    state-dict file (the number of classes is read from it)."""
+    if weights is None:
+        raise InputError(f"{spec} needs a local weights file (--weights PATH); nothing is downloaded")
+    state = load_state_dict_file(weights)
+    classes = _num_classes(state)
+    module = library_architecture(spec, classes)
     fit_state_dict(module, state, spec, weights)
     module.eval().to(resolve_device(device))
     return ZooModel(spec, module, Preprocess(), imagenet_classes() if classes == 1000 else None, None)
