@@ -26,14 +26,24 @@ def _cmd_explain(args) -> int:
     images = image_files(args.images, recursive=args.recursive)
     model = load_model(args.model, device=args.device, weights=args.weights)
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    target = None if args.target is None else _target_classes(model, args.target)
     summary = explain_files(
-        images, model, methods, layer=args.layer, target=args.target, out_dir=args.out,
+        images, model, methods, layer=args.layer, target=target, out_dir=args.out,
         batch_size=args.batch_size, progress=not args.quiet, bank=args.bank,
     )
     n_ok, n_bad = len(summary["images"]), len(summary["failures"])
     print(f"explained {n_ok} image(s) with {', '.join(methods)} on {model.name}; "
           f"{n_bad} failed; wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'index.html'}")
     return EXIT_FAILED_IMAGES if n_bad else 0
+
+
+def _target_classes(model, text: str) -> list[int]:
+    from .errors import InputError
+
+    try:
+        return model.class_indices(text.split(","))
+    except InputError as err:
+        raise InputError(f"--target: {err}") from None
 
 
 def _cmd_demo(args) -> int:
@@ -246,7 +256,10 @@ def _parser_explain(sub) -> None:
                         "method its own layer, e.g. relevance-cam@features.13,gradcam")
     p.add_argument("--layer", default=None, help="layer name (e.g. features.18, features[-1]) for methods without @LAYER; "
                                                   "default: the model's last feature layer")
-    p.add_argument("--target", type=count(minimum=0), default=None, help="class index to explain for every image (default: predicted class)")
+    p.add_argument("--target", default=None,
+                   help="class to explain for every image: an index or a class name (281 or tabby); several, "
+                        "comma-separated, give one map per class (281,282 or tabby,tiger_cat). Default: the "
+                        "predicted class")
     p.add_argument("--out", default="visionlens-out", help="output folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--batch-size", type=count(maximum=4096), default=16, help="images per forward/backward pass")

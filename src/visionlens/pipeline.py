@@ -8,6 +8,7 @@ HTML page. Images that fail are listed in the summary and leave no files behind.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -137,7 +138,7 @@ def explain_files(
     model: ZooModel,
     methods: Sequence[str] = ("gradcam",),
     layer=None,
-    target: int | None = None,
+    target: int | Sequence[int] | None = None,
     out_dir: str | Path = "visionlens-out",
     batch_size: int = 16,
     progress: bool = True,
@@ -146,7 +147,9 @@ def explain_files(
 ) -> dict:
     """Explain image files and write outputs to ``out_dir``; return the summary (also written as
     ``summary.json``). A method may be ``METHOD@LAYER`` to use its own layer instead of ``layer``
-    (its outputs are then keyed by that whole string). Bad layers, methods, targets and output
+    (its outputs are then keyed by that whole string). ``target``: a class for every image, or a
+    list of classes: one map per method and class, keyed ``METHOD:CLASS`` (the gradient methods
+    compute all classes from one forward and one batched backward pass). Bad layers, methods, targets and output
     folders raise before anything is written; an image that cannot be read, or whose map is not
     finite, is recorded in ``summary["failures"]`` (one line on stderr) and the rest still run.
     Output names never collide and never replace an input (see :mod:`visionlens.outputs`)."""
@@ -155,24 +158,27 @@ def explain_files(
         raise InputError("no method given; choose from: " + ", ".join(METHODS))
     if not paths:
         raise InputError("no images given")
+    classes = _class_list(target)
     explainers = {m: make_method(m, model, layer, bank) for m in methods}
     probe = torch.zeros(1, 3, model.preprocess.crop, model.preprocess.crop)
-    probes = {name: ex(probe, target) for name, ex in explainers.items()}  # a bad layer or target fails here
+    probes = explain_classes(explainers, probe, classes)  # a bad layer or target fails here
+    keys = list(probes)
     flow_methods = [name for name, r in probes.items() if r.flow is not None]
-    names_of = lambda stem: _file_names(output_files(stem, methods, flow_methods))  # noqa: E731
+    names_of = lambda stem: _file_names(output_files(stem, keys, flow_methods))  # noqa: E731
     stems = unique_stems(paths, names_of, taken=paths, out=out)
     check_out_dir(out, [n for stem in stems for n in names_of(stem)] + ["summary.json", "index.html"])
     created = make_out_dir(out)
     try:
-        rows, failures = _explain_in_batches(paths, stems, model, explainers, target, out, batch_size, progress)
+        rows, failures = _explain_in_batches(paths, stems, model, explainers, classes, out, batch_size, progress)
     except BaseException:
         remove_if_empty(out, created)
         raise
     summary = {
         "model": model.name,
         "methods": methods,
+        "maps": keys,
         "layer": {name: r.layer for name, r in probes.items()},
-        "target": "predicted" if target is None else target,
+        "target": "predicted" if classes is None else (classes[0] if len(classes) == 1 else classes),
         "device": str(model.device),
         "versions": versions(),
         "images": rows,
@@ -181,6 +187,39 @@ def explain_files(
     write_json(summary, out / "summary.json")
     write_report(out / "index.html", title or f"visionlens: {model.name}", [report_section(summary, "")])
     return summary
+
+
+def _class_list(target) -> list[int] | None:
+    if target is None:
+        return None
+    classes = [target] if isinstance(target, int) else list(target)
+    if not classes or len(set(classes)) != len(classes):
+        raise InputError(f"give one or more different target classes, got {target!r}")
+    return classes
+
+
+def explain_classes(explainers: dict, x: torch.Tensor, classes: list[int] | None) -> dict:
+    """``{key: Explanation}``: per method (key ``METHOD``) for the predicted class or one class,
+    or per method and class (key ``METHOD:CLASS``) for several. A method that explains several
+    classes at once (``multi_target``) gets them all in one call."""
+    if classes is None or len(classes) == 1:
+        target = None if classes is None else classes[0]
+        return {m: ex(x, target) for m, ex in explainers.items()}
+    results = {}
+    for m, ex in explainers.items():
+        if getattr(ex, "multi_target", False):
+            both = ex(x, torch.tensor(classes).expand(x.shape[0], -1))
+            results |= {f"{m}:{c}": _one_class(both, k) for k, c in enumerate(classes)}
+        else:
+            results |= {f"{m}:{c}": ex(x, c) for c in classes}
+    return results
+
+
+def _one_class(result: Explanation, k: int) -> Explanation:
+    """Class ``k`` of a result for several classes per image (maps ``(B, K, H, W)``)."""
+    pick = lambda t: t[:, k] if t is not None and t.dim() >= 2 else t  # noqa: E731
+    return replace(result, maps=result.maps[:, k], raw=result.raw[:, k], targets=pick(result.targets),
+                   scores=pick(result.scores))
 
 
 def _load_views(chunk, model: ZooModel, failures: list, bar: Progress):
@@ -210,7 +249,7 @@ def _not_finite(results: dict, i: int) -> str | None:
     return None
 
 
-def _explain_in_batches(paths, stems, model, explainers, target, out: Path, batch_size: int, progress: bool):
+def _explain_in_batches(paths, stems, model, explainers, classes, out: Path, batch_size: int, progress: bool):
     rows, failures = [], []
     bar = Progress(len(paths), label=model.name, enabled=progress and len(paths) > 3)
     for start in range(0, len(paths), batch_size):
@@ -219,7 +258,7 @@ def _explain_in_batches(paths, stems, model, explainers, target, out: Path, batc
         if not kept:
             continue
         x = torch.stack([model.preprocess.normalize(v) for v in views])
-        results = {m: ex(x, target) for m, ex in explainers.items()}
+        results = explain_classes(explainers, x, classes)
         for i, (path, stem) in enumerate(kept):
             bad = _not_finite(results, i)
             if bad is not None:
@@ -246,21 +285,35 @@ def _image_arrays(results: dict, i: int) -> tuple[dict, dict, dict]:
 def _prediction_record(model: ZooModel, results: dict, i: int) -> dict:
     first = next(iter(results.values()))
     probs = first.probabilities[i].cpu()
-    pred, tgt = int(first.predictions[i]), int(first.targets[i])
+    pred = int(first.predictions[i])
+    targets = list(dict.fromkeys(int(r.targets[i]) for r in results.values()))  # the classes explained, in order
+    shown = targets[0] if len(targets) == 1 else targets
     return {
         "predicted": pred, "predicted_name": model.class_name(pred), "probability": float(probs[pred]),
-        "target": tgt, "target_name": model.class_name(tgt), "target_probability": float(probs[tgt]),
+        "target": shown, "target_name": _per_class(targets, model.class_name),
+        "target_probability": _per_class(targets, lambda t: float(probs[t])),
         "scores": {m: float(r.scores[i]) for m, r in results.items()},
     }
 
 
+def _per_class(classes: list[int], value):
+    return value(classes[0]) if len(classes) == 1 else [value(c) for c in classes]
+
+
 def report_section(summary: dict, base: str) -> dict:
     """One HTML-report section from a summary written by :func:`explain_files`."""
-    layers = ", ".join(f"{m} @ {summary['layer'][m]}" for m in summary["methods"])
+    keys = summary.get("maps", summary["methods"])
+    layers = ", ".join(f"{m} @ {summary['layer'][m]}" for m in keys)
     rows = [{
         "file": r["file"], "view": r["view"], "overlays": r["overlays"],
         "predicted": f"{r['predicted_name']} ({r['predicted']})", "probability": r["probability"],
-        "target": f"{r['target_name']} ({r['target']})", "flows": r.get("flows", {}),
+        "target": _explained(r), "flows": r.get("flows", {}),
     } for r in summary["images"]]
-    return {"title": f"{summary['model']} — {layers}", "methods": summary["methods"], "rows": rows,
+    return {"title": f"{summary['model']} — {layers}", "methods": keys, "rows": rows,
             "failures": summary["failures"], "base": base}
+
+
+def _explained(row: dict) -> str:
+    if isinstance(row["target"], list):
+        return ", ".join(f"{n} ({t})" for n, t in zip(row["target_name"], row["target"]))
+    return f"{row['target_name']} ({row['target']})"

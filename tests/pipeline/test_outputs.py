@@ -176,3 +176,25 @@ def test_a_folder_gives_its_images_sorted_and_recursive_adds_sub_folders(tmp_pat
     assert _explain(tmp_path / "empty", "--out", tmp_path / "e") == 2
     assert "no image files" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "e").exists()
+
+
+def test_several_target_classes_by_name_give_one_map_each_equal_to_single_runs(tmp_path, photo, capsys):
+    import numpy as np
+
+    img = tmp_path / "p.png"
+    photo.save(img)
+    assert _explain(img, "--target", "tabby cat,282", "--method", "gradcam,relevance-cam", "--out", tmp_path / "two") == 0
+    summary = _summary(tmp_path / "two")
+    assert summary["maps"] == ["gradcam:281", "gradcam:282", "relevance-cam:281", "relevance-cam:282"]
+    row = summary["images"][0]
+    assert row["target"] == [281, 282] and row["target_name"][0] == "tabby cat"
+    both = np.load(tmp_path / "two" / row["maps"])
+    for cls in (281, 282):
+        assert _explain(img, "--target", str(cls), "--method", "gradcam,relevance-cam", "--out", tmp_path / str(cls)) == 0
+        one = np.load(tmp_path / str(cls) / _summary(tmp_path / str(cls))["images"][0]["maps"])
+        for m in ("gradcam", "relevance-cam"):
+            np.testing.assert_allclose(both[f"{m}:{cls}_map"], one[f"{m}_map"], atol=1e-4)
+    assert not np.allclose(both["gradcam:281_map"], both["gradcam:282_map"], atol=1e-3)
+    capsys.readouterr()
+    assert _explain(img, "--target", "tabbby", "--out", tmp_path / "bad") == 2
+    assert "tabby cat" in one_error_line(capsys.readouterr().err, "--target")

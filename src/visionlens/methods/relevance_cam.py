@@ -31,6 +31,7 @@ class RelevanceCAM(ClassActivationMethod):
     needs_gradients = True
     relu = False
     shares_pass = False  # its own LRP backward pass
+    multi_target = False  # one class per image and pass
 
     def __init__(
         self,

@@ -67,6 +67,28 @@ class ZooModel:
     class_names: tuple[str, ...] | None
     layer: str | None
 
+    def class_indices(self, specs: list[str]) -> list[int]:
+        """Class indices for ``specs``, each an index or one of the model's class names (case and
+        ``_``/space insensitive); one :class:`InputError` line for an unknown name or index."""
+        return [self._class_index(s.strip()) for s in specs]
+
+    def _class_index(self, spec: str) -> int:
+        names = list(self.class_names or [])
+        if spec.lstrip("-").isdigit():
+            index = int(spec)
+            if names and not 0 <= index < len(names) or index < 0:
+                raise InputError(f"target class {index} is out of range for a model with {len(names)} classes")
+            return index
+        norm = lambda n: n.lower().replace("_", " ").strip()  # noqa: E731
+        found = [i for i, n in enumerate(names) if norm(n) == norm(spec)]
+        if not found:
+            import difflib
+
+            close = difflib.get_close_matches(spec, names, n=4)
+            hint = f"; close names: {', '.join(close)}" if close else ""
+            raise InputError(f"unknown class {spec!r} for {self.name}{hint} (or give a class index)")
+        return found[0]
+
     def class_name(self, index: int) -> str:
         if self.class_names is not None and 0 <= index < len(self.class_names):
             return self.class_names[index]
