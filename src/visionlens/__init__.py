@@ -19,6 +19,7 @@ from .errors import AssetError, ImageLoadError, InputError, LayerError, LRPError
 _EXPORTS = {
     "Explanation": "core",
     "SimilarityTarget": "core.similarity",
+    **dict.fromkeys(["BoxTarget", "SegmentationTarget", "raw_output"], "core.targets"),
     **dict.fromkeys(["CAM", "DAAM", "METHODS", "AblationCAM", "AttentionRollout", "EigenCAM", "GradCAM",
                      "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "NAFlow", "RelevanceCAM", "ScoreCAM", "XGradCAM"],
                     "methods"),
@@ -38,6 +39,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .core import Explanation
     from .core.similarity import SimilarityTarget
+    from .core.targets import BoxTarget, SegmentationTarget, raw_output
     from .methods import (CAM, DAAM, METHODS, AblationCAM, AttentionRollout, EigenCAM, GradCAM, GradCAMPlusPlus,
                           HiResCAM, LayerCAM, NAFlow, RelevanceCAM, ScoreCAM, XGradCAM)
     from .methods.base import explain_many
@@ -49,6 +51,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
 __all__ = [
     "AblationCAM",
     "AttentionRollout",
+    "BoxTarget",
     "EigenCAM",
     "GradCAMPlusPlus",
     "HiResCAM",
@@ -71,6 +74,7 @@ __all__ = [
     "PairExplanation",
     "RelevanceCAM",
     "SFAM",
+    "SegmentationTarget",
     "SimilarityExplanation",
     "SimilarityGradCAM",
     "SimilarityRelevanceCAM",
@@ -83,4 +87,5 @@ __all__ = [
     "explain_files",
     "explain_many",
     "load_model",
+    "raw_output",
 ]

@@ -232,9 +232,12 @@ def find_vit(model: nn.Module) -> ViTAdapter:
 
 def model_output(output) -> torch.Tensor:
     """The tensor to explain from a model's output: a tensor as is, ``.logits`` of a Hugging Face
-    classifier, or the [class] token of ``.last_hidden_state`` (a headless Hugging Face ViT)."""
+    classifier, the [class] token of ``.last_hidden_state`` (a headless Hugging Face ViT), or the
+    ``out`` tensor of a dict (a torchvision segmentation model's ``OrderedDict``)."""
     if torch.is_tensor(output):
         return output
+    if isinstance(output, dict) and not hasattr(output, "logits") and torch.is_tensor(output.get("out")):
+        return output["out"]
     if torch.is_tensor(getattr(output, "logits", None)):
         return output.logits
     if torch.is_tensor(getattr(output, "last_hidden_state", None)):

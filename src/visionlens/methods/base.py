@@ -24,7 +24,7 @@ from torch import nn
 from ..core.hooks import ActivationCapture, preserved_model_state
 from ..core.layers import check_spatial, find_last_spatial_layer, model_device, resolve_layer
 from ..core.result import Explanation, normalize_maps
-from ..core.targets import ClassTargets, Target, resolve_targets
+from ..core.targets import ClassTargets, Target, resolve_targets, wants_raw_output
 from ..core.vit import find_vit, model_output, token_grid_transform
 from ..errors import InputError, LayerError, VisionlensError
 
@@ -210,9 +210,14 @@ class PerturbationMethod(ClassActivationMethod):
 
     @staticmethod
     def target_scores(out: torch.Tensor, image: torch.Tensor, targets: ClassTargets, target) -> torch.Tensor:
-        """Scores of perturbed copies of images ``image``: their class logit, or a callable target."""
+        """Scores of perturbed copies of images ``image``: their class logit, or a callable target
+        (called on the raw output where :func:`resolve_targets` would, see :func:`unwrap_output`)."""
         if targets.indices is None:
-            return target(out)
+            if hasattr(target, "select"):  # a target with per-image data (BoxTarget, SegmentationTarget)
+                target = target.select(image)
+            if not torch.is_tensor(out) and wants_raw_output(target):
+                return target(out)
+            return target(out if torch.is_tensor(out) else unwrap_output(out, fallback=out))
         return out.gather(1, targets.indices[image][:, None])[:, 0]
 
 
@@ -257,13 +262,19 @@ def _explain_many(methods, model, x, target) -> dict[str, Explanation]:
         grad = any(m.needs_gradients for m in methods)
         with ActivationCapture({name: module}, grad=grad) as capture, torch.no_grad():
             capture.inputs, capture.target = x, target  # for methods that re-run the model (Score-CAM, Ablation-CAM)
-            output = model_output(model(x))  # a tensor, or .logits of a Hugging Face output
+            raw_out = model(x)  # what a callable target with raw_output = True receives (dicts, lists, ModelOutputs)
+            output = unwrap_output(raw_out)  # a tensor, .logits of a Hugging Face output, ...; None if none
             activation = capture.get(name)
             if activation.dim() == 3:  # ViT tokens (B, N, C) -> patch grid (B, C, h, w)
                 capture.transforms[name] = token_grid_transform(model, x, name, activation)
                 activation = capture.transforms[name](activation)
             check_spatial(name, activation)
-            targets = resolve_targets(target, output, x.shape[0])
+            targets = resolve_targets(target, output, x.shape[0], raw=raw_out)
+            if targets.indices is None and hasattr(target, "select") and any(
+                    isinstance(m, PerturbationMethod) for m in methods):
+                target.select(torch.arange(x.shape[0], device=x.device))  # refuses early (a mask it needs)
+            if output is None:  # no logits in the output (a detector's list of dicts): the explained scores
+                output = targets.scores.detach()[:, None]
             per_image = 1 if targets.indices is None or targets.indices.dim() == 1 else targets.indices.shape[1]
             if per_image > 1:  # K classes per image: one forward, one batched backward
                 for m in methods:
@@ -287,6 +298,15 @@ def _explain_many(methods, model, x, target) -> dict[str, Explanation]:
         results[m.name] = Explanation(maps=maps, raw=raw, targets=indices, scores=targets.scores.detach(),
                                       logits=output.detach(), method=m.name, layer=name)
     return results
+
+
+def unwrap_output(raw, fallback=None):
+    """The logits tensor in a model's raw output (:func:`model_output`), or ``fallback`` when it
+    holds none (a detector's list of dicts)."""
+    try:
+        return model_output(raw)
+    except InputError:
+        return fallback
 
 
 def spatial_mean(t: torch.Tensor) -> torch.Tensor:
