@@ -81,6 +81,11 @@ OUTPUT_KEYS = {"view", "overlays", "maps", "flows", "gifs", "files",
                "query_view", "match_view", "query_overlays", "match_overlays"}
 
 
+def file_names(files: dict) -> list[str]:
+    """The file names of one item's outputs, ``{kind: name or {method: name}}``, as one list."""
+    return [v for value in files.values() for v in (value.values() if isinstance(value, dict) else [value])]
+
+
 def _own_files(out: Path) -> set[str]:
     """Names an earlier run listed in ``out/summary.json`` (with the summary and page themselves)."""
     try:

@@ -26,7 +26,7 @@ from .models.zoo import ZooModel, load_model, resolve_device
 from .viz.flow import flow_strip, save_flow_gif
 from .viz.overlay import overlay
 from .io import save_atomic, versions, write_json
-from .outputs import check_out_dir, make_out_dir, remove_if_empty, safe_name, unique_stems
+from .outputs import check_out_dir, file_names, make_out_dir, remove_if_empty, safe_name, unique_stems
 from .viz.report import write_report
 
 
@@ -97,10 +97,6 @@ def output_files(stem: str, methods: Sequence[str], flow_methods: Sequence[str] 
     return files
 
 
-def _file_names(files: dict) -> list[str]:
-    return [v for value in files.values() for v in (value.values() if isinstance(value, dict) else [value])]
-
-
 def _write_image_outputs(out_dir: Path, stem: str, view: Image.Image, maps: dict, raws: dict, flows: dict | None = None) -> dict:
     """Write view, overlays, flow strips and GIFs (methods with a flow) and npz for one image; on
     failure remove whatever was written."""
@@ -164,7 +160,7 @@ def explain_files(
     probes = explain_classes(explainers, probe, classes)  # a bad layer or target fails here
     keys = list(probes)
     flow_methods = [name for name, r in probes.items() if r.flow is not None]
-    names_of = lambda stem: _file_names(output_files(stem, keys, flow_methods))  # noqa: E731
+    names_of = lambda stem: file_names(output_files(stem, keys, flow_methods))  # noqa: E731
     stems = unique_stems(paths, names_of, taken=paths, out=out)
     check_out_dir(out, [n for stem in stems for n in names_of(stem)] + ["summary.json", "index.html"])
     created = make_out_dir(out)

@@ -27,7 +27,7 @@ from .errors import ImageLoadError, InputError, display
 from .models.zoo import ZooModel
 from .viz.overlay import overlay
 from .io import save_atomic, versions, write_json
-from .outputs import check_out_dir, make_out_dir, safe_name, unique_stems
+from .outputs import check_out_dir, file_names, make_out_dir, safe_name, unique_stems
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -198,10 +198,6 @@ def pair_files(prefix: str, methods: Sequence[str]) -> dict:
             "match_overlays": {m: f"{prefix}.match.{safe_name(m)}.png" for m in methods}, "maps": f"{prefix}.npz"}
 
 
-def _names(files: dict) -> list[str]:
-    return [v for value in files.values() for v in (value.values() if isinstance(value, dict) else [value])]
-
-
 def _pair_outputs(out: Path, prefix: str, views: tuple[Image.Image, Image.Image], results: dict, i: int) -> dict:
     """Write both views, one overlay per method and image, and the npz of one pair."""
     qv, rv = views
@@ -250,8 +246,9 @@ def explain_pair_files(
     explainers = _make_methods(model, methods, layer, metric, **sfam_options)
     views = [model.preprocess.view(load_image(p)) for p in (a, b)]  # ImageLoadError names the file
     out = Path(out_dir)
-    check_out_dir(out, _names(pair_files("pair", list(methods))) + ["summary.json", "index.html"])
-    _refuse_inputs_in(out, [a, b], _names(pair_files("pair", list(methods))))
+    planned = file_names(pair_files("pair", list(methods)))
+    check_out_dir(out, planned + ["summary.json", "index.html"])
+    _refuse_inputs_in(out, [a, b], planned)
     xa, xb = (model.preprocess.normalize(v)[None] for v in views)
     results = {m: ex.pair(xa, xb) for m, ex in explainers.items()}
     make_out_dir(out)
@@ -310,7 +307,7 @@ def retrieve_files(
         raise InputError("the gallery holds only the query itself; add images or pass --no-exclude-query")
     order, scores = rank(qemb, gal.embeddings, metric, k=k, exclude=own)
     out = Path(out_dir)
-    names_of = lambda stem: [n for j in range(k) for n in _names(pair_files(f"{stem}.top{j + 1:02d}", list(methods)))]  # noqa: E731
+    names_of = lambda stem: [n for j in range(k) for n in file_names(pair_files(f"{stem}.top{j + 1:02d}", list(methods)))]  # noqa: E731
     stems = unique_stems(queries, names_of, taken=[*queries, *gal.paths], out=out)
     check_out_dir(out, [n for stem in stems for n in names_of(stem)] + ["summary.json", "index.html"])
     make_out_dir(out)
