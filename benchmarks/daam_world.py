@@ -1,4 +1,4 @@
-"""Localisation of DAAM, attention rollout and ViT Grad-CAM on the world ViTs (ground-truth object masks).
+"""Localisation of DAAM, attention rollout, Chefer's gradient-weighted rollout, LeGrad and ViT Grad-CAM on the world ViTs (ground-truth object masks).
 
     python benchmarks/daam_world.py [--n 500] [--bank-n 5000] [--figure docs/daam-flow.png]
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import visionlens
-from visionlens import DAAM, AttentionRollout, GradCAM
+from visionlens import DAAM, AttentionRollout, CheferRollout, GradCAM, LeGrad
 from visionlens.data.bank import build_bank
 from visionlens.data.world import CLASS_NAMES, World, WorldConfig
 
@@ -47,6 +47,8 @@ def main() -> None:
         ("world-vit", "daam", DAAM(vit.module), batch["label"]),
         ("world-vit", "daam (linear)", DAAM(vit.module, nonlinear=False), batch["label"]),
         ("world-vit", "rollout", AttentionRollout(vit.module), batch["label"]),
+        ("world-vit", "chefer", CheferRollout(vit.module), batch["label"]),
+        ("world-vit", "legrad", LeGrad(vit.module), batch["label"]),
         ("world-vit", "gradcam@blocks[-1].norm1", GradCAM(vit.module, vit.layer), batch["label"]),
         ("world-dino", "daam (k-NN bank)", DAAM(dino.module, bank=bank), None),
         ("world-dino", "rollout", AttentionRollout(dino.module), None),

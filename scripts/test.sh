@@ -9,4 +9,18 @@ bash scripts/setup.sh
 # headless one (and needs libGL); the imports it does need are installed first.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt pandas matplotlib cachetools
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps quantus==0.6.0
-VISIONLENS_REQUIRE_ASSETS=1 .venv/bin/python -m pytest -q "$@"
+# The documentation site, built with --strict (a broken link or API reference fails) into a temporary
+# folder that is removed afterwards: nothing is written into the repository.
+site_dir="$(mktemp -d)"
+trap 'rm -rf "$site_dir"' EXIT
+NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict --site-dir "$site_dir"
+# `visionlens serve`'s browser tests drive Debian's chromium through Playwright (installed by
+# setup.sh with the dev extra; no browser download): install chromium when it is missing (as root).
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    else
+        echo "warning: chromium is missing and this is not root: the serve browser tests will fail" >&2
+    fi
+fi
+VISIONLENS_REQUIRE_ASSETS=1 VISIONLENS_REQUIRE_BROWSER=1 .venv/bin/python -m pytest -q "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -79,3 +80,38 @@ def assert_same_state(before: dict, after: dict) -> None:
     assert before["state"].keys() == after["state"].keys()
     for k in before["state"]:
         assert torch.equal(before["state"][k], after["state"][k]), k
+
+
+def kill_after_records(cmd: list[str], results: Path, records: int = 4, timeout: float = 60.0) -> None:
+    """Run ``cmd`` in a subprocess and SIGKILL it once ``results`` holds ``records`` lines (a driver
+    killed mid-run); asserts that it was still running then."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and results.read_bytes().count(b"\n") >= records:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def save_world_images(x: torch.Tensor, folder: Path, n: int = 2) -> list[str]:
+    """The first ``n`` synthetic-world images of ``x`` (normalised with mean = std = 0.5) as PNG
+    files in ``folder``; their paths."""
+    import numpy as np
+    from PIL import Image
+
+    files = []
+    for i in range(n):
+        path = Path(folder) / f"img{i}.png"
+        pixels = ((x[i] * 0.5 + 0.5).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(path)
+        files.append(str(path))
+    return files
+

@@ -14,8 +14,8 @@ FLOORS = {
     2: {"core"},
     3: {"lrp", "data", "models"},
     4: {"methods", "metrics"},
-    5: {"pipeline", "retrieval", "evaluation", "concepts", "viz"},
-    6: {"cli", "__main__", ""},  # "" is the package root (the public API)
+    5: {"pipeline", "dense", "retrieval", "evaluation", "concepts", "viz"},
+    6: {"cli", "serve", "__main__", ""},  # "" is the package root (the public API)
 }
 FLOOR_OF = {name: floor for floor, names in FLOORS.items() for name in names}
 

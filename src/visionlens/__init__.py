@@ -20,8 +20,9 @@ _EXPORTS = {
     "Explanation": "core",
     "SimilarityTarget": "core.similarity",
     **dict.fromkeys(["BoxTarget", "SegmentationTarget", "raw_output"], "core.targets"),
-    **dict.fromkeys(["CAM", "DAAM", "METHODS", "AblationCAM", "AttentionRollout", "EigenCAM", "GradCAM",
-                     "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "NAFlow", "RelevanceCAM", "ScoreCAM", "XGradCAM"],
+    **dict.fromkeys(["CAM", "DAAM", "METHODS", "AblationCAM", "AttentionRollout", "CheferRollout", "EigenCAM",
+                     "GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "LeGrad", "NAFlow", "RelevanceCAM", "ScoreCAM",
+                     "XGradCAM"],
                     "methods"),
     "SFAM": "methods.sfam",
     **dict.fromkeys(["PairExplanation", "SimilarityExplanation", "SimilarityGradCAM", "SimilarityRelevanceCAM"],
@@ -40,8 +41,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .core import Explanation
     from .core.similarity import SimilarityTarget
     from .core.targets import BoxTarget, SegmentationTarget, raw_output
-    from .methods import (CAM, DAAM, METHODS, AblationCAM, AttentionRollout, EigenCAM, GradCAM, GradCAMPlusPlus,
-                          HiResCAM, LayerCAM, NAFlow, RelevanceCAM, ScoreCAM, XGradCAM)
+    from .methods import (CAM, DAAM, METHODS, AblationCAM, AttentionRollout, CheferRollout, EigenCAM, GradCAM,
+                          GradCAMPlusPlus, HiResCAM, LayerCAM, LeGrad, NAFlow, RelevanceCAM, ScoreCAM, XGradCAM)
     from .methods.base import explain_many
     from .methods.sfam import SFAM
     from .methods.similarity import PairExplanation, SimilarityExplanation, SimilarityGradCAM, SimilarityRelevanceCAM
@@ -52,10 +53,12 @@ __all__ = [
     "AblationCAM",
     "AttentionRollout",
     "BoxTarget",
+    "CheferRollout",
     "EigenCAM",
     "GradCAMPlusPlus",
     "HiResCAM",
     "LayerCAM",
+    "LeGrad",
     "ScoreCAM",
     "XGradCAM",
     "CAM",

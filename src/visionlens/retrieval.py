@@ -25,6 +25,8 @@ from .core.similarity import check_metric, rank
 from .data.images import load_image
 from .errors import ImageLoadError, InputError, display
 from .models.zoo import ZooModel
+from .viz.colormaps import check_cmap
+from .viz.labels import signed_method
 from .viz.overlay import overlay
 from .io import save_atomic, versions, write_json
 from .outputs import check_out_dir, file_names, make_out_dir, safe_name, unique_stems
@@ -198,7 +200,8 @@ def pair_files(prefix: str, methods: Sequence[str]) -> dict:
             "match_overlays": {m: f"{prefix}.match.{safe_name(m)}.png" for m in methods}, "maps": f"{prefix}.npz"}
 
 
-def _pair_outputs(out: Path, prefix: str, views: tuple[Image.Image, Image.Image], results: dict, i: int) -> dict:
+def _pair_outputs(out: Path, prefix: str, views: tuple[Image.Image, Image.Image], results: dict, i: int,
+                  cmap: str | None = None) -> dict:
     """Write both views, one overlay per method and image, and the npz of one pair."""
     qv, rv = views
     files = pair_files(prefix, list(results))
@@ -207,8 +210,10 @@ def _pair_outputs(out: Path, prefix: str, views: tuple[Image.Image, Image.Image]
     arrays = {}
     for m, pair in results.items():
         qmap, rmap = pair.query.maps[i].cpu().numpy(), pair.reference.maps[i].cpu().numpy()
-        _save_png(overlay(qv, qmap), out / files["query_overlays"][m])
-        _save_png(overlay(rv, rmap), out / files["match_overlays"][m])
+        signed = signed_method(m)  # drawn from the raw map, zero at the diverging colormap's centre
+        qshow, rshow = (pair.query.raw[i].cpu().numpy(), pair.reference.raw[i].cpu().numpy()) if signed else (qmap, rmap)
+        _save_png(overlay(qv, qshow, cmap=cmap, signed=signed), out / files["query_overlays"][m])
+        _save_png(overlay(rv, rshow, cmap=cmap, signed=signed), out / files["match_overlays"][m])
         arrays |= {f"{m}_query_map": qmap, f"{m}_match_map": rmap,
                    f"{m}_query_raw": pair.query.raw[i].cpu().numpy(), f"{m}_match_raw": pair.reference.raw[i].cpu().numpy()}
         if pair.query.weights is not None:
@@ -236,13 +241,14 @@ def _refuse_inputs_in(out: Path, inputs: Sequence, names: Sequence[str]) -> None
 
 def explain_pair_files(
     a: str | Path, b: str | Path, model: ZooModel, out_dir: str | Path = "visionlens-pair", metric: str = "cosine",
-    layer=None, methods: Sequence[str] = ("sfam",), **sfam_options,
+    layer=None, methods: Sequence[str] = ("sfam",), cmap: str | None = None, **sfam_options,
 ) -> dict:
     """Explain the similarity of two image files both ways; write views, overlays, npz,
     ``summary.json`` and ``index.html`` to ``out_dir``; return the summary."""
     from .viz.pairs import write_pair_report
 
     check_metric(metric)
+    cmap = check_cmap(cmap) if cmap is not None else None
     explainers = _make_methods(model, methods, layer, metric, **sfam_options)
     views = [model.preprocess.view(load_image(p)) for p in (a, b)]  # ImageLoadError names the file
     out = Path(out_dir)
@@ -252,10 +258,10 @@ def explain_pair_files(
     xa, xb = (model.preprocess.normalize(v)[None] for v in views)
     results = {m: ex.pair(xa, xb) for m, ex in explainers.items()}
     make_out_dir(out)
-    files = _pair_outputs(out, "pair", tuple(views), results, 0)
+    files = _pair_outputs(out, "pair", tuple(views), results, 0, cmap)
     first = next(iter(results.values()))
     summary = {
-        "model": model.name, "metric": metric, "methods": list(methods),
+        "model": model.name, "model_source": model.describe(), "metric": metric, "methods": list(methods),
         "layer": {m: r.query.layer for m, r in results.items()},
         "sfam_options": {k: v for k, v in sfam_options.items()},
         "query": str(a), "reference": str(b), "similarity": float(first.scores[0]),
@@ -266,7 +272,7 @@ def explain_pair_files(
         "query": str(a), "methods": list(methods),
         "rows": [{"file": str(b), "rank": None, "score": summary["similarity"], **files}],
         "failures": [],
-    }])
+    }], cmap=cmap)
     return summary
 
 
@@ -280,7 +286,7 @@ def retrieve_files(
     queries: Sequence[str | Path], gallery: str | Path | Sequence[str | Path], model: ZooModel, top: int = 5,
     out_dir: str | Path = "visionlens-retrieve", metric: str = "cosine", layer=None, methods: Sequence[str] = ("sfam",),
     batch_size: int = 16, cache: str | Path | None = "default", progress: bool = True, exclude_query: bool = True,
-    **sfam_options,
+    cmap: str | None = None, **sfam_options,
 ) -> dict:
     """Rank ``gallery`` for each query, explain the top ``top`` matches (query and match maps) and
     write them with ``summary.json`` and ``index.html``. A query that is itself in the gallery is
@@ -292,6 +298,7 @@ def retrieve_files(
     check_metric(metric)
     if top < 1:
         raise InputError(f"--top must be at least 1, got {top}")
+    cmap = check_cmap(cmap) if cmap is not None else None
     queries = [Path(q) for q in queries]
     if not queries:
         raise InputError("no query image given")
@@ -322,13 +329,13 @@ def retrieve_files(
         for j, gi in enumerate(order[qi].tolist()):
             chunk, i = divmod(j, batch_size)
             pair_results = {m: r[chunk] for m, r in results.items()}
-            files = _pair_outputs(out, f"{qstem}.top{j + 1:02d}", (qviews[qi], mviews[j]), pair_results, i)
+            files = _pair_outputs(out, f"{qstem}.top{j + 1:02d}", (qviews[qi], mviews[j]), pair_results, i, cmap)
             rows.append({"rank": j + 1, "file": str(gal.paths[gi]), "score": float(scores[qi, j]),
                          "explained_score": float(next(iter(pair_results.values())).scores[i]), **files})
         records.append({"query": str(qpath), "excluded_from_gallery": own[qi] is not None, "matches": rows})
         sections.append({"query": str(qpath), "methods": list(methods), "rows": rows, "failures": gal.failures if qi == 0 else []})
     summary = {
-        "model": model.name, "metric": metric, "methods": list(methods), "top": top,
+        "model": model.name, "model_source": model.describe(), "metric": metric, "methods": list(methods), "top": top,
         "layer": {m: ex.resolve(xq[:1])[0] for m, ex in explainers.items()},
         "sfam_options": dict(sfam_options),
         "gallery": {"source": str(gallery) if isinstance(gallery, (str, Path)) else "list", "images": len(gal),
@@ -336,7 +343,7 @@ def retrieve_files(
         "queries": records, "failures": gal.failures, "device": str(model.device), "versions": versions(),
     }
     write_json(summary, out / "summary.json")
-    write_pair_report(out / "index.html", f"visionlens retrieval: {model.name}, {metric}, top {top}", sections)
+    write_pair_report(out / "index.html", f"visionlens retrieval: {model.name}, {metric}, top {top}", sections, cmap=cmap)
     return summary
 
 

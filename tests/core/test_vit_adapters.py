@@ -49,6 +49,23 @@ def _hf(head: bool = True):
     return (transformers.ViTForImageClassification(cfg) if head else transformers.ViTModel(cfg)).eval()
 
 
+def _hf_dinov2(registers: int = 0):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    kw = dict(image_size=56, patch_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+              intermediate_size=64, num_labels=5)
+    if registers:
+        cfg = transformers.Dinov2WithRegistersConfig(**kw, num_register_tokens=registers)
+        return transformers.Dinov2WithRegistersForImageClassification(cfg).eval()
+    return transformers.Dinov2ForImageClassification(transformers.Dinov2Config(**kw)).eval()
+
+
+def _timm_dinov2(name: str = "vit_small_patch14_dinov2"):
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, img_size=56, embed_dim=32, depth=2, num_heads=2,
+                             num_classes=5).eval()
+
+
 def _world():
     return visionlens.load_model("world-vit").module
 
@@ -62,6 +79,10 @@ MODELS = {
     "torchvision": (_torchvision, (32, 32), 1, (4, 4)),
     "huggingface": (_hf, (32, 32), 1, (4, 4)),
     "world-vit": (_world, (64, 64), 1, (8, 8)),
+    "hf-dinov2": (_hf_dinov2, (56, 56), 1, (4, 4)),
+    "hf-dinov2-registers": (lambda: _hf_dinov2(registers=4), (56, 56), 5, (4, 4)),
+    "timm-dinov2": (_timm_dinov2, (56, 56), 1, (4, 4)),
+    "timm-dinov2-registers": (lambda: _timm_dinov2("vit_small_patch14_reg4_dinov2"), (56, 56), 5, (4, 4)),
 }
 
 
@@ -185,3 +206,27 @@ def test_bad_models_and_inputs_give_one_line_errors():
             DAAM(_distilled())(torch.randn(1, 3, 40, 40))
         except InputError as err:
             assert line in str(err) and "\n" not in str(err)
+
+
+def test_dinov2_blocks_are_found_by_their_norm1_and_any_input_size_fits():
+    model = _hf_dinov2()
+    adapter = find_vit(model)
+    assert [b.norm1 for b in adapter.blocks] == [f"dinov2.encoder.layer.{i}.norm1" for i in range(2)]
+    assert adapter.input_size is None and adapter.has_class_token  # position embeddings are interpolated
+    x = torch.randn(1, 3, 70, 42)
+    assert DAAM(model)(x).raw.shape == (1, 5, 3)
+    assert GradCAM(model)(x).raw.shape == (1, 5, 3)
+
+
+def test_swin_is_refused_as_a_vit_in_one_line_naming_its_gradcam_layer():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                                  window_size=4, num_labels=5)
+    for model in (transformers.SwinForImageClassification(cfg), transformers.SwinModel(cfg),
+                  timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, embed_dim=16,
+                                    depths=(1, 1), num_heads=(1, 2), window_size=4, num_classes=5)):
+        with pytest.raises(LayerError) as err:
+            find_vit(model)
+        line = str(err.value)
+        assert line.startswith("Swin has no [class] token") and "use gradcam on layer '" in line and "\n" not in line

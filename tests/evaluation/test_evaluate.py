@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from visionlens.cli import main
 from visionlens.errors import InputError
 from visionlens.evaluation import evaluate, markdown_table, read_folder_results, read_results
 
-from helpers import labelled_folder
+from helpers import kill_after_records, labelled_folder
 
 ARGS = {"models": ["world-cnn"], "methods": ["gradcam", "eigencam"], "data": "world:test", "n": 8, "batch_size": 4,
         "device": "cpu", "step": 1024, "metrics": ["deletion", "pointing-game", "relevance-mass"], "progress": False}
@@ -57,17 +55,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_results(tmp_path):
     assert len(expected) == 16
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "visionlens", *CLI, "--out", str(killed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     results = killed / "results.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and results.read_bytes().count(b"\n") >= 4:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_records([sys.executable, "-m", "visionlens", *CLI, "--out", str(killed)], results)
     partial = _by_key(results)
     assert 0 < len(partial) < 16
     assert not (killed / "report.csv").exists()
@@ -344,19 +333,6 @@ def test_embedding_models_use_the_similarity_confidences(tmp_path):
     report = evaluate(out=tmp_path / "d", **{**args, "models": ["world-dino"], "methods": ["daam"]}, gallery_size=200)
     cells = {r["metric"]: r for r in report["rows"]}
     assert cells["deletion"]["n"] == 4 and 0 <= cells["average-drop"]["mean"] <= 100
-
-
-def test_progress_counts_only_work_done_in_this_run():
-    import io
-
-    from visionlens.core.progress import Progress
-
-    buf = io.StringIO()
-    bar = Progress(10, "m", stream=buf)
-    bar.skip(5)  # resumed: already done, so no rate and no time left from it
-    assert buf.getvalue().splitlines()[-1] == "m [############------------] 5/10 0.0 img/s"
-    bar.update(1)
-    assert bar.done == 6 and bar.skipped == 5 and buf.getvalue().splitlines()[-1].endswith(" left")
 
 
 def test_compare_runs_script_reports_agreement(tmp_path):
@@ -637,3 +613,21 @@ def test_a_new_metric_is_one_registry_entry(tmp_path, monkeypatch):
     # a metric that needs what the data lacks is refused by name, like the built-in ones
     with pytest.raises(InputError, match="metric 'toy' needs object masks"):
         evaluate(["mobilenet_v2"], ["gradcam"], data="samples", n=1, out=tmp_path / "s", metrics=["toy"], progress=False)
+
+
+def test_report_card_draws_the_mean_deletion_and_insertion_curves(tmp_path):
+    """Each image's curves are kept in its record; the report holds their mean per model and method
+    (AUC of the mean curve = mean of the AUCs) and the page draws them."""
+    from visionlens.metrics import trapezoid_auc
+
+    report = evaluate(out=tmp_path, **{**ARGS, "metrics": ["deletion", "insertion"], "n": 4})
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert all(len(r["curves"]["deletion"]) == len(r["curves"]["insertion"]) >= 2 for r in records)
+    cells = {(r["method"], r["metric"]): r["mean"] for r in report["rows"]}
+    for method in ("gradcam", "eigencam"):
+        curves = report["curves"]["world-cnn"][method]
+        for mode in ("deletion", "insertion"):
+            auc = float(trapezoid_auc(torch.tensor(curves[mode])))
+            assert abs(auc - cells[(method, mode)]) < 1e-3, (method, mode)  # curves rounded to 4 decimals
+    page = (tmp_path / "index.html").read_text()
+    assert page.count("<polyline") == 4  # 2 methods x (deletion, insertion)

@@ -97,9 +97,9 @@ def test_checked_copy_leaves_the_model_exactly_as_it_was():
 
 
 def test_checked_copy_falls_back_to_the_model():
-    class Dict(nn.Module):
+    class Dict(nn.Module):  # a detector-like output: no tensor to compare (a dict's "out" would be)
         def forward(self, x):
-            return {"out": x}
+            return [{"boxes": x}]
 
     class Broken(nn.Module):
         def forward(self, x):
@@ -189,3 +189,18 @@ def test_compiled_evaluation_matches_the_uncompiled_one(tmp_path, imagenet_photo
     manifest = json.loads((tmp_path / "compiled" / "manifest.json").read_text())
     assert manifest["scoring"]["mobilenet_v2"].startswith("compiled inference copy (52 BatchNorm folded")
     assert manifest["command"]["compile"] is True
+
+
+def test_hugging_face_outputs_are_compared_as_their_logits():
+    """A Hugging Face classifier returns a ModelOutput: the copy is checked on its logits (before,
+    such a model was always scored on itself: "gave other outputs")."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.ResNetForImageClassification(config).eval()
+    x = torch.randn(2, 3, 32, 32)
+    fast, why = checked_inference_copy(model, x)
+    assert fast is not model and why.startswith("inference copy"), why
+    with torch.no_grad():
+        expected = model(x).logits
+    torch.testing.assert_close(fast(x).logits, expected, rtol=1e-4, atol=1e-5)

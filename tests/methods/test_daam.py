@@ -17,6 +17,8 @@ from visionlens.errors import InputError
 from visionlens.methods.daam import dimension_weights, display_maps
 from visionlens.models.world_eval import knn_predict
 
+from helpers import save_world_images
+
 timm = pytest.importorskip("timm")
 
 
@@ -199,12 +201,7 @@ def _cli(capsys, *args):
 
 
 def test_cli_explains_world_vits_with_daam_strips_and_gifs(tmp_path, world_batch, capsys):
-    x, _, _ = world_batch
-    files = []
-    for i in range(2):
-        p = tmp_path / f"img{i}.png"
-        Image.fromarray(((x[i] * 0.5 + 0.5).permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(p)
-        files.append(str(p))
+    files = save_world_images(world_batch[0], tmp_path)
     out = tmp_path / "vit"
     code, err = _cli(capsys, "explain", *files, "--model", "world-vit", "--method", "daam,rollout", "--out", str(out),
                      "--device", "cpu", "--quiet")

@@ -59,6 +59,7 @@ def test_unknown_model_lists_choices():
 
 def test_missing_weights_name_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("VISIONLENS_HOME", str(tmp_path))
+    monkeypatch.setenv("VISIONLENS_OFFLINE", "1")  # otherwise missing weights are fetched on first use
     monkeypatch.setattr(assets, "_installed_path", lambda asset: None)
     with pytest.raises(AssetError) as info:
         visionlens.load_model("mobilenet_v2")

@@ -76,7 +76,9 @@ def test_names_with_hash_and_newline_are_safe_on_disk_and_in_the_page(tmp_path, 
     out = tmp_path / "o"
     assert _explain(a, b, "--out", out) == 0
     page = (out / "index.html").read_text()
-    for src in re.findall(r"src='([^']*)'", page):
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 4  # two views and two overlays
+    for src in sources:
         assert "#" not in src and "\n" not in src and (out / src).is_file()
     assert all("\n" not in p.name and "#" not in p.name for p in out.iterdir())
 

@@ -17,7 +17,7 @@ def _cmd_concepts(args) -> int:
         if value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")
     torch.manual_seed(args.seed)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, weights=args.weights)
     data = args.data or ("world:val" if args.model.startswith("world") else "samples")
     source = open_source(data, model, views=args.views, seed=args.world_seed)
     classes = parse_classes(args.classes, source.classes())
@@ -30,7 +30,7 @@ def _cmd_concepts(args) -> int:
     summary = run_concepts(
         model, args.layer, source, classes, args.out, reducer=args.reducer, n_concepts=args.n_concepts,
         reducer_options=options, n_images=args.images * source.views_per_item,
-        batch_size=args.batch_size, weight_mode=args.weights, coherence=args.coherence, pooled=args.pooled,
+        batch_size=args.batch_size, weight_mode=args.concept_weights, coherence=args.coherence, pooled=args.pooled,
         threshold=args.threshold, seed=args.seed, progress=not args.quiet, data_name=data,
     )
     a = summary["average"]
@@ -42,13 +42,15 @@ def _cmd_concepts(args) -> int:
           + (f"  best-part IoU {a['best_part_iou']:.3f} (random {a['random_iou']:.3f})" if "best_part_iou" in a else ""))
     print(f"wrote {args.out}/concepts.json, metrics.csv, index.html and {len(classes) * 2} concept sheets "
           f"({summary['wall_s']:.0f} s)")
+    args.json_summary = summary  # what --json prints (see cli.record_summary; no upward import)
     return 0
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("concepts", help="discover concepts (TraNCE VAE or ICE NMF) for classes; write concept "
                                                "sheets, Fidelity / Coherence / Faith")
-    p.add_argument("--model", default="world-cnn", help="zoo model name (default world-cnn)")
+    p.add_argument("--model", default="world-cnn", help="zoo model or model spec (timm:NAME, torchvision:NAME, hf:ID_OR_DIR)")
+    p.add_argument("--weights", default=None, help="local state-dict file for the model (as in explain)")
     p.add_argument("--layer", default=None, help="layer with a (B, C, H, W) output after a ReLU (default: the model's)")
     p.add_argument("--data", default=None, help="world[:split] (default for world models, split val), samples (the "
                                                 "bundled photos) or a folder with labels.csv (file,class_index)")
@@ -59,7 +61,7 @@ def register(subparsers) -> None:
     p.add_argument("--views", type=count(maximum=8), default=1, help="crops/flips per photo, 1-8 (for one photo per class)")
     p.add_argument("--pooled", action="store_true", help="fit one reducer on all chosen classes (a group of related "
                                                          "classes), scored per class")
-    p.add_argument("--weights", default="autograd", choices=["autograd", "finite-difference"],
+    p.add_argument("--concept-weights", default="autograd", choices=["autograd", "finite-difference"],
                    help="class-concept weights: autograd (default) or ICE's central finite difference")
     p.add_argument("--coherence", default="pearson", choices=["pearson", "stability", "agreement"],
                    help="Coherence candidate (default pearson; see docs/concepts.md)")

@@ -90,7 +90,7 @@ def run_concepts(model, layer: str | None, source, classes: list[int], out: Path
         }
         html_rows.append({"name": f"{cls}: {found.class_name}", "scores": found.scores, "sheets": sheets})
     summary = {
-        "model": model.name, "layer": name, "data": data_name, "reducer": reducer, "n_concepts": n_concepts,
+        "model": model.name, "model_source": model.describe(), "layer": name, "data": data_name, "reducer": reducer, "n_concepts": n_concepts,
         "reducer_options": options, "weight_mode": weight_mode, "coherence": coherence, "pooled": pooled,
         "images_per_class": n_images, "seed": seed, "wall_s": round(time.perf_counter() - started, 1),
         "average": average_scores({c: r["scores"] for c, r in results.items()}),

@@ -58,6 +58,25 @@ def preserved_model_state(model: nn.Module, eval_mode: bool = True) -> Iterator[
                         del hook_dict[key]
 
 
+_PLAIN = (int, float, bool, str, tuple, type(None))
+
+
+@contextmanager
+def restored_attributes(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block and restore every module's plain attributes (numbers, flags, strings, tuples)
+    on exit: a forward pass on a stand-in input may change them (Hugging Face Swin shrinks its
+    attention window to fit a small input, for good)."""
+    saved = [(m, {k: v for k, v in vars(m).items() if isinstance(v, _PLAIN)}) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, attrs in saved:
+            state = vars(m)
+            for key, value in attrs.items():
+                if state.get(key, value) is not value or key not in state:
+                    state[key] = value
+
+
 class ActivationCapture:
     """Record the outputs of named modules during one forward pass.
 

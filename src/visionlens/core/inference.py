@@ -227,7 +227,14 @@ def _reference(module: nn.Module, x: torch.Tensor):
 
 def _compare(ref, got, rtol: float) -> tuple[float, str | None]:
     """``(max |ref - got|, None)`` when ``got`` matches ``ref`` within ``rtol`` of its largest
-    magnitude, else ``(..., why not)``."""
+    magnitude, else ``(..., why not)``. Outputs are compared as the tensor a method explains
+    (``model_output``: a Hugging Face output's logits, a segmenter's ``out``)."""
+    from .vit import model_output
+
+    try:
+        ref, got = model_output(ref), model_output(got)
+    except Exception:  # noqa: BLE001 - an output with no tensor to compare
+        return float("nan"), "gave other outputs"
     if not (isinstance(ref, torch.Tensor) and isinstance(got, torch.Tensor)) or ref.shape != got.shape:
         return float("nan"), "gave other outputs"
     err = float((ref - got).abs().max())

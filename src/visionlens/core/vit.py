@@ -1,7 +1,8 @@
 """Vision Transformer adapters: the blocks, their attention modules and pre-attention norms, the
 number of prefix tokens and the (possibly non-square) patch grid, for timm ViT/DeiT (distilled and
-register-token variants included), torchvision ``VisionTransformer``, Hugging Face
-``ViTModel``/``ViTForImageClassification`` and timm-like models (``blocks[i].attn.qkv``, e.g. the
+register-token variants included, DINOv2 among them), torchvision ``VisionTransformer``, Hugging
+Face ``ViTModel``/``ViTForImageClassification`` and ``Dinov2Model``/``Dinov2ForImageClassification``
+(registers included), and timm-like models (``blocks[i].attn.qkv``, e.g. the
 project's ``WorldViT`` or DINO's ViT).
 
 :class:`AttentionRecorder` recomputes every block's attention explicitly,
@@ -11,6 +12,10 @@ included), and replaces the attention output by the identical recomputation
 node and its [class] row can be decomposed over the source tokens. The recomputation is checked
 against the module's own output on every call; a variant it does not reproduce (masks, RoPE, ...)
 stops with a :class:`LayerError` instead of giving silently wrong maps.
+
+Swin Transformers (timm and Hugging Face, :class:`SwinAdapter`) are recognised for their token
+layers only (reshaped to each stage's grid): they have no [class] token and attend within
+windows, so :func:`find_vit` refuses them with a line naming the Grad-CAM layer to use instead.
 """
 
 from __future__ import annotations
@@ -184,20 +189,13 @@ def find_vit(model: nn.Module) -> ViTAdapter:
             size = getattr(model, "image_size", None)
             return ViTAdapter(model, "torchvision", name_of(model.encoder.layers), blocks, model.conv_proj, 1,
                               hasattr(model, "class_token"), (size, size) if isinstance(size, int) else None)
-    # Hugging Face ViTModel / ViTForImageClassification
-    core = getattr(model, "vit", model)
-    emb = getattr(core, "embeddings", None)
-    layers = getattr(core, "layers", None)  # transformers 5; older versions: encoder.layer
-    layers = layers if isinstance(layers, nn.ModuleList) else getattr(getattr(core, "encoder", None), "layer", None)
-    if emb is not None and layers is not None and hasattr(emb, "patch_embeddings"):
-        blocks = []
-        for i, b in enumerate(layers):
-            kind = "hf" if hasattr(b.attention, "q_proj") else "hf4"
-            blocks.append(ViTBlock(i, name_of(b), name_of(b.layernorm_before), b.attention, kind))
-        size = getattr(getattr(core, "config", None), "image_size", None)
-        size = (size, size) if isinstance(size, int) else (tuple(size) if size is not None else None)
-        return ViTAdapter(model, "huggingface", name_of(layers), blocks, emb.patch_embeddings.projection, 1,
-                          getattr(emb, "cls_token", None) is not None, size)
+    # Hugging Face ViT and DINOv2 (with or without registers): Model or ForImageClassification
+    hf = _find_hf_vit(model, name_of)
+    if hf is not None:
+        return hf
+    swin = find_swin(model)
+    if swin is not None:
+        raise LayerError(swin.refusal())
     # timm ViT/DeiT and timm-like models (blocks[i].attn.qkv)
     container = getattr(model, "blocks", None)
     if isinstance(container, (nn.Sequential, nn.ModuleList)) and len(container) and all(
@@ -226,8 +224,115 @@ def find_vit(model: nn.Module) -> ViTAdapter:
         return ViTAdapter(model, "timm", name_of(container), blocks, conv, int(prefix), has_cls, size)
     raise LayerError(
         f"{type(model).__name__} is not a recognised Vision Transformer (timm ViT/DeiT, torchvision VisionTransformer, "
-        "Hugging Face ViT, or a model with blocks[i].attn.qkv); use a CNN method such as gradcam"
+        "Hugging Face ViT or DINOv2, or a model with blocks[i].attn.qkv); use a CNN method such as gradcam"
     )
+
+
+def _hf_core(model: nn.Module) -> nn.Module:
+    """The backbone of a Hugging Face classifier (``.vit``, ``.dinov2``, ``.swin``), or ``model``."""
+    for attr in ("vit", "dinov2", "dinov2_with_registers", "swin"):
+        core = getattr(model, attr, None)
+        if isinstance(core, nn.Module):
+            return core
+    return model
+
+
+def _find_hf_vit(model: nn.Module, name_of) -> ViTAdapter | None:
+    """The adapter of a Hugging Face ViT or DINOv2 (pre-attention norm ``layernorm_before`` or
+    ``norm1``; DINOv2 interpolates its position embeddings, so any input size fits), else None."""
+    core = _hf_core(model)
+    emb = getattr(core, "embeddings", None)
+    layers = getattr(core, "layers", None)  # transformers 5; older versions: encoder.layer
+    layers = layers if isinstance(layers, nn.ModuleList) else getattr(getattr(core, "encoder", None), "layer", None)
+    if emb is None or not isinstance(layers, nn.ModuleList) or not hasattr(emb, "patch_embeddings"):
+        return None
+    blocks = []
+    for i, b in enumerate(layers):
+        norm = getattr(b, "layernorm_before", getattr(b, "norm1", None))
+        if not isinstance(norm, nn.Module) or not isinstance(getattr(b, "attention", None), nn.Module):
+            raise LayerError(f"{type(model).__name__}: block {i} ({type(b).__name__}) has no pre-attention norm "
+                             "(layernorm_before or norm1); this Hugging Face transformer is not supported")
+        kind = "hf" if hasattr(b.attention, "q_proj") else "hf4"
+        blocks.append(ViTBlock(i, name_of(b), name_of(norm), b.attention, kind))
+    registers = getattr(emb, "register_tokens", None)
+    has_cls = getattr(emb, "cls_token", None) is not None
+    prefix = int(has_cls) + (registers.shape[1] if torch.is_tensor(registers) else 0)
+    size = None
+    if "dinov2" not in type(emb).__name__.lower():  # ViT: fixed position embeddings
+        size = getattr(getattr(core, "config", None), "image_size", None)
+        size = (size, size) if isinstance(size, int) else (tuple(size) if size is not None else None)
+    return ViTAdapter(model, "huggingface", name_of(layers), blocks, emb.patch_embeddings.projection, prefix,
+                      has_cls, size)
+
+
+@dataclass
+class SwinAdapter:
+    """A Swin Transformer (timm ``SwinTransformer``, Hugging Face ``SwinModel``/``SwinFor...``):
+    its patch convolution, the names of every block's pre-attention norm (stage by stage) and
+    whether its token layers are channels-last ``(B, H, W, C)`` (timm) or ``(B, H*W, C)`` (HF).
+    Swin has no [class] token and attends within windows; the stage grids halve at each stage."""
+
+    model: nn.Module
+    family: str
+    patch_embed: nn.Conv2d
+    norms: list[str]
+    stages: int
+    channels_last: bool
+
+    def grids(self, size: tuple[int, int]) -> list[tuple[int, int]]:
+        """The token grid of every stage (and one more) for an input of spatial ``size``."""
+        (kh, kw), (sh, sw) = self.patch_embed.kernel_size, self.patch_embed.stride
+        h, w = -(-int(size[0]) // sh), -(-int(size[1]) // sw)  # the patch embedding pads to whole patches
+        out = []
+        for _ in range(self.stages + 1):
+            out.append((h, w))
+            h, w = -(-h // 2), -(-w // 2)
+        return out
+
+    def refusal(self) -> str:
+        """Why attention flows (DAAM, rollout) do not apply, and what to use instead."""
+        return (f"Swin has no [class] token: {type(self.model).__name__} averages its patch tokens and attends within "
+                f"windows, so DAAM and attention rollout do not apply; use gradcam on layer '{self.norms[-1]}'")
+
+    def token_transform(self, name: str, x: torch.Tensor, tokens: torch.Tensor):
+        """The function turning the layer's tokens ``(B, N, C)`` or channels-last ``(B, h, w, C)``
+        into ``(B, C, h, w)``; a :class:`LayerError` for window tokens or an unknown grid."""
+        grids = self.grids(tuple(x.shape[-2:]))
+        if tokens.shape[0] != x.shape[0]:
+            raise LayerError(f"layer '{name}' outputs attention windows {tuple(tokens.shape)} of "
+                             f"{type(self.model).__name__}, not the image's tokens; choose a block's norm, "
+                             f"e.g. '{self.norms[-1]}'")
+        if tokens.dim() == 4:
+            if tuple(tokens.shape[1:3]) not in grids:
+                raise LayerError(f"layer '{name}' output {tuple(tokens.shape)} is not on a stage grid {grids}; "
+                                 f"choose a block's norm, e.g. '{self.norms[-1]}'")
+            return lambda t: t.permute(0, 3, 1, 2)
+        grid = next((g for g in grids if g[0] * g[1] == tokens.shape[1]), None)
+        if grid is None:
+            raise LayerError(f"layer '{name}': {tokens.shape[1]} tokens match no stage grid {grids} of "
+                             f"{type(self.model).__name__}; choose a block's norm, e.g. '{self.norms[-1]}'")
+        return lambda t: t.reshape(t.shape[0], grid[0], grid[1], t.shape[2]).permute(0, 3, 1, 2)
+
+
+def find_swin(model: nn.Module) -> SwinAdapter | None:
+    """Recognise a timm or Hugging Face Swin Transformer (stages of windowed blocks); None otherwise."""
+    core = _hf_core(model)
+    emb, encoder = getattr(core, "embeddings", None), getattr(core, "encoder", None)
+    hf = emb is not None and hasattr(emb, "patch_embeddings")
+    if hf and isinstance(getattr(encoder, "layers", None), nn.ModuleList):
+        stages, norm, family = encoder.layers, "layernorm_before", "huggingface-swin"
+        conv = emb.patch_embeddings.projection
+    else:
+        stages, norm, family = getattr(model, "layers", None), "norm1", "timm-swin"
+        conv = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if not isinstance(stages, (nn.Sequential, nn.ModuleList)) or not len(stages) or not isinstance(conv, nn.Conv2d):
+        return None
+    blocks = [b for stage in stages for b in (getattr(stage, "blocks", None) or [])]
+    windowed = all(hasattr(b, "window_size") and isinstance(getattr(b, norm, None), nn.Module) for b in blocks)
+    if not blocks or not windowed:
+        return None
+    norms = [layer_name(model, getattr(b, norm)) for b in blocks]
+    return SwinAdapter(model, family, conv, norms, len(stages), family == "timm-swin")
 
 
 def model_output(output) -> torch.Tensor:
@@ -316,10 +421,26 @@ class AttentionRecorder:
         return list(self.records)
 
 
+def spatial_transform(model: nn.Module, x: torch.Tensor, name: str, module: nn.Module, activation: torch.Tensor):
+    """The function turning the output of layer ``name`` into ``(B, C, h, w)``, or ``None`` when it
+    already is: ViT/DINOv2/Swin tokens ``(B, N, C)`` and timm Swin's channels-last ``(B, h, w, C)``
+    (every 4-D output of a timm Swin module but its patch convolution)."""
+    if activation.dim() == 3:
+        return token_grid_transform(model, x, name, activation)
+    if activation.dim() == 4 and not isinstance(module, nn.Conv2d):
+        swin = find_swin(model)
+        if swin is not None and swin.channels_last:
+            return swin.token_transform(name, x, activation)
+    return None
+
+
 def token_grid_transform(model: nn.Module, x: torch.Tensor, name: str, tokens: torch.Tensor):
-    """For a layer with ``(B, N, C)`` token output on a recognised ViT: the function that turns
-    such tokens into a ``(B, C, h, w)`` patch map (prefix tokens dropped, grid inferred from the
-    input size). Raises a :class:`LayerError` when ``model`` is not a recognised ViT."""
+    """For a layer with ``(B, N, C)`` token output on a recognised ViT or Swin: the function that
+    turns such tokens into a ``(B, C, h, w)`` patch map (prefix tokens dropped, grid inferred from
+    the input size). Raises a :class:`LayerError` when ``model`` is neither."""
+    swin = find_swin(model)
+    if swin is not None:
+        return swin.token_transform(name, x, tokens)
     try:
         adapter = find_vit(model)
     except LayerError:

@@ -1,5 +1,7 @@
-"""The data of an evaluation: specs (``world[:split]``, ``samples``, a folder with labels.csv), the
-images they list, and batches of them within a byte budget (:data:`BATCH_BYTES`)."""
+"""The data of an evaluation: specs (``world[:split]``, ``samples``, a folder with labels.csv, an
+ImageFolder tree, a Hugging Face dataset saved on disk, or (image, label) pairs in the API), the
+images they list (decoded only when a batch needs them), and batches of them within a byte budget
+(:data:`BATCH_BYTES`)."""
 
 from __future__ import annotations
 
@@ -11,16 +13,36 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ImageLoadError, InputError
+from ..data import datasets as _sets
+from ..errors import ImageLoadError, InputError, display
 from ..models.zoo import ZooModel
 
 BATCH_BYTES = 128 * 3 * 224 * 224 * 4
 """The most bytes of input images one batch holds (the default scoring batch of 224 px images,
 about 74 MiB): a batch size asked for beyond it is capped, whatever the flag says."""
 
+DATA_KINDS = ("world[:split]", "samples", "a folder with labels.csv", "an ImageFolder tree (one sub-folder of "
+              "images per class)", "a Hugging Face dataset saved with save_to_disk")
 
-def parse_data(spec: str) -> dict:
-    """``world[:split]`` (masks and boxes), ``samples`` (bundled photos), or a folder with labels.csv."""
+
+def parse_data(spec, split: str | None = None, label_column: str | None = None, n: int | None = None) -> dict:
+    """``world[:split]`` (masks and boxes), ``samples`` (bundled photos), a folder (labels.csv, an
+    ImageFolder tree or a Hugging Face dataset saved on disk; ``split`` and ``label_column`` for the
+    latter), or, in the API, an iterable of (image, label) pairs (its first ``n``)."""
+    parsed = _parse_data(spec, split, label_column, n)
+    unused = [flag for flag, v in (("--split", split), ("--label-column", label_column)) if v is not None]
+    if unused and parsed["kind"] != "hf-dataset":
+        raise InputError(f"{unused[0]} is for a Hugging Face dataset saved on disk; --data {parsed['name']} is not one")
+    return parsed
+
+
+def _parse_data(spec, split: str | None, label_column: str | None, n: int | None) -> dict:
+    """The data ``spec`` names, by kind (see :func:`parse_data`)."""
+    if not isinstance(spec, (str, os.PathLike)):
+        found = _sets.pairs(spec, n)
+        return {"kind": "pairs", "name": f"{len(found.items)} (image, label) pairs", "items": found.items,
+                "classes": found.classes, "identity": found.identity}
+    spec = os.fspath(spec)
     if spec == "world" or spec.startswith("world:"):
         split = spec.partition(":")[2] or "test"
         if split not in ("train", "val", "test"):
@@ -30,10 +52,24 @@ def parse_data(spec: str) -> dict:
         return {"kind": "samples", "name": "samples"}
     folder = Path(spec)
     if not folder.is_dir():
-        raise InputError(f"bad --data '{spec}': use world[:split], samples, or a folder of images with labels.csv")
-    labels = folder / "labels.csv"
-    if not labels.is_file():
-        raise InputError(f"bad --data '{spec}': the folder has no labels.csv (columns file,class_index)")
+        raise InputError(f"bad --data '{display(spec)}': use {', '.join(DATA_KINDS[:-1])} or {DATA_KINDS[-1]}")
+    if (folder / "labels.csv").is_file():
+        return _labels_csv(spec, folder, folder / "labels.csv")
+    if _sets.is_hf_dataset(folder):
+        found = _sets.hf_dataset(folder, split, label_column, n)
+        name = f"{folder} ({found.identity['split']})"
+        return {"kind": "hf-dataset", "name": name, "path": str(folder), "items": found.items,
+                "classes": found.classes, "identity": found.identity}
+    if _sets.is_image_folder(folder):
+        found = _sets.image_folder(folder)
+        return {"kind": "imagefolder", "name": str(folder), "path": str(folder), "items": found.items,
+                "classes": found.classes, "identity": found.identity}
+    raise InputError(f"bad --data '{display(spec)}': the folder has no labels.csv (columns file,class_index), no "
+                     "class sub-folders with images (ImageFolder) and no Hugging Face dataset (save_to_disk)")
+
+
+def _labels_csv(spec: str, folder: Path, labels: Path) -> dict:
+    """A folder of images listed in labels.csv (file,class_index)."""
     items = _labelled_items(spec, folder, labels)
     missing = [key for key, p, _ in items if not p.is_file()]
     if missing:
@@ -109,7 +145,8 @@ class Batch:
 
 
 def load_batch(data: dict, items, model: ZooModel) -> Batch:
-    """The images ``items`` ((id, source, label) of :func:`data_items`) as ``model`` takes them."""
+    """The images ``items`` ((id, source, label) of :func:`data_items`, labels as the model's class
+    indices: :func:`model_labels`) as ``model`` takes them."""
     pre = model.preprocess
     mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
     ids = [i for i, _, _ in items]
@@ -119,15 +156,29 @@ def load_batch(data: dict, items, model: ZooModel) -> Batch:
         b = World(WorldConfig(size=pre.crop)).batch(data["split"], [src for _, src, _ in items])
         raw = b["image"]
         return Batch(ids, (raw - mean) / std, raw, b["label"], b["object_mask"], b["object_box"])
-    from ..data.images import load_image
-
     try:
-        xs = [pre(load_image(src)) for _, src, _ in items]
+        xs = [pre(_sets.decode_image(src)) for _, src, _ in items]
     except ImageLoadError as err:
-        raise ImageLoadError(f"{err}; replace the file and re-run to resume (results so far are kept), or list only "
-                             "readable images in labels.csv and use a new --out") from None
+        raise ImageLoadError(f"{err}; replace the file and re-run to resume (results so far are kept), or leave the "
+                             "image out of the data and use a new --out") from None
     x = torch.stack(xs)
     return Batch(ids, x, (x * std + mean).clamp(0, 1), torch.tensor([lab for _, _, lab in items]))
+
+
+def label_map(data: dict, model_name: str, class_names) -> list[int] | None:
+    """The model's class index of each of the data's classes (None: the labels are class indices
+    already); one :class:`InputError` line for a class the model does not have."""
+    if data.get("classes") is None:
+        return None
+    return _sets.match_classes(data["classes"], class_names, model_name, data["name"])
+
+
+def model_labels(items, mapping: list[int] | None) -> list:
+    """``items`` with each label (a position in the data's classes) as the model's class index
+    (``mapping`` of :func:`label_map`; None: the labels are class indices already; -1 stays unknown)."""
+    if mapping is None:
+        return list(items)
+    return [(key, src, mapping[lab] if lab >= 0 else lab) for key, src, lab in items]
 
 
 def image_bytes(model: ZooModel) -> int:

@@ -125,13 +125,16 @@ def make_explainer(name: str, model: ZooModel, reference: EmbeddingReference):
 
 
 def build_explainers(model: ZooModel, methods: list[str], spec: dict, gallery_size: int,
-                     compile: bool = False) -> tuple[dict, dict[str, Exception]]:
+                     compile: bool = False, task: str | None = None) -> tuple[dict, dict[str, Exception]]:
     """The explainer of each of ``methods`` on ``model``, and why each of the others cannot be made.
-    An embedding model's gallery is built once (from ``spec``'s world; ``gallery_size`` images)."""
+    An embedding model's gallery is built once (from ``spec``'s world; ``gallery_size`` images).
+    ``task``: the model's (default: its zoo entry's, else a classifier)."""
     from ..pipeline import make_method
 
+    if task is None:
+        task = ZOO[model.name].task if model.name in ZOO else "classifier"
     reference = None
-    if ZOO[model.name].task.endswith("embedding") and methods:
+    if task.endswith("embedding") and methods:
         reference = EmbeddingReference.build(model, spec, gallery_size)
     live, failed = {}, {}
     for name in methods:

@@ -63,7 +63,25 @@ def aggregate(records: list[dict], models: list[str], methods: list[str], names:
                     rows.append({"model": model, "method": method, "metric": metric, "mean": float(vals.mean()),
                                  "ci95": float(ci95(vals)), "n": int(len(vals)),
                                  "direction": M.METRICS[metric].direction})
-    return {"rows": rows, "skipped": skipped}
+    return {"rows": rows, "skipped": skipped, "curves": mean_curves(records, models, methods)}
+
+
+def mean_curves(records: list[dict], models: list[str], methods: list[str]) -> dict:
+    """``{model: {method: {"deletion": [...], "insertion": [...]}}}``: the mean curve over the images
+    whose records hold one (all of the same length; records without curves are left out)."""
+    out: dict = {}
+    for model in models:
+        for method in methods:
+            found: dict[str, list] = {}
+            for r in records:
+                if r["model"] == model and r["method"] == method:
+                    for mode, curve in (r.get("curves") or {}).items():
+                        found.setdefault(mode, []).append(curve)
+            means = {mode: np.mean(np.array(cs, float), axis=0).round(4).tolist()
+                     for mode, cs in found.items() if len({len(c) for c in cs}) == 1}
+            if means:
+                out.setdefault(model, {})[method] = means
+    return out
 
 
 def write_report_card(out: Path, report: dict, manifest: dict) -> None:
@@ -78,7 +96,8 @@ def write_report_card(out: Path, report: dict, manifest: dict) -> None:
     write_json(report, out / "report.json", indent=1)  # strict JSON: an undefined CI (n = 1) is null
     write_json(manifest, out / "manifest.json", indent=1)
     text = report_card_html(report, manifest, sorted(p.name for p in (out / "examples").glob("*.png")))
-    save_atomic(lambda t: Path(t).write_text(text, encoding="utf-8"), out / "index.html")
+    if text is not None:  # None: Jinja2 is missing (one line on stderr said so)
+        save_atomic(lambda t: Path(t).write_text(text, encoding="utf-8"), out / "index.html")
 
 
 def save_examples(folder: Path, model: str, method: str, raw: torch.Tensor, maps: torch.Tensor, first: int,
@@ -90,7 +109,7 @@ def save_examples(folder: Path, model: str, method: str, raw: torch.Tensor, maps
         name = f"{model}.{method}.{first + j}.png".replace("/", "_").replace("@", "_at_")
         ov = overlay(img, maps[j].float().cpu().numpy())
         save_atomic(lambda t, o=ov: o.save(t, format="PNG"), folder / name)
-        view = folder / f"{model}.{first + j}.png"
+        view = folder / f"{model}.{first + j}.png".replace("/", "_")
         if not view.exists():
             save_atomic(lambda t, i=img: i.save(t, format="PNG"), view)
 

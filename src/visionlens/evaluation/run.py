@@ -10,9 +10,10 @@ batch sizes, arguments).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +24,8 @@ from ..core.inference import checked_inference_copy
 from ..core.progress import Progress
 from ..errors import InputError
 from ..io import versions
-from ..models.zoo import ZOO, ZooModel, load_model, resolve_device
+from ..models.preprocessing import Preprocess
+from ..models.zoo import ZOO, ZooModel, imagenet_classes, load_model, resolve_device
 from . import data as _data
 from . import store as _store
 from .explainers import build_explainers
@@ -68,35 +70,162 @@ def _available(names: list[str], metrics: list[str] | None, spec: dict, data: st
     return [m for m in names if set(M.METRICS[m].needs) <= available]
 
 
-def _check_models_fit(models: list[str], spec: dict, data: str) -> None:
-    """Every model takes the data: world models world data, ImageNet models images of its classes."""
-    top = max(label for _, _, label in spec["items"]) if spec["kind"] == "folder" else -1
+@dataclass
+class _ModelSource:
+    """A model of the command before its turn: its name in the results, what it was loaded from
+    (recorded in settings.json), its task and class names, and how to get it (zoo models are
+    loaded when their turn comes; specs and modules once, up front, to check them)."""
+
+    name: str
+    source: dict
+    task: str
+    class_names: tuple | None
+    loaded: ZooModel | None = None
+    weights: str | Path | None = None
+
+    def load(self, device) -> ZooModel:
+        if self.loaded is None:
+            return load_model(self.name, device=device, weights=self.weights)
+        return self.loaded
+
+
+def _file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _state_sha256(module: torch.nn.Module) -> str:
+    """A digest of a module's parameters and buffers (what its results depend on)."""
+    h = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _preprocess_text(pre) -> object:
+    return pre.describe() if hasattr(pre, "describe") else repr(pre)
+
+
+def _zoo_source(name: str, weights) -> _ModelSource:
+    from ..data.world import CLASS_NAMES
+
+    entry = ZOO[name]
+    names = imagenet_classes() if entry.task == "imagenet" else tuple(CLASS_NAMES)
+    source = {"spec": name, "weights": "zoo" if weights is None else f"sha256:{_file_sha256(weights)}"}
+    return _ModelSource(name, source, entry.task, names, None, weights)
+
+
+def _loaded_source(name: str, model: ZooModel, source: dict) -> _ModelSource:
+    for attr in ("mean", "std", "crop"):
+        if not hasattr(model.preprocess, attr):
+            raise InputError(f"model '{name}': its preprocess has no {attr}; give a visionlens.models.Preprocess "
+                             "(resize, crop, mean, std)")
+    loaded_from = (getattr(model, "source", None) or {}).get("spec", model.name)
+    task = ZOO[loaded_from].task if loaded_from in ZOO else "classifier"  # a zoo model keeps its kind
+    model = replace(model, name=name)
+    return _ModelSource(name, {**source, "preprocess": _preprocess_text(model.preprocess)}, task,
+                        model.class_names, model)
+
+
+def _spec_source(name: str, spec: str, weights, device) -> _ModelSource:
+    """A model spec (``timm:NAME``, ``torchvision:NAME``, ``hf:ID_OR_DIR``), loaded to check it."""
+    model = load_model(spec, device=device, weights=weights)
+    if weights is not None:
+        weights_of = f"sha256:{_file_sha256(weights)}"
+    else:
+        weights_of = (getattr(model, "source", None) or {}).get("weights", "default")
+    return _loaded_source(name, model, {"spec": spec, "weights": weights_of})
+
+
+def _module_source(name: str | None, module) -> _ModelSource:
+    """An ``nn.Module`` (preprocess from its ``preprocess`` attribute, else ImageNet's) or a :class:`ZooModel`."""
+    if not isinstance(module, ZooModel):
+        pre = getattr(module, "preprocess", None)
+        module = load_model(module, preprocess=pre if isinstance(pre, Preprocess) else None,
+                            class_names=getattr(module, "class_names", None))
+    name = name or module.name
+    return _loaded_source(name, module, {"spec": f"module:{type(module.module).__qualname__}",
+                                         "weights": f"sha256:{_state_sha256(module.module)}"})
+
+
+def _model_entries(models) -> list[tuple[str | None, object]]:
+    """(name or None, model) per model given: a spec, an ``nn.Module``, a ZooModel, a list of them,
+    or a dict from the names to use in the results to them."""
+    if isinstance(models, dict):
+        return [(str(k), v) for k, v in models.items()]
+    if isinstance(models, (str, torch.nn.Module, ZooModel)):
+        return [(None, models)]
+    return [(None, m) for m in models]
+
+
+def _resolve_models(models, weights, device) -> list[_ModelSource]:
+    """Every model checked (an unknown name or a bad spec is one line, before any work)."""
+    entries = _model_entries(models)
+    if not entries:
+        raise InputError("no model given; use --models NAME[,NAME...] (zoo names or timm:, torchvision:, hf: specs)")
+    if weights is not None and len(entries) > 1:
+        raise InputError(f"--weights applies to one model, and {len(entries)} are given; evaluate them one at a time")
+    found = []
+    for name, m in entries:
+        if isinstance(m, str) and ":" in m:
+            found.append(_spec_source(name or m, m, weights, device))
+        elif isinstance(m, str):
+            if m not in ZOO:
+                raise InputError(f"unknown model '{m}'; choose from: {', '.join(ZOO)}, or a spec timm:NAME, "
+                                 "torchvision:NAME (with --weights FILE or pretrained) or hf:ID_OR_DIR")
+            found.append(_zoo_source(m, weights) if name is None else
+                         _loaded_source(name, load_model(m, device=device, weights=weights),
+                                        _zoo_source(m, weights).source))
+        elif isinstance(m, (torch.nn.Module, ZooModel)):
+            found.append(_module_source(name, m))
+        else:
+            raise InputError(f"a model must be a name, a spec or an nn.Module, not {type(m).__name__}")
+    names = [s.name for s in found]
+    twice = [n for n in names if names.count(n) > 1]
+    if twice:
+        raise InputError(f"two models are named '{twice[0]}'; give each a name of its own (a dict of name -> model)")
+    return found
+
+
+def _label_maps(models: list[_ModelSource], spec: dict, data: str) -> dict[str, list[int] | None]:
+    """Per model, the class index of each of the data's classes; the labels are checked to be classes
+    of every model (one line naming the first that is not)."""
+    maps = {}
     for m in models:
-        world_model = ZOO[m].task.startswith("world")
-        if (spec["kind"] == "world") != world_model:
-            raise InputError(f"model '{m}' does not fit --data {data}: world models take world data, ImageNet models images")
-        if ZOO[m].task == "imagenet" and top >= 1000:
-            raise InputError(f"bad --data '{data}': class_index {top} in labels.csv is not an ImageNet-1k class "
-                             f"(0-999) of model '{m}'")
+        world_model = m.task.startswith("world")
+        if m.task != "classifier" and (spec["kind"] == "world") != world_model:
+            raise InputError(f"model '{m.name}' does not fit --data {data}: world models take world data, "
+                             "ImageNet models images")
+        maps[m.name] = _data.label_map(spec, m.name, m.class_names)
+        labels = [lab for _, _, lab in spec.get("items", []) if lab >= 0]
+        if m.class_names is None or not labels:
+            continue
+        top = max(labels if maps[m.name] is None else (maps[m.name][lab] for lab in labels))
+        if top >= len(m.class_names):
+            where = "labels.csv" if spec["kind"] == "folder" else "the data"
+            what = ("an ImageNet-1k class (0-999)" if len(m.class_names) == 1000
+                    else f"a class (0-{len(m.class_names) - 1})")
+            raise InputError(f"bad --data '{data}': class_index {top} in {where} is not {what} of model '{m.name}'")
+    return maps
 
 
-def _checked_choices(models: list[str], methods: list[str], metrics: list[str] | None,
-                     data: str) -> tuple[list[str], dict]:
-    """The metrics to report and the parsed data, after checking models, methods and metrics against them."""
+def _checked_choices(methods: list[str], metrics: list[str] | None, data, n: int | None,
+                     data_options: dict) -> tuple[list[str], dict]:
+    """The metrics to report and the parsed data, after checking methods and metrics against them."""
     from ..methods import METHODS, SIMILARITY_METHODS
     from ..pipeline import parse_method
 
-    for m in models:
-        if m not in ZOO:
-            raise InputError(f"unknown model '{m}'; choose from: {', '.join(ZOO)}")
     known = list(METHODS) + [m for m in SIMILARITY_METHODS if m not in METHODS]
     for m in methods:
         if parse_method(m)[0] not in known:
             raise InputError(f"unknown method '{m}'; choose from: {', '.join(known)} (sfam: embedding models only)")
     names = _metric_names(metrics)
-    spec = _data.parse_data(data)
-    names = _available(names, metrics, spec, data)
-    _check_models_fit(models, spec, data)
+    spec = _data.parse_data(data, n=n, **data_options)
+    names = _available(names, metrics, spec, spec["name"])
     return names, spec
 
 
@@ -121,9 +250,12 @@ class _Run:
     gallery_size: int
     fast_scoring: bool
     compile: bool
+    label_maps: dict = field(default_factory=dict)  # model name -> data class position -> model class
     timings: dict = field(default_factory=dict)
     scoring: dict = field(default_factory=dict)
     batches: dict = field(default_factory=dict)
+    seed: int = 0
+    engine: object = None            # computes the models' batches elsewhere (ray_engine.RayEngine); None: here
 
 
 @dataclass
@@ -142,11 +274,11 @@ def _skip(run: _Run, model: str, method: str, err: Exception) -> None:
     _store.write_records(run.f, [_store.skipped_record(model, method, err)])
 
 
-def _start_model(run: _Run, model_name: str, methods: list[str]) -> _ModelRun:
+def _start_model(run: _Run, source: _ModelSource, methods: list[str]) -> _ModelRun:
     """The model loaded, its explainers made (those that cannot be are recorded as skipped), and its batch sizes."""
-    model = load_model(model_name, device=run.device)
+    model, model_name = source.load(run.device), source.name
     todo = [mm for mm in methods if (model.name, mm, "*") not in run.done]
-    live, failed = build_explainers(model, todo, run.spec, run.gallery_size, run.compile)
+    live, failed = build_explainers(model, todo, run.spec, run.gallery_size, run.compile, task=source.task)
     for mm, err in failed.items():
         _skip(run, model.name, mm, err)
     per_image = _data.image_bytes(model)
@@ -156,43 +288,66 @@ def _start_model(run: _Run, model_name: str, methods: list[str]) -> _ModelRun:
     return _ModelRun(model_name, model, live, batch, bar)
 
 
+class _Logits(torch.nn.Module):
+    """A model as the metrics score it: its output as one tensor (a Hugging Face ``ModelOutput``'s
+    logits, a dict's ``out``; a tensor as it is)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ..core.vit import model_output
+
+        return model_output(self.inner(x))
+
+
 def _scorer(run: _Run, m: _ModelRun, b: _data.Batch) -> torch.nn.Module:
     """The module the metrics' forward passes run (the checked inference copy, or the model itself)."""
     if not run.fast_scoring:
         scorer, run.scoring[m.name] = m.model.module, "model itself"
-        return scorer
+        return _Logits(scorer)
     per_image = _data.image_bytes(m.model)
     compile_batch = _data.scoring_batch(m.batch, per_image) if run.compile else None
     scorer, run.scoring[m.name] = checked_inference_copy(m.model.module, b.x.to(m.model.device),
                                                          compile_batch=compile_batch)
-    return scorer
+    return _Logits(scorer)
 
 
 def _evaluate_method(run: _Run, m: _ModelRun, method: str, b: _data.Batch, start: int, ends_cache: dict) -> None:
     """One method on one batch: explained, scored, its new records appended (or the method skipped from here on)."""
     t0 = time.perf_counter()
+    n, parts, moved = len(b.ids), 1 + len(run.metrics), [0.0]
+
+    def advance(_name=None) -> None:  # the bar moves inside the batch: after the maps and each metric
+        step = min(n / parts, n - moved[0])
+        moved[0] += step
+        m.bar.update(step)
+
     try:
         res = m.live[method](b.x.to(m.model.device), b.labels)
+        advance()
         context = metric_context(m.model, b, res, run.step, m.batch, m.scorer, ends_cache)
-        values = batch_metrics(context, run.metrics)
+        values = batch_metrics(context, run.metrics, on_metric=advance)
     except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
         _skip(run, m.name, method, err)
         del m.live[method]
-        m.bar.update(len(run.mine) - start)
+        m.bar.update(len(run.mine) - start - moved[0])
         return
     key = f"{m.name}/{method}"
     run.timings[key] = run.timings.get(key, 0.0) + time.perf_counter() - t0
     if run.offset + start < run.examples:  # overlays of the first images of the command
         save_examples(run.out / "examples", m.name, method, b.raw, res.maps, run.offset + start, run.examples)
-    recs = _store.image_records(m.name, method, b.ids, b.labels, res.predicted, res.extra, values, run.done)
+    recs = _store.image_records(m.name, method, b.ids, b.labels, res.predicted, res.extra, values, run.done,
+                                curves=context.shared.get("curves"))
     _store.write_records(run.f, recs)
     run.done.update((m.name, method, r["image"]) for r in recs)
-    m.bar.update(len(b.ids))
+    m.bar.update(n - moved[0])
 
 
 def _evaluate_batch(run: _Run, m: _ModelRun, start: int) -> None:
     """Every live method on the batch of images from ``start``, where some of its images are not done."""
-    chunk = run.mine[start:start + m.batch]
+    chunk = _data.model_labels(run.mine[start:start + m.batch], run.label_maps.get(m.name))
     missing = {mm: [i for i, _, _ in chunk if (m.name, mm, i) not in run.done] for mm in m.live}
     if not any(missing.values()):
         m.bar.skip(len(chunk) * len(m.live))
@@ -208,9 +363,9 @@ def _evaluate_batch(run: _Run, m: _ModelRun, start: int) -> None:
         _evaluate_method(run, m, mm, b, start, ends_cache)
 
 
-def _evaluate_model(run: _Run, model_name: str, methods: list[str]) -> None:
-    """Every method not done yet on ``model_name``, batch by batch, appended to the results file."""
-    m = _start_model(run, model_name, methods)
+def _evaluate_model(run: _Run, source: _ModelSource, methods: list[str]) -> None:
+    """Every method not done yet on the model, batch by batch, appended to the results file."""
+    m = _start_model(run, source, methods)
     for start in range(0, len(run.mine), m.batch):
         _evaluate_batch(run, m, start)
 
@@ -225,7 +380,7 @@ def _manifest(run: _Run, command: dict, names: list[str], t_start: float) -> dic
                         for k, v in M.METRICS.items() if k in names}}
 
 
-def _run_models(run: _Run, models: list[str], methods: list[str], settings: dict, path: Path,
+def _run_models(run: _Run, models: list[_ModelSource], methods: list[str], settings: dict, path: Path,
                 created: list[Path]) -> None:
     """Every model into the locked results file ``run.f`` at ``path``, after checking ``settings``
     against the folder's; a run that stops before its first result removes what it made (while it
@@ -235,25 +390,41 @@ def _run_models(run: _Run, models: list[str], methods: list[str], settings: dict
         (run.out / "examples").mkdir(exist_ok=True)
         run.done = {(r["model"], r["method"], r["image"]) for r in _store.read_folder_results(run.out)}
         run.metrics = _store.settle_settings(run.out, settings, bool(run.done))
-        for model_name in models:
-            _evaluate_model(run, model_name, methods)
+        if run.engine is None:
+            for source in models:
+                _evaluate_model(run, source, methods)
+        else:  # batches computed elsewhere, records written here
+            run.engine(run, models, methods)
     except BaseException:
         if fresh and os.fstat(run.f.fileno()).st_size == 0:
             _store.remove_new_files(run.out, path, created)
         raise
 
 
-def evaluate(models: list[str], methods: list[str], data: str = "world:test", n: int | None = 100, batch_size: int = 16,
+def evaluate(models, methods: list[str], data="world:test", n: int | None = 100, batch_size: int = 16,
              device: str | None = "cpu", out: str | Path = "visionlens-eval", metrics: list[str] | None = None,
              step: int | None = None, seed: int = 0, examples: int = 4, progress: bool = True,
              gallery_size: int = 1000, fast_scoring: bool = True, compile: bool = False,
-             shard: str | tuple[int, int] | None = None) -> dict:
+             shard: str | tuple[int, int] | None = None, weights: str | Path | None = None,
+             split: str | None = None, label_column: str | None = None, engine=None) -> dict:
     """Run (or resume) the evaluation and write the report card; returns the report dict.
+
+    ``models``: zoo names and model specs (``timm:NAME``, ``torchvision:NAME``, ``hf:ID_OR_DIR``;
+    ``weights``: a state-dict file for the one model given), ``nn.Module`` s (the preprocessing of
+    their ``preprocess`` attribute, else ImageNet's) or :class:`ZooModel` s from ``load_model``,
+    as a list or as a dict from the names the results use to the models. ``data``: a spec
+    (``world[:split]``, ``samples``) or a folder (with labels.csv, an ImageFolder tree, or a
+    Hugging Face dataset saved with ``save_to_disk``: ``split`` chooses a DatasetDict's split,
+    ``label_column`` the label column), or an iterable of (PIL image or path, label) pairs.
 
     ``shard="K/N"`` computes only the K-th of N contiguous blocks of the first ``n`` images, into
     the folder's own results file for that shard, so that the N parts can run at the same time
     (processes, or machines whose files are then copied into one folder). The report card always
     covers all first ``n`` images done so far, in every results file of the folder.
+
+    ``engine``: None computes here, in this process; a
+    :class:`visionlens.evaluation.ray_engine.RayEngine` spreads the same batches over Ray actors
+    (this process still writes the results file, so resuming works the same; docs/scale.md).
 
     Embedding models (spec 7.6) are scored through a confidence instead of a softmax: methods for
     similarity (SFAM, Grad-CAM and Relevance-CAM on the similarity) explain each image's
@@ -268,7 +439,9 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
     masked passes of methods that take it (Score-CAM): a minute or so of compiling per model,
     then about 1.4-1.5x faster scoring on this project's CPU (docs/benchmarks.md)."""
     n, batch_size, step, gallery_size, examples = _checked_numbers(n, batch_size, step, gallery_size, examples)
-    names, spec = _checked_choices(models, methods, metrics, data)
+    names, spec = _checked_choices(methods, metrics, data, n, {"split": split, "label_column": label_column})
+    sources = _resolve_models(models, weights, device)
+    label_maps = _label_maps(sources, spec, spec["name"])
     if shard is not None:
         shard = _store.parse_shard(shard if isinstance(shard, str) else f"{shard[0]}/{shard[1]}")
     out = Path(out)
@@ -280,17 +453,21 @@ def evaluate(models: list[str], methods: list[str], data: str = "world:test", n:
     t_start = time.perf_counter()
     with _store.open_for_append(path) as f:
         run = _Run(out, f, spec, items[offset:stop], offset, names, set(), step, batch_size, examples, device,
-                   progress, gallery_size, fast_scoring, compile)
-        settings = _store.run_settings(spec, names, step, seed, gallery_size)
-        _run_models(run, models, methods, settings, path, created)
+                   progress, gallery_size, fast_scoring, compile, label_maps, seed=seed, engine=engine)
+        settings = _store.run_settings(spec, names, step, seed, gallery_size, {m.name: m.source for m in sources})
+        _run_models(run, sources, methods, settings, path, created)
     # the report card covers the images of this command, all shards: a folder that also holds results
     # for more images (an earlier, larger --n) reports the first --n, e.g. a long run's progress so far
     wanted = {i for i, _, _ in items}
+    model_names = [m.name for m in sources]
     report = aggregate([r for r in _store.read_folder_results(out, warn=False) if r["image"] == "*" or r["image"] in wanted],
-                       models, methods, names)
-    command = {"models": models, "methods": methods, "data": data, "n": n, "batch_size": batch_size,
-               "device": str(device), "metrics": names, "step": step, "seed": seed, "gallery_size": gallery_size,
-               "fast_scoring": fast_scoring, "compile": compile,
-               "shard": None if shard is None else f"{shard[0]}/{shard[1]}"}
+                       model_names, methods, names)
+    command = {"models": model_names, "model_sources": {m.name: m.source for m in sources}, "methods": methods,
+               "data": os.fspath(data) if isinstance(data, (str, os.PathLike)) else spec["name"],
+               "data_kind": spec["kind"], "split": split, "label_column": label_column, "n": n,
+               "batch_size": batch_size, "device": str(device), "metrics": names, "step": step, "seed": seed,
+               "gallery_size": gallery_size, "fast_scoring": fast_scoring, "compile": compile,
+               "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+               "engine": {"engine": "local"} if engine is None else engine.describe()}
     write_report_card(out, report, _manifest(run, command, names, t_start))
     return report

@@ -37,12 +37,15 @@ def _num(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def batch_metrics(context: M.MetricContext, names: list[str]) -> dict[str, list]:
+def batch_metrics(context: M.MetricContext, names: list[str], on_metric=None) -> dict[str, list]:
     """Per-image values of every metric of ``names`` that the context can give (a metric summarised
-    from another one's values records those), in registry order; undefined values are None."""
+    from another one's values records those), in registry order; undefined values are None.
+    ``on_metric(name)`` is called after each metric (for progress inside a batch)."""
     wanted = {M.METRICS[n].recorded_as for n in names if n in M.METRICS}
     out: dict[str, list] = {}
     for name, info in list(M.METRICS.items()):
         if name in wanted and info.compute is not None and all(context.has(need) for need in info.needs):
             out[name] = [_num(v) for v in info.compute(context).tolist()]
+            if on_metric is not None:
+                on_metric(name)
     return out

@@ -242,28 +242,45 @@ def skipped_record(model: str, method: str, err: Exception) -> dict:
 
 
 def image_records(model: str, method: str, ids: list[str], labels, predicted, extra: dict, values: dict,
-                  done: set) -> list[dict]:
+                  done: set, curves: dict | None = None) -> list[dict]:
     """The records of the images ``ids`` not ``done`` yet: label, prediction, ``extra`` per-image
-    integers (e.g. the reference's index) and metric ``values`` (lists by metric)."""
+    integers (e.g. the reference's index), metric ``values`` (lists by metric) and the
+    deletion/insertion ``curves`` (``{mode: (B, n + 1) tensor}``, rounded to 4 decimals)."""
     recs = []
     for j, image in enumerate(ids):
         if (model, method, image) in done:
             continue
-        recs.append({"model": model, "method": method, "image": image, "label": int(labels[j]),
-                     "predicted": int(predicted[j]), **{k: int(v[j]) for k, v in extra.items()},
-                     "metrics": {k: v[j] for k, v in values.items()}})
+        rec = {"model": model, "method": method, "image": image, "label": int(labels[j]),
+               "predicted": int(predicted[j]), **{k: int(v[j]) for k, v in extra.items()},
+               "metrics": {k: v[j] for k, v in values.items()}}
+        if curves:
+            rec["curves"] = {mode: [round(float(v), 4) for v in c[j]] for mode, c in curves.items()}
+        recs.append(rec)
     return recs
 
 
 # --- what a folder's results were computed with ------------------------------------------------
 
-def run_settings(data: dict, metrics: list[str], step: int | None, seed: int, gallery_size: int) -> dict:
+def data_source(data: dict) -> dict:
+    """What results depend on in the data: its kind and content (a folder's labels.csv, an
+    ImageFolder's listing, a Hugging Face dataset's fingerprint and columns); ``path`` only says where."""
+    if data["kind"] == "folder":
+        return {"kind": "folder", "labels_sha256": data["labels_sha256"], "path": str(Path(data["name"]).resolve())}
+    if "identity" in data:
+        where = {"path": str(Path(data["path"]).resolve())} if "path" in data else {}
+        return {"kind": data["kind"], **data["identity"], **where}
+    return {"kind": data["kind"], "name": data["name"]}
+
+
+def run_settings(data: dict, metrics: list[str], step: int | None, seed: int, gallery_size: int,
+                 models: dict | None = None) -> dict:
     """The arguments that per-image values depend on, besides the model and method of each record.
     Batch size, device and the scoring copy change values only by float rounding, so they may
-    differ between the runs that fill one folder; these may not."""
-    source = ({"kind": "folder", "labels_sha256": data["labels_sha256"], "path": str(Path(data["name"]).resolve())}
-              if data["kind"] == "folder" else {"kind": data["kind"], "name": data["name"]})
-    return {"data": source, "metrics": list(metrics), "step": step, "seed": seed, "gallery_size": gallery_size}
+    differ between the runs that fill one folder; these may not. ``models``: per model name, what
+    it was loaded from (spec, weights, preprocessing)."""
+    settings = {"data": data_source(data), "metrics": list(metrics), "step": step, "seed": seed,
+                "gallery_size": gallery_size}
+    return settings if models is None else {**settings, "models": models}
 
 
 def _recorded_settings(out: Path) -> dict | None:
@@ -289,15 +306,36 @@ def _recorded_settings(out: Path) -> dict | None:
 
 
 def _compared(values: dict, key: str):
-    """A setting as compared: a folder is known by its labels.csv, wherever it is now."""
+    """A setting as compared: a folder is known by its content, wherever it is now."""
     value = values.get(key)
     return {k: v for k, v in value.items() if k != "path"} if key == "data" else value
 
 
 def _shown(key: str, value) -> str:
     if key == "data":
-        return value.get("name") or f"{value.get('path')} (labels.csv {value.get('labels_sha256', '?')[:12]})"
+        if value.get("kind") == "folder":
+            return value.get("name") or f"{value.get('path')} (labels.csv {value.get('labels_sha256', '?')[:12]})"
+        split = f", split {value['split']}" if value.get("split") else ""
+        return value.get("name") or f"{value.get('path')} ({value.get('kind')}{split})"
     return "the image width (RISE)" if key == "step" and value is None else str(value)
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _model_differences(recorded: dict, settings: dict) -> list[str]:
+    """The models of this command that have results in the folder from another source (spec, weights
+    or preprocessing): the first field that differs, per model."""
+    before, now = recorded.get("models") or {}, settings.get("models") or {}
+    differ = []
+    for name in now:
+        if name in before and before[name] != now[name]:
+            key = next(k for k in {**before[name], **now[name]} if before[name].get(k) != now[name].get(k))
+            differ.append(f"--models {name} with {key} {_short(before[name].get(key))} "
+                          f"(this command: {_short(now[name].get(key))})")
+    return differ
 
 
 def _differences(recorded: dict, settings: dict) -> list[str]:
@@ -307,7 +345,7 @@ def _differences(recorded: dict, settings: dict) -> list[str]:
     extra = [m for m in settings["metrics"] if m not in recorded["metrics"]]
     if extra:
         differ.append(f"--metrics {','.join(recorded['metrics'])} (this command adds {','.join(extra)})")
-    return differ
+    return differ + _model_differences(recorded, settings)
 
 
 def settle_settings(out: Path, settings: dict, has_results: bool) -> list[str]:
@@ -321,6 +359,8 @@ def settle_settings(out: Path, settings: dict, has_results: bool) -> list[str]:
             raise InputError(f"{out} holds results computed with {'; '.join(differ)}: re-run with the folder's "
                              "settings, or use another --out")
         settings = {**settings, "metrics": recorded["metrics"]}
+        if "models" in settings or "models" in recorded:  # models of earlier commands stay recorded
+            settings["models"] = {**(recorded.get("models") or {}), **(settings.get("models") or {})}
     if recorded != settings or not (out / SETTINGS).exists():
         write_json(settings, out / SETTINGS, indent=1)
     return settings["metrics"]

@@ -3,12 +3,14 @@
 from .ablationcam import AblationCAM
 from .base import ClassActivationMethod
 from .cam import CAM
+from .chefer import CheferRollout
 from .daam import DAAM
 from .eigencam import EigenCAM
 from .gradcam import GradCAM
 from .gradcam_plusplus import GradCAMPlusPlus
 from .hirescam import HiResCAM
 from .layercam import LayerCAM
+from .legrad import LeGrad
 from .naflow import NAFlow
 from .registry import METHODS, REGISTRY, SIMILARITY_METHODS, MethodInfo
 from .relevance_cam import RelevanceCAM
@@ -17,5 +19,5 @@ from .scorecam import ScoreCAM
 from .xgradcam import XGradCAM
 
 __all__ = ["AblationCAM", "EigenCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "ScoreCAM", "XGradCAM",
-           "AttentionRollout", "CAM", "ClassActivationMethod", "DAAM", "GradCAM", "METHODS", "MethodInfo", "NAFlow",
-           "REGISTRY", "RelevanceCAM", "SIMILARITY_METHODS"]
+           "AttentionRollout", "CAM", "CheferRollout", "ClassActivationMethod", "DAAM", "GradCAM", "LeGrad", "METHODS",
+           "MethodInfo", "NAFlow", "REGISTRY", "RelevanceCAM", "SIMILARITY_METHODS"]

@@ -7,20 +7,21 @@ activations, so the part before the layer costs almost nothing. The stand-in is 
 (8 px, else 32 px), or one per ablated copy where the model needs the batch sizes to agree. This
 is checked once per call (the un-ablated activations must reproduce the logits); where every
 stand-in fails (a skip connection that jumps over the layer, a model that needs the full input
-size), the full input is used instead.
+size, or any other failure of the small input), the full input is used instead.
 Formula choice: ablation sets the channel to zero, as the paper (pytorch-grad-cam uses a very
 negative value when the layer's minimum is not zero). On a ViT token layer, channel ``k`` is
 zeroed in every token, the class and other prefix tokens included (as pytorch-grad-cam's ViT
-ablation layer does); the map is over the patch tokens.
+ablation layer does); the map is over the patch tokens. On timm Swin's channels-last tokens
+``(B, h, w, C)`` the last dimension is the channel.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..core.hooks import ActivationCapture
+from ..core.hooks import ActivationCapture, restored_attributes
 from ..core.targets import ClassTargets
-from .base import PerturbationMethod
+from .base import PerturbationMethod, unwrap_output
 
 STAND_INS = (8, 32)  # sides tried for the stand-in input that feeds the layer before its output is replaced
 
@@ -33,10 +34,12 @@ def _batched(small: torch.Tensor, expand: bool, n: int) -> torch.Tensor:
 class AblationCAM(PerturbationMethod):
     name = "ablationcam"
     def _tail(self, module, feed: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-        """Model output when ``module`` outputs ``acts`` (the input ``feed`` only drives the rest)."""
+        """Model output when ``module`` outputs ``acts`` (the input ``feed`` only drives the rest);
+        attributes the small stand-in changes (a Swin window) are restored."""
         handle = module.register_forward_hook(lambda m, i, o: acts, prepend=True)
         try:
-            return self.model(feed)
+            with restored_attributes(self.model):
+                return self.model(feed)
         finally:
             handle.remove()
 
@@ -48,8 +51,8 @@ class AblationCAM(PerturbationMethod):
             small = x.new_zeros((1, x.shape[1], min(side, x.shape[2]), min(side, x.shape[3])))
             for expand in (False, True):
                 try:
-                    out = self._tail(module, _batched(small, expand, activation.shape[0]), activation)
-                except RuntimeError:
+                    out = unwrap_output(self._tail(module, _batched(small, expand, activation.shape[0]), activation))
+                except Exception:  # noqa: BLE001 - any failure of the stand-in (shape, size check): full input
                     continue
                 if (isinstance(out, torch.Tensor) and out.shape == output.shape
                         and torch.allclose(out, output, rtol=1e-4, atol=1e-4 * (1 + float(output.abs().max())))):
@@ -74,8 +77,8 @@ class AblationCAM(PerturbationMethod):
             chunk = pairs[start:start + self.batch_size]
             image, channel = chunk // k, chunk % k
             acts = source[image].clone()
-            if tokens:
-                acts[torch.arange(len(chunk)), :, channel] = 0
+            if tokens:  # ViT tokens (B, N, K) or channels-last Swin tokens (B, h, w, K)
+                acts[torch.arange(len(chunk)), ..., channel] = 0
             else:
                 acts[torch.arange(len(chunk)), channel] = 0
             feed = x[image] if stand_in is None else _batched(*stand_in, len(chunk))

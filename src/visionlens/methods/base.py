@@ -2,8 +2,9 @@
 
 :class:`Method` does the steps every method shares: the model check, the input check (a finite,
 non-empty ``(B, C, H, W)`` float tensor), the move to the model's device and the model-state
-guard (modes, ``requires_grad`` and hooks restored on exit, also after an error); a method
-supplies only :meth:`Method.explain`, its own step. The kinds:
+guard (modes, ``requires_grad`` and hooks restored on exit, also after an error), and one
+:class:`~visionlens.errors.FlatMapWarning` per call when a map is all zero or constant (it names
+the layer and the usual one); a method supplies only :meth:`Method.explain`, its own step. The kinds:
 
 * :class:`ClassActivationMethod` (CAM family): forward with a captured layer, resolve the target,
   channel weights (the method's step), weighted sum, post-process. Methods at one layer share
@@ -15,6 +16,8 @@ supplies only :meth:`Method.explain`, its own step. The kinds:
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 
 from typing import Sequence
 
@@ -25,8 +28,8 @@ from ..core.hooks import ActivationCapture, preserved_model_state
 from ..core.layers import check_spatial, find_last_spatial_layer, model_device, resolve_layer
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets, wants_raw_output
-from ..core.vit import find_vit, model_output, token_grid_transform
-from ..errors import InputError, LayerError, VisionlensError
+from ..core.vit import find_swin, find_vit, model_output, spatial_transform
+from ..errors import FlatMapWarning, InputError, LayerError, VisionlensError
 
 
 def check_input(x: torch.Tensor, defer_finite: bool = False) -> torch.Tensor | None:
@@ -57,8 +60,11 @@ def raise_if_not_finite(finite: torch.Tensor) -> None:
 
 
 def default_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """The layer explained when none is given: the last block's ``norm1`` (tokens, reshaped to the
-    patch grid) for a recognised ViT, else the last spatial layer."""
+    """The layer explained when none is given: the last block's pre-attention norm (tokens,
+    reshaped to the patch grid) for a recognised ViT, DINOv2 or Swin, else the last spatial layer."""
+    swin = find_swin(model)
+    if swin is not None:
+        return swin.norms[-1]
     try:
         return find_vit(model).blocks[-1].norm1
     except LayerError:
@@ -97,6 +103,12 @@ class Method:
         return x.to(model_device(self.model))
 
     def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
+        result = self.run(x, target)
+        warn_if_flat({self.name: result}, self.model, x)
+        return result
+
+    def run(self, x: torch.Tensor, target: Target = None) -> Explanation:
+        """The explanation, without the flat-map check of :meth:`__call__`."""
         x = self.prepare(x)
         with preserved_model_state(self.model):
             return self.explain(x, target)
@@ -194,6 +206,11 @@ class ClassActivationMethod(Method):
             return super().__call__(x, target)
         return explain_many([self], x, target)[self.name]
 
+    def run(self, x: torch.Tensor, target: Target = None) -> Explanation:
+        if not self.shares_pass:
+            return super().run(x, target)
+        return _explain_shared([self], self.model, x, target)[self.name]
+
 
 class PerturbationMethod(ClassActivationMethod):
     """Base of methods that score extra forward passes (Score-CAM, Ablation-CAM): no gradients,
@@ -209,16 +226,20 @@ class PerturbationMethod(ClassActivationMethod):
         self.batch_size = batch_size
 
     @staticmethod
-    def target_scores(out: torch.Tensor, image: torch.Tensor, targets: ClassTargets, target) -> torch.Tensor:
-        """Scores of perturbed copies of images ``image``: their class logit, or a callable target
-        (called on the raw output where :func:`resolve_targets` would, see :func:`unwrap_output`)."""
+    def target_scores(out, image: torch.Tensor, targets: ClassTargets, target) -> torch.Tensor:
+        """Scores of perturbed copies of images ``image`` from the model's raw output ``out``:
+        their class logit (of the output unwrapped by :func:`unwrap_output`, e.g. ``.logits`` of a
+        Hugging Face output), or a callable target (called on the raw output where
+        :func:`resolve_targets` would)."""
+        logits = unwrap_output(out, fallback=out)
         if targets.indices is None:
             if hasattr(target, "select"):  # a target with per-image data (BoxTarget, SegmentationTarget)
                 target = target.select(image)
-            if not torch.is_tensor(out) and wants_raw_output(target):
-                return target(out)
-            return target(out if torch.is_tensor(out) else unwrap_output(out, fallback=out))
-        return out.gather(1, targets.indices[image][:, None])[:, 0]
+            return target(out if wants_raw_output(target) else logits)
+        if not torch.is_tensor(logits):
+            raise InputError(f"class targets need logits, and the model's output is {type(out).__name__}; "
+                             "pass a callable target")
+        return logits.gather(1, targets.indices[image][:, None])[:, 0]
 
 
 def explain_many(methods: Sequence, x: torch.Tensor, target: Target = None) -> dict[str, Explanation]:
@@ -232,10 +253,74 @@ def explain_many(methods: Sequence, x: torch.Tensor, target: Target = None) -> d
     if any(m.model is not model for m in methods):
         raise InputError("explain_many needs methods built on the same model")
     shared = [m for m in methods if isinstance(m, ClassActivationMethod) and m.shares_pass]
-    results = {m.name: m(x, target) for m in methods if m not in shared}
+    results = {m.name: m.run(x, target) for m in methods if m not in shared}
     if shared:
         results |= _explain_shared(shared, model, x, target)
-    return {m.name: results[m.name] for m in methods}
+    results = {m.name: results[m.name] for m in methods}
+    warn_if_flat(results, model, x)
+    return results
+
+
+def _constant(maps: torch.Tensor) -> torch.Tensor:
+    """Per map (``(..., h, w)``, flattened over the leading dimensions): whether it is constant."""
+    flat = maps.detach().float().flatten(-2).flatten(0, -2)
+    high, low = flat.amax(dim=1), flat.amin(dim=1)
+    return (high - low) <= 1e-6 * torch.maximum(high.abs(), low.abs())
+
+
+def _only_negative(result: Explanation, flat: torch.Tensor) -> bool:
+    """Whether every flat map of ``result`` comes from a raw map that varies, but is negative
+    everywhere (so the ReLU left nothing)."""
+    raw = result.raw
+    if not torch.is_tensor(raw) or raw.dim() < 3 or raw.shape[:-2].numel() != flat.numel():
+        return False
+    varies = ~_constant(raw)
+    negative = raw.detach().flatten(-2).flatten(0, -2).amax(dim=1) <= 0
+    return bool((varies & negative)[flat].all())
+
+
+def warn_if_flat(results: dict[str, Explanation], model: nn.Module, x: torch.Tensor) -> None:
+    """One :class:`FlatMapWarning` for the call when any map is all zero or constant: it names
+    the methods and layer, why (negative everywhere, or constant) and what to try (the usual
+    layer, another class, or checking the model and target)."""
+    flat = {name: _constant(e.maps) for name, e in results.items() if torch.is_tensor(e.maps) and e.maps.dim() >= 3}
+    flat = {name: f for name, f in flat.items() if bool(f.any())}
+    if not flat:
+        return
+    first = results[next(iter(flat))]
+    layers = {results[name].layer for name in flat}
+    where = f" at layer '{first.layer}'" if len(layers) == 1 else ""
+    counts = ", ".join(f"{name}{'' if where else f' at layer {results[name].layer!r}'} {int(f.sum())} of {f.numel()}"
+                       for name, f in flat.items())
+    negative = all(_only_negative(results[name], f) for name, f in flat.items())
+    advice = _flat_advice(model, x, first, negative)
+    warnings.warn(FlatMapWarning(f"all-zero (constant) maps{where} ({counts} maps): {advice}"),
+                  stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside visionlens (the user's call)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("visionlens."):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _flat_advice(model: nn.Module, x: torch.Tensor, result: Explanation, negative: bool) -> str:
+    """What to try after a flat map: the usual layer, another class, or checking the model and target."""
+    usual = None
+    if result.flow is None:
+        try:
+            usual = resolve_layer(model, default_layer(model, x))[0]
+        except VisionlensError:
+            pass
+    other = f"; try the usual layer '{usual}'" if usual is not None and usual != result.layer else ""
+    if negative:
+        return f"the map is negative everywhere (this layer shows only evidence against the target){other}"
+    if other:
+        return f"the target score does not vary over this layer's positions{other}"
+    return ("the target score does not vary with the input's regions here (e.g. an all-zero classifier head); "
+            "check the model's weights and the target")
 
 
 def _explain_shared(methods, model, x, target) -> dict[str, Explanation]:
@@ -265,9 +350,10 @@ def _explain_many(methods, model, x, target) -> dict[str, Explanation]:
             raw_out = model(x)  # what a callable target with raw_output = True receives (dicts, lists, ModelOutputs)
             output = unwrap_output(raw_out)  # a tensor, .logits of a Hugging Face output, ...; None if none
             activation = capture.get(name)
-            if activation.dim() == 3:  # ViT tokens (B, N, C) -> patch grid (B, C, h, w)
-                capture.transforms[name] = token_grid_transform(model, x, name, activation)
-                activation = capture.transforms[name](activation)
+            transform = spatial_transform(model, x, name, module, activation)
+            if transform is not None:  # tokens (B, N, C) or channels-last (B, h, w, C) -> (B, C, h, w)
+                capture.transforms[name] = transform
+                activation = transform(activation)
             check_spatial(name, activation)
             targets = resolve_targets(target, output, x.shape[0], raw=raw_out)
             if targets.indices is None and hasattr(target, "select") and any(

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 from .ablationcam import AblationCAM
 from .cam import CAM
+from .chefer import CheferRollout
 from .daam import DAAM
 from .eigencam import EigenCAM
 from .gradcam import GradCAM
 from .gradcam_plusplus import GradCAMPlusPlus
 from .hirescam import HiResCAM
 from .layercam import LayerCAM
+from .legrad import LeGrad
 from .naflow import NAFlow, SimilarityNAFlow
 from .relevance_cam import RelevanceCAM
 from .rollout import AttentionRollout
@@ -64,6 +66,8 @@ REGISTRY: tuple[MethodInfo, ...] = (
     MethodInfo("relevance-cam", RelevanceCAM, "cam"),
     MethodInfo("daam", DAAM, "flow"),
     MethodInfo("rollout", AttentionRollout, "flow"),
+    MethodInfo("chefer", CheferRollout, "flow"),
+    MethodInfo("legrad", LeGrad, "flow"),
     MethodInfo("naflow", NAFlow, "flow"),
     MethodInfo("sfam", SFAM, "similarity", "similarity"),
     MethodInfo("gradcam", SimilarityGradCAM, "similarity", "similarity"),

@@ -68,12 +68,20 @@ def _ends(c: MetricContext, mode: str):
     return c.ends_cache[key]
 
 
+def _causal_auc(c: MetricContext, mode: str) -> torch.Tensor:
+    """Deletion or insertion AUC per image; the curves are kept in ``c.shared["curves"][mode]``
+    (``(B, n + 1)``) for the report card's mean curves."""
+    curves = causal_curves(c.scorer, c.x, c.maps, mode, c.target, step=c.step, ends=_ends(c, mode), **c.scoring)[0]
+    c.shared.setdefault("curves", {})[mode] = curves.detach().cpu()
+    return trapezoid_auc(curves)
+
+
 def _deletion(c: MetricContext) -> torch.Tensor:
-    return deletion(c.scorer, c.x, c.maps, c.target, step=c.step, ends=_ends(c, "deletion"), **c.scoring)
+    return _causal_auc(c, "deletion")
 
 
 def _insertion(c: MetricContext) -> torch.Tensor:
-    return insertion(c.scorer, c.x, c.maps, c.target, step=c.step, ends=_ends(c, "insertion"), **c.scoring)
+    return _causal_auc(c, "insertion")
 
 
 def _drop_increase(c: MetricContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -145,6 +145,7 @@ def embedder(
             return Embedder(model.module, None, head, normalize)
         if layer == "auto":
             layer = model.layer
+        input_size = model.preprocess.crop
         model = model.module
     if layer == "auto":
         probe = torch.zeros(1, 3, input_size, input_size)
@@ -152,11 +153,13 @@ def embedder(
     return Embedder(model, layer, head, normalize)
 
 
-def embedding_model(model: str | ZooModel | nn.Module, device: str | torch.device | None = "cpu", **kwargs) -> ZooModel:
-    """A :class:`ZooModel` whose ``module`` is the :func:`embedder` of ``model`` (same name and
-    preprocessing; no class names)."""
+def embedding_model(model: str | ZooModel | nn.Module, device: str | torch.device | None = "cpu",
+                    weights: str | None = None, **kwargs) -> ZooModel:
+    """A :class:`ZooModel` whose ``module`` is the :func:`embedder` of ``model`` (a zoo name or
+    model spec, with ``weights`` as in :func:`load_model`; same name, preprocessing and source;
+    no class names)."""
     if isinstance(model, str):
-        model = load_model(model, device=device)
+        model = load_model(model, device=device, weights=weights)
     zoo = model if isinstance(model, ZooModel) else load_model(model)
     emb = embedder(zoo, device=device, **kwargs)
-    return ZooModel(zoo.name, emb, zoo.preprocess, None, None)
+    return ZooModel(zoo.name, emb, zoo.preprocess, None, None, zoo.source)

@@ -59,13 +59,20 @@ ZOO: dict[str, ZooEntry] = {
 @dataclass
 class ZooModel:
     """A model with what is needed to explain it: ``module`` (in eval mode), ``preprocess``
-    (PIL image -> tensor), ``class_names`` (or None) and the default ``layer`` to explain."""
+    (PIL image -> tensor), ``class_names`` (or None), the default ``layer`` to explain and the
+    ``source`` it was loaded from (spec and weights)."""
 
     name: str
     module: nn.Module
     preprocess: Preprocess
     class_names: tuple[str, ...] | None
     layer: str | None
+    source: dict | None = None
+
+    def describe(self) -> dict:
+        """What was loaded and how its inputs are prepared (recorded in ``summary.json``)."""
+        return {"name": self.name, **(self.source or {}), "preprocess": self.preprocess.describe(),
+                "classes": len(self.class_names) if self.class_names is not None else None}
 
     def class_indices(self, specs: list[str]) -> list[int]:
         """Class indices for ``specs``, each an index or one of the model's class names (case and
@@ -182,43 +189,110 @@ def _num_classes(state: dict) -> int | None:
 def library_architecture(spec: str, num_classes: int | None = None) -> nn.Module:
     """The architecture of ``torchvision:NAME`` or ``timm:NAME``, randomly initialised (nothing is
     downloaded); an unknown name is one line with the closest names."""
-    library, _, arch = spec.partition(":")
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    if library == "torchvision":
-        try:
-            import torchvision.models as tvm
-        except ImportError:
-            raise InputError("torchvision is not installed; pip install 'visionlens[torchvision]'") from None
-        names = tvm.list_models(module=tvm)
-        build = lambda: tvm.get_model(arch, weights=None, **kwargs)  # noqa: E731
-    elif library == "timm":
-        try:
-            import timm
-        except ImportError:
-            raise InputError("timm is not installed; pip install 'visionlens[timm]'") from None
-        names = timm.list_models()
-        build = lambda: timm.create_model(arch, pretrained=False, **kwargs)  # noqa: E731
-    else:
-        raise InputError(f"unknown model library '{library}'; use torchvision:NAME or timm:NAME")
-    if arch not in names:
-        import difflib
+    from . import hub
 
-        close = difflib.get_close_matches(arch, names, n=4) or names[:4]
-        raise InputError(f"unknown {library} model '{arch}'; close names: {', '.join(close)}")
-    return build()
+    library, _, arch = spec.partition(":")
+    if library == "torchvision":
+        return hub.torchvision_model(arch, num_classes)
+    if library == "timm":
+        return hub.timm_model(arch, num_classes)
+    raise InputError(f"unknown model library '{library}'; use torchvision:NAME, timm:NAME or hf:ID")
+
+
+def _library_preprocess(library: str, arch: str, module: nn.Module) -> tuple[Preprocess, tuple[str, ...] | None]:
+    """The preprocessing and class names the library's own config gives the architecture."""
+    from . import hub
+
+    if library == "timm":
+        return hub.timm_preprocess(module), None
+    weights = hub.torchvision_weights(arch)
+    dense = _dense_preprocess(module, weights)
+    if dense is not None:
+        return dense, tuple(weights.meta.get("categories") or ()) or None if weights is not None else None
+    if weights is None:
+        return Preprocess(), None
+    return hub.torchvision_preprocess(weights), tuple(weights.meta.get("categories") or ()) or None
+
+
+def _dense_preprocess(module: nn.Module, weights) -> Preprocess | None:
+    """A detector's view: short side ``min_size``, pixels in [0, 1] (it normalises inside); a
+    segmenter's: short side of its weights' transform (520), normalised. None for other models."""
+    from .hub import dense_task
+
+    task = dense_task(module)
+    if task == "detection":
+        side = min(module.transform.min_size)
+        return Preprocess(resize=side, crop=side, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    if task == "segmentation":
+        transform = weights.transforms() if weights is not None else None
+        side = transform.resize_size[0] if transform is not None else 520
+        mean = tuple(transform.mean) if transform is not None else Preprocess().mean
+        std = tuple(transform.std) if transform is not None else Preprocess().std
+        return Preprocess(resize=side, crop=side, mean=mean, std=std)
+    return None
+
+
+def _class_names(names: tuple[str, ...] | None, num_classes: int | None) -> tuple[str, ...] | None:
+    if names is not None and len(names) == num_classes:
+        return names
+    return imagenet_classes() if num_classes == 1000 else None
+
+
+def _head_size(module: nn.Module) -> int | None:
+    classes = getattr(module, "num_classes", None)
+    if isinstance(classes, int) and classes > 0:
+        return classes
+    return _num_classes(module.state_dict())
 
 
 def load_library_model(spec: str, weights: str | Path | None, device=None) -> ZooModel:
-    """``torchvision:NAME`` or ``timm:NAME`` built without downloads, with weights from a local
-    state-dict file (the number of classes is read from it)."""
-    if weights is None:
-        raise InputError(f"{spec} needs a local weights file (--weights PATH); nothing is downloaded")
-    state = load_state_dict_file(weights)
-    classes = _num_classes(state)
-    module = library_architecture(spec, classes)
-    fit_state_dict(module, state, spec, weights)
+    """``torchvision:NAME`` or ``timm:NAME``: with ``weights`` (a local state-dict file; the number
+    of classes is read from it) or, without, the library's pretrained weights; ``hf:ID_OR_DIR``
+    through ``from_pretrained``. Preprocessing and class names come from the model's own config."""
+    library, _, arch = spec.partition(":")
+    if library == "hf":
+        return _load_hf(spec, arch, weights, device)
+    if library not in ("timm", "torchvision"):
+        raise InputError(f"unknown model library '{library}'; use torchvision:NAME, timm:NAME or hf:ID")
+    if weights is not None:
+        state = load_state_dict_file(weights)
+        classes = None if _dense_architecture(library, arch) else _num_classes(state)
+        module = library_architecture(spec, classes)
+        fit_state_dict(module, state, spec, weights)
+        source = {"spec": spec, "weights": str(Path(weights).resolve())}
+    else:
+        from . import hub
+
+        build = hub.timm_model if library == "timm" else hub.torchvision_model
+        module = build(arch, pretrained=True)
+        classes = _head_size(module)
+        source = {"spec": spec, "weights": "pretrained"}
+    preprocess, names = _library_preprocess(library, arch, module)
     module.eval().to(resolve_device(device))
-    return ZooModel(spec, module, Preprocess(), imagenet_classes() if classes == 1000 else None, None)
+    names = names if _dense_architecture(library, arch) else _class_names(names, classes)
+    return ZooModel(spec, module, preprocess, names, None, source)
+
+
+def _dense_architecture(library: str, arch: str) -> bool:
+    """A torchvision detector or segmenter (built with its default classes: COCO's 91, VOC's 21)."""
+    if library != "torchvision":
+        return False
+    import torchvision.models as tvm
+
+    return arch in tvm.list_models(module=tvm.detection) + tvm.list_models(module=tvm.segmentation)
+
+
+def _load_hf(spec: str, source: str, weights, device) -> ZooModel:
+    from . import hub
+
+    if weights is not None:
+        raise InputError(f"{spec}: --weights is for torchvision:/timm: models; save the weights into the "
+                         "Hugging Face folder (save_pretrained) and give hf:LOCAL_DIR")
+    module, processor = hub.hf_model(source)
+    module.eval().to(resolve_device(device))
+    where = str(Path(source).resolve()) if Path(source).exists() else source
+    return ZooModel(spec, module, hub.hf_preprocess(processor), hub.hf_class_names(module.config), None,
+                    {"spec": spec, "weights": where, "processor": type(processor).__name__})
 
 
 def _zoo_state(entry: ZooEntry) -> dict:
@@ -239,8 +313,9 @@ def load_model(
     weights: str | Path | None = None,
 ) -> ZooModel:
     """Load a zoo model by name (weights verified by SHA-256, loaded with ``weights_only=True``),
-    a ``torchvision:NAME`` / ``timm:NAME`` architecture with local ``weights``, or wrap any
-    ``nn.Module`` (ImageNet preprocessing unless given; not moved or changed)."""
+    a model spec (``torchvision:NAME`` / ``timm:NAME`` with local ``weights`` or pretrained,
+    ``hf:ID_OR_DIR``; see hub.py), or wrap any ``nn.Module`` (ImageNet preprocessing unless
+    given; not moved or changed)."""
     if isinstance(model, nn.Module):
         return ZooModel(
             type(model).__name__, model, preprocess or Preprocess(),
@@ -254,7 +329,7 @@ def load_model(
             zoo.class_names = tuple(class_names)
         return zoo
     if not isinstance(model, str) or model not in ZOO:
-        raise InputError(f"unknown model {model!r}; choose from: {', '.join(ZOO)}, torchvision:NAME or timm:NAME (with weights)")
+        raise InputError(f"unknown model {model!r}; choose from: {', '.join(ZOO)}, torchvision:NAME, timm:NAME or hf:ID")
     entry = ZOO[model]
     module = entry.build()
     if weights is not None:  # the zoo architecture with the user's own (e.g. fine-tuned) weights
@@ -268,4 +343,6 @@ def load_model(
         from ..data.world import CLASS_NAMES
 
         names = tuple(CLASS_NAMES)
-    return ZooModel(entry.name, module, preprocess or entry.preprocess, names, entry.layer)
+    weights_source = str(Path(weights).resolve()) if weights is not None else "zoo"
+    return ZooModel(entry.name, module, preprocess or entry.preprocess, names, entry.layer,
+                    {"spec": entry.name, "weights": weights_source})

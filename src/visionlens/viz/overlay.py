@@ -1,29 +1,74 @@
-"""Heat-map overlays in numpy + PIL (no matplotlib needed)."""
+"""Heat-map overlays in numpy + PIL (no matplotlib needed): a normalised map in [0, 1] on a
+perceptually uniform colormap (viridis by default), a signed map on a diverging one centred at
+zero, and optionally a colour-bar strip under the picture (for figures)."""
 
 from __future__ import annotations
 
-
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
+
+from .colormaps import apply, bar_labels, colorize, display_cmap, is_diverging
 
 
 def jet(values: np.ndarray) -> np.ndarray:
     """The classic JET colormap: ``(H, W)`` in [0, 1] -> ``(H, W, 3)`` uint8 (blue low, red high)."""
-    v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)
-    r = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
-    g = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
-    b = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
-    return np.round(np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
+    return apply(values, "jet")
 
 
-def overlay(image: Image.Image, saliency: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """Blend ``jet(saliency)`` over ``image`` (resized to the map's size if they differ)."""
+def _resized_map(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``saliency`` bilinearly resized to ``size`` (width, height)."""
+    if saliency.shape[::-1] == tuple(size):
+        return saliency
+    return np.asarray(Image.fromarray(saliency, mode="F").resize(size, Image.BILINEAR), dtype=np.float32)
+
+
+def overlay(image: Image.Image, saliency: np.ndarray, alpha: float = 0.5, cmap: str | None = None,
+            signed: bool = False, colorbar: bool = False) -> Image.Image:
+    """Blend the coloured ``saliency`` over ``image``.
+
+    A normalised map (values in [0, 1]) is blended with weight ``alpha`` at the map's size (the
+    image is resized if they differ). A ``signed`` map (e.g. Relevance-CAM's raw map) is resized to
+    the image, scaled by its largest magnitude onto a diverging colormap (zero is the neutral
+    centre) and blended with weight ``min(1.6 alpha sqrt(|value| / max), 0.8)``, so that the photo shows where
+    the map is near zero. ``colorbar`` adds a labelled colour-bar strip under the picture."""
     saliency = np.asarray(saliency, dtype=np.float32)
     if saliency.ndim != 2:
         raise ValueError(f"saliency must be (H, W), got {saliency.shape}")
-    h, w = saliency.shape
-    base = np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR) if image.size != (w, h) else image.convert("RGB"), dtype=np.float32)
-    mixed = (1.0 - alpha) * base + alpha * jet(saliency).astype(np.float32)
-    return Image.fromarray(np.clip(np.round(mixed), 0, 255).astype(np.uint8))
+    rgb = image.convert("RGB")
+    if signed:
+        saliency = _resized_map(saliency, rgb.size)
+        peak = float(np.abs(saliency).max()) or 1.0
+        weight = np.minimum(1.6 * alpha * np.sqrt(np.abs(saliency) / peak), 0.8)[..., None]
+    else:
+        h, w = saliency.shape
+        rgb = rgb.resize((w, h), Image.BILINEAR) if rgb.size != (w, h) else rgb
+        weight = alpha
+    base = np.asarray(rgb, dtype=np.float32)
+    mixed = (1.0 - weight) * base + weight * colorize(saliency, cmap, signed).astype(np.float32)
+    picture = Image.fromarray(np.clip(np.round(mixed), 0, 255).astype(np.uint8))
+    return with_colorbar(picture, cmap, signed) if colorbar else picture
 
 
+def colorbar_strip(width: int, cmap: str | None = None, signed: bool = False, height: int = 26) -> Image.Image:
+    """A ``width``-pixel strip: the colour gradient a map is drawn with and its end labels under it."""
+    name = display_cmap(cmap, signed)
+    ends = (0.0, 1.0) if signed or not is_diverging(name) else (0.5, 1.0)
+    bar = apply(np.linspace(*ends, max(width - 8, 2)), name)
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    strip.paste(Image.fromarray(np.repeat(bar[None], 10, axis=0)), (4, 2))
+    draw = ImageDraw.Draw(strip)
+    labels = [label.replace("−", "-") for label in bar_labels(signed)]  # the bitmap font is ASCII
+    for i, label in enumerate(labels):
+        text_w = draw.textlength(label)
+        x = 4 + i * (width - 8) / (len(labels) - 1) - text_w * i / (len(labels) - 1)
+        draw.text((round(x), 13), label, fill=(0, 0, 0))
+    return strip
+
+
+def with_colorbar(picture: Image.Image, cmap: str | None = None, signed: bool = False) -> Image.Image:
+    """``picture`` with :func:`colorbar_strip` under it (same width)."""
+    strip = colorbar_strip(picture.width, cmap, signed)
+    out = Image.new("RGB", (picture.width, picture.height + strip.height), (255, 255, 255))
+    out.paste(picture.convert("RGB"), (0, 0))
+    out.paste(strip, (0, picture.height))
+    return out

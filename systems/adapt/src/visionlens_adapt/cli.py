@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from visionlens.checks import FlatList, comma_list, count, number
+from visionlens.cli import add_json_option, record_summary
 
 # the target set must hold a few k-NN neighbourhoods (EIANet / AaD use k = 4) and a batch
 MIN_TARGET = 8
@@ -81,11 +82,12 @@ def _run(args, methods: list[str], seeds: list[int]) -> int:
              f"{len(shift.source_x)} source / {len(shift.target_x)} target images ({args.outliers:.0%} planted outliers), "
              f"budget {args.budget:g}")
     table = markdown_table(summary, title)
-    results = {"config": {k: v for k, v in vars(args).items() if k != "func"},
+    results = {"config": {k: v for k, v in vars(args).items() if k not in ("func", "json")},
                "summary": summary, "per_seed": per_seed}
     written = write_outputs(Path(args.out), results, table, figure)
     print(table)
     print("wrote " + ", ".join(str(p) for p in written))
+    record_summary(args, {**results, "written": [str(p) for p in written]})
     return 0
 
 
@@ -119,4 +121,5 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=count(minimum=0), default=1, help="torch CPU threads (0: torch default)")
     p.add_argument("--out", default="adapt-out", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_option(p)
     p.set_defaults(func=_cmd_adapt)

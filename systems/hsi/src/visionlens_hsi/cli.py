@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from visionlens.checks import count, number
+from visionlens.cli import add_json_option, record_summary
 
 MODELS_HELP = "spectralkan-b, spectralkan-d, mtsf-kan, wkan, kan, dual-branch, mlp, cnn"
 MAX_SCENE_VALUES = 2 ** 27      # synthetic --size^2 x --bands values per date (1 GiB of float64)
@@ -61,18 +62,21 @@ def register(subparsers) -> None:
                    help="B-spline basis evaluation: fast (closed form) or recursive (the reference Cox-de Boor recursion); same values")
     t.add_argument("--out", default="runs/hsi-cd", help="output folder")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_option(t)
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="score a checkpoint on its test pixels (OA, Kappa, AA)")
     e.add_argument("--checkpoint", required=True, help="model.pt written by `visionlens hsi-cd train`")
     _add_data(e, required=False)
     e.add_argument("--out", default=None, help="optional metrics JSON path")
+    add_json_option(e)
     e.set_defaults(func=_cmd_eval)
 
     m = sub.add_parser("map", help="predict every pixel and write a change-map PNG (truth | prediction | errors)")
     m.add_argument("--checkpoint", required=True, help="model.pt written by `visionlens hsi-cd train`")
     _add_data(m, required=False)
     m.add_argument("--out", default="change_map.png", help="PNG file to write")
+    add_json_option(m)
     m.set_defaults(func=_cmd_map)
 
 
@@ -146,10 +150,12 @@ def _cmd_train(args) -> int:
     checkpoint = {"state_dict": model.state_dict(), "train_config": config.to_dict(), "data": spec,
                   "bands": scene.bands}
     save_atomic(lambda tmp: torch.save(checkpoint, tmp), out / "model.pt")
-    write_json({"model": args.model, "data": spec, "config": config.to_dict(), **result}, out / "metrics.json")
+    metrics = {"model": args.model, "data": spec, "config": config.to_dict(), **result}
+    write_json(metrics, out / "metrics.json")
     _write_map(model, scene, config, out / "change_map.png")
     _print(result)
     print(f"wrote {out / 'model.pt'}, {out / 'metrics.json'} and {out / 'change_map.png'}")
+    record_summary(args, {**metrics, "written": [str(out / f) for f in ("model.pt", "metrics.json", "change_map.png")]})
     return 0
 
 
@@ -217,6 +223,7 @@ def _cmd_eval(args) -> int:
     if args.out:
         write_json({"model": config.model, **result}, Path(args.out))
         print(f"wrote {args.out}")
+    record_summary(args, {"model": config.model, **result})
     return 0
 
 
@@ -226,6 +233,7 @@ def _cmd_map(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_map(model, scene, config, out)
     print(f"wrote {out}: ground truth | prediction | errors (white changed, red false alarm, green missed)")
+    record_summary(args, {"model": config.model, "out": str(out), "pixels": int(scene.labels.size)})
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from visionlens.checks import FlatList, comma_list, count, number
+from visionlens.cli import add_json_option, record_summary
 
 SEED = count(minimum=0, maximum=2**32 - 1)
 
@@ -31,6 +32,7 @@ def register(subparsers) -> None:
     e.add_argument("--threads", type=count(), default=1, help="torch CPU threads (default 1)")
     e.add_argument("--out", required=True, help="Markdown file for the table (a .json with the raw counts is written next to it)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_option(e)
     e.set_defaults(func=_evaluate)
 
 
@@ -67,4 +69,5 @@ def _evaluate(args) -> int:
     write_json(raw_to_dict(raw), json_path, indent=1)
     print(table, end="")
     print(f"wrote {out} and {json_path}")
+    record_summary(args, {**raw_to_dict(raw), "written": [str(out), str(json_path)]})
     return 0

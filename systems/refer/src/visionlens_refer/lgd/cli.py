@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from visionlens.checks import count, number
+from visionlens.cli import add_json_option, record_summary
 
 # synthetic:SPLIT:INDEX is sample INDEX of the benchmark, which renders samples 0..INDEX in order (a
 # sample's scene depends on every earlier one: scenes without an expression of the turn's kind are
@@ -59,6 +60,7 @@ def register(subparsers) -> None:
                    help="cpu, cuda, cuda:N or auto (CUDA when available), for local SAM, CLIP and MLLM models")
     p.add_argument("--out", default="visionlens-refer", help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_option(p)
     p.set_defaults(func=_cmd_refer)
 
 
@@ -147,6 +149,7 @@ def _cmd_benchmark(args) -> int:
     save_atomic(lambda t: Path(t).write_text(table + "\n"), out / "ablation.md")
     print(table)
     print(f"wrote {out / 'ablation.json'} and {out / 'ablation.md'}")
+    record_summary(args, {**result, "written": [str(out / "ablation.json"), str(out / "ablation.md")]})
     return 0
 
 
@@ -184,6 +187,7 @@ def _cmd_refcoco(args) -> int:
     skipped = len(result["skipped"])
     print(f"{args.dataset} {args.split}: n={s['n']} oIoU {100 * s['oIoU']:.2f} mIoU {100 * s['mIoU']:.2f} "
           f"Pr@0.5 {100 * s['Pr@0.5']:.2f}; {skipped} skipped; wrote {out / 'refcoco_eval.json'}")
+    record_summary(args, {**result, "written": [str(out / "refcoco_eval.json")]})
     return 1 if skipped else 0
 
 
@@ -301,6 +305,7 @@ def _cmd_single(args) -> int:
     for k, v in result.descriptions.items():
         print(f"  {k}: {v}")
     print(f"wrote {out / 'overlay.png'}, {out / 'mask.png'} and {out / 'scores.json'}")
+    record_summary(args, {**report, "written": [str(out / f) for f in ("overlay.png", "mask.png", "scores.json")]})
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from visionlens.checks import count, number
+from visionlens.cli import JSON_HELP, add_json_option, record_summary
 from visionlens.errors import InputError
 
 PROMPTS = ("text", "point", "scribble")
@@ -77,11 +78,15 @@ def _cmd_train(args) -> int:
                    config=config, resume=not args.no_resume, progress=not args.quiet, time_limit=args.time_limit)
     print(f"trained {result['steps']} steps in {result['seconds']:.0f} s; checkpoint {args.out} "
           f"(resume by running the same command; final loss {result['history'][-1]['loss']:.3f})")
+    summary = {"checkpoint": str(args.out), "steps": result["steps"], "seconds": result["seconds"],
+               "final_loss": result["history"][-1]["loss"], "history": result["history"]}
     if args.eval_samples:
         from .data import synthetic_refhuman
 
         val = synthetic_refhuman(args.eval_samples, seed=args.seed + 10_000, size=args.size)
-        print(dumps(evaluate_model(result["model"], val, "text"), indent=None))
+        summary["eval"] = evaluate_model(result["model"], val, "text")
+        print(dumps(summary["eval"], indent=None))
+    record_summary(args, summary)
     return 0
 
 
@@ -91,7 +96,7 @@ def _cmd_eval(args) -> int:
     from .evaluate import evaluate_model
     from .inference import load_uniphd
 
-    _prepare_out(args.json)
+    _prepare_out(_json_file(args))
     model = load_uniphd(args.weights)
     args.size = model.config.image_size
     samples = _samples(args, 300)
@@ -106,9 +111,20 @@ def _cmd_eval(args) -> int:
     for r in rows:
         print(f"{r['prompt']:20s} {100 * r['pose_AP']:8.1f} {100 * r['pose_AP50']:6.1f} {100 * r['mask_AP']:8.1f} "
               f"{100 * r['PCKh@0.5']:6.1f} {100 * r['oIoU']:6.1f} {100 * r['mIoU']:6.1f}")
-    if args.json:
+    if _json_file(args):
         write_json(rows, args.json)
+    record_summary(args, {"rows": rows, "skipped": skipped})
     return EXIT_SKIPPED if skipped else 0
+
+
+def _json_file(args) -> str | None:
+    """The FILE of ``--json FILE`` (None for a bare ``--json``: the summary goes to stdout)."""
+    return args.json if isinstance(args.json, str) else None
+
+
+def _add_json_file_option(parser) -> None:
+    parser.add_argument("--json", nargs="?", const=True, default=None, metavar="FILE",
+                        help=f"{JSON_HELP}; with FILE, write it to FILE instead")
 
 
 def _report_skipped(rows: list[dict]) -> int:
@@ -180,7 +196,7 @@ def _cmd_predict(args) -> int:
     h, w = image.shape[:2]
     pts = None if kind == "text" else _prompt_points(args, kind, w, h)
     out = Path(args.out or Path(args.image).with_suffix("").name + "_pose.png")
-    for dest in (out, args.json):
+    for dest in (out, _json_file(args)):
         _prepare_out(dest)
     model = load_uniphd(args.weights)
     size = model.config.image_size
@@ -196,10 +212,12 @@ def _cmd_predict(args) -> int:
     _check_result(res)
     overlay = draw_overlay(image, res["keypoints"][0], res["masks"][0], pts, max(1, 384 // max(h, w)))
     save_atomic(lambda tmp: overlay.save(tmp, format="PNG"), out)
-    if args.json:
-        write_json({"score": float(res["scores"][0]), "keypoints": res["keypoints"][0].tolist(),
-                    "box": res["boxes"][0].tolist(), "mask_area": int(res["masks"][0].sum())}, args.json)
+    summary = {"score": float(res["scores"][0]), "keypoints": res["keypoints"][0].tolist(),
+               "box": res["boxes"][0].tolist(), "mask_area": int(res["masks"][0].sum())}
+    if _json_file(args):
+        write_json(summary, args.json)
     print(f"{kind} prompt -> person score {res['scores'][0]:.2f}, mask {int(res['masks'][0].sum())} px; wrote {out}")
+    record_summary(args, {**summary, "prompt": kind, "overlay": str(out)})
     return 0
 
 
@@ -218,6 +236,8 @@ def _cmd_synth(args) -> int:
     print(f"try: visionlens pose predict {out / 'images' / s.file_name} --text \"{s.caption}\"  "
           f"(or --point {int(xs[mid])},{int(ys[mid])})")
     print(f"     visionlens pose eval --data {ann} --images {out / 'images'}")
+    record_summary(args, {"samples": len(samples), "images": len({x.file_name for x in samples}),
+                          "annotations": str(ann), "image_folder": str(out / "images")})
     return 0
 
 
@@ -248,13 +268,14 @@ def register(subparsers) -> None:
     t.add_argument("--no-resume", action="store_true", help="start from scratch even if --out exists")
     t.add_argument("--eval-samples", type=count(minimum=0), default=0,
                    help="evaluate on this many held-out synthetic samples")
+    add_json_option(t)
     t.set_defaults(func=_cmd_train)
     e = sub.add_parser("eval", help="pose AP, mask AP, PCKh, oIoU/mIoU per prompt kind")
     _data_args(e)
     e.add_argument("--weights", default=None, help="weights/checkpoint (default: the packaged synthetic model)")
     e.add_argument("--prompt", choices=PROMPTS + ("all",), default="all", help="prompt kind to score")
     e.add_argument("--control", action="store_true", help="also score the prompt-agnostic control")
-    e.add_argument("--json", default=None, help="write the metrics here")
+    _add_json_file_option(e)
     e.set_defaults(func=_cmd_eval, size=96)
     p = sub.add_parser("predict", help="keypoints + mask of the person a prompt refers to, as a PNG overlay")
     p.add_argument("image", help="image file")
@@ -263,11 +284,12 @@ def register(subparsers) -> None:
     p.add_argument("--scribble", default=None, help='"x,y;x,y;..." pixels on the person')
     p.add_argument("--weights", default=None, help="weights/checkpoint (default: the packaged synthetic model)")
     p.add_argument("--out", default=None, help="overlay PNG (default: IMAGE_pose.png in the current folder)")
-    p.add_argument("--json", default=None, help="also write keypoints, box and score as JSON")
+    _add_json_file_option(p)
     p.set_defaults(func=_cmd_predict)
     g = sub.add_parser("synth", help="write synthetic scenes as a RefHuman-format set (annotations.json + images/)")
     g.add_argument("--n", type=count(), default=20, help="number of referring samples")
     g.add_argument("--seed", type=SEED, default=0, help="seed of the synthetic scenes")
     g.add_argument("--size", type=_size(), default=96, help=f"image side in pixels, 32 to {MAX_SIZE}")
     g.add_argument("--out", default="pose-synth", help="output folder")
+    add_json_option(g)
     g.set_defaults(func=_cmd_synth)

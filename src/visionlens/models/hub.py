@@ -1,0 +1,235 @@
+"""Model specs as the ecosystem means them: ``timm:NAME``, ``torchvision:NAME`` and ``hf:ID`` (or
+``hf:LOCAL_DIR``), each with the preprocessing and class names of its own config.
+
+Without a weights file, ``timm:`` and ``torchvision:`` load the library's pretrained weights
+(downloaded on first use into the library's own cache, as ``timm.create_model(pretrained=True)``
+and torchvision's weights enums do); with a file, the architecture's pretrained config still
+gives the preprocessing. ``hf:`` goes through ``from_pretrained`` of the model and its image
+processor. A download that cannot happen is one line naming the offline route."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import InputError, display
+from .preprocessing import Preprocess
+
+PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:160]}"
+
+
+def _require(module: str, extra: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InputError(f"{module} is not installed; pip install 'visionlens[{extra}]'") from None
+
+
+def _closest(name: str, names: list[str], what: str) -> InputError:
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=4) or names[:4]
+    return InputError(f"unknown {what} '{name}'; close names: {', '.join(close)}")
+
+
+# --- timm ------------------------------------------------------------------------------------
+
+def timm_preprocess(module: nn.Module) -> Preprocess:
+    """The evaluation preprocessing of timm's data config for ``module`` (what
+    ``timm.data.create_transform(**resolve_data_config({}, model=module))`` does)."""
+    timm_data = _require("timm.data", "timm")
+    config = timm_data.resolve_data_config({}, model=module)
+    _, height, width = config["input_size"]
+    if height != width:
+        raise InputError(f"non-square input size {height}x{width} is not supported yet")
+    crop_pct = config.get("crop_pct") or 1.0
+    mode = config.get("crop_mode", "center")
+    if mode not in ("center", "squash"):
+        raise InputError(f"timm crop mode '{mode}' is not supported; give a Preprocess in the API")
+    return Preprocess(
+        resize=math.floor(height / crop_pct), crop=height, mean=tuple(config["mean"]), std=tuple(config["std"]),
+        interpolation=config.get("interpolation", "bilinear"), squash=mode == "squash",
+    )
+
+
+def timm_model(name: str, num_classes: int | None = None, pretrained: bool = False) -> nn.Module:
+    """``timm.create_model(name)``; an unknown name is one line with the closest names; a pretrained
+    download that fails is one line naming ``--weights``."""
+    timm = _require("timm", "timm")
+    if name not in timm.list_models(pretrained=False) and name not in timm.list_models(pretrained=True):
+        raise _closest(name, timm.list_models(), "timm model")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as err:  # the hub is unreachable, or the name has no pretrained weights
+        raise InputError(f"cannot load the pretrained weights of timm:{name} ({_one_line(err)}); "
+                         "on a machine without internet give a local file with --weights FILE") from None
+
+
+# --- torchvision -----------------------------------------------------------------------------
+
+def torchvision_weights(name: str):
+    """The ``DEFAULT`` entry of the architecture's weights enum, or None when it has none."""
+    tvm = _require("torchvision.models", "torchvision")
+    try:
+        return tvm.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return None
+
+
+def torchvision_preprocess(weights) -> Preprocess:
+    """The preprocessing of a torchvision weights entry (its ``transforms()``)."""
+    transform = weights.transforms()
+    crop = getattr(transform, "crop_size", [224])[0]
+    resize = getattr(transform, "resize_size", [256])[0]
+    interpolation = getattr(getattr(transform, "interpolation", None), "value", "bilinear")
+    return Preprocess(resize=resize, crop=crop, mean=tuple(transform.mean), std=tuple(transform.std),
+                      interpolation=interpolation)
+
+
+def torchvision_model(name: str, num_classes: int | None = None, pretrained: bool = False) -> nn.Module:
+    """``torchvision.models.get_model(name)``; pretrained through the DEFAULT weights enum (cached
+    under ``torch.hub.get_dir()``); failures are one line."""
+    tvm = _require("torchvision.models", "torchvision")
+    names = tvm.list_models()  # classifiers, detectors, segmenters, video and optical-flow models
+    if name not in names:
+        raise _closest(name, names, "torchvision model")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if "weights_backbone" in inspect.signature(tvm.get_model_builder(name)).parameters:
+        kwargs["weights_backbone"] = None  # detectors and segmenters: nothing downloaded for the backbone
+    if not pretrained:
+        return tvm.get_model(name, weights=None, **kwargs)
+    weights = torchvision_weights(name)
+    if weights is None:
+        raise InputError(f"torchvision:{name} has no pretrained weights; give a local file with --weights FILE")
+    try:
+        return tvm.get_model(name, weights=weights, **kwargs)
+    except Exception as err:
+        raise InputError(f"cannot load the pretrained weights of torchvision:{name} ({_one_line(err)}); "
+                         "on a machine without internet give a local file with --weights FILE") from None
+
+
+def dense_task(module: nn.Module) -> str | None:
+    """``"detection"`` for torchvision's detectors, ``"segmentation"`` for its semantic segmenters,
+    None for anything else."""
+    try:
+        from torchvision.models import detection, segmentation
+    except ImportError:
+        return None
+    detectors = (detection.generalized_rcnn.GeneralizedRCNN, detection.retinanet.RetinaNet, detection.fcos.FCOS,
+                 detection.ssd.SSD)
+    if isinstance(module, detectors):
+        return "detection"
+    segmenters = (segmentation.fcn.FCN, segmentation.deeplabv3.DeepLabV3, segmentation.lraspp.LRASPP)
+    return "segmentation" if isinstance(module, segmenters) else None
+
+
+# --- Hugging Face ----------------------------------------------------------------------------
+
+def _size_side(size, *keys) -> int | None:
+    for key in keys:
+        value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        if value:
+            return int(value)
+    return None
+
+
+def hf_preprocess(processor) -> Preprocess:
+    """The preprocessing of a Hugging Face image processor (resize, optional centre crop or
+    ``crop_pct``, rescale to [0, 1], normalise)."""
+    size = getattr(processor, "size", None) or {}
+    crop_size = getattr(processor, "crop_size", None) or {}
+    height, width = _size_side(size, "height"), _size_side(size, "width")
+    if height and width and height != width:
+        raise InputError(f"the image processor resizes to {height}x{width}; only square sizes are supported yet")
+    short = _size_side(size, "shortest_edge")
+    center = bool(getattr(processor, "do_center_crop", False))
+    crop = _size_side(crop_size, "height") if center else None
+    crop_pct = getattr(processor, "crop_pct", None)
+    if height:
+        resize, crop, squash = height, crop or height, True
+    elif short and crop_pct and short < 384:  # ConvNeXt-style: resize short/crop_pct, crop short
+        resize, crop, squash = int(short / crop_pct), short, False
+    elif short and crop:
+        resize, squash = short, False
+    elif short:
+        resize, crop, squash = short, short, True
+    else:
+        raise InputError("the image processor gives no image size; give a Preprocess in the API")
+    mean = tuple(getattr(processor, "image_mean", None) or (0.0, 0.0, 0.0))
+    std = tuple(getattr(processor, "image_std", None) or (1.0, 1.0, 1.0))
+    if not getattr(processor, "do_normalize", True):
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    resample = getattr(processor, "resample", 2)
+    interpolation = PIL_RESAMPLE_NAMES.get(int(getattr(resample, "value", resample)), "bilinear")
+    return Preprocess(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation, squash=squash)
+
+
+def hf_class_names(config) -> tuple[str, ...] | None:
+    """Class names from ``config.id2label`` in index order; None for the placeholder
+    ``LABEL_i`` names or a model without a head."""
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label[i]) for i in sorted(id2label, key=int)] if id2label else []
+    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return None
+    return tuple(names)
+
+
+def hf_model(source: str):
+    """``(module, processor)`` for ``hf:ORG/NAME`` or a local folder: the image-classification model
+    when the config has one, else the bare backbone (``AutoModel``)."""
+    transformers = _require("transformers", "hf")
+    where = display(source) if Path(source).exists() else source
+    try:
+        config = transformers.AutoConfig.from_pretrained(source)
+        processor = transformers.AutoImageProcessor.from_pretrained(source)
+    except Exception as err:
+        local = Path(source).exists()
+        hint = ("the folder needs config.json and preprocessor_config.json (save_pretrained of the model "
+                "and its image processor)") if local else (
+                "on a machine without internet, save it with save_pretrained and give hf:LOCAL_DIR")
+        raise InputError(f"cannot load hf:{where} ({_one_line(err)}); {hint}") from None
+    try:
+        with _quiet_transformers(transformers):
+            module = _auto_class(transformers, config).from_pretrained(source)
+    except Exception as err:
+        raise InputError(f"cannot load the weights of hf:{where} ({_one_line(err)})") from None
+    return module, processor
+
+
+def _auto_class(transformers, config):
+    """The image-classification auto class when the saved architecture is a classifier (or none is
+    named and the config type has one), else the bare backbone's ``AutoModel``."""
+    saved = getattr(config, "architectures", None) or []
+    if saved:
+        is_classifier = any(name.endswith("ForImageClassification") for name in saved)
+    else:
+        is_classifier = type(config) in transformers.AutoModelForImageClassification._model_mapping
+    return transformers.AutoModelForImageClassification if is_classifier else transformers.AutoModel
+
+
+class _quiet_transformers:
+    """Turn transformers' per-tensor loading bars off for the call (the global setting restored)."""
+
+    def __init__(self, transformers):
+        self.logging = transformers.utils.logging
+
+    def __enter__(self):
+        self.was_on = self.logging.is_progress_bar_enabled()
+        self.logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        if self.was_on:
+            self.logging.enable_progress_bar()

@@ -1,0 +1,76 @@
+"""``visionlens serve``: start the explorer (the ``serve`` extra) on 127.0.0.1 unless ``--host`` says otherwise."""
+
+from __future__ import annotations
+
+from ..checks import count
+
+DEFAULT_MODEL = "mobilenet_v2"
+
+
+def _cmd_serve(args) -> int:
+    from ..errors import InputError
+
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as err:
+        raise InputError(f"`visionlens serve` needs the serve extra ({err.name} is missing): "
+                         "pip install 'visionlens[serve]'") from None
+    from ..models import load_model
+    from .explorer import Explorer
+
+    images = _images_folder(args)
+    for flag, folder in (("--images", images), ("--results", args.results)):
+        Explorer.folder(folder, flag)  # a bad folder fails before the models load
+    _check_port(args.host, args.port)
+    specs = list(dict.fromkeys(args.model or [DEFAULT_MODEL]))
+    models = {spec: load_model(spec, device=args.device) for spec in specs}
+    explorer = Explorer(models, images=images, results=args.results,
+                        max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels)
+    print(f"visionlens explorer: http://{args.host}:{args.port}/ (models: {', '.join(models)}; Ctrl-C stops it)", flush=True)
+    uvicorn.run(create_app(explorer), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """One :class:`InputError` line when ``host:port`` cannot be listened on (in use, or not this machine's)."""
+    import socket
+
+    from ..errors import InputError
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot listen on {host}:{port} ({err.strerror or err}); choose another --port or --host") from None
+
+
+def _images_folder(args):
+    """``--images``, or with ``--samples`` the folder of the bundled ImageNet sample photos."""
+    if not args.samples:
+        return args.images
+    from ..errors import InputError
+
+    if args.images is not None:
+        raise InputError("give --images DIR or --samples, not both")
+    from ..data.samples import sample_images
+
+    return sample_images("imagenet")[0].parent
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="interactive explorer in the browser: maps of uploaded or listed images "
+                                            "(needs the serve extra)")
+    p.add_argument("--model", action="append", default=None,
+                   help="zoo model or model spec to load once and keep (repeat for several; default mobilenet_v2)")
+    p.add_argument("--images", default=None, help="folder whose images the page lists (nothing outside it is served)")
+    p.add_argument("--samples", action="store_true", help="list the bundled sample photos (instead of --images)")
+    p.add_argument("--results", default=None, help="folder of `visionlens evaluate` results whose report cards the page opens")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=count(maximum=65535), default=8000, help="port (default 8000)")
+    p.add_argument("--device", default="auto", help="device of the models: cpu, cuda, cuda:N or auto (CUDA when available)")
+    p.add_argument("--max-upload-mb", type=count(maximum=1024), default=20, help="largest upload in MiB (default 20)")
+    p.add_argument("--max-pixels", type=count(), default=40_000_000,
+                   help="largest upload in pixels, checked before decoding (default 40,000,000)")
+    p.set_defaults(func=_cmd_serve)

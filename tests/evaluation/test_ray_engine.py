@@ -1,0 +1,144 @@
+"""`visionlens evaluate --engine ray` on a real Ray cluster on this machine (a head and one more
+node on 127.0.0.1, started by the module's fixture and always stopped): the one-process run's
+values, an actor that dies mid-run, a driver killed and re-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from visionlens.cli import main
+from visionlens.evaluation import evaluate, read_results
+
+from helpers import kill_after_records, one_error_line
+
+ARGS = {"models": ["world-cnn"], "methods": ["gradcam", "eigencam"], "data": "world:test", "n": 12, "batch_size": 2,
+        "device": "cpu", "step": 1024, "metrics": ["deletion", "pointing-game", "relevance-mass"], "progress": False}
+CLI = ["evaluate", "--models", "world-cnn", "--methods", "gradcam,eigencam", "--data", "world:test", "--n", "12",
+       "--batch-size", "2", "--device", "cpu", "--step", "1024", "--metrics", "deletion,pointing-game,relevance-mass",
+       "--quiet", "--engine", "ray"]
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}  # a test cluster on 127.0.0.1 only
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_cli(*args: str, env: dict) -> None:
+    ray_cli = Path(sys.executable).with_name("ray")
+    done = subprocess.run([str(ray_cli), *args, "--disable-usage-stats"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The address of a Ray head (2 CPUs) plus one worker node (1 CPU), small object stores; stopped
+    at the end whatever the tests did."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'visionlens[ray]')")
+    saved = {k: os.environ.get(k) for k in RAY_ENV}
+    os.environ.update(RAY_ENV)
+    env = {**os.environ}
+    temp = tempfile.mkdtemp(prefix="vlray")  # short: Ray's socket paths live under it
+    address = f"127.0.0.1:{_free_port()}"
+    store = "--object-store-memory=100000000"
+    try:
+        _ray_cli("start", "--head", f"--port={address.split(':')[1]}", "--num-cpus=2", store,
+                 "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", env=env)
+        _ray_cli("start", f"--address={address}", "--num-cpus=1", store, "--node-ip-address=127.0.0.1", env=env)
+        yield address
+    finally:
+        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], env=env,
+                       capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> dict:
+    """The records of the one-process run, by key."""
+    out = tmp_path_factory.mktemp("local")
+    evaluate(out=out, **ARGS)
+    return _by_key(out / "results.jsonl")
+
+
+def _by_key(path: Path) -> dict:
+    return {(r["model"], r["method"], r["image"]): r for r in read_results(path)}
+
+
+def _assert_same_values(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys() and len(expected) == 24
+    for key, rec in expected.items():
+        assert got[key]["predicted"] == rec["predicted"] and got[key]["label"] == rec["label"]
+        assert got[key]["metrics"].keys() == rec["metrics"].keys()
+        for metric, value in rec["metrics"].items():
+            other = got[key]["metrics"][metric]
+            assert (value is None) == (other is None), (key, metric)
+            assert value is None or abs(value - other) <= 1e-6, (key, metric, value, other)
+
+
+def test_ray_run_gives_the_one_process_values_and_survives_a_dead_actor(cluster, one_process, tmp_path,
+                                                                         monkeypatch):
+    from visionlens.evaluation.ray_engine import CRASH_ONCE_ENV, RayEngine
+
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(CRASH_ONCE_ENV, str(marker))  # the first batch's actor process exits; Ray restarts it
+    out = tmp_path / "ray"
+    evaluate(out=out, engine=RayEngine(address=cluster, workers=2), **ARGS)
+    assert marker.exists(), "no actor died: the retry was not exercised"
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 24  # the retried batch's records are written once
+    _assert_same_values(_by_key(out / "results.jsonl"), one_process)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"]["engine"] == {"engine": "ray", "address": cluster, "workers": 2, "gpus_per_worker": 0.0}
+    assert (out / "examples" / "world-cnn.gradcam.0.png").stat().st_size > 0
+
+
+def test_driver_killed_then_rerun_resumes_with_nothing_lost_or_duplicated(cluster, one_process, tmp_path):
+    out = tmp_path / "killed"
+    results = out / "results.jsonl"
+    cmd = [sys.executable, "-m", "visionlens", *CLI, "--address", cluster, "--workers", "1", "--out", str(out)]
+    kill_after_records(cmd, results, records=4)  # one batch of two methods written
+    partial = _by_key(results)
+    assert 0 < len(partial) < 24 and not (out / "report.csv").exists()
+
+    assert main([*CLI, "--address", cluster, "--workers", "2", "--out", str(out)]) == 0
+    lines = results.read_text().splitlines()
+    assert len(lines) == 24  # nothing lost, nothing duplicated
+    got = _by_key(results)
+    assert all(got[k] == rec for k, rec in partial.items())  # what the killed run wrote stays as it was
+    _assert_same_values(got, one_process)
+
+
+def test_ray_flags_without_the_ray_engine_are_one_line(tmp_path, capsys):
+    assert main(["evaluate", "--workers", "2", "--out", str(tmp_path / "x")]) == 2
+    one_error_line(capsys.readouterr().err, "--workers", "--engine ray")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_core_and_the_local_engine_do_not_import_ray():
+    code = ("import sys, visionlens, visionlens.cli, visionlens.evaluation, visionlens.evaluation.ray_engine as e; "
+            "assert e.engine_for('local', None, None, None) is None; print('ray' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_an_address_where_no_cluster_listens_is_one_line(tmp_path, capsys):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'visionlens[ray]')")
+    out = tmp_path / "x"
+    assert main(["evaluate", "--n", "2", "--quiet", "--engine", "ray", "--address", f"127.0.0.1:{_free_port()}",
+                 "--out", str(out)]) == 2
+    one_error_line(capsys.readouterr().err, "--address", "ray start --head")
+    assert not out.exists()  # a run that stops before its first result leaves nothing

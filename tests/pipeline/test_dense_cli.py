@@ -1,0 +1,130 @@
+"""`visionlens explain` on torchvision detectors and segmenters: boxes and classes as --target, the
+box drawn, the region shown, a bad item skipped in one line. Random-init weights saved locally
+(the detector's head biased towards one class so that it detects something); no downloads."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import one_error_line, strict_json
+from visionlens.cli import main
+
+tvm = pytest.importorskip("torchvision.models")
+from torchvision.models import detection, segmentation  # noqa: E402
+
+DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"
+SEGMENTER = "lraspp_mobilenet_v3_large"
+CAT = 17  # COCO's "cat"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    det = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
+    with torch.no_grad():  # every proposal scores as a cat: a random detector that detects
+        det.roi_heads.box_predictor.cls_score.bias[CAT] = 8.0
+    torch.save(det.state_dict(), folder / "det.pt")
+    seg = segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None)
+    torch.save(seg.state_dict(), folder / "seg.pt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray((rng.random((240, 320, 3)) * 255).astype("uint8")).save(folder / f"{name}.png")
+    return folder
+
+
+def _explain(capsys, *argv):
+    code = main(["explain", *argv, "--device", "cpu", "--quiet"])
+    return code, capsys.readouterr()
+
+
+def test_detector_explains_its_top_detections_with_boxes(weights, photos, tmp_path, capsys):
+    out = tmp_path / "det"
+    code, io = _explain(capsys, str(photos), "--model", f"torchvision:{DETECTOR}", "--weights", str(weights / "det.pt"),
+                        "--method", "gradcam,eigencam,layercam", "--score-threshold", "0", "--top", "2",
+                        "--out", str(out))
+    assert code == 0, io.err
+    summary = strict_json((out / "summary.json").read_text())
+    assert summary["task"] == "detection" and summary["layer"].startswith("backbone.body.")
+    assert summary["model_source"]["preprocess"]["std"] == [1.0, 1.0, 1.0]  # the detector normalises itself
+    for row in summary["images"]:
+        assert len(row["targets"]) == 2
+        for t in row["targets"]:
+            assert t["name"] == "cat" and 0.0 <= t["score"] <= 1.0 and len(t["box"]) == 4
+            for method, name in t["files"].items():
+                picture = np.asarray(Image.open(out / name).convert("RGB"))
+                x0, y0 = (max(0, int(round(v))) for v in t["box"][:2])
+                assert tuple(picture[y0 + 1, x0 + 5]) == (255, 64, 64) or tuple(picture[y0 + 5, x0 + 1]) == (255, 64, 64)
+            raws = np.load(out / t["raw"])
+            assert set(raws.files) == {"gradcam", "eigencam", "layercam"}
+            assert all(np.isfinite(raws[k]).all() for k in raws.files)
+    assert "<section>" in (out / "index.html").read_text() and "cat" in (out / "index.html").read_text()
+
+
+def test_a_box_target_explains_the_detection_it_overlaps(weights, photos, tmp_path, capsys):
+    first = tmp_path / "first"
+    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{DETECTOR}", "--weights",
+                        str(weights / "det.pt"), "--score-threshold", "0", "--top", "1", "--out", str(first))
+    assert code == 0, io.err
+    box = strict_json((first / "summary.json").read_text())["images"][0]["targets"][0]["box"]
+    shifted = [box[0] + 1, box[1] + 1, box[2] + 1, box[3] + 1]
+    out = tmp_path / "box"
+    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{DETECTOR}", "--weights",
+                        str(weights / "det.pt"), "--target", ",".join(f"{v:.1f}" for v in shifted), "--out", str(out))
+    assert code == 0, io.err
+    target = strict_json((out / "summary.json").read_text())["images"][0]["targets"][0]
+    assert target["why"].startswith("box ") and np.allclose(target["box"], box, atol=1e-3)
+
+
+def test_bad_boxes_are_one_line_before_any_work(weights, photos, tmp_path, capsys):
+    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{DETECTOR}", "--weights",
+                        str(weights / "det.pt"), "--target", "10,10,5,40", "--out", str(tmp_path / "o"))
+    assert code == 2
+    one_error_line(io.err, "x1 > x0")
+    assert not (tmp_path / "o").exists()
+
+
+def test_segmenter_explains_the_largest_class_or_given_classes(weights, photos, tmp_path, capsys):
+    out = tmp_path / "seg"
+    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{SEGMENTER}", "--weights",
+                        str(weights / "seg.pt"), "--method", "gradcam,layercam", "--out", str(out))
+    assert code == 0, io.err
+    summary = strict_json((out / "summary.json").read_text())
+    assert summary["task"] == "segmentation"
+    target = summary["images"][0]["targets"][0]
+    assert target["pixels"] > 0 and target["why"] == "largest"
+    assert (out / target["region"]).is_file() and set(target["files"]) == {"gradcam", "layercam"}
+    # a class named by the user that is present, and one that is not: the first explained, the second noted
+    present = target["name"]
+    absent = next(n for n in ("cat", "dog", "bus") if n != present)
+    out2 = tmp_path / "seg2"
+    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{SEGMENTER}", "--weights",
+                        str(weights / "seg.pt"), "--target", f"{present},{absent}", "--out", str(out2))
+    row = strict_json((out2 / "summary.json").read_text())["images"][0]
+    if absent in {t["name"] for t in row["targets"]}:
+        pytest.skip("the random segmenter predicts the second class too")
+    assert code == 0 and [t["name"] for t in row["targets"]] == [present]
+    assert row["skipped"][0]["name"] == absent
+
+
+def test_an_image_with_nothing_to_explain_is_skipped_in_one_line(weights, photos, tmp_path, capsys):
+    out = tmp_path / "none"
+    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{SEGMENTER}", "--weights",
+                        str(weights / "seg.pt"), "--target", "__background__,aeroplane,bicycle,bird,boat,bottle",
+                        "--out", str(out))
+    summary = strict_json((out / "summary.json").read_text())
+    if summary["images"]:
+        pytest.skip("the random segmenter predicts one of the six classes")
+    assert code == 1
+    one_error_line(io.err, "a.png", "no pixel of")
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "summary.json"]  # nothing half-written
