@@ -17,6 +17,10 @@ EXIT_FAILED_IMAGES = 1
 EXIT_USAGE = 2
 # intermediate layer (14x14 for 224x224 inputs) shown by `visionlens demo` for Relevance-CAM
 DEMO_RELEVANCE_LAYERS = {"mobilenet_v2": "features.13", "efficientnet_lite0": "_blocks.10"}
+NAFLOW_CLI_MAX_ITER = 20
+NAFLOW_MAX_ITER_HELP = ("naflow: LSMR iteration cap per layer inverse. The command line's default is a quick preview "
+                        "(a MobileNetV2 photo in seconds; a warning says when layers stop before converging); the "
+                        "converged maps need up to 1000 (minutes per photo on a CPU; see docs/naflow.md)")
 MODEL_HELP = ("zoo model (list them with `visionlens models`) or model spec: timm:NAME, torchvision:NAME (pretrained, "
               "or with --weights), hf:ORG/NAME or hf:LOCAL_DIR (from_pretrained)")
 WEIGHTS_HELP = ("local state-dict file for a zoo or torchvision:/timm: model ('module.'/'model.' prefixes and "
@@ -79,6 +83,7 @@ def _cmd_explain(args) -> int:
     summary = explain_files(
         images, model, methods, layer=args.layer, target=target, out_dir=args.out,
         batch_size=args.batch_size, progress=not args.quiet, bank=args.bank, cmap=args.cmap,
+        max_iter=args.max_iter,
     )
     n_ok, n_bad = len(summary["images"]), len(summary["failures"])
     print(f"explained {n_ok} image(s) with {', '.join(methods)} on {model.name}; "
@@ -282,6 +287,7 @@ def _cmd_explain_pair(args) -> int:
     pair = method.pair(xa, xb)
     layers = list(pair.query.flow_layers)
     summary = {"model": model.name, "metric": args.metric, "methods": ["naflow"], "max_iter": args.max_iter,
+               "converged": all(getattr(p, "converged", True) for p in (pair.query, pair.reference)),
                "sfam_options": _sfam_options(args), "query": str(args.a), "reference": str(args.b),
                "similarity": float(pair.scores[0]), "device": str(model.device), "versions": versions()}
     flows = (pair.query.flow[0].cpu().numpy(), pair.reference.flow[0].cpu().numpy())
@@ -359,6 +365,7 @@ def _parser_explain(sub) -> None:
     p.add_argument("--batch-size", type=count(maximum=4096), default=16, help="images per forward/backward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--bank", default=None, help="k-NN memory bank (from `visionlens bank`) for DAAM on a self-supervised model")
+    p.add_argument("--max-iter", type=count(maximum=100_000), default=NAFLOW_CLI_MAX_ITER, help=NAFLOW_MAX_ITER_HELP)
     _add_cmap_option(p)
     p.set_defaults(func=_cmd_explain)
 
@@ -429,7 +436,7 @@ def _parser_explain_pair(sub) -> None:
     p.add_argument("a", help="first image (query)")
     p.add_argument("b", help="second image (reference)")
     _add_similarity_options(p)
-    p.add_argument("--max-iter", type=count(maximum=100_000), default=20, help="naflow: LSMR iteration cap per layer inverse")
+    p.add_argument("--max-iter", type=count(maximum=100_000), default=NAFLOW_CLI_MAX_ITER, help=NAFLOW_MAX_ITER_HELP)
     p.add_argument("--out", default="visionlens-pair", help="output folder")
     _add_cmap_option(p)
     p.set_defaults(func=_cmd_explain_pair)
@@ -604,16 +611,17 @@ def _one_line(err: BaseException) -> str:
 
 @contextlib.contextmanager
 def _warnings_as_lines():
-    """visionlens's own warnings (e.g. a flat map) as one ``warning:`` line on stderr each, once."""
+    """visionlens's own warnings (a flat map, an unconverged solve) as one ``warning:`` line on
+    stderr each, once."""
     import warnings
 
-    from .errors import FlatMapWarning
+    from .errors import VisionlensWarning
 
     shown: list[str] = []
     previous = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if not issubclass(category, FlatMapWarning):
+        if not issubclass(category, VisionlensWarning):
             return previous(message, category, filename, lineno, file, line)
         text = " ".join(str(message).split())
         if text not in shown:

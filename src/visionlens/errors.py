@@ -29,9 +29,18 @@ class LRPError(VisionlensError, ValueError):
     """A module or operation that the LRP engine has no rule for (the message says how to add one)."""
 
 
-class FlatMapWarning(UserWarning):
+class VisionlensWarning(UserWarning):
+    """A result that is computed but needs the user's attention (the CLI shows it as one line)."""
+
+
+class FlatMapWarning(VisionlensWarning):
     """A map that is all zero or constant: it explains nothing (the message names the layer and
     what to try, e.g. the usual layer)."""
+
+
+class NotConvergedWarning(VisionlensWarning):
+    """An iterative solve (NAFlow's layer inverses) stopped at its iteration cap: the maps are
+    approximate (the message says how far off and which option to raise)."""
 
 
 def display(path) -> str:

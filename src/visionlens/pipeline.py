@@ -8,6 +8,7 @@ HTML page. Images that fail are listed in the summary and leave no files behind.
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +21,7 @@ from .core.progress import Progress
 from .core.result import Explanation
 from .core.targets import Target
 from .data.images import load_image
-from .errors import ImageLoadError, InputError, VisionlensError, display
+from .errors import ImageLoadError, InputError, VisionlensError, VisionlensWarning, display
 from .methods import METHODS
 from .models.zoo import ZooModel, load_model, resolve_device
 from .viz.flow import flow_strip, save_flow_gif
@@ -38,20 +39,24 @@ def parse_method(spec: str) -> tuple[str, str | None]:
     return name.strip(), layer.strip() or None
 
 
-def make_method(name: str, model: ZooModel, layer=None, bank=None):
+def make_method(name: str, model: ZooModel, layer=None, bank=None, max_iter: int | None = None):
     """Instantiate method ``name`` on ``model`` at ``layer`` (the model's default when None).
 
     ``name`` may carry its own layer, ``METHOD@LAYER`` (e.g. ``relevance-cam@features.13``), which
     takes precedence over ``layer``. Methods that use every block (``daam``, ``rollout``) take only
-    their own ``@LAYER``; ``bank`` (a k-NN memory bank or its file) goes to methods that use one."""
+    their own ``@LAYER``; ``bank`` (a k-NN memory bank or its file) goes to methods that use one,
+    ``max_iter`` to methods with an iterative solve (NAFlow)."""
     name, own_layer = parse_method(name)
     if name not in METHODS:
         raise InputError(f"unknown method '{name}'; choose from: {', '.join(METHODS)}")
     cls = METHODS[name]
+    options = {"max_iter": max_iter} if max_iter is not None and getattr(cls, "iterative", False) else {}
     if not getattr(cls, "uses_layer", True):
-        return cls(model.module, own_layer, **({"bank": bank} if getattr(cls, "uses_bank", False) else {}))
+        if getattr(cls, "uses_bank", False):
+            options["bank"] = bank
+        return cls(model.module, own_layer, **options)
     layer = own_layer if own_layer is not None else layer
-    return cls(model.module, layer if layer is not None else model.layer)
+    return cls(model.module, layer if layer is not None else model.layer, **options)
 
 
 def _as_batch(inputs, model: ZooModel) -> torch.Tensor:
@@ -147,6 +152,7 @@ def explain_files(
     title: str | None = None,
     bank=None,
     cmap: str | None = None,
+    max_iter: int | None = None,
 ) -> dict:
     """Explain image files and write outputs to ``out_dir``; return the summary (also written as
     ``summary.json``). A method may be ``METHOD@LAYER`` to use its own layer instead of ``layer``
@@ -164,9 +170,11 @@ def explain_files(
         raise InputError("no images given")
     classes = _class_list(target)
     cmap = check_cmap(cmap) if cmap is not None else None
-    explainers = {m: make_method(m, model, layer, bank) for m in methods}
+    explainers = {m: make_method(m, model, layer, bank, max_iter) for m in methods}
     probe = torch.zeros(1, 3, model.preprocess.crop, model.preprocess.crop)
-    probes = explain_classes(explainers, probe, classes)  # a bad layer or target fails here
+    with warnings.catch_warnings():  # a blank probe's flat or unconverged maps say nothing of the images
+        warnings.simplefilter("ignore", VisionlensWarning)
+        probes = explain_classes(explainers, probe, classes)  # a bad layer or target fails here
     keys = list(probes)
     flow_methods = [name for name, r in probes.items() if r.flow is not None]
     names_of = lambda stem: file_names(output_files(stem, keys, flow_methods))  # noqa: E731

@@ -106,3 +106,23 @@ def test_a_module_without_an_inverse_is_named():
 
     with pytest.raises(LayerError, match="Mystery"):
         check_invertible(nn.Sequential(nn.Conv2d(1, 1, 1), Mystery()))
+
+
+def test_dropped_rows_impose_nothing_and_the_solve_is_reported():
+    from visionlens.methods.naflow.inverse import conv_solve
+
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 8, 3, padding=1).double()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    keep = conv(x).detach() > 0  # the units a ReLU after the conv leaves active
+    target = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    other = torch.where(keep, target, 100 * torch.randn_like(target))  # differs only where a unit is inactive
+    options = SolverOptions(float64=True, atol=1e-12, btol=1e-12, max_iter=2000)
+    v, report = conv_solve(conv, x, target, options, keep)
+    w, _ = conv_solve(conv, x, other, options, keep)
+    torch.testing.assert_close(v, w, rtol=0, atol=1e-8)
+    assert report.converged and set(report.stop) <= {"solved", "least_squares"}
+    assert report.rows == tuple(int(k) for k in keep.flatten(1).sum(1)) and report.equations == 8 * 36
+    assert all(0 < it < 2000 for it in report.iterations)
+    capped = conv_solve(conv, x, target, SolverOptions(float64=True, atol=1e-12, btol=1e-12, max_iter=3), keep)[1]
+    assert capped.stop == ("max_iter", "max_iter") and not capped.converged

@@ -116,8 +116,11 @@ def test_cli_explain_pair_naflow_writes_both_flows(tmp_path, capsys):
     rc = main(["explain-pair", *files, "--model", "world-metric", "--method", "naflow", "--max-iter", "2",
                "--device", "cpu", "--out", str(out)])
     assert rc == 0
+    # 2 iterations per layer: the pair is written, with one line saying the solves did not converge
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: naflow:")]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["layers"][-1] == "trunk.layer3" and len(summary["layers"]) == 6
+    assert summary["converged"] is False
     for role in ("query", "match"):
         for key in ("view", "overlay", "flow", "gif"):
             assert (out / summary["files"][role][key]).is_file()

@@ -12,9 +12,15 @@ using what the forward pass stored (the input ``X``):
 * ``Conv2d`` (zero padding): least squares ``argmin_v ||conv(v) - (B - b)||`` by LSMR with
   ``conv2d`` as the operator and ``conv_transpose2d`` as its adjoint (never a dense Jacobian);
 * anything else (residual blocks, inverted residuals, TF-"SAME" convs, merged chains): a
-  composite ``f``, linearised at the stored input with ``torch.func.jvp`` and ``torch.func.vjp``; least squares ``argmin_v ||J v - (B - o)||`` with the offset
+  composite ``f``, linearised at the stored input (:func:`linearized`: ``J^T u`` and ``J v``
+  from one autograd graph); least squares ``argmin_v ||J v - (B - o)||`` with the offset
   ``o = f(X) - J X`` (the affine map at the operating point, exact for piecewise-linear ``f``)
   or, for parity with ``ly9802/NAFlow``, ``o = f(0)``.
+
+The least-squares inverses take ``keep``, the output units whose equations count: NAFlow passes
+the mask of the ReLU after the layer (:func:`inactive_units`), so the inverse is that of
+ReLU-after-conv, whose Jacobian has zero rows at inactive units (they impose nothing). Each
+returns a :class:`SolveReport` (iterations, residual, stop reason per sample).
 
 The solver (``lsmr``) follows Fong & Saunders (SIAM J. Sci. Comput. 2011), as SciPy's
 ``scipy.sparse.linalg.lsmr`` with ``damp = 0``, but every scalar is a per-sample ``(B,)`` tensor,
@@ -23,7 +29,6 @@ so a batch is solved at once and each sample stops at its own convergence test.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -35,6 +40,8 @@ from ...errors import LayerError
 
 ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardtanh, nn.Dropout,
                nn.Dropout2d, nn.Identity, nn.PReLU, nn.Mish)
+# activations whose derivative is 0 or 1: the layer before them is inverted with their mask folded in
+ZERO_MASK = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 
 
 @dataclass
@@ -90,7 +97,35 @@ def lsmr(matvec: Callable[[torch.Tensor], torch.Tensor], rmatvec: Callable[[torc
          max_iter: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve ``min ||A x - b||`` per sample for a batched linear operator (``matvec``: ``(B, *x_shape)``
     to ``b``'s shape, ``rmatvec`` its adjoint). Returns ``(x, iterations)``; ``x`` is the
-    minimum-norm solution for consistent underdetermined systems (started from zero)."""
+    minimum-norm least-squares solution (started from zero). :func:`lsmr_solve` also reports
+    residuals and stop reasons."""
+    result = lsmr_solve(matvec, rmatvec, b, x_shape, atol, btol, conlim, max_iter)
+    return result.x, result.iterations
+
+
+@dataclass
+class LsmrResult:
+    """``x`` and, per sample, ``iterations``, the residual norm ``normr = ||b - A x||``,
+    ``normar = ||A^T r||``, the estimate ``normA`` of ``||A||_F``, ``normb`` and the ``stop`` code
+    (see :data:`STOP_REASONS`)."""
+
+    x: torch.Tensor
+    iterations: torch.Tensor
+    normr: torch.Tensor
+    normar: torch.Tensor
+    normA: torch.Tensor
+    normb: torch.Tensor
+    stop: torch.Tensor
+
+
+# LSMR's stop codes (as SciPy's istop, 7 = iteration cap reached)
+STOP_REASONS = {0: "zero_target", 1: "solved", 2: "least_squares", 3: "ill_conditioned", 7: "max_iter"}
+
+
+def lsmr_solve(matvec: Callable[[torch.Tensor], torch.Tensor], rmatvec: Callable[[torch.Tensor], torch.Tensor],
+               b: torch.Tensor, x_shape: tuple[int, ...], atol: float = 1e-8, btol: float = 1e-8, conlim: float = 1e8,
+               max_iter: int | None = None) -> LsmrResult:
+    """:func:`lsmr` with its diagnostics (:class:`LsmrResult`)."""
     batch = b.shape[0]
     n, m = int(torch.tensor(x_shape).prod()), b[0].numel()
     max_iter = min(m, n) if max_iter is None else int(max_iter)
@@ -111,6 +146,8 @@ def lsmr(matvec: Callable[[torch.Tensor], torch.Tensor], rmatvec: Callable[[torc
     maxrbar, minrbar = zero.clone(), torch.full_like(beta, torch.finfo(beta.dtype).max)
     active = (alpha * beta) != 0
     iters = torch.zeros(batch, dtype=torch.long, device=b.device)
+    stop = torch.where(active, torch.full_like(iters, 7), torch.zeros_like(iters))
+    out_r, out_ar, out_A = beta.clone(), alpha * beta, alpha.clone()
     itn = 0
     while itn < max_iter and bool(active.any()):
         itn += 1
@@ -158,9 +195,45 @@ def lsmr(matvec: Callable[[torch.Tensor], torch.Tensor], rmatvec: Callable[[torc
         test2 = torch.where(normA * normr != 0, _div(normar, normA * normr), torch.full_like(normr, float("inf")))
         test3 = _div(one, condA)
         rtol = btol + atol * _div(normA * normx, normb)
-        done = (test1 <= rtol) | (test2 <= atol) | (test3 <= 1 / conlim) | (normar == 0) | (1 + test2 <= 1)
-        active = active & ~done
-    return x, iters
+        solved, least = test1 <= rtol, (test2 <= atol) | (normar == 0) | (1 + test2 <= 1)
+        code = torch.where(solved, 1, torch.where(least, 2, torch.where(test3 <= 1 / conlim, 3, 7)))
+        stop = torch.where(active, code, stop)
+        out_r, out_ar, out_A = (torch.where(active, new, old) for new, old in ((normr, out_r), (normar, out_ar), (normA, out_A)))
+        active = active & (code == 7)
+    return LsmrResult(x, iters, out_r, out_ar, out_A, normb, stop)
+
+
+@dataclass
+class SolveReport:
+    """How one layer's least-squares inverse ended, per sample: ``iterations``, the relative
+    residual ``residual = ||A v - t|| / ||t||`` and the relative normal-equation residual
+    ``normal_residual = ||A^T r|| / (||A|| ||r||)`` (LSMR's estimates; 0 when ``r = 0``), and the
+    ``stop`` reason: ``"solved"`` (``A v = t`` to ``btol``), ``"least_squares"`` (a least-squares
+    solution to ``atol``), ``"zero_target"``, ``"ill_conditioned"`` or ``"max_iter"`` (not
+    converged). ``rows``: the equations kept (units the ReLU mask leaves active) of ``equations``."""
+
+    layer: str
+    kind: str
+    iterations: tuple[int, ...]
+    residual: tuple[float, ...]
+    normal_residual: tuple[float, ...]
+    stop: tuple[str, ...]
+    rows: tuple[int, ...]
+    equations: int
+
+    @property
+    def converged(self) -> bool:
+        """Every sample stopped on a convergence test (not on the iteration cap)."""
+        return all(s != "max_iter" for s in self.stop)
+
+    @classmethod
+    def from_lsmr(cls, result: LsmrResult, keep: torch.Tensor | None, equations: int) -> "SolveReport":
+        normr, normb = result.normr, result.normb
+        residual = _div(normr, normb)
+        normal = torch.where(normr > 0, _div(result.normar, result.normA * normr), torch.zeros_like(normr))
+        rows = keep.flatten(1).sum(1) if keep is not None else torch.full_like(result.iterations, equations)
+        return cls("", "", tuple(result.iterations.tolist()), tuple(residual.tolist()), tuple(normal.tolist()),
+                   tuple(STOP_REASONS[int(c)] for c in result.stop), tuple(int(r) for r in rows.tolist()), equations)
 
 
 class LinearOperator:
@@ -168,6 +241,17 @@ class LinearOperator:
 
     def __init__(self, matvec, rmatvec, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
         self.matvec, self.rmatvec, self.in_shape, self.out_shape = matvec, rmatvec, tuple(in_shape), tuple(out_shape)
+
+    def rows(self, keep: torch.Tensor) -> "LinearOperator":
+        """The operator with the equations where ``keep`` (``(B, *out_shape)``, bool) is False
+        removed: their rows are zero, so they impose nothing."""
+        def mv(v):
+            return self.matvec(v) * keep.to(v.dtype)
+
+        def rmv(u):
+            return self.rmatvec(u * keep.to(u.dtype))
+
+        return LinearOperator(mv, rmv, self.in_shape, self.out_shape)
 
     def truncated(self) -> "LinearOperator":
         """The reference's square system: the first ``n`` of ``m >= n`` equations (per sample)."""
@@ -184,13 +268,18 @@ class LinearOperator:
 
         return LinearOperator(mv, rmv, self.in_shape, (n,))
 
-    def solve(self, target: torch.Tensor, options: SolverOptions) -> torch.Tensor:
+    def solve(self, target: torch.Tensor, options: SolverOptions,
+              keep: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveReport]:
+        """Least squares ``argmin_v ||A v - target||`` over the rows ``keep`` (all when ``None``)."""
         op = self
+        equations = target[0].numel()
+        if keep is not None:
+            op, target = op.rows(keep), target * keep.to(target.dtype)
         if options.mode == "truncated_square" and target[0].numel() > int(torch.tensor(self.in_shape).prod()):
-            op = self.truncated()
+            op = op.truncated()
             target = target.flatten(1)[:, : int(torch.tensor(self.in_shape).prod())]
-        x, _ = lsmr(op.matvec, op.rmatvec, target, op.in_shape, options.atol, options.btol, max_iter=options.max_iter)
-        return x
+        result = lsmr_solve(op.matvec, op.rmatvec, target, op.in_shape, options.atol, options.btol, max_iter=options.max_iter)
+        return result.x, SolveReport.from_lsmr(result, keep, equations)
 
 
 def conv_operator(conv: nn.Conv2d, in_shape: tuple[int, ...], dtype: torch.dtype | None = None) -> LinearOperator:
@@ -260,45 +349,88 @@ def _fallback_zero(solution: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(_bc(zero, solution), x.to(solution.dtype), solution)
 
 
-def conv_inverse(conv: nn.Conv2d, x: torch.Tensor, b: torch.Tensor, options: SolverOptions = SolverOptions()) -> torch.Tensor:
-    """Least-squares input of ``conv`` for the output ``b``: ``argmin_v ||conv2d(v, W) - (b - bias)||``."""
+def _finish(solution: torch.Tensor, x: torch.Tensor, options: SolverOptions) -> torch.Tensor:
+    """``lsmr``: the least-squares solution as it is (zero when the target is); the parity mode
+    ``truncated_square`` keeps the reference's fallback to the forward input."""
+    return _fallback_zero(solution, x) if options.mode == "truncated_square" else solution
+
+
+Solved = tuple[torch.Tensor, "SolveReport | None"]
+
+
+def conv_solve(conv: nn.Conv2d, x: torch.Tensor, b: torch.Tensor, options: SolverOptions = SolverOptions(),
+               keep: torch.Tensor | None = None) -> Solved:
+    """Least-squares input of ``conv`` for the output ``b``: ``argmin_v ||conv2d(v, W) - (b - bias)||``
+    over the output units ``keep`` (all when ``None``), with its :class:`SolveReport`."""
     if options.mode == "released":
-        return x.to(b.dtype)
+        return x.to(b.dtype), None
     dtype = torch.float64 if options.float64 else b.dtype
     op = conv_operator(conv, tuple(x.shape[1:]), dtype)
     target = b.to(dtype)
     if conv.bias is not None:
         target = target - conv.bias.detach().to(dtype).view(1, -1, 1, 1)
-    return _fallback_zero(op.solve(target, options), x).to(b.dtype)
+    solution, report = op.solve(target, options, keep)
+    return _finish(solution, x, options).to(b.dtype), report
 
 
-def composite_inverse(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, b: torch.Tensor,
-                      options: SolverOptions = SolverOptions()) -> torch.Tensor:
+def conv_inverse(conv: nn.Conv2d, x: torch.Tensor, b: torch.Tensor, options: SolverOptions = SolverOptions(),
+                 keep: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`conv_solve` without the report."""
+    return conv_solve(conv, x, b, options, keep)[0]
+
+
+def composite_solve(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, b: torch.Tensor,
+                    options: SolverOptions = SolverOptions(), keep: torch.Tensor | None = None) -> Solved:
     """Least-squares inverse of a composite ``f`` linearised at its stored input ``x`` (jvp/vjp;
-    ``f`` must treat samples independently, e.g. BatchNorm in eval mode)."""
+    ``f`` must treat samples independently, e.g. BatchNorm in eval mode), over the output units
+    ``keep``, with its :class:`SolveReport`. Units where ``f``'s own activations are inactive have
+    zero Jacobian rows and impose nothing already."""
     if options.mode == "released":
-        return x.to(b.dtype)
+        return x.to(b.dtype), None
     dtype = torch.float64 if options.float64 else x.dtype
-    x0 = x.detach().to(dtype)
-    with torch.enable_grad():
-        fx, vjp_fn = torch.func.vjp(f, x0)
-
-    def jvp_fn(v):
-        with torch.enable_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # forward AD's first use scripts decompositions
-            return torch.func.jvp(f, (x0,), (v,))[1]
-
+    op, fx = linearized(f, x.detach().to(dtype))
     if fx.shape != b.shape:
         raise LayerError(f"composite output {tuple(fx.shape)} does not match the feature map {tuple(b.shape)}")
+    x0 = x.detach().to(dtype)
     if options.offset == "operating_point":
-        offset = fx.detach() - jvp_fn(x0).detach()
+        offset = fx - op.matvec(x0)
     else:
         with torch.no_grad():
             offset = f(torch.zeros_like(x0))
-    op = LinearOperator(lambda v: jvp_fn(v).detach(), lambda u: vjp_fn(u)[0].detach(), tuple(x.shape[1:]), tuple(fx.shape[1:]))
     with torch.no_grad():
-        solution = op.solve(b.to(dtype) - offset, options)
-    return _fallback_zero(solution, x0).to(b.dtype)
+        solution, report = op.solve(b.to(dtype) - offset, options, keep)
+    return _finish(solution, x0, options).to(b.dtype), report
+
+
+def linearized(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor) -> tuple[LinearOperator, torch.Tensor]:
+    """The Jacobian of ``f`` at ``x0`` as a :class:`LinearOperator`, and ``f(x0)``: the adjoint is a
+    backward pass through the stored graph, and ``J v`` the backward pass of that adjoint (linear
+    in its cotangent ``u``) with respect to ``u``: both reuse graphs built once, which is far
+    cheaper per LSMR iteration than forward-mode AD."""
+    x_in = x0.clone().requires_grad_(True)
+    with torch.enable_grad():
+        fx = f(x_in)
+        u0 = torch.zeros_like(fx, requires_grad=True)
+        gx, = torch.autograd.grad(fx, x_in, u0, create_graph=True, allow_unused=True)
+    gx = torch.zeros_like(x0) if gx is None else gx
+
+    def rmv(u):
+        g, = torch.autograd.grad(fx, x_in, u, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(x0) if g is None else g.detach()
+
+    def mv(v):
+        if not gx.requires_grad:  # f does not depend on its input
+            return torch.zeros_like(fx)
+        j, = torch.autograd.grad(gx, u0, v, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(fx) if j is None else j.detach()
+
+    return LinearOperator(mv, rmv, tuple(x0.shape[1:]), tuple(fx.shape[1:])), fx.detach()
+
+
+def composite_inverse(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, b: torch.Tensor,
+                      options: SolverOptions = SolverOptions(), keep: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`composite_solve` without the report."""
+    return composite_solve(f, x, b, options, keep)[0]
 
 
 def module_function(module: nn.Module, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -323,17 +455,41 @@ def check_invertible(module: nn.Module, name: str = "") -> None:
                              "supported: conv, BatchNorm, max/avg-pool, linear, elementwise activations and blocks of them")
 
 
-def invert(module: nn.Module, x: torch.Tensor, b: torch.Tensor, options: SolverOptions = SolverOptions()) -> torch.Tensor:
-    """``module^{-1}(b)`` given the module's stored forward input ``x`` (see the module docstring)."""
+
+
+def inactive_units(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """Where an elementwise activation's derivative at its input ``x`` is exactly zero (a ReLU's
+    inactive units; ReLU6 also above 6), or ``None`` when it is nowhere zero / not an activation
+    whose mask is 0/1. These units' equations are dropped from the inverse of the layer before."""
+    if not isinstance(module, ZERO_MASK):
+        return None
+    t = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        slope, = torch.autograd.grad(module.forward(t.clone()).sum(), t)  # clone: in-place activations
+    dead = slope == 0
+    return dead if bool(dead.any()) else None
+
+
+def solve_inverse(module: nn.Module, x: torch.Tensor, b: torch.Tensor, options: SolverOptions = SolverOptions(),
+                  keep: torch.Tensor | None = None) -> Solved:
+    """``module^{-1}(b)`` given the module's stored forward input ``x`` (see the module docstring),
+    with the output units ``keep`` only (the ReLU mask after it; ``None``: all), and the
+    :class:`SolveReport` of a least-squares inverse (``None`` for the exact ones)."""
     kind = kind_of(module)
     if kind == "elementwise":
-        return b
+        return b, None
     if kind == "maxpool":
-        return unpool(module, x, b)
+        return unpool(module, x, b), None
     if kind == "batchnorm":
-        return batchnorm_inverse(module, b)
+        return batchnorm_inverse(module, b), None
     if kind == "conv":
-        return conv_inverse(module, x, b, options)
+        return conv_solve(module, x, b, options, keep)
     check_invertible(module)
     dtype = torch.float64 if options.float64 else x.dtype
-    return composite_inverse(module_function(module, dtype), x, b, options)
+    return composite_solve(module_function(module, dtype), x, b, options, keep)
+
+
+def invert(module: nn.Module, x: torch.Tensor, b: torch.Tensor, options: SolverOptions = SolverOptions(),
+           keep: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`solve_inverse` without the report."""
+    return solve_inverse(module, x, b, options, keep)[0]

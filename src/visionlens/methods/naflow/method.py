@@ -15,6 +15,11 @@ pass):
 * ``s_0`` is never inverted (as the reference), so there are ``T`` maps, each min-max normalised
   on its own and resized bilinearly to the input; ``flow[:, 0]`` is the shallowest.
 
+Each least-squares inverse drops the equations of the units that the ReLU after it leaves
+inactive (carried down through BatchNorm to the conv or block that made them): the paper's
+inverse of ReLU-after-conv (:func:`dead_units`). The map at a ReLU's input is that of its output,
+as in the paper's figures (``post_relu``). Every solve is reported in ``NAFlowExplanation.solves``.
+
 A convolution whose output has fewer elements than its input is merged with the stages before it,
 back to a conv whose input is smaller than its output, and the merged stage is inverted as one
 composite (AlexNet: conv3-relu3-conv4), as ``ly9802/NAFlow:model/alexnetFlow.py``. Unlike the
@@ -28,12 +33,13 @@ top gradient is the vector-Jacobian product of SFAM's contribution weights, then
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
 
-from .inverse import SolverOptions, check_invertible, composite_inverse, invert, kind_of, module_function
+from .inverse import (ZERO_MASK, SolveReport, SolverOptions, check_invertible, composite_solve, inactive_units, kind_of,
+                      module_function, solve_inverse)
 from ...core.layers import model_device, find_last_spatial_layer, resolve_layer
 from ...core.result import Explanation, normalize_maps
 from ...core.similarity import (EUCLID_MODES, NORMALIZATIONS, as_references, contribution_scores, contributions,
@@ -59,7 +65,9 @@ class Stage:
 @dataclass
 class NAFlowTerms:
     """Per-layer quantities, shallowest first: ``names``, ``maps`` (``(B, h, w)`` raw maps),
-    ``features`` (the BPFMs ``B``) and ``gradients`` (``G``), plus targets and logits."""
+    ``features`` (the BPFMs ``B``) and ``gradients`` (``G``), plus targets and logits, and
+    ``solves``: one :class:`~visionlens.methods.naflow.inverse.SolveReport` per least-squares
+    inverse, deepest first (the order they were solved)."""
 
     names: list[str]
     maps: list[torch.Tensor]
@@ -67,6 +75,20 @@ class NAFlowTerms:
     gradients: list[torch.Tensor]
     targets: ClassTargets
     logits: torch.Tensor
+    solves: list[SolveReport]
+
+
+@dataclass
+class NAFlowExplanation(Explanation):
+    """An :class:`Explanation` with the flow, plus ``solves``: how each layer's least-squares
+    inverse ended (:class:`~visionlens.methods.naflow.inverse.SolveReport`, deepest first)."""
+
+    solves: tuple[SolveReport, ...] = ()
+
+    @property
+    def converged(self) -> bool:
+        """Every layer's inverse stopped on a convergence test, for every image."""
+        return all(r.converged for r in self.solves)
 
 
 def _is_plain_sequential(module: nn.Module) -> bool:
@@ -173,30 +195,38 @@ def merge_reducing(stages: list[Stage], tensors: list[torch.Tensor]) -> list[Sta
 
 
 class NAFlow(FlowMethod):
-    """``NAFlow(model, layer=None)(x, target=None) -> Explanation`` with ``flow`` ``(B, L, H, W)``.
+    """``NAFlow(model, layer=None)(x, target=None) -> NAFlowExplanation`` with ``flow`` ``(B, L, H, W)``
+    and ``solves`` (per-layer solver reports).
 
     ``layer``: the last module of the feature extractor (default: ``features`` when the model has
-    one, else the last spatial layer). ``solver``: ``"lsmr"`` (full least squares, default),
-    ``"truncated_square"`` or ``"released"`` (see the module docstring); ``atol``, ``btol``,
-    ``max_iter`` (LSMR iteration cap per inverse, 20 by default to keep a 224x224 MobileNetV2
-    within seconds on a CPU; ``None``: ``min(m, n)`` as the reference), ``float64``; ``threshold`` (``tau`` of the
-    abandoning mask, for smooth activations); ``offset`` (``"operating_point"`` or ``"zero"``,
-    composites); ``merge`` (merge dimension-reducing convs, as the reference).
+    one, else the last spatial layer). ``solver``: ``"lsmr"`` (least squares with each ReLU's mask
+    folded into the inverted layer, default), ``"truncated_square"`` or ``"released"`` (see the
+    module docstring); ``atol``, ``btol`` (LSMR tolerances), ``max_iter`` (iteration cap per
+    inverse; the default 1000 is a safety net: the reports say whether a layer stopped on it),
+    ``float64``; ``threshold`` (``tau`` of the abandoning mask, for smooth activations); ``offset``
+    (``"operating_point"`` or ``"zero"``, composites); ``merge`` (merge dimension-reducing convs,
+    as the reference); ``post_relu``: the map at a ReLU's input is that of its output, as the
+    paper's figures (default: ``True``, except ``solver="released"`` which keeps its parity maps).
     """
 
     name = "naflow"
+    iterative = True  # takes max_iter (make_method passes the command line's --max-iter)
 
-    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, solver: str = "lsmr", atol: float = 1e-8,
-                 btol: float = 1e-8, max_iter: int | None = 20, float64: bool = False, threshold: float = 0.0,
-                 offset: str = "operating_point", merge: bool = True):
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, solver: str = "lsmr", atol: float = 1e-6,
+                 btol: float = 1e-6, max_iter: int | None = 1000, float64: bool = False, threshold: float = 0.0,
+                 offset: str = "operating_point", merge: bool = True, post_relu: bool | None = None):
         super().__init__(model)
         if threshold < 0:
             raise InputError(f"threshold must be >= 0, got {threshold}")
         if max_iter is not None and (isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1):
             raise InputError(f"max_iter must be a positive integer or None, got {max_iter!r}")
+        for label, tol in (("atol", atol), ("btol", btol)):
+            if not 0 <= tol < 1:
+                raise InputError(f"{label} must be in [0, 1), got {tol!r}")
         self.layer_arg = layer
         self.options = SolverOptions(atol=atol, btol=btol, max_iter=max_iter, float64=float64, mode=solver, offset=offset)
         self.threshold, self.merge = float(threshold), merge
+        self.post_relu = solver != "released" if post_relu is None else bool(post_relu)
         self.layer = None
 
     def _layer_name(self, x: torch.Tensor) -> str:
@@ -207,9 +237,10 @@ class NAFlow(FlowMethod):
             return resolve_layer(self.model, features)[0]
         return find_last_spatial_layer(self.model, x)
 
-    def _invert(self, stage: Stage, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _invert(self, stage: Stage, x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor | None):
+        """``stage^{-1}(b)`` over the output units ``keep``, and its solver report (or ``None``)."""
         if len(stage.modules) == 1:
-            return invert(stage.modules[0][1], x, b, self.options)
+            return solve_inverse(stage.modules[0][1], x, b, self.options, keep)
         for name, module in stage.modules:
             check_invertible(module, name)
         dtype = torch.float64 if self.options.float64 else x.dtype
@@ -220,7 +251,7 @@ class NAFlow(FlowMethod):
                 t = fn(t)
             return t
 
-        return composite_inverse(f, x, b, self.options)
+        return composite_solve(f, x, b, self.options, keep)
 
     def _forward_chain(self, x: torch.Tensor, layer: str, target: Target):
         """One forward pass that records the chain's tensors ``t_0 .. t_T`` (recomputed from the
@@ -294,29 +325,88 @@ class NAFlow(FlowMethod):
         stages = [Stage(n, [(n, m)], i, i + 1) for i, (n, m) in enumerate(modules)]
         if self.merge:
             stages = merge_reducing(stages, tensors)
+        dead = dead_units(modules, tensors)
         with torch.no_grad():
             top = len(tensors) - 1
             b = tensors[top]
             names, maps, feats, gs = [stages[-1].name], [(b * grads[top]).clamp_min(0).sum(1)], [b], [grads[top]]
+            solves: list[SolveReport] = []
             for k in range(len(stages) - 1, 0, -1):
                 st = stages[k]
-                g = grads[st.start]
-                b = self._invert(st, tensors[st.start], b) * (g.abs() > self.threshold).to(b.dtype)
+                if self.post_relu and len(st.modules) == 1 and isinstance(st.modules[0][1], ZERO_MASK):
+                    g = grads[st.end]  # the paper's map at a ReLU's input is its output's
+                else:
+                    keep = None if dead[st.end] is None else ~dead[st.end]
+                    b, report = self._invert(st, tensors[st.start], b, keep)
+                    if report is not None:
+                        solves.append(replace(report, layer=st.name, kind=_stage_kind(st)))
+                    g = grads[st.start]
+                    b = b * (g.abs() > self.threshold).to(b.dtype)
                 names.append(stages[k - 1].name)
                 maps.append((b * g).clamp_min(0).sum(1))
                 feats.append(b)
                 gs.append(g)
         self.layer = layer
         return NAFlowTerms(names[::-1], maps[::-1], feats[::-1], gs[::-1],
-                           ClassTargets(targets.indices, targets.scores.detach()), output)
+                           ClassTargets(targets.indices, targets.scores.detach()), output, solves)
 
-    def flow_explanation(self, x: torch.Tensor, t: NAFlowTerms) -> Explanation:
+    def flow_explanation(self, x: torch.Tensor, t: NAFlowTerms) -> NAFlowExplanation:
+        warn_if_not_converged(t.solves, self.options.max_iter)
         size = tuple(x.shape[-2:])
         flow = torch.stack([normalize_maps(m, size, relu=False) for m in t.maps], dim=1)
-        return Explanation(
+        return NAFlowExplanation(
             maps=flow[:, -1], raw=t.maps[-1], targets=t.targets.indices, scores=t.targets.scores, logits=t.logits,
             method=self.name, layer=f"{t.names[0]}..{t.names[-1]}", flow=flow, flow_raw=None, flow_layers=tuple(t.names),
+            solves=tuple(t.solves),
         )
+
+
+def warn_if_not_converged(solves, max_iter: int | None) -> None:
+    """One :class:`NotConvergedWarning` when some layer inverse stopped at the iteration cap."""
+    stopped = [r for r in solves if not r.converged]
+    if not stopped:
+        return
+    import warnings
+
+    from ...errors import NotConvergedWarning
+
+    worst = max(max(r.residual) for r in stopped)
+    warnings.warn(f"naflow: {len(stopped)} of {len(solves)} layer inverses stopped at max_iter={max_iter} before "
+                  f"converging (largest relative residual {worst:.2g}); the maps are approximate: raise max_iter "
+                  "(--max-iter) for converged ones", NotConvergedWarning, stacklevel=4)
+
+
+def _stage_kind(stage: Stage) -> str:
+    return "merged" if len(stage.modules) > 1 else kind_of(stage.modules[0][1])
+
+
+def dead_units(modules: list[tuple[str, nn.Module]], tensors: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """For each chain tensor ``t_j``, the units whose equations the inverse of the layer before
+    drops (``None``: none): where the ReLU that ``t_j`` feeds is inactive, carried down through
+    BatchNorm and other unit-wise stages to the convolution or block that produced them. That is
+    the paper's inverse of ReLU-after-conv, whose Jacobian has zero rows at inactive units."""
+    dead: list[torch.Tensor | None] = [None] * len(tensors)
+    for j in range(len(modules) - 1, -1, -1):
+        module = modules[j][1]
+        own = inactive_units(module, tensors[j])
+        above = dead[j + 1] if kind_of(module) in ("elementwise", "batchnorm") else None
+        if own is None or above is None:
+            dead[j] = own if above is None else above
+        else:
+            dead[j] = own | above
+    return dead
+
+
+@dataclass
+class SimilarityNAFlowExplanation(SimilarityExplanation):
+    """A :class:`SimilarityExplanation` with the flow and NAFlow's per-layer ``solves``."""
+
+    solves: tuple[SolveReport, ...] = ()
+
+    @property
+    def converged(self) -> bool:
+        """Every layer's inverse stopped on a convergence test, for every image."""
+        return all(r.converged for r in self.solves)
 
 
 class SimilarityNAFlow(SimilarityMethod):
@@ -369,12 +459,13 @@ class SimilarityNAFlow(SimilarityMethod):
             return (emb * w.to(emb.dtype)).sum(1)
 
         t = NAFlow(self.model, layer=module, **self.naflow_options).terms(x, score)
+        warn_if_not_converged(t.solves, self.naflow_options.get("max_iter", 1000))
         flow = torch.stack([normalize_maps(m, tuple(x.shape[-2:]), relu=False) for m in t.maps], dim=1)
         names = [n.removeprefix("backbone.") if embedded else n for n in t.names]  # as SFAM: relative to the backbone
-        return SimilarityExplanation(
+        return SimilarityNAFlowExplanation(
             maps=flow[:, -1], raw=t.maps[-1], targets=None, scores=scores, logits=e, method=self.name,
             layer=f"{names[0]}..{names[-1]}", flow=flow, flow_layers=tuple(names), references=refs,
-            metric=self.metric, cis=cis, weights=w,
+            metric=self.metric, cis=cis, weights=w, solves=tuple(t.solves),
         )
 
     def pair(self, a: torch.Tensor, b: torch.Tensor) -> PairExplanation:
@@ -384,6 +475,15 @@ class SimilarityNAFlow(SimilarityMethod):
         n = a.shape[0]
         e = self.embed(x)
         exp = self.explain(x, torch.cat([e[n:], e[:n]])[:, None])
-        parts = [replace(part, flow=exp.flow[sl], flow_layers=exp.flow_layers)
-                 for part, sl in zip(_split(exp, n), (slice(0, n), slice(n, None)))]
+        parts = []
+        for part, sl in zip(_split(exp, n), (slice(0, n), slice(n, None))):
+            kept = {f.name: getattr(part, f.name) for f in fields(part)}
+            kept.update(flow=exp.flow[sl], flow_layers=exp.flow_layers, solves=_pick_samples(exp.solves, sl))
+            parts.append(SimilarityNAFlowExplanation(**kept))
         return PairExplanation(*parts)
+
+
+def _pick_samples(solves: tuple[SolveReport, ...], sl: slice) -> tuple[SolveReport, ...]:
+    """The reports of the samples ``sl`` of the batch."""
+    per_sample = ("iterations", "residual", "normal_residual", "stop", "rows")
+    return tuple(replace(r, **{k: getattr(r, k)[sl] for k in per_sample}) for r in solves)
