@@ -11,7 +11,7 @@ from pathlib import Path
 from . import assets
 from ._version import __version__
 from .checks import count, number
-from .errors import VisionlensError
+from .errors import VisionlensError, one_line
 
 EXIT_FAILED_IMAGES = 1
 EXIT_USAGE = 2
@@ -605,10 +605,6 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 @contextlib.contextmanager
 def _warnings_as_lines():
     """visionlens's own warnings (a flat map, an unconverged solve) as one ``warning:`` line on
@@ -653,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     except VisionlensError as err:
         if debug:
             raise
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -662,11 +658,11 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or _one_line(err)}", file=sys.stderr)
+        print(f"error: {where}{err.strerror or one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:  # noqa: BLE001 - a bug: one line unless --debug
         if debug:
             raise
-        print(f"error: internal error ({type(err).__name__}: {_one_line(err)[:300]}); rerun with --debug for "
+        print(f"error: internal error ({type(err).__name__}: {one_line(err)[:300]}); rerun with --debug for "
               "the traceback and report it", file=sys.stderr)
         return EXIT_INTERNAL

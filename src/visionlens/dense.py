@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .core.boxes import pairwise_iou
 from .core.progress import Progress
 from .core.targets import BoxTarget, SegmentationTarget
 from .data.images import load_image
@@ -79,12 +80,6 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    from torchvision.ops import box_iou
-
-    return box_iou(box[None], boxes)[0]
-
-
 def detection_targets(dets: dict, wanted: list, model: ZooModel, threshold: float, top: int) -> list[dict]:
     """The detections to explain: the best match of each given box or class, or (none given) the
     ``top`` detections scoring at least ``threshold`` (the single best when none does)."""
@@ -94,7 +89,7 @@ def detection_targets(dets: dict, wanted: list, model: ZooModel, threshold: floa
     chosen = []
     for kind, value in wanted:
         if kind == "box":
-            overlap = _iou(torch.tensor(value, dtype=boxes.dtype, device=boxes.device), boxes)
+            overlap = pairwise_iou(torch.tensor([value], dtype=boxes.dtype, device=boxes.device), boxes)[0]
             k = int(overlap.argmax())
             chosen.append((k, f"box {','.join(f'{v:g}' for v in value)} (IoU {float(overlap[k]):.2f})"))
         else:

@@ -43,6 +43,12 @@ class NotConvergedWarning(VisionlensWarning):
     approximate (the message says how far off and which option to raise)."""
 
 
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (its whitespace, newlines included, collapsed), or its
+    type's name when it has no message."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def display(path) -> str:
     """A path as one printable line: as it is, or quoted with escapes when it holds control
     characters (a newline in a file name must not split a one-line message)."""

@@ -1,8 +1,19 @@
-"""Tight bounding boxes of boolean masks (shared by the synthetic world and the metrics)."""
+"""Boxes: tight bounding boxes of boolean masks (shared by the synthetic world and the metrics) and
+the pairwise IoU of two sets of boxes (detection targets)."""
 
 from __future__ import annotations
 
 import torch
+
+
+def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of ``(N, 4)`` and ``(M, 4)`` boxes ``x0 y0 x1 y1``: ``(N, M)``."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    area = lambda t: (t[:, 2:] - t[:, :2]).clamp_min(0).prod(-1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return inter / union.clamp_min(1e-12)
 
 
 def box_of(mask: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence, Union
 import torch
 
 from ..errors import InputError
+from .boxes import pairwise_iou
 
 Target = Union[None, int, Sequence[int], torch.Tensor, Callable[[Any], torch.Tensor]]
 
@@ -99,16 +100,6 @@ def resolve_targets(target: Target, output: torch.Tensor | None, batch_size: int
         return ClassTargets(indices, logits.gather(1, indices))
     scores = logits.gather(1, indices[:, None])[:, 0]
     return ClassTargets(indices, scores)
-
-
-def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of ``(N, 4)`` and ``(M, 4)`` boxes ``x0 y0 x1 y1``: ``(N, M)``."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp_min(0).prod(-1)
-    area = lambda t: (t[:, 2:] - t[:, :2]).clamp_min(0).prod(-1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return inter / union.clamp_min(1e-12)
 
 
 class BoxTarget:
@@ -197,7 +188,7 @@ class BoxTarget:
             if missing:
                 raise InputError(f"the detections of image {i} have no {', '.join(missing)}; BoxTarget needs "
                                  "boxes, scores and labels")
-            ious = _box_iou(boxes.to(det["boxes"]), det["boxes"])  # (M, N), on their device and dtype
+            ious = pairwise_iou(boxes.to(det["boxes"]), det["boxes"])  # (M, N), on their device and dtype
             if labels is not None:
                 ious = ious.masked_fill(labels.to(det["labels"].device)[:, None] != det["labels"][None, :], -1.0)
             if ious.shape[1] == 0 and self._missing_zero:

@@ -10,20 +10,21 @@ processor. A download that cannot happen is one line naming the offline route.""
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 import math
 from pathlib import Path
 
 from torch import nn
 
-from ..errors import InputError, display
+from ..errors import InputError, display, one_line
 from .preprocessing import Preprocess
 
 PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:160]}"
+    """The library's error as a short clause: its type and the start of its message."""
+    return f"{type(err).__name__}: {one_line(err)[:160]}"
 
 
 def _require(module: str, extra: str):
@@ -220,16 +221,14 @@ def _auto_class(transformers, config):
     return transformers.AutoModelForImageClassification if is_classifier else transformers.AutoModel
 
 
-class _quiet_transformers:
+@contextmanager
+def _quiet_transformers(transformers):
     """Turn transformers' per-tensor loading bars off for the call (the global setting restored)."""
-
-    def __init__(self, transformers):
-        self.logging = transformers.utils.logging
-
-    def __enter__(self):
-        self.was_on = self.logging.is_progress_bar_enabled()
-        self.logging.disable_progress_bar()
-
-    def __exit__(self, *exc):
-        if self.was_on:
-            self.logging.enable_progress_bar()
+    logging = transformers.utils.logging
+    was_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            logging.enable_progress_bar()

@@ -206,12 +206,11 @@ def _library_preprocess(library: str, arch: str, module: nn.Module) -> tuple[Pre
     if library == "timm":
         return hub.timm_preprocess(module), None
     weights = hub.torchvision_weights(arch)
+    names = (tuple(weights.meta.get("categories") or ()) or None) if weights is not None else None
     dense = _dense_preprocess(module, weights)
     if dense is not None:
-        return dense, tuple(weights.meta.get("categories") or ()) or None if weights is not None else None
-    if weights is None:
-        return Preprocess(), None
-    return hub.torchvision_preprocess(weights), tuple(weights.meta.get("categories") or ()) or None
+        return dense, names
+    return (Preprocess() if weights is None else hub.torchvision_preprocess(weights)), names
 
 
 def _dense_preprocess(module: nn.Module, weights) -> Preprocess | None:

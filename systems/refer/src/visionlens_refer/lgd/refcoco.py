@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from visionlens.errors import InputError, display
+from visionlens.errors import InputError, display, one_line
 
 from ..masks import segmentation_to_mask
 
@@ -38,10 +38,6 @@ class SafeUnpickler(pickle.Unpickler):
         raise InputError("refusing a persistent-id reference: refer pickles hold only plain containers")
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 def safe_load_pickle(path: str | Path):
     """The plain containers pickled in ``path``; any problem is one :class:`InputError` line."""
     data = Path(path).read_bytes()
@@ -50,14 +46,14 @@ def safe_load_pickle(path: str | Path):
     except InputError as err:
         raise InputError(f"{display(path)}: {err}") from None
     except Exception as err:  # noqa: BLE001 - a corrupt pickle can raise almost anything
-        raise InputError(f"{display(path)} is not a readable refs pickle: {_one_line(err)[:200]}") from None
+        raise InputError(f"{display(path)} is not a readable refs pickle: {one_line(err)[:200]}") from None
 
 
 def _load_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
-        raise InputError(f"{display(path)}: not valid JSON ({_one_line(err)[:200]})") from None
+        raise InputError(f"{display(path)}: not valid JSON ({one_line(err)[:200]})") from None
     if not isinstance(value, dict):
         raise InputError(f"{display(path)}: expected a COCO instances object, got a JSON {type(value).__name__}")
     return value
