@@ -9,16 +9,26 @@ per class. ``mobilenet``: mobilenet_v2 at features.18, a group of related ImageN
 photo each in the ImageNet sample, so each photo gives 8 crops/flips), one reducer pooled over
 the group, scored per class. Writes ``<out>/<setting>.md`` (tables), ``<out>/<setting>.json`` and
 the run folders; with ``--docs`` also a small concept sheet PNG into docs/.
+
+``--vae-legacy`` trains the VAE as before issue 29 (60 epochs, lr 3e-3, batch 256, no
+validation hold-out, no early stopping). ``--fit-only`` times the reducers alone on the same
+activations (the setting's rows, pooled over its classes): NMF, the VAE and the legacy VAE,
+``--repeats`` times each, interleaved; it prints the median times and the VAE / NMF ratios:
+
+    python benchmarks/concepts_table.py mobilenet --classes 151-160 --fit-only --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
 import torch
+
+LEGACY_VAE = dict(epochs=60, lr=3e-3, batch_size=256, val_fraction=0.0)  # training before issue 29
 
 SETTINGS = {
     "world": dict(model="world-cnn", layer="layer3", data="world:val", classes="all", images=32, views=1, pooled=False),
@@ -34,7 +44,10 @@ def main() -> None:
     ap.add_argument("--classes", default=None)
     ap.add_argument("--images", type=int, default=None, help="images (photos) per class")
     ap.add_argument("--n-concepts", type=int, default=10)
-    ap.add_argument("--vae-epochs", type=int, default=60)
+    ap.add_argument("--vae-epochs", type=int, default=None, help="VAE epoch cap (default: the reducer's)")
+    ap.add_argument("--vae-legacy", action="store_true", help="train the VAE as before issue 29 (no early stopping)")
+    ap.add_argument("--fit-only", action="store_true", help="only time the reducers' fits on the same activations")
+    ap.add_argument("--repeats", type=int, default=3, help="fits per reducer with --fit-only")
     ap.add_argument("--out", default="/tmp/concepts-bench")
     ap.add_argument("--docs", action="store_true", help="also write docs/concept-sheet-<setting>.png")
     ap.add_argument("--sheet-only", action="store_true", help="only redraw the docs sheet from a finished run in --out")
@@ -55,11 +68,15 @@ def main() -> None:
     out = Path(args.out)
     if args.sheet_only:
         return docs_sheet(model, cfg, source, classes, out, args.setting)
+    if args.fit_only:
+        return fit_times(model, cfg, source, classes, args)
     results = {}
     for reducer in ("vae", "nmf"):
         options = {"seed": 0}
         if reducer == "vae":
-            options["epochs"] = args.vae_epochs
+            options.update(LEGACY_VAE if args.vae_legacy else {})
+            if args.vae_epochs is not None:
+                options["epochs"] = args.vae_epochs
         t0 = time.perf_counter()
         results[reducer] = run_concepts(
             model, cfg["layer"], source, classes, out / f"{args.setting}-{reducer}", reducer=reducer,
@@ -107,6 +124,32 @@ def main() -> None:
     print("\n".join(lines))
     if args.docs:
         docs_sheet(model, cfg, source, classes, out, args.setting)
+
+
+def fit_times(model, cfg, source, classes, args) -> None:
+    """Median fit time of NMF, the VAE and the legacy VAE on the same rows, and the ratios."""
+    from visionlens.concepts.collect import CALC_LIMIT, collect_rows
+    from visionlens.concepts.factory import make_reducer
+    from visionlens.core.layers import resolve_layer
+
+    name, module = resolve_layer(model.module, cfg["layer"])
+    items = [it for c in classes for it in source.items(c, cfg["images"] * cfg["views"])]
+    rows, _ = collect_rows(model.module, name, module, source, items, 32, CALC_LIMIT, 0, False)
+    kinds = {"nmf": ("nmf", {}), "vae": ("vae", {}), "vae-legacy": ("vae", LEGACY_VAE)}
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    epochs = {}
+    for _ in range(args.repeats):
+        for label, (kind, options) in kinds.items():
+            t0 = time.perf_counter()
+            reducer = make_reducer(kind, args.n_concepts, seed=0, **options).fit(rows)
+            times[label].append(time.perf_counter() - t0)
+            epochs[label] = getattr(reducer, "epochs_run", None)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{cfg['model']} @ {name}: {tuple(rows.shape)} rows, c' = {args.n_concepts}, median of {args.repeats}")
+    for label in kinds:
+        ratio = f", {med[label] / med['nmf']:.2f}x NMF" if label != "nmf" else ""
+        trained = f", {epochs[label]} epochs" if epochs[label] else ""
+        print(f"  {label:10s} {med[label]:6.2f} s{ratio}{trained}")
 
 
 def docs_sheet(model, cfg, source, classes, out: Path, setting: str) -> None:

@@ -6,9 +6,13 @@
 The explorer runs in this process on mobilenet_v2 and world-vit, with an images folder of bundled
 sample photos plus four synthetic-world test images and a results folder holding a small
 `visionlens evaluate` run (world-cnn, Grad-CAM and CAM, 8 images, deletion and insertion), all in a
-temporary folder. It writes serve-explain.png, serve-flow.png and serve-results.png into --out
-and prints two benchmarks (medians over --repeats): the page load (until the layer list is
-filled) and a Grad-CAM map of one photo on mobilenet_v2, from the click to the map on the page.
+temporary folder. It writes serve-explain.png, serve-flow.png, serve-similarity.png (two jeeps,
+SFAM and both baselines), serve-similarity-gallery.png (a query against the images folder) and
+serve-results.png (a clicked row's maps beside its curves) into --out, with serve-job.png (a
+Score-CAM job's progress bar and Cancel button, cancelled after the picture), and prints two benchmarks
+(medians over --repeats): the page load (until the layer list is filled) and a Grad-CAM map of one
+photo on mobilenet_v2, from the click to the map on the page; and, measured once, the Similarity
+view's pair (three methods) from the click to the maps.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import threading
 import time
 from pathlib import Path
 
-PHOTOS = ("imagenet_00_243", "imagenet_01_559", "imagenet_07_609", "imagenet_14_129")
+PHOTOS = ("imagenet_00_243", "imagenet_01_559", "imagenet_06_609", "imagenet_07_609", "imagenet_14_129")
+SHOTS = ("explain", "job", "flow", "similarity", "similarity-gallery", "results")
 VIEWPORT = {"width": 1400, "height": 1000}
 
 
@@ -93,8 +98,40 @@ def gradcam_once(page) -> None:
     page.wait_for_selector(".card img.heat")
 
 
+def job_shot(page, out: Path) -> None:
+    """A Score-CAM job running (its progress and Cancel button), then cancelled."""
+    methods(page, ["scorecam"])
+    page.evaluate("document.querySelector('#maps').textContent = ''")
+    page.click("#run")
+    page.wait_for_function("/forward pass [2-9]/.test(document.querySelector('#job-state').textContent)")
+    page.screenshot(path=str(out / "serve-job.png"), clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": 520})
+    page.click("#job-cancel")
+    page.wait_for_function("document.querySelector('#job-state').textContent.endsWith('cancelled')")
+
+
+def similarity_shots(page, out: Path) -> float:
+    """The Similarity view: a pair of jeeps (its time from the click to the maps), then the second
+    jeep as a query against the images folder."""
+    page.click("header button[data-view=similarity]")
+    page.select_option("#sim-a", f"file:{PHOTOS[3]}.jpg")
+    page.select_option("#sim-b", f"file:{PHOTOS[2]}.jpg")
+    for box in page.query_selector_all("#sim-methods input"):
+        box.set_checked(True)
+    pair = timed(lambda: (page.click("#sim-run"), page.wait_for_function(
+        "document.querySelectorAll('#sim-maps .card.pair').length === 3")))
+    page.screenshot(path=str(out / "serve-similarity.png"), full_page=True)
+    page.check("input[name=sim-mode][value=gallery]")
+    for box in page.query_selector_all("#sim-methods input"):
+        box.set_checked(box.get_attribute("value") == "sfam")
+    page.click("#sim-run")
+    page.wait_for_function("document.querySelectorAll('#sim-matches .match').length === 3")
+    page.screenshot(path=str(out / "serve-similarity-gallery.png"), full_page=True)
+    return pair
+
+
 def shoot(page, url: str, out: Path, repeats: int) -> dict:
-    """The three screenshots, and the page-load and Grad-CAM timings (seconds, medians)."""
+    """The screenshots, and the page-load and Grad-CAM timings (seconds, medians) and the
+    Similarity pair's (once)."""
     loads = [timed(lambda: load(page, url)) for _ in range(repeats)]
     choose(page, PHOTOS[0] + ".jpg")
     methods(page, ["gradcam"])
@@ -104,6 +141,7 @@ def shoot(page, url: str, out: Path, repeats: int) -> dict:
     page.click("#run")
     page.wait_for_function("document.querySelectorAll('.card').length === 4")
     page.screenshot(path=str(out / "serve-explain.png"), full_page=True)
+    job_shot(page, out)
 
     choose(page, "world_test_1.png")
     page.click("header button[data-view=flow]")
@@ -113,14 +151,16 @@ def shoot(page, url: str, out: Path, repeats: int) -> dict:
     page.wait_for_function("document.querySelector('#flow-layer').textContent.includes('/')")
     page.eval_on_selector("#flow-slider", "el => { el.value = 1; el.dispatchEvent(new Event('input')); }")
     page.screenshot(path=str(out / "serve-flow.png"), full_page=True)
+    pair = similarity_shots(page, out)
 
     page.click("header button[data-view=results]")
     page.select_option("#runs", "world-cnn")
     page.wait_for_function("document.querySelectorAll('#scores tr').length > 1")
     page.click("#scores th[data-col='metric:deletion']")
     page.click("#scores tr:nth-child(2)")
+    page.wait_for_function("document.querySelectorAll('#record-maps .card img.heat').length === 2")
     page.screenshot(path=str(out / "serve-results.png"), full_page=True)
-    return {"page_load_s": statistics.median(loads), "gradcam_s": statistics.median(maps)}
+    return {"page_load_s": statistics.median(loads), "gradcam_s": statistics.median(maps), "pair_s": pair}
 
 
 def main() -> None:
@@ -154,9 +194,10 @@ def main() -> None:
         finally:
             server.should_exit = True
             thread.join(10)
-    print(f"wrote {out / 'serve-explain.png'}, {out / 'serve-flow.png'} and {out / 'serve-results.png'}")
+    print("wrote " + ", ".join(str(out / f"serve-{name}.png") for name in SHOTS))
     print(f"page load (until the layer list is filled): {timings['page_load_s']:.2f} s (median of {args.repeats})")
     print(f"Grad-CAM on mobilenet_v2, click to map on the page: {timings['gradcam_s']:.2f} s (median of {args.repeats})")
+    print(f"Similarity pair (sfam, gradcam, relevance-cam) on mobilenet_v2, click to maps: {timings['pair_s']:.2f} s (once)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ bash scripts/setup.sh
 # headless one (and needs libGL); the imports it does need are installed first.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt pandas matplotlib cachetools
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps quantus==0.6.0
+# lxt (AttnLRP's authors' library) is the test oracle for AttnLRP, installed the same way: its declared
+# dependencies (bitsandbytes, open_clip_torch, accelerate) are not needed by the rules the tests import.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps lxt==2.1
 # The documentation site, built with --strict (a broken link or API reference fails) into a temporary
 # folder that is removed afterwards: nothing is written into the repository.
 site_dir="$(mktemp -d)"

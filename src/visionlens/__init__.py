@@ -20,7 +20,7 @@ _EXPORTS = {
     "Explanation": "core",
     "SimilarityTarget": "core.similarity",
     **dict.fromkeys(["BoxTarget", "SegmentationTarget", "raw_output"], "core.targets"),
-    **dict.fromkeys(["CAM", "DAAM", "METHODS", "AblationCAM", "AttentionRollout", "CheferRollout", "EigenCAM",
+    **dict.fromkeys(["CAM", "DAAM", "METHODS", "AblationCAM", "AttentionRollout", "AttnLRP", "CheferRollout", "EigenCAM",
                      "GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "LeGrad", "NAFlow", "RelevanceCAM", "ScoreCAM",
                      "XGradCAM"],
                     "methods"),
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .core import Explanation
     from .core.similarity import SimilarityTarget
     from .core.targets import BoxTarget, SegmentationTarget, raw_output
-    from .methods import (CAM, DAAM, METHODS, AblationCAM, AttentionRollout, CheferRollout, EigenCAM, GradCAM,
+    from .methods import (CAM, DAAM, METHODS, AblationCAM, AttentionRollout, AttnLRP, CheferRollout, EigenCAM, GradCAM,
                           GradCAMPlusPlus, HiResCAM, LayerCAM, LeGrad, NAFlow, RelevanceCAM, ScoreCAM, XGradCAM)
     from .methods.base import explain_many
     from .methods.sfam import SFAM
@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
 __all__ = [
     "AblationCAM",
     "AttentionRollout",
+    "AttnLRP",
     "BoxTarget",
     "CheferRollout",
     "EigenCAM",

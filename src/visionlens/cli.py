@@ -228,7 +228,8 @@ def _cmd_evaluate(args) -> int:
                       device=args.device, out=args.out, metrics=split(args.metrics) if args.metrics else None,
                       step=args.step, seed=args.seed, progress=not args.quiet, fast_scoring=not args.exact_scoring,
                       compile=args.compile, gallery_size=args.gallery_size, shard=args.shard, weights=args.weights,
-                      split=args.split, label_column=args.label_column, engine=engine)
+                      split=args.split, label_column=args.label_column, engine=engine,
+                      decode_workers=args.decode_workers, scoring_batch=args.scoring_batch)
     for s in report["skipped"]:
         print(f"skipped {s['method']} on {s['model']}: {s['reason']}")
     print(f"{len(report['rows'])} (model, method, metric) cells; wrote {Path(args.out) / 'report.csv'}, "
@@ -489,6 +490,12 @@ def _parser_evaluate(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="also torch.compile that copy (and Score-CAM's masked passes): about a minute of compiling "
                         "per model, then faster scoring; for long runs")
+    p.add_argument("--decode-workers", type=count(minimum=0), default=None,
+                   help="processes that decode the next batches' images while this one computes (default: one per "
+                        "spare CPU, up to 4; 0: decode here)")
+    p.add_argument("--scoring-batch", type=count(maximum=65536), default=None,
+                   help="the most images per forward pass of deletion/insertion (default: from the device's free "
+                        "memory); changes no value")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="compute only the K-th of N contiguous parts of the images, into the folder's own file for "
                         "that part, so that the parts can run at the same time; the same command without --shard "

@@ -174,7 +174,8 @@ def explain_files(
     probe = torch.zeros(1, 3, model.preprocess.crop, model.preprocess.crop)
     with warnings.catch_warnings():  # a blank probe's flat or unconverged maps say nothing of the images
         warnings.simplefilter("ignore", VisionlensWarning)
-        probes = explain_classes(explainers, probe, classes)  # a bad layer or target fails here
+        # a bad layer or target fails here; a method with a cheap ``probe`` (NAFlow: no solve) checks with it
+        probes = explain_classes({m: getattr(ex, "probe", ex) for m, ex in explainers.items()}, probe, classes)
     keys = list(probes)
     flow_methods = [name for name, r in probes.items() if r.flow is not None]
     names_of = lambda stem: file_names(output_files(stem, keys, flow_methods))  # noqa: E731

@@ -178,7 +178,8 @@ def _save_npz(arrays: dict, dest: Path) -> None:
     save_atomic(write, dest)
 
 
-def _make_methods(model: ZooModel, methods: Sequence[str], layer, metric: str, **sfam_options):
+def similarity_methods(model: ZooModel, methods: Sequence[str], layer, metric: str, **sfam_options):
+    """The named similarity explainers (SFAM, the baselines on the similarity, NAFlow's similarity flow) for ``model``."""
     from .methods import SIMILARITY_METHODS
     from .methods.naflow import SimilarityNAFlow
     from .methods.sfam import SFAM
@@ -222,7 +223,7 @@ def _pair_outputs(out: Path, prefix: str, views: tuple[Image.Image, Image.Image]
     return files
 
 
-def _explain_pairs(methods: dict, xa: torch.Tensor, xb: torch.Tensor, batch_size: int) -> dict:
+def explain_pairs(methods: dict, xa: torch.Tensor, xb: torch.Tensor, batch_size: int) -> dict:
     """Pair explanations for all rows, ``batch_size`` pairs at a time; returns per method a list of PairExplanation chunks."""
     results = {m: [] for m in methods}
     for s in range(0, xa.shape[0], batch_size):
@@ -249,7 +250,7 @@ def explain_pair_files(
 
     check_metric(metric)
     cmap = check_cmap(cmap) if cmap is not None else None
-    explainers = _make_methods(model, methods, layer, metric, **sfam_options)
+    explainers = similarity_methods(model, methods, layer, metric, **sfam_options)
     views = [model.preprocess.view(load_image(p)) for p in (a, b)]  # ImageLoadError names the file
     out = Path(out_dir)
     planned = file_names(pair_files("pair", list(methods)))
@@ -302,7 +303,7 @@ def retrieve_files(
     queries = [Path(q) for q in queries]
     if not queries:
         raise InputError("no query image given")
-    explainers = _make_methods(model, methods, layer, metric, **sfam_options)
+    explainers = similarity_methods(model, methods, layer, metric, **sfam_options)
     embedder = next(iter(explainers.values()))
     qviews = [model.preprocess.view(load_image(q)) for q in queries]
     xq = torch.stack([model.preprocess.normalize(v) for v in qviews])
@@ -325,7 +326,7 @@ def retrieve_files(
             mviews.append(model.preprocess.view(load_image(gal.paths[gi])))
             xs.append(model.preprocess.normalize(mviews[-1]))
         xm = torch.stack(xs)
-        results = _explain_pairs(explainers, xq[qi:qi + 1].expand(len(xs), -1, -1, -1), xm, batch_size)
+        results = explain_pairs(explainers, xq[qi:qi + 1].expand(len(xs), -1, -1, -1), xm, batch_size)
         for j, gi in enumerate(order[qi].tolist()):
             chunk, i = divmod(j, batch_size)
             pair_results = {m: r[chunk] for m, r in results.items()}
@@ -347,5 +348,5 @@ def retrieve_files(
     return summary
 
 
-__all__ = ["EmbeddingCache", "Gallery", "embed_gallery", "explain_pair_files", "list_gallery", "model_key",
-           "retrieve_files"]
+__all__ = ["EmbeddingCache", "Gallery", "embed_gallery", "explain_pair_files", "explain_pairs", "list_gallery",
+           "model_key", "retrieve_files", "similarity_methods"]

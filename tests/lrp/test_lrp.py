@@ -238,3 +238,66 @@ def test_a_registered_rule_or_block_makes_the_error_go_away(monkeypatch):
     before = _structure(model)
     att = LRP(model).attribute(torch.randn(2, 3, 8, 8), layers=["input"])
     assert torch.isfinite(att.relevance["input"]).all() and _structure(model) == before
+
+
+def test_relevance_at_mobilenet_v2_features_13_equals_zennits(imagenet_photos):
+    """Relevance-CAM's negative values at the zoo MobileNetV2's features.13 (Bullmastiff photo) are
+    LRP's: the engine's relevance there equals Zennit's under the same rules (z+ with Zennit's bias
+    convention, z^B first layer, pass for BN/ReLU6, z-rule for sums and pooling)."""
+    pytest.importorskip("zennit")
+    from PIL import Image
+    from zennit.attribution import Gradient
+    from zennit.canonizers import AttributeCanonizer
+    from zennit.composites import SpecialFirstLayerMapComposite
+    from zennit.layer import Sum
+    from zennit.rules import Norm, Pass, ZBox
+    from zennit.rules import ZPlus as ZennitZPlus
+    from zennit.types import Activation, AvgPool, BatchNorm, Convolution
+
+    import visionlens
+    from visionlens.models.mobilenet_v2 import InvertedResidual
+
+    class SkipSum(AttributeCanonizer):
+        """The inverted residual's ``x + conv(x)`` through Zennit's ``Sum`` (as its ResNet canonizer)."""
+
+        def __init__(self):
+            super().__init__(self._attributes)
+
+        @classmethod
+        def _attributes(cls, name, module):
+            if isinstance(module, InvertedResidual) and module.use_skip:
+                return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
+            return None
+
+        @staticmethod
+        def forward(self, x):
+            return self.canonizer_sum(torch.stack([x, self.conv(x)], dim=-1))
+
+    zoo = visionlens.load_model("mobilenet_v2")
+    model, layer = zoo.module.eval(), "features.13"
+    bullmastiff = next(p for p in imagenet_photos if p.stem.endswith("_243"))
+    x = zoo.preprocess(Image.open(bullmastiff).convert("RGB"))[None]
+    composite = Composite(type_rules={(nn.Conv2d, nn.Linear): ZPlus(bias="positive")})
+    att = LRP(model, composite).attribute(x, target=243, layers=[layer])
+    ours, act = att.relevance[layer], att.activations[layer]
+    low, high = x.min(), x.max()
+    reference = SpecialFirstLayerMapComposite(
+        layer_map=[(Activation, Pass()), (BatchNorm, Pass()), (Sum, Norm()), (AvgPool, Norm()),
+                   (nn.AdaptiveAvgPool2d, Norm()), (Convolution, ZennitZPlus()), (nn.Linear, ZennitZPlus())],
+        first_map=[(Convolution, ZBox(low, high))], canonizers=[SkipSum()])
+    store = {}
+    def keep(module, inputs, output):
+        output.register_hook(lambda g: store.__setitem__("r", g))
+
+    handle = dict(model.named_modules())[layer].register_forward_hook(keep)
+    try:
+        with Gradient(model, reference) as attributor:
+            attributor(x, att.start)
+    finally:
+        handle.remove()
+    theirs = store["r"]
+    assert float((ours - theirs).abs().max()) <= 5e-3 * float(theirs.abs().max())
+    cam = lambda r: (r.mean((2, 3))[:, :, None, None] * act).sum(1)  # noqa: E731  Relevance-CAM's map
+    ours_cam, their_cam = cam(ours), cam(theirs)
+    assert float(ours_cam.min()) < 0 and float(their_cam.min()) < 0  # the negative values are Zennit's too
+    assert float(((ours_cam > 0) != (their_cam > 0)).float().mean()) < 0.01

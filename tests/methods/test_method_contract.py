@@ -13,7 +13,7 @@ from visionlens.errors import InputError, VisionlensError
 from visionlens.methods.sfam import SFAM
 from visionlens.methods.similarity import SimilarityExplanation
 
-VIT_METHODS = {"daam", "rollout", "chefer", "legrad"}
+VIT_METHODS = {"daam", "rollout", "chefer", "legrad", "attnlrp"}
 
 
 def _vit():

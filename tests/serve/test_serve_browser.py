@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import threading
 import time
@@ -212,3 +213,76 @@ def test_bad_target_shows_the_cli_error_line(page, imagenet_photos):
     page.click("#run")
     page.wait_for_function("document.querySelector('#error').textContent.length > 0")
     assert page.inner_text("#error").startswith("error: unknown class 'not a class' for mobilenet_v2")
+
+
+def test_similarity_view_shows_both_maps_and_the_score(page):
+    page.click("header button[data-view=similarity]")
+    refs = page.eval_on_selector_all("#sim-a option", "els => els.map(e => e.value).filter(Boolean)")
+    page.select_option("#sim-a", refs[0])
+    page.select_option("#sim-b", refs[1])
+    page.click("#sim-run")
+    page.wait_for_selector("#sim-maps .card.pair")
+    assert re.fullmatch(r"cosine similarity -?\d\.\d{4}", page.inner_text("#sim-score"))
+    heats = page.eval_on_selector_all("#sim-maps .card.pair img.heat", "els => els.map(e => e.src)")
+    assert len(heats) == 2 and heats[0] != heats[1] and all(h.startswith("data:image/png;base64,") for h in heats)
+    assert page.evaluate("document.querySelector('#sim-maps img.heat.b').naturalWidth") == 224
+    assert "linear-gradient" in page.eval_on_selector("#sim-maps .bar", "el => el.style.background")
+    assert page.inner_text("#sim-maps h3").startswith("sfam @ ")
+
+
+def test_similarity_gallery_lists_the_top_matches_without_the_query(page):
+    page.click("header button[data-view=similarity]")
+    page.check("input[name=sim-mode][value=gallery]")
+    refs = page.eval_on_selector_all("#sim-a option", "els => els.map(e => e.value).filter(Boolean)")
+    page.select_option("#sim-a", refs[0])
+    page.click("#sim-run")
+    page.wait_for_selector("#sim-matches .match")
+    titles = page.eval_on_selector_all("#sim-matches h4", "els => els.map(e => e.textContent)")
+    assert len(titles) == 2 and titles[0].startswith("#1 ") and refs[0][5:] not in " ".join(titles)
+    scores = page.eval_on_selector_all("#sim-matches .score", "els => els.map(e => Number(e.textContent))")
+    assert scores == sorted(scores, reverse=True)
+    assert "the query itself is left out" in page.inner_text("#sim-score")
+
+
+def test_long_job_is_queued_then_shows_progress_and_cancel_stops_it(page, explorer, mobilenet):
+    refs = page.eval_on_selector_all("#picked option", "els => els.map(e => e.value).filter(Boolean)")
+    page.select_option("#picked", refs[0])
+    page.wait_for_function("document.querySelectorAll('#top5 tr').length === 5")
+    page.uncheck("#methods input[value=gradcam]")
+    page.check("#methods input[value=scorecam]")
+    lock = explorer.device_lock(mobilenet)
+    lock.acquire()  # another request holds the device
+    try:
+        page.click("#run")
+        page.wait_for_function("document.querySelector('#job-state').textContent.includes('queued')")
+        assert page.is_visible("#job") and page.is_enabled("#job-cancel")
+    finally:
+        lock.release()
+    page.wait_for_function("/running scorecam \\(method 1 of 1, forward pass [1-9]\\d*( of about \\d+)?\\)/"
+                           ".test(document.querySelector('#job-state').textContent)")
+    assert page.get_attribute("#job-progress", "max") == "1"
+    # a share of the channel batches where their number is known, else an indeterminate bar
+    assert page.eval_on_selector("#job-progress", "el => el.position === -1 || (el.value > 0 && el.value < 1)")
+    page.click("#job-cancel")
+    page.wait_for_function("document.querySelector('#error').textContent.length > 0")
+    assert page.inner_text("#error") == "error: cancelled"
+    assert page.inner_text("#job-state").endswith("cancelled") and page.is_disabled("#job-cancel")
+    assert page.query_selector(".card") is None
+    page.uncheck("#methods input[value=scorecam]")
+    page.check("#methods input[value=gradcam]")
+    page.click("#run")  # the device is free again
+    page.wait_for_selector(".card img.heat")
+
+
+def test_clicking_a_results_row_shows_its_maps_beside_its_curves(page):
+    page.click("header button[data-view=results]")
+    page.select_option("#runs", "run-world")
+    page.wait_for_function(f"document.querySelectorAll('#scores tr').length === {EVAL_IMAGES + 1}")
+    image = page.eval_on_selector("#scores tr:nth-child(3)", "row => row.cells[0].textContent")
+    page.click("#scores tr:nth-child(3)")
+    page.wait_for_selector("#record-maps .card img.heat")
+    assert page.eval_on_selector_all("#record-maps h3", "els => els.map(e => e.textContent)") == ["gradcam @ layer3"]
+    assert page.get_attribute("#record-maps img.heat", "src").startswith("data:image/png;base64,")
+    assert image in page.inner_text("#record-note")
+    assert page.eval_on_selector_all("#curves polyline.curve", "els => els.map(e => e.dataset.name)") == [
+        "deletion", "insertion"]

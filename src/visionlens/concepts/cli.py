@@ -24,6 +24,7 @@ def _cmd_concepts(args) -> int:
     options = {"seed": args.seed}
     if args.reducer == "vae":
         options.update(hidden=args.vae_hidden, beta=args.vae_beta, epochs=args.vae_epochs, lr=args.vae_lr,
+                       patience=args.vae_patience,
                        clamp=not args.vae_signed, orient=not args.vae_no_orient)
     elif args.reducer == "nmf":
         options.update(max_iter=args.nmf_iter)
@@ -68,8 +69,11 @@ def register(subparsers) -> None:
     p.add_argument("--threshold", type=number(minimum=0, maximum=1), default=0.5, help="heat-map threshold lambda for views and IoU")
     p.add_argument("--vae-hidden", type=count(minimum=0, maximum=65536), default=64, help="VAE decoder hidden width (0: linear decoder)")
     p.add_argument("--vae-beta", type=number(minimum=0), default=1e-3, help="VAE KL weight beta")
-    p.add_argument("--vae-epochs", type=count(maximum=100_000), default=60, help="TraNCE VAE training epochs")
-    p.add_argument("--vae-lr", type=number(above=0, maximum=10), default=3e-3, help="TraNCE VAE learning rate")
+    p.add_argument("--vae-epochs", type=count(maximum=100_000), default=100,
+                   help="TraNCE VAE epoch cap (training stops early on a held-out loss, see --vae-patience)")
+    p.add_argument("--vae-patience", type=count(minimum=1, maximum=100_000), default=5,
+                   help="stop the VAE after this many epochs without a 0.1%% better held-out loss")
+    p.add_argument("--vae-lr", type=number(above=0, maximum=10), default=1e-2, help="TraNCE VAE learning rate")
     p.add_argument("--vae-signed", action="store_true", help="keep negative VAE concept scores (default: clamp at 0)")
     p.add_argument("--vae-no-orient", action="store_true", help="keep each VAE latent's training sign (default: "
                                                                  "flip latents whose large excursions are negative)")

@@ -9,7 +9,11 @@ the paper gives no architecture, so every choice here is a documented, configura
   reconstruction is ``A' = dec(mu(a))`` (unclamped); with ``orient=True`` each latent's sign is
   chosen after training so that its large excursions are positive (the VAE's latents have no
   preferred sign; without this, clamping drops concepts that live on the negative side);
-* CAVs: the decoder Jacobian at the mean code.
+* CAVs: the decoder Jacobian at the mean code;
+* training: mini-batches of ``batch_size`` rows for at most ``epochs`` epochs, stopped early when
+  the loss on a held-out ``val_fraction`` of the rows (deterministic: decoded from ``mu``) has not
+  fallen by a relative ``min_delta`` for ``patience`` epochs; the weights of the best validation
+  epoch are kept. ``history`` records the losses, ``epochs_run`` the epochs trained.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .reducers import Reducer, register_reducer
 
 
@@ -68,16 +73,48 @@ class VAEReducer(Reducer):
     kind = "vae"
 
     def __init__(self, n_concepts: int = 10, hidden: int = 64, enc_hidden: int = 128, beta: float = 1e-3,
-                 epochs: int = 60, lr: float = 3e-3, batch_size: int = 256, clamp: bool = True, orient: bool = True, seed: int = 0):
+                 epochs: int = 100, lr: float = 1e-2, batch_size: int = 128, clamp: bool = True, orient: bool = True,
+                 seed: int = 0, patience: int = 5, val_fraction: float = 0.1, min_delta: float = 1e-3):
+        if int(patience) < 1 or not 0 <= float(val_fraction) < 1 or float(min_delta) < 0:
+            raise InputError(f"VAE early stopping needs patience >= 1, 0 <= val_fraction < 1 and min_delta >= 0; "
+                             f"got {patience}, {val_fraction}, {min_delta}")
         super().__init__(n_concepts=n_concepts, hidden=hidden, enc_hidden=enc_hidden, beta=beta, epochs=epochs,
-                         lr=lr, batch_size=batch_size, clamp=clamp, orient=orient, seed=seed)
+                         lr=lr, batch_size=batch_size, clamp=clamp, orient=orient, seed=seed, patience=patience,
+                         val_fraction=val_fraction, min_delta=min_delta)
         self.net: _VAE | None = None
         self.scale = torch.tensor(1.0)
         self.mean_code: torch.Tensor | None = None
+        self.history: dict[str, list[float]] = {"train": [], "val": []}
+        self.epochs_run = 0
 
     def _build(self, channels: int) -> _VAE:
         c = self.config
         return _VAE(channels, int(c["n_concepts"]), int(c["hidden"]), int(c["enc_hidden"]))
+
+    def _loss(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """``MSE + beta KL`` per channel; ``gen=None`` decodes ``mu`` (the validation loss)."""
+        mu, logvar = self.net.encode(x)
+        z = mu if gen is None else mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1).mean()
+        return ((self.net.decode(z) - x).pow(2).sum(-1).mean() + float(self.config["beta"]) * kl) / x.shape[1]
+
+    def _split(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training and held-out validation rows (no hold-out below 20 rows or with ``val_fraction=0``)."""
+        n_val = int(len(x) * float(self.config["val_fraction"]))
+        if len(x) < 20 or n_val < 1:
+            return x, x[:0]
+        order = torch.randperm(len(x), generator=gen)
+        return x[order[n_val:]], x[order[:n_val]]
+
+    def _epoch(self, x: torch.Tensor, opt: "_Adam", gen: torch.Generator) -> float:
+        bs, total = int(self.config["batch_size"]), 0.0
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), bs):
+            batch = x[order[start:start + bs]]
+            loss = self._loss(batch, gen)
+            opt.step(torch.autograd.grad(loss, opt.params))
+            total += float(loss.detach()) * len(batch)
+        return total / len(x)
 
     def fit(self, rows, progress=False):
         from ..core.progress import Progress
@@ -91,21 +128,31 @@ class VAEReducer(Reducer):
             self.net = self._build(rows.shape[1])
         self.scale = rows.pow(2).mean().sqrt().clamp_min(1e-8)
         x_all = rows / self.scale
+        train, val = self._split(x_all, gen)
         opt = _Adam(list(self.net.parameters()), float(c["lr"]))
-        epochs, bs = int(c["epochs"]), int(c["batch_size"])
+        epochs, patience, min_delta = int(c["epochs"]), int(c["patience"]), float(c["min_delta"])
         bar = Progress(epochs, "vae training", enabled=progress, unit="epoch")
+        self.history, best, best_state, waited = {"train": [], "val": []}, float("inf"), None, 0
         self.net.train()
         for _ in range(epochs):
-            order = torch.randperm(len(x_all), generator=gen)
-            for start in range(0, len(x_all), bs):
-                x = x_all[order[start:start + bs]]
-                mu, logvar = self.net.encode(x)
-                z = mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
-                recon = self.net.decode(z)
-                kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1).mean()
-                loss = (recon - x).pow(2).sum(-1).mean() / x.shape[1] + float(c["beta"]) * kl / x.shape[1]
-                opt.step(torch.autograd.grad(loss, opt.params))
+            self.history["train"].append(self._epoch(train, opt, gen))
             bar.update(1)
+            if not len(val):
+                continue
+            with torch.no_grad():
+                loss = float(self._loss(val, None))
+            self.history["val"].append(loss)
+            if loss < best * (1 - min_delta):
+                best, waited = loss, 0
+                best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
+            else:
+                waited += 1
+                if waited >= patience:
+                    bar.update(epochs - len(self.history["train"]))
+                    break
+        self.epochs_run = len(self.history["train"])
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
         self.net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)

@@ -74,10 +74,11 @@ def conv_bn_pairs(module: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def fold_batchnorm(module: nn.Module) -> int:
+def fold_batchnorm(module: nn.Module, keep: tuple[str, ...] = ()) -> int:
     """Fold, in place, each eval-mode batch norm that reads only a convolution's output into that
-    convolution (the batch norm becomes ``Identity``); returns the count."""
-    pairs = conv_bn_pairs(module)
+    convolution (the batch norm becomes ``Identity``); returns the count. Pairs with a module named
+    in ``keep`` stay as they are (e.g. a layer whose own output is hooked)."""
+    pairs = [p for p in conv_bn_pairs(module) if not set(p) & set(keep)]
     for conv_name, bn_name in pairs:
         conv, bn = module.get_submodule(conv_name), module.get_submodule(bn_name)
         for name, new in ((conv_name, fuse_conv_bn_eval(conv, bn)), (bn_name, nn.Identity())):
@@ -102,21 +103,24 @@ class InferenceCopy(nn.Module):
     weights; inputs are made channels-last on the way in. With ``compile_batch`` the copy also
     runs through ``torch.compile`` in batches of exactly that many images (see the module doc)."""
 
-    def __init__(self, module: nn.Module, compile_batch: int | None = None):
+    def __init__(self, module: nn.Module, compile_batch: int | None = None, channels_last: bool = True,
+                 keep: tuple[str, ...] = ()):
         super().__init__()
         inner = copy.deepcopy(module, _without_hooks(module)).eval()
         for p in inner.parameters():
             p.requires_grad_(False)
-        self.folded = fold_batchnorm(inner)
-        self.inner = inner.to(memory_format=torch.channels_last)
+        self.folded = fold_batchnorm(inner, keep)
+        self.channels_last = channels_last
+        self.inner = inner.to(memory_format=torch.channels_last) if channels_last else inner
         if compile_batch is not None and compile_batch < 1:
             raise ValueError("compile_batch must be at least 1")
         self.compile_batch = compile_batch
         self._compiled = (torch.compile(self.inner, dynamic=False, options={"freezing": True})
                           if compile_batch else None)
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 4:
+        if x.ndim == 4 and self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self._compiled is None or x.ndim != 4:
             return self.inner(x)
@@ -242,3 +246,143 @@ def _compare(ref, got, rtol: float) -> tuple[float, str | None]:
     if not err <= rtol * scale:  # also catches NaN
         return err, f"differs by {err:.2e}"
     return err, None
+
+
+# --- the fastest checked copy, kept per model ---------------------------------------------------
+
+_FASTEST: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def fastest_checked_copy(module: nn.Module, x: torch.Tensor, batch: int, keep: tuple[str, ...] = (),
+                         rtol: float = 1e-4) -> tuple[nn.Module, str]:
+    """The fastest of ``module`` itself and its folded copies (channels-last, and in the default
+    memory format) that match it on ``x[:4]`` (as :func:`checked_inference_copy`), timed by one
+    forward of ``batch`` images like ``x``. Kept per model, and reused while the model's parameters,
+    ``keep``, the image size and the device are unchanged, so a method called on many batches
+    pays the choice once. ``keep``: modules not folded (see :func:`fold_batchnorm`)."""
+    key = (_fingerprint(module), tuple(keep), tuple(x.shape[1:]), x.dtype, str(x.device))
+    cached = _FASTEST.get(module)
+    if cached is not None and cached["key"] == key:
+        return cached["copy"], cached["how"]
+    probe = x[:4]
+    ref = _reference(module, probe)
+    candidates = {"model itself": module}
+    for channels_last in (True, False):
+        try:
+            fast = InferenceCopy(module, channels_last=channels_last, keep=keep)
+            if _compare(ref, fast(probe), rtol)[1] is None:
+                fmt = "channels-last" if channels_last else "default memory format"
+                candidates[f"inference copy ({fast.folded} BatchNorm folded, {fmt})"] = fast
+        except Exception:  # noqa: BLE001 - a copy that cannot run is no candidate
+            continue
+    full = x[:1].expand(max(2, min(batch, 16)), *x.shape[1:]).contiguous()  # enough to rank, cheap to time
+    times = {how: _seconds(m, full) for how, m in candidates.items()}
+    how = min(times, key=times.get)
+    _FASTEST[module] = {"key": key, "copy": candidates[how], "how": how}
+    return candidates[how], how
+
+
+def _seconds(module: nn.Module, x: torch.Tensor) -> float:
+    """Seconds of one forward of ``x`` (in the module's mode as it is) after a warm-up pass of two images."""
+    import time
+
+    module(x[:2])
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    t0 = time.perf_counter()
+    module(x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter() - t0
+
+
+# --- how many images one forward pass may take ------------------------------------------------
+
+MEMORY_FRACTION = 0.25
+"""The share of the device's free memory that one forward batch may fill (activations, inputs and
+the perturbed images being built): the rest stays for the model, other work and other processes."""
+
+CPU_CEILING = 256
+"""The most images per forward pass on a CPU, whatever memory allows: beyond a few dozen images
+a CPU forward is no faster per image (``benchmarks/evaluate_floor.py`` sweeps the batch size), so
+a larger batch only takes memory."""
+
+GPU_CEILING = 4096
+
+
+def available_bytes(device) -> int:
+    """Free memory of ``device``: ``torch.cuda.mem_get_info`` on CUDA; on a CPU the available RAM
+    (psutil when installed, else ``/proc/meminfo``'s MemAvailable; 4 GiB when neither says)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+_PER_IMAGE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """:func:`measured_activation_bytes`, measured once per module, image size, dtype and device."""
+    key = (tuple(x.shape[1:]), x.dtype, str(x.device))
+    known = _PER_IMAGE.setdefault(module, {})
+    if key not in known:
+        known[key] = measured_activation_bytes(module, x)
+    return known[key]
+
+
+@torch.no_grad()
+def measured_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes one image takes while ``module`` runs forward on it, measured by one probe forward of
+    ``x[:1]``: the CUDA allocator's peak on a GPU; on a CPU four times the largest output of any
+    layer (the tensors alive at once: a layer's input, output and skip connections) plus the
+    image itself twice (the batch being built and the one being scored)."""
+    x = x[:1]
+    image = x.numel() * x.element_size()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+        before = torch.cuda.memory_allocated(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        module(x)
+        torch.cuda.synchronize(x.device)
+        return max(image, torch.cuda.max_memory_allocated(x.device) - before) + 2 * image
+    largest = [0]
+
+    def record(_m, _i, out):
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    handles = [m.register_forward_hook(record) for m in module.modules() if not list(m.children())]
+    try:
+        module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return 4 * largest[0] + 2 * image
+
+
+def batch_bound(module: nn.Module, x: torch.Tensor, cap: int | None = None, ceiling: int | None = None) -> int:
+    """How many images of ``x``'s size one forward pass of ``module`` may take on ``x``'s device:
+    :data:`MEMORY_FRACTION` of the free memory over :func:`activation_bytes`, at most ``ceiling``
+    (default :data:`CPU_CEILING` or :data:`GPU_CEILING`) and at most ``cap`` (a user's limit)."""
+    if cap is not None and cap < 1:
+        raise ValueError("cap must be at least 1")
+    if ceiling is None:
+        ceiling = GPU_CEILING if x.device.type == "cuda" else CPU_CEILING
+    per_image = max(1, activation_bytes(module, x))
+    bound = int(MEMORY_FRACTION * available_bytes(x.device)) // per_image
+    return max(1, min(bound, ceiling, cap if cap is not None else ceiling))

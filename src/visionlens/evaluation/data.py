@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data import datasets as _sets
-from ..errors import ImageLoadError, InputError, display
+from ..errors import ImageLoadError, InputError, VisionlensError, display
 from ..models.zoo import ZooModel
 
 BATCH_BYTES = 128 * 3 * 224 * 224 * 4
@@ -143,6 +143,11 @@ class Batch:
     masks: torch.Tensor | None = None
     boxes: torch.Tensor | None = None
 
+    def pin_memory(self) -> "Batch":
+        """The batch in pinned memory (``DataLoader(pin_memory=True)`` calls this), for fast copies to a GPU."""
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return Batch(self.ids, pin(self.x), pin(self.raw), pin(self.labels), pin(self.masks), pin(self.boxes))
+
 
 def load_batch(data: dict, items, model: ZooModel) -> Batch:
     """The images ``items`` ((id, source, label) of :func:`data_items`, labels as the model's class
@@ -196,3 +201,68 @@ def scoring_batch(batch_size: int, per_image: int) -> int:
     """How many perturbed images the metrics score per forward pass: eight per image of the batch
     (at least 64), but no more than fit in :data:`BATCH_BYTES` (``per_image`` bytes each)."""
     return max(1, min(max(batch_size * 8, 64), BATCH_BYTES // per_image))
+
+
+def scoring_bound(scorer: torch.nn.Module, x: torch.Tensor, cap: int | None = None) -> int:
+    """Images per forward pass of the scoring: the device's memory bound for ``scorer`` on images
+    like ``x`` (:func:`visionlens.core.inference.batch_bound`: a share of the free memory over one
+    probe forward's per-image bytes), on a CPU at most :data:`BATCH_BYTES` of input images, and at
+    most ``cap`` (``--scoring-batch``)."""
+    from ..core.inference import batch_bound
+
+    ceiling = None if x.device.type == "cuda" else max(1, BATCH_BYTES // (x[0].numel() * x.element_size()))
+    return batch_bound(scorer, x, cap=cap, ceiling=ceiling)
+
+
+def loader_workers(data: dict, asked: int | None, batches: int) -> int:
+    """Processes that decode images ahead of the compute: ``asked`` (``--decode-workers``), else
+    none for the synthetic world (generated in this process, and cheaply) or a single batch, one
+    per spare CPU up to 4 for files."""
+    if asked is not None:
+        return asked
+    if data["kind"] == "world" or batches <= 1:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+class _Batches(torch.utils.data.Dataset):
+    """The batches ``chunks`` (lists of items), each loaded by :func:`load_batch`; a failure is
+    returned, not raised, so that the main process raises it as its one line."""
+
+    def __init__(self, data: dict, chunks: list, model):
+        self.data, self.chunks, self.model = data, chunks, model
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int):
+        try:
+            return load_batch(self.data, self.chunks[i], self.model)
+        except VisionlensError as err:
+            return err
+        except Exception as err:  # noqa: BLE001 - sent back to the main process as one line
+            return RuntimeError(f"{type(err).__name__}: {err}")
+
+
+def prefetched(data: dict, chunks: list, model: ZooModel, workers: int = 0):
+    """The batches ``chunks`` in order, loaded (:func:`load_batch`) by a ``DataLoader`` with
+    ``workers`` processes that decode the next batches while this one computes (pinned memory
+    when the model is on CUDA); ``workers=0`` loads each batch here when it is asked for."""
+    if workers == 0:
+        for chunk in chunks:
+            yield load_batch(data, chunk, model)
+        return
+    light = _PreprocessOnly(model.preprocess)  # the workers need the preprocessing, not the model
+    loader = torch.utils.data.DataLoader(_Batches(data, chunks, light), batch_size=None, num_workers=workers,
+                                         pin_memory=torch.device(model.device).type == "cuda")
+    for b in loader:
+        if isinstance(b, Exception):
+            raise b
+        yield b
+
+
+@dataclass
+class _PreprocessOnly:
+    """What :func:`load_batch` reads of a model."""
+
+    preprocess: object

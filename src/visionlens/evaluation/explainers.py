@@ -45,7 +45,10 @@ class ClassifierExplainer:
         self.method = method
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> ExplainedBatch:
-        exp = self.method(x)
+        return self.explained(self.method(x))
+
+    def explained(self, exp) -> ExplainedBatch:
+        """The batch as the metrics take it, from the method's explanation of the predicted class."""
         target = exp.logits.argmax(1).detach()
         return ExplainedBatch(exp.maps.detach(), target, target.cpu(), lambda xx, t: self.method(xx, t).maps)
 
@@ -146,3 +149,20 @@ def build_explainers(model: ZooModel, methods: list[str], spec: dict, gallery_si
         except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
             failed[name] = err
     return live, failed
+
+
+def explain_together(explainers: dict, x: torch.Tensor, labels: torch.Tensor) -> dict[str, ExplainedBatch]:
+    """The classifier explainers of ``explainers`` whose methods can share one forward (and one
+    backward) pass (:func:`visionlens.methods.base.explain_many`: CAM-family methods), explained in
+    that pass: ``{name: ExplainedBatch}`` of those; the others (and all, when fewer than two can
+    share or their method names repeat) are left to explain on their own."""
+    from ..methods.base import ClassActivationMethod, explain_many
+
+    shared = {name: e for name, e in explainers.items() if type(e) is ClassifierExplainer
+              and isinstance(e.method, ClassActivationMethod) and e.method.shares_pass}
+    methods = [e.method for e in shared.values()]
+    if len(methods) < 2 or len({m.name for m in methods}) < len(methods) or any(m.model is not methods[0].model
+                                                                                   for m in methods):
+        return {}
+    results = explain_many(methods, x)
+    return {name: e.explained(results[e.method.name]) for name, e in shared.items()}

@@ -24,13 +24,14 @@ from ..core.inference import checked_inference_copy
 from ..core.progress import Progress
 from ..errors import InputError
 from ..io import versions
+from ..metrics.faithfulness import curve_length
 from ..models.preprocessing import Preprocess
 from ..models.zoo import ZOO, ZooModel, imagenet_classes, load_model, resolve_device
 from . import data as _data
 from . import store as _store
-from .explainers import build_explainers
+from .explainers import build_explainers, explain_together
 from .report import aggregate, save_examples, write_report_card
-from .scoring import batch_metrics, metric_context
+from .scoring import batch_metrics, joint_curves, joint_names, metric_context
 
 
 # --- the arguments ----------------------------------------------------------------------------
@@ -256,6 +257,8 @@ class _Run:
     batches: dict = field(default_factory=dict)
     seed: int = 0
     engine: object = None            # computes the models' batches elsewhere (ray_engine.RayEngine); None: here
+    workers: int | None = None       # image-decoding processes (None: chosen from the data and the CPUs)
+    scoring_batch: int | None = None # the most images per scoring pass (None: the device's memory bound)
 
 
 @dataclass
@@ -268,6 +271,7 @@ class _ModelRun:
     batch: int                       # images per batch
     bar: Progress
     scorer: torch.nn.Module | None = None
+    scoring: int | None = None       # images per scoring forward pass (set with the scorer)
 
 
 def _skip(run: _Run, model: str, method: str, err: Exception) -> None:
@@ -303,36 +307,106 @@ class _Logits(torch.nn.Module):
 
 
 def _scorer(run: _Run, m: _ModelRun, b: _data.Batch) -> torch.nn.Module:
-    """The module the metrics' forward passes run (the checked inference copy, or the model itself)."""
+    """The module the metrics' forward passes run (the checked inference copy, or the model itself),
+    and the images per scoring pass (``m.scoring``): a bound from the device's free memory, or with
+    ``compile`` the compiled graph's one batch size (shared with Score-CAM's masked passes)."""
+    x = b.x.to(m.model.device)
+    compile_batch = _data.scoring_batch(m.batch, _data.image_bytes(m.model)) if run.compile else None
     if not run.fast_scoring:
         scorer, run.scoring[m.name] = m.model.module, "model itself"
-        return _Logits(scorer)
-    per_image = _data.image_bytes(m.model)
-    compile_batch = _data.scoring_batch(m.batch, per_image) if run.compile else None
-    scorer, run.scoring[m.name] = checked_inference_copy(m.model.module, b.x.to(m.model.device),
-                                                         compile_batch=compile_batch)
+    else:
+        scorer, run.scoring[m.name] = checked_inference_copy(m.model.module, x, compile_batch=compile_batch)
+    bound = _data.scoring_bound(_Logits(scorer), x, run.scoring_batch)
+    m.scoring = bound if compile_batch is None else min(bound, compile_batch)
+    run.batches[m.name]["scoring"] = m.scoring
     return _Logits(scorer)
 
 
-def _evaluate_method(run: _Run, m: _ModelRun, method: str, b: _data.Batch, start: int, ends_cache: dict) -> None:
-    """One method on one batch: explained, scored, its new records appended (or the method skipped from here on)."""
-    t0 = time.perf_counter()
-    n, parts, moved = len(b.ids), 1 + len(run.metrics), [0.0]
+class _BatchBar:
+    """The progress bar inside one batch: each method's share (its images) moves in parts, one for
+    its maps and one per metric, so the bar moves during the scoring, not only between batches."""
 
-    def advance(_name=None) -> None:  # the bar moves inside the batch: after the maps and each metric
-        step = min(n / parts, n - moved[0])
-        moved[0] += step
-        m.bar.update(step)
+    def __init__(self, bar: Progress, n: int, parts: int, methods: list[str]):
+        self.bar, self.n, self.parts = bar, n, parts
+        self.moved = dict.fromkeys(methods, 0.0)
+
+    def part(self, method: str, count: float = 1.0) -> None:
+        step = min(count * self.n / self.parts, self.n - self.moved[method])
+        self.moved[method] += step
+        self.bar.update(step)
+
+    def finish(self, method: str, total: float | None = None) -> None:
+        """The method's share done (``total``: more than this batch, e.g. the rest of the run)."""
+        self.bar.update((self.n if total is None else total) - self.moved.pop(method))
+
+
+def _explain(run: _Run, m: _ModelRun, methods: list[str], b: _data.Batch, start: int, bar: _BatchBar) -> dict:
+    """Each method's :class:`ExplainedBatch` of the batch (a method that fails is skipped from here on);
+    CAM-family methods share one pass where they can (:func:`.explainers.explain_together`)."""
+    explained = _explain_shared(run, m, methods, b, bar)
+    for method in (mm for mm in methods if mm not in explained):
+        t0 = time.perf_counter()
+        try:
+            explained[method] = m.live[method](b.x.to(m.model.device), b.labels)
+        except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
+            _drop(run, m, method, err, start, bar)
+            continue
+        run.timings[f"{m.name}/{method}"] = run.timings.get(f"{m.name}/{method}", 0.0) + time.perf_counter() - t0
+        bar.part(method)
+    return explained
+
+
+def _explain_shared(run: _Run, m: _ModelRun, methods: list[str], b: _data.Batch, bar: _BatchBar) -> dict:
+    """The methods that can share one explaining pass, explained in it (``{}`` if none can, or it fails:
+    each method then runs on its own, where a failure skips only that method)."""
+    t0 = time.perf_counter()
+    try:
+        explained = explain_together({mm: m.live[mm] for mm in methods}, b.x.to(m.model.device), b.labels)
+    except Exception:  # noqa: BLE001 - explained one by one instead
+        return {}
+    for method in explained:
+        key = f"{m.name}/{method}"
+        run.timings[key] = run.timings.get(key, 0.0) + (time.perf_counter() - t0) / len(explained)
+        bar.part(method)
+    return explained
+
+
+def _drop(run: _Run, m: _ModelRun, method: str, err: Exception, start: int, bar: _BatchBar) -> None:
+    _skip(run, m.name, method, err)
+    del m.live[method]
+    bar.finish(method, len(run.mine) - start)
+
+
+def _joint(run: _Run, contexts: dict, bar: _BatchBar) -> dict:
+    """Deletion and insertion of every method scored together (:func:`.scoring.joint_curves`), the
+    bar moving with each pass; ``{}`` if that fails (each method is then scored on its own)."""
+    shares = {mm: len(joint_names(run.metrics, c)) for mm, c in contexts.items()}
+    if not any(shares.values()):
+        return {}
+    n, _, h, w = next(iter(contexts.values())).x.shape
+    images = n * (curve_length(h, w, run.step)[1] - 1) * sum(shares.values())
+
+    def on_chunk(count: int) -> None:  # each method's curve metrics move by the share of passes done
+        for mm, share in shares.items():
+            bar.part(mm, share * count / max(1, images))
 
     try:
-        res = m.live[method](b.x.to(m.model.device), b.labels)
-        advance()
-        context = metric_context(m.model, b, res, run.step, m.batch, m.scorer, ends_cache)
-        values = batch_metrics(context, run.metrics, on_metric=advance)
+        given = joint_curves(list(contexts.values()), run.metrics, on_chunk)
+    except Exception:  # noqa: BLE001 - scored per method below, where a failure skips only that method
+        for c in contexts.values():
+            c.shared.pop("curves", None)
+        return {}
+    return dict(zip(contexts, given))
+
+
+def _score(run: _Run, m: _ModelRun, method: str, b: _data.Batch, res, context, given: dict, start: int,
+           bar: _BatchBar) -> None:
+    """One method's metrics on the batch (those not ``given``), its new records appended."""
+    t0 = time.perf_counter()
+    try:
+        values = batch_metrics(context, run.metrics, on_metric=lambda _name: bar.part(method), given=given)
     except Exception as err:  # noqa: BLE001 - reported as skipped, not a crash
-        _skip(run, m.name, method, err)
-        del m.live[method]
-        m.bar.update(len(run.mine) - start - moved[0])
+        _drop(run, m, method, err, start, bar)
         return
     key = f"{m.name}/{method}"
     run.timings[key] = run.timings.get(key, 0.0) + time.perf_counter() - t0
@@ -342,32 +416,53 @@ def _evaluate_method(run: _Run, m: _ModelRun, method: str, b: _data.Batch, start
                                 curves=context.shared.get("curves"))
     _store.write_records(run.f, recs)
     run.done.update((m.name, method, r["image"]) for r in recs)
-    m.bar.update(n - moved[0])
+    bar.finish(method)
 
 
-def _evaluate_batch(run: _Run, m: _ModelRun, start: int) -> None:
-    """Every live method on the batch of images from ``start``, where some of its images are not done."""
+def _missing(run: _Run, m: _ModelRun, start: int) -> tuple[list, dict]:
+    """The batch from ``start`` (labels as the model's classes) and, per live method, its images not done."""
     chunk = _data.model_labels(run.mine[start:start + m.batch], run.label_maps.get(m.name))
-    missing = {mm: [i for i, _, _ in chunk if (m.name, mm, i) not in run.done] for mm in m.live}
-    if not any(missing.values()):
-        m.bar.skip(len(chunk) * len(m.live))
+    return chunk, {mm: [i for i, _, _ in chunk if (m.name, mm, i) not in run.done] for mm in m.live}
+
+
+def _evaluate_batch(run: _Run, m: _ModelRun, start: int, b: _data.Batch | None = None) -> None:
+    """Every live method on the batch of images from ``start`` (``b``: the batch, loaded already),
+    where some of its images are not done: all maps first, then deletion and insertion of all
+    methods together, then each method's other metrics."""
+    chunk, missing = _missing(run, m, start)
+    todo = [mm for mm in m.live if missing[mm]]
+    m.bar.skip(len(chunk) * (len(m.live) - len(todo)))
+    if not todo:
         return
-    b = _data.load_batch(run.spec, chunk, m.model)
-    ends_cache: dict = {}
+    b = _data.load_batch(run.spec, chunk, m.model) if b is None else b
     if m.scorer is None:
         m.scorer = _scorer(run, m, b)
-    for mm in list(m.live):
-        if not missing[mm]:
-            m.bar.skip(len(chunk))
-            continue
-        _evaluate_method(run, m, mm, b, start, ends_cache)
+    bar = _BatchBar(m.bar, len(b.ids), 1 + len(run.metrics), todo)
+    explained = _explain(run, m, todo, b, start, bar)
+    ends_cache: dict = {}
+    contexts = {mm: metric_context(m.model, b, res, run.step, m.batch, m.scorer, ends_cache, m.scoring)
+                for mm, res in explained.items()}
+    t0 = time.perf_counter()
+    given = _joint(run, contexts, bar)
+    for mm in contexts:  # the joint passes' time, shared out among the methods
+        key = f"{m.name}/{mm}"
+        run.timings[key] = run.timings.get(key, 0.0) + (time.perf_counter() - t0) / len(contexts)
+    for mm, res in explained.items():
+        _score(run, m, mm, b, res, contexts[mm], given.get(mm, {}), start, bar)
 
 
 def _evaluate_model(run: _Run, source: _ModelSource, methods: list[str]) -> None:
-    """Every method not done yet on the model, batch by batch, appended to the results file."""
+    """Every method not done yet on the model, batch by batch, appended to the results file; the
+    batches' images decoded ahead by :func:`.data.prefetched` while the previous ones are scored."""
     m = _start_model(run, source, methods)
-    for start in range(0, len(run.mine), m.batch):
-        _evaluate_batch(run, m, start)
+    starts = list(range(0, len(run.mine), m.batch))
+    todo = [s for s in starts if any(_missing(run, m, s)[1].values())]
+    chunks = [_missing(run, m, s)[0] for s in todo]
+    workers = _data.loader_workers(run.spec, run.workers, len(todo))
+    loaded = iter(_data.prefetched(run.spec, chunks, m.model, workers))
+    wanted = set(todo)
+    for start in starts:
+        _evaluate_batch(run, m, start, next(loaded) if start in wanted else None)
 
 
 def _manifest(run: _Run, command: dict, names: list[str], t_start: float) -> dict:
@@ -406,7 +501,8 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
              step: int | None = None, seed: int = 0, examples: int = 4, progress: bool = True,
              gallery_size: int = 1000, fast_scoring: bool = True, compile: bool = False,
              shard: str | tuple[int, int] | None = None, weights: str | Path | None = None,
-             split: str | None = None, label_column: str | None = None, engine=None) -> dict:
+             split: str | None = None, label_column: str | None = None, engine=None,
+             decode_workers: int | None = None, scoring_batch: int | None = None) -> dict:
     """Run (or resume) the evaluation and write the report card; returns the report dict.
 
     ``models``: zoo names and model specs (``timm:NAME``, ``torchvision:NAME``, ``hf:ID_OR_DIR``;
@@ -426,6 +522,12 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
     :class:`visionlens.evaluation.ray_engine.RayEngine` spreads the same batches over Ray actors
     (this process still writes the results file, so resuming works the same; docs/scale.md).
 
+    ``decode_workers``: processes that decode the next batches' images while this one computes
+    (None: one per spare CPU, up to 4; none for the synthetic world). ``scoring_batch``: the most
+    images per forward pass of deletion and insertion, which score every method's curves of a batch
+    together (None: a bound from the device's free memory and one probe forward; docs/scale.md).
+    Neither changes any value.
+
     Embedding models (spec 7.6) are scored through a confidence instead of a softmax: methods for
     similarity (SFAM, Grad-CAM and Relevance-CAM on the similarity) explain each image's
     similarity to its nearest neighbour in a gallery (the first ``gallery_size`` training images),
@@ -439,6 +541,10 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
     masked passes of methods that take it (Score-CAM): a minute or so of compiling per model,
     then about 1.4-1.5x faster scoring on this project's CPU (docs/benchmarks.md)."""
     n, batch_size, step, gallery_size, examples = _checked_numbers(n, batch_size, step, gallery_size, examples)
+    if decode_workers is not None:
+        decode_workers = check_number("--decode-workers", decode_workers, minimum=0, integer=True)
+    if scoring_batch is not None:
+        scoring_batch = check_number("--scoring-batch", scoring_batch, minimum=1, integer=True)
     names, spec = _checked_choices(methods, metrics, data, n, {"split": split, "label_column": label_column})
     sources = _resolve_models(models, weights, device)
     label_maps = _label_maps(sources, spec, spec["name"])
@@ -453,7 +559,8 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
     t_start = time.perf_counter()
     with _store.open_for_append(path) as f:
         run = _Run(out, f, spec, items[offset:stop], offset, names, set(), step, batch_size, examples, device,
-                   progress, gallery_size, fast_scoring, compile, label_maps, seed=seed, engine=engine)
+                   progress, gallery_size, fast_scoring, compile, label_maps, seed=seed, engine=engine,
+                   workers=decode_workers, scoring_batch=scoring_batch)
         settings = _store.run_settings(spec, names, step, seed, gallery_size, {m.name: m.source for m in sources})
         _run_models(run, sources, methods, settings, path, created)
     # the report card covers the images of this command, all shards: a folder that also holds results
@@ -468,6 +575,7 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
                "batch_size": batch_size, "device": str(device), "metrics": names, "step": step, "seed": seed,
                "gallery_size": gallery_size, "fast_scoring": fast_scoring, "compile": compile,
                "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
-               "engine": {"engine": "local"} if engine is None else engine.describe()}
+               "engine": {"engine": "local"} if engine is None else engine.describe(),
+               "decode_workers": decode_workers, "scoring_batch": scoring_batch}
     write_report_card(out, report, _manifest(run, command, names, t_start))
     return report

@@ -1,6 +1,7 @@
 """One module per explanation method; :mod:`.registry` lists them all (``visionlens methods``)."""
 
 from .ablationcam import AblationCAM
+from .attnlrp import AttnLRP
 from .base import ClassActivationMethod
 from .cam import CAM
 from .chefer import CheferRollout
@@ -18,6 +19,6 @@ from .rollout import AttentionRollout
 from .scorecam import ScoreCAM
 from .xgradcam import XGradCAM
 
-__all__ = ["AblationCAM", "EigenCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "ScoreCAM", "XGradCAM",
+__all__ = ["AblationCAM", "AttnLRP", "EigenCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "ScoreCAM", "XGradCAM",
            "AttentionRollout", "CAM", "CheferRollout", "ClassActivationMethod", "DAAM", "GradCAM", "LeGrad", "METHODS",
            "MethodInfo", "NAFlow", "REGISTRY", "RelevanceCAM", "SIMILARITY_METHODS"]

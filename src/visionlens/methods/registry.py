@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 
 from .ablationcam import AblationCAM
+from .attnlrp import AttnLRP
 from .cam import CAM
 from .chefer import CheferRollout
 from .daam import DAAM
@@ -68,6 +69,7 @@ REGISTRY: tuple[MethodInfo, ...] = (
     MethodInfo("rollout", AttentionRollout, "flow"),
     MethodInfo("chefer", CheferRollout, "flow"),
     MethodInfo("legrad", LeGrad, "flow"),
+    MethodInfo("attnlrp", AttnLRP, "flow"),
     MethodInfo("naflow", NAFlow, "flow"),
     MethodInfo("sfam", SFAM, "similarity", "similarity"),
     MethodInfo("gradcam", SimilarityGradCAM, "similarity", "similarity"),

@@ -7,12 +7,14 @@ score is the target logit (not the softmax probability), ``softmax`` over channe
 inputs are never materialised all at once: they are built and scored ``batch_size`` at a time
 (across images and channels), so peak memory is bounded by ``batch_size``. Constant channels
 (all-zero masks) share one forward pass per image. With ``inference_copy`` (the default) the
-masked images are scored by a BatchNorm-folded, channels-last copy of the model
-(:mod:`visionlens.core.inference`), used only when it matches the model on the input: faster on
-CPU (``benchmarks/cam_speed.py --tables scorecam``), and equal to the model within float rounding.
-With ``compile=True`` that copy is also compiled with ``torch.compile`` for batches of
-``batch_size`` (checked the same way, built once per model and reused across calls; the first call
-pays the compilation).
+masked images are scored by the fastest checked copy of the model
+(:func:`visionlens.core.inference.fastest_checked_copy`: BatchNorm folded, channels-last or not,
+used only when it matches the model on the input, chosen once per model and kept), equal to the
+model within float rounding. ``batch_size`` None (the default) takes the device's memory bound
+(:func:`visionlens.core.inference.batch_bound`). With ``compile=True`` the folded copy is also
+compiled with ``torch.compile`` for batches of ``batch_size`` (64 when None; checked the same way,
+built once per model and reused across calls; the first call pays the compilation).
+``benchmarks/perturbation_floor.py`` times it against pytorch-grad-cam and the masked passes alone.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.hooks import ActivationCapture
-from ..core.inference import checked_inference_copy
+from ..core.inference import batch_bound, checked_inference_copy, fastest_checked_copy
 from ..core.targets import ClassTargets
 from .base import PerturbationMethod
 
@@ -31,10 +33,24 @@ EPS = 1e-8
 class ScoreCAM(PerturbationMethod):
     name = "scorecam"
 
-    def __init__(self, model, layer=None, batch_size: int = 64, inference_copy: bool = True, compile: bool = False):
-        super().__init__(model, layer, batch_size)
+    def __init__(self, model, layer=None, batch_size: int | None = None, inference_copy: bool = True,
+                 compile: bool = False):
+        super().__init__(model, layer, 64 if batch_size is None else batch_size)
+        self.batch_size = batch_size  # None: the memory bound, found on the first call
         self.inference_copy = inference_copy
         self.compile = compile
+
+    def _scorer(self, x: torch.Tensor, capture: ActivationCapture) -> tuple[torch.nn.Module, int]:
+        """The module that scores the masked images, and how many it takes per pass."""
+        scorer = self.model
+        with capture.paused():
+            if self.inference_copy and self.compile:
+                batch = self.batch_size or 64
+                return checked_inference_copy(self.model, x[:4], compile_batch=batch)[0], batch
+            if self.inference_copy:
+                scorer = fastest_checked_copy(self.model, x, self.batch_size or 64)[0]
+            batch = self.batch_size or batch_bound(scorer, x)
+        return scorer, batch
 
     def channel_weights(self, activation: torch.Tensor, targets: ClassTargets, output: torch.Tensor,
                         capture: ActivationCapture) -> torch.Tensor:
@@ -50,14 +66,13 @@ class ScoreCAM(PerturbationMethod):
         varying = (~constant).nonzero()[:, 0]
         blank_images = constant.view(b, k).any(dim=1).nonzero()[:, 0]
         jobs = torch.cat([varying, blank_images * k + constant.view(b, k).float().argmax(dim=1)[blank_images]])
-        scorer = self.model
-        if self.inference_copy and len(jobs) > b:  # worth a copy: more masked passes than images
-            with capture.paused():
-                scorer = checked_inference_copy(self.model, x[:4],
-                                                compile_batch=self.batch_size if self.compile else None)[0]
+        if len(jobs) > b:  # worth a copy: more masked passes than images
+            scorer, batch = self._scorer(x, capture)
+        else:
+            scorer, batch = self.model, self.batch_size or 64
         job_scores = torch.empty(len(jobs), device=activation.device)
-        for start in range(0, len(jobs), self.batch_size):
-            chunk = jobs[start:start + self.batch_size]
+        for start in range(0, len(jobs), batch):
+            chunk = jobs[start:start + batch]
             image, channel = chunk // k, chunk % k
             maps = activation[image, channel][:, None].float()
             up = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=True)

@@ -151,44 +151,125 @@ def _curve_images(x: torch.Tensor, mode: str, substrate: torch.Tensor | None) ->
 
 
 @torch.no_grad()
+def curve_points(model: nn.Module, sources: torch.Tensor, rows: "CurveRows", points: torch.Tensor, step: int,
+                 confidence: Confidence, batch_size: int, on_chunk=None) -> torch.Tensor:
+    """Scores ``(R, P)`` of the images of ``R`` curves at ``points`` (step counts): row ``r``'s image at
+    point ``k`` takes the pixels of rank below ``k * step`` from ``sources[rows.finish[r]]`` and the
+    others from ``sources[rows.start[r]]``. The (point, row) images are built and scored
+    ``batch_size`` at a time across rows and points, so curves of several images, modes and maps
+    share full forward passes. ``on_chunk(images)`` is called after each pass."""
+    r, p = len(rows.target), len(points)
+    scores = torch.empty(p * r, device=sources.device)
+    for a in range(0, p * r, batch_size):
+        jobs = torch.arange(a, min(p * r, a + batch_size), device=sources.device)
+        k, row = points[jobs // r], jobs % r
+        done = rows.ranks[rows.rank[row]] < (k * step)[:, None, None, None]  # (J, 1, H, W): already changed
+        imgs = torch.where(done, sources[rows.finish[row]], sources[rows.start[row]])
+        scores[a:a + len(jobs)] = confidence(model(imgs), rows.target[row]).float()
+        if on_chunk is not None:
+            on_chunk(len(jobs))
+    return scores.view(p, r).T
+
+
+class CurveRows:
+    """What defines each of ``R`` curves: indices into the source images of its ``start`` and
+    ``finish`` images and into ``ranks`` (``(M, 1, H, W)``, :func:`pixel_ranks`) of its pixel
+    order, and its ``target``."""
+
+    def __init__(self, start: torch.Tensor, finish: torch.Tensor, ranks: torch.Tensor, rank: torch.Tensor,
+                 target: torch.Tensor):
+        self.start, self.finish, self.ranks, self.rank, self.target = start, finish, ranks, rank, target
+
+
+def curve_length(h: int, w: int, step: int | None) -> tuple[int, int]:
+    """``(step, n)``: pixels per step (default the image width) and the number of steps of a curve."""
+    step = w if step is None else int(step)
+    if step < 1:
+        raise InputError(f"step must be at least 1 pixel, got {step}")
+    return step, math.ceil(h * w / step)
+
+
+@torch.no_grad()
 def causal_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mode: str = "deletion", target=None,
                   step: int | None = None, substrate: torch.Tensor | None = None, confidence: Confidence | None = None,
                   batch_size: int = 64, ends: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  on_chunk=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Deletion or insertion curves, RISE protocol. ``x``: ``(B, C, H, W)`` normalised input;
     ``maps``: ``(B, H, W)``. Deletion replaces pixels (most salient first, ``step`` per iteration,
     default the image width) by ``substrate`` (default zeros: the dataset-mean colour in
     normalised space); insertion starts from :func:`gaussian_blur` and puts original pixels back.
     ``ends``: the scores of the first and last images of the curve (they do not depend on the
     map, so methods compared on the same images can share them; :func:`curve_ends`).
+    ``batch_size`` images per forward pass, across images and steps; ``on_chunk(images)`` after each.
     Returns ``(curves (B, n + 1), target (B,))``; the class is the argmax on ``x`` by default."""
     _check(x, maps)
     confidence = confidence or Confidence()
     device = _device(model)
     x, maps = x.to(device), maps.to(device)
-    b, c, h, w = x.shape
-    hw = h * w
-    step = w if step is None else int(step)
-    if step < 1:
-        raise InputError(f"step must be at least 1 pixel, got {step}")
-    n = math.ceil(hw / step)
+    b, _, h, w = x.shape
+    step, n = curve_length(h, w, step)
     if target is None:
         target = confidence.predict(model(x))
     target = torch.as_tensor(target, device=device).long().expand(b) if torch.as_tensor(target).ndim == 0 else torch.as_tensor(target, device=device).long()
     start, finish = _curve_images(x, mode, substrate)
-    ranks = pixel_ranks(maps).view(b, 1, h, w)
-    curves = torch.empty(b, n + 1, device=device)
-    first, last = 0, n + 1
+    own = torch.arange(b, device=device)
+    rows = CurveRows(own, own + b, pixel_ranks(maps).view(b, 1, h, w), own, target)
+    points = torch.arange(n + 1, device=device)
     if ends is not None:
-        curves[:, 0], curves[:, n] = ends[0].to(device), ends[1].to(device)
-        first, last = 1, n
-    per = max(1, batch_size // b)  # steps per forward chunk
-    for s0 in range(first, last, per):
-        ks = torch.arange(s0, min(last, s0 + per), device=device)
-        done = ranks[None] < (ks * step)[:, None, None, None, None]  # (K, B, 1, H, W): already changed
-        imgs = torch.where(done, finish[None], start[None]).flatten(0, 1)
-        curves[:, ks] = _scores(model, imgs, confidence, target.repeat(len(ks)), batch_size).view(len(ks), b).T
-    return curves, target
+        points = points[1:n]
+    scores = curve_points(model, torch.cat([start, finish]), rows, points, step, confidence, batch_size, on_chunk)
+    if ends is None:
+        return scores, target
+    return torch.cat([ends[0].to(device)[:, None], scores, ends[1].to(device)[:, None]], dim=1), target
+
+
+@torch.no_grad()
+def joint_causal_curves(model: nn.Module, x: torch.Tensor, maps: list[torch.Tensor], targets: list[torch.Tensor],
+                        step: int | None = None, batch_size: int = 64, on_chunk=None,
+                        modes: tuple[str, ...] = ("deletion", "insertion")) -> list[dict[str, torch.Tensor]]:
+    """Deletion and/or insertion curves (``modes``; softmax confidence, default substrates) of
+    several maps of the same images ``x`` at once, e.g. one per method: ``[{"deletion": (B, n + 1),
+    ...}]`` per map, equal to :func:`causal_curves` of each. Every inner point of every curve is
+    scored in forward passes of ``batch_size`` images across images, steps, modes and maps; the
+    map-independent ends once per distinct target."""
+    confidence = Confidence()
+    device = _device(model)
+    x = x.to(device)
+    b, _, h, w = x.shape
+    step, n = curve_length(h, w, step)
+    for m in maps:
+        _check(x, m)
+    for mode in modes:
+        _curve_images(x[:0], mode, None)  # an unknown mode is one line
+    own = torch.arange(b, device=device)
+    x_at, zero_at, blur_at = own, own + b, own + 2 * b  # where each image's sources are in `sources`
+    sources = torch.cat([x, torch.zeros_like(x), gaussian_blur(x)])
+    targets = [torch.as_tensor(t, device=device).long() for t in targets]
+    ends: dict = {}
+    for t in targets:
+        key = tuple(t.tolist())
+        if key not in ends:
+            ends[key] = _scores(model, sources, confidence, t.repeat(3), batch_size).view(3, b)
+    ranks = torch.cat([pixel_ranks(m.to(device)) for m in maps]).view(len(maps) * b, 1, h, w)
+    ends_of = {"deletion": (x_at, zero_at), "insertion": (blur_at, x_at)}  # start and finish images
+    starts, finishes, rank, target = [], [], [], []
+    for i, t in enumerate(targets):
+        for mode in modes:
+            starts.append(ends_of[mode][0]), finishes.append(ends_of[mode][1])
+            rank.append(own + i * b), target.append(t)
+    rows = CurveRows(torch.cat(starts), torch.cat(finishes), ranks, torch.cat(rank), torch.cat(target))
+    inner = curve_points(model, sources, rows, torch.arange(1, n, device=device), step, confidence, batch_size,
+                         on_chunk)
+    out = []
+    for i, t in enumerate(targets):
+        scored = ends[tuple(t.tolist())].view(-1)  # the scores of `sources`
+        curves = {}
+        for j, mode in enumerate(modes):
+            first, last = scored[ends_of[mode][0]], scored[ends_of[mode][1]]
+            rows_of = inner[(len(modes) * i + j) * b:(len(modes) * i + j + 1) * b]
+            curves[mode] = torch.cat([first[:, None], rows_of, last[:, None]], dim=1)
+        out.append(curves)
+    return out
 
 
 @torch.no_grad()

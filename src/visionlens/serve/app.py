@@ -26,6 +26,17 @@ class ExplainRequest(BaseModel):
     cmap: str | None = None
 
 
+class SimilarityRequest(BaseModel):
+    model: str
+    a: str
+    b: str | None = None
+    gallery: list[str] | None = None
+    methods: list[str] = ["sfam"]
+    metric: str = "cosine"
+    top: int = 5
+    cmap: str | None = None
+
+
 class PredictRequest(BaseModel):
     model: str
     image: str
@@ -98,6 +109,26 @@ def create_app(explorer: Explorer) -> FastAPI:
     @app.post("/api/explain")
     def explain(req: ExplainRequest):
         return explorer.explain(req.model, req.image, req.methods, req.layer, req.target, req.cmap)
+
+    @app.post("/api/jobs")
+    def start_job(req: ExplainRequest):
+        return explorer.explain_job(req.model, req.image, req.methods, req.layer, req.target, req.cmap).describe()
+
+    @app.get("/api/jobs/{job_id}")
+    def job(job_id: str):
+        return explorer.jobs.get(job_id).describe()
+
+    @app.post("/api/jobs/{job_id}/cancel")
+    def cancel_job(job_id: str):
+        return explorer.jobs.cancel(job_id).describe()
+
+    @app.post("/api/similarity")
+    def similarity(req: SimilarityRequest):
+        return explorer.similarity(req.model, req.a, req.b, req.gallery, req.methods, req.metric, req.top, req.cmap)
+
+    @app.get("/api/record-maps")
+    def record_maps(run: str, image: str, model: str, cmap: str | None = None):
+        return explorer.record_maps(run, image, model, cmap)
 
     @app.get("/api/result/{token}/map.png")
     def map_png(token: str, method: str, alpha: float = 0.5):

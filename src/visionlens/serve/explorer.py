@@ -3,40 +3,41 @@ computed one request at a time per device (kept briefly for their PNG and NPZ do
 
 from __future__ import annotations
 
-import base64
 import io
 import secrets
 import threading
+import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..cli import NAFLOW_CLI_MAX_ITER as NAFLOW_PREVIEW_MAX_ITER  # the command line's quick preview cap
 from ..core.layers import layer_shapes
 from ..data.images import IMAGE_SUFFIXES, load_image
 from ..errors import InputError
-from ..methods import REGISTRY
+from ..methods import METHODS, REGISTRY
+from ..methods.base import PerturbationMethod
 from ..models.zoo import ZooModel
-from ..pipeline import make_method
-from ..viz.colormaps import bar_labels, check_cmap, colorize, css_gradient
+from ..pipeline import make_method, parse_method
+from ..viz.colormaps import check_cmap
 from ..viz.labels import signed_method
 from ..viz.overlay import overlay
-from . import safety
+from . import safety, similarity
+from .jobs import Job, Jobs
+from .pictures import colour_bar, data_url, heat_url, png_bytes
+from .results import image_input, record_methods, run_model, settings_of
+from .similarity import SIMILARITY_CHOICES
 
 KEEP = 32  # uploads and results kept in memory (oldest dropped first)
 MAX_METHODS = 6
-
-
-def png_bytes(picture: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def data_url(picture: Image.Image) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(picture)).decode("ascii")
+LONG_METHODS = ("naflow", "scorecam", "ablationcam")  # run as jobs by the page, with progress and Cancel
+# a perturbation method's passes besides its channel batches (its forward; Score-CAM's check of its
+# scoring copy, Ablation-CAM's check of its stand-in input), counted on mobilenet_v2
+SETUP_PASSES = {"scorecam": 5, "ablationcam": 2}
 
 
 class Recent:
@@ -74,6 +75,8 @@ class Explorer:
         self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
         self.uploads: Recent = Recent()
         self.computed: Recent = Recent()
+        self.jobs = Jobs()
+        self._run_models: dict[str, ZooModel] = {}  # zoo models of --results runs, loaded on first use
         self._layers: dict[str, list] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -99,7 +102,9 @@ class Explorer:
         """Models (with default layer), class-explaining methods and the served folders."""
         return {
             "models": [{"name": n, "layer": m.layer, "classes": len(m.class_names or ())} for n, m in self.models.items()],
-            "methods": [{"name": i.name, "kind": i.kind, "summary": i.summary} for i in REGISTRY if i.explains == "class"],
+            "methods": [{"name": i.name, "kind": i.kind, "summary": i.summary, "long": i.name in LONG_METHODS}
+                        for i in REGISTRY if i.explains == "class"],
+            "similarity_methods": list(SIMILARITY_CHOICES),
             "images": self.images is not None, "results": self.results is not None,
             "max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
         }
@@ -108,11 +113,30 @@ class Explorer:
         """The model's layers in execution order with their output shapes (batch of one)."""
         model = self.model(name)
         if name not in self._layers:
-            crop = model.preprocess.crop
             with self.device_lock(model):
-                shapes = layer_shapes(model.module, torch.zeros(1, 3, crop, crop))
+                self._layer_shapes(name, model)
+        return self._layers[name]
+
+    def _layer_shapes(self, name: str, model: ZooModel) -> list[dict]:
+        """:meth:`layers` for a caller that holds the device lock."""
+        if name not in self._layers:
+            crop = model.preprocess.crop
+            shapes = layer_shapes(model.module, torch.zeros(1, 3, crop, crop))
             self._layers[name] = [{"name": n, "shape": list(s) if s is not None else None} for n, s in shapes]
         return self._layers[name]
+
+    def _expected_passes(self, name: str, explainer, x: torch.Tensor) -> int | None:
+        """About how many forward passes a perturbation method (Score-CAM, Ablation-CAM) makes:
+        one per batch of its layer's channels, and a few to set up; None for other methods."""
+        if not isinstance(explainer, PerturbationMethod) or not isinstance(explainer.batch_size, int):
+            return None  # not a perturbation method, or its batch is found from the memory on each call
+        layer = explainer.resolve(x)[0]
+        shapes = {entry["name"]: entry["shape"] for entry in self._layer_shapes(name, self.model(name))}
+        shape = shapes.get(layer)
+        if not shape or len(shape) < 3:
+            return None
+        channels = shape[1] if len(shape) == 4 else shape[-1]
+        return -(-channels // explainer.batch_size) + SETUP_PASSES.get(explainer.name, 1)
 
     def image_names(self) -> list[str]:
         if self.images is None:
@@ -190,36 +214,108 @@ class Explorer:
             return None
         return model.class_indices([str(target)])[0]
 
-    def explain(self, name: str, ref: str, methods: list[str], layer: str | None = None, target=None,
-                cmap: str | None = None) -> dict:
-        """Maps of one image by each method (side by side on the page), with the top-5 classes;
-        the arrays are kept under the returned ``token`` for the downloads."""
+    def explain_request(self, name: str, ref: str, methods: list[str], layer: str | None = None, target=None,
+                        cmap: str | None = None) -> "ExplainRequest":
+        """A checked request: model, methods, colormap, image and target (one line for the first bad one)."""
         model = self.model(name)
         methods = list(dict.fromkeys(m.strip() for m in methods if m and m.strip()))
         if not methods or len(methods) > MAX_METHODS:
             raise InputError(f"choose between 1 and {MAX_METHODS} methods")
+        for method in methods:
+            if parse_method(method)[0] not in METHODS:
+                raise InputError(f"unknown method '{parse_method(method)[0]}'; choose from: {', '.join(METHODS)}")
         cmap = check_cmap(cmap or "viridis")
         view, x = self._input(model, ref)
-        target = self._target(model, target)
-        with self.device_lock(model):
-            explainers = {m: make_method(m, model, layer or None) for m in methods}
-            results = {m: ex(x.to(model.device), target) for m, ex in explainers.items()}
-        kept = {"model": name, "view": view, "cmap": cmap, "results": {m: _arrays(r) for m, r in results.items()}}
+        return ExplainRequest(name, model, view, x, methods, layer or None, self._target(model, target), cmap)
+
+    def explain(self, name: str, ref: str, methods: list[str], layer: str | None = None, target=None,
+                cmap: str | None = None) -> dict:
+        """Maps of one image by each method (side by side on the page), with the top-5 classes;
+        the arrays are kept under the returned ``token`` for the downloads."""
+        request = self.explain_request(name, ref, methods, layer, target, cmap)
+        with self.device_lock(request.model):
+            return self.run_explain(request)
+
+    def explain_job(self, name: str, ref: str, methods: list[str], layer: str | None = None, target=None,
+                    cmap: str | None = None) -> Job:
+        """:meth:`explain` as a job (progress: one step per method; cancellable)."""
+        request = self.explain_request(name, ref, methods, layer, target, cmap)
+        return self.jobs.start(self.device_lock(request.model), lambda job: self.run_explain(request, job.advance),
+                               label=", ".join(request.methods), total=len(request.methods))
+
+    def run_explain(self, request: "ExplainRequest", advance=None) -> dict:
+        """Compute a checked request (the caller holds the device lock); ``advance(i, method)``
+        before each method. NAFlow gets the command line's quick preview cap; warnings (e.g. not
+        converged) come back as one line each."""
+        model, x = request.model, request.x.to(request.model.device)
+        results = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for i, method in enumerate(request.methods):
+                explainer = make_method(method, model, request.layer, max_iter=NAFLOW_PREVIEW_MAX_ITER)
+                if advance is not None:
+                    advance(i, method, self._expected_passes(request.name, explainer, x))
+                results[method] = explainer(x, request.target)
+        kept = {"model": request.name, "view": request.view, "cmap": request.cmap,
+                "results": {m: _arrays(r) for m, r in results.items()}}
         token = self.computed.add(kept)
         first = next(iter(results.values()))
-        return {"token": token, "view": data_url(view), "top5": self.top_classes(model, first.logits),
+        return {"token": token, "view": data_url(request.view), "top5": self.top_classes(model, first.logits),
                 "target": {"index": int(first.targets[0]), "name": model.class_name(int(first.targets[0]))},
-                "maps": [self._shown(model, m, r, kept["results"][m], cmap) for m, r in results.items()]}
+                "maps": [self._shown(model, m, r, kept["results"][m], request.cmap) for m, r in results.items()],
+                "warnings": _warning_lines(caught)}
+
+    # --- similarity and results ---------------------------------------------------------------
+
+    def similarity(self, name: str, a: str, b: str | None = None, gallery: list[str] | None = None,
+                   methods: list[str] = ("sfam",), metric: str = "cosine", top: int = 5, cmap: str | None = None) -> dict:
+        """Why ``a`` and ``b`` are similar (maps of both), or, without ``b``, the ``top`` matches of
+        ``a`` in ``gallery`` (image refs; default: every image of ``--images``) with their maps."""
+        model = self.model(name)
+        methods = similarity.check_request(methods, metric, None if b else top)
+        cmap = check_cmap(cmap or "viridis")
+        view = lambda ref: model.preprocess.view(self.image(ref))  # noqa: E731
+        query = view(a)
+        if b:
+            views = (query, view(b))
+            with self.device_lock(model):
+                return {"mode": "pair", **similarity.explain_pair(model, views, methods, metric, cmap)}
+        refs = list(dict.fromkeys(gallery or ["file:" + n for n in self.image_names()]))
+        if len(refs) > similarity.MAX_GALLERY:
+            raise InputError(f"the gallery has {len(refs)} images; the explorer ranks at most {similarity.MAX_GALLERY}")
+        refs, views, failures = similarity.gallery_views(view, refs)
+        with self.device_lock(model):
+            ranked = similarity.rank_gallery(model, (a, query), (refs, views), methods, metric, top, cmap)
+        return {"mode": "gallery", **ranked, "failures": failures}
+
+    def record_maps(self, run: str, image: str, model_name: str, cmap: str | None = None) -> dict:
+        """The maps of one image of a results folder by each method it was scored with, computed
+        again from the folder's recorded model, data and methods (see :mod:`.results`)."""
+        folder = self.served_file("results", f"{run}/index.html").parent
+        cmap = check_cmap(cmap or "viridis")
+        settings = settings_of(folder)
+        records = record_methods(folder, image, model_name)
+        model = run_model(self.models, self._run_models, settings, model_name)
+        view, x = image_input(settings, image, model)
+        computed = {}
+        with self.device_lock(model), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for record in records:
+                computed[record["method"]] = make_method(record["method"], model)(x.to(model.device))
+        kept = {"model": model_name, "view": view, "cmap": cmap, "results": {m: _arrays(r) for m, r in computed.items()}}
+        maps = [{**self._shown(model, m, r, kept["results"][m], cmap), "predicted": int(r.targets[0]),
+                 "recorded_predicted": rec.get("predicted")} for (m, r), rec in zip(computed.items(), records)]
+        return {"token": self.computed.add(kept), "image": image, "model": model_name, "view": data_url(view),
+                "source": "recomputed", "maps": maps, "warnings": _warning_lines(caught)}
 
     def _shown(self, model: ZooModel, key: str, result, arrays: dict, cmap: str) -> dict:
         signed = signed_method(key)
         heat = arrays["raw"] if signed else arrays["map"]
         shown = {"method": key, "layer": result.layer, "score": float(result.scores[0]), "signed": signed,
-                 "heat": data_url(Image.fromarray(colorize(heat, cmap, signed))),
-                 "gradient": css_gradient(cmap, signed), "labels": list(bar_labels(signed))}
+                 "heat": heat_url(heat, cmap, signed), **colour_bar(cmap, signed)}
         if "flow" in arrays:
             names = result.flow_layers or _block_names(model, result.layer, len(arrays["flow"]))
-            shown["flow"] = [{"layer": n, "heat": data_url(Image.fromarray(colorize(f, cmap)))}
+            shown["flow"] = [{"layer": n, "heat": heat_url(f, cmap)}
                              for n, f in zip(names, arrays["flow"])]
         return shown
 
@@ -246,6 +342,27 @@ class Explorer:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         return buffer.getvalue()
+
+
+@dataclass
+class ExplainRequest:
+    """A checked explain request: the model by name, the image (view and input), what to explain."""
+
+    name: str
+    model: ZooModel
+    view: Image.Image
+    x: torch.Tensor
+    methods: list[str]
+    layer: str | None
+    target: int | None
+    cmap: str
+
+
+def _warning_lines(caught) -> list[str]:
+    """The first line of each distinct warning the library gave (not third-party deprecations)."""
+    lines = [str(w.message).strip().splitlines()[0] for w in caught
+             if issubclass(w.category, UserWarning) and not issubclass(w.category, DeprecationWarning) and str(w.message).strip()]
+    return list(dict.fromkeys(lines))
 
 
 def _arrays(result) -> dict:

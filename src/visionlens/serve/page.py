@@ -29,11 +29,22 @@ table.scores{border-collapse:collapse;font-size:.85em;background:#fff}
 table.scores th{cursor:pointer;background:#eceff1}table.scores td,table.scores th{border:1px solid #ddd;padding:.2em .5em}
 table.scores tr.picked td{background:#e0f2f1}
 #curves{background:#fff;border:1px solid #ddd}
+#job{background:#fff8e1;border-bottom:1px solid #ffe082;padding:.4em 1em;display:flex;gap:1em;align-items:center}
+#job[hidden]{display:none}
+.warnings{color:#8d6e00;font-family:monospace;font-size:.85em;white-space:pre-line}
+.card.pair{width:470px}.pair-stacks{display:flex;gap:6px}
+.match h4{margin:.8em 0 .2em;font-size:.95em}
+#sim-gallery{min-width:18em}#sim-top{width:5em;justify-self:start}
+#sim-matches{display:flex;flex-wrap:wrap;gap:0 1.5em}
+#record-maps .card{width:180px}#record-maps .stack,#record-maps .stack img{width:160px;height:160px}
+#record-maps .bar,#record-maps .ends{width:160px}
 </style></head>
 <body>
 <header><strong>visionlens explorer</strong>
 <button data-view="explain" class="on">Explain</button><button data-view="flow">Flow</button>
-<button data-view="results">Results</button></header>
+<button data-view="similarity">Similarity</button><button data-view="results">Results</button></header>
+<div id="job" hidden><span id="job-state"></span><progress id="job-progress" value="0" max="1"></progress>
+<button id="job-cancel">Cancel</button></div>
 <section id="explain" class="on">
 <div class="controls">
 <span>Images</span><span><input type="file" id="upload" accept="image/*" multiple> or
@@ -49,6 +60,7 @@ or class name / index <input id="target-text" size="18"></span>
 <span></span><span><button id="run">Explain</button> <span id="status" class="busy"></span></span>
 </div>
 <div id="error" class="error"></div>
+<div id="warnings" class="warnings"></div>
 <table class="top" id="top5"></table>
 <div class="cards" id="maps"></div>
 <p id="downloads"></p>
@@ -63,20 +75,41 @@ or class name / index <input id="target-text" size="18"></span>
 <strong id="flow-layer"></strong> <button id="flow-play" disabled>play</button></span>
 </div>
 <div id="flow-error" class="error"></div>
+<div id="flow-warnings" class="warnings"></div>
 <div class="stack"><img id="flow-view" alt="" hidden><img id="flow-heat" alt="" hidden style="opacity:.5"></div>
+</section>
+<section id="similarity">
+<div class="controls">
+<span>Compare</span><span><label><input type="radio" name="sim-mode" value="pair" checked> two images</label>
+<label><input type="radio" name="sim-mode" value="gallery"> a query against a gallery</label></span>
+<span>Image A (query)</span><select id="sim-a"><option value="">pick an image (uploads too)</option></select>
+<span class="sim-pair">Image B</span><select id="sim-b" class="sim-pair"><option value="">pick an image</option></select>
+<span class="sim-gallery" hidden>Gallery</span><span class="sim-gallery" hidden><select id="sim-gallery" multiple size="5"></select>
+<small>none selected: every image of the images folder</small></span>
+<span class="sim-gallery" hidden>Top</span><input id="sim-top" class="sim-gallery" type="number" min="1" max="10" value="3" hidden>
+<span>Model</span><select id="sim-model"></select>
+<span>Methods</span><span id="sim-methods"></span>
+<span>Metric</span><select id="sim-metric"><option>cosine</option><option>euclidean</option></select>
+<span></span><span><button id="sim-run">Compare</button> <span id="sim-status" class="busy"></span></span>
+</div>
+<div id="sim-error" class="error"></div>
+<p id="sim-score"></p>
+<div class="cards" id="sim-maps"></div>
+<div id="sim-matches"></div>
 </section>
 <section id="results">
 <div class="controls"><span>Report card</span><select id="runs"><option value="">choose a results folder</option></select></div>
 <div id="results-error" class="error"></div>
 <iframe id="report" title="report card"></iframe>
-<h3>Per-image scores <small>(click a column to sort, a row for its curves)</small></h3>
+<h3>Per-image scores <small>(click a column to sort, a row for its maps and curves)</small></h3>
 <div class="scores-row"><table id="scores" class="scores"></table>
-<svg id="curves" width="360" height="220" viewBox="0 0 360 220" role="img" aria-label="deletion and insertion curves"></svg></div>
+<div><div class="cards" id="record-maps"></div><p id="record-note" class="busy"></p>
+<svg id="curves" width="360" height="220" viewBox="0 0 360 220" role="img" aria-label="deletion and insertion curves"></svg></div></div>
 </section>
 <script>
 const $ = (id) => document.getElementById(id);
 const esc = (text) => String(text).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})[c]);
-const state = {image: null, token: null, flow: null, timer: null};
+const state = {image: null, token: null, flow: null, timer: null, job: null, long: new Set()};
 function show(view) {
   document.querySelectorAll("section").forEach(s => s.classList.toggle("on", s.id === view));
   document.querySelectorAll("header button").forEach(b => b.classList.toggle("on", b.dataset.view === view));
@@ -91,18 +124,25 @@ async function api(url, options) {
 const post = (url, data) => api(url, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(data)});
 function fail(box, err) { $(box).textContent = "error: " + err.message; }
 function option(select, value, text) { const o = document.createElement("option"); o.value = value; o.textContent = text; select.append(o); return o; }
+function imageOption(ref, text) { for (const s of ["picked", "sim-a", "sim-b", "sim-gallery"]) option($(s), ref, text); }
 
 async function init() {
   const info = await api("/api/info");
-  for (const m of info.models) { option($("model"), m.name, m.name); option($("flow-model"), m.name, m.name); }
+  for (const m of info.models) for (const s of ["model", "flow-model", "sim-model"]) option($(s), m.name, m.name);
+  for (const name of info.similarity_methods) {
+    const label = document.createElement("label");
+    label.innerHTML = `<input type="checkbox" value="${esc(name)}"${name === "sfam" ? " checked" : ""}> ${esc(name)}`;
+    $("sim-methods").append(label);
+  }
   for (const m of info.methods) {
+    if (m.long) state.long.add(m.name);
     if (m.kind === "flow") option($("flow-method"), m.name, m.name);
     const label = document.createElement("label"); label.title = m.summary;
     label.innerHTML = `<input type="checkbox" value="${esc(m.name)}"${m.name === "gradcam" ? " checked" : ""}> ${esc(m.name)}`;
     $("methods").append(label);
   }
   const vit = info.models.find(m => m.name.includes("vit")); if (vit) $("flow-model").value = vit.name;
-  if (info.images) for (const name of await api("/api/images")) option($("picked"), "file:" + name, name);
+  if (info.images) for (const name of await api("/api/images")) imageOption("file:" + name, name);
   if (info.results) for (const run of await api("/api/results")) option($("runs"), run, run);
   await loadLayers();
 }
@@ -137,7 +177,7 @@ $("upload").onchange = async () => {
     try {
       const up = await api("/api/upload", {method: "POST", body: form});
       previews[up.image] = URL.createObjectURL(file);
-      option($("picked"), up.image, "uploaded: " + file.name);
+      imageOption(up.image, "uploaded: " + file.name);
       first = first || up.image;
     } catch (e) { fail("error", new Error(`${file.name}: ${e.message}`)); }
   }
@@ -167,15 +207,15 @@ function card(view, m) {
   return div;
 }
 $("run").onclick = async () => {
-  $("error").textContent = "";
+  $("error").textContent = ""; $("warnings").textContent = "";
   if (!state.image) { $("error").textContent = "error: upload an image or pick one first"; return; }
   const methods = [...document.querySelectorAll("#methods input:checked")].map(i => i.value);
   const target = $("target-text").value.trim() || $("target").value || null;
   $("status").textContent = "computing…"; $("run").disabled = true;
   try {
-    const r = await post("/api/explain", {model: $("model").value, image: state.image, methods,
+    const r = await compute({model: $("model").value, image: state.image, methods,
       layer: $("layer").value || null, target, cmap: $("cmap").value});
-    state.token = r.token;
+    state.token = r.token; $("warnings").textContent = r.warnings.join("\n");
     $("maps").textContent = "";
     for (const m of r.maps) $("maps").append(card(r.view, m));
     $("downloads").innerHTML = `explained: ${esc(r.target.name)} (${r.target.index}) · <a id="npz" download href="/api/result/${r.token}/maps.npz">all maps (NPZ)</a>`;
@@ -183,17 +223,45 @@ $("run").onclick = async () => {
   finally { $("status").textContent = ""; $("run").disabled = false; }
 };
 
+const pause = (ms) => new Promise(resolve => setTimeout(resolve, ms));
+async function compute(body) {  // long methods run as a job: progress and Cancel above the views
+  if (!body.methods.some(m => state.long.has(m.split("@")[0]))) return await post("/api/explain", body);
+  let job = await post("/api/jobs", body);
+  showJob(job);
+  while (job.state === "queued" || job.state === "running") {
+    await pause(250);
+    job = await api("/api/jobs/" + job.id);
+    showJob(job);
+  }
+  if (job.state === "done") return job.result;
+  throw new Error(job.state === "cancelled" ? "cancelled" : job.error);
+}
+function showJob(job) {
+  state.job = job; $("job").hidden = false;
+  const passes = job.passes_expected ? `, forward pass ${job.passes} of about ${job.passes_expected}`
+    : job.passes ? `, forward pass ${job.passes}` : "";
+  const running = `running ${job.step} (method ${Math.min(job.done + 1, job.total)} of ${job.total}${passes}), ${job.elapsed_s.toFixed(0)} s`;
+  $("job-state").textContent = (job.state === "running" ? running : `${job.label}: ` + (job.state === "queued" ? "queued (waiting for the device)" : job.state))
+    + (job.cancelling ? ", cancelling…" : "");
+  const bar = $("job-progress"), within = job.passes_expected ? Math.min(job.passes / job.passes_expected, 0.99) : 0;
+  bar.max = job.total;
+  if (job.state === "running" && !job.passes_expected && job.done === 0) bar.removeAttribute("value");  // unknown: indeterminate
+  else bar.value = job.done + within;
+  $("job-cancel").disabled = job.cancelling || !(job.state === "queued" || job.state === "running");
+}
+$("job-cancel").onclick = () => { if (state.job) post(`/api/jobs/${state.job.id}/cancel`, {}).then(showJob).catch(e => fail("error", e)); };
+
 function showBlock(i) {
   const frame = state.flow.flow[i];
   $("flow-heat").src = frame.heat; $("flow-layer").textContent = `${frame.layer} (${i + 1}/${state.flow.flow.length})`;
 }
 $("flow-run").onclick = async () => {
-  $("flow-error").textContent = "";
+  $("flow-error").textContent = ""; $("flow-warnings").textContent = "";
   if (!state.image) { $("flow-error").textContent = "error: upload an image or pick one in Explain first"; return; }
   $("flow-status").textContent = "computing…";
   try {
-    const r = await post("/api/explain", {model: $("flow-model").value, image: state.image, methods: [$("flow-method").value]});
-    state.flow = r.maps[0];
+    const r = await compute({model: $("flow-model").value, image: state.image, methods: [$("flow-method").value]});
+    state.flow = r.maps[0]; $("flow-warnings").textContent = r.warnings.join("\n");
     if (!state.flow.flow) throw new Error(`${state.flow.method} gives no flow`);
     $("flow-view").src = r.view; $("flow-view").hidden = false; $("flow-heat").hidden = false;
     const slider = $("flow-slider"); slider.max = state.flow.flow.length - 1; slider.value = slider.max; slider.disabled = false;
@@ -213,7 +281,7 @@ $("flow-play").onclick = () => {
 $("runs").onchange = async () => {
   const run = $("runs").value;
   $("report").src = run ? "/files/results/" + run.split("/").map(encodeURIComponent).join("/") + "/index.html" : "about:blank";
-  $("scores").textContent = ""; $("curves").textContent = ""; $("results-error").textContent = "";
+  $("scores").textContent = ""; $("curves").textContent = ""; $("results-error").textContent = ""; $("record-maps").textContent = "";
   if (!run) return;
   try { state.scores = await api("/api/scores?run=" + encodeURIComponent(run)); state.sort = null; scoreTable(); }
   catch (e) { fail("results-error", e); }
@@ -241,7 +309,7 @@ function scoreTable() {
   for (const r of rows) {
     const tr = table.insertRow();
     for (const col of cols) { const v = cell(r, col); tr.insertCell().textContent = typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : (v ?? ""); }
-    tr.onclick = () => { table.querySelectorAll("tr.picked").forEach(t => t.classList.remove("picked")); tr.classList.add("picked"); drawCurves(r); };
+    tr.onclick = () => { table.querySelectorAll("tr.picked").forEach(t => t.classList.remove("picked")); tr.classList.add("picked"); drawCurves(r); recordMaps(r); };
   }
 }
 function drawCurves(r) {
@@ -257,6 +325,70 @@ function drawCurves(r) {
   if (!curves.length) parts += `<text x="40" y="110" font-size="12">no curves for this record</text>`;
   svg.innerHTML = parts;
 }
+async function recordMaps(r) {
+  const box = $("record-maps"), run = $("runs").value;
+  box.textContent = ""; $("record-note").textContent = "computing the maps…"; $("results-error").textContent = "";
+  try {
+    const res = await api(`/api/record-maps?run=${encodeURIComponent(run)}&image=${encodeURIComponent(r.image)}&model=${encodeURIComponent(r.model)}`);
+    for (const m of res.maps) box.append(mapCard(res.view, m, `${m.method} @ ${m.layer}`));
+    $("record-note").textContent = `${res.image} · ${res.model}: maps computed again from the run's model and data`;
+  } catch (e) { $("record-note").textContent = ""; fail("results-error", e); }
+}
+function mapCard(view, m, title) {
+  const div = document.createElement("div"); div.className = "card";
+  div.innerHTML = `<h3></h3><div class="stack"><img class="view" alt="view"><img class="heat" alt="map" style="opacity:.5"></div>
+    <div class="bar"></div><div class="ends"></div>`;
+  div.querySelector("h3").textContent = title;
+  div.querySelector("img.view").src = view; div.querySelector("img.heat").src = m.heat;
+  div.querySelector(".bar").style.background = m.gradient;
+  div.querySelector(".ends").innerHTML = m.labels.map(t => `<span>${t}</span>`).join("");
+  return div;
+}
+function pairCard(viewA, viewB, m, title) {
+  const div = document.createElement("div"); div.className = "card pair";
+  div.innerHTML = `<h3></h3><div class="pair-stacks"><div class="stack"><img class="view" alt="A"><img class="heat a" alt="map A" style="opacity:.5"></div>
+    <div class="stack"><img class="view" alt="B"><img class="heat b" alt="map B" style="opacity:.5"></div></div>
+    <div class="bar" style="width:454px"></div><div class="ends" style="width:454px"></div>`;
+  div.querySelector("h3").textContent = title;
+  const [a, b] = div.querySelectorAll("img.view"); a.src = viewA; b.src = viewB;
+  div.querySelector("img.heat.a").src = m.query; div.querySelector("img.heat.b").src = m.match;
+  div.querySelector(".bar").style.background = m.gradient;
+  div.querySelector(".ends").innerHTML = m.labels.map(t => `<span>${t}</span>`).join("");
+  return div;
+}
+const simMode = () => document.querySelector("input[name=sim-mode]:checked").value;
+document.querySelectorAll("input[name=sim-mode]").forEach(r => r.onchange = () => {
+  document.querySelectorAll(".sim-pair").forEach(e => e.hidden = simMode() !== "pair");
+  document.querySelectorAll(".sim-gallery").forEach(e => e.hidden = simMode() !== "gallery");
+});
+$("sim-run").onclick = async () => {
+  $("sim-error").textContent = ""; $("sim-score").textContent = ""; $("sim-maps").textContent = ""; $("sim-matches").textContent = "";
+  const pair = simMode() === "pair";
+  if (!$("sim-a").value || (pair && !$("sim-b").value)) { $("sim-error").textContent = "error: pick " + (pair ? "both images" : "a query image"); return; }
+  const methods = [...document.querySelectorAll("#sim-methods input:checked")].map(i => i.value);
+  const picked = [...$("sim-gallery").selectedOptions].map(o => o.value);
+  const body = {model: $("sim-model").value, a: $("sim-a").value, methods, metric: $("sim-metric").value, cmap: $("cmap").value,
+    b: pair ? $("sim-b").value : null, gallery: !pair && picked.length ? picked : null, top: Number($("sim-top").value)};
+  $("sim-status").textContent = "computing…"; $("sim-run").disabled = true;
+  try {
+    const r = await post("/api/similarity", body);
+    if (r.mode === "pair") {
+      $("sim-score").textContent = `${r.metric} similarity ${r.score.toFixed(4)}`;
+      for (const m of r.maps) $("sim-maps").append(pairCard(r.views[0], r.views[1], m, `${m.method} @ ${m.layer}: A | B`));
+    } else {
+      $("sim-score").textContent = `top ${r.matches.length} of ${r.gallery} gallery images (${r.metric})`
+        + (r.excluded_query ? "; the query itself is left out" : "");
+      for (const match of r.matches) {
+        const div = document.createElement("div"); div.className = "match";
+        const name = match.image.replace(/^(file|upload):/, "");
+        div.innerHTML = `<h4>#${match.rank} ${esc(name)} · score <span class="score">${match.score.toFixed(4)}</span></h4><div class="cards"></div>`;
+        for (const m of match.maps) div.querySelector(".cards").append(pairCard(r.query_view, match.view, m, `${m.method}: query | match`));
+        $("sim-matches").append(div);
+      }
+    }
+  } catch (e) { fail("sim-error", e); }
+  finally { $("sim-status").textContent = ""; $("sim-run").disabled = false; }
+};
 init().catch(e => fail("error", e));
 </script></body></html>
 """

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import LayerError
+from .linear import fixed_slope_jacobian
 
 ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardtanh, nn.Dropout,
                nn.Dropout2d, nn.Identity, nn.PReLU, nn.Mish)
@@ -380,15 +381,20 @@ def conv_inverse(conv: nn.Conv2d, x: torch.Tensor, b: torch.Tensor, options: Sol
 
 
 def composite_solve(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, b: torch.Tensor,
-                    options: SolverOptions = SolverOptions(), keep: torch.Tensor | None = None) -> Solved:
+                    options: SolverOptions = SolverOptions(), keep: torch.Tensor | None = None,
+                    modules: list[nn.Module] | None = None) -> Solved:
     """Least-squares inverse of a composite ``f`` linearised at its stored input ``x`` (jvp/vjp;
     ``f`` must treat samples independently, e.g. BatchNorm in eval mode), over the output units
     ``keep``, with its :class:`SolveReport`. Units where ``f``'s own activations are inactive have
-    zero Jacobian rows and impose nothing already."""
+    zero Jacobian rows and impose nothing already. ``modules``: the modules ``f`` applies in order;
+    when they form a piecewise-linear block, its fixed-slope Jacobian (:mod:`.linear`) is used."""
     if options.mode == "released":
         return x.to(b.dtype), None
     dtype = torch.float64 if options.float64 else x.dtype
     op, fx = linearized(f, x.detach().to(dtype))
+    fixed = fixed_slope_jacobian(modules, x.detach().to(dtype), op.matvec) if modules else None
+    if fixed is not None:
+        op = LinearOperator(*fixed, op.in_shape, op.out_shape)
     if fx.shape != b.shape:
         raise LayerError(f"composite output {tuple(fx.shape)} does not match the feature map {tuple(b.shape)}")
     x0 = x.detach().to(dtype)
@@ -486,7 +492,7 @@ def solve_inverse(module: nn.Module, x: torch.Tensor, b: torch.Tensor, options: 
         return conv_solve(module, x, b, options, keep)
     check_invertible(module)
     dtype = torch.float64 if options.float64 else x.dtype
-    return composite_solve(module_function(module, dtype), x, b, options, keep)
+    return composite_solve(module_function(module, dtype), x, b, options, keep, [module])
 
 
 def invert(module: nn.Module, x: torch.Tensor, b: torch.Tensor, options: SolverOptions = SolverOptions(),

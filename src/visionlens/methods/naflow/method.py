@@ -229,6 +229,17 @@ class NAFlow(FlowMethod):
         self.post_relu = solver != "released" if post_relu is None else bool(post_relu)
         self.layer = None
 
+    def probe(self, x: torch.Tensor, target: Target = None) -> NAFlowExplanation:
+        """A cheap check of the layer, the chain and the target: the same forward and backward pass
+        and the same flow layers, but no least-squares solve (each inverse falls back to the forward
+        input, as ``solver="released"``), so the flow is not NAFlow's. ``explain`` probes with it."""
+        options = self.options
+        self.options = replace(options, mode="released")
+        try:
+            return self(x, target)
+        finally:
+            self.options = options
+
     def _layer_name(self, x: torch.Tensor) -> str:
         if self.layer_arg is not None:
             return resolve_layer(self.model, self.layer_arg)[0]
@@ -251,7 +262,7 @@ class NAFlow(FlowMethod):
                 t = fn(t)
             return t
 
-        return composite_solve(f, x, b, self.options, keep)
+        return composite_solve(f, x, b, self.options, keep, [m for _, m in stage.modules])
 
     def _forward_chain(self, x: torch.Tensor, layer: str, target: Target):
         """One forward pass that records the chain's tensors ``t_0 .. t_T`` (recomputed from the

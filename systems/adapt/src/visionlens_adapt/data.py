@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from visionlens.checks import check_number
 from visionlens.errors import InputError
 
-DATASETS = ("world", "digits", "fashion")
+SYNTHETIC = ("world", "digits", "fashion")
+DATASETS = SYNTHETIC + ("office31", "officehome", "visda", "domainnet", "list")  # the last: imagelists.LAYOUTS
 FASHION_CLASSES = (0, 2, 3, 4, 6)  # T-shirt/top, Pullover, Dress, Coat, Shirt
 FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -35,12 +37,13 @@ FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
 @dataclass
 class DomainShift:
     """Source images/labels and target images/labels (target labels: evaluation only; -1 marks a
-    planted outlier)."""
+    planted outlier). Images: an ``(N, 3, H, W)`` tensor or a dataset of ``(3, H, W)`` tensors
+    (decoded per item; see :mod:`visionlens_adapt.imagelists`)."""
 
     name: str
-    source_x: torch.Tensor
+    source_x: torch.Tensor | Dataset
     source_y: torch.Tensor
-    target_x: torch.Tensor
+    target_x: torch.Tensor | Dataset
     target_y: torch.Tensor
     class_names: tuple[str, ...]
 
@@ -178,9 +181,25 @@ def plant_outliers(shift: DomainShift, fraction: float = 0.02, seed: int = 0) ->
     if m == 0:
         return shift
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.rand((m, *shift.target_x.shape[1:]), generator=gen)
-    return DomainShift(shift.name, shift.source_x, shift.source_y, torch.cat([shift.target_x, noise]),
+    tensor = torch.is_tensor(shift.target_x)
+    noise = torch.rand((m, *(shift.target_x.shape[1:] if tensor else shift.target_x[0].shape)), generator=gen)
+    target = torch.cat([shift.target_x, noise]) if tensor else WithNoise(shift.target_x, noise)
+    return DomainShift(shift.name, shift.source_x, shift.source_y, target,
                        torch.cat([shift.target_y, torch.full((m,), -1, dtype=torch.long)]), shift.class_names)
+
+
+class WithNoise(Dataset):
+    """A dataset's images followed by ``noise`` images (planted outliers); keeps its ``workers``."""
+
+    def __init__(self, images: Dataset, noise: torch.Tensor):
+        self.images, self.noise, self.workers = images, noise, getattr(images, "workers", 0)
+
+    def __len__(self) -> int:
+        return len(self.images) + len(self.noise)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        n = len(self.images)
+        return self.images[index] if index < n else self.noise[index - n]
 
 
 def class_count(name: str) -> int:

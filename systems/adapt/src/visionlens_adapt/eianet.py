@@ -102,7 +102,7 @@ class NeighbourhoodObjective(Objective):
         self.banks.update(idx, f, p)
         near = self.banks.neighbours(f, idx, self.knn)
         alpha = self.alpha * (1 + 10 * progress) ** (-self.alpha_decay)
-        return attraction_dispersion(p, self.banks.scores[near], alpha)
+        return attraction_dispersion(p, self.banks.scores[near].to(p.device), alpha)
 
 
 @dataclass

@@ -37,6 +37,8 @@ DEFAULT_METHODS = tuple(m for m in METHODS if m != "eianet-tau0.1")
 @dataclass
 class RunConfig:
     backbone: str = "small-cnn"
+    backbone_weights: str | None = None
+    device: str = "cpu"
     bottleneck: int = 64
     source: SourceConfig = field(default_factory=SourceConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
@@ -56,7 +58,8 @@ def parse_methods(text: str) -> list[str]:
 def _source_model(kind: str, shift: DomainShift, cfg: RunConfig, seed: int) -> tuple[AdaptNet, dict]:
     head = "linear" if kind == "linear" else "etf"
     temp = 0.1 if kind == "etf-attn" else 0.0
-    net = AdaptNet(shift.num_classes, cfg.backbone, head, cfg.bottleneck, temperature=temp, seed=seed)
+    net = AdaptNet(shift.num_classes, cfg.backbone, head, cfg.bottleneck, temperature=temp, seed=seed,
+                   backbone_weights=cfg.backbone_weights).to(cfg.device)
     scfg = SourceConfig(**{**cfg.source.__dict__, "seed": seed})
     info = train_source(net, shift.source_x, shift.source_y, scfg)
     return net, info

@@ -7,6 +7,11 @@
   returns the query's own row.
 * :func:`adapt`: the target loop (no source data): an :class:`Objective` supplies the loss.
 * :func:`evaluate`, :func:`predict`, :func:`prototype_separation`: transductive evaluation.
+
+Images are an ``(N, 3, H, W)`` tensor (the generated shifts) or a ``Dataset`` of ``(3, H, W)``
+image tensors (the real datasets, decoded per item): every loop takes batches by index, from the
+tensor or through a ``DataLoader`` (``workers`` processes, the dataset's ``workers`` attribute), so
+a dataset is never held in memory as a whole.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 
 from visionlens.checks import check_number
 from visionlens.errors import InputError, VisionlensError
@@ -26,14 +32,38 @@ class DivergedError(VisionlensError):
     """Training produced NaN or infinite values (a learning rate too large for the data)."""
 
 
-def check_images(x, name: str = "images") -> torch.Tensor:
-    """Raise an :class:`InputError` unless ``x`` is a finite, non-empty float ``(N, 3, H, W)`` tensor."""
+def check_images(x, name: str = "images"):
+    """Raise an :class:`InputError` unless ``x`` is a finite, non-empty float ``(N, 3, H, W)`` tensor
+    or a non-empty dataset whose first item is a finite float ``(3, H, W)`` tensor."""
+    if isinstance(x, Dataset) and not torch.is_tensor(x):
+        if len(x) == 0:
+            raise InputError(f"{name}: the dataset is empty")
+        check_images(x[0][None], name)
+        return x
     if not torch.is_tensor(x) or x.dim() != 4 or x.shape[0] == 0 or x.shape[1] != 3:
         shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
         raise InputError(f"{name} must be a non-empty (N, 3, H, W) tensor, got {shape}")
     if not x.dtype.is_floating_point or not bool(torch.isfinite(x).all()):
         raise InputError(f"{name} must be finite float values in [0, 1]")
     return x
+
+
+def take(x, idx) -> torch.Tensor:
+    """The images at ``idx``: indexed from a tensor, or decoded and stacked from a dataset."""
+    if torch.is_tensor(x):
+        return x[idx]
+    return torch.stack([x[int(i)] for i in idx])
+
+
+def iterate(x, batches: list[torch.Tensor]):
+    """``(idx, images)`` for each index batch: sliced from a tensor, or streamed from a dataset
+    through a ``DataLoader`` (decoding overlaps training when the dataset has ``workers``)."""
+    if torch.is_tensor(x):
+        for idx in batches:
+            yield idx, x[idx]
+        return
+    loader = DataLoader(x, batch_sampler=[b.tolist() for b in batches], num_workers=getattr(x, "workers", 0))
+    yield from zip(batches, loader)
 
 
 def check_labels(y, n: int, num_classes: int, name: str = "labels") -> torch.Tensor:
@@ -59,6 +89,11 @@ def translate(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Tenso
     return out.gather(3, cols)
 
 
+def model_device(net) -> torch.device:
+    """Where the network's parameters are: batches are moved there, banks and labels stay on the CPU."""
+    return next(net.parameters()).device
+
+
 def label_smoothed_ce(logits: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
     """Cross-entropy against ``(1 - eps) one_hot + eps / K`` (EIANet / SHOT source loss)."""
     logp = logits.log_softmax(1)
@@ -80,6 +115,7 @@ class SourceConfig:
     weight_decay: float = 5e-4
     smoothing: float = 0.1
     shift_pixels: int = 2
+    schedule: str = "constant"
     seed: int = 0
 
     def __post_init__(self):
@@ -99,10 +135,25 @@ class AdaptConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     shift_pixels: int = 2
+    schedule: str = "constant"
     seed: int = 0
 
     def __post_init__(self):
         _check_config(self)
+
+
+SCHEDULES = ("constant", "shot")
+
+
+def schedule_factor(schedule: str, progress: float) -> float:
+    """Learning-rate factor at training ``progress`` in [0, 1]: ``constant`` 1, or SHOT's
+    ``(1 + 10 p) ** -0.75`` (tim-learn/SHOT ``lr_scheduler``)."""
+    return 1.0 if schedule == "constant" else (1 + 10 * progress) ** -0.75
+
+
+def _set_rates(opt: torch.optim.Optimizer, base: list[float], factor: float) -> None:
+    for group, lr in zip(opt.param_groups, base):
+        group["lr"] = lr * factor
 
 
 def _check_config(cfg) -> None:
@@ -119,6 +170,8 @@ def _check_config(cfg) -> None:
             check_number(name, getattr(cfg, name), minimum=0)
     if hasattr(cfg, "smoothing"):
         check_number("smoothing", cfg.smoothing, minimum=0, maximum=1)
+    if cfg.schedule not in SCHEDULES:
+        raise InputError(f"unknown schedule {cfg.schedule!r}; choose from: {', '.join(SCHEDULES)}")
 
 
 def _sgd(groups, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -148,7 +201,7 @@ def _check_model(net, stage: str) -> None:
             raise DivergedError(f"{stage} diverged ({name} holds NaN or infinite values); lower the learning rate (--lr)")
 
 
-def train_source(net, x: torch.Tensor, y: torch.Tensor, cfg: SourceConfig | None = None) -> dict:
+def train_source(net, x, y: torch.Tensor, cfg: SourceConfig | None = None) -> dict:
     """Supervised source training of an :class:`~visionlens_adapt.network.AdaptNet` in place."""
     cfg = cfg or SourceConfig()
     check_images(x, "source images")
@@ -157,17 +210,22 @@ def train_source(net, x: torch.Tensor, y: torch.Tensor, cfg: SourceConfig | None
     opt = _sgd([{"params": net.encoder_parameters(), "lr": cfg.lr},
                 {"params": net.bottleneck_parameters(), "lr": cfg.lr * cfg.bottleneck_lr_mult}],
                cfg.momentum, cfg.weight_decay)
-    start, losses = time.time(), []
+    start, losses, device = time.time(), [], model_device(net)
+    base = [g["lr"] for g in opt.param_groups]
+    steps, step = max(1, cfg.epochs * (len(x) // cfg.batch_size if len(x) >= cfg.batch_size else 1)), 0
     for _ in range(cfg.epochs):
         net.train()
         total = 0.0
-        for idx in _batches(len(x), cfg.batch_size, gen):
-            loss = label_smoothed_ce(net(translate(x[idx], cfg.shift_pixels, gen)), y[idx], cfg.smoothing)
+        for idx, xb in iterate(x, list(_batches(len(x), cfg.batch_size, gen))):
+            _set_rates(opt, base, schedule_factor(cfg.schedule, step / steps))
+            xb = translate(xb, cfg.shift_pixels, gen).to(device)
+            loss = label_smoothed_ce(net(xb), y[idx].to(device), cfg.smoothing)
             _check_loss(loss, "source training")
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item()
+            step += 1
         losses.append(total)
     _check_model(net, "source training")
     net.eval()
@@ -175,15 +233,15 @@ def train_source(net, x: torch.Tensor, y: torch.Tensor, cfg: SourceConfig | None
 
 
 @torch.no_grad()
-def predict(net, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode ``(features, probabilities)`` for all of ``x`` (features are not normalised)."""
-    was = net.training
+def predict(net, x, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode ``(features, probabilities)`` for all of ``x``, on the CPU (features are not normalised)."""
+    was, device = net.training, model_device(net)
     net.eval()
     feats, probs = [], []
-    for i in range(0, len(x), batch_size):
-        f = net.embed(x[i:i + batch_size])
-        feats.append(f)
-        probs.append(net.head(f).softmax(1))
+    for _, xb in iterate(x, list(torch.arange(len(x)).split(batch_size))):
+        f = net.embed(xb.to(device))
+        feats.append(f.cpu())
+        probs.append(net.head(f).softmax(1).cpu())
     net.train(was)
     feats, probs = torch.cat(feats), torch.cat(probs)
     if not (bool(torch.isfinite(feats).all()) and bool(torch.isfinite(probs).all())):
@@ -192,7 +250,7 @@ def predict(net, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, 
     return feats, probs
 
 
-def evaluate(net, x: torch.Tensor, y: torch.Tensor) -> float:
+def evaluate(net, x, y: torch.Tensor) -> float:
     """Top-1 accuracy (%) over samples with a label >= 0 (planted outliers carry -1)."""
     _, p = predict(net, x)
     keep = y >= 0
@@ -236,8 +294,8 @@ class Banks:
     @torch.no_grad()
     def update(self, idx: torch.Tensor, features: torch.Tensor, scores: torch.Tensor) -> None:
         """Overwrite rows ``idx`` only: normalised ``features`` and ``scores``."""
-        self.features[idx] = F.normalize(features.detach().float(), dim=1)
-        self.scores[idx] = scores.detach().float()
+        self.features[idx] = F.normalize(features.detach().float(), dim=1).to(self.features.device)
+        self.scores[idx] = scores.detach().float().to(self.scores.device)
 
     @torch.no_grad()
     def neighbours(self, features: torch.Tensor, idx: torch.Tensor, k: int) -> torch.Tensor:
@@ -245,7 +303,7 @@ class Banks:
         query's own row ``idx`` (the reference drops the top-1 hit, the same row barring ties)."""
         if not 1 <= k < len(self):
             raise InputError(f"k must be in [1, {len(self) - 1}] for a bank of {len(self)} rows, got {k}")
-        sims = F.normalize(features.detach().float(), dim=1) @ self.features.T
+        sims = F.normalize(features.detach().float(), dim=1).to(self.features.device) @ self.features.T
         sims[torch.arange(len(idx)), idx] = -math.inf
         return sims.topk(k, dim=1).indices
 
@@ -267,7 +325,7 @@ class Objective:
         raise NotImplementedError
 
 
-def adapt(net, x: torch.Tensor, objective: Objective, cfg: AdaptConfig | None = None,
+def adapt(net, x, objective: Objective, cfg: AdaptConfig | None = None,
           y_eval: torch.Tensor | None = None) -> dict:
     """Adapt ``net`` in place on unlabelled target images ``x`` with ``objective``. ``y_eval``
     (optional) is used only to log accuracy after each epoch, never for training."""
@@ -281,19 +339,21 @@ def adapt(net, x: torch.Tensor, objective: Objective, cfg: AdaptConfig | None = 
         return _adapt(net, x, objective, cfg, y_eval, history)
 
 
-def _adapt(net, x: torch.Tensor, objective: Objective, cfg: AdaptConfig, y_eval, history: dict) -> dict:
+def _adapt(net, x, objective: Objective, cfg: AdaptConfig, y_eval, history: dict) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = _sgd([{"params": net.encoder_parameters(), "lr": cfg.lr * cfg.lr_encoder},
                 {"params": net.bottleneck_parameters(), "lr": cfg.lr * cfg.bottleneck_lr_mult}],
                cfg.momentum, cfg.weight_decay)
     objective.start(net, x)
+    base = [g["lr"] for g in opt.param_groups]
     steps = max(1, cfg.epochs * (len(x) // cfg.batch_size if len(x) >= cfg.batch_size else 1))
-    step, start = 0, time.time()
+    step, start, device = 0, time.time(), model_device(net)
     for epoch in range(cfg.epochs):
         objective.epoch_start(net, x, epoch)
         net.train()
-        for idx in _batches(len(x), cfg.batch_size, gen):
-            loss = objective.loss(net, translate(x[idx], cfg.shift_pixels, gen), idx, step / steps)
+        for idx, xb in iterate(x, list(_batches(len(x), cfg.batch_size, gen))):
+            _set_rates(opt, base, schedule_factor(cfg.schedule, step / steps))
+            loss = objective.loss(net, translate(xb, cfg.shift_pixels, gen).to(device), idx, step / steps)
             _check_loss(loss, f"adaptation ({objective.name})")
             opt.zero_grad()
             loss.backward()

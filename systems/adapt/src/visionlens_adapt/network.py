@@ -1,8 +1,11 @@
 """The adaptation network: backbone -> SAGAN attention -> GAP -> bottleneck (Linear + BN1d) -> head.
 
-Backbones: ``small-cnn`` (the project's WorldResNet trunk, trained from scratch) and
-``mobilenet_v2`` (the packaged ImageNet MobileNetV2 ``features``, early stages frozen). Heads:
-``etf`` (fixed simplex ETF, EIANet) or ``linear`` (SHOT / AaD style).
+Backbones: ``small-cnn`` (the project's WorldResNet trunk, trained from scratch),
+``mobilenet_v2`` (the packaged ImageNet MobileNetV2 ``features``, early stages frozen), the papers'
+``resnet50`` / ``resnet101`` (torchvision's, every layer trained as in SHOT and EIANet) or any CNN
+model spec (``timm:NAME``, ``torchvision:NAME``) through the core model specs, with a weights file
+or the library's pretrained weights, its classifier removed. Heads: ``etf`` (fixed simplex ETF,
+EIANet) or ``linear`` (SHOT / AaD style).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from visionlens.errors import InputError
 from .eianet import SAGANAttention
 from .etf import SimplexETF
 
-BACKBONES = ("small-cnn", "mobilenet_v2")
+BACKBONES = ("small-cnn", "mobilenet_v2", "resnet50", "resnet101", "timm:NAME", "torchvision:NAME")
+PAPER_BACKBONES = {"resnet50": "torchvision:resnet50", "resnet101": "torchvision:resnet101"}
 HEADS = ("etf", "linear")
 
 
@@ -49,7 +53,44 @@ class FrozenPrefix(nn.Module):
         return self.rest(x)
 
 
-def build_backbone(name: str, freeze: int = 14) -> tuple[nn.Module, int]:
+class SpecFeatures(nn.Module):
+    """The spatial feature map of a model-spec CNN: timm's ``forward_features``, or a torchvision
+    model without its pooling and classifier (``features``, or its children before ``avgpool``)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        if hasattr(module, "forward_features"):
+            self.body, self.timm = module, True
+        elif isinstance(getattr(module, "features", None), nn.Module):
+            self.body, self.timm = module.features, False
+        else:
+            names = [n for n, _ in module.named_children()]
+            if "avgpool" not in names:
+                raise InputError(f"{type(module).__name__}: cannot find its feature map (no forward_features, "
+                                 "features or avgpool); use a ResNet-style CNN")
+            self.body, self.timm = nn.Sequential(*list(module.children())[:names.index("avgpool")]), False
+
+    def forward(self, x):
+        return self.body.forward_features(x) if self.timm else self.body(x)
+
+
+def spec_backbone(spec: str, weights: str | None = None) -> tuple[nn.Module, int]:
+    """``(module, channels)`` of a ``timm:``/``torchvision:`` CNN with ``weights`` (a state-dict file)
+    or, without, the library's pretrained weights; images in [0, 1], normalised as its config says."""
+    from visionlens.models import load_model
+
+    zoo = load_model(spec, weights=weights)
+    features = SpecFeatures(zoo.module)
+    with torch.no_grad():
+        was = features.training
+        out = features.eval()(torch.zeros(1, 3, 64, 64))
+        features.train(was)
+    if out.dim() != 4:
+        raise InputError(f"{spec} gives {out.dim()}-d features, not a (B, C, H, W) map; use a CNN backbone")
+    return nn.Sequential(Normalise(zoo.preprocess.mean, zoo.preprocess.std), features), int(out.shape[1])
+
+
+def build_backbone(name: str, freeze: int = 14, weights: str | None = None) -> tuple[nn.Module, int]:
     """``(module, channels)``: input images in [0, 1], output a spatial feature map."""
     if name == "small-cnn":
         from visionlens.models.world_models import WorldResNet
@@ -63,6 +104,8 @@ def build_backbone(name: str, freeze: int = 14) -> tuple[nn.Module, int]:
         body = FrozenPrefix(nn.Sequential(Normalise((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), *features[:freeze]),
                             nn.Sequential(*features[freeze:]))
         return body, 1280
+    if name in PAPER_BACKBONES or name.startswith(("timm:", "torchvision:")):
+        return spec_backbone(PAPER_BACKBONES.get(name, name), weights)
     raise InputError(f"unknown backbone {name!r}; choose from: {', '.join(BACKBONES)}")
 
 
@@ -70,7 +113,8 @@ class AdaptNet(nn.Module):
     """``embed(x)``: the bottleneck feature (BN output, not normalised); ``head``: logits."""
 
     def __init__(self, num_classes: int, backbone: str = "small-cnn", head: str = "linear", bottleneck: int = 64,
-                 temperature: float = 0.0, learned_attention: bool = False, seed: int = 0):
+                 temperature: float = 0.0, learned_attention: bool = False, seed: int = 0,
+                 backbone_weights: str | None = None):
         super().__init__()
         if head not in HEADS:
             raise InputError(f"unknown head {head!r}; choose from: {', '.join(HEADS)}")
@@ -78,7 +122,7 @@ class AdaptNet(nn.Module):
             raise InputError(f"need at least 2 classes, got {num_classes}")
         torch.manual_seed(seed)
         self.num_classes = num_classes
-        self.backbone, channels = build_backbone(backbone)
+        self.backbone, channels = build_backbone(backbone, weights=backbone_weights)
         self.attention = SAGANAttention(channels, temperature=temperature, learned=learned_attention)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.bottleneck = nn.Linear(channels, bottleneck)

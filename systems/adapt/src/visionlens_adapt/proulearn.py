@@ -38,7 +38,7 @@ from visionlens.checks import check_finite, check_number
 from visionlens.core.memory_bank import cosine_neighbours
 from visionlens.errors import InputError
 
-from .framework import Objective, predict
+from .framework import Objective, predict, take
 from .peers import information_maximisation
 
 STRATEGIES = ("random", "entropy", "kmeans", "density", "proulearn")
@@ -308,15 +308,15 @@ class ProULearnObjective(Objective):
         nl = min(self.labelled_batch, len(self.labelled_idx))
         if nl:
             pos = torch.randperm(len(self.labelled_idx), generator=self.gen)[:nl]
-            xb = torch.cat([xb, self.x[self.labelled_idx[pos]]])
+            xb = torch.cat([xb, take(self.x, self.labelled_idx[pos]).to(xb.device)])
         f = net.embed(xb)
         logits = net.head(f)
         fu, lu = f[:len(idx)], logits[:len(idx)]
-        w = self.weight[idx]
-        pseudo = self.pseudo[idx]
+        w = self.weight[idx].to(f.device)
+        pseudo = self.pseudo[idx].to(f.device)
         loss = self.beta_pl * (w * F.cross_entropy(lu, pseudo, reduction="none")).mean()
         loss = loss + self.beta_im * information_maximisation(lu.softmax(1))
-        loss = loss + self.beta_cc * central_correlation_loss(fu, self.prototypes, pseudo, self.margin)
+        loss = loss + self.beta_cc * central_correlation_loss(fu, self.prototypes.to(f.device), pseudo, self.margin)
         if nl:
-            loss = loss + F.cross_entropy(logits[len(idx):], self.labels[pos])
+            loss = loss + F.cross_entropy(logits[len(idx):], self.labels[pos].to(f.device))
         return loss

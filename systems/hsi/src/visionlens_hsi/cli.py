@@ -1,4 +1,4 @@
-"""``visionlens hsi-cd train|eval|map``: SpectralKAN hyperspectral change detection."""
+"""``visionlens hsi-cd train|eval|map|convert``: SpectralKAN hyperspectral change detection."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ MODELS_HELP = "spectralkan-b, spectralkan-d, mtsf-kan, wkan, kan, dual-branch, m
 MAX_SCENE_VALUES = 2 ** 27      # synthetic --size^2 x --bands values per date (1 GiB of float64)
 MAX_PATCH = 31
 SEED = count(minimum=0, maximum=2 ** 32 - 1)
+CHECKPOINT_HELP = ("model.pt written by `visionlens hsi-cd train`, or the authors' released state dict "
+                   "(then give --data and --dataset)")
+
+
+def _seeds(text: str) -> list:
+    from .seeds import parse_seeds
+
+    return parse_seeds(text)
 
 
 def _fraction(text: str) -> float:
@@ -57,7 +65,10 @@ def register(subparsers) -> None:
     t.add_argument("--train-fraction", type=_fraction, default=0.01,
                    help="stratified fraction of each class, in (0, 1) (paper: 0.01)")
     t.add_argument("--patch", type=_patch, default=5, help=f"odd patch side, 1 to {MAX_PATCH}")
-    t.add_argument("--seed", type=SEED, default=0, help="split and initialisation seed")
+    t.add_argument("--seed", type=SEED, default=None, help="split and initialisation seed (default 0)")
+    t.add_argument("--seeds", type=_seeds, default=None,
+                   help="several seeds, e.g. 0,1,2,3,4: one run each in OUT/seed-K/, then OUT/table.md and "
+                        "OUT/table.json (OA, Kappa mean ± sd, parameters, FLOPs, train/test time)")
     t.add_argument("--basis", default="fast", choices=["fast", "recursive"],
                    help="B-spline basis evaluation: fast (closed form) or recursive (the reference Cox-de Boor recursion); same values")
     t.add_argument("--out", default="runs/hsi-cd", help="output folder")
@@ -65,19 +76,27 @@ def register(subparsers) -> None:
     add_json_option(t)
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="score a checkpoint on its test pixels (OA, Kappa, AA)")
-    e.add_argument("--checkpoint", required=True, help="model.pt written by `visionlens hsi-cd train`")
+    e = sub.add_parser("eval", help="score a checkpoint on its test pixels, or every labelled pixel for the authors' weights (OA, Kappa, AA)")
+    e.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     _add_data(e, required=False)
     e.add_argument("--out", default=None, help="optional metrics JSON path")
     add_json_option(e)
     e.set_defaults(func=_cmd_eval)
 
     m = sub.add_parser("map", help="predict every pixel and write a change-map PNG (truth | prediction | errors)")
-    m.add_argument("--checkpoint", required=True, help="model.pt written by `visionlens hsi-cd train`")
+    m.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     _add_data(m, required=False)
     m.add_argument("--out", default="change_map.png", help="PNG file to write")
     add_json_option(m)
     m.set_defaults(func=_cmd_map)
+
+    c = sub.add_parser("convert", help="turn the authors' released checkpoint (SpectralKAN_farmland.pth) into an "
+                                       "hsi-cd model.pt")
+    c.add_argument("--checkpoint", required=True, help="the reference code's state dict (keys layer1.*, layer2.*)")
+    _add_data(c, required=False)
+    c.add_argument("--out", required=True, help="model.pt to write (an existing file is never overwritten)")
+    add_json_option(c)
+    c.set_defaults(func=_cmd_convert)
 
 
 def _set_threads(args) -> None:
@@ -130,22 +149,35 @@ def _print(result: dict) -> None:
 
 
 def _cmd_train(args) -> int:
-    import torch
-
     from visionlens.errors import InputError
-    from visionlens.io import save_atomic, write_json
-    from .train import TRAINABLE, TrainConfig, run
+    from .train import TRAINABLE
 
     if args.model not in TRAINABLE:
         raise InputError(f"--model {args.model!r} is not trainable here: use one of {', '.join(TRAINABLE)}")
+    if args.seeds is not None and args.seed is not None:
+        raise InputError("give either --seed or --seeds, not both")
     _set_threads(args)
     spec = _data_spec(args)
-    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         train_fraction=args.train_fraction, patch=args.patch, seed=args.seed, basis=args.basis)
     scene = _load_scene(spec)
+    if args.seeds is not None:
+        return _train_seeds(args, spec, scene)
+    metrics, written = _train_one(args, spec, scene, 0 if args.seed is None else args.seed, Path(args.out))
+    print(f"wrote {written[0]}, {written[1]} and {written[2]}")
+    record_summary(args, {**metrics, "written": [str(w) for w in written]})
+    return 0
+
+
+def _train_one(args, spec: dict, scene, seed: int, out: Path):
+    """Train and test one seed into ``out``; returns its metrics and the files written."""
+    import torch
+
+    from visionlens.io import save_atomic, write_json
+    from .train import TrainConfig, run
+
+    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         train_fraction=args.train_fraction, patch=args.patch, seed=seed, basis=args.basis)
     model, result = run(scene, config, progress=not args.quiet)
     result["peak_rss_mb"] = _peak_rss_mb()
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = {"state_dict": model.state_dict(), "train_config": config.to_dict(), "data": spec,
                   "bands": scene.bands}
@@ -154,9 +186,32 @@ def _cmd_train(args) -> int:
     write_json(metrics, out / "metrics.json")
     _write_map(model, scene, config, out / "change_map.png")
     _print(result)
-    print(f"wrote {out / 'model.pt'}, {out / 'metrics.json'} and {out / 'change_map.png'}")
-    record_summary(args, {**metrics, "written": [str(out / f) for f in ("model.pt", "metrics.json", "change_map.png")]})
+    return metrics, [out / "model.pt", out / "metrics.json", out / "change_map.png"]
+
+
+def _train_seeds(args, spec: dict, scene) -> int:
+    """One run per ``--seeds`` entry in ``OUT/seed-K/``, then the mean ± sd table."""
+    from visionlens.io import save_atomic, write_json
+    from .seeds import summarise, table_markdown
+
+    out, runs = Path(args.out), {}
+    for seed in args.seeds:
+        print(f"seed {seed}:", end=" ")
+        runs[seed], _ = _train_one(args, spec, scene, seed, out / f"seed-{seed}")
+    summary = {**summarise(args.model, runs), "data": spec, "per_seed": {str(k): _brief(v) for k, v in runs.items()}}
+    dataset = spec.get("dataset", "synthetic")
+    table = table_markdown(summary, dataset)
+    write_json(summary, out / "table.json")
+    save_atomic(lambda tmp: Path(tmp).write_text(table), out / "table.md")
+    print(table, end="")
+    print(f"wrote {out / 'table.md'}, {out / 'table.json'} and seed-K/ folders for seeds {','.join(map(str, args.seeds))}")
+    record_summary(args, {**summary, "written": [str(out / "table.md"), str(out / "table.json")]})
     return 0
+
+
+def _brief(metrics: dict) -> dict:
+    keys = ("oa", "kappa", "aa", "train_wall_s", "test_wall_s", "train_cpu_s", "test_cpu_s", "final_loss")
+    return {k: metrics[k] for k in keys if k in metrics}
 
 
 _SPEC_KEYS = {"synthetic": ("size", "bands", "seed", "shading"), "mat": ("folder", "dataset")}
@@ -168,11 +223,16 @@ def _read_checkpoint(path: Path) -> dict:
     from visionlens.checks import check_finite
     from visionlens.errors import InputError
     from visionlens.io import load_checkpoint
+    from .official import convert_official_state, is_official_state
     from .train import TrainConfig
 
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}: run `visionlens hsi-cd train --out DIR` first")
     blob = load_checkpoint(path, "hsi-cd checkpoint")
+    if is_official_state(blob):
+        state, bands, patch = convert_official_state(blob, str(path))
+        return {"config": TrainConfig(model="spectralkan-b", patch=patch, trained_elsewhere=True), "data": None, "bands": bands,
+                "state_dict": state}
     try:
         config = TrainConfig(**blob["train_config"])
         spec, bands, state = dict(blob["data"]), int(blob["bands"]), dict(blob["state_dict"])
@@ -192,12 +252,15 @@ def _restore(args):
 
     path = Path(args.checkpoint)
     saved = _read_checkpoint(path)
+    if saved["data"] is None and args.data is None:
+        raise InputError(f"{path} is the authors' state dict and does not say its data: give --data DIR --dataset NAME")
     spec = saved["data"] if args.data is None else _data_spec(args)
     config = saved["config"]
     _set_threads(args)
     scene = _load_scene(spec)
     if scene.bands != saved["bands"]:
-        raise InputError(f"the checkpoint expects {saved['bands']} bands, the data has {scene.bands}")
+        hint = " (the released SpectralKAN_farmland.pth has 224: Bay Area or Santa Barbara)" if saved["data"] is None else ""
+        raise InputError(f"the checkpoint expects {saved['bands']} bands{hint}, the data has {scene.bands}")
     model = create_model(config.model, scene.bands, config.patch, config.basis)
     try:
         model.load_state_dict(saved["state_dict"])
@@ -208,6 +271,8 @@ def _restore(args):
 
 
 def _cmd_eval(args) -> int:
+    import numpy as np
+
     from visionlens.io import write_json
     from .data import PatchPairs, stratified_split
     from .train import evaluate, model_cost, parameter_count
@@ -215,7 +280,10 @@ def _cmd_eval(args) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     model, scene, config = _restore(args)
-    _, test_pos = stratified_split(scene.labels, config.train_fraction, config.seed)
+    if config.trained_elsewhere:                                    # the authors' split is unknown: every labelled pixel
+        test_pos = np.argwhere(scene.labels >= 0)
+    else:
+        _, test_pos = stratified_split(scene.labels, config.train_fraction, config.seed)
     result = evaluate(model, PatchPairs(scene, config.patch), test_pos, scene.labels, config.eval_batch)
     result.update(params=parameter_count(model), **model_cost(model), test_pixels=int(len(test_pos)))
     result["peak_rss_mb"] = _peak_rss_mb()
@@ -224,6 +292,28 @@ def _cmd_eval(args) -> int:
         write_json({"model": config.model, **result}, Path(args.out))
         print(f"wrote {args.out}")
     record_summary(args, {"model": config.model, **result})
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    import torch
+
+    from visionlens.errors import InputError
+    from visionlens.io import save_atomic
+
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"{out} already exists: choose another --out (hsi-cd never overwrites a file)")
+    if args.data is None:
+        raise InputError("give --data DIR --dataset NAME: the scene the converted model will be scored on")
+    model, scene, config = _restore(args)
+    checkpoint = {"state_dict": model.state_dict(), "train_config": config.to_dict(), "data": _data_spec(args),
+                  "bands": scene.bands, "source": str(Path(args.checkpoint).resolve())}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(lambda tmp: torch.save(checkpoint, tmp), out)
+    print(f"wrote {out}: SpectralKAN config b, {scene.bands} bands, {config.patch}x{config.patch} patch "
+          f"(class 1 = changed); score it with `visionlens hsi-cd eval --checkpoint {out}`")
+    record_summary(args, {"model": config.model, "bands": scene.bands, "patch": config.patch, "written": [str(out)]})
     return 0
 
 

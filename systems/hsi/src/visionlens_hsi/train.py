@@ -33,6 +33,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch: int = 512
     basis: str = "fast"
+    trained_elsewhere: bool = False       # the authors' weights: their split is unknown, so test on every labelled pixel
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,5 +1,6 @@
 """``visionlens sata evaluate``: SATA vs the plain ViT (and matched-budget peers) on clean and
-corrupted synthetic-world images under class-sorted, shuffled and batch-size-1 protocols."""
+corrupted images under class-sorted, shuffled and batch-size-1 protocols: the synthetic world's
+test images (``world-vit``), or any ViT the model specs give on an image folder (``--data``)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,19 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("sata", help="SATA token plug-in for ViTs: batch-independent evaluation")
     sub = p.add_subparsers(dest="sata_command", required=True)
     e = sub.add_parser("evaluate", help="accuracy, mCE, FFN savings and CPU latency under three batching protocols")
-    e.add_argument("--model", default="world-vit", help="a WorldViT zoo model (default: world-vit)")
-    e.add_argument("--images", type=count(minimum=2), default=50, help="test images of the synthetic world (default 50)")
+    e.add_argument("--model", default="world-vit",
+                   help="world-vit (default), or with --data any ViT spec: timm:NAME, hf:DIR, torchvision:NAME")
+    e.add_argument("--weights", default=None,
+                   help="state-dict file for a timm:/torchvision: model (default: the library's pretrained weights)")
+    e.add_argument("--data", default=None,
+                   help="ImageFolder tree (DIR/class/image) or ImageNet-C-style tree (DIR/corruption/severity/class/image); "
+                        "default: the synthetic world's test images")
+    e.add_argument("--images", type=count(minimum=2), default=None,
+                   help="images per set: synthetic world (default 50), or with --data spread over each set (default all)")
+    e.add_argument("--variants", type=comma_list(str), nargs="+", action=FlatList, default=None,
+                   help="with --data: the compared variants (plain always; default all)")
+    e.add_argument("--workers", type=count(minimum=0), default=0, help="with --data: DataLoader worker processes (default 0)")
+    e.add_argument("--device", default="auto", help="with --data: torch device of the model (auto: CUDA when available)")
     e.add_argument("--seeds", type=comma_list(SEED), nargs="+", action=FlatList, default=[0, 1],
                    help="seeds for the batched protocols (space- or comma-separated)")
     e.add_argument("--bs1-seeds", type=comma_list(SEED), nargs="+", action=FlatList, default=[0],
@@ -25,12 +37,15 @@ def register(subparsers) -> None:
     e.add_argument("--gamma", type=number(minimum=0, maximum=1), default=0.7,
                    help="fraction of blocks without SATA (default 0.7)")
     e.add_argument("--alpha", type=number(), default=1.0, help="split bound factor (default 1.0; <= 0 disables SATA)")
-    e.add_argument("--corruptions", nargs="+", default=None, help="subset of the corruption suite (default: all)")
+    e.add_argument("--corruptions", nargs="+", default=None,
+                   help="built-in corruptions (default: all; with an ImageFolder --data: none), or the folders of an "
+                        "ImageNet-C-style --data (default: all)")
     e.add_argument("--severities", type=count(minimum=1, maximum=5), nargs="+", default=[1, 2, 3, 4, 5],
                    help="severities 1-5")
     e.add_argument("--latency-images", type=count(), default=32, help="images timed for the CPU latency")
     e.add_argument("--threads", type=count(), default=1, help="torch CPU threads (default 1)")
-    e.add_argument("--out", required=True, help="Markdown file for the table (a .json with the raw counts is written next to it)")
+    e.add_argument("--out", required=True, help="Markdown file for the table (a .json with the raw counts is written next "
+                                                "to it; with --data also the resumable .jsonl batch records)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_option(e)
     e.set_defaults(func=_evaluate)
@@ -40,7 +55,20 @@ def _evaluate(args) -> int:
     import torch
 
     from visionlens.errors import InputError
-    from visionlens.io import save_atomic, write_json
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise InputError(f"output folder {out.parent} does not exist; create it first")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _evaluate_folder(args, out) if args.data is not None else _evaluate_world(args, out)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers keep their setting
+
+
+def _evaluate_world(args, out: Path) -> int:
+    from visionlens.errors import InputError
     from .corruptions import CORRUPTIONS
     from .evaluate import EvalSettings, raw_to_dict, run_evaluation, table_markdown
 
@@ -49,25 +77,108 @@ def _evaluate(args) -> int:
     if bad:
         raise InputError(f"unknown corruption {bad[0]!r}; choose from: {', '.join(CORRUPTIONS)}")
     if not args.model.startswith("world-vit"):
-        raise InputError(f"--model must be a WorldViT classifier of the synthetic world (world-vit), got {args.model!r}")
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise InputError(f"output folder {out.parent} does not exist; create it first")
-    settings = EvalSettings(images=args.images, seeds=tuple(args.seeds), bs1_seeds=tuple(args.bs1_seeds),
+        raise InputError(f"--model {args.model!r} needs --data DIR (an image folder); without it the synthetic world "
+                         "is evaluated with world-vit")
+    if args.weights is not None or args.variants is not None or args.device != "auto":
+        raise InputError("--weights, --variants and --device apply with --data DIR only")
+    images = 50 if args.images is None else args.images
+    settings = EvalSettings(images=images, seeds=tuple(args.seeds), bs1_seeds=tuple(args.bs1_seeds),
                             batch=args.batch, gamma=args.gamma, alpha=args.alpha, corruptions=corruptions,
                             severities=tuple(sorted(set(args.severities))), model=args.model,
-                            latency_images=min(args.latency_images, args.images))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        raw = run_evaluation(settings, progress=not args.quiet)
-    finally:
-        torch.set_num_threads(threads)  # in-process callers keep their setting
-    table = table_markdown(raw)
+                            latency_images=min(args.latency_images, images))
+    raw = run_evaluation(settings, progress=not args.quiet)
+    return _write(args, out, table_markdown(raw), raw_to_dict(raw))
+
+
+def _write(args, out: Path, table: str, raw: dict, extra: list[Path] = ()) -> int:
+    from visionlens.io import save_atomic, write_json
+
     json_path = out.with_suffix(".json")
     save_atomic(lambda tmp: Path(tmp).write_text(table), out)
-    write_json(raw_to_dict(raw), json_path, indent=1)
+    write_json(raw, json_path, indent=1)
+    written = [out, json_path, *extra]
     print(table, end="")
-    print(f"wrote {out} and {json_path}")
-    record_summary(args, {**raw_to_dict(raw), "written": [str(out), str(json_path)]})
+    print("wrote " + ", ".join(map(str, written)))
+    record_summary(args, {**raw, "written": [str(p) for p in written]})
     return 0
+
+
+def _variant_names(args) -> tuple[str, ...]:
+    from visionlens.errors import InputError
+    from .stream import VARIANTS
+
+    chosen = args.variants or list(VARIANTS)
+    bad = [v for v in chosen if v not in VARIANTS]
+    if bad:
+        raise InputError(f"unknown variant {bad[0]!r}; choose from: {', '.join(VARIANTS)}")
+    return tuple(v for v in VARIANTS if v == "plain" or v in chosen)
+
+
+def _evaluate_folder(args, out: Path) -> int:
+    from dataclasses import asdict
+
+    from .folders import folder_sets, listing_sha256
+    from .store import RecordStore
+    from .stream import StreamSettings, run_streamed, streamed_table, summarise_records
+
+    names = _variant_names(args)
+    root = Path(args.data)
+    sets = folder_sets(root, tuple(args.corruptions) if args.corruptions else None, tuple(sorted(set(args.severities))))
+    zoo, sata = _load_vit(args.model, args.weights, args.device)
+    model_labels = _model_labels(sets[0].classes, zoo, args.model, args.data)
+    settings = StreamSettings(seeds=tuple(args.seeds), bs1_seeds=tuple(args.bs1_seeds), batch=args.batch,
+                              gamma=args.gamma, alpha=args.alpha, variants=names, limit=args.images)
+    store = RecordStore(out.with_suffix(".jsonl"), {
+        "model": args.model, "weights": _weights_identity(args.weights), "data": str(root.resolve()),
+        "listing_sha256": listing_sha256(sets, root), "preprocess": zoo.preprocess.describe(), **asdict(settings)})
+    run_streamed(zoo.module, sets, settings, store, zoo.preprocess, model_labels, args.workers, not args.quiet)
+    flops = sata.depth * _tokens(sata, zoo.preprocess.crop) * sata.flops_per_token
+    rows = summarise_records(store.records, settings, flops)
+    images = {s.name: len(s.paths) if args.images is None else min(args.images, len(s.paths)) for s in sets}
+    raw = {"settings": store.settings, "rows": rows, "images": images, "ffn_flops_per_image": flops}
+    return _write(args, out, streamed_table(rows, args.batch, images), raw, [store.path])
+
+
+def _load_vit(spec: str, weights, device: str):
+    """The model of ``spec`` (on ``device``) and its SATA wrapper; a model SATA cannot run is one line."""
+    from visionlens.errors import InputError, LayerError
+    from visionlens.models.zoo import load_model
+    from .sata import SataViT
+
+    zoo = load_model(spec, device=device, weights=weights)
+    try:
+        return zoo, SataViT(zoo.module)
+    except LayerError as err:
+        raise InputError(f"--model {spec} is not a ViT SATA can run: {err}") from None
+
+
+def _tokens(sata, side: int) -> int:
+    grid = sata.adapter.grid((side, side))
+    return grid[0] * grid[1] + sata.adapter.num_prefix_tokens
+
+
+def _model_labels(classes: list[str], zoo, spec: str, data: str) -> list[int]:
+    """The model's class index of each class folder: by index or class name, else (as many folders
+    as the model has classes, such as ImageNet's WordNet ids) the sorted folder order."""
+    from visionlens.data.datasets import match_classes
+    from visionlens.errors import InputError
+
+    try:
+        return match_classes(classes, zoo.class_names, spec, data)
+    except InputError:
+        if zoo.class_names is not None and len(classes) == len(zoo.class_names):
+            return list(range(len(classes)))
+        raise
+
+
+def _weights_identity(weights) -> str:
+    """``pretrained`` / the zoo's, or the SHA-256 of the weights file."""
+    import hashlib
+
+    if weights is None:
+        return "default"
+    digest = hashlib.sha256()
+    with open(weights, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -173,7 +173,7 @@ def _tome_group(patches: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tens
     src tokens with the most similar dst merge into it (mean, dst included) and skip the FFN.
     Returns (indices of tokens through the FFN, their values, indices of the skipped tokens)."""
     n = patches.shape[0]
-    src_idx, dst_idx = torch.arange(0, n, 2), torch.arange(1, n, 2)
+    src_idx, dst_idx = torch.arange(0, n, 2, device=patches.device), torch.arange(1, n, 2, device=patches.device)
     r = min(r, len(src_idx))
     unit = torch.nn.functional.normalize(patches, dim=-1)
     sigma, best = (unit[src_idx] @ unit[dst_idx].T).max(dim=-1)
@@ -219,12 +219,45 @@ class FfnAccount:
 
 
 def _is_prenorm_block(block: nn.Module) -> bool:
+    return _block_parts(block) is not None
+
+
+@dataclass
+class BlockParts:
+    """The pieces of a pre-norm block SATA calls: ``norm1``, the attention output's ``drop1`` and
+    ``ls1`` (identity when absent), ``norm2``, ``mlp``, its ``fc1`` (FLOP count) and ``drop2``/``ls2``."""
+
+    norm1: nn.Module
+    drop1: nn.Module
+    ls1: nn.Module
+    norm2: nn.Module
+    mlp: nn.Module
+    fc1: nn.Linear
+    drop2: nn.Module
+    ls2: nn.Module
+
+
+def _module(block: nn.Module, name: str) -> nn.Module:
+    part = getattr(block, name, None)
+    return part if isinstance(part, nn.Module) else nn.Identity()
+
+
+def _block_parts(block: nn.Module) -> BlockParts | None:
+    """The parts of a timm / world ``Block``, a Hugging Face ``ViTLayer`` (transformers 5) or a
+    torchvision ``EncoderBlock``; None for any other block."""
     from visionlens.models.world_models import Block as WorldBlock
 
-    if isinstance(block, WorldBlock):
-        return True
     cls = type(block)
-    return cls.__module__.startswith("timm.") and cls.__name__ == "Block"
+    if isinstance(block, WorldBlock) or (cls.__module__.startswith("timm.") and cls.__name__ == "Block"):
+        return BlockParts(block.norm1, _module(block, "drop_path1"), _module(block, "ls1"), block.norm2, block.mlp,
+                          block.mlp.fc1, _module(block, "drop_path2"), _module(block, "ls2"))
+    if cls.__module__.startswith("transformers.") and isinstance(getattr(getattr(block, "mlp", None), "fc1", None), nn.Linear):
+        return BlockParts(block.layernorm_before, block.dropout, nn.Identity(), block.layernorm_after, block.mlp,
+                          block.mlp.fc1, block.dropout, nn.Identity())
+    if cls.__module__.startswith("torchvision.") and cls.__name__ == "EncoderBlock":
+        return BlockParts(block.ln_1, block.dropout, nn.Identity(), block.ln_2, block.mlp, block.mlp[0],
+                          nn.Identity(), nn.Identity())
+    return None
 
 
 class SataBlock(nn.Module):
@@ -235,9 +268,18 @@ class SataBlock(nn.Module):
         super().__init__()
         self.block, self.vit_block, self.adapter = block, vit_block, adapter
         self.index, self.prefix, self.config, self.account = index, prefix, config, account
+        self.parts = _block_parts(block)
 
     def _attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The attention branch output (the block's own module, hooks included) and the head-mean map."""
+        """The attention branch output and the head-mean map: timm-style blocks call their own
+        module (hooks included); Hugging Face and torchvision blocks are computed from their
+        projections (one softmax, no second pass)."""
+        if self.adapter.family != "timm":
+            h = self.parts.norm1(x)
+            q, k, v, scale = self.adapter.qkv(self.vit_block, h)
+            probs = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            u = (probs @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+            return self.adapter.project(self.vit_block, h, u), probs.mean(1)
         attn, captured = self.block.attn, []
         drop = getattr(attn, "attn_drop", None)
         handle = drop.register_forward_hook(lambda m, i, o: captured.append(o)) if isinstance(drop, nn.Module) else None
@@ -260,22 +302,15 @@ class SataBlock(nn.Module):
         return out, probs.mean(1)
 
     def _ffn(self, y: torch.Tensor) -> torch.Tensor:
-        b = self.block
-        ls2 = getattr(b, "ls2", None)
-        out = b.mlp(b.norm2(y))
-        out = ls2(out) if ls2 is not None else out
-        drop = getattr(b, "drop_path2", None)
-        return y + (drop(out) if drop is not None else out)
+        parts = self.parts
+        return y + parts.drop2(parts.ls2(parts.mlp(parts.norm2(y))))
 
-    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        mask = args[0] if args else kwargs.get("attn_mask", kwargs.get("attention_mask"))
+        if mask is not None or kwargs.get("is_causal"):
             raise LayerError("SATA does not support attention masks")
-        b = self.block
         out, mean_attn = self._attention(x)
-        ls1 = getattr(b, "ls1", None)
-        out = ls1(out) if ls1 is not None else out
-        drop = getattr(b, "drop_path1", None)
-        x = x + (drop(out) if drop is not None else out)
+        x = x + self.parts.drop1(self.parts.ls1(out))
         if self.config.reference_batch_coupling:
             return self._coupled(x, mean_attn)
         return self._per_image(x, mean_attn)
@@ -293,7 +328,7 @@ class SataBlock(nn.Module):
         for (through, _, skipped, skipped_values), y in zip(plans, ffn_out):
             row = torch.cat([y, skipped_values])
             if self.config.restore_order:
-                row = row[torch.cat([torch.arange(p), through + p, skipped + p]).argsort()]
+                row = row[torch.cat([torch.arange(p, device=x.device), through + p, skipped + p]).argsort()]
             rows.append(row)
         self.account.ffn_tokens[self.index] = torch.tensor([p + len(plan[1]) for plan in plans])
         return torch.stack(rows)
@@ -310,6 +345,7 @@ class SataBlock(nn.Module):
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.index * 10_007 + n_a)
             in_b = torch.ones(n, dtype=torch.bool)
             in_b[torch.randperm(n, generator=g)[:n_a]] = False
+            in_b = in_b.to(patches.device)
         idx_b, idx_a = in_b.nonzero().squeeze(1), (~in_b).nonzero().squeeze(1)
         if len(idx_a) <= 2:  # no grouping: set A skips the FFN (the reference drops it)
             return idx_b, patches[idx_b], idx_a, patches[idx_a]
@@ -346,8 +382,8 @@ class SataBlock(nn.Module):
 
 
 class SataViT(nn.Module):
-    """``model`` (a timm-like pre-norm ViT: the project's ``WorldViT`` or a timm
-    ``VisionTransformer``) with SATA in its last blocks. The wrapped model is not changed: the
+    """``model`` (a pre-norm ViT: the project's ``WorldViT``, a timm ``VisionTransformer``, a
+    Hugging Face ``ViTModel`` / ``ViTForImageClassification`` or a torchvision ``VisionTransformer``) with SATA in its last blocks. The wrapped model is not changed: the
     blocks are swapped in for each forward pass only. ``last_account`` holds the FFN accounting
     of the latest call. With ``enabled=False`` it is the plain model."""
 
@@ -355,16 +391,15 @@ class SataViT(nn.Module):
         super().__init__()
         self.model, self.config, self.enabled = model, config or SataConfig(), enabled
         self.adapter = find_vit(model)
-        if self.adapter.family != "timm":
-            raise LayerError(f"SATA supports timm-style ViTs (blocks[i].attn.qkv), not {self.adapter.family} models")
         container = model.get_submodule(self.adapter.blocks_name)
         bad = [type(b).__name__ for b in container if not _is_prenorm_block(b)]
         if bad:
-            raise LayerError(f"SATA needs pre-norm ViT blocks (timm Block); found {bad[0]}")
+            raise LayerError(f"SATA needs pre-norm ViT blocks (timm Block, Hugging Face ViTLayer or torchvision "
+                             f"EncoderBlock); found {bad[0]}")
         self.depth = len(container)
         self.indices = sata_block_indices(self.depth, self.config.gamma)
-        mlp = container[0].mlp
-        self.flops_per_token = 4 * mlp.fc1.in_features * mlp.fc1.out_features
+        fc1 = _block_parts(container[0]).fc1
+        self.flops_per_token = 4 * fc1.in_features * fc1.out_features
         self.last_account: FfnAccount | None = None
 
     @contextmanager

@@ -1,8 +1,8 @@
 """``visionlens refer``: LGD zero-shot referring segmentation.
 
     visionlens refer IMAGE "expression" [--proposer colour|felzenszwalb|slic|sam|file] [--clip DIR]
-                     [--mllm-dir DIR | --mllm-url URL] [--cache FILE] --out DIR
-    visionlens refer synthetic:test:3 ["expression"]     # a synthetic scene: GT proposals + rule describer
+                     [--mllm-dir DIR | --mllm-url URL] [--cache DIR|FILE.jsonl] [--sam-* filters] --out DIR
+    visionlens refer synthetic:test:3 ["expression"]     # a synthetic scene: GT proposals + pixel describer
     visionlens refer --benchmark --out DIR               # the synthetic ablation table
 """
 
@@ -42,14 +42,21 @@ def register(subparsers) -> None:
                    help="mask proposals (default: gt for synthetic scenes, colour otherwise)")
     p.add_argument("--proposals", default=None, help="--proposer file: .npy/.npz/.json RLE file or PNG folder")
     p.add_argument("--sam", default=None, help="local SAM folder (save_pretrained; or $VISIONLENS_SAM)")
+    _add_sam_filters(p)
     p.add_argument("--clip", default=None, help="local CLIP folder (save_pretrained; or $VISIONLENS_CLIP); "
                                                 "default: the packaged toy VLM (synthetic vocabulary only; "
                                                 "--refcoco needs a CLIP)")
     p.add_argument("--mllm-dir", default=None, help="local MLLM folder (transformers)")
     p.add_argument("--mllm-url", default=None, help="OpenAI-compatible server on 127.0.0.1, e.g. http://127.0.0.1:8080")
     p.add_argument("--mllm-model", default="local", help="model name sent to --mllm-url (also the cache key)")
-    p.add_argument("--describer-error", type=number(minimum=0, maximum=1), default=0.0, help="synthetic rule describer: error rate")
-    p.add_argument("--cache", default=None, help="JSONL description cache (read, and appended on a miss)")
+    p.add_argument("--describer", default="region-scores", choices=["region-scores", "oracle"],
+                   help="synthetic scenes and --benchmark: region-scores (perceives from pixels: the toy VLM names "
+                        "the proposals; default) or oracle (reads the scene graph: an upper bound)")
+    p.add_argument("--describer-error", type=number(minimum=0, maximum=1), default=0.0,
+                   help="--describer oracle: share of expressions it describes a wrong object for")
+    p.add_argument("--cache", default=None, metavar="DIR|FILE.jsonl",
+                   help="a folder: per-image proposals + region features (regions-*.pt) and descriptions "
+                        "(descriptions.jsonl), reused across sentences and runs; a .jsonl file: descriptions only")
     p.add_argument("--cache-only", action="store_true", help="use only the cache; a miss is an error")
     p.add_argument("--alpha", type=number(minimum=0), default=0.5, help="weight of S_att")
     p.add_argument("--beta", type=number(minimum=0), default=0.5, help="weight of S_sur")
@@ -64,9 +71,46 @@ def register(subparsers) -> None:
     p.set_defaults(func=_cmd_refer)
 
 
+def _add_sam_filters(p) -> None:
+    from .sam_filters import SamFilters
+
+    d = SamFilters()
+    p.add_argument("--sam-points-per-side", type=count(), default=d.points_per_side,
+                   help=f"--proposer sam: point grid side (default {d.points_per_side}: {d.points_per_side ** 2} prompts)")
+    p.add_argument("--sam-points-per-batch", type=count(), default=d.points_per_batch,
+                   help=f"--proposer sam: prompts decoded at once (default {d.points_per_batch})")
+    p.add_argument("--sam-pred-iou", type=number(), default=d.pred_iou_thresh,
+                   help=f"--proposer sam: keep masks with predicted IoU >= this (default {d.pred_iou_thresh:g}, "
+                        "for random-init weights too; SAM's automatic mask generator uses 0.88)")
+    p.add_argument("--sam-stability", type=number(), default=d.stability_thresh,
+                   help=f"--proposer sam: keep masks with stability score >= this (default {d.stability_thresh:g}; "
+                        "SAM's automatic mask generator uses 0.95)")
+    p.add_argument("--sam-min-area", type=count(minimum=0), default=d.min_area,
+                   help=f"--proposer sam: keep masks of at least this many image pixels (default {d.min_area})")
+    p.add_argument("--sam-max-masks", type=count(), default=d.max_masks,
+                   help=f"--proposer sam: after NMS keep the best this many by predicted IoU (default {d.max_masks})")
+    p.add_argument("--region-batch", type=count(), default=32,
+                   help="proposals encoded at once by the region encoder (bounds its memory; default 32)")
+
+
+def _cache_paths(args) -> tuple[str | None, str | None]:
+    """``(description cache file, region cache folder)`` from ``--cache`` (DIR or FILE.jsonl)."""
+    from visionlens.errors import InputError
+
+    if not args.cache:
+        return None, None
+    path = Path(args.cache)
+    if path.suffix == ".jsonl":
+        return str(path), None
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--cache {args.cache} is a file: give a folder (regions and descriptions) or a .jsonl "
+                         "file (descriptions only)")
+    return str(path / "descriptions.jsonl"), str(path)
+
+
 def _describer(args, synthetic: bool):
     from visionlens.errors import InputError
-    from .describers import CachedDescriber, SceneDescriber
+    from .describers import CachedDescriber
 
     inner = None
     if args.mllm_dir and args.mllm_url:
@@ -80,12 +124,37 @@ def _describer(args, synthetic: bool):
 
         inner = LoopbackDescriber(args.mllm_url, args.mllm_model)
     elif synthetic:
-        inner = SceneDescriber(args.describer_error, seed=args.seed)
-    if args.cache:
-        if inner is None and not args.cache_only:
-            raise InputError("--cache without an MLLM backend needs --cache-only (and --mllm-model naming the cached model)")
-        return CachedDescriber(args.cache, inner, model=None if inner else args.mllm_model, cache_only=args.cache_only)
+        inner = _synthetic_describer(args)
+    descriptions, folder = _cache_paths(args)
+    if args.cache_only and not descriptions:
+        raise InputError("--cache-only needs --cache DIR or --cache FILE.jsonl")
+    if descriptions and (inner is not None or args.cache_only):
+        return CachedDescriber(descriptions, inner, model=None if inner else args.mllm_model, cache_only=args.cache_only)
+    if descriptions and folder is None:
+        raise InputError("--cache FILE.jsonl without an MLLM backend needs --cache-only (and --mllm-model naming the "
+                         "cached model); a --cache folder needs neither")
     return inner
+
+
+def _synthetic_describer(args):
+    """The describer standing in for the MLLM on synthetic scenes (``--describer``)."""
+    from visionlens.errors import InputError
+    from .describers import SceneDescriber
+
+    if args.describer == "oracle":
+        return SceneDescriber(args.describer_error, seed=args.seed)
+    if args.describer_error:
+        raise InputError("--describer-error applies to --describer oracle (region-scores makes its own mistakes)")
+    if _clip_dir(args):
+        from .local_weights import model_dir
+
+        model_dir(_clip_dir(args), "CLIP", "VISIONLENS_CLIP", "openai/clip-vit-base-patch32")  # a missing folder first
+        raise InputError("--describer region-scores reads the toy VLM's region scores: drop --clip "
+                         "(and $VISIONLENS_CLIP) or use --describer oracle")
+    from .perception import RegionScoreDescriber
+    from .toy_vlm import load_toy_vlm
+
+    return RegionScoreDescriber(load_toy_vlm())
 
 
 def _proposer(args, synthetic: bool):
@@ -104,7 +173,9 @@ def _proposer(args, synthetic: bool):
     if kind == "sam":
         from .sam import SamProposer
 
-        return SamProposer(args.sam, device=_device(args))
+        return SamProposer(args.sam, device=_device(args), points_per_side=args.sam_points_per_side,
+                           points_per_batch=args.sam_points_per_batch, pred_iou_thresh=args.sam_pred_iou,
+                           stability_thresh=args.sam_stability, min_area=args.sam_min_area, max_masks=args.sam_max_masks)
     return ClassicalProposer(kind)
 
 
@@ -133,13 +204,13 @@ def _cmd_benchmark(args) -> int:
     from visionlens.errors import InputError
     from visionlens.io import save_atomic, write_json
     from .benchmark import ablation_table, markdown
-    from .describers import SceneDescriber
     from .proposals import GTProposer
     from .toy_vlm import load_toy_vlm
 
     if args.clip or args.mllm_dir or args.mllm_url:
-        raise InputError("--benchmark scores the synthetic world with the toy VLM and rule describer; drop --clip/--mllm-*")
-    result = ablation_table(load_toy_vlm(), SceneDescriber(args.describer_error, seed=args.seed),
+        raise InputError("--benchmark scores the synthetic world with the toy VLM and a synthetic describer "
+                         "(--describer); drop --clip/--mllm-*")
+    result = ablation_table(load_toy_vlm(), _synthetic_describer(args),
                             _proposer(args, True) if args.proposer else GTProposer(),
                             n_val=args.n_val, n_test=args.n_test, seed=args.seed, progress=not args.quiet)
     out = Path(args.out)
@@ -175,9 +246,11 @@ def _cmd_refcoco(args) -> int:
     use_att, use_sur = (not args.no_att) and describer is not None, (not args.no_sur) and describer is not None
     config = LGDConfig(alpha=args.alpha, beta=args.beta, mix=args.mix, use_att=use_att, use_sur=use_sur)
     proposer = _proposer_refcoco(args)
-    result = evaluate_refcoco(dataset, args.split, args.coco_dir, LGD(_encoder(args), describer, config), proposer,
-                              limit=args.limit, progress=not args.quiet,
-                              on_skip=lambda message: print(f"error: {message}", file=sys.stderr))
+    lgd = LGD(_encoder(args), describer, config, region_batch=args.region_batch)
+    result = evaluate_refcoco(dataset, args.split, args.coco_dir, lgd, proposer, limit=args.limit,
+                              progress=not args.quiet, cache_dir=_cache_paths(args)[1],
+                              on_skip=lambda message: print(f"error: {message}", file=sys.stderr),
+                              on_warning=lambda message: print(f"warning: {message}", file=sys.stderr))
     s = result["summary"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -282,8 +355,10 @@ def _cmd_single(args) -> int:
     if sample is None and not _clip_dir(args):
         print("note: the packaged toy VLM knows only the synthetic world's words; pass --clip DIR for photos")
     encoder = _encoder(args)
-    masks = _proposer(args, sample is not None).propose(image, sample)
-    result = LGD(encoder, describer, config).segment(image, expression, masks, image_id=image_id, scene=scene)
+    regions = _regions(args, encoder, image, sample)
+    masks = regions.masks
+    result = LGD(encoder, describer, config, region_batch=args.region_batch).segment(
+        image, expression, masks, image_id=image_id, scene=scene, regions=regions)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overlay = _overlay(image, result.mask)
@@ -307,6 +382,17 @@ def _cmd_single(args) -> int:
     print(f"wrote {out / 'overlay.png'}, {out / 'mask.png'} and {out / 'scores.json'}")
     record_summary(args, {**report, "written": [str(out / f) for f in ("overlay.png", "mask.png", "scores.json")]})
     return 0
+
+
+def _regions(args, encoder, image, sample):
+    """The image's proposals and region features, through the ``--cache`` folder when given."""
+    import sys
+
+    from .regions import RegionCache
+
+    cache = RegionCache(_proposer(args, sample is not None), encoder, _cache_paths(args)[1], batch=args.region_batch,
+                        on_warning=lambda message: print(f"warning: {message}", file=sys.stderr))
+    return cache.regions(image, sample)
 
 
 def _overlay(image, mask):

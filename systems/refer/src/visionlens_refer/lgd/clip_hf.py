@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from visionlens.errors import InputError
 
-from .local_weights import loading, model_dir, require_transformers
+from .local_weights import loading, model_dir, require_transformers, weights_identity
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,6 +49,7 @@ class HFClipEncoder:
         vc = self.model.config.vision_config
         self.size, self.patch = int(vc.image_size), int(vc.patch_size)
         self.name = f"hf-clip:{self.path.name}"
+        self.identity = f"hf-clip:{weights_identity(self.path)}:k={self.k}"
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x)) / self.std.to(x)

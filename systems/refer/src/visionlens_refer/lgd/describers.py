@@ -98,6 +98,7 @@ class CachedDescriber:
             raise InputError("the cache needs the model id of the describer it stores (pass model=...)")
         self.prompt_version = prompt_version or load_prompts()["version"]
         self.name = f"cache:{self.model}"
+        self.needs_regions = getattr(inner, "needs_regions", False)
         self.entries: dict[str, str] = {}
         self.hits = self.misses = 0
         if self.path.is_file():
@@ -113,7 +114,7 @@ class CachedDescriber:
     def key(image_id: str, expression: str, kind: str, prompt_version: str, model: str) -> str:
         return json.dumps([image_id, expression, kind, prompt_version, model])
 
-    def describe(self, image, expression: str, kind: str, image_id: str = "", scene=None) -> str:
+    def describe(self, image, expression: str, kind: str, image_id: str = "", scene=None, **perceived) -> str:
         image_id = image_id or image_key(image)
         k = self.key(image_id, expression, kind, self.prompt_version, self.model)
         if k in self.entries:
@@ -123,7 +124,7 @@ class CachedDescriber:
             raise VisionlensError(f"no cached {kind} description for {image_id} / {expression!r} (model {self.model}, "
                                   f"prompts {self.prompt_version}) in {self.path}; run once with an MLLM backend to fill it")
         self.misses += 1
-        text = self.inner.describe(image, expression, kind, image_id=image_id, scene=scene)
+        text = self.inner.describe(image, expression, kind, image_id=image_id, scene=scene, **perceived)
         row = {"image": image_id, "expression": expression, "kind": kind, "prompt_version": self.prompt_version,
                "model": self.model, "text": text}
         self.path.parent.mkdir(parents=True, exist_ok=True)

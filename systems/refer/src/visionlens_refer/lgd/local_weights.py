@@ -53,3 +53,15 @@ def loading(what: str, path: Path):
     finally:
         if shown:
             logging.enable_progress_bar()
+
+
+def weights_identity(path: Path) -> str:
+    """A cache key for a save_pretrained folder: a hash of ``config.json`` and each weights
+    file's name, size and modification time (a changed or replaced file gives a new key)."""
+    import hashlib
+
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for f in sorted([*path.glob("*.safetensors"), *path.glob("*.bin")]):
+        stat = f.stat()
+        digest.update(f"{f.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return f"{path.name}:{digest.hexdigest()[:16]}"

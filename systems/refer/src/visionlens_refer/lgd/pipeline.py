@@ -2,6 +2,8 @@
 
 ``LGD(encoder, describer, config).segment(image, expression, masks)`` returns the chosen mask,
 every term's scores and the descriptions used. Switched-off terms never call the describer.
+Region features are encoded ``region_batch`` masks at a time, or passed in precomputed
+(``regions``: a :class:`~.regions.Regions` from the per-image cache).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from visionlens.checks import check_finite
 from visionlens.errors import InputError, VisionlensError
 
+from .regions import Regions, encode_regions_batched
 from .scores import LGDConfig, fuse, region_features, select, term_scores
 
 DESCRIPTION_KIND = {"att": "attribute", "sur": "surrounding"}
@@ -43,30 +46,37 @@ def _check_encoded(encoder, *features: torch.Tensor) -> None:
 
 
 class LGD:
-    def __init__(self, encoder, describer=None, config: LGDConfig | None = None):
+    def __init__(self, encoder, describer=None, config: LGDConfig | None = None, region_batch: int = 32):
         self.encoder, self.describer = encoder, describer
         self.config = config or LGDConfig()
+        self.region_batch = region_batch
 
-    def describe(self, image, expression: str, image_id: str = "", scene=None) -> dict[str, str]:
-        """The attribute / surrounding sentences the config needs (empty when no describer)."""
+    def describe(self, image, expression: str, image_id: str = "", scene=None, regions=None) -> dict[str, str]:
+        """The attribute / surrounding sentences the config needs (empty when no describer).
+        A describer that perceives the proposals (``needs_regions``) also gets ``regions``."""
         out = {}
+        extra = {"regions": regions} if getattr(self.describer, "needs_regions", False) else {}
         for term, kind in DESCRIPTION_KIND.items():
             wanted = self.config.use_att if term == "att" else self.config.use_sur
             if wanted and self.describer is not None:
-                out[term] = self.describer.describe(image, expression, kind, image_id=image_id, scene=scene)
+                out[term] = self.describer.describe(image, expression, kind, image_id=image_id, scene=scene, **extra)
         return out
 
     def term_scores(self, image: torch.Tensor, expression: str, masks: torch.Tensor, image_id: str = "",
-                    scene=None) -> tuple[dict, dict]:
-        """``(S_x per term as (N,) tensors, descriptions)`` for ``masks`` (N, H, W)."""
+                    scene=None, regions=None) -> tuple[dict, dict]:
+        """``(S_x per term as (N,) tensors, descriptions)`` for ``masks`` (N, H, W); ``regions``
+        (precomputed features of these masks) skips the image encoder."""
         if not expression or not expression.strip():
             raise InputError("the referring expression is empty")
         masks = torch.as_tensor(masks).bool()
         if masks.ndim != 3 or masks.shape[0] == 0:
             raise InputError(f"expected (N, H, W) mask proposals with N >= 1, got shape {tuple(masks.shape)}")
         check_finite("the image", torch.as_tensor(image))
-        descriptions = self.describe(image, expression, image_id, scene)
-        f_global, f_local = self.encoder.encode_regions(image, masks)
+        if regions is None:
+            f_global, f_local = encode_regions_batched(self.encoder, image, masks, self.region_batch)
+        else:
+            f_global, f_local = regions.f_global, regions.f_local
+        descriptions = self.describe(image, expression, image_id, scene, Regions(masks, f_global, f_local))
         feats = region_features(f_global, f_local, self.config.mix)
         sentences = {"van": expression, **{k: v for k, v in descriptions.items() if v}}
         keys = list(sentences)
@@ -76,8 +86,8 @@ class LGD:
         return term_scores(feats, texts, self.config), descriptions
 
     def segment(self, image: torch.Tensor, expression: str, masks: torch.Tensor, image_id: str = "",
-                scene=None) -> Segmentation:
-        scores, descriptions = self.term_scores(image, expression, masks, image_id, scene)
+                scene=None, regions=None) -> Segmentation:
+        scores, descriptions = self.term_scores(image, expression, masks, image_id, scene, regions)
         total = fuse(scores, self.config)
         best = select(total)
         return Segmentation(best, torch.as_tensor(masks)[best].bool().numpy(),

@@ -126,6 +126,8 @@ class ClassicalProposer:
         self.method, self.min_area, self.merge, self.max_masks = method, min_area, merge, max_masks
         self.work_size = work_size
         self.name = f"classical-{method}"
+        self.identity = json.dumps({"classical": method, "min_area": min_area, "merge": merge, "max_masks": max_masks,
+                                    "work_size": work_size})
 
     def _segments(self, image: torch.Tensor) -> torch.Tensor:
         if self.method == "colour":

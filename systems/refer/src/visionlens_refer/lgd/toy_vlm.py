@@ -130,6 +130,7 @@ class ToyVLMEncoder:
 
     def __init__(self, model: ToyVLM, name: str = "toy-vlm"):
         self.model, self.name = model.eval(), name
+        self.identity = f"{name}:{_state_digest(model)}"
 
     @torch.no_grad()
     def encode_regions(self, image: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,6 +142,16 @@ class ToyVLMEncoder:
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(list(texts))
+
+
+def _state_digest(model: nn.Module) -> str:
+    """A short hash of the weights (the region cache's model identity)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_toy_vlm(path: str | Path | None = None) -> ToyVLMEncoder:

@@ -1,5 +1,6 @@
-"""A small configurable CNN backbone returning stride 4, 8, 16 and 32 feature maps (the role of
-Swin-T's four stages in UniPHD: stride 4 only feeds the mask refinement, 8/16/32 the transformer)."""
+"""Backbones returning stride 4, 8, 16 and 32 feature maps (the role of Swin-T's four stages in
+UniPHD: stride 4 only feeds the mask refinement, 8/16/32 the transformer): a small configurable CNN
+(trained here) or a library model given by a model spec, e.g. ``timm:swin_tiny_patch4_window7_224``."""
 
 from __future__ import annotations
 
@@ -36,9 +37,39 @@ class SmallCNNBackbone(nn.Module):
         return feats
 
 
-def build_backbone(config) -> nn.Module:
-    from visionlens.errors import InputError
+class SpecBackbone(nn.Module):
+    """A ``timm:NAME`` model built through the core model specs (randomly initialised: the weights come
+    from a UniPHD checkpoint), its last four stages read with ``forward_intermediates``, each followed
+    by a LayerNorm over channels as UniPHD's Swin does (its ``norm0..norm3``). Swin keeps its 7x7
+    windows at any input side that is a multiple of 32."""
 
+    def __init__(self, spec: str, image_size: int):
+        super().__init__()
+        from visionlens.errors import InputError
+        from visionlens.models.zoo import library_architecture
+
+        if not spec.startswith("timm:"):
+            raise InputError(f"unknown backbone {spec!r}: use 'cnn' or a timm model spec such as "
+                             "'timm:swin_tiny_patch4_window7_224'")
+        if image_size % 32:
+            raise InputError(f"backbone {spec} needs an input side that is a multiple of 32, got {image_size}")
+        body = library_architecture(spec)
+        if not hasattr(body, "forward_intermediates") or len(getattr(body, "feature_info", [])) < 4:
+            raise InputError(f"backbone {spec} does not expose four feature stages (timm forward_intermediates)")
+        if hasattr(body, "set_input_size") and "swin" in spec:
+            body.set_input_size(img_size=(image_size, image_size), window_size=7, always_partition=True)
+        if hasattr(body, "prune_intermediate_layers"):              # no classifier head or final norm
+            body.prune_intermediate_layers(indices=4, prune_norm=True, prune_head=True)
+        self.body = body
+        self.num_channels = [int(info["num_chs"]) for info in body.feature_info[-4:]]
+        self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in self.num_channels)
+
+    def forward(self, x):
+        maps = self.body.forward_intermediates(x, indices=4, intermediates_only=True)
+        return [norm(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous() for norm, m in zip(self.out_norms, maps)]
+
+
+def build_backbone(config) -> nn.Module:
     if config.backbone == "cnn":
         return SmallCNNBackbone(config.backbone_widths)
-    raise InputError(f"unknown backbone {config.backbone!r}; this build supports 'cnn' (configure backbone_widths)")
+    return SpecBackbone(config.backbone, config.image_size)

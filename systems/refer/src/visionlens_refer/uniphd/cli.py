@@ -1,4 +1,4 @@
-"""``visionlens pose train|eval|predict``: UniPHD referring human pose and mask estimation."""
+"""``visionlens pose train|eval|predict|convert|synth``: UniPHD referring human pose and mask estimation."""
 
 from __future__ import annotations
 
@@ -62,20 +62,20 @@ def _cmd_train(args) -> int:
     import torch
 
     from visionlens.io import dumps
-    from .config import UniPHDConfig
+    from visionlens.models.zoo import resolve_device
     from .evaluate import evaluate_model
     from .train import train
 
+    args.device = str(resolve_device(args.device))  # auto -> cuda/cpu; an unavailable device fails before any work
     if args.eval_samples:
         _check_synthetic(args.eval_samples, args.size, "--eval-samples")
     _prepare_out(args.out)
     torch.set_num_threads(args.threads)
     samples = _samples(args, 2000)
-    config = UniPHDConfig(image_size=args.size)
-    if args.text_encoder:
-        config.text_encoder = args.text_encoder
+    config = _config(args)
     result = train(samples, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   config=config, resume=not args.no_resume, progress=not args.quiet, time_limit=args.time_limit)
+                   config=config, resume=not args.no_resume, progress=not args.quiet, time_limit=args.time_limit,
+                   device=args.device)
     print(f"trained {result['steps']} steps in {result['seconds']:.0f} s; checkpoint {args.out} "
           f"(resume by running the same command; final loss {result['history'][-1]['loss']:.3f})")
     summary = {"checkpoint": str(args.out), "steps": result["steps"], "seconds": result["seconds"],
@@ -90,6 +90,41 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _config(args):
+    """The model settings: the small default, or ``--preset paper`` (the released UniPHD's sizes)."""
+    from .config import UniPHDConfig
+
+    if args.preset == "paper":
+        if not args.text_encoder or args.text_encoder == "small":
+            raise InputError("--preset paper needs --text-encoder hf:DIR (a RoBERTa-style transformers folder)")
+        return UniPHDConfig.paper(args.text_encoder, image_size=args.size)
+    config = UniPHDConfig(image_size=args.size)
+    if args.text_encoder:
+        config.text_encoder = args.text_encoder
+    return config
+
+
+def _cmd_convert(args) -> int:
+    """An official UniPHD checkpoint -> our weights file, by the key map; one line reports what was left out."""
+    from .config import UniPHDConfig
+    from .inference import save_weights
+    from .model import UniPHD
+    from .official import load_official, read_official
+
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"{out} already exists: choose another --out (pose convert never overwrites a file)")
+    blob = read_official(args.checkpoint)
+    model = UniPHD(UniPHDConfig.paper(args.text_encoder, image_size=args.size))
+    report = load_official(model, blob)
+    save_weights(model, out, extra={"converted_from": str(Path(args.checkpoint).resolve())})
+    print(report.line())
+    print(f"wrote {out}; use it with `visionlens pose eval --weights {out}` or `pose predict --weights {out}`")
+    record_summary(args, {"written": str(out), "loaded": len(report.loaded), "unmapped": report.unmapped,
+                          "kept_at_init": report.kept_at_init, "report": report.line()})
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from visionlens.core.progress import Progress
     from visionlens.io import write_json
@@ -97,7 +132,7 @@ def _cmd_eval(args) -> int:
     from .inference import load_uniphd
 
     _prepare_out(_json_file(args))
-    model = load_uniphd(args.weights)
+    model = load_uniphd(args.weights, args.device)
     args.size = model.config.image_size
     samples = _samples(args, 300)
     kinds = PROMPTS if args.prompt == "all" else (args.prompt,)
@@ -186,7 +221,7 @@ def _cmd_predict(args) -> int:
 
     from visionlens.data.images import load_image
     from visionlens.io import save_atomic, write_json
-    from .inference import load_uniphd, postprocess
+    from .inference import load_uniphd, move, postprocess
     from .overlay import draw_overlay
 
     kind = _prompt_kind(args)
@@ -198,7 +233,7 @@ def _cmd_predict(args) -> int:
     out = Path(args.out or Path(args.image).with_suffix("").name + "_pose.png")
     for dest in (out, _json_file(args)):
         _prepare_out(dest)
-    model = load_uniphd(args.weights)
+    model = load_uniphd(args.weights, args.device)
     size = model.config.image_size
     if kind == "text":
         prompt = {"kind": "text", "texts": [args.text]}
@@ -208,7 +243,8 @@ def _cmd_predict(args) -> int:
     resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
     with torch.no_grad():
         x = torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float() / 255
-        res = postprocess(model(x, prompt), size, (h, w))[0]
+        device = next(model.parameters()).device
+        res = postprocess(move(model(x.to(device), move(prompt, device)), "cpu"), size, (h, w))[0]
     _check_result(res)
     overlay = draw_overlay(image, res["keypoints"][0], res["masks"][0], pts, max(1, 384 // max(h, w)))
     save_atomic(lambda tmp: overlay.save(tmp, format="PNG"), out)
@@ -241,6 +277,10 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def _add_device(p) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+
+
 def _data_args(p) -> None:
     p.add_argument("--data", help="RefHuman-format annotation JSON (default: synthetic scenes)")
     p.add_argument("--images", help="folder with the images named in --data")
@@ -261,11 +301,16 @@ def register(subparsers) -> None:
     t.add_argument("--lr", type=number(above=0, maximum=10), default=1e-3, help="learning rate")
     t.add_argument("--size", type=_size(multiple=4), default=96,
                    help=f"square input size, a multiple of 4 from 32 to {MAX_SIZE}")
-    t.add_argument("--text-encoder", default=None, help="'small' (default) or a local transformers model directory")
+    t.add_argument("--text-encoder", default=None,
+                   help="'small' (default) or hf:DIR, a local transformers folder (RoBERTa-style for --preset paper)")
+    t.add_argument("--preset", choices=("small", "paper"), default="small",
+                   help="small: the CPU model (default); paper: the released UniPHD's sizes with Swin-T "
+                        "(timm:swin_tiny_patch4_window7_224; --size a multiple of 32) and --text-encoder hf:DIR")
     t.add_argument("--time-limit", type=number(minimum=0), default=None,
                    help="stop (and checkpoint) after this many seconds")
     t.add_argument("--threads", type=count(maximum=1024), default=1, help="torch CPU threads")
     t.add_argument("--no-resume", action="store_true", help="start from scratch even if --out exists")
+    _add_device(t)
     t.add_argument("--eval-samples", type=count(minimum=0), default=0,
                    help="evaluate on this many held-out synthetic samples")
     add_json_option(t)
@@ -275,6 +320,7 @@ def register(subparsers) -> None:
     e.add_argument("--weights", default=None, help="weights/checkpoint (default: the packaged synthetic model)")
     e.add_argument("--prompt", choices=PROMPTS + ("all",), default="all", help="prompt kind to score")
     e.add_argument("--control", action="store_true", help="also score the prompt-agnostic control")
+    _add_device(e)
     _add_json_file_option(e)
     e.set_defaults(func=_cmd_eval, size=96)
     p = sub.add_parser("predict", help="keypoints + mask of the person a prompt refers to, as a PNG overlay")
@@ -284,8 +330,17 @@ def register(subparsers) -> None:
     p.add_argument("--scribble", default=None, help='"x,y;x,y;..." pixels on the person')
     p.add_argument("--weights", default=None, help="weights/checkpoint (default: the packaged synthetic model)")
     p.add_argument("--out", default=None, help="overlay PNG (default: IMAGE_pose.png in the current folder)")
+    _add_device(p)
     _add_json_file_option(p)
     p.set_defaults(func=_cmd_predict)
+    c = sub.add_parser("convert", help="load a checkpoint of the released UniPHD code into our model (key map) "
+                                       "and write our weights file")
+    c.add_argument("--checkpoint", required=True, help="the official checkpoint (state dict or {'model': ...})")
+    c.add_argument("--text-encoder", required=True, help="hf:DIR, a local RoBERTa-style transformers folder")
+    c.add_argument("--size", type=_size(multiple=32), default=224, help="square input side, a multiple of 32")
+    c.add_argument("--out", required=True, help="weights file to write (an existing file is never overwritten)")
+    add_json_option(c)
+    c.set_defaults(func=_cmd_convert)
     g = sub.add_parser("synth", help="write synthetic scenes as a RefHuman-format set (annotations.json + images/)")
     g.add_argument("--n", type=count(), default=20, help="number of referring samples")
     g.add_argument("--seed", type=SEED, default=0, help="seed of the synthetic scenes")

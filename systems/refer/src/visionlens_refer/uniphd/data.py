@@ -50,7 +50,7 @@ class RefSample:
 
     image: np.ndarray | None   # (H, W, 3) uint8; None when loaded lazily from ``image_path``
     keypoints: np.ndarray      # (17, 3) float: x, y, v (0 unlabelled, 1 occluded, 2 visible)
-    mask: np.ndarray           # (H, W) bool
+    mask: np.ndarray | None    # (H, W) bool; None when decoded lazily from ``segmentation``
     caption: str
     scribbles: np.ndarray      # (5, 12, 2) float pixel coordinates
     image_id: int = 0
@@ -59,6 +59,23 @@ class RefSample:
     area: float = 0.0
     bbox: tuple = (0.0, 0.0, 0.0, 0.0)
     image_path: str = ""
+    segmentation: object = None    # the annotation's polygons or RLE, kept when ``mask`` is lazy
+    mask_size: tuple = ()          # (H, W) of the lazy mask
+
+
+def sample_mask(s: RefSample) -> np.ndarray:
+    """The sample's ``(H, W)`` bool mask, decoded from its segmentation when the loader kept it lazy."""
+    if s.mask is not None:
+        return s.mask
+    try:
+        return segmentation_to_mask(s.segmentation, *s.mask_size)
+    except InputError as err:
+        raise InputError(f"annotation id {s.ann_id}: field 'segmentation': {err}") from None
+
+
+def sample_size(s: RefSample) -> tuple:
+    """``(H, W)`` of the sample's image and mask, without decoding a lazy mask."""
+    return tuple(s.mask.shape) if s.mask is not None else tuple(s.mask_size)
 
 
 def sample_image(s: RefSample) -> np.ndarray:
@@ -181,23 +198,27 @@ def _read_json(path: Path):
         raise InputError(f"{path} is not valid JSON ({' '.join(str(err).split())}); pass a RefHuman_*.json file") from None
 
 
-def _sample(path: Path, ann: dict, im: dict, image, file: Path) -> RefSample:
+def _sample(path: Path, ann: dict, im: dict, image, file: Path, lazy: bool) -> RefSample:
     h, w = im["height"], im["width"]
-    try:
-        mask = segmentation_to_mask(ann["segmentation"], h, w)
-    except InputError as err:
-        raise InputError(f"{path}: annotation id {ann['id']}: field 'segmentation': {err}") from None
+    mask = None
+    if not lazy:
+        try:
+            mask = segmentation_to_mask(ann["segmentation"], h, w)
+        except InputError as err:
+            raise InputError(f"{path}: annotation id {ann['id']}: field 'segmentation': {err}") from None
     return RefSample(
         image=image, keypoints=np.asarray(ann["keypoints"], dtype=np.float64).reshape(17, 3), mask=mask,
         caption=im["caption"], scribbles=np.asarray(ann["scribble"], dtype=np.float64).reshape(5, 12, 2),
         image_id=int(im["id"]), ann_id=int(ann["id"]), file_name=im["file_name"], area=float(ann["area"]),
-        bbox=tuple(float(b) for b in ann["bbox"]), image_path=str(file))
+        bbox=tuple(float(b) for b in ann["bbox"]), image_path=str(file),
+        segmentation=ann["segmentation"] if lazy else None, mask_size=(h, w))
 
 
 def load_refhuman(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, limit: int | None = None,
                   lazy: bool = False) -> list[RefSample]:
     """Read a RefHuman JSON (one image entry per referring sample) and its images (``lazy``: keep only
-    the path and read pixels when a batch needs them, for full-size datasets).
+    the image path and the segmentation, and read pixels and decode the mask when a batch needs them,
+    so memory does not grow with the masks of a full-size dataset).
 
     Annotations with ``num_keypoints == 0`` or ``iscrowd == 1`` are dropped, as in the official loader;
     the fields of the others are checked before any image is read.
@@ -217,7 +238,7 @@ def load_refhuman(annotation_file: str | os.PathLike, image_dir: str | os.PathLi
             if not file.is_file():
                 raise InputError(f"image not found: {file}; pass the folder holding the RefHuman images")
             cache[im["file_name"]] = None if lazy else np.asarray(load_image(file).convert("RGB"))
-        samples.append(_sample(path, ann, im, cache[im["file_name"]], file))
+        samples.append(_sample(path, ann, im, cache[im["file_name"]], file, lazy))
     return samples
 
 
@@ -229,7 +250,7 @@ def write_refhuman(samples: list[RefSample], annotation_file: str | os.PathLike,
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations, written = [], [], set()
     for s in samples:
-        h, w = s.mask.shape
+        h, w = sample_size(s)
         if s.file_name not in written:
             Image.fromarray(sample_image(s)).save(image_dir / s.file_name)
             written.add(s.file_name)
@@ -238,7 +259,7 @@ def write_refhuman(samples: list[RefSample], annotation_file: str | os.PathLike,
             "id": s.ann_id, "image_id": s.image_id, "category_id": 1, "iscrowd": 0,
             "keypoints": [float(v) for v in s.keypoints.reshape(-1)],
             "num_keypoints": int((s.keypoints[:, 2] > 0).sum()),
-            "segmentation": rle_encode(s.mask, compressed=False), "area": float(s.area), "bbox": [float(b) for b in s.bbox],
+            "segmentation": rle_encode(sample_mask(s), compressed=False), "area": float(s.area), "bbox": [float(b) for b in s.bbox],
             "scribble": [float(v) for v in s.scribbles.reshape(-1)],
         })
     return write_json({"images": images, "annotations": annotations,
@@ -266,7 +287,8 @@ def flip_caption(caption: str) -> str:
 
 def flip_sample(s: RefSample) -> RefSample:
     """Mirror image, mask, keypoints (swapping left/right joints), scribbles and caption words."""
-    w = s.mask.shape[1]
+    mask = sample_mask(s)
+    w = mask.shape[1]
     kp = s.keypoints.copy()
     kp[:, 0] = np.where(kp[:, 2] > 0, w - 1 - kp[:, 0], kp[:, 0])
     for a, b in FLIP_PAIRS:
@@ -274,8 +296,8 @@ def flip_sample(s: RefSample) -> RefSample:
     scr = s.scribbles.copy()
     scr[..., 0] = w - 1 - scr[..., 0]
     x, y, bw, bh = s.bbox
-    return replace(s, image=s.image[:, ::-1].copy(), mask=s.mask[:, ::-1].copy(), keypoints=kp, scribbles=scr,
-                   caption=flip_caption(s.caption), bbox=(w - x - bw, y, bw, bh))
+    return replace(s, image=sample_image(s)[:, ::-1].copy(), mask=mask[:, ::-1].copy(), keypoints=kp, scribbles=scr,
+                   caption=flip_caption(s.caption), bbox=(w - x - bw, y, bw, bh), segmentation=None)
 
 
 # --- synthetic stick-figure scenes ----------------------------------------------------------

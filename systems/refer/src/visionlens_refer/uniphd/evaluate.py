@@ -9,8 +9,8 @@ import torch
 
 from visionlens.errors import ImageLoadError, InputError
 
-from .data import RefSample
-from .inference import fit_sample, images_tensor, make_prompt, postprocess
+from .data import RefSample, sample_mask, sample_size
+from .inference import fit_sample, images_tensor, make_prompt, move, postprocess
 from .metrics import coco_ap, pckh, referring_iou
 
 
@@ -21,6 +21,7 @@ def evaluate_model(model, samples: list[RefSample], kind: str = "text", batch_si
     prompt-agnostic control: what the model scores without knowing whom to pick). A sample whose image
     cannot be read is skipped and listed in ``skipped`` (file and reason)."""
     model.eval()
+    device = next(model.parameters()).device
     size = model.config.image_size
     rng = np.random.default_rng(0)
     gts, kp_preds, mask_preds, top_kp, top_masks, skipped = [], [], [], [], [], []
@@ -37,10 +38,10 @@ def evaluate_model(model, samples: list[RefSample], kind: str = "text", batch_si
             else:
                 random_points = torch.tensor(rng.uniform(0, size - 1, size=(len(chunk), 1, 2)), dtype=torch.float32)
                 prompt["points"] = random_points.expand_as(prompt["points"]).contiguous()
-        outputs = model(images_tensor(fitted), prompt)
+        outputs = move(model(images_tensor(fitted).to(device), move(prompt, device)), "cpu")
         for s, res in zip(chunk, _rescale(outputs, size, chunk)):
             gts.append({"image_id": s.image_id, "id": s.ann_id, "keypoints": s.keypoints.reshape(-1).tolist(), "area": s.area,
-                        "bbox": list(s.bbox), "iscrowd": 0, "num_keypoints": int((s.keypoints[:, 2] > 0).sum()), "mask": s.mask})
+                        "bbox": list(s.bbox), "iscrowd": 0, "num_keypoints": int((s.keypoints[:, 2] > 0).sum()), "mask": sample_mask(s)})
             for q in range(len(res["scores"])):
                 kp_preds.append({"image_id": s.image_id, "score": float(res["scores"][q]), "keypoints": res["keypoints"][q].reshape(-1).tolist()})
                 mask_preds.append({"image_id": s.image_id, "score": float(res["scores"][q]), "mask": res["masks"][q]})
@@ -79,5 +80,5 @@ def _rescale(outputs, size, chunk):
     results = []
     for i, s in enumerate(chunk):
         one = {"layers": [{k: v[i:i + 1] for k, v in outputs["layers"][-1].items()}], "masks": outputs["masks"][i:i + 1]}
-        results.append(postprocess(one, size, s.mask.shape)[0])
+        results.append(postprocess(one, size, sample_size(s))[0])
     return results

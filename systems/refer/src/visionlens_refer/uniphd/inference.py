@@ -12,16 +12,17 @@ import torch
 from visionlens.errors import AssetError, InputError
 
 from .config import UniPHDConfig
-from .data import RefSample, box_of_mask, sample_image
+from .data import RefSample, box_of_mask, sample_image, sample_mask, sample_size
 
 PACKAGED_WEIGHTS = Path(__file__).parents[1] / "weights" / "uniphd-synth.pt"  # manifest: uniphd-synth.json beside it
 
 
 def fit_sample(s: RefSample, size: int) -> RefSample:
-    """Resize a sample to the model's square input (image bilinear, mask nearest, coordinates scaled)."""
-    h, w = s.mask.shape
+    """Resize a sample to the model's square input (image bilinear, mask nearest, coordinates scaled);
+    a lazy sample's image is read and its mask decoded here, one batch at a time."""
+    h, w = sample_size(s)
     if (h, w) == (size, size):
-        return s if s.image is not None else replace(s, image=sample_image(s))
+        return replace(s, image=sample_image(s), mask=sample_mask(s), segmentation=None)
     from PIL import Image
 
     sx, sy = size / w, size / h
@@ -29,9 +30,21 @@ def fit_sample(s: RefSample, size: int) -> RefSample:
     kp[:, 0] = (kp[:, 0] + 0.5) * sx - 0.5
     kp[:, 1] = (kp[:, 1] + 0.5) * sy - 0.5
     scr = (s.scribbles + 0.5) * [sx, sy] - 0.5
-    mask = np.asarray(Image.fromarray(s.mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
+    mask = np.asarray(Image.fromarray(sample_mask(s).astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
     image = np.asarray(Image.fromarray(sample_image(s)).resize((size, size), Image.BILINEAR))
-    return replace(s, image=image, mask=mask, keypoints=kp, scribbles=scr, area=s.area * sx * sy, bbox=box_of_mask(mask))
+    return replace(s, image=image, mask=mask, keypoints=kp, scribbles=scr, area=s.area * sx * sy, bbox=box_of_mask(mask),
+                   segmentation=None, mask_size=(size, size))
+
+
+def move(tree, device):
+    """Every tensor in nested dicts and lists moved to ``device`` (other values kept as they are)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: move(v, device) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [move(v, device) for v in tree]
+    return tree
 
 
 def images_tensor(samples: list[RefSample]) -> torch.Tensor:
@@ -95,7 +108,8 @@ def save_weights(model, path: str | os.PathLike, half: bool = False, extra: dict
     """Write ``{"config", "model", **extra}`` to ``path`` atomically (``half``: float16 weights)."""
     from visionlens.io import save_atomic
 
-    state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+             for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"config": model.config.to_dict(), "model": state, **(extra or {})}
@@ -121,9 +135,13 @@ def read_weights(path: str | os.PathLike, what: str = "UniPHD weights") -> dict:
 
 
 def load_uniphd(path: str | os.PathLike | None = None, device: str = "cpu"):
-    """A UniPHD from a weights or checkpoint file (default: the packaged synthetic model), in eval mode."""
+    """A UniPHD from a weights or checkpoint file (default: the packaged synthetic model), in eval mode,
+    on ``device`` (``auto``: CUDA when available; an unavailable one is one :class:`InputError` line)."""
+    from visionlens.models.zoo import resolve_device
+
     from .model import UniPHD
 
+    device = resolve_device(device)
     if path is None and not PACKAGED_WEIGHTS.is_file():
         raise AssetError(f"UniPHD weights not found: {PACKAGED_WEIGHTS}; train some with `visionlens pose train`")
     path = Path(path) if path else PACKAGED_WEIGHTS

@@ -18,11 +18,11 @@ from .layers import MLP
 
 
 class MaskHead(nn.Module):
-    def __init__(self, d: int, c4: int, c8: int, channels: int = 16):
+    def __init__(self, d: int, c4: int, c8: int, channels: int = 16, controller_layers: int = 2):
         super().__init__()
         self.d, self.channels = d, channels
         self.n_params = (d + 2) * channels + channels + channels * channels + channels
-        self.controller = MLP(d, d, self.n_params, 2)
+        self.controller = MLP(d, d, self.n_params, controller_layers)
         self.mask_refine = nn.ModuleDict({
             "s8": nn.Sequential(nn.Conv2d(channels + c8, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1)),
             "s4": nn.Sequential(nn.Conv2d(channels + c4, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1)),

@@ -43,7 +43,7 @@ class UniPHD(nn.Module):
         self.encoder = nn.ModuleList(EncoderLayer(d, c.heads, c.ffn, c.levels, c.points, c.dropout) for _ in range(c.encoder_layers))
         self.enc_output = nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d))
         self.enc_class = nn.Linear(d, 1)
-        self.enc_keypoints = MLP(d, 2 * d, 2 * k, 3)
+        self.enc_keypoints = MLP(d, 2 * d, 2 * k, c.enc_keypoint_layers)
         self.keypoint_embed = nn.Parameter(torch.randn(k, d) * 0.02)
         self.query_pos = MLP(d, d, d, 2)
         self.decoder = nn.ModuleList(PHDLayer(d, c.heads, c.ffn, c.levels, c.points, c.dropout, k + 1) for _ in range(c.decoder_layers))
@@ -52,7 +52,7 @@ class UniPHD(nn.Module):
         self.box_heads = nn.ModuleList(MLP(d, d, 4, 3) for _ in range(L))
         self.keypoint_heads = nn.ModuleList(MLP(d, d, 2, 3) for _ in range(L))
         self.visibility_heads = nn.ModuleList(nn.Linear(d, 1) for _ in range(L))
-        self.mask_head = MaskHead(d, chans[0], chans[1], c.mask_channels)
+        self.mask_head = MaskHead(d, chans[0], chans[1], c.mask_channels, c.controller_layers)
         prior = -torch.log(torch.tensor((1 - 0.01) / 0.01))
         for head in list(self.class_heads) + [self.enc_class]:
             nn.init.constant_(head.bias, prior)

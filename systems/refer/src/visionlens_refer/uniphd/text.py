@@ -92,6 +92,8 @@ class HFTextEncoder(nn.Module):
 
 
 def build_text_encoder(config) -> nn.Module:
+    """``small``, or a local ``transformers`` folder given as ``hf:DIR`` (the model-spec form) or ``DIR``."""
     if config.text_encoder == "small":
         return SmallTextEncoder(config.vocab, config.d_model, config.text_layers, config.heads, config.max_words)
-    return HFTextEncoder(config.text_encoder, config.max_words)
+    path = config.text_encoder[3:] if config.text_encoder.startswith("hf:") else config.text_encoder
+    return HFTextEncoder(path, config.max_words)

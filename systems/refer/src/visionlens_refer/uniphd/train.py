@@ -17,7 +17,7 @@ from visionlens.io import dumps
 
 from .config import UniPHDConfig
 from .data import RefSample, flip_sample
-from .inference import fit_sample, images_tensor, make_prompt, make_targets, save_weights
+from .inference import fit_sample, images_tensor, make_prompt, make_targets, move, save_weights
 from .losses import criterion
 from .model import UniPHD
 from .text import build_vocab
@@ -61,28 +61,32 @@ def _check_loss(loss: torch.Tensor, step: int, lr: float, saved: int, out: Path)
 def train(samples: list[RefSample], out: str | os.PathLike, steps: int = 1000, batch_size: int = 8, lr: float = 1e-3,
           seed: int = 0, config: UniPHDConfig | None = None, resume: bool = True, checkpoint_every: int = 100,
           log=None, progress: bool = True, time_limit: float | None = None, flip: bool = True,
-          prompt_kinds: tuple = ("text", "scribble", "point")) -> dict:
-    """Train (or resume) a UniPHD; writes the checkpoint ``out``. Returns a summary. The torch RNG is
-    seeded in a fork (the caller's is left as it was); a non-finite loss stops with an :class:`InputError`."""
+          prompt_kinds: tuple = ("text", "scribble", "point"), device: str = "cpu") -> dict:
+    """Train (or resume) a UniPHD on ``device``; writes the checkpoint ``out``. Returns a summary. The torch
+    RNG is seeded in a fork (the caller's is left as it was, CUDA's included); a non-finite loss stops with
+    an :class:`InputError`."""
+    from visionlens.models.zoo import resolve_device
+
     if not samples:
         raise InputError("no training samples")
     if steps < 1 or batch_size < 1:
         raise InputError("steps and batch_size must be >= 1")
-    with torch.random.fork_rng(devices=[]):
+    device = resolve_device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         return _train(samples, Path(out), steps, batch_size, lr, seed, config, resume, checkpoint_every, log,
-                      progress, time_limit, flip, tuple(prompt_kinds))
+                      progress, time_limit, flip, tuple(prompt_kinds), device)
 
 
 def _train(samples, out, steps, batch_size, lr, seed, config, resume, checkpoint_every, log, progress, time_limit,
-           flip, prompt_kinds) -> dict:
+           flip, prompt_kinds, device) -> dict:
     from visionlens.core.progress import Progress
 
     state = _resume_state(out) if resume and out.is_file() else None
     config = state["config"] if state else (config or UniPHDConfig())
     if config.text_encoder == "small" and not config.vocab:
         config.vocab = build_vocab(s.caption for s in samples)
-    model = UniPHD(config)
+    model = UniPHD(config).to(device)
     backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
     opt = torch.optim.AdamW([{"params": rest}, {"params": backbone}], lr=lr, weight_decay=1e-4)
@@ -98,7 +102,7 @@ def _train(samples, out, steps, batch_size, lr, seed, config, resume, checkpoint
     for step in range(start, steps):
         for group in opt.param_groups:  # step decay x0.1 for the last 15 % (official: epoch 18 of 20)
             group["lr"] = lr * (0.1 if step >= int(steps * 0.85) else 1.0)
-        images, prompt, target = batch_at(samples, step, batch_size, seed, config.image_size, flip, prompt_kinds)
+        images, prompt, target = move(batch_at(samples, step, batch_size, seed, config.image_size, flip, prompt_kinds), device)
         loss, terms = criterion(model(images, prompt), target, config)
         _check_loss(loss, step + 1, lr, saved, out)
         opt.zero_grad()

@@ -1,0 +1,165 @@
+"""Long requests as jobs: each runs in its own thread, waits for its device's lock ("queued"), reports
+its progress and can be cancelled.
+
+The methods have no progress or cancellation hooks of their own, so a job counts its steps (one per
+method) and the model's forward passes in its thread (global module hooks that look only at that
+thread; for Score-CAM and Ablation-CAM, one pass per batch of channels, so the page can say "pass
+12 of about 22"), and checks for a cancel at every torch operation it runs: a
+:class:`TorchFunctionMode` active only in the job's thread raises :class:`Cancelled` once the
+Cancel button was pressed. The method's own ``preserved_model_state`` then restores the model
+(modes, flags, hooks) on the way out, as after any error, and the lock is released."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.overrides import TorchFunctionMode
+
+from ..errors import VisionlensError
+from .safety import NotServed
+
+KEEP = 32  # finished jobs kept for their results (oldest dropped first)
+WAIT_S = 0.05  # how often a queued job looks for a cancel while it waits for the lock
+
+
+class Cancelled(BaseException):
+    """Raised inside a cancelled job's computation (a BaseException: ``except Exception`` in a
+    method does not swallow it)."""
+
+
+class _CancelCheck(TorchFunctionMode):
+    """Every torch operation in this thread first checks the job's cancel flag (raises once)."""
+
+    def __init__(self, job: "Job"):
+        super().__init__()
+        self.job = job
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.job.checkpoint()
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _counting_passes(job: "Job"):
+    """Count the forward passes of whole models (outermost module calls) in this thread as ``job.passes``."""
+    thread, depth = threading.get_ident(), [0]
+
+    def enter(module, args):
+        if threading.get_ident() == thread:
+            depth[0] += 1
+            job.passes += depth[0] == 1
+
+    def leave(module, args, output):
+        if threading.get_ident() == thread:
+            depth[0] = max(depth[0] - 1, 0)
+
+    # always_call: a forward that raises (a stand-in input that does not fit, a stop at a layer) still leaves
+    handles = [register_module_forward_pre_hook(enter), register_module_forward_hook(leave, always_call=True)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class Job:
+    """One request: ``state`` is queued, running, done, failed or cancelled; ``progress`` counts
+    its steps; ``result`` (done) or ``error`` (failed: one line) when it ends."""
+
+    def __init__(self, label: str, total: int):
+        self.id = secrets.token_hex(8)
+        self.label, self.state, self.result, self.error = label, "queued", None, None
+        self.done, self.total, self.step = 0, total, ""
+        self.passes, self.passes_expected = 0, None
+        self.created, self.started, self.ended = time.monotonic(), None, None
+        self._cancel, self._raised = threading.Event(), False
+
+    def advance(self, done: int, step: str, passes_expected: int | None = None) -> None:
+        """Progress: ``done`` of ``total`` steps finished, ``step`` running now (about
+        ``passes_expected`` forward passes, where that is known)."""
+        self.done, self.step, self.passes, self.passes_expected = done, step, 0, passes_expected
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelling(self) -> bool:
+        return self._cancel.is_set()
+
+    def checkpoint(self) -> None:
+        """Raise :class:`Cancelled` the first time it is called after a cancel."""
+        if self._cancel.is_set() and not self._raised:
+            self._raised = True
+            raise Cancelled()
+
+    def describe(self) -> dict:
+        elapsed = 0.0 if self.started is None else (self.ended or time.monotonic()) - self.started
+        return {"id": self.id, "label": self.label, "state": self.state, "done": self.done, "total": self.total,
+                "step": self.step, "passes": self.passes, "passes_expected": self.passes_expected,
+                "cancelling": self.cancelling and self.state in ("queued", "running"),
+                "elapsed_s": round(elapsed, 2),
+                "result": self.result, "error": self.error}
+
+
+class Jobs:
+    """The explorer's jobs, by id (the ``keep`` newest kept)."""
+
+    def __init__(self, keep: int = KEEP):
+        self.keep, self._jobs, self._guard = keep, OrderedDict(), threading.Lock()
+
+    def start(self, lock: threading.Lock, work: Callable[[Job], dict], label: str, total: int) -> Job:
+        """Run ``work(job)`` in a new thread once ``lock`` is free; its return value is the result."""
+        job = Job(label, total)
+        with self._guard:
+            self._jobs[job.id] = job
+            while len(self._jobs) > self.keep:
+                self._jobs.popitem(last=False)
+        threading.Thread(target=self._run, args=(job, lock, work), daemon=True, name=f"visionlens-job-{job.id}").start()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._guard:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise NotServed(f"no job '{job_id}' (finished jobs are kept for a while only)")
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        job.cancel()
+        return job
+
+    @staticmethod
+    def _run(job: Job, lock: threading.Lock, work: Callable[[Job], dict]) -> None:
+        while not lock.acquire(timeout=WAIT_S):
+            if job.cancelling:
+                job.state, job.ended = "cancelled", time.monotonic()
+                return
+        try:
+            job.state, job.started = "running", time.monotonic()
+            if job.cancelling:
+                raise Cancelled()
+            with _counting_passes(job), _CancelCheck(job):
+                result = work(job)
+            job.result, job.done, job.state = result, job.total, "done"
+        except Cancelled:
+            job.state = "cancelled"
+        except VisionlensError as err:
+            job.error, job.state = _one_line(err), "failed"
+        except Exception as err:  # noqa: BLE001 - one line on the page, as the app's 500s
+            job.error = _one_line(err) if job.cancelling else f"internal error ({type(err).__name__}: {_one_line(err)})"
+            job.state = "cancelled" if job.cancelling else "failed"
+        finally:
+            job.ended = time.monotonic()
+            lock.release()
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

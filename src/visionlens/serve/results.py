@@ -1,0 +1,83 @@
+"""The Results view's maps of one image: ``evaluate`` keeps example overlays of its first images
+only (``examples/``), so the explorer computes a clicked image's maps again, from what the results
+folder recorded: the model (its ``settings.json``: spec and weights), the data (the same images,
+loaded as ``evaluate`` loads them) and the record's methods, each explaining the predicted class
+as ``evaluate`` does for a classifier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from ..evaluation.data import data_items, load_batch, parse_data
+from ..evaluation.store import read_folder_results
+from ..models.zoo import ZOO, ZooModel, load_model
+
+RECOMPUTABLE_DATA = ("world", "samples", "folder", "imagefolder")
+
+
+def settings_of(folder: Path) -> dict:
+    path = folder / "settings.json"
+    if not path.is_file():
+        raise InputError(f"results folder '{folder.name}' has no settings.json; its maps cannot be computed again")
+    return json.loads(path.read_text())
+
+
+def record_methods(folder: Path, image: str, model: str) -> list[dict]:
+    """The folder's records of ``image`` by ``model`` (one per method, in the order written)."""
+    records = [r for r in read_folder_results(folder, warn=False) if r.get("image") == image and r.get("model") == model]
+    if not records:
+        raise InputError(f"no record of image '{image}' by model '{model}' in this results folder")
+    return records
+
+
+def run_model(loaded: dict[str, ZooModel], cache: dict[str, ZooModel], settings: dict, name: str) -> ZooModel:
+    """The run's model ``name``: the explorer's own model of that name, else the zoo model the
+    run recorded (zoo weights, loaded once and kept in ``cache``)."""
+    source = (settings.get("models") or {}).get(name) or {}
+    spec, weights = source.get("spec", name), source.get("weights", "zoo")
+    if spec in ZOO and ZOO[spec].task.endswith("embedding"):
+        raise InputError(f"model '{name}' is an embedding model: the explorer computes no maps of its retrieval "
+                         "explanations; see the report card's example overlays")
+    if name in loaded:
+        return loaded[name]
+    if spec not in ZOO or weights != "zoo":
+        raise InputError(f"model '{name}' of this run ({spec}, weights {weights}) is not loaded; start the explorer "
+                         f"with --model {spec} to see its maps")
+    if spec not in cache:
+        cache[spec] = load_model(spec, device="cpu")
+    return cache[spec]
+
+
+def _run_data(settings: dict) -> dict:
+    data = settings.get("data") or {}
+    kind = data.get("kind")
+    if kind not in RECOMPUTABLE_DATA:
+        raise InputError(f"the images of a '{kind}' run cannot be loaded again by the explorer; "
+                         "use the report card's example overlays")
+    where = data.get("name") if kind in ("world", "samples") else data.get("path")
+    if kind not in ("world", "samples") and not (where and Path(where).is_dir()):
+        raise InputError(f"the run's data folder {where} is not there any more; its maps cannot be computed again")
+    return parse_data(where)
+
+
+def image_input(settings: dict, image: str, model: ZooModel) -> tuple[Image.Image, torch.Tensor]:
+    """The record's image as the run fed it to ``model``: ``(view, input batch of one)``."""
+    data = _run_data(settings)
+    if data["kind"] == "world":
+        prefix, _, index = image.rpartition(":")
+        if prefix != data["name"] or not index.isdigit():
+            raise InputError(f"image '{image}' is not an image of {data['name']}")
+        item = (image, int(index), -1)
+    else:
+        item = next((it for it in data_items(data, None) if it[0] == image), None)
+        if item is None:
+            raise InputError(f"image '{image}' is not in the run's data any more")
+    batch = load_batch(data, [item[:2] + (-1,)], model)
+    raw = (batch.raw[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(raw), batch.x
