@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import visionlens.core.inference as inference
 import visionlens.evaluation.data as D
 import visionlens.evaluation.run as R
 import visionlens.evaluation.store as S
@@ -538,6 +539,7 @@ def test_batches_stay_within_the_memory_budget(tmp_path, monkeypatch):
 
     monkeypatch.setattr(D, "load_batch", load_batch)
     monkeypatch.setattr(R, "checked_inference_copy", lambda module, x, compile_batch=None: (Recorder(module), "recorder"))
+    monkeypatch.setattr(inference, "fastest_batch", lambda module, x, bound: bound)  # the budget itself, untimed
     out = tmp_path / "o"
     evaluate(out=out, **{**ARGS, "n": 12, "batch_size": 10**6, "methods": ["gradcam"], "metrics": ["deletion"],
                          "step": 256})

@@ -124,6 +124,7 @@ def test_the_scoring_pass_size_comes_from_the_device_not_the_batch_size(tmp_path
 
     monkeypatch.setattr(R, "checked_inference_copy",
                         lambda module, x, compile_batch=None: (Recorder(module), "recorder"))
+    monkeypatch.setattr(I, "fastest_batch", lambda module, x, bound: bound)  # the memory bound itself
     args = {**WORLD, "batch_size": 2, "metrics": ["deletion", "insertion"]}
     out = tmp_path / "auto"
     evaluate(out=out, **args)
@@ -197,3 +198,38 @@ def test_methods_that_share_one_explaining_pass_give_their_own_maps(tmp_path, mo
     monkeypatch.setattr(R, "explain_together", lambda *a: {})
     evaluate(out=tmp_path / "alone", **WORLD)
     _assert_same(_records(tmp_path / "shared"), _records(tmp_path / "alone"), ("deletion", "insertion", "pointing-game"))
+
+
+class _Sleeper(torch.nn.Module):
+    """A stand-in model whose forward takes ``fixed + per_image * b ** power`` seconds for b images."""
+
+    def __init__(self, fixed: float, per_image: float, power: int):
+        super().__init__()
+        self.fixed, self.per_image, self.power = fixed, per_image, power
+
+    def forward(self, x):
+        import time
+
+        time.sleep(self.fixed + self.per_image * len(x) ** self.power)
+        return x.flatten(1)[:, :2]
+
+
+def test_the_fastest_batch_is_found_by_timing_not_assumed():
+    """A fixed cost per pass favours the largest batch in the bound; a cost that grows faster than the
+    batch (a CPU's caches overflowing) the smallest; the result never exceeds the bound."""
+    x = torch.zeros(1, 3, 4, 4)
+    assert I.fastest_batch(_Sleeper(0.01, 0.0, 1), x, 16, repeats=1) == 16
+    assert I.fastest_batch(_Sleeper(0.0, 0.002, 2), x, 16, repeats=1) == 1
+    assert I.fastest_batch(_Sleeper(0.01, 0.0, 1), x, 12, repeats=1) == 12  # the bound itself, not a power of two
+
+
+def test_on_a_cpu_the_scoring_pass_is_the_fastest_within_the_bound(monkeypatch):
+    """Without --scoring-batch, a CPU scores at the timed fastest batch size within the memory bound; a
+    cap is taken as given, untimed."""
+    timed = []
+    monkeypatch.setattr(I, "fastest_batch", lambda module, x, bound: timed.append(bound) or max(1, bound // 2))
+    scorer, x = TinyGapNet(), torch.zeros(2, 3, 32, 32)
+    bound = D.scoring_bound(scorer, x)
+    assert timed and bound == max(1, timed[0] // 2) and timed[0] * x[0].numel() * 4 <= D.CPU_SCORING_BYTES
+    timed.clear()
+    assert D.scoring_bound(scorer, x, cap=5) == 5 and not timed

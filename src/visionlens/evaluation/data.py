@@ -21,6 +21,11 @@ BATCH_BYTES = 128 * 3 * 224 * 224 * 4
 """The most bytes of input images one batch holds (the default scoring batch of 224 px images,
 about 74 MiB): a batch size asked for beyond it is capped, whatever the flag says."""
 
+CPU_SCORING_BYTES = 32 * 3 * 224 * 224 * 4
+"""The most bytes of input images one scoring pass holds on a CPU (32 images of 224 px): a CPU's
+throughput stops growing at a few dozen images and then falls (MobileNetV2 on a 2-core CPU, the
+floor of ``benchmarks/evaluate_floor.py``: 0.98 images/s at 32, 0.78 at 64, 0.64 at 128)."""
+
 DATA_KINDS = ("world[:split]", "samples", "a folder with labels.csv", "an ImageFolder tree (one sub-folder of "
               "images per class)", "a Hugging Face dataset saved with save_to_disk")
 
@@ -203,15 +208,22 @@ def scoring_batch(batch_size: int, per_image: int) -> int:
     return max(1, min(max(batch_size * 8, 64), BATCH_BYTES // per_image))
 
 
-def scoring_bound(scorer: torch.nn.Module, x: torch.Tensor, cap: int | None = None) -> int:
+def scoring_bound(scorer: torch.nn.Module, x: torch.Tensor, cap: int | None = None, timed: bool = True) -> int:
     """Images per forward pass of the scoring: the device's memory bound for ``scorer`` on images
     like ``x`` (:func:`visionlens.core.inference.batch_bound`: a share of the free memory over one
-    probe forward's per-image bytes), on a CPU at most :data:`BATCH_BYTES` of input images, and at
-    most ``cap`` (``--scoring-batch``)."""
-    from ..core.inference import batch_bound
+    probe forward's per-image bytes), at most ``cap`` (``--scoring-batch``); on a CPU at most
+    :data:`BATCH_BYTES` of input images and, without a cap, at most :data:`CPU_SCORING_BYTES` and
+    the fastest batch size within that bound
+    (:func:`visionlens.core.inference.fastest_batch`: a few timed forward passes; not with
+    ``timed=False``, e.g. for a compiled copy, which runs every pass at its one batch size)."""
+    from ..core.inference import batch_bound, fastest_batch
 
-    ceiling = None if x.device.type == "cuda" else max(1, BATCH_BYTES // (x[0].numel() * x.element_size()))
-    return batch_bound(scorer, x, cap=cap, ceiling=ceiling)
+    if x.device.type == "cuda":
+        return batch_bound(scorer, x, cap=cap)
+    budget = min(BATCH_BYTES, CPU_SCORING_BYTES) if timed and cap is None else BATCH_BYTES
+    ceiling = max(1, budget // (x[0].numel() * x.element_size()))
+    bound = batch_bound(scorer, x, cap=cap, ceiling=ceiling)
+    return bound if cap is not None or not timed else fastest_batch(scorer, x, bound)
 
 
 def loader_workers(data: dict, asked: int | None, batches: int) -> int:

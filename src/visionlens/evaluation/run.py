@@ -316,7 +316,7 @@ def _scorer(run: _Run, m: _ModelRun, b: _data.Batch) -> torch.nn.Module:
         scorer, run.scoring[m.name] = m.model.module, "model itself"
     else:
         scorer, run.scoring[m.name] = checked_inference_copy(m.model.module, x, compile_batch=compile_batch)
-    bound = _data.scoring_bound(_Logits(scorer), x, run.scoring_batch)
+    bound = _data.scoring_bound(_Logits(scorer), x, run.scoring_batch, timed=compile_batch is None)
     m.scoring = bound if compile_batch is None else min(bound, compile_batch)
     run.batches[m.name]["scoring"] = m.scoring
     return _Logits(scorer)
