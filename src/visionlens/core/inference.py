@@ -286,16 +286,8 @@ def fastest_checked_copy(module: nn.Module, x: torch.Tensor, batch: int, keep: t
 
 def _seconds(module: nn.Module, x: torch.Tensor) -> float:
     """Seconds of one forward of ``x`` (in the module's mode as it is) after a warm-up pass of two images."""
-    import time
-
     module(x[:2])
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    t0 = time.perf_counter()
-    module(x)
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    return time.perf_counter() - t0
+    return _timed(module, x)
 
 
 # --- how many images one forward pass may take ------------------------------------------------
@@ -410,6 +402,7 @@ def fastest_batch(module: nn.Module, x: torch.Tensor, bound: int, repeats: int =
 
 
 def _timed(module: nn.Module, batch: torch.Tensor) -> float:
+    """Seconds of one forward of ``batch`` (waiting for CUDA before and after)."""
     if batch.device.type == "cuda":
         torch.cuda.synchronize(batch.device)
     start = time.perf_counter()
