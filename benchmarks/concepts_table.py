@@ -11,11 +11,15 @@ the group, scored per class. Writes ``<out>/<setting>.md`` (tables), ``<out>/<se
 the run folders; with ``--docs`` also a small concept sheet PNG into docs/.
 
 ``--vae-legacy`` trains the VAE as before issue 29 (60 epochs, lr 3e-3, batch 256, no
-validation hold-out, no early stopping). ``--fit-only`` times the reducers alone on the same
-activations (the setting's rows, pooled over its classes): NMF, the VAE and the legacy VAE,
-``--repeats`` times each, interleaved; it prints the median times and the VAE / NMF ratios:
+validation hold-out, no early stopping, random start). ``--fit-only`` times the reducers alone on
+the same activations (the setting's rows, pooled over its classes): NMF, the VAE, the VAE from a
+random start (with and without the warm-up) and the legacy VAE, ``--repeats`` times each per
+seed, interleaved, one thread; it prints the median times and the VAE / NMF ratios:
 
-    python benchmarks/concepts_table.py mobilenet --classes 151-160 --fit-only --repeats 3
+    python benchmarks/concepts_table.py mobilenet --classes 151-152 --fit-only --seeds 5 --repeats 3
+
+``--reducers vae`` runs the VAE only; ``--compare OLD.json`` prints the paired Faith difference of
+the VAE against an earlier run's ``<setting>.json`` (mean +- 1.96 standard errors over classes).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-LEGACY_VAE = dict(epochs=60, lr=3e-3, batch_size=256, val_fraction=0.0)  # training before issue 29
+LEGACY_VAE = dict(epochs=60, lr=3e-3, batch_size=256, val_fraction=0.0, init="random", warmup=0)  # before issue 29
+PREVIOUS_VAE = dict(init="random", warmup=0)  # issue 29's first step: early stopping from a random start
 
 SETTINGS = {
     "world": dict(model="world-cnn", layer="layer3", data="world:val", classes="all", images=32, views=1, pooled=False),
@@ -45,9 +50,13 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=None, help="images (photos) per class")
     ap.add_argument("--n-concepts", type=int, default=10)
     ap.add_argument("--vae-epochs", type=int, default=None, help="VAE epoch cap (default: the reducer's)")
+    ap.add_argument("--vae-init", default=None, choices=["pca", "random"], help="VAE start (default: the reducer's)")
     ap.add_argument("--vae-legacy", action="store_true", help="train the VAE as before issue 29 (no early stopping)")
     ap.add_argument("--fit-only", action="store_true", help="only time the reducers' fits on the same activations")
-    ap.add_argument("--repeats", type=int, default=3, help="fits per reducer with --fit-only")
+    ap.add_argument("--repeats", type=int, default=3, help="fits per reducer and seed with --fit-only")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 with --fit-only (the VAE's stop varies by seed)")
+    ap.add_argument("--reducers", default="vae,nmf", help="which reducers to run (vae, nmf or both)")
+    ap.add_argument("--compare", default=None, help="an earlier <setting>.json: print the paired VAE Faith difference")
     ap.add_argument("--out", default="/tmp/concepts-bench")
     ap.add_argument("--docs", action="store_true", help="also write docs/concept-sheet-<setting>.png")
     ap.add_argument("--sheet-only", action="store_true", help="only redraw the docs sheet from a finished run in --out")
@@ -71,12 +80,14 @@ def main() -> None:
     if args.fit_only:
         return fit_times(model, cfg, source, classes, args)
     results = {}
-    for reducer in ("vae", "nmf"):
+    for reducer in args.reducers.split(","):
         options = {"seed": 0}
         if reducer == "vae":
             options.update(LEGACY_VAE if args.vae_legacy else {})
             if args.vae_epochs is not None:
                 options["epochs"] = args.vae_epochs
+            if args.vae_init is not None:
+                options["init"] = args.vae_init
         t0 = time.perf_counter()
         results[reducer] = run_concepts(
             model, cfg["layer"], source, classes, out / f"{args.setting}-{reducer}", reducer=reducer,
@@ -84,6 +95,15 @@ def main() -> None:
             pooled=cfg["pooled"], progress=False, data_name=cfg["data"])
         results[reducer]["wall_s"] = round(time.perf_counter() - t0, 1)
         print(f"{reducer}: {results[reducer]['average']} ({results[reducer]['wall_s']} s)", flush=True)
+        print(f"{reducer} Faith {mean_ci(class_faith(results[reducer]))}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.setting}.json").write_text(json.dumps(results, indent=2))
+    if args.compare and "vae" in results:
+        before = class_faith(json.loads(Path(args.compare).read_text())["vae"])
+        now = class_faith(results["vae"])
+        print(f"VAE Faith before {mean_ci(before)}, paired now - before {mean_ci([a - b for a, b in zip(now, before)])}")
+    if set(results) != {"vae", "nmf"}:
+        return
     lines = [f"{cfg['model']} @ {cfg['layer']}, data {cfg['data']}, classes {cfg['classes']}, "
              f"{cfg['images']} image(s) x {cfg['views']} view(s) per class, c' = {args.n_concepts}, "
              f"{'one reducer pooled over the classes' if cfg['pooled'] else 'one reducer per class'}, "
@@ -126,8 +146,21 @@ def main() -> None:
         docs_sheet(model, cfg, source, classes, out, args.setting)
 
 
+def class_faith(result: dict) -> list[float]:
+    """Per-class Faith of one reducer's run, in class order."""
+    return [r["scores"]["faith"] for _, r in sorted(result["classes"].items(), key=lambda kv: int(kv[0]))]
+
+
+def mean_ci(values: list[float]) -> str:
+    """``mean +- 1.96 standard errors`` (the 95 % CI over the classes)."""
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.2f} +- {1.96 * sd / len(values) ** 0.5:.2f}"
+
+
 def fit_times(model, cfg, source, classes, args) -> None:
-    """Median fit time of NMF, the VAE and the legacy VAE on the same rows, and the ratios."""
+    """Median fit time of NMF, the VAE from a PCA start (``--vae-init pca``), the VAE from a random
+    start (the default), the previous schedule (random start, no warm-up) and the legacy VAE on the same rows,
+    over ``--seeds`` seeds x ``--repeats`` interleaved fits, and the ratios to NMF."""
     from visionlens.concepts.collect import CALC_LIMIT, collect_rows
     from visionlens.concepts.factory import make_reducer
     from visionlens.core.layers import resolve_layer
@@ -135,21 +168,28 @@ def fit_times(model, cfg, source, classes, args) -> None:
     name, module = resolve_layer(model.module, cfg["layer"])
     items = [it for c in classes for it in source.items(c, cfg["images"] * cfg["views"])]
     rows, _ = collect_rows(model.module, name, module, source, items, 32, CALC_LIMIT, 0, False)
-    kinds = {"nmf": ("nmf", {}), "vae": ("vae", {}), "vae-legacy": ("vae", LEGACY_VAE)}
+    kinds = {"nmf": ("nmf", {}), "vae-pca": ("vae", {"init": "pca"}), "vae-random": ("vae", {"init": "random"}),
+             "vae-previous": ("vae", PREVIOUS_VAE), "vae-legacy": ("vae", LEGACY_VAE)}
     times: dict[str, list[float]] = {k: [] for k in kinds}
-    epochs = {}
-    for _ in range(args.repeats):
-        for label, (kind, options) in kinds.items():
-            t0 = time.perf_counter()
-            reducer = make_reducer(kind, args.n_concepts, seed=0, **options).fit(rows)
-            times[label].append(time.perf_counter() - t0)
-            epochs[label] = getattr(reducer, "epochs_run", None)
+    epochs: dict[str, list[int]] = {k: [] for k in kinds}
+    for seed in range(args.seeds):
+        for _ in range(args.repeats):
+            for label, (kind, options) in kinds.items():
+                t0 = time.perf_counter()
+                reducer = make_reducer(kind, args.n_concepts, seed=seed, **options).fit(rows)
+                times[label].append(time.perf_counter() - t0)
+                if kind == "vae" and len(epochs[label]) == seed:
+                    epochs[label].append(reducer.epochs_run)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{cfg['model']} @ {name}: {tuple(rows.shape)} rows, c' = {args.n_concepts}, median of {args.repeats}")
+    per_seed = {k: [statistics.median(v[i * args.repeats:(i + 1) * args.repeats]) for i in range(args.seeds)]
+                for k, v in times.items()}
+    print(f"{cfg['model']} @ {name}: {tuple(rows.shape)} rows, c' = {args.n_concepts}, one thread, median of "
+          f"{args.seeds} seed(s) x {args.repeats} fit(s)")
     for label in kinds:
-        ratio = f", {med[label] / med['nmf']:.2f}x NMF" if label != "nmf" else ""
-        trained = f", {epochs[label]} epochs" if epochs[label] else ""
-        print(f"  {label:10s} {med[label]:6.2f} s{ratio}{trained}")
+        ratio = (f", {med[label] / med['nmf']:.2f}x NMF (per seed "
+                 f"{'/'.join(f'{a / b:.1f}' for a, b in zip(per_seed[label], per_seed['nmf']))})") if label != "nmf" else ""
+        trained = f", epochs per seed {epochs[label]}" if epochs[label] else ""
+        print(f"  {label:12s} {med[label]:6.2f} s{ratio}{trained}")
 
 
 def docs_sheet(model, cfg, source, classes, out: Path, setting: str) -> None:

@@ -1,16 +1,19 @@
 """NAFlow speed at 224 px, all layers (issue 29, item 1): the packaged MobileNetV2 and torchvision's
 ResNet-50 (random weights: hub weights cannot be downloaded here; the timing depends on the weights
 only through the ReLU masks and the iteration counts), one photo and a batch, next to one forward +
-backward of the same batch, with the solver's convergence.
+backward of the same batch, with the solver's convergence, for each damping.
 
-    python benchmarks/naflow_speed.py [--models mobilenet_v2,resnet50] [--batches 1,8] [--max-iter 50]
-                                      [--photos /work/shared/data/imagenet-sample] [--threads N] [--device cpu]
+    python benchmarks/naflow_speed.py [--models mobilenet_v2,resnet50] [--batches 1,8] [--damps 0.1]
+                                      [--max-iter 1000] [--photos /work/shared/data/imagenet-sample]
+                                      [--threads N] [--device cpu] [--layers] [--preview]
 
-Prints the load average (the 2-core CPU is shared), then per model and batch size: the wall and CPU
-time of NAFlow, the ratio to one forward + backward (median of 3), the LSMR iterations summed over
-the layers (largest per layer), and how many layers stopped on a convergence test; then one line per
-layer. ``--max-iter 1000`` is the API's default (converged maps); the default here (50) keeps the run
-short.
+Prints the load average (the 2-core CPU is shared), then per model, batch size and ``damp``: the
+wall and CPU time of NAFlow, the ratio to one forward + backward (median of 3), the LSMR iterations
+summed over the layers (largest per layer), and how many layers stopped on a convergence test; with
+several dampings, how well each one's maps agree with the next smaller one's (Pearson correlation per
+layer, averaged over the photos: the smallest, the median and mean, the shallowest layer's and the
+smallest of the deepest four). ``--layers`` adds one line per layer inverse; ``--preview`` compares
+the old command-line preview (the plain inverse stopped at 20 iterations) with each damping. ``--damps 0`` is the plain inverse (minutes per photo).
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import argparse
 import os
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 import visionlens
 from visionlens.data import load_image
+from visionlens.errors import NotConvergedWarning
 
 
 def photos_batch(folder: str | None, n: int, preprocess) -> torch.Tensor:
@@ -63,35 +68,62 @@ def main() -> None:
     parser.add_argument("--photos", default="/work/shared/data/imagenet-sample")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--models", default="mobilenet_v2,resnet50")
-    parser.add_argument("--max-iter", type=int, default=50)
+    parser.add_argument("--max-iter", type=int, default=1000)
+    parser.add_argument("--damps", default="0.1", help="comma-separated NAFlow damp values, largest first")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layers", action="store_true", help="one line per layer inverse")
+    parser.add_argument("--preview", action="store_true",
+                        help="also the old command-line preview (damp 0, max_iter 20) against each damping")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    damps = [float(d) for d in args.damps.split(",")]
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-          f"device {args.device}, max_iter {args.max_iter}", flush=True)
+          f"device {args.device}, max_iter {args.max_iter}, damps {damps}", flush=True)
     for name in args.models.split(","):
         model, preprocess = build(name, args.device)
         for n in (int(b) for b in args.batches.split(",")):
-            run(name, model, photos_batch(args.photos, n, preprocess).to(args.device), args.max_iter)
+            x = photos_batch(args.photos, n, preprocess).to(args.device)
+            base = forward_backward_s(model, x)
+            flows = [run(name, model, x, base, args.max_iter, d, args.layers) for d in damps]
+            pairs = list(zip(damps, flows[:-1], damps[1:], flows[1:]))
+            if args.preview:  # the old command-line preview: plain inverse stopped at 20 iterations
+                preview = run(name, model, x, base, 20, 0.0, args.layers)
+                pairs += [("preview", preview, d, f) for d, f in zip(damps, flows)]
+            for d1, f1, d2, f2 in pairs:
+                per_layer = agreement(f1, f2)
+                print(f"    maps at damp {d1} vs {d2}: correlation per layer min {min(per_layer):.3f}, median "
+                      f"{statistics.median(per_layer):.3f}, mean {statistics.mean(per_layer):.3f}, shallowest "
+                      f"{per_layer[0]:.3f}, deepest four min {min(per_layer[-4:]):.4f}", flush=True)
 
 
-def run(name: str, model: torch.nn.Module, x: torch.Tensor, max_iter: int) -> None:
+def agreement(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """Pearson correlation of two flows ``(B, L, H, W)`` per layer, averaged over the images."""
+    a, b = a.flatten(2).double(), b.flatten(2).double()
+    a, b = a - a.mean(2, keepdim=True), b - b.mean(2, keepdim=True)
+    r = (a * b).sum(2) / (a.norm(dim=2) * b.norm(dim=2)).clamp_min(1e-30)
+    return r.mean(0).tolist()
+
+
+def run(name: str, model: torch.nn.Module, x: torch.Tensor, base: float, max_iter: int, damp: float,
+        layers: bool) -> torch.Tensor:
     n = x.shape[0]
-    base = forward_backward_s(model, x)
-    method = visionlens.NAFlow(model, max_iter=max_iter)
+    method = visionlens.NAFlow(model, max_iter=max_iter, damp=damp)
     start, start_cpu = time.perf_counter(), time.process_time()
-    exp = method(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotConvergedWarning)  # the count of converged layers is printed
+        exp = method(x)
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     converged = sum(r.converged for r in exp.solves)
     iterations = sum(max(r.iterations) for r in exp.solves)
-    print(f"{name} batch {n}: {len(exp.flow_layers)} maps, {wall:.1f} s wall ({wall / n:.1f} s per photo), CPU {cpu:.1f} s; "
-          f"forward+backward {base:.3f} s, ratio {wall / base:.0f}x; LSMR iterations {iterations} over "
+    print(f"{name} batch {n} damp {damp:g}: {len(exp.flow_layers)} maps, {wall:.1f} s wall ({wall / n:.1f} s per photo), "
+          f"CPU {cpu:.1f} s; forward+backward {base:.3f} s, ratio {wall / base:.0f}x; LSMR iterations {iterations} over "
           f"{len(exp.solves)} inverses, {converged} converged; load average now {os.getloadavg()[0]:.2f}", flush=True)
-    for r in exp.solves:
+    for r in exp.solves if layers else ():
         print(f"    {r.layer:<16} {r.kind:<10} iterations max {max(r.iterations):>5}  stop {','.join(sorted(set(r.stop)))}  "
               f"residual max {max(r.residual):.1e}", flush=True)
+    return exp.flow.cpu()
 
 
 if __name__ == "__main__":

@@ -39,18 +39,20 @@ def parse_method(spec: str) -> tuple[str, str | None]:
     return name.strip(), layer.strip() or None
 
 
-def make_method(name: str, model: ZooModel, layer=None, bank=None, max_iter: int | None = None):
+def make_method(name: str, model: ZooModel, layer=None, bank=None, max_iter: int | None = None,
+                damp: float | None = None):
     """Instantiate method ``name`` on ``model`` at ``layer`` (the model's default when None).
 
     ``name`` may carry its own layer, ``METHOD@LAYER`` (e.g. ``relevance-cam@features.13``), which
     takes precedence over ``layer``. Methods that use every block (``daam``, ``rollout``) take only
     their own ``@LAYER``; ``bank`` (a k-NN memory bank or its file) goes to methods that use one,
-    ``max_iter`` to methods with an iterative solve (NAFlow)."""
+    ``max_iter`` and ``damp`` to methods with an iterative solve (NAFlow)."""
     name, own_layer = parse_method(name)
     if name not in METHODS:
         raise InputError(f"unknown method '{name}'; choose from: {', '.join(METHODS)}")
     cls = METHODS[name]
-    options = {"max_iter": max_iter} if max_iter is not None and getattr(cls, "iterative", False) else {}
+    solver = {"max_iter": max_iter, "damp": damp}
+    options = {k: v for k, v in solver.items() if v is not None} if getattr(cls, "iterative", False) else {}
     if not getattr(cls, "uses_layer", True):
         if getattr(cls, "uses_bank", False):
             options["bank"] = bank
@@ -153,6 +155,7 @@ def explain_files(
     bank=None,
     cmap: str | None = None,
     max_iter: int | None = None,
+    damp: float | None = None,
 ) -> dict:
     """Explain image files and write outputs to ``out_dir``; return the summary (also written as
     ``summary.json``). A method may be ``METHOD@LAYER`` to use its own layer instead of ``layer``
@@ -170,7 +173,7 @@ def explain_files(
         raise InputError("no images given")
     classes = _class_list(target)
     cmap = check_cmap(cmap) if cmap is not None else None
-    explainers = {m: make_method(m, model, layer, bank, max_iter) for m in methods}
+    explainers = {m: make_method(m, model, layer, bank, max_iter, damp) for m in methods}
     probe = torch.zeros(1, 3, model.preprocess.crop, model.preprocess.crop)
     with warnings.catch_warnings():  # a blank probe's flat or unconverged maps say nothing of the images
         warnings.simplefilter("ignore", VisionlensWarning)

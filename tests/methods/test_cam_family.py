@@ -152,13 +152,16 @@ def test_ablation_cam_one_image_stand_in_equals_the_full_input(mobilenet, photos
     with torch.no_grad():
         small, expand = cam._feed(mobilenet.module.features, x, mobilenet.module.features(x), mobilenet.module(x))
     assert small.shape == (1, 3, 8, 8) and not expand  # one 8 px image drives the layers before the ablation
-    # the maps equal those from the full input (at a 24-channel layer, to keep the full path short)
-    fast = AblationCAM(mobilenet.module, "features.3")
+    # the maps equal those from the full input (at a 24-channel layer, to keep the full path short),
+    # both on the model itself (the inference copy would run its traced tail instead)
+    fast = AblationCAM(mobilenet.module, "features.3", inference_copy=False)
     with torch.no_grad():
         assert fast._feed(mobilenet.module.features[3], x, mobilenet.module.features[:4](x), mobilenet.module(x)) is not None
-    full = AblationCAM(mobilenet.module, "features.3")
+    full = AblationCAM(mobilenet.module, "features.3", inference_copy=False)
     full._feed = lambda *args: None  # every ablated copy runs on its own full input
     torch.testing.assert_close(fast(x, classes).maps, full(x, classes).maps, rtol=0, atol=1e-5)
+    traced = AblationCAM(mobilenet.module, "features.3")  # the default: the copy's traced tail
+    torch.testing.assert_close(traced(x, classes).maps, full(x, classes).maps, rtol=0, atol=1e-4)
     assert_same_state(before, snapshot(mobilenet.module))
 
 

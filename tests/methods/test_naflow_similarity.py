@@ -14,7 +14,7 @@ from torch import nn
 
 import visionlens
 from visionlens.cli import main
-from visionlens.errors import LayerError
+from visionlens.errors import InputError, LayerError
 from visionlens.methods.naflow import NAFlow, SimilarityNAFlow
 from visionlens.methods.sfam import SFAM
 from visionlens.models.embedder import embedding_model
@@ -157,3 +157,30 @@ def test_retrieve_with_naflow_writes_the_last_layer_maps(tmp_path):
              for p in (gallery / "1.png", match["file"])]
     pair = SimilarityNAFlow(model.module).pair(*views)
     assert np.allclose(saved, pair.query.maps[0].numpy(), atol=1e-4)
+
+
+def test_cli_naflow_default_is_the_damped_solve_and_bad_damp_is_one_line(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    files = []
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(tmp_path / name)
+        files.append(str(tmp_path / name))
+    out = tmp_path / "out"
+    rc = main(["explain-pair", *files, "--model", "world-metric", "--method", "naflow", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["damp"] == 0.1 and summary["max_iter"] == 1000 and summary["converged"] is True
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: naflow:")]
+    for bad in ("1.5", "-0.1", "nan"):
+        rc = main(["explain-pair", *files, "--model", "world-metric", "--method", "naflow", "--damp", bad,
+                   "--out", str(tmp_path / "bad")])
+        assert rc == 2 and not (tmp_path / "bad").exists()
+        err = capsys.readouterr().err.strip()
+        assert "--damp" in err and err.count("\n") == 0
+
+
+@pytest.mark.parametrize("damp", [-0.1, 1.5, True, "0.1"])
+def test_bad_damp_is_a_one_line_input_error(tiny_net, damp):
+    with pytest.raises(InputError, match="damp") as err:
+        NAFlow(tiny_net, damp=damp)
+    assert "\n" not in str(err.value)

@@ -10,19 +10,32 @@ the paper gives no architecture, so every choice here is a documented, configura
   chosen after training so that its large excursions are positive (the VAE's latents have no
   preferred sign; without this, clamping drops concepts that live on the negative side);
 * CAVs: the decoder Jacobian at the mean code;
-* training: mini-batches of ``batch_size`` rows for at most ``epochs`` epochs, stopped early when
-  the loss on a held-out ``val_fraction`` of the rows (deterministic: decoded from ``mu``) has not
-  fallen by a relative ``min_delta`` for ``patience`` epochs; the weights of the best validation
-  epoch are kept. ``history`` records the losses, ``epochs_run`` the epochs trained.
+* start (``init="random"``, default): PyTorch's default initialisation; ``init="pca"``: the weights
+  begin at a rank-``c'`` PCA solution, computed by a randomised truncated SVD of the training rows
+  (see :func:`_pca_start`): about 1.5x faster to train, same Faith, but concepts that localise
+  object parts about half as well (docs/concepts.md). Either way the same VAE is then trained on
+  the same loss;
+* training: mini-batches of ``batch_size`` rows for at most ``epochs`` epochs (Adam, the learning
+  rate ramped up linearly over the first ``warmup`` epochs), stopped early when the loss on a
+  held-out ``val_fraction`` of the rows (deterministic: decoded from ``mu``) has not fallen by a
+  relative ``min_delta`` for ``patience`` epochs; the weights of the best validation epoch (the
+  last that improved by ``min_delta``) are kept. ``history`` records the losses, ``epochs_run``
+  the epochs trained.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from ..errors import InputError
 from .reducers import Reducer, register_reducer
+
+
+INITS = ("pca", "random")
+SOFTPLUS_FLOOR = 0.05  # activations (in RMS units) below this are fitted as this in the PCA start
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -49,23 +62,92 @@ class _VAE(nn.Module):
 
 
 class _Adam:
-    """Plain Adam (Kingma & Ba) on a parameter list. ``torch.optim`` is avoided on purpose: its
-    first use imports the compiler stack, which costs seconds on a small CPU."""
+    """Adam (Kingma & Ba) on a parameter list. ``torch.optim`` is avoided on purpose: its first use
+    imports the compiler stack, which costs seconds on a small CPU. ``fused=True`` updates every
+    parameter in one call of ATen's fused Adam kernel (the one behind ``torch.optim.Adam(fused=True)``;
+    about 4x faster per step here), with the plain loop as the fallback where it is missing."""
 
-    def __init__(self, params: list, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, params: list, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, fused: bool = True):
         self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
+        self.fused = fused and hasattr(torch, "_fused_adam_")
+        self.steps = [torch.zeros((), dtype=torch.float32) for _ in params]
 
     @torch.no_grad()
     def step(self, grads) -> None:
         self.t += 1
         b1, b2 = self.betas
+        grads = list(grads)
+        if self.fused:
+            for s in self.steps:
+                s.fill_(self.t)
+            try:  # a private ATen op: another torch version may change it; the plain loop is the same update
+                torch._fused_adam_(self.params, grads, self.m, self.v, [], self.steps, lr=self.lr, beta1=b1,
+                                   beta2=b2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)
+                return
+            except (TypeError, RuntimeError):
+                self.fused = False
         for p, g, m, v in zip(self.params, grads, self.m, self.v):
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = (v / (1 - b2**self.t)).sqrt_().add_(self.eps)
             p.addcdiv_(m, denom, value=-self.lr / (1 - b1**self.t))
+
+
+def _softplus_inverse(x: torch.Tensor) -> torch.Tensor:
+    """``log(exp(x) - 1)`` of ``x`` floored at ``SOFTPLUS_FLOOR``; ``x`` itself above 20, where
+    softplus is the identity in float32 (and ``exp`` would overflow above 88)."""
+    x = x.clamp_min(SOFTPLUS_FLOOR)
+    return torch.where(x > 20, x, torch.log(torch.expm1(x.clamp_max(20))))
+
+
+@torch.no_grad()
+def _pca_start(net: _VAE, x: torch.Tensor, beta: float) -> None:
+    """Put ``net`` at a rank-``c'`` PCA solution of the rows ``x`` (RMS units), from which training
+    goes on. The decoder's target is PCA in the softplus-inverse domain (so that its softplus output
+    reproduces the rows), with whitened codes ``z_j`` (unit variance, as the prior); ``c'`` pairs of
+    hidden units ``relu(z_j)``, ``relu(-z_j)`` carry ``z_j`` through the ReLU exactly, and the other
+    hidden units keep their random weights in and zero weights out. The encoder's first layer gets
+    ``+-`` the top principal directions of ``x`` on half its units (the rest stay random), its ``mu``
+    rows the least-squares map from those projections to the codes, and its ``log sigma^2`` the
+    variance that balances ``beta KL`` against the reconstruction along each code."""
+    n, k = len(x), net.encoder[-1].out_features // 2
+    t = _softplus_inverse(x)
+    t_mean, x_mean = t.mean(0), x.mean(0)
+    _, sv, dirs = torch.svd_lowrank(t - t_mean, q=min(k + 10, *x.shape), niter=4)
+    k = min(k, len(sv))
+    spread = (sv[:k] / math.sqrt(n)).clamp_min(1e-6)
+    codes = (t - t_mean) @ dirs[:, :k] / spread
+    enc_in, enc_out = net.encoder[0], net.encoder[-1]
+    m = max(1, min(enc_in.out_features // 4, *x.shape))
+    u = torch.svd_lowrank(x - x_mean, q=min(m + 10, *x.shape), niter=4)[2][:, :m].T
+    enc_in.weight[:2 * m] = torch.cat([u, -u])
+    enc_in.bias[:2 * m] = -(enc_in.weight[:2 * m] @ x_mean)
+    to_codes = torch.linalg.lstsq((x - x_mean) @ u.T, codes).solution.T  # (k, m)
+    enc_out.weight.zero_()
+    enc_out.bias.zero_()
+    enc_out.weight[:k, :m], enc_out.weight[:k, m:2 * m] = to_codes, -to_codes
+    half = enc_out.out_features // 2
+    enc_out.bias[half:half + k] = (0.5 * beta / (spread.pow(2) + 0.5 * beta)).log().clamp(-10, 10)
+    _decoder_start(net.decoder, dirs[:, :k] * spread, t_mean)
+
+
+def _decoder_start(decoder: nn.Sequential, columns: torch.Tensor, bias: torch.Tensor) -> None:
+    """Make ``decoder(z)`` compute ``softplus(columns @ z + bias)`` for the first ``k`` codes."""
+    out, k = decoder[-1], columns.shape[1]
+    out.weight.zero_()
+    out.bias.copy_(bias)
+    if len(decoder) == 1:  # linear decoder
+        out.weight[:, :k] = columns
+        return
+    hidden = decoder[0]
+    k = min(k, hidden.out_features // 2)
+    hidden.weight[:2 * k] = 0
+    hidden.bias[:2 * k] = 0
+    eye = torch.eye(k)
+    hidden.weight[:k, :k], hidden.weight[k:2 * k, :k] = eye, -eye
+    out.weight[:, :k], out.weight[:, k:2 * k] = columns[:, :k], -columns[:, :k]
 
 
 @register_reducer
@@ -74,13 +156,16 @@ class VAEReducer(Reducer):
 
     def __init__(self, n_concepts: int = 10, hidden: int = 64, enc_hidden: int = 128, beta: float = 1e-3,
                  epochs: int = 100, lr: float = 1e-2, batch_size: int = 128, clamp: bool = True, orient: bool = True,
-                 seed: int = 0, patience: int = 5, val_fraction: float = 0.1, min_delta: float = 1e-3):
+                 seed: int = 0, patience: int = 5, val_fraction: float = 0.1, min_delta: float = 1e-3,
+                 init: str = "random", warmup: int = 3):
         if int(patience) < 1 or not 0 <= float(val_fraction) < 1 or float(min_delta) < 0:
             raise InputError(f"VAE early stopping needs patience >= 1, 0 <= val_fraction < 1 and min_delta >= 0; "
                              f"got {patience}, {val_fraction}, {min_delta}")
+        if init not in INITS or int(warmup) < 0:
+            raise InputError(f"VAE init must be one of {', '.join(INITS)} and warmup >= 0 epochs; got {init!r}, {warmup}")
         super().__init__(n_concepts=n_concepts, hidden=hidden, enc_hidden=enc_hidden, beta=beta, epochs=epochs,
                          lr=lr, batch_size=batch_size, clamp=clamp, orient=orient, seed=seed, patience=patience,
-                         val_fraction=val_fraction, min_delta=min_delta)
+                         val_fraction=val_fraction, min_delta=min_delta, init=init, warmup=warmup)
         self.net: _VAE | None = None
         self.scale = torch.tensor(1.0)
         self.mean_code: torch.Tensor | None = None
@@ -96,7 +181,8 @@ class VAEReducer(Reducer):
         mu, logvar = self.net.encode(x)
         z = mu if gen is None else mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1).mean()
-        return ((self.net.decode(z) - x).pow(2).sum(-1).mean() + float(self.config["beta"]) * kl) / x.shape[1]
+        sse = nn.functional.mse_loss(self.net.decode(z), x, reduction="sum") / len(x)  # one fused kernel
+        return (sse + float(self.config["beta"]) * kl) / x.shape[1]
 
     def _split(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Training and held-out validation rows (no hold-out below 20 rows or with ``val_fraction=0``)."""
@@ -106,11 +192,18 @@ class VAEReducer(Reducer):
         order = torch.randperm(len(x), generator=gen)
         return x[order[n_val:]], x[order[:n_val]]
 
-    def _epoch(self, x: torch.Tensor, opt: "_Adam", gen: torch.Generator) -> float:
+    def _learning_rate(self, step: int, steps_per_epoch: int) -> float:
+        """``lr``, ramped up linearly over the first ``warmup`` epochs (``step`` counts from 1)."""
+        lr, ramp = float(self.config["lr"]), int(self.config.get("warmup", 0)) * steps_per_epoch
+        return lr * min(1.0, step / ramp) if ramp else lr
+
+    def _epoch(self, x: torch.Tensor, opt: "_Adam", gen: torch.Generator, epoch: int) -> float:
         bs, total = int(self.config["batch_size"]), 0.0
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), bs):
-            batch = x[order[start:start + bs]]
+        per_epoch = -(-len(x) // bs)
+        shuffled = x[torch.randperm(len(x), generator=gen)]
+        for i, start in enumerate(range(0, len(x), bs)):
+            opt.lr = self._learning_rate(epoch * per_epoch + i + 1, per_epoch)
+            batch = shuffled[start:start + bs]
             loss = self._loss(batch, gen)
             opt.step(torch.autograd.grad(loss, opt.params))
             total += float(loss.detach()) * len(batch)
@@ -129,13 +222,17 @@ class VAEReducer(Reducer):
         self.scale = rows.pow(2).mean().sqrt().clamp_min(1e-8)
         x_all = rows / self.scale
         train, val = self._split(x_all, gen)
+        if c.get("init", "random") == "pca":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(c["seed"]))
+                _pca_start(self.net, train, float(c["beta"]))
         opt = _Adam(list(self.net.parameters()), float(c["lr"]))
         epochs, patience, min_delta = int(c["epochs"]), int(c["patience"]), float(c["min_delta"])
         bar = Progress(epochs, "vae training", enabled=progress, unit="epoch")
         self.history, best, best_state, waited = {"train": [], "val": []}, float("inf"), None, 0
         self.net.train()
-        for _ in range(epochs):
-            self.history["train"].append(self._epoch(train, opt, gen))
+        for epoch in range(epochs):
+            self.history["train"].append(self._epoch(train, opt, gen, epoch))
             bar.update(1)
             if not len(val):
                 continue

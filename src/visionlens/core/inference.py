@@ -410,3 +410,41 @@ def _timed(module: nn.Module, batch: torch.Tensor) -> float:
     if batch.device.type == "cuda":
         torch.cuda.synchronize(batch.device)
     return time.perf_counter() - start
+
+
+SLOWER = 0.9  # a CPU batch size whose rate falls below this share of the best seen ends the search
+
+
+class BatchSizer:
+    """How many perturbed inputs (ablated copies, masked images) one pass takes. On a CPU it is
+    chosen by timing the real passes: from ``first`` the size doubles up to ``bound`` while its rate (copies per second,
+    the best of two passes, so that one slow pass on a busy machine does not decide) stays within
+    :data:`SLOWER` of the best seen; then the best size is kept. The search goes on in later calls
+    if a call runs out of copies first. A CPU's throughput often falls once a batch's activations
+    leave its caches. Untimed (a GPU, a given ``batch_size``): ``bound``."""
+
+    def __init__(self, bound: int, timed: bool, first: int = 32):
+        self.bound, self.first = bound, first
+        self.rates: dict[int, list[float]] = {}  # size -> copies per second of its passes
+        self.best = None if timed else bound
+
+    def next(self) -> int:
+        """The size of the next pass."""
+        if self.best is not None:
+            return self.best
+        if not self.rates:
+            return min(self.first, self.bound)
+        last = max(self.rates)
+        if len(self.rates[last]) < 2:
+            return last
+        rate = {size: max(seen) for size, seen in self.rates.items()}
+        top = max(rate, key=rate.get)
+        if last >= self.bound or rate[last] < SLOWER * rate[top]:
+            self.best = top
+            return top
+        return min(2 * last, self.bound)
+
+    def record(self, size: int, copies: int, seconds: float) -> None:
+        """One pass of ``copies`` copies took ``seconds`` (a short last pass is not counted)."""
+        if self.best is None and copies == size:
+            self.rates.setdefault(size, []).append(copies / max(seconds, 1e-9))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cli import NAFLOW_CLI_MAX_ITER as NAFLOW_PREVIEW_MAX_ITER  # the command line's quick preview cap
+from ..cli import NAFLOW_CLI_DAMP, NAFLOW_CLI_MAX_ITER  # the command line's NAFlow solve: damped, converges in seconds
 from ..core.layers import layer_shapes
 from ..data.images import IMAGE_SUFFIXES, load_image
 from ..errors import InputError
@@ -245,14 +245,14 @@ class Explorer:
 
     def run_explain(self, request: "ExplainRequest", advance=None) -> dict:
         """Compute a checked request (the caller holds the device lock); ``advance(i, method)``
-        before each method. NAFlow gets the command line's quick preview cap; warnings (e.g. not
-        converged) come back as one line each."""
+        before each method. NAFlow gets the command line's damped solve (``damp`` 0.1: converged
+        in seconds); warnings (e.g. not converged) come back as one line each."""
         model, x = request.model, request.x.to(request.model.device)
         results = {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for i, method in enumerate(request.methods):
-                explainer = make_method(method, model, request.layer, max_iter=NAFLOW_PREVIEW_MAX_ITER)
+                explainer = make_method(method, model, request.layer, max_iter=NAFLOW_CLI_MAX_ITER, damp=NAFLOW_CLI_DAMP)
                 if advance is not None:
                     advance(i, method, self._expected_passes(request.name, explainer, x))
                 results[method] = explainer(x, request.target)

@@ -53,7 +53,8 @@ class SolverOptions:
     square truncation: keep the first ``n`` of ``m > n`` equations), ``"released"`` (the released
     code's actual behaviour: every linear/composite inverse falls back to the forward input),
     ``offset``: ``"operating_point"`` (default) or ``"zero"`` (``f(0)``, the reference's
-    convention for composites)."""
+    convention for composites); ``damp``: Tikhonov damping relative to each operator's largest
+    singular value (``0``: the plain least-squares inverse; see :meth:`LinearOperator.solve`)."""
 
     atol: float = 1e-8
     btol: float = 1e-8
@@ -61,6 +62,7 @@ class SolverOptions:
     float64: bool = False
     mode: str = "lsmr"
     offset: str = "operating_point"
+    damp: float = 0.0
 
     def __post_init__(self):
         if self.mode not in ("lsmr", "truncated_square", "released"):
@@ -125,12 +127,14 @@ STOP_REASONS = {0: "zero_target", 1: "solved", 2: "least_squares", 3: "ill_condi
 
 def lsmr_solve(matvec: Callable[[torch.Tensor], torch.Tensor], rmatvec: Callable[[torch.Tensor], torch.Tensor],
                b: torch.Tensor, x_shape: tuple[int, ...], atol: float = 1e-8, btol: float = 1e-8, conlim: float = 1e8,
-               max_iter: int | None = None) -> LsmrResult:
-    """:func:`lsmr` with its diagnostics (:class:`LsmrResult`)."""
+               max_iter: int | None = None, damp: float | torch.Tensor = 0.0) -> LsmrResult:
+    """:func:`lsmr` with its diagnostics (:class:`LsmrResult`); ``damp`` (a scalar or one per sample)
+    solves the damped problem ``min ||A x - b||^2 + damp^2 ||x||^2`` (SciPy's ``damp``)."""
     batch = b.shape[0]
     n, m = int(torch.tensor(x_shape).prod()), b[0].numel()
     max_iter = min(m, n) if max_iter is None else int(max_iter)
     u = b.clone()
+    damp = torch.as_tensor(damp, dtype=b.dtype, device=b.device).expand(batch)
     normb = _norm(u)
     beta = normb.clone()
     u = u * _bc(_div(torch.ones_like(beta), beta), u)
@@ -159,8 +163,9 @@ def lsmr_solve(matvec: Callable[[torch.Tensor], torch.Tensor], rmatvec: Callable
         v = rmatvec(u) - _bc(beta, v) * v
         alpha = _norm(v)
         v = v * _bc(_div(one, alpha), v)
+        chat, shat, alphahat = _sym_ortho(alphabar, damp)
         rhoold = rho
-        c, s, rho = _sym_ortho(alphabar, beta)
+        c, s, rho = _sym_ortho(alphahat, beta)
         thetanew = s * alpha
         alphabar = c * alpha
         rhobarold, zetaold = rhobar, zeta
@@ -173,7 +178,8 @@ def lsmr_solve(matvec: Callable[[torch.Tensor], torch.Tensor], rmatvec: Callable
         x = torch.where(_bc(active, x), x + _bc(_div(zeta, rho * rhobar), x) * hbar, x)
         h = v - _bc(_div(thetanew, rho), v) * h
         # estimate of ||r||
-        betahat, betadd = c * betadd, -s * betadd
+        betaacute, betacheck = chat * betadd, -shat * betadd
+        betahat, betadd = c * betaacute, -s * betaacute
         thetatildeold = thetatilde
         ctildeold, stildeold, rhotildeold = _sym_ortho(rhodold, thetabar)
         thetatilde = stildeold * rhobar
@@ -181,6 +187,7 @@ def lsmr_solve(matvec: Callable[[torch.Tensor], torch.Tensor], rmatvec: Callable
         betad = -stildeold * betad + ctildeold * betahat
         tautildeold = _div(zetaold - thetatildeold * tautildeold, rhotildeold)
         taud = _div(zeta - thetatilde * tautildeold, rhodold)
+        d = d + betacheck ** 2
         normr = torch.sqrt(d + (betad - taud) ** 2 + betadd ** 2)
         # estimates of ||A|| and cond(A)
         normA2 = normA2 + beta ** 2
@@ -211,7 +218,8 @@ class SolveReport:
     ``normal_residual = ||A^T r|| / (||A|| ||r||)`` (LSMR's estimates; 0 when ``r = 0``), and the
     ``stop`` reason: ``"solved"`` (``A v = t`` to ``btol``), ``"least_squares"`` (a least-squares
     solution to ``atol``), ``"zero_target"``, ``"ill_conditioned"`` or ``"max_iter"`` (not
-    converged). ``rows``: the equations kept (units the ReLU mask leaves active) of ``equations``."""
+    converged). ``rows``: the equations kept (units the ReLU mask leaves active) of ``equations``;
+    ``damp``: the Tikhonov damping ``lambda`` per sample (0: the plain least-squares inverse)."""
 
     layer: str
     kind: str
@@ -221,6 +229,7 @@ class SolveReport:
     stop: tuple[str, ...]
     rows: tuple[int, ...]
     equations: int
+    damp: tuple[float, ...] = ()
 
     @property
     def converged(self) -> bool:
@@ -228,13 +237,16 @@ class SolveReport:
         return all(s != "max_iter" for s in self.stop)
 
     @classmethod
-    def from_lsmr(cls, result: LsmrResult, keep: torch.Tensor | None, equations: int) -> "SolveReport":
+    def from_lsmr(cls, result: LsmrResult, keep: torch.Tensor | None, equations: int,
+                  damp: torch.Tensor | float = 0.0) -> "SolveReport":
         normr, normb = result.normr, result.normb
+        damp = torch.as_tensor(damp, dtype=normr.dtype).expand(normr.shape)
         residual = _div(normr, normb)
         normal = torch.where(normr > 0, _div(result.normar, result.normA * normr), torch.zeros_like(normr))
         rows = keep.flatten(1).sum(1) if keep is not None else torch.full_like(result.iterations, equations)
         return cls("", "", tuple(result.iterations.tolist()), tuple(residual.tolist()), tuple(normal.tolist()),
-                   tuple(STOP_REASONS[int(c)] for c in result.stop), tuple(int(r) for r in rows.tolist()), equations)
+                   tuple(STOP_REASONS[int(c)] for c in result.stop), tuple(int(r) for r in rows.tolist()), equations,
+                   tuple(damp.tolist()))
 
 
 class LinearOperator:
@@ -271,7 +283,9 @@ class LinearOperator:
 
     def solve(self, target: torch.Tensor, options: SolverOptions,
               keep: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveReport]:
-        """Least squares ``argmin_v ||A v - target||`` over the rows ``keep`` (all when ``None``)."""
+        """Least squares ``argmin_v ||A v - target||`` over the rows ``keep`` (all when ``None``);
+        with ``options.damp > 0``, ``argmin_v ||A v - target||^2 + lambda^2 ||v||^2`` with
+        ``lambda = damp * ||A||_2`` (:func:`largest_singular_value`)."""
         op = self
         equations = target[0].numel()
         if keep is not None:
@@ -279,8 +293,31 @@ class LinearOperator:
         if options.mode == "truncated_square" and target[0].numel() > int(torch.tensor(self.in_shape).prod()):
             op = op.truncated()
             target = target.flatten(1)[:, : int(torch.tensor(self.in_shape).prod())]
-        result = lsmr_solve(op.matvec, op.rmatvec, target, op.in_shape, options.atol, options.btol, max_iter=options.max_iter)
-        return result.x, SolveReport.from_lsmr(result, keep, equations)
+        damp = options.damp * largest_singular_value(op, target) if options.damp > 0 else 0.0
+        result = lsmr_solve(op.matvec, op.rmatvec, target, op.in_shape, options.atol, options.btol,
+                            max_iter=options.max_iter, damp=damp)
+        return result.x, SolveReport.from_lsmr(result, keep, equations, damp)
+
+
+def largest_singular_value(op: LinearOperator, like: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Per-sample estimate of ``||A||_2``: the largest singular value of the bidiagonal matrix from
+    ``steps`` Golub-Kahan steps (Lanczos) started at a fixed random vector; a lower bound that
+    converges much faster than power iteration (``steps`` operator pairs)."""
+    generator = torch.Generator(device=like.device).manual_seed(0)  # leaves the caller's random state alone
+    u = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    u = u * _bc(_div(torch.ones(like.shape[0], dtype=like.dtype, device=like.device), _norm(u)), u)
+    bidiagonal = like.new_zeros(like.shape[0], steps + 1, steps)
+    v = torch.zeros((like.shape[0], *op.in_shape), dtype=like.dtype, device=like.device)
+    beta = torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
+    for k in range(steps):
+        v = op.rmatvec(u) - _bc(beta, v) * v
+        alpha = _norm(v)
+        v = v * _bc(_div(torch.ones_like(alpha), alpha), v)
+        u = op.matvec(v) - _bc(alpha, u) * u
+        beta = _norm(u)
+        u = u * _bc(_div(torch.ones_like(beta), beta), u)
+        bidiagonal[:, k, k], bidiagonal[:, k + 1, k] = alpha, beta
+    return torch.linalg.svdvals(bidiagonal)[:, 0]
 
 
 def conv_operator(conv: nn.Conv2d, in_shape: tuple[int, ...], dtype: torch.dtype | None = None) -> LinearOperator:
