@@ -49,6 +49,18 @@ def _by_key(path: Path) -> dict:
     return {(r["model"], r["method"], r["image"]): r for r in read_results(path)}
 
 
+def _same(a, b, rel: float = 1e-5) -> bool:
+    """Equal records or reports, floats within ``rel``: on a CPU the scoring pass size is timed, so
+    two runs may batch the perturbed images differently and round the last bits differently."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k], rel) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, (int, float)):
+        return abs(a - b) <= rel * max(1.0, abs(a))
+    return a == b
+
+
 def test_resume_after_sigkill_gives_the_uninterrupted_results(tmp_path):
     full = tmp_path / "full"
     evaluate(out=full, **ARGS)
@@ -67,8 +79,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_results(tmp_path):
     assert main([*CLI, "--out", str(killed)]) == 0
     lines = results.read_text().splitlines()
     assert len(lines) == 16 and all(json.loads(line) for line in lines)  # nothing lost, nothing duplicated
-    assert _by_key(results) == expected
-    assert json.loads((killed / "report.json").read_text()) == json.loads((full / "report.json").read_text())
+    assert _same(_by_key(results), expected)
+    assert _same(json.loads((killed / "report.json").read_text()), json.loads((full / "report.json").read_text()))
 
 
 def test_report_covers_the_images_asked_for(tmp_path):

@@ -134,7 +134,8 @@ def test_the_traced_tail_runs_nothing_before_the_layer(monkeypatch):
     fast = cam(x, [1, 7])
     assert runs["layer1.0.conv1"] == 0 and runs["layer4.0.conv1"] > 0
     plain = AblationCAM(model, "layer3", inference_copy=False)(x, [1, 7])
-    torch.testing.assert_close(fast.raw, plain.raw, rtol=1e-4, atol=1e-4)
+    # the copy folds BatchNorm: its logits round differently, and (y - y_k) / y magnifies that
+    assert float((fast.raw - plain.raw).abs().max()) <= 1e-3 * float(plain.raw.abs().max())
 
 
 def test_layer_tail_equals_the_model_and_refuses_a_skip_over_the_layer():
