@@ -4,6 +4,7 @@ values, an actor that dies mid-run, a driver killed and re-run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,6 +42,28 @@ def _ray_cli(*args: str, env: dict) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
+def _stop_processes_under(temp: str) -> None:
+    """Stop this fixture's Ray processes only: those that name the session folder under ``temp``
+    on their command line, and their children (``ray stop`` would stop every Ray cluster on the
+    machine, another user's or test run's included)."""
+    import psutil  # a dependency of Ray
+
+    ours = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.pid != os.getpid() and temp in " ".join(proc.info["cmdline"] or ()):
+            with contextlib.suppress(psutil.NoSuchProcess):  # and their children (agents rename themselves)
+                ours.update({p.pid: p for p in [proc, *proc.children(recursive=True)]})
+    ours = list(ours.values())
+    for proc in ours:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(ours, timeout=15)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=15)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """The address of a Ray head (2 CPUs) plus one worker node (1 CPU), small object stores; stopped
@@ -58,8 +81,7 @@ def cluster():
         _ray_cli("start", f"--address={address}", "--num-cpus=1", store, "--node-ip-address=127.0.0.1", env=env)
         yield address
     finally:
-        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], env=env,
-                       capture_output=True, timeout=120)
+        _stop_processes_under(temp)
         shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

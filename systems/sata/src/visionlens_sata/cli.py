@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     e.add_argument("--variants", type=comma_list(str), nargs="+", action=FlatList, default=None,
                    help="with --data: the compared variants (plain always; default all)")
     e.add_argument("--workers", type=count(minimum=0), default=0, help="with --data: DataLoader worker processes (default 0)")
+    e.add_argument("--subset-classes", choices=("auto", "off"), default=None,
+                   help="with --data whose class folders are ImageNet WordNet ids: auto (default) restricts the "
+                        "argmax to the classes present when fewer than 1000 are (ImageNet-A/R, 200-way); off: all 1000")
     e.add_argument("--device", default="auto", help="with --data: torch device of the model (auto: CUDA when available)")
     e.add_argument("--seeds", type=comma_list(SEED), nargs="+", action=FlatList, default=[0, 1],
                    help="seeds for the batched protocols (space- or comma-separated)")
@@ -79,8 +82,8 @@ def _evaluate_world(args, out: Path) -> int:
     if not args.model.startswith("world-vit"):
         raise InputError(f"--model {args.model!r} needs --data DIR (an image folder); without it the synthetic world "
                          "is evaluated with world-vit")
-    if args.weights is not None or args.variants is not None or args.device != "auto":
-        raise InputError("--weights, --variants and --device apply with --data DIR only")
+    if args.weights is not None or args.variants is not None or args.device != "auto" or args.subset_classes:
+        raise InputError("--weights, --variants, --device and --subset-classes apply with --data DIR only")
     images = 50 if args.images is None else args.images
     settings = EvalSettings(images=images, seeds=tuple(args.seeds), bs1_seeds=tuple(args.bs1_seeds),
                             batch=args.batch, gamma=args.gamma, alpha=args.alpha, corruptions=corruptions,
@@ -118,16 +121,22 @@ def _evaluate_folder(args, out: Path) -> int:
     from dataclasses import asdict
 
     from .folders import folder_sets, listing_sha256
+    from .imagenet_classes import present_classes, wnid_labels
     from .store import RecordStore
     from .stream import StreamSettings, run_streamed, streamed_table, summarise_records
 
     names = _variant_names(args)
     root = Path(args.data)
     sets = folder_sets(root, tuple(args.corruptions) if args.corruptions else None, tuple(sorted(set(args.severities))))
+    wnids = wnid_labels(sets[0].classes, args.data)
     zoo, sata = _load_vit(args.model, args.weights, args.device)
-    model_labels = _model_labels(sets[0].classes, zoo, args.model, args.data)
+    if wnids is not None:
+        _check_imagenet_head(zoo, args.model, args.data)
+    model_labels = wnids if wnids is not None else _model_labels(sets[0].classes, zoo, args.model, args.data)
+    subset = present_classes(wnids, args.subset_classes or "auto")
     settings = StreamSettings(seeds=tuple(args.seeds), bs1_seeds=tuple(args.bs1_seeds), batch=args.batch,
-                              gamma=args.gamma, alpha=args.alpha, variants=names, limit=args.images)
+                              gamma=args.gamma, alpha=args.alpha, variants=names, limit=args.images,
+                              subset_classes=subset)
     store = RecordStore(out.with_suffix(".jsonl"), {
         "model": args.model, "weights": _weights_identity(args.weights), "data": str(root.resolve()),
         "listing_sha256": listing_sha256(sets, root), "preprocess": zoo.preprocess.describe(), **asdict(settings)})
@@ -135,8 +144,10 @@ def _evaluate_folder(args, out: Path) -> int:
     flops = sata.depth * _tokens(sata, zoo.preprocess.crop) * sata.flops_per_token
     rows = summarise_records(store.records, settings, flops)
     images = {s.name: len(s.paths) if args.images is None else min(args.images, len(s.paths)) for s in sets}
-    raw = {"settings": store.settings, "rows": rows, "images": images, "ffn_flops_per_image": flops}
-    return _write(args, out, streamed_table(rows, args.batch, images), raw, [store.path])
+    raw = {"settings": store.settings, "rows": rows, "images": images, "ffn_flops_per_image": flops,
+           "class_labels": "imagenet-wnid" if wnids is not None else "folder",
+           "subset_classes": None if subset is None else len(subset)}
+    return _write(args, out, _subset_note(subset) + streamed_table(rows, args.batch, images), raw, [store.path])
 
 
 def _load_vit(spec: str, weights, device: str):
@@ -152,14 +163,41 @@ def _load_vit(spec: str, weights, device: str):
         raise InputError(f"--model {spec} is not a ViT SATA can run: {err}") from None
 
 
+def _check_imagenet_head(zoo, spec: str, data: str) -> None:
+    """WordNet-id folders index ImageNet-1k: a model with another number of outputs is one line."""
+    import torch
+
+    from visionlens.core.vit import model_output
+    from visionlens.errors import InputError
+    from .imagenet_classes import IMAGENET_CLASSES
+
+    if zoo.class_names is not None:
+        outputs = len(zoo.class_names)
+    else:  # no class names (a weights file, placeholder labels): count the outputs of one blank image
+        blank = torch.zeros(1, 3, zoo.preprocess.crop, zoo.preprocess.crop, device=next(zoo.module.parameters()).device)
+        with torch.no_grad():
+            outputs = model_output(zoo.module(blank)).shape[-1]
+    if outputs != IMAGENET_CLASSES:
+        raise InputError(f"--data {data} has class folders named by ImageNet WordNet id, which index the "
+                         f"{IMAGENET_CLASSES} ImageNet-1k classes, but model '{spec}' has {outputs} classes")
+
+
+def _subset_note(subset) -> str:
+    """The table's first line when the argmax is restricted to the classes present."""
+    if subset is None:
+        return ""
+    return (f"accuracy over the {len(subset)} ImageNet classes present: the argmax is restricted to their logits "
+            "(ImageNet-A/R protocol; --subset-classes off for all 1000)\n\n")
+
+
 def _tokens(sata, side: int) -> int:
     grid = sata.adapter.grid((side, side))
     return grid[0] * grid[1] + sata.adapter.num_prefix_tokens
 
 
 def _model_labels(classes: list[str], zoo, spec: str, data: str) -> list[int]:
-    """The model's class index of each class folder: by index or class name, else (as many folders
-    as the model has classes, such as ImageNet's WordNet ids) the sorted folder order."""
+    """The model's class index of each class folder (WordNet-id folders are mapped before): by index
+    or class name, else (as many folders as the model has classes) the sorted folder order."""
     from visionlens.data.datasets import match_classes
     from visionlens.errors import InputError
 

@@ -26,6 +26,7 @@ from visionlens.errors import InputError
 from .corruptions import corrupt
 from .evaluate import PROTOCOLS, protocol_order, variants
 from .folders import EvalSet, FolderImages
+from .imagenet_classes import restricted_argmax
 from .store import RecordStore, record_key
 
 VARIANTS = ("plain", "sata", "sata-reference-coupled", "random-peer", "tome-peer")
@@ -42,6 +43,7 @@ class StreamSettings:
     alpha: float = 1.0
     variants: tuple[str, ...] = VARIANTS
     limit: int | None = None  # images per set, spread evenly over its sorted list; None: all
+    subset_classes: tuple[int, ...] | None = None  # the argmax is over these classes only; None: all
 
     def runs(self) -> list[tuple[str, int]]:
         return [(p, s) for p in PROTOCOLS for s in (self.bs1_seeds if p == "bs1" else self.seeds)]
@@ -58,7 +60,7 @@ def _batches(order: torch.Tensor, size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def _run_batch(models: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
+def _run_batch(models: dict, x: torch.Tensor, y: torch.Tensor, subset: torch.Tensor | None = None) -> dict:
     out = {}
     for name, module in models.items():
         start = time.perf_counter()
@@ -66,10 +68,11 @@ def _run_batch(models: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
         if logits.is_cuda:
             torch.cuda.synchronize(logits.device)  # the time of the work, not of its launch
         seconds = time.perf_counter() - start
-        if logits.shape[-1] <= int(y.max()):
-            raise InputError(f"the data has class {int(y.max())} but the model has {logits.shape[-1]} outputs; "
+        top = int(y.max()) if subset is None else int(subset.max())  # the subset holds every label
+        if logits.shape[-1] <= top:
+            raise InputError(f"the data has class {top} but the model has {logits.shape[-1]} outputs; "
                              "name the class folders by the model's class index or class name")
-        out[name] = {"correct": int((logits.argmax(-1) == y).sum()), "seconds": seconds,
+        out[name] = {"correct": int((restricted_argmax(logits, subset) == y).sum()), "seconds": seconds,
                      "saved_flops": int(module.last_account.saved_flops().sum())}
     return out
 
@@ -113,10 +116,12 @@ class _Runner:
         data = FolderImages(s.paths, [self.model_labels[lab] for lab in s.labels], self.preprocess)
         loader = DataLoader(data, batch_sampler=[b for _, b in pending], num_workers=self.workers)
         normalise = _normaliser(self.preprocess)
+        subset = self.settings.subset_classes
+        subset = None if subset is None else torch.tensor(subset, device=self.device)
         for (i, _), (x, y, ids) in zip(pending, loader):
             if s.corruption is not None:
                 x = corrupt(x, s.corruption, s.severity, seed=seed, ids=ids)
-            results = _run_batch(models, normalise(x).to(self.device), y.to(self.device))
+            results = _run_batch(models, normalise(x).to(self.device), y.to(self.device), subset)
             self.store.append({"set": s.name, "protocol": protocol, "seed": seed, "batch": i, "n": len(y),
                                "variants": results})
             self.bar.update(1)
