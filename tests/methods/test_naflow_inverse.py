@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from visionlens.methods.naflow.inverse import (SolverOptions, batchnorm_inverse, check_invertible, conv_inverse, invert, lsmr,
-                                     unpool)
+                                     lsmr_solve, unpool)
 from visionlens.errors import LayerError
 
 F64 = SolverOptions(float64=True, max_iter=500)
@@ -126,3 +126,20 @@ def test_dropped_rows_impose_nothing_and_the_solve_is_reported():
     assert all(0 < it < 2000 for it in report.iterations)
     capped = conv_solve(conv, x, target, SolverOptions(float64=True, atol=1e-12, btol=1e-12, max_iter=3), keep)[1]
     assert capped.stop == ("max_iter", "max_iter") and not capped.converged
+
+
+@pytest.mark.parametrize("damp", [0.0, 0.5, 3.0])
+def test_damped_lsmr_equals_scipys(damp):
+    """``damp``: the same iterates as SciPy's ``lsmr(A, b, damp=...)`` and the Tikhonov solution."""
+    sla = pytest.importorskip("scipy.sparse.linalg")
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(60, 40, generator=gen, dtype=torch.float64)
+    b = torch.randn(2, 60, generator=gen, dtype=torch.float64)
+    got = lsmr_solve(lambda v: v @ a.T, lambda u: u @ a, b, (40,), atol=1e-12, btol=1e-12, damp=damp)
+    for i in range(2):
+        x, stop, iterations, normr = sla.lsmr(a.numpy(), b[i].numpy(), damp=damp, atol=1e-12, btol=1e-12)[:4]
+        assert float((got.x[i] - torch.from_numpy(x)).abs().max()) < 1e-6 * float(got.x[i].abs().max())
+        # the stopping tests may fire one iteration apart (float rounding of the estimates)
+        assert abs(int(got.iterations[i]) - iterations) <= 1 and abs(float(got.normr[i]) - normr) < 1e-6 * normr
+    tikhonov = torch.linalg.solve(a.T @ a + damp ** 2 * torch.eye(40, dtype=a.dtype), a.T @ b.T).T
+    assert float((got.x - tikhonov).abs().max()) < 1e-6 * float(tikhonov.abs().max())
