@@ -106,12 +106,17 @@ def test_a_module_without_an_inverse_is_named_in_one_line(tiny_net):
     assert "\n" not in str(err.value)
 
 
+def _random_pair(folder, seed: int, size: int) -> list[str]:
+    """Two random RGB images ``a.png`` and ``b.png`` in ``folder``."""
+    rng = np.random.default_rng(seed)
+    files = [str(folder / name) for name in ("a.png", "b.png")]
+    for path in files:
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+    return files
+
+
 def test_cli_explain_pair_naflow_writes_both_flows(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    files = []
-    for name in ("a.png", "b.png"):
-        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(tmp_path / name)
-        files.append(str(tmp_path / name))
+    files = _random_pair(tmp_path, seed=0, size=80)
     out = tmp_path / "out"
     rc = main(["explain-pair", *files, "--model", "world-metric", "--method", "naflow", "--max-iter", "2",
                "--device", "cpu", "--out", str(out)])
@@ -160,11 +165,7 @@ def test_retrieve_with_naflow_writes_the_last_layer_maps(tmp_path):
 
 
 def test_cli_naflow_default_is_the_damped_solve_and_bad_damp_is_one_line(tmp_path, capsys):
-    rng = np.random.default_rng(1)
-    files = []
-    for name in ("a.png", "b.png"):
-        Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(tmp_path / name)
-        files.append(str(tmp_path / name))
+    files = _random_pair(tmp_path, seed=1, size=72)
     out = tmp_path / "out"
     rc = main(["explain-pair", *files, "--model", "world-metric", "--method", "naflow", "--device", "cpu", "--out", str(out)])
     assert rc == 0
