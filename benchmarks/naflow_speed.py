@@ -36,21 +36,30 @@ def photos_batch(folder: str | None, n: int, preprocess) -> torch.Tensor:
     """``n`` ImageNet photos from ``folder`` (repeated if it holds fewer), else random inputs."""
     files = sorted(Path(folder).glob("*.JPEG")) if folder and Path(folder).is_dir() else []
     if not files:
+        print(f"no *.JPEG photos in {folder}: timing random inputs", flush=True)
         torch.manual_seed(0)
         return torch.randn(n, 3, 224, 224)
     return torch.stack([preprocess(load_image(files[i % len(files)])) for i in range(n)])
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that wall times are the work's (a no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def forward_backward_s(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """Median wall time of one forward pass and one backward pass of the top logits."""
+    """Median wall time of one forward pass and one backward pass of the top logits (after one untimed)."""
     times = []
-    for _ in range(3):
+    for _ in range(4):
+        sync(x.device)
         start = time.perf_counter()
         inp = x.clone().requires_grad_(True)
         out = model(inp)
         out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
+        sync(x.device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times[1:])
 
 
 def build(name: str, device: str):
@@ -81,8 +90,14 @@ def main() -> None:
     damps = [float(d) for d in args.damps.split(",")]
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"device {args.device}, max_iter {args.max_iter}, damps {damps}", flush=True)
+    if args.device.startswith("cuda"):
+        print(f"GPU: {torch.cuda.get_device_name(args.device)}, torch {torch.__version__}", flush=True)
     for name in args.models.split(","):
         model, preprocess = build(name, args.device)
+        if args.device.startswith("cuda"):  # untimed: CUDA's kernels and cuBLAS load on first use
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotConvergedWarning)
+                visionlens.NAFlow(model, max_iter=5, damp=0.1)(photos_batch(args.photos, 1, preprocess).to(args.device))
         for n in (int(b) for b in args.batches.split(",")):
             x = photos_batch(args.photos, n, preprocess).to(args.device)
             base = forward_backward_s(model, x)
@@ -110,10 +125,12 @@ def run(name: str, model: torch.nn.Module, x: torch.Tensor, base: float, max_ite
         layers: bool) -> torch.Tensor:
     n = x.shape[0]
     method = visionlens.NAFlow(model, max_iter=max_iter, damp=damp)
+    sync(x.device)
     start, start_cpu = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotConvergedWarning)  # the count of converged layers is printed
         exp = method(x)
+    sync(x.device)
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     converged = sum(r.converged for r in exp.solves)
     iterations = sum(max(r.iterations) for r in exp.solves)
