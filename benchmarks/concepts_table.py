@@ -18,6 +18,9 @@ seed, interleaved, one thread; it prints the median times and the VAE / NMF rati
 
     python benchmarks/concepts_table.py mobilenet --classes 151-152 --fit-only --seeds 5 --repeats 3
 
+``--variants 'lr2:lr=0.02;b64:batch_size=64'`` times more VAE settings beside them; every VAE line
+also prints the mean over the seeds of its best held-out loss (how well it fits, not only how fast).
+
 ``--reducers vae`` runs the VAE only; ``--compare OLD.json`` prints the paired Faith difference of
 the VAE against an earlier run's ``<setting>.json`` (mean +- 1.96 standard errors over classes).
 """
@@ -55,6 +58,8 @@ def main() -> None:
     ap.add_argument("--fit-only", action="store_true", help="only time the reducers' fits on the same activations")
     ap.add_argument("--repeats", type=int, default=3, help="fits per reducer and seed with --fit-only")
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 with --fit-only (the VAE's stop varies by seed)")
+    ap.add_argument("--variants", default="", help="with --fit-only, more VAE settings to time: "
+                    "'LABEL:KEY=VALUE,KEY=VALUE;LABEL2:...' (e.g. 'lr2:lr=0.02;b64:batch_size=64')")
     ap.add_argument("--reducers", default="vae,nmf", help="which reducers to run (vae, nmf or both)")
     ap.add_argument("--compare", default=None, help="an earlier <setting>.json: print the paired VAE Faith difference")
     ap.add_argument("--out", default="/tmp/concepts-bench")
@@ -169,9 +174,10 @@ def fit_times(model, cfg, source, classes, args) -> None:
     items = [it for c in classes for it in source.items(c, cfg["images"] * cfg["views"])]
     rows, _ = collect_rows(model.module, name, module, source, items, 32, CALC_LIMIT, 0, False)
     kinds = {"nmf": ("nmf", {}), "vae-pca": ("vae", {"init": "pca"}), "vae-random": ("vae", {"init": "random"}),
-             "vae-previous": ("vae", PREVIOUS_VAE), "vae-legacy": ("vae", LEGACY_VAE)}
+             "vae-previous": ("vae", PREVIOUS_VAE), "vae-legacy": ("vae", LEGACY_VAE), **parse_variants(args.variants)}
     times: dict[str, list[float]] = {k: [] for k in kinds}
     epochs: dict[str, list[int]] = {k: [] for k in kinds}
+    held_out: dict[str, list[float]] = {k: [] for k in kinds}
     for seed in range(args.seeds):
         for _ in range(args.repeats):
             for label, (kind, options) in kinds.items():
@@ -180,6 +186,7 @@ def fit_times(model, cfg, source, classes, args) -> None:
                 times[label].append(time.perf_counter() - t0)
                 if kind == "vae" and len(epochs[label]) == seed:
                     epochs[label].append(reducer.epochs_run)
+                    held_out[label].extend([min(reducer.history["val"])] if reducer.history["val"] else [])
     med = {k: statistics.median(v) for k, v in times.items()}
     per_seed = {k: [statistics.median(v[i * args.repeats:(i + 1) * args.repeats]) for i in range(args.seeds)]
                 for k, v in times.items()}
@@ -189,7 +196,25 @@ def fit_times(model, cfg, source, classes, args) -> None:
         ratio = (f", {med[label] / med['nmf']:.2f}x NMF (per seed "
                  f"{'/'.join(f'{a / b:.1f}' for a, b in zip(per_seed[label], per_seed['nmf']))})") if label != "nmf" else ""
         trained = f", epochs per seed {epochs[label]}" if epochs[label] else ""
+        if held_out[label]:
+            trained += f", best held-out loss mean {statistics.mean(held_out[label]):.4f}"
         print(f"  {label:12s} {med[label]:6.2f} s{ratio}{trained}")
+
+
+def parse_variants(text: str) -> dict[str, tuple[str, dict]]:
+    """``'LABEL:KEY=VALUE,KEY=VALUE;...'`` -> ``{LABEL: ("vae", {KEY: VALUE})}`` (numbers parsed)."""
+    variants = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        label, _, settings = item.partition(":")
+        options = {}
+        for pair in filter(None, settings.split(",")):
+            key, _, value = pair.partition("=")
+            try:
+                options[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+            except ValueError:
+                options[key.strip()] = value.strip()
+        variants[f"vae-{label.strip()}"] = ("vae", options)
+    return variants
 
 
 def docs_sheet(model, cfg, source, classes, out: Path, setting: str) -> None:
