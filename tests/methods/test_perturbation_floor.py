@@ -184,3 +184,19 @@ def test_the_batch_sizer_keeps_the_fastest_size_and_ignores_a_short_pass():
         sizer.record(size, size - 1, 1e-6)  # a short last pass: not counted
     assert sizes == [32, 32, 64, 64, 128, 128, 256, 256, 128, 128, 128, 128]  # 256 is too slow: 128 stays
     assert BatchSizer(40, timed=False).next() == 40
+
+
+def test_ablation_cam_keeps_its_buffer_between_calls_and_refills_it_for_new_images():
+    """On a CPU the buffer of ablated copies outlives a call (no fresh pages each call); a call on
+    other images still gets their own maps: equal to a new AblationCAM's on those images."""
+    torch.manual_seed(0)
+    net = TinyGapNet().eval()
+    first, second = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    cam = AblationCAM(net, "features.3", batch_size=5)
+    cam(first, [0, 2])
+    buffer = cam._kept_batches.buffer
+    again = cam(second, [1, 3])
+    assert cam._kept_batches.buffer is buffer
+    fresh = AblationCAM(net, "features.3", batch_size=5)(second, [1, 3])
+    torch.testing.assert_close(again.raw, fresh.raw, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again.raw, _ablation_by_hand(net, 3, second, [1, 3]), rtol=1e-4, atol=1e-5)
