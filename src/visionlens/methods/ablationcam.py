@@ -19,9 +19,9 @@ model (:func:`visionlens.core.inference.fastest_checked_copy`, BatchNorm folded 
 layer itself); the check above is also the check of that copy (else the model itself runs, by a
 stand-in or the full input, never traced). The way found is kept for later calls with the same
 copy, layer and input size. The ablated batches are written into one reused buffer
-(:class:`AblatedBatches`), kept between calls on a CPU. ``batch_size`` None (the default) takes the device's memory bound for
-the full model (:func:`visionlens.core.inference.batch_bound`); on a CPU the size within it is
-found by timing the real passes (:class:`BatchSizer`).
+(:class:`AblatedBatches`), kept between calls on a CPU. ``batch_size`` None (the default) takes
+the device's memory bound for the full model (:func:`visionlens.core.inference.batch_bound`); on
+a CPU the size within it is found by timing the real passes (:class:`BatchSizer`).
 Formula choice: ablation sets the channel to zero, as the paper (pytorch-grad-cam uses a very
 negative value when the layer's minimum is not zero). On a ViT token layer, channel ``k`` is
 zeroed in every token, the class and other prefix tokens included (as pytorch-grad-cam's ViT
