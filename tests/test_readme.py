@@ -60,6 +60,21 @@ def test_the_method_table_links_a_docs_page_per_method():
         assert len(cells) == 5 and all(cells), row
 
 
+def test_the_method_table_lists_every_registered_method_with_its_class():
+    from visionlens.methods import METHODS
+
+    table = [line for line in readme_text().splitlines() if line.startswith("| ") and "docs/" in line]
+    listed = {}
+    for row in table:
+        _, _, cls, cli_names, _ = [c.strip() for c in row.strip("|").split("|")]
+        for name in re.findall(r"`([^`]+)`", cli_names):
+            listed[name] = cls
+    missing = [name for name in METHODS if name not in listed]
+    assert not missing, f"methods missing from the README table: {missing}"
+    for name, cls in METHODS.items():
+        assert listed[name] == f"`{cls.__name__}`", (name, listed[name])
+
+
 def test_quick_start_runs_as_written(tmp_path, monkeypatch, mobilenet, all_photos):
     """Exec the README's Python block in an empty folder: it explains a sample photo and writes the
     overlay there (the fixtures make sure the zoo model and the photos are present)."""
