@@ -40,6 +40,12 @@ def add_json_option(parser) -> None:
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
+def add_force_option(parser) -> None:
+    """Give a command that writes one file ``--force``: replace that file when it exists (without
+    it, an existing file stops the command before any work)."""
+    parser.add_argument("--force", action="store_true", help="replace the --out file if it exists")
+
+
 def record_summary(args, summary: dict) -> None:
     """The run's summary that ``--json`` prints (strict JSON: NaN and infinities become null)."""
     args.json_summary = summary
@@ -125,11 +131,15 @@ def _cmd_demo(args) -> int:
     from .models import available_models, load_model
     from .pipeline import explain_files, report_section
     from .viz.report import write_report
+    from .io import write_json
+    from .outputs import check_out_dir
 
     out = Path(args.out)
+    names = available_models("imagenet")
+    check_out_dir(out, ["summary.json", "index.html", *names])  # each model's folder is checked again inside
     images = sample_images("all")
     sections, models = [], {}
-    for name in available_models("imagenet"):
+    for name in names:
         model = load_model(name, device=args.device)
         methods = ["cam", "gradcam"]
         if name in DEMO_RELEVANCE_LAYERS:  # Relevance-CAM at an intermediate and at the last layer
@@ -144,6 +154,7 @@ def _cmd_demo(args) -> int:
         models[name] = {"images": len(summary["images"]), "failures": len(summary["failures"]), "methods": methods,
                         "labelled_correct": correct, "labelled": 20}
     page = write_report(out / "index.html", "visionlens demo: CAM, Grad-CAM and Relevance-CAM on the sample photos", sections)
+    write_json({"models": models, "files": names + (["index.html"] if page is not None else [])}, out / "summary.json")
     if page is not None:
         print(f"open {page}")
     record_summary(args, {"models": models, "page": str(page)})
@@ -194,11 +205,13 @@ def _cmd_world(args) -> int:
     from .data.world import CLASS_NAMES, Domain, World, WorldConfig
     from .viz.contact_sheet import contact_sheet
     from .io import save_atomic
+    from .outputs import check_out_file
 
+    out = Path(args.out)
+    check_out_file(out, force=args.force)
     config = WorldConfig(size=args.size, occlusion=args.occlusion, distractors=(0, args.max_distractors),
                          domain=Domain(hue_shift=args.hue_shift, blur=args.blur, noise=args.noise))
     batch = World(config, seed=args.seed).batch(args.split, range(args.n))
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet = contact_sheet(batch, CLASS_NAMES, columns=args.columns)
     save_atomic(lambda tmp: sheet.save(tmp, format="PNG"), out)
@@ -211,7 +224,9 @@ def _cmd_world(args) -> int:
 def _cmd_bank(args) -> int:
     from .data.bank import build_bank
     from .models import load_model
+    from .outputs import check_out_file
 
+    check_out_file(args.out, force=args.force)
     model = load_model(args.model, device=args.device, weights=args.weights)
     bank = build_bank(model, images=args.images, labels=args.labels, world_split=args.world_split, n=args.n,
                       batch_size=args.batch_size)
@@ -382,6 +397,7 @@ def _parser_bank(sub) -> None:
     p.add_argument("--model", default="world-dino", help="zoo model or model spec whose output is the embedding")
     p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     p.add_argument("--out", default="bank.pt", help="file to write (torch.save; loaded with weights_only=True)")
+    add_force_option(p)
     p.add_argument("--world-split", default="train", choices=["train", "val", "test"],
                    help="use the synthetic world's split (default, unless --images is given)")
     p.add_argument("--n", type=count(maximum=10_000_000), default=5000, help="number of world images")
@@ -424,6 +440,7 @@ def _parser_layers(sub) -> None:
 def _parser_world(sub) -> None:
     p = sub.add_parser("world", help="render a contact sheet of the synthetic world with its ground-truth masks")
     p.add_argument("--out", default="world-sheet.png", help="PNG file to write")
+    add_force_option(p)
     p.add_argument("--n", type=count(maximum=10_000), default=16, help="number of samples")
     p.add_argument("--size", type=count(minimum=16, maximum=2048), default=96, help="image side in pixels")
     p.add_argument("--split", default="train", choices=["train", "val", "test"], help="synthetic-world split to draw from")

@@ -7,7 +7,8 @@ digits and ``. - _ @ +`` becomes ``_``. Where two inputs would still share an ou
 or an output would land on an input file, the stems involved get a short hash of the input's
 full path. A run never replaces a file it did not write: into a folder that
 already holds files, it replaces only the outputs listed in that folder's own ``summary.json``
-(an earlier run's) and refuses any other existing file.
+(an earlier run's) and refuses any other existing file. A one-file output that exists is
+refused unless the user asks for it to be replaced (``--force``).
 """
 
 from __future__ import annotations
@@ -108,20 +109,50 @@ def _own_files(out: Path) -> set[str]:
     return names
 
 
-def check_out_dir(out: Path, planned: Iterable[str]) -> None:
-    """Refuse, in one line and before any work, an ``out`` that cannot be written or that holds a
-    file of a planned name that no earlier run of this kind wrote."""
-    out = Path(out)
-    for folder in (out, *out.parents):
+def recorded_run(out: Path, record: str, planned: Iterable[str], keys: Iterable[str] = ()) -> set[str]:
+    """All of ``planned`` when ``out/record`` (the record an earlier run of the command wrote, e.g.
+    its settings) is a JSON object with all of ``keys``, else nothing: the ``own`` of
+    :func:`check_out_dir` for commands that rewrite a whole folder of their own."""
+    try:
+        recorded = json.loads((Path(out) / record).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return set(planned) if isinstance(recorded, dict) and all(k in recorded for k in keys) else set()
+
+
+def _check_writable(out: Path, folders: Iterable[Path], flag: str) -> None:
+    """The first of ``folders`` that exists must be a writable folder (it will hold ``out``)."""
+    for folder in folders:
         if folder.exists():
             if not folder.is_dir():
-                raise InputError(f"--out {display(out)}: {display(folder)} is a file, not a folder; choose another --out")
+                raise InputError(f"{flag} {display(out)}: {display(folder)} is a file, not a folder; "
+                                 f"choose another {flag}")
             if not os.access(folder, os.W_OK | os.X_OK):
-                raise InputError(f"--out {display(out)}: {display(folder)} is not writable; choose another --out")
-            break
+                raise InputError(f"{flag} {display(out)}: {display(folder)} is not writable; choose another {flag}")
+            return
+
+
+def check_out_file(dest: str | Path, force: bool = False, flag: str = "--out") -> None:
+    """Refuse, in one line and before any work, a one-file output ``dest`` that is a folder, whose
+    folder cannot be written, or that already exists (unless ``force``: the user asked to replace
+    it)."""
+    dest = Path(dest)
+    if dest.is_dir():
+        raise InputError(f"{flag} {display(dest)} is a folder; give a file name")
+    _check_writable(dest, dest.parents, flag)
+    if dest.exists() and not force:
+        raise InputError(f"{display(dest)} already exists; choose another {flag}, or add --force to replace it")
+
+
+def check_out_dir(out: Path, planned: Iterable[str], own: set[str] | None = None) -> None:
+    """Refuse, in one line and before any work, an ``out`` that cannot be written or that holds a
+    file of a planned name that no earlier run of this kind wrote (``own``: the names an earlier run
+    wrote; by default those that ``out/summary.json`` lists)."""
+    out = Path(out)
+    _check_writable(out, (out, *out.parents), "--out")
     if not out.is_dir():
         return
-    own = _own_files(out)
+    own = _own_files(out) if own is None else own
     for name in planned:
         if (out / name).exists() and name not in own:
             raise InputError(f"{display(out / name)} exists and was not written by visionlens; "

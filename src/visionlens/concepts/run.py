@@ -14,6 +14,7 @@ from ..core.layers import resolve_layer
 from ..errors import InputError
 from ..metrics.concepts import DEFAULT_COHERENCE, average_scores
 from ..io import save_atomic
+from ..outputs import check_out_dir, recorded_run
 from .collect import CALC_LIMIT, collect_rows, layer_activations
 from .discovery import best_part_iou, discover_class
 from .factory import make_reducer
@@ -49,6 +50,10 @@ def run_concepts(model, layer: str | None, source, classes: list[int], out: Path
                  pooled: bool = False, threshold: float = 0.5, max_numel: int = CALC_LIMIT, seed: int = 0,
                  progress: bool = True, data_name: str = "") -> dict:
     """Discover concepts for ``classes`` and write everything under ``out``; returns the summary."""
+    out = Path(out)
+    planned = _planned_files(classes, pooled)
+    own = recorded_run(out, "concepts.json", planned, keys=("reducer", "classes"))  # an earlier run's folder
+    check_out_dir(out, planned, own=own)
     net = model.module
     name, module = resolve_layer(net, layer or model.layer or "")
     options = dict(reducer_options or {})
@@ -57,7 +62,6 @@ def run_concepts(model, layer: str | None, source, classes: list[int], out: Path
     if not first:
         raise InputError(f"no images of class {classes[0]} in the data")
     layer_activations(net, name, module, source.load(first)["x"].to(model.device))  # a 4-D feature map?
-    out = Path(out)
     (out / "reducers").mkdir(parents=True, exist_ok=True)
     (out / "sheets").mkdir(exist_ok=True)
     started = time.perf_counter()
@@ -107,6 +111,13 @@ def run_concepts(model, layer: str | None, source, classes: list[int], out: Path
     section = concepts_section_html(f"{reducer} concepts at {name}", html_rows)
     write_concepts_page(out / "index.html", title, [section])
     return summary
+
+
+def _planned_files(classes: list[int], pooled: bool) -> list[str]:
+    """Every file ``run_concepts`` writes under its folder."""
+    reducers = ["reducers/pooled.pt"] if pooled else [f"reducers/class_{c}.pt" for c in classes]
+    sheets = [f"sheets/class_{c}_{view}.png" for c in classes for view in ("bessel", "ice")]
+    return ["concepts.json", "metrics.csv", "index.html", *reducers, *sheets]
 
 
 def _write_text(dest: Path, text: str) -> None:

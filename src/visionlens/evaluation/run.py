@@ -546,11 +546,12 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
     if scoring_batch is not None:
         scoring_batch = check_number("--scoring-batch", scoring_batch, minimum=1, integer=True)
     names, spec = _checked_choices(methods, metrics, data, n, {"split": split, "label_column": label_column})
-    sources = _resolve_models(models, weights, device)
-    label_maps = _label_maps(sources, spec, spec["name"])
     if shard is not None:
         shard = _store.parse_shard(shard if isinstance(shard, str) else f"{shard[0]}/{shard[1]}")
     out = Path(out)
+    _store.check_folder(out, shard)
+    sources = _resolve_models(models, weights, device)
+    label_maps = _label_maps(sources, spec, spec["name"])
     path = out / _store.results_file(shard)
     created = [d for d in (out, out / "examples") if not d.exists()]
     items = _data.data_items(spec, n)

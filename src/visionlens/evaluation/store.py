@@ -26,6 +26,7 @@ except ImportError:  # Windows: results files are not locked
     fcntl = None
 
 from ..errors import InputError
+from ..outputs import check_out_dir, recorded_run
 from ..io import strict, write_json
 from .data import parse_data
 
@@ -134,6 +135,16 @@ def result_files(folder: Path) -> list[Path]:
     """The results files of a folder: the unsharded one first, then the shards' in name order."""
     folder = Path(folder)
     return [p for p in [folder / RESULTS, *sorted(folder.glob("results.shard-*-of-*.jsonl"))] if p.exists()]
+
+
+def check_folder(out: Path, shard: tuple[int, int] | None) -> None:
+    """Refuse, before any work, an ``out`` that cannot be written, or one that is not an evaluation
+    folder (no settings, manifest or results of an earlier run) and holds a file of a name the run
+    writes."""
+    planned = [results_file(shard), SETTINGS, "manifest.json", "report.csv", "report.json", "index.html", "examples"]
+    own = (recorded_run(out, SETTINGS, planned, keys=("data", "metrics"))
+           | recorded_run(out, "manifest.json", planned, keys=("command",)))
+    check_out_dir(out, planned, own=own or (set(planned) if result_files(out) else set()))
 
 
 def read_folder_results(folder: Path, warn: bool = True) -> list[dict]:

@@ -310,6 +310,26 @@ def test_cli_stops_on_a_diverging_learning_rate(tmp_path, capsys):
     assert torch.get_num_threads() == threads  # --threads is restored for in-process callers
 
 
+def test_cli_keeps_a_users_file_in_out_and_rewrites_its_own(tmp_path, capsys):
+    """A table.md of the user's in --out used to be replaced without a word: now one line, exit 2,
+    before any work; a re-run into the folder an earlier adapt wrote rewrites it."""
+    tiny = ["adapt", "--n-source", "32", "--n-target", "16", "--seeds", "0", "--source-epochs", "1",
+            "--adapt-epochs", "1", "--batch-size", "16", "--bottleneck", "16", "--methods", "source-only",
+            "--gradcam", "0", "--threads", "1", "--quiet"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "table.md").write_bytes(b"mine")
+    assert main([*tiny, "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert str(mine / "table.md") in err
+    assert (mine / "table.md").read_bytes() == b"mine" and sorted(mine.iterdir()) == [mine / "table.md"]
+    own = tmp_path / "run"
+    for _ in range(2):
+        assert main([*tiny, "--out", str(own)]) == 0
+    assert "| source-only |" in (own / "table.md").read_text()
+
+
 def test_kmeans_degenerate_input_is_one_input_error():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(20, 4, generator=gen)

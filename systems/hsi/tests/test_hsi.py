@@ -402,3 +402,41 @@ def test_metrics_json_is_strict_even_with_a_nan_score(tmp_path, monkeypatch):
         data = json.loads(path.read_text(), parse_constant=refuse)
         assert data["model"] == "mlp"
     assert json.loads((tmp_path / "e.json").read_text())["oa"] is None
+
+
+# ---- outputs: a user's file is never replaced ------------------------------------------------------------
+
+TINY_TRAIN = ["--size", "16", "--bands", "6", "--epochs", "1", "--train-fraction", "0.2", "--threads", "1", "--quiet"]
+
+
+def test_cli_map_and_eval_keep_an_existing_out_file_unless_forced(tmp_path, capsys):
+    """`map --out mine.png` and `eval --out mine.json` used to replace the user's file without a word."""
+    run = tmp_path / "run"
+    assert main(["hsi-cd", "train", *TINY_TRAIN, "--out", str(run)]) == 0
+    for command, name in (("map", "mine.png"), ("eval", "mine.json")):
+        mine = tmp_path / name
+        mine.write_bytes(b"mine")
+        capsys.readouterr()
+        assert main(["hsi-cd", command, "--checkpoint", str(run / "model.pt"), "--out", str(mine)]) == 2
+        one_error_line(capsys.readouterr().err, str(mine), "--force")
+        assert mine.read_bytes() == b"mine"
+        assert main(["hsi-cd", command, "--checkpoint", str(run / "model.pt"), "--out", str(mine), "--force"]) == 0
+        assert mine.read_bytes() != b"mine" and mine.stat().st_size > 0
+
+
+def test_cli_train_keeps_a_users_file_in_out_and_rewrites_its_own(tmp_path, capsys):
+    run = tmp_path / "run"
+    for _ in range(2):  # a re-run into the folder an earlier train wrote rewrites it
+        assert main(["hsi-cd", "train", *TINY_TRAIN, "--out", str(run)]) == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_bytes(b"mine")
+    capsys.readouterr()
+    assert main(["hsi-cd", "train", *TINY_TRAIN, "--out", str(mine)]) == 2
+    one_error_line(capsys.readouterr().err, str(mine / "metrics.json"))
+    assert (mine / "metrics.json").read_bytes() == b"mine" and sorted(mine.iterdir()) == [mine / "metrics.json"]
+    (mine / "metrics.json").unlink()
+    (mine / "table.md").write_bytes(b"mine")  # --seeds: the table beside the seed-K/ folders
+    assert main(["hsi-cd", "train", *TINY_TRAIN, "--seeds", "0,1", "--out", str(mine)]) == 2
+    one_error_line(capsys.readouterr().err, str(mine / "table.md"))
+    assert (mine / "table.md").read_bytes() == b"mine" and sorted(mine.iterdir()) == [mine / "table.md"]

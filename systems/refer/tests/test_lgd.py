@@ -648,6 +648,24 @@ def test_config_and_photo_without_known_words_are_refused(tmp_path, capsys):
     assert rc == 2 and "--clip" in one_error_line(capsys) and not (tmp_path / "o").exists()
 
 
+def test_cli_refer_keeps_a_users_file_in_out_and_rewrites_its_own(tmp_path, capsys):
+    """A mask.png (or ablation.md) of the user's in --out used to be replaced without a word: now
+    one line, exit 2, before any work; a re-run into the folder an earlier refer wrote rewrites it."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name, argv in (("mask.png", ["synthetic:test:1"]), ("ablation.md", ["--benchmark", "--n-val", "1",
+                                                                           "--n-test", "1", "--quiet"])):
+        (mine / name).write_bytes(b"mine")
+        assert main(["refer", *argv, "--out", str(mine)]) == 2
+        assert str(mine / name) in one_error_line(capsys)
+        assert (mine / name).read_bytes() == b"mine" and sorted(mine.iterdir()) == [mine / name]
+        (mine / name).unlink()
+    own = tmp_path / "own"
+    for _ in range(2):
+        assert main(["refer", "synthetic:test:1", "--out", str(own)]) == 0
+    assert (own / "mask.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_scores_json_is_strict_and_threads_are_restored(tmp_path):
     from visionlens.cli import main
 

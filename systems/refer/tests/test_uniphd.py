@@ -415,6 +415,67 @@ def test_cli_eval_and_bad_input(tmp_path, scene_file, capsys):
     assert err and all(line.startswith("error: ") for line in err)
 
 
+def test_cli_predict_and_eval_keep_an_existing_file_unless_forced(tmp_path, scene_file, capsys, monkeypatch):
+    """`pose predict` (its default IMAGE_pose.png in the current folder, or --json FILE) and `pose eval
+    --json FILE` used to replace the user's file without a word: one line, exit 2, unless --force."""
+    path, s = scene_file
+    x, y = s.scribbles[0, 5]
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "scene_pose.png"
+    mine.write_bytes(b"mine")
+    assert main(["pose", "predict", str(path), "--point", f"{x},{y}"]) == 2
+    one_error_line(capsys.readouterr().err, "scene_pose.png", "--force")
+    assert mine.read_bytes() == b"mine"
+    assert main(["pose", "predict", str(path), "--point", f"{x},{y}", "--force"]) == 0
+    assert mine.read_bytes()[:4] == b"\x89PNG"
+    js = tmp_path / "mine.json"
+    js.write_bytes(b"mine")
+    capsys.readouterr()
+    assert main(["pose", "predict", str(path), "--point", f"{x},{y}", "--out", "o.png", "--json", str(js)]) == 2
+    one_error_line(capsys.readouterr().err, str(js), "--json")
+    assert js.read_bytes() == b"mine" and not (tmp_path / "o.png").exists()
+    assert main(["pose", "eval", "--synthetic", "2", "--prompt", "point", "--quiet", "--json", str(js)]) == 2
+    one_error_line(capsys.readouterr().err, str(js), "--force")
+    assert js.read_bytes() == b"mine"
+    assert main(["pose", "eval", "--synthetic", "2", "--prompt", "point", "--quiet", "--json", str(js), "--force"]) == 0
+    assert json.loads(js.read_text())[0]["prompt"] == "point"
+
+
+def test_cli_synth_keeps_a_users_file_and_rewrites_its_own(tmp_path, capsys):
+    own = tmp_path / "own"
+    for _ in range(2):  # a re-run into the folder an earlier synth wrote rewrites it
+        assert main(["pose", "synth", "--n", "2", "--size", "48", "--out", str(own)]) == 0
+    mine = tmp_path / "mine" / "images" / "scene_000001.png"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"mine")
+    capsys.readouterr()
+    assert main(["pose", "synth", "--n", "2", "--size", "48", "--out", str(tmp_path / "mine")]) == 2
+    one_error_line(capsys.readouterr().err, str(mine))
+    assert mine.read_bytes() == b"mine" and list((tmp_path / "mine").rglob("*")) == [mine.parent, mine]
+
+
+def test_cli_train_never_replaces_a_file_that_is_not_its_checkpoint(tmp_path, capsys, monkeypatch):
+    """`pose train --out` resumes its own checkpoint (or with --no-resume replaces it); any other file,
+    or a folder, is refused before any work (--no-resume used to replace a user's file)."""
+    import visionlens_refer.uniphd.cli as pose_cli
+
+    tiny = ["pose", "train", "--synthetic", "2", "--steps", "1", "--size", "64", "--quiet"]
+    own = tmp_path / "c.pt"
+    assert main([*tiny, "--out", str(own)]) == 0
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(b"mine")
+    real_samples = pose_cli._samples
+    monkeypatch.setattr(pose_cli, "_samples", lambda *a: pytest.fail("work started before --out was checked"))
+    for extra in ([], ["--no-resume"]):
+        assert main([*tiny, "--out", str(mine), *extra]) == 2
+        one_error_line(capsys.readouterr().err, str(mine))
+        assert mine.read_bytes() == b"mine"
+    assert main([*tiny, "--out", str(tmp_path)]) == 2
+    one_error_line(capsys.readouterr().err, str(tmp_path), "folder")
+    monkeypatch.setattr(pose_cli, "_samples", real_samples)
+    assert main([*tiny, "--out", str(own), "--no-resume"]) == 0
+
+
 def test_transformers_text_encoder_from_local_dir(tmp_path):
     """A transformers encoder (tiny random RoBERTa + word-level tokenizer saved locally) drives the
     text prompt; a missing directory gives a one-line AssetError."""

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import one_error_line
 from visionlens.cli import main
 from visionlens.errors import InputError, LayerError
 from visionlens.models.world_models import WorldViT
@@ -340,6 +341,24 @@ def test_cli_writes_the_table(tmp_path, capsys):
         assert max(values) - min(values) <= 100 / 6 + 0.1, values
     assert main(["sata", "evaluate", "--corruptions", "fog", "--out", str(tmp_path / "x.md")]) != 0
     assert not (tmp_path / "x.md").exists()
+
+
+def test_cli_keeps_an_existing_table_or_json_unless_forced(tmp_path, capsys):
+    """The table (--out) and the .json next to it used to replace the user's files without a word."""
+    tiny = ["sata", "evaluate", "--images", "2", "--seeds", "0", "--batch", "2", "--corruptions", "contrast",
+            "--severities", "1", "--latency-images", "1", "--quiet"]
+    out = tmp_path / "sata.md"
+    for mine in (out, out.with_suffix(".json")):
+        mine.write_bytes(b"mine")
+        assert main([*tiny, "--out", str(out)]) == 2
+        one_error_line(capsys.readouterr().err, str(mine), "--force")
+        assert mine.read_bytes() == b"mine" and list(tmp_path.iterdir()) == [mine]
+        mine.unlink()
+    out.write_bytes(b"mine")
+    assert main([*tiny, "--out", str(out), "--force"]) == 0
+    assert "| sata |" in out.read_text() and json.loads(out.with_suffix(".json").read_text())["n"] == 2
+    assert main([*tiny, "--out", str(tmp_path / "raw.json")]) == 2  # the table and its .json would collide
+    one_error_line(capsys.readouterr().err, "raw.json", ".md")
 
 
 @pytest.mark.parametrize("flag,value", [

@@ -231,6 +231,17 @@ def test_other_settings_on_the_same_records_are_refused(tmp_path, hf_vit, image_
     assert out.with_suffix(".jsonl").read_bytes() == before
 
 
+def test_a_fresh_run_keeps_a_users_table(tmp_path, hf_vit, image_tree, capsys):
+    """Without records to resume, an existing table is the user's: refused before any work (no
+    .jsonl started). With records of the same settings a re-run rewrites its own table
+    (test_a_killed_run_resumes_without_duplicates)."""
+    out = tmp_path / "t.md"
+    out.write_bytes(b"mine")
+    assert _evaluate(out, "--model", f"hf:{hf_vit}", "--data", image_tree, "--variants", "sata", "--images", "3") == 2
+    one_error_line(capsys.readouterr().err, str(out), "--force")
+    assert out.read_bytes() == b"mine" and list(tmp_path.iterdir()) == [out]
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["missing", "not-vit", "corruption", "folder-corruption", "variant", "no-data",

@@ -43,6 +43,16 @@ def _check_args(args, methods: list[str]) -> None:
     budget_size(args.n_target + math.ceil(args.outliers * args.n_target), args.budget)
 
 
+def _check_out(args, methods: list[str]) -> None:
+    """Refuse, before any work, a file of an output's name in ``--out`` that an earlier ``adapt``
+    did not write (its results.json marks the folder as its own)."""
+    from visionlens.outputs import check_out_dir, recorded_run
+
+    planned = ["results.json", "table.md"] + (["gradcam.png"] if args.gradcam and "eianet" in methods else [])
+    out = Path(args.out)
+    check_out_dir(out, planned, recorded_run(out, "results.json", planned, keys=("config", "per_seed")))
+
+
 LEGACY = {"backbone": "small-cnn", "size": 32, "bottleneck": 64, "temperature": 0.01, "source_epochs": 6,
           "adapt_epochs": 4, "batch_size": 64, "lr": 1e-2}
 
@@ -83,6 +93,7 @@ def _cmd_adapt(args) -> int:
     chosen = _resolve(args)
     methods, seeds = parse_methods(args.methods), list(args.seeds)
     _check_args(args, methods)
+    _check_out(args, methods)
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)

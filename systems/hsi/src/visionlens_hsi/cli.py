@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 
 from visionlens.checks import count, number
-from visionlens.cli import add_json_option, record_summary
+from visionlens.cli import add_force_option, add_json_option, record_summary
 
 MODELS_HELP = "spectralkan-b, spectralkan-d, mtsf-kan, wkan, kan, dual-branch, mlp, cnn"
 MAX_SCENE_VALUES = 2 ** 27      # synthetic --size^2 x --bands values per date (1 GiB of float64)
 MAX_PATCH = 31
 SEED = count(minimum=0, maximum=2 ** 32 - 1)
+TRAIN_FILES = ("model.pt", "metrics.json", "change_map.png")   # what `train` writes into its --out folder
+SEEDS_FILES = ("table.md", "table.json")                       # and, with --seeds, beside the seed-K/ folders
 CHECKPOINT_HELP = ("model.pt written by `visionlens hsi-cd train`, or the authors' released state dict "
                    "(then give --data and --dataset)")
 
@@ -80,6 +82,7 @@ def register(subparsers) -> None:
     e.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     _add_data(e, required=False)
     e.add_argument("--out", default=None, help="optional metrics JSON path")
+    add_force_option(e)
     add_json_option(e)
     e.set_defaults(func=_cmd_eval)
 
@@ -87,6 +90,7 @@ def register(subparsers) -> None:
     m.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     _add_data(m, required=False)
     m.add_argument("--out", default="change_map.png", help="PNG file to write")
+    add_force_option(m)
     add_json_option(m)
     m.set_defaults(func=_cmd_map)
 
@@ -158,6 +162,7 @@ def _cmd_train(args) -> int:
         raise InputError("give either --seed or --seeds, not both")
     _set_threads(args)
     spec = _data_spec(args)
+    _check_train_out(args)
     scene = _load_scene(spec)
     if args.seeds is not None:
         return _train_seeds(args, spec, scene)
@@ -165,6 +170,19 @@ def _cmd_train(args) -> int:
     print(f"wrote {written[0]}, {written[1]} and {written[2]}")
     record_summary(args, {**metrics, "written": [str(w) for w in written]})
     return 0
+
+
+def _check_train_out(args) -> None:
+    """Refuse, before any work, a file of an output's name in ``--out`` (or a seed-K/ folder) that an
+    earlier `train` did not write (its metrics.json, or table.json, marks a folder as its own)."""
+    from visionlens.outputs import check_out_dir, recorded_run
+
+    out = Path(args.out)
+    for folder in [out] if args.seeds is None else [out / f"seed-{seed}" for seed in args.seeds]:
+        own = recorded_run(folder, "metrics.json", TRAIN_FILES, keys=("model", "data", "config"))
+        check_out_dir(folder, TRAIN_FILES, own)
+    if args.seeds is not None:
+        check_out_dir(out, SEEDS_FILES, recorded_run(out, "table.json", SEEDS_FILES, keys=("data", "per_seed")))
 
 
 def _train_one(args, spec: dict, scene, seed: int, out: Path):
@@ -274,11 +292,12 @@ def _cmd_eval(args) -> int:
     import numpy as np
 
     from visionlens.io import write_json
+    from visionlens.outputs import check_out_file
     from .data import PatchPairs, stratified_split
     from .train import evaluate, model_cost, parameter_count
 
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        check_out_file(args.out, force=args.force)
     model, scene, config = _restore(args)
     if config.trained_elsewhere:                                    # the authors' split is unknown: every labelled pixel
         test_pos = np.argwhere(scene.labels >= 0)
@@ -289,6 +308,7 @@ def _cmd_eval(args) -> int:
     result["peak_rss_mb"] = _peak_rss_mb()
     _print(result)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_json({"model": config.model, **result}, Path(args.out))
         print(f"wrote {args.out}")
     record_summary(args, {"model": config.model, **result})
@@ -318,8 +338,11 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_map(args) -> int:
-    model, scene, config = _restore(args)
+    from visionlens.outputs import check_out_file
+
     out = Path(args.out)
+    check_out_file(out, force=args.force)
+    model, scene, config = _restore(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_map(model, scene, config, out)
     print(f"wrote {out}: ground truth | prediction | errors (white changed, red false alarm, green missed)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from visionlens.checks import FlatList, comma_list, count, number
-from visionlens.cli import add_json_option, record_summary
+from visionlens.cli import add_force_option, add_json_option, record_summary
 
 SEED = count(minimum=0, maximum=2**32 - 1)
 
@@ -49,6 +49,7 @@ def register(subparsers) -> None:
     e.add_argument("--threads", type=count(), default=1, help="torch CPU threads (default 1)")
     e.add_argument("--out", required=True, help="Markdown file for the table (a .json with the raw counts is written next "
                                                 "to it; with --data also the resumable .jsonl batch records)")
+    add_force_option(e)
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_option(e)
     e.set_defaults(func=_evaluate)
@@ -57,11 +58,19 @@ def register(subparsers) -> None:
 def _evaluate(args) -> int:
     import torch
 
-    from visionlens.errors import InputError
+    from visionlens.errors import InputError, display
+    from visionlens.outputs import check_out_file
 
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InputError(f"output folder {out.parent} does not exist; create it first")
+    if out.suffix in (".json", ".jsonl"):
+        raise InputError(f"--out {display(out)}: the raw counts go to a .json (and .jsonl) next to the table; "
+                         "give the table a .md name")
+    # a --data run with records resumes them: its table and .json are its own (other records are refused)
+    resumed = args.data is not None and out.with_suffix(".jsonl").is_file()
+    for dest in (out, out.with_suffix(".json")):
+        check_out_file(dest, force=args.force or resumed)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

@@ -272,9 +272,22 @@ def _proposer_refcoco(args):
     return _proposer(args, False)
 
 
+def _check_out(args) -> None:
+    """Refuse, before any work, a file of an output's name in ``--out`` that an earlier run of the
+    same mode did not write (its JSON record, the first name, marks the folder as its own)."""
+    from visionlens.outputs import check_out_dir, recorded_run
+
+    planned, keys = ((("ablation.json", "ablation.md"), ("rows", "n_test")) if args.benchmark
+                     else (("refcoco_eval.json",), ("summary", "config")) if args.refcoco
+                     else (("scores.json", "overlay.png", "mask.png"), ("expression", "config")))
+    out = Path(args.out)
+    check_out_dir(out, planned, recorded_run(out, planned[0], planned, keys=keys))
+
+
 def _cmd_refer(args) -> int:
     import torch
 
+    _check_out(args)
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, threads))
     try:

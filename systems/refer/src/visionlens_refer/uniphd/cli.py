@@ -52,10 +52,34 @@ def _samples(args, default_count: int):
     return synthetic_refhuman(n, seed=args.seed, size=args.size)
 
 
-def _prepare_out(path) -> None:
-    """Create the folder of an output path up front (a bad path fails before any work)."""
+def _prepare_out(path, force: bool, flag: str = "--out") -> None:
+    """Check an output file and create its folder up front: a folder, an unwritable place or (unless
+    ``force``) an existing file fails before any work."""
+    from visionlens.outputs import check_out_file
+
     if path:
+        check_out_file(path, force=force, flag=flag)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _check_checkpoint_out(args) -> None:
+    """An existing ``pose train --out`` must be a pose train checkpoint, checked before any work: it
+    is resumed, or with ``--no-resume`` replaced; any other file is refused, never replaced."""
+    from visionlens.errors import display
+    from .train import resume_state
+
+    out = Path(args.out)
+    _prepare_out(out, force=True)  # a folder or an unwritable place: one line; an existing file: checked here
+    if not out.exists():
+        return
+    if not args.no_resume:
+        resume_state(out)
+        return
+    try:
+        resume_state(out)
+    except InputError:
+        raise InputError(f"{display(out)} exists and is not a pose train checkpoint (--no-resume replaces only one); "
+                         "choose another --out or move that file") from None
 
 
 def _cmd_train(args) -> int:
@@ -69,7 +93,7 @@ def _cmd_train(args) -> int:
     args.device = str(resolve_device(args.device))  # auto -> cuda/cpu; an unavailable device fails before any work
     if args.eval_samples:
         _check_synthetic(args.eval_samples, args.size, "--eval-samples")
-    _prepare_out(args.out)
+    _check_checkpoint_out(args)
     torch.set_num_threads(args.threads)
     samples = _samples(args, 2000)
     config = _config(args)
@@ -131,7 +155,7 @@ def _cmd_eval(args) -> int:
     from .evaluate import evaluate_model
     from .inference import load_uniphd
 
-    _prepare_out(_json_file(args))
+    _prepare_out(_json_file(args), args.force, "--json")
     model = load_uniphd(args.weights, args.device)
     args.size = model.config.image_size
     samples = _samples(args, 300)
@@ -231,8 +255,10 @@ def _cmd_predict(args) -> int:
     h, w = image.shape[:2]
     pts = None if kind == "text" else _prompt_points(args, kind, w, h)
     out = Path(args.out or Path(args.image).with_suffix("").name + "_pose.png")
-    for dest in (out, _json_file(args)):
-        _prepare_out(dest)
+    if _json_file(args) and Path(_json_file(args)).resolve() == out.resolve():
+        raise InputError(f"--json {_json_file(args)} is the overlay's --out too; give the JSON another name")
+    for dest, flag in ((out, "--out"), (_json_file(args), "--json")):
+        _prepare_out(dest, args.force, flag)
     model = load_uniphd(args.weights, args.device)
     size = model.config.image_size
     if kind == "text":
@@ -259,10 +285,14 @@ def _cmd_predict(args) -> int:
 
 def _cmd_synth(args) -> int:
     """Write synthetic scenes as a RefHuman-format set (annotation JSON + PNG images)."""
-    from .data import synthetic_refhuman, write_refhuman
+    from visionlens.outputs import check_out_dir, recorded_run
+    from .data import synthetic_file_name, synthetic_refhuman, write_refhuman
 
     _check_synthetic(args.n, args.size, "--n")
     out = Path(args.out)
+    # each scene holds one sample or more: at most --n images; annotations.json marks an earlier synth's folder
+    planned = ["annotations.json", *(f"images/{synthetic_file_name(i)}" for i in range(1, args.n + 1))]
+    check_out_dir(out, planned, recorded_run(out, "annotations.json", planned))
     samples = synthetic_refhuman(args.n, seed=args.seed, size=args.size)
     ann = write_refhuman(samples, out / "annotations.json", out / "images")
     s = samples[0]
@@ -322,6 +352,7 @@ def register(subparsers) -> None:
     e.add_argument("--control", action="store_true", help="also score the prompt-agnostic control")
     _add_device(e)
     _add_json_file_option(e)
+    e.add_argument("--force", action="store_true", help="replace the --json FILE if it exists")
     e.set_defaults(func=_cmd_eval, size=96)
     p = sub.add_parser("predict", help="keypoints + mask of the person a prompt refers to, as a PNG overlay")
     p.add_argument("image", help="image file")
@@ -332,6 +363,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="overlay PNG (default: IMAGE_pose.png in the current folder)")
     _add_device(p)
     _add_json_file_option(p)
+    p.add_argument("--force", action="store_true", help="replace the --out (and --json FILE) file if it exists")
     p.set_defaults(func=_cmd_predict)
     c = sub.add_parser("convert", help="load a checkpoint of the released UniPHD code into our model (key map) "
                                        "and write our weights file")

@@ -464,6 +464,11 @@ def synthetic_scene(rng, size: int = 96, people: tuple[int, int] = (2, 3)):
     return np.clip(image, 0, 255).astype(np.uint8), figs, visible, vis
 
 
+def synthetic_file_name(scene_id: int) -> str:
+    """The image file name of synthetic scene ``scene_id`` (1, 2, ...)."""
+    return f"scene_{scene_id:06d}.png"
+
+
 def synthetic_refhuman(count: int, seed: int = 0, size: int = 96, people: tuple[int, int] = (2, 3)) -> list[RefSample]:
     """``count`` referring samples (one per person, scenes drawn until enough); deterministic in ``seed``."""
     if count < 1 or size < 32:
@@ -485,7 +490,7 @@ def synthetic_refhuman(count: int, seed: int = 0, size: int = 96, people: tuple[
             kp[vis[i] == 0, :2] = 0
             samples.append(RefSample(
                 image=image, keypoints=kp, mask=masks[i], caption=captions[i], scribbles=_scribbles(masks[i], rng),
-                image_id=len(samples) + 1, ann_id=len(samples) + 1, file_name=f"scene_{scene_id:06d}.png",
+                image_id=len(samples) + 1, ann_id=len(samples) + 1, file_name=synthetic_file_name(scene_id),
                 area=float(masks[i].sum()), bbox=box_of_mask(masks[i]),
             ))
     return samples

@@ -37,7 +37,7 @@ def batch_at(samples: list[RefSample], step: int, batch_size: int, seed: int, si
     return images_tensor(chosen), make_prompt(chosen, kind, rng), make_targets(chosen, size)
 
 
-def _resume_state(out: Path) -> dict:
+def resume_state(out: Path) -> dict:
     """The checkpoint ``out`` as ``{"config", "model", "optimizer", "step", "history"}``, checked."""
     from .inference import read_weights
 
@@ -82,7 +82,7 @@ def _train(samples, out, steps, batch_size, lr, seed, config, resume, checkpoint
            flip, prompt_kinds, device) -> dict:
     from visionlens.core.progress import Progress
 
-    state = _resume_state(out) if resume and out.is_file() else None
+    state = resume_state(out) if resume and out.is_file() else None
     config = state["config"] if state else (config or UniPHDConfig())
     if config.text_encoder == "small" and not config.vocab:
         config.vocab = build_vocab(s.caption for s in samples)
