@@ -132,11 +132,13 @@ def _cmd_demo(args) -> int:
     from .pipeline import explain_files, report_section
     from .viz.report import write_report
     from .io import write_json
-    from .outputs import check_out_dir
+    from .outputs import check_out_dir, recorded_run
 
     out = Path(args.out)
     names = available_models("imagenet")
-    check_out_dir(out, ["summary.json", "index.html", *names])  # each model's folder is checked again inside
+    planned = ["summary.json", "index.html", *names]  # each model's folder is checked again inside
+    older = recorded_run(out / names[0], "summary.json", planned, keys=("model", "images"))  # a demo of 0.1.0
+    check_out_dir(out, planned, own=older or None)
     images = sample_images("all")
     sections, models = [], {}
     for name in names:

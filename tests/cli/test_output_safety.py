@@ -110,3 +110,12 @@ def test_a_users_json_of_the_records_name_does_not_make_the_folder_the_commands(
     assert main([*EVALUATE, "--out", str(folder)]) == 2
     one_error_line(capsys.readouterr().err, "not written by visionlens")
     assert (folder / "index.html").read_bytes() == USERS and (folder / "concepts.json").read_text() == '{"mine": true}'
+
+
+def test_demo_runs_again_into_a_folder_an_older_demo_wrote(tmp_path, small_demo):
+    """visionlens 0.1.0's demo wrote no summary.json of its own; its model folders' summaries mark it."""
+    out = tmp_path / "demo"
+    _plant(out / "index.html")
+    _plant(out / "mobilenet_v2" / "summary.json").write_text('{"model": "mobilenet_v2", "images": []}')
+    assert main([*small_demo, "--out", str(out)]) == 0
+    assert (out / "index.html").read_bytes() != USERS and (out / "summary.json").is_file()
