@@ -359,6 +359,8 @@ def test_cli_keeps_an_existing_table_or_json_unless_forced(tmp_path, capsys):
     assert "| sata |" in out.read_text() and json.loads(out.with_suffix(".json").read_text())["n"] == 2
     assert main([*tiny, "--out", str(tmp_path / "raw.json")]) == 2  # the table and its .json would collide
     one_error_line(capsys.readouterr().err, "raw.json", ".md")
+    assert main([*tiny, "--out", str(out / "x.md")]) == 2  # below a file
+    one_error_line(capsys.readouterr().err, str(out), "is a file, not a folder")
 
 
 @pytest.mark.parametrize("flag,value", [

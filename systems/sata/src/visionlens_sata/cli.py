@@ -63,7 +63,8 @@ def _evaluate(args) -> int:
 
     out = Path(args.out)
     if not out.parent.is_dir():
-        raise InputError(f"output folder {out.parent} does not exist; create it first")
+        problem = "is a file, not a folder" if out.parent.exists() else "does not exist; create it first"
+        raise InputError(f"output folder {out.parent} {problem}")
     if out.suffix in (".json", ".jsonl"):
         raise InputError(f"--out {display(out)}: the raw counts go to a .json (and .jsonl) next to the table; "
                          "give the table a .md name")
