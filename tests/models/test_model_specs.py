@@ -75,6 +75,15 @@ def test_timm_pretrained_that_cannot_be_fetched_names_weights(offline_hub):
     with pytest.raises(InputError) as err:
         load_model("timm:resnet18")
     assert "--weights" in str(err.value) and "\n" not in str(err.value)
+    reason = str(err.value).split("(", 1)[1].split(")")[0]  # the library's message, cut at a word
+    assert len(reason) < 200 and (reason.endswith(" ...") or len(reason) < 160)
+
+
+def test_hf_local_folder_with_a_tilde_is_the_users_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _tiny_hf_vit(tmp_path / "vit")
+    zoo = load_model("hf:~/vit")
+    assert zoo.source["weights"] == str((tmp_path / "vit").resolve())
 
 
 def test_timm_file_keeps_the_architectures_preprocessing(tmp_path, photo):
@@ -169,6 +178,8 @@ def test_hf_failures_are_one_line(tmp_path, offline_hub):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="save_pretrained"):
         load_model(f"hf:{tmp_path / 'empty'}")
+    with pytest.raises(InputError, match="no such folder"):  # not a repo id the hub would reject
+        load_model(f"hf:{tmp_path / 'missing'}")
     _tiny_hf_vit(tmp_path / "vit")
     with pytest.raises(InputError, match="--weights is for"):
         load_model(f"hf:{tmp_path / 'vit'}", weights=tmp_path / "x.pt")

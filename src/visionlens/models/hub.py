@@ -22,9 +22,13 @@ from .preprocessing import Preprocess
 PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
-def _one_line(err: BaseException) -> str:
-    """The library's error as a short clause: its type and the start of its message."""
-    return f"{type(err).__name__}: {one_line(err)[:160]}"
+def _one_line(err: BaseException, limit: int = 160) -> str:
+    """The library's error as a short clause: its type and its message, cut at a word (with "...")
+    when longer than ``limit`` characters."""
+    text = one_line(err)
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+    return f"{type(err).__name__}: {text}"
 
 
 def _require(module: str, extra: str):
@@ -192,6 +196,11 @@ def hf_model(source: str):
     """``(module, processor)`` for ``hf:ORG/NAME`` or a local folder: the image-classification model
     when the config has one, else the bare backbone (``AutoModel``)."""
     transformers = _require("transformers", "hf")
+    if source.startswith("~"):  # the shell leaves hf:~/... as it is
+        source = str(Path(source).expanduser())
+    if source.startswith((".", "/")) and not Path(source).exists():
+        raise InputError(f"hf:{display(source)}: no such folder; give a folder that save_pretrained wrote, "
+                         "or ORG/NAME of a Hub model")
     where = display(source) if Path(source).exists() else source
     try:
         config = transformers.AutoConfig.from_pretrained(source)

@@ -289,7 +289,7 @@ def _load_hf(spec: str, source: str, weights, device) -> ZooModel:
                          "Hugging Face folder (save_pretrained) and give hf:LOCAL_DIR")
     module, processor = hub.hf_model(source)
     module.eval().to(resolve_device(device))
-    where = str(Path(source).resolve()) if Path(source).exists() else source
+    where = str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
     return ZooModel(spec, module, hub.hf_preprocess(processor), hub.hf_class_names(module.config), None,
                     {"spec": spec, "weights": where, "processor": type(processor).__name__})
 
