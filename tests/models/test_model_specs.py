@@ -79,6 +79,48 @@ def test_timm_pretrained_that_cannot_be_fetched_names_weights(offline_hub):
     assert len(reason) < 200 and (reason.endswith(" ...") or len(reason) < 160)
 
 
+@pytest.fixture
+def unreachable_hub(tmp_path, monkeypatch):
+    """An empty hub cache, online mode, and an endpoint on a loopback port that nothing listens on
+    (a connection is refused at once): what a machine without internet sees, without a network."""
+    import socket
+
+    import huggingface_hub.constants as constants
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_an_unreachable_hub_fails_at_once_and_cached_weights_still_load(unreachable_hub):
+    """Without the fallback, huggingface_hub retries for about a minute and then fails with its own
+    message; the load runs in offline mode instead (and offline mode is put back afterwards)."""
+    import huggingface_hub.constants as constants
+
+    for spec, hint in (("timm:resnet18", "--weights FILE"), ("hf:nobody/not-cached", "hf:LOCAL_DIR")):
+        with pytest.raises(InputError) as err:
+            load_model(spec)
+        assert "127.0.0.1 cannot be reached" in str(err.value) and hint in str(err.value)
+        assert constants.HF_HUB_OFFLINE is False
+    reference = timm.create_model("resnet18", pretrained=False)
+    _cache_timm_weights(unreachable_hub, reference.pretrained_cfg["hf_hub_id"], reference)
+    zoo = load_model("timm:resnet18")
+    assert all(torch.equal(a, b) for a, b in zip(zoo.module.state_dict().values(), reference.state_dict().values()))
+
+
+def test_with_a_proxy_the_hub_library_decides_reachability(monkeypatch):
+    from visionlens.models.hub import _unreachable
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")
+    assert _unreachable("https://huggingface.co") is None  # no direct connection is tried
+
+
 def test_hf_local_folder_with_a_tilde_is_the_users_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     _tiny_hf_vit(tmp_path / "vit")

@@ -10,9 +10,12 @@ processor. A download that cannot happen is one line naming the offline route.""
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 import math
+import os
 from pathlib import Path
+import socket
+from urllib.parse import urlsplit
 
 from torch import nn
 
@@ -47,6 +50,47 @@ def _closest(name: str, names: list[str], what: str) -> InputError:
     return InputError(f"unknown {what} '{name}'; close names: {', '.join(close)}")
 
 
+# --- the Hugging Face hub (timm's pretrained weights and hf: models) ---------------------------
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
+    """Why ``endpoint`` cannot be reached (one TCP connection tried), or None when it answers or when
+    a proxy is configured (then the hub library decides)."""
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return None
+    url = urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout).close()
+    except OSError as err:
+        return one_line(err)
+    return None
+
+
+@contextmanager
+def _hub_or_cache():
+    """A hub load that, when the hub cannot be reached, runs in huggingface_hub's offline mode: cached
+    files load and missing ones fail at once (online, the library retries for about a minute, logging
+    each try). Yields why the hub cannot be reached, or None."""
+    from huggingface_hub import constants
+
+    reason = None if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or reason is not None
+    try:
+        yield reason
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _offline_clause(reason: str | None) -> str:
+    from huggingface_hub import constants
+
+    host = urlsplit(constants.ENDPOINT).hostname
+    return f"{host} cannot be reached ({reason}) and it is not in the local cache" if reason else ""
+
+
 # --- timm ------------------------------------------------------------------------------------
 
 def timm_preprocess(module: nn.Module) -> Preprocess:
@@ -76,11 +120,13 @@ def timm_model(name: str, num_classes: int | None = None, pretrained: bool = Fal
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
-    try:
-        return timm.create_model(name, pretrained=True, **kwargs)
-    except Exception as err:  # the hub is unreachable, or the name has no pretrained weights
-        raise InputError(f"cannot load the pretrained weights of timm:{name} ({_one_line(err)}); "
-                         "on a machine without internet give a local file with --weights FILE") from None
+    with _hub_or_cache() as offline:
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as err:  # the hub is unreachable, or the name has no pretrained weights
+            why = _offline_clause(offline) or _one_line(err)
+            raise InputError(f"cannot load the pretrained weights of timm:{name} ({why}); "
+                             "on a machine without internet give a local file with --weights FILE") from None
 
 
 # --- torchvision -----------------------------------------------------------------------------
@@ -201,21 +247,23 @@ def hf_model(source: str):
     if source.startswith((".", "/")) and not Path(source).exists():
         raise InputError(f"hf:{display(source)}: no such folder; give a folder that save_pretrained wrote, "
                          "or ORG/NAME of a Hub model")
-    where = display(source) if Path(source).exists() else source
-    try:
-        config = transformers.AutoConfig.from_pretrained(source)
-        processor = transformers.AutoImageProcessor.from_pretrained(source)
-    except Exception as err:
-        local = Path(source).exists()
-        hint = ("the folder needs config.json and preprocessor_config.json (save_pretrained of the model "
-                "and its image processor)") if local else (
-                "on a machine without internet, save it with save_pretrained and give hf:LOCAL_DIR")
-        raise InputError(f"cannot load hf:{where} ({_one_line(err)}); {hint}") from None
-    try:
-        with _quiet_transformers(transformers):
-            module = _auto_class(transformers, config).from_pretrained(source)
-    except Exception as err:
-        raise InputError(f"cannot load the weights of hf:{where} ({_one_line(err)})") from None
+    local = Path(source).exists()
+    where = display(source) if local else source
+    with nullcontext() if local else _hub_or_cache() as offline:
+        try:
+            config = transformers.AutoConfig.from_pretrained(source)
+            processor = transformers.AutoImageProcessor.from_pretrained(source)
+        except Exception as err:
+            hint = ("the folder needs config.json and preprocessor_config.json (save_pretrained of the model "
+                    "and its image processor)") if local else (
+                    "on a machine without internet, save it with save_pretrained and give hf:LOCAL_DIR")
+            why = _offline_clause(offline) or _one_line(err)
+            raise InputError(f"cannot load hf:{where} ({why}); {hint}") from None
+        try:
+            with _quiet_transformers(transformers):
+                module = _auto_class(transformers, config).from_pretrained(source)
+        except Exception as err:
+            raise InputError(f"cannot load the weights of hf:{where} ({_one_line(err)})") from None
     return module, processor
 
 
