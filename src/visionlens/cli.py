@@ -31,6 +31,7 @@ WEIGHTS_HELP = ("local state-dict file for a zoo or torchvision:/timm: model ('m
                 "state_dict/model wrappers accepted); without it, spec models load their pretrained weights")
 # the commands that write results take --json (the research systems add it to their own commands)
 JSON_COMMANDS = ("explain", "explain-pair", "retrieve", "evaluate", "bank", "concepts", "demo", "world", "fetch")
+DETECTION_THRESHOLD, DETECTION_TOP = 0.5, 3  # explain's default choice of detections to explain
 JSON_HELP = "print the run's summary as one JSON object on stdout (other messages go to stderr)"
 
 
@@ -89,6 +90,13 @@ def _cmd_explain(args) -> int:
     task = dense_task(model.module)
     if task is not None:
         return _explain_dense(args, images, model, methods, task)
+    if args.top is not None or args.score_threshold is not None:
+        import warnings
+
+        from .errors import VisionlensWarning
+
+        warnings.warn(f"--top and --score-threshold choose detections; {model.name} is not a detector, so they "
+                      "are ignored", VisionlensWarning, stacklevel=1)
     target = None if args.target is None else _target_classes(model, args.target)
     summary = explain_files(
         images, model, methods, layer=args.layer, target=target, out_dir=args.out,
@@ -105,8 +113,10 @@ def _cmd_explain(args) -> int:
 def _explain_dense(args, images, model, methods, task: str) -> int:
     from .dense import explain_dense_files
 
+    threshold = DETECTION_THRESHOLD if args.score_threshold is None else args.score_threshold
+    top = DETECTION_TOP if args.top is None else args.top
     summary = explain_dense_files(images, model, methods, args.out, task, target=args.target, layer=args.layer,
-                                  threshold=args.score_threshold, top=args.top, cmap=args.cmap,
+                                  threshold=threshold, top=top, cmap=args.cmap,
                                   progress=not args.quiet)
     n_ok, n_bad = len(summary["images"]), len(summary["failures"])
     explained = sum(len(r["targets"]) for r in summary["images"])
@@ -379,10 +389,12 @@ def _parser_explain(sub) -> None:
                         "comma-separated, give one map per class (281,282 or tabby,tiger_cat). Default: the "
                         "predicted class. Detectors: also boxes x0,y0,x1,y1 (several separated by ';'), each "
                         "explaining the detection that overlaps it best; segmenters: the class's region")
-    p.add_argument("--score-threshold", type=number(minimum=0, maximum=1), default=0.5,
-                   help="detectors without --target: explain the detections scoring at least this")
-    p.add_argument("--top", type=count(maximum=100), default=3,
-                   help="detectors without --target: explain at most this many detections per image")
+    p.add_argument("--score-threshold", type=number(minimum=0, maximum=1), default=None,
+                   help=f"detectors without --target: explain the detections scoring at least this "
+                        f"(default: {DETECTION_THRESHOLD})")
+    p.add_argument("--top", type=count(maximum=100), default=None,
+                   help=f"detectors without --target: explain at most this many detections per image "
+                        f"(default: {DETECTION_TOP})")
     p.add_argument("--out", default="visionlens-out", help="output folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--batch-size", type=count(maximum=4096), default=16, help="images per forward/backward pass")

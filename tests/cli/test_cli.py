@@ -112,3 +112,20 @@ def test_console_script_runs_as_a_process(tmp_path, imagenet_photos):
     assert proc.returncode == 1
     assert "nope.jpg: no such file" in proc.stderr
     assert (out / "imagenet_01_559.gradcam.png").is_file()
+
+
+def test_detection_flags_on_a_classifier_are_a_warning_not_silence(tmp_path, imagenet_photos, capsys, mobilenet):
+    """--top and --score-threshold choose detections; given for a classifier, they are ignored with one
+    warning line (also in the --json summary), and the run is the same as without them."""
+    photo = str(imagenet_photos[0])
+    code = main(["explain", photo, "--model", "mobilenet_v2", "--top", "2", "--score-threshold", "0.9",
+                 "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet", "--json"])
+    io = capsys.readouterr()
+    assert code == 0
+    summary = json.loads(io.out)
+    assert len(summary["warnings"]) == 1 and "not a detector" in summary["warnings"][0]
+    assert [line for line in io.err.splitlines() if line.startswith("warning:")] == ["warning: " + summary["warnings"][0]]
+    assert main(["explain", photo, "--model", "mobilenet_v2", "--out", str(tmp_path / "p"), "--device", "cpu",
+                 "--quiet", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert "warnings" not in plain and plain["images"][0]["predicted"] == summary["images"][0]["predicted"]
