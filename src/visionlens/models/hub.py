@@ -242,8 +242,6 @@ def hf_model(source: str):
     """``(module, processor)`` for ``hf:ORG/NAME`` or a local folder: the image-classification model
     when the config has one, else the bare backbone (``AutoModel``)."""
     transformers = _require("transformers", "hf")
-    if source.startswith("~"):  # the shell leaves hf:~/... as it is
-        source = str(Path(source).expanduser())
     if source.startswith((".", "/")) and not Path(source).exists():
         raise InputError(f"hf:{display(source)}: no such folder; give a folder that save_pretrained wrote, "
                          "or ORG/NAME of a Hub model")

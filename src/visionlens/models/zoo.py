@@ -287,9 +287,11 @@ def _load_hf(spec: str, source: str, weights, device) -> ZooModel:
     if weights is not None:
         raise InputError(f"{spec}: --weights is for torchvision:/timm: models; save the weights into the "
                          "Hugging Face folder (save_pretrained) and give hf:LOCAL_DIR")
+    if source.startswith("~"):  # the shell leaves hf:~/... as it is
+        source = str(Path(source).expanduser())
     module, processor = hub.hf_model(source)
     module.eval().to(resolve_device(device))
-    where = str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
+    where = str(Path(source).resolve()) if Path(source).exists() else source
     return ZooModel(spec, module, hub.hf_preprocess(processor), hub.hf_class_names(module.config), None,
                     {"spec": spec, "weights": where, "processor": type(processor).__name__})
 
