@@ -9,6 +9,7 @@ import torch
 
 from helpers import TinyGapNet, assert_same_state, snapshot
 from visionlens import METHODS, GradCAM, RelevanceCAM, explain_many
+from visionlens.methods import SIMILARITY_METHODS
 from visionlens.errors import InputError, VisionlensError
 from visionlens.methods.sfam import SFAM
 from visionlens.methods.similarity import SimilarityExplanation
@@ -98,3 +99,68 @@ def test_every_registered_method_is_a_method_and_is_listed(capsys):
     assert main(["methods"]) == 0
     listed = [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:]]
     assert listed == [[m.name, m.kind, m.explains] for m in REGISTRY]
+
+
+def _second_logit(y):
+    return y[:, 1]
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("target", [None, _second_logit], ids=["predicted", "callable"])
+def test_every_method_works_under_no_grad_and_inside_inference_mode(name, target):
+    """A caller in ``torch.no_grad()`` or inside ``torch.inference_mode()`` (tensors made there
+    cannot enter a backward pass) gets the same maps as outside them, and its mode back."""
+    model, x = _model_and_input(name)
+    try:
+        expected = _build(name, model)(x, target).maps
+    except InputError:  # the method takes class indices only (CAM, LeGrad)
+        assert target is not None
+        return
+    with torch.no_grad():
+        quiet = _build(name, model)(x, target)
+        assert not torch.is_grad_enabled()
+    with torch.inference_mode():
+        frozen = x.clone()
+        result = _build(name, model)(frozen, target)
+        assert torch.is_inference_mode_enabled()
+    torch.testing.assert_close(quiet.maps, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(result.maps, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SIMILARITY_METHODS))
+def test_every_similarity_method_works_inside_inference_mode(name, tiny_net):
+    embedder = torch.nn.Sequential(tiny_net.features, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    options = {"damp": 0.1} if name == "naflow" else {}
+    expected = SIMILARITY_METHODS[name](embedder, **options).pair(x[:1], x[1:])
+    with torch.inference_mode():
+        frozen = x.clone()
+        refs = embedder(frozen).flip(0)  # reference embeddings made in inference mode too
+        SIMILARITY_METHODS[name](embedder, **options)(frozen, refs)
+        result = SIMILARITY_METHODS[name](embedder, **options).pair(frozen[:1], frozen[1:])
+    for got, want in ((result.query, expected.query), (result.reference, expected.reference)):
+        torch.testing.assert_close(got.maps, want.maps, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_an_input_of_another_dtype_than_the_model_is_one_line_that_says_how_to_convert_it(name):
+    model, x = _model_and_input(name)
+    before = snapshot(model)
+    for wrong in (x.double(), x.half()):  # a float64 array from NumPy; a float16 batch
+        with pytest.raises(InputError) as info:
+            _build(name, model)(wrong)
+        message = str(info.value)
+        assert "\n" not in message and f"the input is {wrong.dtype}" in message
+        assert "x.to(torch.float32)" in message
+    assert_same_state(before, snapshot(model))
+
+
+@pytest.mark.parametrize("name", sorted(SIMILARITY_METHODS))
+def test_a_similarity_input_of_another_dtype_is_one_line(name, tiny_net):
+    embedder = torch.nn.Sequential(tiny_net.features, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    options = {"damp": 0.1} if name == "naflow" else {}
+    for call in (lambda m: m(x, torch.randn(2, 16)), lambda m: m.pair(x[:1], x[1:])):
+        with pytest.raises(InputError, match=r"the input is torch.float64 but the model's weights are torch.float32"):
+            call(SIMILARITY_METHODS[name](embedder, **options))

@@ -30,8 +30,9 @@ _HOOK_DICTS = (
 
 @contextmanager
 def preserved_model_state(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
-    """Run a block with ``model`` in eval mode; on exit (also on error) restore every module's
-    train/eval flag, every parameter's ``requires_grad`` and remove any hook added inside.
+    """Run a block with ``model`` in eval mode and autograd available (also when the caller is
+    inside ``torch.inference_mode()``); on exit (also on error) restore every module's train/eval
+    flag, every parameter's ``requires_grad`` and remove any hook added inside.
 
     Cheap enough for every call: hooks added inside are recognised by their handle ids (PyTorch
     numbers handles from one global counter), so nothing is copied on entry."""
@@ -42,7 +43,8 @@ def preserved_model_state(model: nn.Module, eval_mode: bool = True) -> Iterator[
     try:
         if eval_mode and any(modes):
             model.eval()
-        yield model
+        with outside_inference_mode():
+            yield model
     finally:
         for m, mode in zip(modules, modes):
             if m.training != mode:
@@ -75,6 +77,28 @@ def restored_attributes(model: nn.Module) -> Iterator[nn.Module]:
             for key, value in attrs.items():
                 if state.get(key, value) is not value or key not in state:
                     state[key] = value
+
+
+@contextmanager
+def outside_inference_mode() -> Iterator[None]:
+    """Leave ``torch.inference_mode()`` for the block (autograd needs normal tensors), keeping the
+    caller's grad mode (``inference_mode(False)`` alone would switch gradients on); a no-op
+    outside inference mode."""
+    if not torch.is_inference_mode_enabled():
+        yield
+        return
+    grad = torch.is_grad_enabled()
+    with torch.inference_mode(False), torch.set_grad_enabled(grad):
+        yield
+
+
+def autograd_ready(x: torch.Tensor) -> torch.Tensor:
+    """``x``, or a normal copy of it when it was made under ``torch.inference_mode()`` (such a
+    tensor cannot take part in a backward pass)."""
+    if not x.is_inference():
+        return x
+    with outside_inference_mode():
+        return x.clone()
 
 
 class ActivationCapture:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from .hooks import autograd_ready
 
 METRICS = ("cosine", "euclidean")
 EUCLID_MODES = ("difference", "cross_term")
@@ -49,7 +50,7 @@ def as_references(references: torch.Tensor, batch_size: int, dim: int) -> torch.
     """Bring reference embeddings to ``(B, M, D)``: ``(D,)`` is one reference for every query,
     ``(B, D)`` one per query, ``(B, M, D)`` (or ``(1, M, D)``) ``M`` per query."""
     check_embeddings(references, "reference embeddings")
-    r = references
+    r = autograd_ready(references)
     if r.dim() == 1:
         r = r[None, None]
     elif r.dim() == 2:

@@ -81,12 +81,13 @@ def initial_relevance(target: Target, output: torch.Tensor, contrastive: bool = 
     its score with respect to the output (for ``lambda y: y[:, t]`` that is the one-hot vector).
     """
     leaf = output.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad():  # also when the caller is in torch.no_grad()
         targets = resolve_targets(target, leaf, output.shape[0])
+        total = targets.scores.sum()
     if targets.indices is None:
         if not targets.scores.requires_grad:
             raise InputError("the callable target's score does not depend on the model output")
-        (start,) = torch.autograd.grad(targets.scores.sum(), leaf, allow_unused=True)
+        (start,) = torch.autograd.grad(total, leaf, allow_unused=True)
         start = torch.zeros_like(leaf) if start is None else start
     else:
         num = output.shape[1]

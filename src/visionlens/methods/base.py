@@ -15,16 +15,17 @@ the layer and the usual one); a method supplies only :meth:`Method.explain`, its
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import warnings
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from ..core.hooks import ActivationCapture, preserved_model_state
+from ..core.hooks import ActivationCapture, autograd_ready, preserved_model_state
 from ..core.layers import check_spatial, find_last_spatial_layer, model_device, resolve_layer
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets, wants_raw_output
@@ -71,6 +72,21 @@ def default_layer(model: nn.Module, x: torch.Tensor) -> str:
         return find_last_spatial_layer(model, x)
 
 
+@contextlib.contextmanager
+def dtype_mismatch_as_input_error(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
+    """Turn PyTorch's error for an input whose dtype is not the model's (a float64 array from
+    NumPy, a float16 batch for a float32 model) into one :class:`InputError` line that says how
+    to fix it. Models that convert their input themselves (Hugging Face's) keep working."""
+    try:
+        yield
+    except RuntimeError as err:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        if dtype is None or x.dtype == dtype or "type" not in str(err):
+            raise
+        raise InputError(f"the input is {x.dtype} but the model's weights are {dtype}; convert the input with "
+                         f"x.to({dtype}) (or the model with model.to({x.dtype}))") from err
+
+
 def check_model(model) -> nn.Module:
     """``model`` if it is a ``torch.nn.Module``, else one :class:`InputError` line."""
     if not isinstance(model, nn.Module):
@@ -100,7 +116,7 @@ class Method:
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The checked input on the model's device."""
         check_input(x)
-        return x.to(model_device(self.model))
+        return autograd_ready(x.to(model_device(self.model)))
 
     def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
         result = self.run(x, target)
@@ -110,7 +126,7 @@ class Method:
     def run(self, x: torch.Tensor, target: Target = None) -> Explanation:
         """The explanation, without the flat-map check of :meth:`__call__`."""
         x = self.prepare(x)
-        with preserved_model_state(self.model):
+        with preserved_model_state(self.model), dtype_mismatch_as_input_error(self.model, x):
             return self.explain(x, target)
 
     def explain(self, x: torch.Tensor, target: Target) -> Explanation:
@@ -325,9 +341,10 @@ def _flat_advice(model: nn.Module, x: torch.Tensor, result: Explanation, negativ
 
 def _explain_shared(methods, model, x, target) -> dict[str, Explanation]:
     finite = check_input(x, defer_finite=torch.is_tensor(x) and x.is_cuda)  # on a GPU, read it once at the end
-    x = x.to(model_device(model))
+    x = autograd_ready(x.to(model_device(model)))
     try:
-        results = _explain_many(methods, model, x, target)
+        with dtype_mismatch_as_input_error(model, x):
+            results = _explain_many(methods, model, x, target)
     except VisionlensError:
         if finite is not None:
             raise_if_not_finite(finite)  # a NaN input explains the failure better

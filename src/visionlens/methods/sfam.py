@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.hooks import ActivationCapture, preserved_model_state
+from ..core.hooks import ActivationCapture, autograd_ready, preserved_model_state
 from ..core.layers import check_spatial, model_device
 from ..core.result import normalize_maps
 from ..core.similarity import (
@@ -76,7 +76,7 @@ class SFAM(SimilarityMethod):
 
     def explain(self, x: torch.Tensor, refs: torch.Tensor) -> SimilarityExplanation:
         check_input(x)
-        x = x.to(model_device(self.model))
+        x = autograd_ready(x.to(model_device(self.model)))
         with preserved_model_state(self.model):
             name, module = self.resolve(x)
             with ActivationCapture({name: module}, grad=True) as capture, torch.no_grad():

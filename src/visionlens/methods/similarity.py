@@ -19,7 +19,7 @@ from ..core.result import Explanation
 from ..core.similarity import SimilarityTarget, as_references, check_embeddings, check_metric
 from ..errors import InputError
 from ..models.embedder import Embedder
-from .base import Method, check_input
+from .base import Method, check_input, dtype_mismatch_as_input_error
 from .gradcam import GradCAM
 from .relevance_cam import RelevanceCAM
 
@@ -173,8 +173,9 @@ class SimilarityMethod(Method):
 
     def __call__(self, x: torch.Tensor, reference) -> SimilarityExplanation:
         check_input(x)
-        refs = self.references(reference, x.shape[0])
-        return self.explain(x, refs)
+        with dtype_mismatch_as_input_error(self.model, x):
+            refs = self.references(reference, x.shape[0])
+            return self.explain(x, refs)
 
     def explain(self, x: torch.Tensor, refs: torch.Tensor) -> SimilarityExplanation:
         raise NotImplementedError
@@ -183,10 +184,11 @@ class SimilarityMethod(Method):
         """Explain each pair ``(a[i], b[i])`` both ways: ``a`` against ``b`` and ``b`` against ``a``
         (one batch of ``2B``). ``b`` may hold one image for all of ``a``."""
         x = pair_batch(a, b)
-        e = self.embed(x)
-        n = a.shape[0]
-        refs = torch.cat([e[n:], e[:n]])[:, None]
-        return PairExplanation(*_split(self.explain(x, refs), n))
+        with dtype_mismatch_as_input_error(self.model, x):
+            e = self.embed(x)
+            n = a.shape[0]
+            refs = torch.cat([e[n:], e[:n]])[:, None]
+            return PairExplanation(*_split(self.explain(x, refs), n))
 
 
 class SimilarityGradCAM(SimilarityMethod):

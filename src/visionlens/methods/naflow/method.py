@@ -40,6 +40,7 @@ from torch import nn
 
 from .inverse import (ZERO_MASK, SolveReport, SolverOptions, check_invertible, composite_solve, inactive_units, kind_of,
                       module_function, solve_inverse)
+from ...core.hooks import autograd_ready, outside_inference_mode
 from ...core.layers import model_device, find_last_spatial_layer, resolve_layer
 from ...core.result import Explanation, normalize_maps
 from ...core.similarity import (EUCLID_MODES, NORMALIZATIONS, as_references, contribution_scores, contributions,
@@ -48,7 +49,7 @@ from ...core.targets import ClassTargets, Target, resolve_targets
 from ...core.vit import model_output
 from ...errors import InputError, LayerError
 from ...models.embedder import Embedder
-from ..base import FlowMethod, check_input
+from ..base import FlowMethod, check_input, dtype_mismatch_as_input_error
 from ..similarity import PairExplanation, SimilarityExplanation, SimilarityMethod, _split, pair_batch
 
 
@@ -459,8 +460,12 @@ class SimilarityNAFlow(SimilarityMethod):
         self.naflow_options = naflow_options
 
     def explain(self, x: torch.Tensor, refs: torch.Tensor) -> SimilarityExplanation:
+        with outside_inference_mode():  # the weights w below enter the backward passes of the solve
+            return self._explain(x, refs)
+
+    def _explain(self, x: torch.Tensor, refs: torch.Tensor) -> SimilarityExplanation:
         check_input(x)
-        x = x.to(model_device(self.model))
+        x = autograd_ready(x.to(model_device(self.model)))
         e = self.embed(x)
         refs = as_references(refs.to(e.device, e.dtype), x.shape[0], e.shape[1])
         scores = similarity(e, refs, self.metric)
@@ -490,8 +495,9 @@ class SimilarityNAFlow(SimilarityMethod):
         against ``a[i]`` (one batch of ``2B``; ``b`` may hold one image for all of ``a``)."""
         x = pair_batch(a, b)
         n = a.shape[0]
-        e = self.embed(x)
-        exp = self.explain(x, torch.cat([e[n:], e[:n]])[:, None])
+        with dtype_mismatch_as_input_error(self.model, x):
+            e = self.embed(x)
+            exp = self.explain(x, torch.cat([e[n:], e[:n]])[:, None])
         parts = []
         for part, sl in zip(_split(exp, n), (slice(0, n), slice(n, None))):
             kept = {f.name: getattr(part, f.name) for f in fields(part)}
