@@ -218,3 +218,38 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, wo
     err = capsys.readouterr().err.strip()
     assert code != 0 and words in err and "\n" not in err
     assert not out.exists()
+
+
+def _world_photos(world_source, cls: int, count: int) -> list:
+    """``count`` rendered world images of class ``cls`` as PIL images (what a user's files hold)."""
+    return world_source.load(world_source.items(cls, count))["views"]
+
+
+def test_cli_takes_an_image_folder_tree_named_by_class(tmp_path, capsys, world_cnn, world_source):
+    tree = tmp_path / "tree"
+    for cls in (0, 3):
+        folder = tree / world_cnn.class_names[cls].upper()  # matched as evaluate matches folder names
+        folder.mkdir(parents=True)
+        for i, photo in enumerate(_world_photos(world_source, cls, 4)):
+            photo.save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    assert main(["concepts", "--data", str(tree), "--classes", "3", "--images", "4", "--reducer", "nmf",
+                 "--n-concepts", "2", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "concepts.json").read_text())
+    assert set(summary["classes"]) == {"3"} and summary["classes"]["3"]["name"] == world_cnn.class_names[3]
+    assert 0 <= summary["classes"]["3"]["scores"]["faith"] <= 100
+    assert main(["concepts", "--data", str(tree), "--split", "train", "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "--split is for a Hugging Face dataset" in capsys.readouterr().err
+
+
+def test_a_saved_hugging_face_dataset_is_a_concept_source(tmp_path, world_cnn, world_source):
+    datasets = pytest.importorskip("datasets")
+    photos = _world_photos(world_source, 0, 3) + _world_photos(world_source, 3, 2)
+    names = [world_cnn.class_names[0], world_cnn.class_names[3]]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    datasets.Dataset.from_dict({"image": photos, "label": [0, 0, 0, 1, 1]}, features=features).save_to_disk(
+        str(tmp_path / "hf"))
+    source = open_source(str(tmp_path / "hf"), world_cnn)
+    assert source.classes() == [0, 3] and len(source.items(0, 10)) == 3 and len(source.items(3, 10)) == 2
+    batch = source.load(source.items(3, 2))
+    assert batch["x"].shape == (2, 3, 64, 64) and len(batch["views"]) == 2

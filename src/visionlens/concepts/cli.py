@@ -19,7 +19,8 @@ def _cmd_concepts(args) -> int:
     torch.manual_seed(args.seed)
     model = load_model(args.model, device=args.device, weights=args.weights)
     data = args.data or ("world:val" if args.model.startswith("world") else "samples")
-    source = open_source(data, model, views=args.views, seed=args.world_seed)
+    source = open_source(data, model, views=args.views, seed=args.world_seed, split=args.split,
+                         label_column=args.label_column)
     classes = parse_classes(args.classes, source.classes())
     options = {"seed": args.seed}
     if args.reducer == "vae":
@@ -54,7 +55,12 @@ def register(subparsers) -> None:
     p.add_argument("--weights", default=None, help="local state-dict file for the model (as in explain)")
     p.add_argument("--layer", default=None, help="layer with a (B, C, H, W) output after a ReLU (default: the model's)")
     p.add_argument("--data", default=None, help="world[:split] (default for world models, split val), samples (the "
-                                                "bundled photos) or a folder with labels.csv (file,class_index)")
+                                                "bundled photos) or a folder of labelled images, as evaluate takes it: "
+                                                "labels.csv (file,class_index), class sub-folders (ImageFolder) or a "
+                                                "Hugging Face dataset saved on disk")
+    p.add_argument("--split", default=None, help="with a saved Hugging Face DatasetDict: the split to read")
+    p.add_argument("--label-column", default=None, help="with a Hugging Face dataset: the label column (class "
+                                                        "indices); default: its first ClassLabel")
     p.add_argument("--classes", default="all", help="class indices and ranges, e.g. 0,3 or 151-155 (default all)")
     p.add_argument("--reducer", default="vae", help="vae (TraNCE) or nmf (ICE)")
     p.add_argument("--n-concepts", type=count(maximum=1000), default=10, help="number of concepts c' (default 10)")

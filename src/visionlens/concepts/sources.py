@@ -1,6 +1,7 @@
 """Where the class images come from (``--data``): the synthetic world (``world`` or
-``world:SPLIT``, with part masks), a folder with ``labels.csv`` (``file,class_index`` columns),
-or the bundled sample photos (``samples``).
+``world:SPLIT``, with part masks), a folder of labelled images (``labels.csv`` with
+``file,class_index`` columns, an ImageFolder tree or a Hugging Face dataset saved on disk, read as
+``visionlens evaluate`` reads them), or the bundled sample photos (``samples``).
 
 A source lists image ``items`` per class and renders a list of items into a batch:
 ``{"x": model input (N, 3, H, W), "views": [PIL images the model sees], "part_masks": (N, P, H, W)
@@ -10,7 +11,7 @@ crops/flips each (useful when a class has a single photo, as in the ImageNet sam
 
 from __future__ import annotations
 
-import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +63,10 @@ class WorldSource:
 
 
 class PhotoSource:
-    """Labelled photos: a folder with ``labels.csv`` or the bundled samples; ``views`` crops/flips
-    per photo (1 = the model's own centre crop only)."""
+    """Labelled photos: a folder of labelled images or the bundled samples; ``views`` crops/flips
+    per photo (1 = the model's own centre crop only). A photo is a path or a stored dataset image."""
 
-    def __init__(self, files_by_class: dict[int, list[Path]], preprocess, class_names=None, views: int = 1):
+    def __init__(self, files_by_class: dict[int, list], preprocess, class_names=None, views: int = 1):
         if not 1 <= views <= len(_VIEW_LAYOUT):
             raise InputError(f"--views must be between 1 and {len(_VIEW_LAYOUT)}, got {views}")
         self.files_by_class, self.preprocess, self.views = files_by_class, preprocess, views
@@ -74,24 +75,18 @@ class PhotoSource:
         self.part_names = None
 
     @classmethod
-    def from_folder(cls, folder: str | Path, preprocess, class_names=None, views: int = 1) -> "PhotoSource":
-        folder = Path(folder)
-        table = folder / "labels.csv"
-        if not table.is_file():
-            raise InputError(f"{folder}: no labels.csv (columns file,class_index) found; "
-                             "use --data world, --data samples or a labelled folder")
-        files: dict[int, list[Path]] = {}
-        with table.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or "file" not in reader.fieldnames or "class_index" not in reader.fieldnames:
-                raise InputError(f"{table}: needs the columns file,class_index")
-            for row in reader:
-                try:
-                    label = int(row["class_index"])
-                except (TypeError, ValueError):
-                    raise InputError(f"{table}: class_index {row['class_index']!r} is not an integer") from None
-                files.setdefault(label, []).append(folder / row["file"])
-        return cls(files, preprocess, class_names, views)
+    def from_folder(cls, folder: str | Path, model, views: int = 1, split: str | None = None,
+                    label_column: str | None = None) -> "PhotoSource":
+        """A folder as ``evaluate --data`` takes it (labels.csv, ImageFolder, saved Hugging Face
+        dataset), its classes matched to the model's (names, indices or ImageNet WordNet IDs)."""
+        from ..evaluation.data import label_map, model_labels, parse_data
+
+        data = parse_data(os.fspath(folder), split=split, label_column=label_column)
+        files: dict[int, list] = {}
+        for _, source, label in model_labels(data["items"], label_map(data, model.name, model.class_names)):
+            if label >= 0:
+                files.setdefault(label, []).append(source)
+        return cls(files, model.preprocess, model.class_names, views)
 
     @classmethod
     def from_samples(cls, preprocess, class_names=None, views: int = 1) -> "PhotoSource":
@@ -107,7 +102,7 @@ class PhotoSource:
     def classes(self) -> list[int]:
         return sorted(self.files_by_class)
 
-    def items(self, cls: int, limit: int) -> list[tuple[Path, int]]:
+    def items(self, cls: int, limit: int) -> list[tuple[object, int]]:
         return [(f, v) for f in self.files_by_class.get(cls, []) for v in range(self.views)][:limit]
 
     def _view(self, img: Image.Image, index: int) -> Image.Image:
@@ -124,19 +119,27 @@ class PhotoSource:
         return view.transpose(Image.FLIP_LEFT_RIGHT) if flip else view
 
     def load(self, items: list) -> dict:
-        from ..data.images import load_image
+        from ..data.datasets import decode_image
 
-        views = [self._view(load_image(path), v) for path, v in items]
+        views = [self._view(decode_image(source), v) for source, v in items]
         return {"x": torch.stack([self.preprocess.normalize(v) for v in views]), "views": views,
                 "part_masks": None, "part_ids": None}
 
 
-def open_source(spec: str, model, views: int = 1, seed: int = 0):
-    """Parse ``--data``: ``world[:split]``, ``samples`` or a folder with labels.csv."""
+def open_source(spec: str, model, views: int = 1, seed: int = 0, split: str | None = None,
+                label_column: str | None = None):
+    """Parse ``--data``: ``world[:split]``, ``samples`` or a folder of labelled images (``split``
+    and ``label_column``: for a Hugging Face dataset)."""
     if spec == "world" or spec.startswith("world:"):
-        return WorldSource(spec, model.preprocess, seed)
-    if spec == "samples":
-        return PhotoSource.from_samples(model.preprocess, model.class_names, views)
-    if Path(spec).is_dir():
-        return PhotoSource.from_folder(spec, model.preprocess, model.class_names, views)
-    raise InputError(f"--data {spec}: not a folder; use world[:split], samples or a folder with labels.csv")
+        source = WorldSource(spec, model.preprocess, seed)
+    elif spec == "samples":
+        source = PhotoSource.from_samples(model.preprocess, model.class_names, views)
+    elif Path(spec).is_dir():
+        return PhotoSource.from_folder(spec, model, views, split, label_column)
+    else:
+        raise InputError(f"--data {spec}: not a folder; use world[:split], samples or a folder of labelled images "
+                         "(labels.csv, class sub-folders, or a Hugging Face dataset saved on disk)")
+    for flag, value in (("--split", split), ("--label-column", label_column)):
+        if value is not None:
+            raise InputError(f"{flag} is for a Hugging Face dataset saved on disk; --data {spec} is not one")
+    return source
