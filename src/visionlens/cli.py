@@ -84,7 +84,7 @@ def _cmd_explain(args) -> int:
 
     images = image_files(args.images, recursive=args.recursive)
     model = load_model(args.model, device=args.device, weights=args.weights)
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    methods = list(dict.fromkeys(m.strip() for m in args.method.split(",") if m.strip()))  # named twice: run once
     from .models.hub import dense_task
 
     task = dense_task(model.module)
@@ -253,7 +253,7 @@ def _cmd_evaluate(args) -> int:
     from .evaluation import evaluate
     from .evaluation.ray_engine import engine_for  # imports Ray only for --engine ray
 
-    split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
+    split = lambda s: list(dict.fromkeys(v.strip() for v in s.split(",") if v.strip()))  # noqa: E731 - a name given twice counts once
     engine = engine_for(args.engine, args.address, args.workers, args.gpus_per_worker)
     report = evaluate(split(args.models), split(args.methods), data=args.data, n=args.n, batch_size=args.batch_size,
                       device=args.device, out=args.out, metrics=split(args.metrics) if args.metrics else None,
@@ -263,10 +263,12 @@ def _cmd_evaluate(args) -> int:
                       decode_workers=args.decode_workers, scoring_batch=args.scoring_batch)
     for s in report["skipped"]:
         print(f"skipped {s['method']} on {s['model']}: {s['reason']}")
+    for bad in report["unreadable"]:  # left out of every cell; replaced and re-run, they are scored then
+        print(f"error: {bad['reason']} (left out; replace it and re-run to score it)", file=sys.stderr)
     print(f"{len(report['rows'])} (model, method, metric) cells; wrote {Path(args.out) / 'report.csv'}, "
           f"{_written(args.out, 'report.json', 'index.html')}")
     record_summary(args, {**report, "written": [str(Path(args.out) / f) for f in ("report.csv", "report.json", "index.html")]})
-    return 0
+    return EXIT_FAILED_IMAGES if report["unreadable"] else 0
 
 
 def _cmd_fetch(args) -> int:
@@ -650,6 +652,43 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub-)command that ``argv`` names: ``visionlens pose train ...`` -> pose train's."""
+    for word in argv:
+        commands = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if commands is None:
+            break
+        if word in commands.choices:
+            parser = commands.choices[word]
+    return parser
+
+
+def _unknown_hint(parser: argparse.ArgumentParser, word: str) -> str:
+    """``; did you mean --method?`` for a misspelt flag, or how to give a positional argument
+    that was given as a flag (``layers --model X``)."""
+    import difflib
+
+    flag = word.split("=", 1)[0]
+    if not flag.startswith("-"):
+        return ""
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.7)
+    if close:
+        return f"; did you mean {close[0]}?"
+    name = flag.lstrip("-").replace("-", "_")
+    positional = next((a for a in parser._actions if not a.option_strings and a.dest == name), None)
+    if positional is not None:
+        return f"; the {name} is given without {flag} here ({parser.prog} {positional.metavar or name.upper()})"
+    return ""
+
+
+def _reject_unknown(parser: argparse.ArgumentParser, argv: list[str], unknown: list[str]) -> None:
+    """A usage error from the command's own parser, with a hint for the first flag it does not know."""
+    command = _command_parser(parser, argv)
+    hint = next(filter(None, (_unknown_hint(command, word) for word in unknown)), "")
+    command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
 @contextlib.contextmanager
 def _warnings_as_lines():
     """visionlens's own warnings (a flat map, an unconverged solve) as one ``warning:`` line on
@@ -685,7 +724,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            _reject_unknown(parser, argv, unknown)
     except SystemExit as done:  # --help, or a usage error already printed on one line
         return done.code if isinstance(done.code, int) else EXIT_USAGE
     try:

@@ -166,7 +166,7 @@ def explain_files(
     finite, is recorded in ``summary["failures"]`` (one line on stderr) and the rest still run.
     Output names never collide and never replace an input (see :mod:`visionlens.outputs`).
     ``cmap``: the colormap of the overlays (default viridis; signed maps use a diverging one)."""
-    out, methods, paths = Path(out_dir), list(methods), list(paths)
+    out, methods, paths = Path(out_dir), list(dict.fromkeys(methods)), list(paths)  # a method named twice runs once
     if not methods:
         raise InputError("no method given; choose from: " + ", ".join(METHODS))
     if not paths:

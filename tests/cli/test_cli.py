@@ -129,3 +129,11 @@ def test_detection_flags_on_a_classifier_are_a_warning_not_silence(tmp_path, ima
                  "--quiet", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert "warnings" not in plain and plain["images"][0]["predicted"] == summary["images"][0]["predicted"]
+
+
+def test_a_method_named_twice_runs_once(tmp_path, imagenet_photos, capsys):
+    out = tmp_path / "o"
+    assert main(["explain", str(imagenet_photos[0]), "--model", "mobilenet_v2", "--method", "gradcam,cam,gradcam",
+                 "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["methods"] == ["gradcam", "cam"]
+    assert "with gradcam, cam on mobilenet_v2" in capsys.readouterr().out

@@ -114,3 +114,29 @@ def test_device_defaults_to_auto_everywhere():
     wrong = [(path, action.default) for path, parser in _walk(build_parser()) for action in parser._actions
              if "--device" in action.option_strings and action.default != "auto"]
     assert not wrong, wrong
+
+
+def test_a_misspelt_flag_is_named_by_its_command_with_the_flag_it_resembles(capsys):
+    assert main(["explain", "photo.jpg", "--methd", "gradcam"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: visionlens explain: unrecognized arguments: --methd gradcam")
+    assert "did you mean --method?" in err[0] and "(see visionlens explain --help)" in err[0]
+    assert main(["concepts", "--clases=0"]) == 2
+    err = capsys.readouterr().err
+    assert "error: visionlens concepts: unrecognized arguments: --clases=0; did you mean --classes?" in err
+
+
+def test_a_positional_argument_given_as_a_flag_says_how_to_give_it(capsys):
+    assert main(["layers", "--model", "mobilenet_v2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "visionlens layers: unrecognized arguments: --model" in err[0]
+    assert "the model is given without --model here (visionlens layers MODEL)" in err[0]
+
+
+def test_an_unknown_flag_of_a_nested_command_names_that_command(capsys):
+    if not _installed("pose"):
+        pytest.skip("visionlens-refer is not installed")
+    assert main(["pose", "train", "--no-such-flag"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: visionlens pose train: unrecognized arguments: --no-such-flag")
+    assert "did you mean" not in err[0]

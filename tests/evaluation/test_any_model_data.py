@@ -92,6 +92,14 @@ def test_image_folder_named_by_class_names(tmp_path):
     assert labels == {"Bird/img0.png": 2, "BIG_DOG/img0.png": 1, "cat/img0.png": 0}
 
 
+def test_image_folder_named_by_imagenet_wordnet_ids(tmp_path):
+    """ImageNet's own train/val layout: one folder per WordNet ID (n01440764 is class 0)."""
+    data = _tree(tmp_path / "tree", {"n01440764": 1, "n02123045": 1})
+    evaluate(["mobilenet_v2"], data=str(data), out=tmp_path / "o", **FAST)
+    labels = {k: r["label"] for k, r in _records(tmp_path / "o").items()}
+    assert labels == {"n01440764/img0.png": 0, "n02123045/img0.png": 281}
+
+
 def test_an_unknown_class_folder_is_one_line(tmp_path, capsys):
     data = _tree(tmp_path / "tree", {"goldfish": 1, "tabby_kat": 1})
     out = tmp_path / "o"
@@ -251,8 +259,8 @@ def test_a_corrupt_image_in_a_hf_dataset_is_one_line_naming_its_row(tmp_path):
             "kind": [0, 1]}
     features = datasets.Features({"picture": datasets.Image(), "kind": datasets.ClassLabel(names=["cat", "bird"])})
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "hf"))
-    with pytest.raises(InputError, match=r"data/1: cannot be decoded .*re-run to resume") as caught:
-        evaluate({"tiny": _tiny_model()}, data=tmp_path / "hf", batch_size=1, out=tmp_path / "o",
-                 **{k: v for k, v in FAST.items() if k != "batch_size"})
-    assert "\n" not in str(caught.value)
-    assert set(_records(tmp_path / "o")) == {"data/0"}  # the first image's results are kept
+    report = evaluate({"tiny": _tiny_model()}, data=tmp_path / "hf", batch_size=1, out=tmp_path / "o",
+                      **{k: v for k, v in FAST.items() if k != "batch_size"})
+    (bad,) = report["unreadable"]
+    assert bad["image"] == "data/1" and "hf data/1: cannot be decoded" in bad["reason"] and "\n" not in bad["reason"]
+    assert set(_records(tmp_path / "o")) == {"data/0"}  # the other image is scored

@@ -83,6 +83,16 @@ def test_resume_after_sigkill_gives_the_uninterrupted_results(tmp_path):
     assert _same(json.loads((killed / "report.json").read_text()), json.loads((full / "report.json").read_text()))
 
 
+def test_a_name_given_twice_is_scored_once(tmp_path, capsys):
+    argv = ["evaluate", "--models", "world-cnn,world-cnn", "--methods", "gradcam,gradcam", "--metrics",
+            "deletion,deletion", "--n", "2", "--step", "1024", "--device", "cpu", "--quiet", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [(r["model"], r["method"], r["metric"]) for r in report["rows"]] == [("world-cnn", "gradcam", "deletion")]
+    api = evaluate(out=tmp_path / "api", **{**ARGS, "methods": ["gradcam", "gradcam"], "metrics": ["deletion"], "n": 2})
+    assert len(api["rows"]) == 1
+
+
 def test_report_covers_the_images_asked_for(tmp_path):
     """Re-run with a smaller --n on a folder holding more results: nothing is recomputed and the
     report card covers exactly the first --n images (how a long run's progress is published)."""
@@ -273,20 +283,31 @@ def test_a_bad_labels_file_is_refused_before_any_work(tmp_path, capsys, rows, me
     assert not out.exists()
 
 
-def test_a_corrupt_photo_stops_the_run_and_keeps_what_was_done(tmp_path, capsys, imagenet_photos, mobilenet):
-    folder = labelled_folder(tmp_path / "photos", imagenet_photos[:2])
-    files = [Path(folder) / p.name for p in imagenet_photos[:2]]  # in labels.csv order
-    good = files[0].read_bytes()
+def test_a_corrupt_photo_is_left_out_on_one_line_and_scored_once_replaced(tmp_path, capsys, imagenet_photos,
+                                                                         mobilenet):
+    folder = labelled_folder(tmp_path / "photos", imagenet_photos[:3])
+    files = [Path(folder) / p.name for p in imagenet_photos[:3]]  # in labels.csv order
+    good = files[1].read_bytes()
     files[1].write_bytes(good[:len(good) // 3])  # truncated
-    argv = ["evaluate", "--models", "mobilenet_v2", "--data", folder, "--metrics", "average-drop", "--batch-size", "1",
-            "--device", "cpu", "--quiet"]
-    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "truncated or corrupt" in err and "re-run to resume" in err and "\n" not in err
-    assert len(read_results(tmp_path / "o" / "results.jsonl")) == 1  # the first photo's result is kept
-    files[0].write_bytes(good[:len(good) // 3])
-    assert main([*argv, "--out", str(tmp_path / "new")]) == 2
-    assert not (tmp_path / "new").exists()  # stopped before its first result: nothing left behind
+    argv = ["evaluate", "--models", "mobilenet_v2", "--data", folder, "--metrics", "average-drop", "--batch-size", "2",
+            "--device", "cpu", "--quiet", "--out", str(tmp_path / "o")]
+    assert main(argv) == 1  # the other images are scored; the exit status says one was left out
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and files[1].name in lines[0] and "truncated or corrupt" in lines[0]
+    assert "left out; replace it and re-run" in lines[0] and "Traceback" not in captured.err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [r["n"] for r in report["rows"]] == [2]
+    assert [u["image"] for u in report["unreadable"]] == [files[1].name]
+    page = (tmp_path / "o" / "index.html").read_text()
+    assert "1 image(s) could not be read" in page and files[1].name in page
+    workers = [*argv[:-1], str(tmp_path / "o2"), "--decode-workers", "1"]  # decoded in a DataLoader process
+    assert main(workers) == 1 and files[1].name in capsys.readouterr().err
+    assert len(read_results(tmp_path / "o2" / "results.jsonl")) == 2
+    files[1].write_bytes(good)  # replaced: the re-run scores it and nothing else
+    assert main(argv) == 0
+    assert len(read_results(tmp_path / "o" / "results.jsonl")) == 3
+    assert not json.loads((tmp_path / "o" / "report.json").read_text())["unreadable"]
 
 
 def test_folder_without_labels_is_refused(tmp_path, capsys):
@@ -545,9 +566,9 @@ def test_batches_stay_within_the_memory_budget(tmp_path, monkeypatch):
             return self.module(x)
 
     real_load = D.load_batch
-    def load_batch(data, items, model):
+    def load_batch(data, items, model, **options):
         loaded.append(len(items))
-        return real_load(data, items, model)
+        return real_load(data, items, model, **options)
 
     monkeypatch.setattr(D, "load_batch", load_batch)
     monkeypatch.setattr(R, "checked_inference_copy", lambda module, x, compile_batch=None: (Recorder(module), "recorder"))

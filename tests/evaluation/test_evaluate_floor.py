@@ -152,16 +152,16 @@ def test_decoding_workers_give_the_same_records(tmp_path, imagenet_photos):
     _assert_same(a, b)
 
 
-def test_a_broken_image_in_a_worker_is_one_line(tmp_path, imagenet_photos):
+def test_a_broken_image_in_a_worker_is_one_line_and_the_others_are_scored(tmp_path, imagenet_photos):
     module = TinyGapNet(classes=1000).eval()
     data = labelled_folder(tmp_path / "data", imagenet_photos[:4])
     (tmp_path / "data" / imagenet_photos[3].name).write_bytes(b"not an image")
-    with pytest.raises(InputError) as err:
-        evaluate({"tiny": module}, ["gradcam"], data=data, n=4, batch_size=2, metrics=["deletion"], step=224 * 56,
-                 device="cpu", progress=False, out=tmp_path / "o", decode_workers=1)
-    message = str(err.value)
+    report = evaluate({"tiny": module}, ["gradcam"], data=data, n=4, batch_size=2, metrics=["deletion"],
+                      step=224 * 56, device="cpu", progress=False, out=tmp_path / "o", decode_workers=1)
+    (bad,) = report["unreadable"]
+    message = bad["reason"]
     assert "\n" not in message and imagenet_photos[3].name in message and "DataLoader" not in message
-    assert len(_records(tmp_path / "o")) == 2  # the first batch's records are kept for the re-run
+    assert len(_records(tmp_path / "o")) == 3  # every image but the broken one
 
 
 def test_the_bar_moves_during_the_scoring(tmp_path, monkeypatch):

@@ -105,3 +105,38 @@ def test_cuda_request_without_cuda_is_a_clear_error():
 
     with pytest.raises(InputError, match="CUDA is not available on this machine; use --device cpu"):
         resolve_device("cuda")
+
+
+def test_a_device_this_machine_lacks_is_one_line_before_any_work():
+    from visionlens.models import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(InputError, match="the meta device holds no data; use cpu or cuda"):
+        resolve_device("meta")
+    if torch.cuda.is_available():
+        with pytest.raises(InputError, match=f"there is no cuda:{torch.cuda.device_count()}: this machine has"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(InputError) as info:
+            resolve_device("mps")  # was an internal error ("PyTorch is not linked with support for mps devices")
+        assert str(info.value) == ("device 'mps' is not available on this machine (this PyTorch build or its "
+                                   "hardware lacks it); use cpu or cuda")
+
+
+def test_imagenet_wordnet_ids_are_the_class_order_and_name_classes():
+    from visionlens.models.zoo import imagenet_wnids, wordnet_index
+
+    wnids = imagenet_wnids()
+    assert len(wnids) == 1000 == len(set(wnids)) and list(wnids) == sorted(wnids)
+    timm = pytest.importorskip("timm")  # oracle: timm's own list of the ImageNet-1k synsets, in index order
+    listed = (Path(timm.__file__).parent / "data" / "_info" / "imagenet_synsets.txt").read_text().split()
+    assert list(wnids) == listed
+    assert wordnet_index("n02123045", 1000) == 281 and wordnet_index("n02123045", 10) is None
+    assert wordnet_index("n99999999", 1000) is None and wordnet_index("tabby", 1000) is None
+
+
+def test_a_target_may_be_a_wordnet_id(mobilenet):
+    model = mobilenet
+    assert model.class_indices(["n02123045", "tabby cat", "3"]) == [281, 281, 3]
+    with pytest.raises(InputError, match="unknown class 'n99999999'"):
+        model.class_indices(["n99999999"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -147,16 +147,20 @@ class Batch:
     labels: torch.Tensor
     masks: torch.Tensor | None = None
     boxes: torch.Tensor | None = None
+    unreadable: dict = field(default_factory=dict)  # image id -> why it was left out (skip_unreadable)
 
     def pin_memory(self) -> "Batch":
         """The batch in pinned memory (``DataLoader(pin_memory=True)`` calls this), for fast copies to a GPU."""
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        return Batch(self.ids, pin(self.x), pin(self.raw), pin(self.labels), pin(self.masks), pin(self.boxes))
+        return Batch(self.ids, pin(self.x), pin(self.raw), pin(self.labels), pin(self.masks), pin(self.boxes),
+                     self.unreadable)
 
 
-def load_batch(data: dict, items, model: ZooModel) -> Batch:
+def load_batch(data: dict, items, model: ZooModel, skip_unreadable: bool = False) -> Batch:
     """The images ``items`` ((id, source, label) of :func:`data_items`, labels as the model's class
-    indices: :func:`model_labels`) as ``model`` takes them."""
+    indices: :func:`model_labels`) as ``model`` takes them. An image that cannot be read raises its
+    one-line :class:`ImageLoadError`, or with ``skip_unreadable`` is left out of the batch and named
+    in ``Batch.unreadable``."""
     pre = model.preprocess
     mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
     ids = [i for i, _, _ in items]
@@ -166,13 +170,18 @@ def load_batch(data: dict, items, model: ZooModel) -> Batch:
         b = World(WorldConfig(size=pre.crop)).batch(data["split"], [src for _, src, _ in items])
         raw = b["image"]
         return Batch(ids, (raw - mean) / std, raw, b["label"], b["object_mask"], b["object_box"])
-    try:
-        xs = [pre(_sets.decode_image(src)) for _, src, _ in items]
-    except ImageLoadError as err:
-        raise ImageLoadError(f"{err}; replace the file and re-run to resume (results so far are kept), or leave the "
-                             "image out of the data and use a new --out") from None
-    x = torch.stack(xs)
-    return Batch(ids, x, (x * std + mean).clamp(0, 1), torch.tensor([lab for _, _, lab in items]))
+    xs, kept, unreadable = [], [], {}
+    for item in items:
+        try:
+            xs.append(pre(_sets.decode_image(item[1])))
+            kept.append(item)
+        except ImageLoadError as err:
+            if not skip_unreadable:
+                raise
+            unreadable[item[0]] = str(err)
+    x = torch.stack(xs) if xs else torch.zeros(0, 3, pre.crop, pre.crop)
+    return Batch([i for i, _, _ in kept], x, (x * std + mean).clamp(0, 1),
+                 torch.tensor([lab for _, _, lab in kept], dtype=torch.long), unreadable=unreadable)
 
 
 def label_map(data: dict, model_name: str, class_names) -> list[int] | None:
@@ -249,7 +258,7 @@ class _Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return load_batch(self.data, self.chunks[i], self.model)
+            return load_batch(self.data, self.chunks[i], self.model, skip_unreadable=True)
         except VisionlensError as err:
             return err
         except Exception as err:  # noqa: BLE001 - sent back to the main process as one line
@@ -257,12 +266,13 @@ class _Batches(torch.utils.data.Dataset):
 
 
 def prefetched(data: dict, chunks: list, model: ZooModel, workers: int = 0):
-    """The batches ``chunks`` in order, loaded (:func:`load_batch`) by a ``DataLoader`` with
-    ``workers`` processes that decode the next batches while this one computes (pinned memory
-    when the model is on CUDA); ``workers=0`` loads each batch here when it is asked for."""
+    """The batches ``chunks`` in order, loaded (:func:`load_batch`, unreadable images left out and
+    named) by a ``DataLoader`` with ``workers`` processes that decode the next batches while this
+    one computes (pinned memory when the model is on CUDA); ``workers=0`` loads each batch here
+    when it is asked for."""
     if workers == 0:
         for chunk in chunks:
-            yield load_batch(data, chunk, model)
+            yield load_batch(data, chunk, model, skip_unreadable=True)
         return
     light = _PreprocessOnly(model.preprocess)  # the workers need the preprocessing, not the model
     loader = torch.utils.data.DataLoader(_Batches(data, chunks, light), batch_size=None, num_workers=workers,

@@ -88,9 +88,10 @@ class BatchWorker:
 
         self._maybe_crash()
         self.run.done = {tuple(k) for k in done}
-        self.run.timings = {}
+        self.run.timings, self.run.unreadable = {}, {}
         R._evaluate_batch(self.run, self.model, start)
-        return {**self._taken(), "timings": self.run.timings, "scoring": self.run.scoring}
+        return {**self._taken(), "timings": self.run.timings, "scoring": self.run.scoring,
+                "unreadable": self.run.unreadable}
 
     def _taken(self) -> dict:
         """What the batch wrote into the scratch folder (records, PNG overlays), removed from it."""
@@ -261,6 +262,7 @@ class RayEngine:
         for key, seconds in result["timings"].items():
             run.timings[key] = run.timings.get(key, 0.0) + seconds
         run.scoring.update(result["scoring"])
+        run.unreadable.update(result["unreadable"])
 
     @staticmethod
     def _write(run, records: list[dict]) -> None:

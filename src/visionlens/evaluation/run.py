@@ -259,6 +259,7 @@ class _Run:
     engine: object = None            # computes the models' batches elsewhere (ray_engine.RayEngine); None: here
     workers: int | None = None       # image-decoding processes (None: chosen from the data and the CPUs)
     scoring_batch: int | None = None # the most images per scoring pass (None: the device's memory bound)
+    unreadable: dict = field(default_factory=dict)  # image id -> why it cannot be read (left out)
 
 
 @dataclass
@@ -434,7 +435,11 @@ def _evaluate_batch(run: _Run, m: _ModelRun, start: int, b: _data.Batch | None =
     m.bar.skip(len(chunk) * (len(m.live) - len(todo)))
     if not todo:
         return
-    b = _data.load_batch(run.spec, chunk, m.model) if b is None else b
+    b = _data.load_batch(run.spec, chunk, m.model, skip_unreadable=True) if b is None else b
+    run.unreadable.update(b.unreadable)
+    m.bar.skip(len(b.unreadable) * len(todo))
+    if not b.ids:
+        return
     if m.scorer is None:
         m.scorer = _scorer(run, m, b)
     bar = _BatchBar(m.bar, len(b.ids), 1 + len(run.metrics), todo)
@@ -503,7 +508,8 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
              shard: str | tuple[int, int] | None = None, weights: str | Path | None = None,
              split: str | None = None, label_column: str | None = None, engine=None,
              decode_workers: int | None = None, scoring_batch: int | None = None) -> dict:
-    """Run (or resume) the evaluation and write the report card; returns the report dict.
+    """Run (or resume) the evaluation and write the report card; returns the report dict (``rows``,
+    ``skipped`` methods, ``curves``, and ``unreadable``: the images left out because they cannot be read).
 
     ``models``: zoo names and model specs (``timm:NAME``, ``torchvision:NAME``, ``hf:ID_OR_DIR``;
     ``weights``: a state-dict file for the one model given), ``nn.Module`` s (the preprocessing of
@@ -545,6 +551,7 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
         decode_workers = check_number("--decode-workers", decode_workers, minimum=0, integer=True)
     if scoring_batch is not None:
         scoring_batch = check_number("--scoring-batch", scoring_batch, minimum=1, integer=True)
+    methods = list(dict.fromkeys(methods))  # a method named twice is scored once
     names, spec = _checked_choices(methods, metrics, data, n, {"split": split, "label_column": label_column})
     if shard is not None:
         shard = _store.parse_shard(shard if isinstance(shard, str) else f"{shard[0]}/{shard[1]}")
@@ -570,6 +577,7 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
     model_names = [m.name for m in sources]
     report = aggregate([r for r in _store.read_folder_results(out, warn=False) if r["image"] == "*" or r["image"] in wanted],
                        model_names, methods, names)
+    report["unreadable"] = [{"image": i, "reason": why} for i, why in sorted(run.unreadable.items())]
     command = {"models": model_names, "model_sources": {m.name: m.source for m in sources}, "methods": methods,
                "data": os.fspath(data) if isinstance(data, (str, os.PathLike)) else spec["name"],
                "data_kind": spec["kind"], "split": split, "label_column": label_column, "n": n,

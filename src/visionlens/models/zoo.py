@@ -26,6 +26,23 @@ def imagenet_classes() -> tuple[str, ...]:
     return tuple(json.loads((Path(__file__).with_name("imagenet_classes.json")).read_text()))
 
 
+@lru_cache(maxsize=1)
+def imagenet_wnids() -> tuple[str, ...]:
+    """The WordNet IDs of the 1,000 ImageNet-1k classes in index order (``n01440764`` is class 0):
+    the folder names of ImageNet's train and val trees."""
+    return tuple(json.loads((Path(__file__).with_name("imagenet_wnids.json")).read_text()))
+
+
+def wordnet_index(name: str, num_classes: int) -> int | None:
+    """The class index of an ImageNet WordNet ID (``n02123045``) for a 1,000-class model, else None."""
+    if num_classes != 1000 or len(name) != 9 or name[0] != "n" or not name[1:].isdigit():
+        return None
+    try:
+        return imagenet_wnids().index(name)
+    except ValueError:
+        return None
+
+
 WORLD_WEIGHTS = Path(__file__).with_name("world_weights")
 
 
@@ -75,8 +92,9 @@ class ZooModel:
                 "classes": len(self.class_names) if self.class_names is not None else None}
 
     def class_indices(self, specs: list[str]) -> list[int]:
-        """Class indices for ``specs``, each an index or one of the model's class names (case and
-        ``_``/space insensitive); one :class:`InputError` line for an unknown name or index."""
+        """Class indices for ``specs``, each an index, one of the model's class names (case and
+        ``_``/space insensitive) or, for a 1,000-class model, an ImageNet WordNet ID (``n02123045``);
+        one :class:`InputError` line for an unknown name or index."""
         return [self._class_index(s.strip()) for s in specs]
 
     def _class_index(self, spec: str) -> int:
@@ -88,6 +106,9 @@ class ZooModel:
             return index
         norm = lambda n: n.lower().replace("_", " ").strip()  # noqa: E731
         found = [i for i, n in enumerate(names) if norm(n) == norm(spec)]
+        wnid = wordnet_index(spec, len(names))
+        if not found and wnid is not None:
+            found = [wnid]
         if not found:
             import difflib
 
@@ -134,15 +155,28 @@ def available_models(task: str | None = None) -> list[str]:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available, else CPU; an unavailable CUDA is an error."""
+    """``None``/``"auto"`` -> CUDA when available, else CPU. A device this machine does not have
+    (CUDA without a GPU, ``cuda:N`` past the last GPU, ``mps`` off a Mac) is one :class:`InputError`."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise InputError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("CUDA is not available on this machine; use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"there is no {dev}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type == "meta":
+        raise InputError("the meta device holds no data; use cpu or cuda")
+    elif dev.type != "cpu":
+        try:  # mps, xpu, ...: available only where PyTorch was built for them and the hardware is there
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError):
+            raise InputError(f"device '{device}' is not available on this machine (this PyTorch build or its "
+                             "hardware lacks it); use cpu or cuda") from None
     return dev
 
 

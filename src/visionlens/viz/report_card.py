@@ -115,5 +115,6 @@ def report_card_html(report: dict, manifest: dict, example_files: list[str], cma
     models = list(dict.fromkeys([r["model"] for r in report["rows"]] + [s["model"] for s in report["skipped"]]))
     return render("report_card.html.j2", title="visionlens report card",
                   models=[_model_section(m, report, example_files) for m in models],
+                  unreadable=report.get("unreadable", []),
                   bars=[colorbar(cmap, False, "example overlays: normalised maps (per image)")],
                   manifest=dumps(manifest, indent=1))
