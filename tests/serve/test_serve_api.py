@@ -271,6 +271,25 @@ def test_serve_command_refuses_bad_folders_and_a_busy_port_in_one_line(tmp_path,
     one_error_line(capsys.readouterr().err, "cannot listen", f"127.0.0.1:{port}")
 
 
+def test_serving_beyond_this_machine_warns_that_the_explorer_has_no_login(tmp_path, capsys, monkeypatch):
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: served.append(host))
+
+    def free() -> int:
+        with socket.create_server(("127.0.0.1", 0)) as probe:
+            return probe.getsockname()[1]
+
+    assert main(["serve", "--model", "world-cnn", "--images", str(tmp_path), "--port", str(free())]) == 0
+    assert "warning" not in capsys.readouterr().err  # 127.0.0.1, the default: this machine only
+    assert main(["serve", "--model", "world-cnn", "--images", str(tmp_path), "--host", "0.0.0.0",
+                 "--port", str(free())]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert served == ["127.0.0.1", "0.0.0.0"]
+    assert len(err) == 1 and err[0].startswith("warning: --host 0.0.0.0 lets other machines reach the explorer")
+
+
 class Broken(torch.nn.Module):
     """A model whose forward pass fails with an error that is not the user's."""
 

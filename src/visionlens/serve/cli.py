@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from ..checks import count
 
 DEFAULT_MODEL = "mobilenet_v2"
@@ -29,8 +31,22 @@ def _cmd_serve(args) -> int:
     explorer = Explorer(models, images=images, results=args.results,
                         max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels)
     print(f"visionlens explorer: http://{args.host}:{args.port}/ (models: {', '.join(models)}; Ctrl-C stops it)", flush=True)
+    if not _loopback(args.host):
+        print(f"warning: --host {args.host} lets other machines reach the explorer, which has no login: anyone who "
+              "can connect may run the models on uploads and read the listed images", file=sys.stderr, flush=True)
     uvicorn.run(create_app(explorer), host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine only."""
+    import ipaddress
+    import socket
+
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
 
 
 def _check_port(host: str, port: int) -> None:
