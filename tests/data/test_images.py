@@ -113,3 +113,12 @@ def test_a_newline_in_a_name_stays_on_one_line(tmp_path):
     with pytest.raises(ImageLoadError) as info:
         load_image(tmp_path / "bro\nken.png")
     assert "\n" not in str(info.value) and "ken.png" in str(info.value)
+
+
+def test_an_image_over_the_pixel_limit_says_to_resize_it(tmp_path, monkeypatch):
+    path = _save(tmp_path / "wide.png", _rgb(40, 60))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2,400 pixels: over the limit, under twice it
+    with pytest.raises(ImageLoadError) as info:
+        load_image(path)
+    text = str(info.value)
+    assert str(path) in text and "decompression-bomb limit of 1,000 pixels" in text and "resize it first" in text

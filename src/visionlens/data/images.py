@@ -69,7 +69,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageLoadError(f"{where}: not a readable image (unknown format or corrupt header)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageLoadError(f"{where}: image is too large to decode safely (decompression-bomb limit)") from None
+        limit = f" of {Image.MAX_IMAGE_PIXELS:,} pixels" if Image.MAX_IMAGE_PIXELS else ""
+        raise ImageLoadError(f"{where}: image is too large to decode safely (over Pillow's decompression-bomb "
+                             f"limit{limit}); resize it first") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageLoadError(f"{where}: image data is truncated or corrupt ({reason})") from None
