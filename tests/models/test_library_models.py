@@ -63,6 +63,14 @@ def test_bad_library_models_give_one_line_errors(tmp_path, resnet_weights, spec,
     assert "pwned" not in capsys.readouterr().out
 
 
+def test_an_unknown_name_with_nothing_close_says_how_many_are_known():
+    with pytest.raises(InputError) as info:
+        visionlens.load_model("torchvision:zzzzzz")
+    text = str(info.value)
+    assert text.startswith("unknown torchvision model 'zzzzzz'; ") and " are known, e.g. " in text
+    assert "close names" not in text  # none is close; the first names of the list are not offered as if they were
+
+
 def test_cli_relevance_cam_on_a_torchvision_model(tmp_path, resnet_weights, imagenet_photos):
     out = tmp_path / "out"
     code = main(["explain", str(imagenet_photos[0]), "--model", "torchvision:resnet18", "--weights", str(resnet_weights),

@@ -46,8 +46,9 @@ def _require(module: str, extra: str):
 def _closest(name: str, names: list[str], what: str) -> InputError:
     import difflib
 
-    close = difflib.get_close_matches(name, names, n=4) or names[:4]
-    return InputError(f"unknown {what} '{name}'; close names: {', '.join(close)}")
+    close = difflib.get_close_matches(name, names, n=4)
+    hint = f"close names: {', '.join(close)}" if close else f"{len(names)} are known, e.g. {', '.join(names[:4])}"
+    return InputError(f"unknown {what} '{name}'; {hint}")
 
 
 # --- the Hugging Face hub (timm's pretrained weights and hf: models) ---------------------------
