@@ -1,6 +1,7 @@
 """Image loading: odd but valid images work; broken files give one-line errors naming the file."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,16 @@ def test_an_image_over_the_pixel_limit_says_to_resize_it(tmp_path, monkeypatch):
         load_image(path)
     text = str(info.value)
     assert str(path) in text and "decompression-bomb limit of 1,000 pixels" in text and "resize it first" in text
+
+
+def test_a_file_named_twice_is_one_input_in_first_place(tmp_path, monkeypatch):
+    from visionlens.data.images import image_files
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        _save(folder / name, _rgb())
+    (tmp_path / "link.png").symlink_to(folder / "b.png")
+    monkeypatch.chdir(tmp_path)
+    given = ["photos/b.png", "./photos/b.png", str(folder), "link.png", "missing.jpg", "missing.jpg"]
+    assert image_files(given) == [Path("photos/b.png"), folder / "a.png", Path("missing.jpg")]

@@ -82,7 +82,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
 def image_files(paths, recursive: bool = False) -> list[Path]:
     """The images named by ``paths``: a file as given, a folder as its image files (by suffix,
-    sorted; with ``recursive`` also those in sub-folders). A folder without images is an
+    sorted; with ``recursive`` also those in sub-folders), each file once (``a.jpg ./a.jpg`` and a
+    file also in a given folder count once, first place kept). A folder without images is an
     :class:`InputError`; a missing file stays in the list (it is reported as that image's error)."""
     found: list[Path] = []
     for given in map(Path, paths):
@@ -95,4 +96,7 @@ def image_files(paths, recursive: bool = False) -> list[Path]:
             hint = "" if recursive else " (add --recursive to look in its sub-folders)"
             raise InputError(f"{display(given)}: no image files in this folder{hint}")
         found.extend(images)
-    return found
+    first: dict[str, Path] = {}
+    for p in found:
+        first.setdefault(os.path.realpath(p), p)
+    return list(first.values())
