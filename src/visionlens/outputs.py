@@ -109,15 +109,27 @@ def _own_files(out: Path) -> set[str]:
     return names
 
 
-def recorded_run(out: Path, record: str, planned: Iterable[str], keys: Iterable[str] = ()) -> set[str]:
+def recorded_run(out: Path, record: str, planned: Iterable[str], keys: Iterable[str] = (),
+                 marks: dict | None = None) -> set[str]:
     """All of ``planned`` when ``out/record`` (the record an earlier run of the command wrote, e.g.
-    its settings) is a JSON object with all of ``keys``, else nothing: the ``own`` of
+    its settings) is a JSON object with all of ``keys`` and the values of ``marks`` (``{"info":
+    {"description": ...}}``: those entries of the nested objects), else nothing: the ``own`` of
     :func:`check_out_dir` for commands that rewrite a whole folder of their own."""
     try:
         recorded = json.loads((Path(out) / record).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return set()
-    return set(planned) if isinstance(recorded, dict) and all(k in recorded for k in keys) else set()
+    ok = isinstance(recorded, dict) and all(k in recorded for k in keys) and _has_marks(recorded, marks or {})
+    return set(planned) if ok else set()
+
+
+def _has_marks(recorded, marks: dict) -> bool:
+    """Whether ``recorded`` holds every entry of ``marks`` (nested dicts compared entry by entry)."""
+    for key, want in marks.items():
+        got = recorded.get(key) if isinstance(recorded, dict) else None
+        if not (_has_marks(got, want) if isinstance(want, dict) else got == want):
+            return False
+    return True
 
 
 def _check_writable(out: Path, folders: Iterable[Path], flag: str) -> None:

@@ -452,6 +452,12 @@ def test_cli_synth_keeps_a_users_file_and_rewrites_its_own(tmp_path, capsys):
     assert main(["pose", "synth", "--n", "2", "--size", "48", "--out", str(tmp_path / "mine")]) == 2
     one_error_line(capsys.readouterr().err, str(mine))
     assert mine.read_bytes() == b"mine" and list((tmp_path / "mine").rglob("*")) == [mine.parent, mine]
+    coco = tmp_path / "coco" / "annotations.json"  # a user's own COCO file of the same name
+    coco.parent.mkdir()
+    coco.write_text(json.dumps({"info": {"description": "my set"}, "images": [], "annotations": [], "categories": []}))
+    assert main(["pose", "synth", "--n", "2", "--size", "48", "--out", str(coco.parent)]) == 2
+    one_error_line(capsys.readouterr().err, str(coco))
+    assert json.loads(coco.read_text())["info"] == {"description": "my set"}
 
 
 def test_cli_train_never_replaces_a_file_that_is_not_its_checkpoint(tmp_path, capsys, monkeypatch):

@@ -283,6 +283,9 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+SYNTH_DESCRIPTION = "visionlens pose synth: synthetic referring scenes"
+
+
 def _cmd_synth(args) -> int:
     """Write synthetic scenes as a RefHuman-format set (annotation JSON + PNG images)."""
     from visionlens.outputs import check_out_dir, recorded_run
@@ -290,11 +293,14 @@ def _cmd_synth(args) -> int:
 
     _check_synthetic(args.n, args.size, "--n")
     out = Path(args.out)
-    # each scene holds one sample or more: at most --n images; annotations.json marks an earlier synth's folder
+    # each scene holds one sample or more: at most --n images; an annotations.json whose COCO "info"
+    # names this command marks an earlier synth's folder (a user's own COCO file there does not)
     planned = ["annotations.json", *(f"images/{synthetic_file_name(i)}" for i in range(1, args.n + 1))]
-    check_out_dir(out, planned, recorded_run(out, "annotations.json", planned))
+    check_out_dir(out, planned, recorded_run(out, "annotations.json", planned,
+                                             marks={"info": {"description": SYNTH_DESCRIPTION}}))
     samples = synthetic_refhuman(args.n, seed=args.seed, size=args.size)
-    ann = write_refhuman(samples, out / "annotations.json", out / "images")
+    info = {"description": SYNTH_DESCRIPTION, "seed": args.seed, "size": args.size, "n": args.n}
+    ann = write_refhuman(samples, out / "annotations.json", out / "images", info=info)
     s = samples[0]
     ys, xs = s.mask.nonzero()
     mid = ((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2).argmin()  # the mask pixel nearest its centroid

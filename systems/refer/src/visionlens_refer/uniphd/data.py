@@ -242,8 +242,10 @@ def load_refhuman(annotation_file: str | os.PathLike, image_dir: str | os.PathLi
     return samples
 
 
-def write_refhuman(samples: list[RefSample], annotation_file: str | os.PathLike, image_dir: str | os.PathLike) -> Path:
-    """Write samples as RefHuman JSON + PNG images (images shared between samples are written once)."""
+def write_refhuman(samples: list[RefSample], annotation_file: str | os.PathLike, image_dir: str | os.PathLike,
+                   info: dict | None = None) -> Path:
+    """Write samples as RefHuman JSON + PNG images (images shared between samples are written once);
+    ``info``: COCO's optional top-level ``info`` object (what made the set)."""
     from PIL import Image
 
     image_dir = Path(image_dir)
@@ -262,7 +264,7 @@ def write_refhuman(samples: list[RefSample], annotation_file: str | os.PathLike,
             "segmentation": rle_encode(sample_mask(s), compressed=False), "area": float(s.area), "bbox": [float(b) for b in s.bbox],
             "scribble": [float(v) for v in s.scribbles.reshape(-1)],
         })
-    return write_json({"images": images, "annotations": annotations,
+    return write_json({**({"info": info} if info else {}), "images": images, "annotations": annotations,
                        "categories": [{"id": 1, "name": "person", "keypoints": list(KEYPOINT_NAMES),
                                        "skeleton": [[a + 1, b + 1] for a, b in SKELETON]}]},
                       annotation_file, indent=None)
