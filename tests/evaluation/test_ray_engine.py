@@ -19,7 +19,7 @@ import pytest
 from visionlens.cli import main
 from visionlens.evaluation import evaluate, read_results
 
-from helpers import kill_after_records, one_error_line
+from helpers import kill_after_records, labelled_folder, one_error_line
 
 ARGS = {"models": ["world-cnn"], "methods": ["gradcam", "eigencam"], "data": "world:test", "n": 12, "batch_size": 2,
         "device": "cpu", "step": 1024, "metrics": ["deletion", "pointing-game", "relevance-mass"], "progress": False}
@@ -141,6 +141,23 @@ def test_driver_killed_then_rerun_resumes_with_nothing_lost_or_duplicated(cluste
     got = _by_key(results)
     assert all(got[k] == rec for k, rec in partial.items())  # what the killed run wrote stays as it was
     _assert_same_values(got, one_process)
+
+
+def test_an_unreadable_image_on_the_cluster_is_left_out_and_named(cluster, tmp_path, capsys, imagenet_photos):
+    data = labelled_folder(tmp_path / "photos", imagenet_photos[:3])
+    broken = Path(data) / imagenet_photos[1].name
+    broken.write_bytes(b"not an image")
+    argv = ["evaluate", "--models", "mobilenet_v2", "--methods", "gradcam", "--data", data, "--batch-size", "2",
+            "--device", "cpu", "--step", "12544", "--metrics", "deletion", "--quiet", "--engine", "ray",
+            "--address", cluster, "--workers", "1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 1  # the others scored on the cluster; the exit status says one was left out
+    err = capsys.readouterr().err  # Ray may log its own lines on stderr too
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and broken.name in errors[0] and "not a readable image" in errors[0], err
+    assert "left out" in errors[0] and "Traceback" not in err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [u["image"] for u in report["unreadable"]] == [broken.name]
+    assert len(read_results(tmp_path / "o" / "results.jsonl")) == 2
 
 
 def test_ray_flags_without_the_ray_engine_are_one_line(tmp_path, capsys):
