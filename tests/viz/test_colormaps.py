@@ -112,3 +112,13 @@ def test_colorbar_strip_under_a_saved_overlay(signed):
     first, last = table("rdbu" if signed else "viridis")[[0, -1]]
     assert np.abs(bar_row[5] - first).max() < 12 and np.abs(bar_row[-6] - last).max() < 12
     assert overlay(photo, np.zeros((96, 96), np.float32), colorbar=True).size == with_bar.size
+
+
+def test_overlay_takes_a_tensor_as_it_comes_from_a_method():
+    import torch
+
+    photo = Image.new("RGB", (32, 24), (90, 120, 150))
+    values = torch.rand(24, 32, dtype=torch.float64)
+    expected = np.asarray(overlay(photo, values.numpy()))
+    for given in (values.clone().requires_grad_(), values.float(), values.half()):  # exp.maps[0] as it is
+        assert np.abs(np.asarray(overlay(photo, given), dtype=int) - expected).max() <= 1

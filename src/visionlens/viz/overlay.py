@@ -30,7 +30,10 @@ def overlay(image: Image.Image, saliency: np.ndarray, alpha: float = 0.5, cmap: 
     image is resized if they differ). A ``signed`` map (e.g. Relevance-CAM's raw map) is resized to
     the image, scaled by its largest magnitude onto a diverging colormap (zero is the neutral
     centre) and blended with weight ``min(1.6 alpha sqrt(|value| / max), 0.8)``, so that the photo shows where
-    the map is near zero. ``colorbar`` adds a labelled colour-bar strip under the picture."""
+    the map is near zero. ``colorbar`` adds a labelled colour-bar strip under the picture. A torch
+    tensor is taken as it is (detached, from any device)."""
+    if hasattr(saliency, "detach"):  # a torch tensor, e.g. exp.maps[0], also one that requires grad or is on a GPU
+        saliency = saliency.detach().float().cpu().numpy()
     saliency = np.asarray(saliency, dtype=np.float32)
     if saliency.ndim != 2:
         raise ValueError(f"saliency must be (H, W), got {saliency.shape}")
