@@ -240,13 +240,17 @@ def _cmd_bank(args) -> int:
 
     check_out_file(args.out, force=args.force)
     model = load_model(args.model, device=args.device, weights=args.weights)
+    unreadable: list[str] = []
     bank = build_bank(model, images=args.images, labels=args.labels, world_split=args.world_split, n=args.n,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, unreadable=unreadable)
     bank.save(args.out)
-    print(f"wrote {args.out}: {len(bank)} {bank.features.shape[1]}-d embeddings of {model.name}, {bank.num_classes} classes")
+    for message in unreadable:
+        print(f"error: {message} (left out of the bank)", file=sys.stderr)
+    print(f"wrote {args.out}: {len(bank)} {bank.features.shape[1]}-d embeddings of {model.name}, {bank.num_classes} classes"
+          + (f"; {len(unreadable)} unreadable image(s) left out" if unreadable else ""))
     record_summary(args, {"out": str(args.out), "model": model.name, "entries": len(bank),
-                          "dim": int(bank.features.shape[1]), "classes": int(bank.num_classes)})
-    return 0
+                          "dim": int(bank.features.shape[1]), "classes": int(bank.num_classes), "unreadable": unreadable})
+    return EXIT_FAILED_IMAGES if unreadable else 0
 
 
 def _cmd_evaluate(args) -> int:

@@ -13,7 +13,7 @@ from visionlens import DAAM
 from visionlens.core.memory_bank import MemoryBank, knn_vote
 from visionlens.data.bank import build_bank
 from visionlens.data.world import World, WorldConfig
-from visionlens.errors import InputError
+from visionlens.errors import ImageLoadError, InputError
 from visionlens.methods.daam import dimension_weights, display_maps
 from visionlens.models.world_eval import knn_predict
 
@@ -247,3 +247,27 @@ def test_bank_from_a_folder_or_a_csv(tmp_path, world_batch):
     loaded = MemoryBank.load(by_csv.save(tmp_path / "b.pt"))
     torch.testing.assert_close(loaded.features, by_csv.features)
     assert torch.equal(loaded.labels, by_csv.labels) and loaded.class_names == names
+
+    broken = tmp_path / "by-class" / names[int(labels[0])] / "broken.png"  # an unreadable file among them
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ImageLoadError, match="broken.png"):
+        build_bank(dino, images=tmp_path / "by-class")
+    unreadable: list[str] = []
+    kept = build_bank(dino, images=tmp_path / "by-class", unreadable=unreadable)
+    assert len(unreadable) == 1 and "broken.png" in unreadable[0]
+    torch.testing.assert_close(kept.features, by_class.features)  # the readable images, in the same order
+    assert torch.equal(kept.labels, by_class.labels)
+    from visionlens.cli import main
+
+    code = main(["bank", "--model", "world-dino", "--images", str(tmp_path / "by-class"), "--out", str(tmp_path / "c.pt")])
+    assert code == 1 and MemoryBank.load(tmp_path / "c.pt").features.shape == (4, by_class.features.shape[1])
+
+
+def test_a_bank_gives_the_model_back_with_every_module_in_its_mode():
+    dino = visionlens.load_model("world-dino")
+    dino.module.eval()
+    first = next(m for m in dino.module.modules() if m is not dino.module)
+    first.train()  # a mixed state: restoring only the top module's flag would put every module in train mode
+    before = [m.training for m in dino.module.modules()]
+    build_bank(dino, n=8, batch_size=4)
+    assert [m.training for m in dino.module.modules()] == before

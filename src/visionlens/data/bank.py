@@ -7,22 +7,21 @@ from pathlib import Path
 
 import torch
 
+from ..core.hooks import preserved_model_state
 from ..core.memory_bank import MemoryBank
 from ..core.vit import model_output
-from ..errors import InputError
+from ..errors import ImageLoadError, InputError
 from .images import IMAGE_SUFFIXES, load_image
 
 
 @torch.no_grad()
 def embed(module: torch.nn.Module, batches) -> torch.Tensor:
-    """Model outputs (embeddings) for an iterable of preprocessed ``(B, C, H, W)`` batches."""
+    """Model outputs (embeddings) for an iterable of preprocessed ``(B, C, H, W)`` batches, in eval
+    mode; every module's mode is restored afterwards (an empty iterable gives an empty tensor)."""
     device = next(module.parameters()).device
-    was_training = module.training
-    module.eval()
-    try:
-        return torch.cat([model_output(module(x.to(device))).float().cpu() for x in batches])
-    finally:
-        module.train(was_training)
+    with preserved_model_state(module):
+        parts = [model_output(module(x.to(device))).float().cpu() for x in batches]
+    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def _folder_items(images: str | Path, labels: str | Path | None, class_names) -> tuple[list[Path], list[int], int, tuple | None]:
@@ -67,10 +66,12 @@ def _folder_items(images: str | Path, labels: str | Path | None, class_names) ->
 
 
 def build_bank(model, images: str | Path | None = None, labels: str | Path | None = None, world_split: str = "train",
-               n: int = 5000, batch_size: int = 250) -> MemoryBank:
+               n: int = 5000, batch_size: int = 250, unreadable: list | None = None) -> MemoryBank:
     """A memory bank of ``model``'s (a :class:`~visionlens.models.ZooModel`) embeddings: of the
     first ``n`` images of a synthetic-world split (default), or of the images under ``images``
-    (one sub-folder per class, or labels from a ``file,label`` CSV)."""
+    (one sub-folder per class, or labels from a ``file,label`` CSV). An image that cannot be read
+    raises its one-line :class:`~visionlens.errors.ImageLoadError`, or, when an ``unreadable``
+    list is given, is left out and its message appended to that list."""
     if images is None:
         from .world import World, WorldConfig
 
@@ -89,6 +90,24 @@ def build_bank(model, images: str | Path | None = None, labels: str | Path | Non
     files, ys, num, names = _folder_items(images, labels, model.class_names)
     if not files:
         raise InputError(f"no images found under {images}")
-    batches = (torch.stack([model.preprocess(load_image(p)) for p in files[s:s + batch_size]])
-               for s in range(0, len(files), batch_size))
-    return MemoryBank(embed(model.module, batches), torch.tensor(ys), num, names, model.name)
+    kept: list[int] = []
+
+    def batches():
+        for start in range(0, len(files), batch_size):
+            xs = []
+            for i in range(start, min(start + batch_size, len(files))):
+                try:
+                    xs.append(model.preprocess(load_image(files[i])))
+                except ImageLoadError as err:
+                    if unreadable is None:
+                        raise
+                    unreadable.append(str(err))
+                    continue
+                kept.append(i)
+            if xs:
+                yield torch.stack(xs)
+
+    feats = embed(model.module, batches())
+    if not kept:
+        raise InputError(f"no readable images under {images}")
+    return MemoryBank(feats, torch.tensor([ys[i] for i in kept]), num, names, model.name)
