@@ -85,8 +85,12 @@ def test_untraceable_models_fold_only_sequential_pairs():
         torch.testing.assert_close(InferenceCopy(net)(x), net(x), rtol=1e-5, atol=1e-5)
 
 
-def test_checked_copy_leaves_the_model_exactly_as_it_was():
+@pytest.mark.parametrize("modes", ["train", "mixed"])
+def test_checked_copy_leaves_the_model_exactly_as_it_was(modes):
     net = _net().train()
+    if modes == "mixed":  # the top module in eval, one block in train: each keeps its own mode
+        net.eval()
+        next(m for m in net.modules() if m is not net).train()
     net.register_forward_hook(lambda *a: None)
     before = snapshot(net)
     fast, note = checked_inference_copy(net, torch.randn(2, 3, 16, 16))

@@ -29,6 +29,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .hooks import preserved_model_state
+
 
 class _LeafTracer(fx.Tracer):
     """Keeps every convolution and batch norm (subclasses too) as one call in the graph."""
@@ -222,12 +224,8 @@ def checked_inference_copy(module: nn.Module, x: torch.Tensor, rtol: float = 1e-
 
 
 def _reference(module: nn.Module, x: torch.Tensor):
-    was_training = module.training
-    module.eval()
-    try:
+    with preserved_model_state(module):  # eval mode; every module's own mode back afterwards
         return module(x)
-    finally:
-        module.train(was_training)
 
 
 def _compare(ref, got, rtol: float) -> tuple[float, str | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.hooks import preserved_model_state
 from ..core.memory_bank import cosine_neighbours, weighted_votes
 from ..data.world import NUM_CLASSES, World
 
@@ -69,14 +70,10 @@ def score(kind: str, module: nn.Module, world: World, indices, bank: int = 5000,
 
 
 def evidence_check(kind: str, module: nn.Module, world: World, indices) -> dict:
-    was_training = module.training
-    module.eval()
-    try:
+    with preserved_model_state(module):  # eval mode; every module's own mode back afterwards
         return {
             "clean": score(kind, module, world, indices),
             "object_removed": score(kind, module, world, indices, remove_object=True),
             "distractors_removed": score(kind, module, world, indices, remove_distractors=True),
             "chance": 1.0 / NUM_CLASSES,
         }
-    finally:
-        module.train(was_training)
