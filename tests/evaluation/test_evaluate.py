@@ -301,6 +301,10 @@ def test_a_corrupt_photo_is_left_out_on_one_line_and_scored_once_replaced(tmp_pa
     assert [u["image"] for u in report["unreadable"]] == [files[1].name]
     page = (tmp_path / "o" / "index.html").read_text()
     assert "1 image(s) could not be read" in page and files[1].name in page
+    examples = tmp_path / "o" / "examples"  # numbered by the images' places in the data, the left-out one's free
+    assert {p.name for p in examples.glob("mobilenet_v2.*.png")} == {
+        "mobilenet_v2.0.png", "mobilenet_v2.2.png", "mobilenet_v2.gradcam.0.png", "mobilenet_v2.gradcam.2.png"}
+    third = (examples / "mobilenet_v2.2.png").read_bytes()
     workers = [*argv[:-1], str(tmp_path / "o2"), "--decode-workers", "1"]  # decoded in a DataLoader process
     assert main(workers) == 1 and files[1].name in capsys.readouterr().err
     assert len(read_results(tmp_path / "o2" / "results.jsonl")) == 2
@@ -308,6 +312,7 @@ def test_a_corrupt_photo_is_left_out_on_one_line_and_scored_once_replaced(tmp_pa
     assert main(argv) == 0
     assert len(read_results(tmp_path / "o" / "results.jsonl")) == 3
     assert not json.loads((tmp_path / "o" / "report.json").read_text())["unreadable"]
+    assert (examples / "mobilenet_v2.gradcam.1.png").exists() and (examples / "mobilenet_v2.2.png").read_bytes() == third
 
 
 def test_folder_without_labels_is_refused(tmp_path, capsys):

@@ -148,12 +148,13 @@ class Batch:
     masks: torch.Tensor | None = None
     boxes: torch.Tensor | None = None
     unreadable: dict = field(default_factory=dict)  # image id -> why it was left out (skip_unreadable)
+    positions: list | None = None  # with images left out: each image's position among the items asked for
 
     def pin_memory(self) -> "Batch":
         """The batch in pinned memory (``DataLoader(pin_memory=True)`` calls this), for fast copies to a GPU."""
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
         return Batch(self.ids, pin(self.x), pin(self.raw), pin(self.labels), pin(self.masks), pin(self.boxes),
-                     self.unreadable)
+                     self.unreadable, self.positions)
 
 
 def load_batch(data: dict, items, model: ZooModel, skip_unreadable: bool = False) -> Batch:
@@ -170,18 +171,21 @@ def load_batch(data: dict, items, model: ZooModel, skip_unreadable: bool = False
         b = World(WorldConfig(size=pre.crop)).batch(data["split"], [src for _, src, _ in items])
         raw = b["image"]
         return Batch(ids, (raw - mean) / std, raw, b["label"], b["object_mask"], b["object_box"])
-    xs, kept, unreadable = [], [], {}
-    for item in items:
+    xs, kept, positions, unreadable = [], [], [], {}
+    for position, item in enumerate(items):
         try:
             xs.append(pre(_sets.decode_image(item[1])))
-            kept.append(item)
         except ImageLoadError as err:
             if not skip_unreadable:
                 raise
             unreadable[item[0]] = str(err)
+            continue
+        kept.append(item)
+        positions.append(position)
     x = torch.stack(xs) if xs else torch.zeros(0, 3, pre.crop, pre.crop)
     return Batch([i for i, _, _ in kept], x, (x * std + mean).clamp(0, 1),
-                 torch.tensor([lab for _, _, lab in kept], dtype=torch.long), unreadable=unreadable)
+                 torch.tensor([lab for _, _, lab in kept], dtype=torch.long), unreadable=unreadable,
+                 positions=positions if unreadable else None)
 
 
 def label_map(data: dict, model_name: str, class_names) -> list[int] | None:

@@ -101,15 +101,19 @@ def write_report_card(out: Path, report: dict, manifest: dict) -> None:
 
 
 def save_examples(folder: Path, model: str, method: str, raw: torch.Tensor, maps: torch.Tensor, first: int,
-                  k: int) -> None:
+                  k: int, positions=None) -> None:
     """Overlays of the batch's images (``raw``, in [0, 1]) whose index among the command's images
-    (``first`` + j) is below ``k``, and each image itself once."""
-    for j in range(min(k - first, len(raw))):
+    (``first`` + their position in the batch: ``positions[j]``, or ``j``) is below ``k``, and each
+    image itself once."""
+    for j in range(len(raw)):
+        index = first + (positions[j] if positions is not None else j)
+        if index >= k:
+            continue
         img = Image.fromarray((raw[j].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
-        name = f"{model}.{method}.{first + j}.png".replace("/", "_").replace("@", "_at_")
+        name = f"{model}.{method}.{index}.png".replace("/", "_").replace("@", "_at_")
         ov = overlay(img, maps[j].float().cpu().numpy())
         save_atomic(lambda t, o=ov: o.save(t, format="PNG"), folder / name)
-        view = folder / f"{model}.{first + j}.png".replace("/", "_")
+        view = folder / f"{model}.{index}.png".replace("/", "_")
         if not view.exists():
             save_atomic(lambda t, i=img: i.save(t, format="PNG"), view)
 

@@ -412,7 +412,8 @@ def _score(run: _Run, m: _ModelRun, method: str, b: _data.Batch, res, context, g
     key = f"{m.name}/{method}"
     run.timings[key] = run.timings.get(key, 0.0) + time.perf_counter() - t0
     if run.offset + start < run.examples:  # overlays of the first images of the command
-        save_examples(run.out / "examples", m.name, method, b.raw, res.maps, run.offset + start, run.examples)
+        save_examples(run.out / "examples", m.name, method, b.raw, res.maps, run.offset + start, run.examples,
+                      b.positions)
     recs = _store.image_records(m.name, method, b.ids, b.labels, res.predicted, res.extra, values, run.done,
                                 curves=context.shared.get("curves"))
     _store.write_records(run.f, recs)
