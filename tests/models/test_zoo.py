@@ -123,20 +123,44 @@ def test_a_device_this_machine_lacks_is_one_line_before_any_work():
                                    "hardware lacks it); use cpu or cuda")
 
 
-def test_imagenet_wordnet_ids_are_the_class_order_and_name_classes():
-    from visionlens.models.zoo import imagenet_wnids, wordnet_index
+def test_imagenet_wordnet_ids_and_lemmas_are_the_class_order_and_name_classes():
+    from visionlens.models.zoo import _imagenet_synsets, imagenet_alias_index, imagenet_wnids
 
     wnids = imagenet_wnids()
     assert len(wnids) == 1000 == len(set(wnids)) and list(wnids) == sorted(wnids)
-    timm = pytest.importorskip("timm")  # oracle: timm's own list of the ImageNet-1k synsets, in index order
-    listed = (Path(timm.__file__).parent / "data" / "_info" / "imagenet_synsets.txt").read_text().split()
-    assert list(wnids) == listed
-    assert wordnet_index("n02123045", 1000) == 281 and wordnet_index("n02123045", 10) is None
-    assert wordnet_index("n99999999", 1000) is None and wordnet_index("tabby", 1000) is None
+    timm = pytest.importorskip("timm")  # oracle: timm's ImageNet-1k synsets (index order) and their WordNet lemmas
+    info = Path(timm.__file__).parent / "data" / "_info"
+    assert list(wnids) == (info / "imagenet_synsets.txt").read_text().split()
+    lemmas = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines())
+    assert all(list(ours) == [x.strip() for x in lemmas[wnid].split(",")] for wnid, ours in _imagenet_synsets())
+    assert imagenet_alias_index("n02123045", 1000) == 281 and imagenet_alias_index("n02123045", 10) is None
+    assert imagenet_alias_index("Tiger_Cat", 1000) == 282 and imagenet_alias_index("tabby", 1000) == 281
+    assert imagenet_alias_index("n99999999", 1000) is None
+    assert imagenet_alias_index("crane", 1000) is None  # the first lemma of two classes (the bird, the machine)
+    assert imagenet_alias_index("polecat", 1000) == 358  # the polecat's first lemma; the skunk's third
+
+
+def test_every_torchvision_imagenet_name_names_its_class_of_a_zoo_model(mobilenet):
+    """Users coming from torchvision (or Keras) name classes as it does: 296 of those names differ
+    from the zoo's (``cock`` is ``rooster`` here, ``tiger cat`` is ``a cat having a striped coat``)."""
+    weights = pytest.importorskip("torchvision.models").ResNet18_Weights.IMAGENET1K_V1
+    categories = weights.meta["categories"]  # oracle: torchvision's names, in index order
+    # names that cannot say which class they mean here: "Cardigan" (the dog) differs from
+    # "cardigan" (the sweater) by case only; "crane" and "maillot" are the first WordNet lemma of two
+    # classes each, and "maillot tank suit" is torchvision's own; the zoo has "sunglasses" twice
+    ambiguous = {"Cardigan", "crane", "maillot", "maillot tank suit", "sunglasses"}
+    wrong = []
+    for index, name in enumerate(categories):
+        try:
+            if mobilenet.class_indices([name]) != [index]:
+                wrong.append(name)
+        except InputError:
+            wrong.append(name)
+    assert set(wrong) == ambiguous
 
 
 def test_a_target_may_be_a_wordnet_id(mobilenet):
     model = mobilenet
-    assert model.class_indices(["n02123045", "tabby cat", "3"]) == [281, 281, 3]
+    assert model.class_indices(["n02123045", "tabby cat", "3", "tiger cat"]) == [281, 281, 3, 282]
     with pytest.raises(InputError, match="unknown class 'n99999999'"):
         model.class_indices(["n99999999"])

@@ -249,10 +249,11 @@ def _norm(name: str) -> str:
 def match_classes(names: list[str], model_classes, model: str, data: str) -> list[int]:
     """The model's class index of each data class name: a whole number is an index, any other name
     is matched to the model's class names (case, ``_``, ``-`` and space insensitive) or, for a
-    1,000-class model, read as an ImageNet WordNet ID (``n01440764``: ImageNet's own folder names). A
+    1,000-class model, read as an ImageNet WordNet ID (``n01440764``: ImageNet's own folder names)
+    or WordNet lemma (``tench``, ``tiger cat``: the names torchvision and Keras use). A
     model without class names takes the data's own order (sorted folders, ``ClassLabel`` order), as
     torchvision's ImageFolder does; one :class:`InputError` line names a class that matches nothing."""
-    from ..models.zoo import wordnet_index
+    from ..models.zoo import imagenet_alias_index
 
     if model_classes is None:
         return [int(n) if n.isdigit() else i for i, n in enumerate(names)]
@@ -265,8 +266,8 @@ def match_classes(names: list[str], model_classes, model: str, data: str) -> lis
             out.append(int(name))
         elif _norm(name) in index:
             out.append(index[_norm(name)])
-        elif wordnet_index(name, len(model_classes)) is not None:
-            out.append(wordnet_index(name, len(model_classes)))
+        elif imagenet_alias_index(name, len(model_classes)) is not None:
+            out.append(imagenet_alias_index(name, len(model_classes)))
         else:
             close = difflib.get_close_matches(name, list(model_classes), n=4, cutoff=0.5)
             hint = f"; close names: {', '.join(close)}" if close else ""

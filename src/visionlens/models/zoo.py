@@ -27,20 +27,48 @@ def imagenet_classes() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
+def _imagenet_synsets() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``(WordNet ID, its lemmas)`` of the 1,000 ImageNet-1k classes, in index order."""
+    rows = json.loads((Path(__file__).with_name("imagenet_synsets.json")).read_text(encoding="utf-8"))
+    return tuple((wnid, tuple(lemmas)) for wnid, lemmas in rows)
+
+
 def imagenet_wnids() -> tuple[str, ...]:
     """The WordNet IDs of the 1,000 ImageNet-1k classes in index order (``n01440764`` is class 0):
     the folder names of ImageNet's train and val trees."""
-    return tuple(json.loads((Path(__file__).with_name("imagenet_wnids.json")).read_text()))
+    return tuple(wnid for wnid, _ in _imagenet_synsets())
 
 
-def wordnet_index(name: str, num_classes: int) -> int | None:
-    """The class index of an ImageNet WordNet ID (``n02123045``) for a 1,000-class model, else None."""
-    if num_classes != 1000 or len(name) != 9 or name[0] != "n" or not name[1:].isdigit():
+def _norm_name(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+@lru_cache(maxsize=1)
+def _imagenet_aliases() -> dict[str, int]:
+    """Class index by WordNet ID and by each WordNet lemma of a class (``tabby``, ``tiger cat``,
+    ``hammerhead``: the names torchvision, Keras and Caffe use), normalised. A lemma of several
+    classes names the one whose first lemma it is (``polecat``: the polecat, not the skunk), and
+    none when that is not one class (``crane``: the bird and the machine)."""
+    by_lemma: dict[str, list[tuple[bool, int]]] = {}
+    for index, (_, lemmas) in enumerate(_imagenet_synsets()):
+        for rank, lemma in enumerate(lemmas):
+            by_lemma.setdefault(_norm_name(lemma), []).append((rank == 0, index))
+    aliases = {}
+    for lemma, found in by_lemma.items():
+        classes = {index for _, index in found}
+        first = {index for is_first, index in found if is_first}
+        if len(classes) == 1 or len(first) == 1:
+            aliases[lemma] = next(iter(classes if len(classes) == 1 else first))
+    aliases.update({wnid: index for index, wnid in enumerate(imagenet_wnids())})
+    return aliases
+
+
+def imagenet_alias_index(name: str, num_classes: int) -> int | None:
+    """For a 1,000-class model, the class index that ``name`` names as an ImageNet WordNet ID
+    (``n02123045``) or as one of the class's WordNet lemmas (``tabby``, ``tiger cat``); else None."""
+    if num_classes != 1000:
         return None
-    try:
-        return imagenet_wnids().index(name)
-    except ValueError:
-        return None
+    return _imagenet_aliases().get(name if name[:1] == "n" and name[1:].isdigit() else _norm_name(name))
 
 
 WORLD_WEIGHTS = Path(__file__).with_name("world_weights")
@@ -93,8 +121,8 @@ class ZooModel:
 
     def class_indices(self, specs: list[str]) -> list[int]:
         """Class indices for ``specs``, each an index, one of the model's class names (case and
-        ``_``/space insensitive) or, for a 1,000-class model, an ImageNet WordNet ID (``n02123045``);
-        one :class:`InputError` line for an unknown name or index."""
+        ``_``/space insensitive) or, for a 1,000-class model, an ImageNet WordNet ID or lemma
+        (``n02123045``, ``tabby``); one :class:`InputError` line for an unknown name or index."""
         return [self._class_index(s.strip()) for s in specs]
 
     def _class_index(self, spec: str) -> int:
@@ -106,9 +134,9 @@ class ZooModel:
             return index
         norm = lambda n: n.lower().replace("_", " ").strip()  # noqa: E731
         found = [i for i, n in enumerate(names) if norm(n) == norm(spec)]
-        wnid = wordnet_index(spec, len(names))
-        if not found and wnid is not None:
-            found = [wnid]
+        alias = imagenet_alias_index(spec, len(names))
+        if not found and alias is not None:
+            found = [alias]
         if not found:
             import difflib
 
