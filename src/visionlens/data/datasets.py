@@ -242,10 +242,6 @@ def decode_image(source) -> Image.Image:
     return _to_rgb_uint8(img, where)
 
 
-def _norm(name: str) -> str:
-    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
-
-
 def match_classes(names: list[str], model_classes, model: str, data: str) -> list[int]:
     """The model's class index of each data class name: a whole number is an index, any other name
     is matched to the model's class names (case, ``_``, ``-`` and space insensitive) or, for a
@@ -253,21 +249,21 @@ def match_classes(names: list[str], model_classes, model: str, data: str) -> lis
     or WordNet lemma (``tench``, ``tiger cat``: the names torchvision and Keras use). A
     model without class names takes the data's own order (sorted folders, ``ClassLabel`` order), as
     torchvision's ImageFolder does; one :class:`InputError` line names a class that matches nothing."""
-    from ..models.zoo import imagenet_alias_index
+    from ..models.zoo import class_name_key, imagenet_alias_index
 
     if model_classes is None:
         return [int(n) if n.isdigit() else i for i, n in enumerate(names)]
     index = {}
     for i, c in enumerate(model_classes):
-        index.setdefault(_norm(c), i)
+        index.setdefault(class_name_key(c), i)
     out = []
     for name in names:
         if name.isdigit():
             out.append(int(name))
-        elif _norm(name) in index:
-            out.append(index[_norm(name)])
-        elif imagenet_alias_index(name, len(model_classes)) is not None:
-            out.append(imagenet_alias_index(name, len(model_classes)))
+        elif class_name_key(name) in index:
+            out.append(index[class_name_key(name)])
+        elif (alias := imagenet_alias_index(name, len(model_classes))) is not None:
+            out.append(alias)
         else:
             close = difflib.get_close_matches(name, list(model_classes), n=4, cutoff=0.5)
             hint = f"; close names: {', '.join(close)}" if close else ""

@@ -39,7 +39,8 @@ def imagenet_wnids() -> tuple[str, ...]:
     return tuple(wnid for wnid, _ in _imagenet_synsets())
 
 
-def _norm_name(name: str) -> str:
+def class_name_key(name: str) -> str:
+    """A class name as names are compared: case, ``_``, ``-`` and runs of spaces do not count."""
     return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
@@ -52,7 +53,7 @@ def _imagenet_aliases() -> dict[str, int]:
     by_lemma: dict[str, list[tuple[bool, int]]] = {}
     for index, (_, lemmas) in enumerate(_imagenet_synsets()):
         for rank, lemma in enumerate(lemmas):
-            by_lemma.setdefault(_norm_name(lemma), []).append((rank == 0, index))
+            by_lemma.setdefault(class_name_key(lemma), []).append((rank == 0, index))
     aliases = {}
     for lemma, found in by_lemma.items():
         classes = {index for _, index in found}
@@ -68,7 +69,7 @@ def imagenet_alias_index(name: str, num_classes: int) -> int | None:
     (``n02123045``) or as one of the class's WordNet lemmas (``tabby``, ``tiger cat``); else None."""
     if num_classes != 1000:
         return None
-    return _imagenet_aliases().get(name if name[:1] == "n" and name[1:].isdigit() else _norm_name(name))
+    return _imagenet_aliases().get(name if name[:1] == "n" and name[1:].isdigit() else class_name_key(name))
 
 
 WORLD_WEIGHTS = Path(__file__).with_name("world_weights")
