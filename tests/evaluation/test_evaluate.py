@@ -315,6 +315,20 @@ def test_a_corrupt_photo_is_left_out_on_one_line_and_scored_once_replaced(tmp_pa
     assert (examples / "mobilenet_v2.gradcam.1.png").exists() and (examples / "mobilenet_v2.2.png").read_bytes() == third
 
 
+def test_data_with_no_readable_photo_is_one_line_and_leaves_nothing(tmp_path, capsys, imagenet_photos, mobilenet):
+    folder = labelled_folder(tmp_path / "photos", imagenet_photos[:2])
+    for p in imagenet_photos[:2]:
+        (Path(folder) / p.name).write_bytes(b"not an image")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    argv = ["evaluate", "--models", "mobilenet_v2", "--data", folder, "--device", "cpu", "--quiet", "--out", str(out)]
+    assert main(argv) == 2  # an empty report helps no one: the data is bad input
+    err = capsys.readouterr().err.strip()
+    assert "none of the 2 image(s)" in err and "nothing was written" in err and "\n" not in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
 def test_folder_without_labels_is_refused(tmp_path, capsys):
     assert main(["evaluate", "--models", "mobilenet_v2", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "labels.csv" in capsys.readouterr().err

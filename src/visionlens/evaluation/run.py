@@ -481,6 +481,15 @@ def _manifest(run: _Run, command: dict, names: list[str], t_start: float) -> dic
                         for k, v in M.METRICS.items() if k in names}}
 
 
+def _check_some_readable(run: _Run) -> None:
+    """Stop with one line when no image of the run could be read: a report of no cells helps no one."""
+    ids = {i for i, _, _ in run.mine}
+    if ids and ids <= set(run.unreadable):
+        image, why = min(run.unreadable.items())
+        more = f" (and {len(ids) - 1} more)" if len(ids) > 1 else ""
+        raise InputError(f"none of the {len(ids)} image(s) of the data could be read: {why}{more}; nothing was written")
+
+
 def _run_models(run: _Run, models: list[_ModelSource], methods: list[str], settings: dict, path: Path,
                 created: list[Path]) -> None:
     """Every model into the locked results file ``run.f`` at ``path``, after checking ``settings``
@@ -496,6 +505,7 @@ def _run_models(run: _Run, models: list[_ModelSource], methods: list[str], setti
                 _evaluate_model(run, source, methods)
         else:  # batches computed elsewhere, records written here
             run.engine(run, models, methods)
+        _check_some_readable(run)
     except BaseException:
         if fresh and os.fstat(run.f.fileno()).st_size == 0:
             _store.remove_new_files(run.out, path, created)
@@ -510,7 +520,8 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
              split: str | None = None, label_column: str | None = None, engine=None,
              decode_workers: int | None = None, scoring_batch: int | None = None) -> dict:
     """Run (or resume) the evaluation and write the report card; returns the report dict (``rows``,
-    ``skipped`` methods, ``curves``, and ``unreadable``: the images left out because they cannot be read).
+    ``skipped`` methods, ``curves``, and ``unreadable``: the images left out because they cannot be read;
+    :class:`InputError`, with nothing written, when none can be).
 
     ``models``: zoo names and model specs (``timm:NAME``, ``torchvision:NAME``, ``hf:ID_OR_DIR``;
     ``weights``: a state-dict file for the one model given), ``nn.Module`` s (the preprocessing of
