@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -37,7 +39,7 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", nargs="+", default=MODELS)
-    p.add_argument("--out", default="hsi_ablation.json")
+    p.add_argument("--out", default="hsi_ablation.json", help="the results file to write (never replaced)")
     p.add_argument("--paper-counts", action="store_true", help="print NP / FLOPs at the paper's band counts and exit")
     p.add_argument("--basis-speed", action="store_true", help="time a training step with each basis and exit")
     p.add_argument("--table-from", nargs="+", default=None, help="print the table of earlier runs' JSON files and exit")
@@ -52,6 +54,9 @@ def main(argv=None) -> None:
         if any("kappa_boundary" in r for r in rows):
             print(boundary_table(rows, saved[0]["args"]["models"]))
         return
+    if not (args.paper_counts or args.basis_speed) and os.path.exists(args.out):
+        print(f"error: --out {args.out} exists; give another path (the run would replace it)", file=sys.stderr)
+        raise SystemExit(2)
     torch.set_num_threads(1)
     if args.paper_counts:
         print(paper_counts())
@@ -69,7 +74,7 @@ def main(argv=None) -> None:
             rows.append({"model": name, "seed": seed, **result})
             print(f"seed {seed} {name:14s} kappa {result['kappa']:.4f} oa {result['oa']:.4f} "
                   f"train {result['train_cpu_s']:.1f}s", flush=True)
-    with open(args.out, "w") as fh:
+    with open(args.out, "x") as fh:
         json.dump({"args": vars(args), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
                    "date": time.strftime("%Y-%m-%d"), "rows": rows}, fh, indent=1)
     print(table(rows, args.models))

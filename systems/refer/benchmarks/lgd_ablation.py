@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import torch
@@ -48,8 +50,11 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--proposers", default="gt,colour", help="comma-separated: gt, colour")
-    ap.add_argument("--out", default="lgd-ablation.json")
+    ap.add_argument("--out", default="lgd-ablation.json", help="the results file to write (never replaced)")
     args = ap.parse_args()
+    if os.path.exists(args.out):
+        print(f"error: --out {args.out} exists; give another path (the run would replace it)", file=sys.stderr)
+        raise SystemExit(2)
     torch.set_num_threads(1)
     t0 = time.time()
     samples = (benchmark("val", args.n_val, args.seed), benchmark("test", args.n_test, args.seed))
@@ -63,7 +68,7 @@ def main() -> None:
         print(f"\n### {title} (test n={res['n_test']}, {res['mean_proposals']:.1f} proposals per image, {res['wall_s']} s)\n")
         print(markdown(res), flush=True)
     results["total_wall_s"] = round(time.time() - t0, 1)
-    with open(args.out, "w") as f:
+    with open(args.out, "x") as f:
         json.dump(results, f, indent=2)
     print(f"\nwrote {args.out} ({results['total_wall_s']} s)")
 
