@@ -23,7 +23,7 @@ from .errors import ImageLoadError, InputError, display
 from .io import save_atomic, versions, write_json
 from .methods.base import explain_many
 from .models.zoo import ZooModel
-from .outputs import check_out_dir, make_out_dir, remove_if_empty, unique_stems
+from .outputs import check_out_dir, earlier_outputs, staged_out_dir, unique_stems
 from .viz.overlay import overlay
 from .viz.render import colorbar, write_page
 
@@ -161,29 +161,25 @@ def explain_dense_files(paths, model: ZooModel, methods: list[str], out_dir, tas
     out = Path(out_dir)
     stems = unique_stems(paths, lambda s: _names(s, methods, slots), taken=paths, out=out)
     check_out_dir(out, [n for s in stems for n in _names(s, methods, slots)] + ["summary.json", "index.html"])
-    created = make_out_dir(out)
     rows, failures = [], []
     bar = Progress(len(paths), label=model.name, enabled=progress and len(paths) > 3)
-    try:
+    with staged_out_dir(out, earlier=earlier_outputs(out, paths)) as stage:  # an interrupted run leaves ``out`` as it was
         for path, stem in zip(paths, stems):
             try:
-                rows.append(_explain_one(path, stem, model, explainers, wanted, task, out, threshold, top, cmap))
+                rows.append(_explain_one(path, stem, model, explainers, wanted, task, stage, threshold, top, cmap))
             except (ImageLoadError, InputError, OSError) as err:
                 message = f"{display(path)}: {err}" if not str(err).startswith(str(path)) else str(err)
                 failures.append({"file": str(path), "error": message})
                 print(f"error: {message}", file=sys.stderr)
             bar.update()
-    except BaseException:
-        remove_if_empty(out, created)
-        raise
-    summary = {"model": model.name, "model_source": model.describe(), "task": task, "methods": methods,
-               "layer": layer, "target": target or ("top detections" if task == "detection" else "largest class"),
-               "score_threshold": threshold if task == "detection" else None, "device": str(model.device),
-               "versions": versions(), "images": rows, "failures": failures}
-    write_json(summary, out / "summary.json")
-    write_page(out / "index.html", "dense.html.j2", title=f"visionlens: {model.name} ({task}) @ {layer}",
-               rows=rows, methods=methods, failed=failures,
-               bars=[colorbar(cmap, False, "map value (per target, min-max)")])
+        summary = {"model": model.name, "model_source": model.describe(), "task": task, "methods": methods,
+                   "layer": layer, "target": target or ("top detections" if task == "detection" else "largest class"),
+                   "score_threshold": threshold if task == "detection" else None, "device": str(model.device),
+                   "versions": versions(), "images": rows, "failures": failures}
+        write_json(summary, stage / "summary.json")
+        write_page(stage / "index.html", "dense.html.j2", title=f"visionlens: {model.name} ({task}) @ {layer}",
+                   rows=rows, methods=methods, failed=failures,
+                   bars=[colorbar(cmap, False, "map value (per target, min-max)")])
     return summary
 
 

@@ -8,7 +8,9 @@ or an output would land on an input file, the stems involved get a short hash of
 full path. A run never replaces a file it did not write: into a folder that
 already holds files, it replaces only the outputs listed in that folder's own ``summary.json``
 (an earlier run's) and refuses any other existing file. A one-file output that exists is
-refused unless the user asks for it to be replaced (``--force``).
+refused unless the user asks for it to be replaced (``--force``). A run writes into a hidden
+folder inside its output folder (:func:`staged_out_dir`) and moves its files out of it only when
+it completes, so an interrupted or failed run leaves the folder as it found it.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import InputError, display
 
+STAGE_PREFIX = ".visionlens-partial-"  # the hidden folder of a run in progress (never an input)
+LAST = ("summary.json", "index.html")    # moved into place after every file they list
 _UNSAFE = re.compile(r"[^\w.\-@+]", re.ASCII)
 
 
@@ -78,7 +84,7 @@ def unique_stems(paths: Sequence[str | Path], files_of: Callable[[str], Iterable
     raise InputError("could not give every input its own output names; are some inputs given twice?")
 
 
-OUTPUT_KEYS = {"view", "overlays", "maps", "flows", "gifs", "files",
+OUTPUT_KEYS = {"view", "overlays", "maps", "flows", "gifs", "files", "raw", "region",
                "query_view", "match_view", "query_overlays", "match_overlays"}
 
 
@@ -87,7 +93,7 @@ def file_names(files: dict) -> list[str]:
     return [v for value in files.values() for v in (value.values() if isinstance(value, dict) else [value])]
 
 
-def _own_files(out: Path) -> set[str]:
+def own_files(out: Path) -> set[str]:
     """Names an earlier run listed in ``out/summary.json`` (with the summary and page themselves)."""
     try:
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -164,7 +170,7 @@ def check_out_dir(out: Path, planned: Iterable[str], own: set[str] | None = None
     _check_writable(out, (out, *out.parents), "--out")
     if not out.is_dir():
         return
-    own = _own_files(out) if own is None else own
+    own = own_files(out) if own is None else own
     for name in planned:
         if (out / name).exists() and name not in own:
             raise InputError(f"{display(out / name)} exists and was not written by visionlens; "
@@ -194,3 +200,47 @@ def remove_if_empty(out: Path, created: bool) -> None:
             out.rmdir()
         except OSError:
             pass
+
+
+def earlier_outputs(out: Path, inputs: Iterable[str | Path] = ()) -> set[str]:
+    """The files an earlier run listed in ``out/summary.json`` (:func:`own_files`), less any that
+    this run reads as an input: the ``earlier`` of :func:`staged_out_dir`."""
+    taken = {os.path.realpath(p) for p in inputs}
+    return {name for name in own_files(out) if os.path.realpath(Path(out) / name) not in taken}
+
+
+@contextmanager
+def staged_out_dir(out: Path, earlier: Iterable[str] = ()) -> Iterator[Path]:
+    """Create ``out`` (see :func:`make_out_dir`) and give a hidden folder inside it for the run's
+    files. When the block completes, its files move into ``out`` (``summary.json`` and
+    ``index.html`` last), replacing files of the same names, and the files of ``earlier`` (names,
+    relative to ``out``, that an earlier run of the command wrote there) that this run did not write
+    again are removed, so that the folder holds one run. When the block raises (an error, Ctrl-C),
+    the hidden folder is removed and ``out`` is as it was (removed too if this run created it)."""
+    out = Path(out)
+    created = make_out_dir(out)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=STAGE_PREFIX))
+    try:
+        yield stage
+        written = _publish(stage, out)
+        shutil.rmtree(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        remove_if_empty(out, created)
+        raise
+    for name in set(earlier) - written:
+        stale = out / name
+        if stale.resolve().is_relative_to(out.resolve()) and stale.is_file():
+            stale.unlink()
+
+
+def _publish(stage: Path, out: Path) -> set[str]:
+    """Move the files under ``stage`` to the same places under ``out``, its summary and page last;
+    return their names relative to ``out``."""
+    files = sorted(p for p in stage.rglob("*") if p.is_file())
+    files.sort(key=lambda p: LAST.index(p.name) + 1 if p.parent == stage and p.name in LAST else 0)
+    for path in files:
+        dest = out / path.relative_to(stage)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+    return {path.relative_to(stage).as_posix() for path in files}

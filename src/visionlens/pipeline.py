@@ -27,7 +27,7 @@ from .models.zoo import ZooModel, load_model, resolve_device
 from .viz.flow import flow_strip, save_flow_gif
 from .viz.overlay import overlay
 from .io import save_atomic, versions, write_json
-from .outputs import check_out_dir, file_names, make_out_dir, remove_if_empty, safe_name, unique_stems
+from .outputs import check_out_dir, earlier_outputs, file_names, safe_name, staged_out_dir, unique_stems
 from .viz.colormaps import check_cmap
 from .viz.labels import method_heading, signed_method, true_label
 from .viz.report import write_report
@@ -184,27 +184,23 @@ def explain_files(
     names_of = lambda stem: file_names(output_files(stem, keys, flow_methods))  # noqa: E731
     stems = unique_stems(paths, names_of, taken=paths, out=out)
     check_out_dir(out, [n for stem in stems for n in names_of(stem)] + ["summary.json", "index.html"])
-    created = make_out_dir(out)
-    try:
+    with staged_out_dir(out, earlier=earlier_outputs(out, paths)) as stage:  # an interrupted run leaves ``out`` as it was
         look = {"cmap": cmap, "signed": {k for k in keys if signed_method(k)}}
-        rows, failures = _explain_in_batches(paths, stems, model, explainers, classes, out, batch_size, progress, look)
-    except BaseException:
-        remove_if_empty(out, created)
-        raise
-    summary = {
-        "model": model.name,
-        "model_source": model.describe(),
-        "methods": methods,
-        "maps": keys,
-        "layer": {name: r.layer for name, r in probes.items()},
-        "target": "predicted" if classes is None else (classes[0] if len(classes) == 1 else classes),
-        "device": str(model.device),
-        "versions": versions(),
-        "images": rows,
-        "failures": failures,
-    }
-    write_json(summary, out / "summary.json")
-    write_report(out / "index.html", title or f"visionlens: {model.name}", [report_section(summary, "", cmap)])
+        rows, failures = _explain_in_batches(paths, stems, model, explainers, classes, stage, batch_size, progress, look)
+        summary = {
+            "model": model.name,
+            "model_source": model.describe(),
+            "methods": methods,
+            "maps": keys,
+            "layer": {name: r.layer for name, r in probes.items()},
+            "target": "predicted" if classes is None else (classes[0] if len(classes) == 1 else classes),
+            "device": str(model.device),
+            "versions": versions(),
+            "images": rows,
+            "failures": failures,
+        }
+        write_json(summary, stage / "summary.json")
+        write_report(stage / "index.html", title or f"visionlens: {model.name}", [report_section(summary, "", cmap)])
     return summary
 
 

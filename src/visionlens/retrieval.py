@@ -29,7 +29,7 @@ from .viz.colormaps import check_cmap
 from .viz.labels import signed_method
 from .viz.overlay import overlay
 from .io import save_atomic, versions, write_json
-from .outputs import check_out_dir, file_names, make_out_dir, safe_name, unique_stems
+from .outputs import check_out_dir, earlier_outputs, file_names, safe_name, staged_out_dir, unique_stems
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -258,22 +258,22 @@ def explain_pair_files(
     _refuse_inputs_in(out, [a, b], planned)
     xa, xb = (model.preprocess.normalize(v)[None] for v in views)
     results = {m: ex.pair(xa, xb) for m, ex in explainers.items()}
-    make_out_dir(out)
-    files = _pair_outputs(out, "pair", tuple(views), results, 0, cmap)
-    first = next(iter(results.values()))
-    summary = {
-        "model": model.name, "model_source": model.describe(), "metric": metric, "methods": list(methods),
-        "layer": {m: r.query.layer for m, r in results.items()},
-        "sfam_options": {k: v for k, v in sfam_options.items()},
-        "query": str(a), "reference": str(b), "similarity": float(first.scores[0]),
-        "files": files, "device": str(model.device), "versions": versions(),
-    }
-    write_json(summary, out / "summary.json")
-    write_pair_report(out / "index.html", f"visionlens pair: {model.name}, {metric}", [{
-        "query": str(a), "methods": list(methods),
-        "rows": [{"file": str(b), "rank": None, "score": summary["similarity"], **files}],
-        "failures": [],
-    }], cmap=cmap)
+    with staged_out_dir(out, earlier=earlier_outputs(out, [a, b])) as stage:  # an interrupted run leaves ``out`` as it was
+        files = _pair_outputs(stage, "pair", tuple(views), results, 0, cmap)
+        first = next(iter(results.values()))
+        summary = {
+            "model": model.name, "model_source": model.describe(), "metric": metric, "methods": list(methods),
+            "layer": {m: r.query.layer for m, r in results.items()},
+            "sfam_options": {k: v for k, v in sfam_options.items()},
+            "query": str(a), "reference": str(b), "similarity": float(first.scores[0]),
+            "files": files, "device": str(model.device), "versions": versions(),
+        }
+        write_json(summary, stage / "summary.json")
+        write_pair_report(stage / "index.html", f"visionlens pair: {model.name}, {metric}", [{
+            "query": str(a), "methods": list(methods),
+            "rows": [{"file": str(b), "rank": None, "score": summary["similarity"], **files}],
+            "failures": [],
+        }], cmap=cmap)
     return summary
 
 
@@ -307,6 +307,10 @@ def retrieve_files(
     embedder = next(iter(explainers.values()))
     qviews = [model.preprocess.view(load_image(q)) for q in queries]
     xq = torch.stack([model.preprocess.normalize(v) for v in qviews])
+    out = Path(out_dir)
+    planned = lambda stem, k: [n for j in range(k) for n in file_names(pair_files(f"{stem}.top{j + 1:02d}", list(methods)))]  # noqa: E731
+    check_out_dir(out, [n for stem in unique_stems(queries, lambda st: planned(st, top), taken=queries, out=out)
+                        for n in planned(stem, top)] + ["summary.json", "index.html"])  # before the gallery's embedding
     gal = embed_gallery(gallery, model, embedder.embed, batch_size=batch_size, cache=cache, progress=progress)
     qemb = embedder.embed(xq).float().cpu()
     own = _own_gallery_index(queries, gal.paths) if exclude_query else [None] * len(queries)
@@ -314,37 +318,37 @@ def retrieve_files(
     if k < 1:
         raise InputError("the gallery holds only the query itself; add images or pass --no-exclude-query")
     order, scores = rank(qemb, gal.embeddings, metric, k=k, exclude=own)
-    out = Path(out_dir)
-    names_of = lambda stem: [n for j in range(k) for n in file_names(pair_files(f"{stem}.top{j + 1:02d}", list(methods)))]  # noqa: E731
+    names_of = lambda stem: planned(stem, k)  # noqa: E731
     stems = unique_stems(queries, names_of, taken=[*queries, *gal.paths], out=out)
     check_out_dir(out, [n for stem in stems for n in names_of(stem)] + ["summary.json", "index.html"])
-    make_out_dir(out)
-    sections, records = [], []
-    for qi, (qpath, qstem) in enumerate(zip(queries, stems)):
-        rows, mviews, xs = [], [], []
-        for j, gi in enumerate(order[qi].tolist()):
-            mviews.append(model.preprocess.view(load_image(gal.paths[gi])))
-            xs.append(model.preprocess.normalize(mviews[-1]))
-        xm = torch.stack(xs)
-        results = explain_pairs(explainers, xq[qi:qi + 1].expand(len(xs), -1, -1, -1), xm, batch_size)
-        for j, gi in enumerate(order[qi].tolist()):
-            chunk, i = divmod(j, batch_size)
-            pair_results = {m: r[chunk] for m, r in results.items()}
-            files = _pair_outputs(out, f"{qstem}.top{j + 1:02d}", (qviews[qi], mviews[j]), pair_results, i, cmap)
-            rows.append({"rank": j + 1, "file": str(gal.paths[gi]), "score": float(scores[qi, j]),
-                         "explained_score": float(next(iter(pair_results.values())).scores[i]), **files})
-        records.append({"query": str(qpath), "excluded_from_gallery": own[qi] is not None, "matches": rows})
-        sections.append({"query": str(qpath), "methods": list(methods), "rows": rows, "failures": gal.failures if qi == 0 else []})
-    summary = {
-        "model": model.name, "model_source": model.describe(), "metric": metric, "methods": list(methods), "top": top,
-        "layer": {m: ex.resolve(xq[:1])[0] for m, ex in explainers.items()},
-        "sfam_options": dict(sfam_options),
-        "gallery": {"source": str(gallery) if isinstance(gallery, (str, Path)) else "list", "images": len(gal),
-                    "from_cache": gal.cached, "embedding_dim": int(gal.embeddings.shape[1])},
-        "queries": records, "failures": gal.failures, "device": str(model.device), "versions": versions(),
-    }
-    write_json(summary, out / "summary.json")
-    write_pair_report(out / "index.html", f"visionlens retrieval: {model.name}, {metric}, top {top}", sections, cmap=cmap)
+    earlier = earlier_outputs(out, [*queries, *gal.paths])
+    with staged_out_dir(out, earlier=earlier) as stage:  # an interrupted run leaves ``out`` as it was
+        sections, records = [], []
+        for qi, (qpath, qstem) in enumerate(zip(queries, stems)):
+            rows, mviews, xs = [], [], []
+            for j, gi in enumerate(order[qi].tolist()):
+                mviews.append(model.preprocess.view(load_image(gal.paths[gi])))
+                xs.append(model.preprocess.normalize(mviews[-1]))
+            xm = torch.stack(xs)
+            results = explain_pairs(explainers, xq[qi:qi + 1].expand(len(xs), -1, -1, -1), xm, batch_size)
+            for j, gi in enumerate(order[qi].tolist()):
+                chunk, i = divmod(j, batch_size)
+                pair_results = {m: r[chunk] for m, r in results.items()}
+                files = _pair_outputs(stage, f"{qstem}.top{j + 1:02d}", (qviews[qi], mviews[j]), pair_results, i, cmap)
+                rows.append({"rank": j + 1, "file": str(gal.paths[gi]), "score": float(scores[qi, j]),
+                             "explained_score": float(next(iter(pair_results.values())).scores[i]), **files})
+            records.append({"query": str(qpath), "excluded_from_gallery": own[qi] is not None, "matches": rows})
+            sections.append({"query": str(qpath), "methods": list(methods), "rows": rows, "failures": gal.failures if qi == 0 else []})
+        summary = {
+            "model": model.name, "model_source": model.describe(), "metric": metric, "methods": list(methods), "top": top,
+            "layer": {m: ex.resolve(xq[:1])[0] for m, ex in explainers.items()},
+            "sfam_options": dict(sfam_options),
+            "gallery": {"source": str(gallery) if isinstance(gallery, (str, Path)) else "list", "images": len(gal),
+                        "from_cache": gal.cached, "embedding_dim": int(gal.embeddings.shape[1])},
+            "queries": records, "failures": gal.failures, "device": str(model.device), "versions": versions(),
+        }
+        write_json(summary, stage / "summary.json")
+        write_pair_report(stage / "index.html", f"visionlens retrieval: {model.name}, {metric}, top {top}", sections, cmap=cmap)
     return summary
 
 

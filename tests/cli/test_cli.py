@@ -1,6 +1,7 @@
 """The command line: outputs, bad input (one-line errors, non-zero exit, no partial files)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import one_error_line
 from visionlens.cli import main
 
 
@@ -29,7 +31,7 @@ def _broken_files(folder: Path) -> list[Path]:
     data = (Path(__file__).parent / "test_cli.py").read_bytes()
     (folder / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0" + data[:100])
     Image.fromarray(np.full((20, 20), np.nan, dtype=np.float32)).save(folder / "nan.tif")
-    return [folder / "empty.jpg", folder / "text.png", folder / "garbage.jpg", folder / "nan.tif", folder / "missing.jpg"]
+    return [folder / "empty.jpg", folder / "text.png", folder / "garbage.jpg", folder / "nan.tif"]
 
 
 def test_explain_writes_overlays_maps_and_summary(tmp_path, imagenet_photos, capsys):
@@ -61,7 +63,7 @@ def test_bad_files_are_reported_and_the_rest_still_run(tmp_path, imagenet_photos
     code = main(["explain", *map(str, bad[:2] + good + bad[2:]), "--out", str(out), "--device", "cpu", "--quiet"])
     assert code == 1
     err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(err_lines) == 5
+    assert len(err_lines) == 4
     for path, line in zip(bad, err_lines):
         assert str(path) in line
     summary = json.loads((out / "summary.json").read_text())
@@ -69,6 +71,17 @@ def test_bad_files_are_reported_and_the_rest_still_run(tmp_path, imagenet_photos
     assert len(summary["images"]) == len(good)
     produced = {p.name.split(".")[0] for p in out.iterdir()} - {"summary", "index"}
     assert produced == {Path(p).stem for p in good}  # nothing written for the failed images
+
+
+@pytest.mark.parametrize("bad", ["missing.jpg", "fifo"])
+def test_a_named_path_that_is_no_file_is_bad_input(tmp_path, imagenet_photos, capsys, bad):
+    """A missing path, or a FIFO (reading it could block), stops before the model is loaded: one line, exit 2."""
+    if bad == "fifo":
+        os.mkfifo(tmp_path / bad)
+    out = tmp_path / "out"
+    assert main(["explain", str(imagenet_photos[0]), str(tmp_path / bad), "--out", str(out), "--device", "cpu"]) == 2
+    assert bad in one_error_line(capsys.readouterr().err)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -105,12 +118,12 @@ def test_models_methods_and_layers_commands(capsys, mobilenet):
 def test_console_script_runs_as_a_process(tmp_path, imagenet_photos):
     out = tmp_path / "o"
     proc = subprocess.run(
-        [sys.executable, "-m", "visionlens", "explain", str(imagenet_photos[1]), str(tmp_path / "nope.jpg"),
+        [sys.executable, "-m", "visionlens", "explain", str(imagenet_photos[1]), str(_broken_files(tmp_path)[1]),
          "--out", str(out), "--device", "cpu"],
         capture_output=True, text=True,
     )
     assert proc.returncode == 1
-    assert "nope.jpg: no such file" in proc.stderr
+    assert "text.png: not a readable image" in proc.stderr
     assert (out / "imagenet_01_559.gradcam.png").is_file()
 
 

@@ -125,9 +125,10 @@ def test_fetch_json_when_everything_is_there(capsys, mobilenet):
 
 
 def test_failed_images_are_in_the_json_and_bad_input_is_one_error_line(tmp_path, capsys, mobilenet):
-    missing = str(tmp_path / "missing.png")
-    summary, err = _json_run(capsys, ["explain", missing, "--out", str(tmp_path / "e"), "--device", "cpu"], code=1)
-    assert summary["images"] == [] and summary["failures"][0]["file"] == missing and "no such file" in err
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    summary, err = _json_run(capsys, ["explain", str(broken), "--out", str(tmp_path / "e"), "--device", "cpu"], code=1)
+    assert summary["images"] == [] and summary["failures"][0]["file"] == str(broken) and "not a readable image" in err
     (tmp_path / "file").write_text("")
     assert main(["world", "--n", "2", "--out", str(tmp_path / "file" / "w.png"), "--json"]) == 2
     out, err = capsys.readouterr()

@@ -134,5 +134,5 @@ def test_a_file_named_twice_is_one_input_in_first_place(tmp_path, monkeypatch):
         _save(folder / name, _rgb())
     (tmp_path / "link.png").symlink_to(folder / "b.png")
     monkeypatch.chdir(tmp_path)
-    given = ["photos/b.png", "./photos/b.png", str(folder), "link.png", "missing.jpg", "missing.jpg"]
-    assert image_files(given) == [Path("photos/b.png"), folder / "a.png", Path("missing.jpg")]
+    given = ["photos/b.png", "./photos/b.png", str(folder), "link.png"]
+    assert image_files(given) == [Path("photos/b.png"), folder / "a.png"]

@@ -200,3 +200,86 @@ def test_several_target_classes_by_name_give_one_map_each_equal_to_single_runs(t
     capsys.readouterr()
     assert _explain(img, "--target", "tabbby", "--out", tmp_path / "bad") == 2
     assert "tabby cat" in one_error_line(capsys.readouterr().err, "--target")
+
+
+# ----- a run writes into a hidden folder and moves its files out only when it completes
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_staged_run_moves_its_files_in_and_removes_its_stale_ones(tmp_path):
+    from visionlens.outputs import staged_out_dir
+
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in ("old.png", "input.png", "user.txt"):
+        (out / name).write_text(name)
+    with staged_out_dir(out, earlier={"old.png", "new.png"}) as stage:
+        assert stage.parent == out and stage.name.startswith(".")
+        (stage / "new.png").write_text("new")
+        (stage / "sub").mkdir()
+        (stage / "sub" / "x.npz").write_text("x")
+    assert _files(out) == {"new.png": b"new", "sub/x.npz": b"x", "input.png": b"input.png", "user.txt": b"user.txt"}
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_an_interrupted_staged_run_leaves_the_folder_as_it_was(tmp_path, error):
+    from visionlens.outputs import staged_out_dir
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "a.png").write_text("earlier run")
+    with pytest.raises(error), staged_out_dir(out, earlier={"a.png"}) as stage:
+        (stage / "a.png").write_text("this run")
+        raise error()
+    assert _files(out) == {"a.png": b"earlier run"} and [p.name for p in out.iterdir()] == ["a.png"]
+    with pytest.raises(error), staged_out_dir(tmp_path / "fresh") as stage:
+        (stage / "a.png").write_text("this run")
+        raise error()
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_ctrl_c_during_explain_leaves_the_earlier_run_intact(tmp_path, imagenet_photos, monkeypatch):
+    import visionlens.pipeline as pipeline
+
+    out = tmp_path / "o"
+    photos = imagenet_photos[:3]
+    assert _explain(*photos, "--method", "cam", "--out", out) == 0
+    before = _files(out)
+    write, calls = pipeline._write_image_outputs, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C after the second image's files
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_write_image_outputs", interrupted)
+    assert main(["explain", *map(str, photos), "--method", "cam,gradcam", "--out", str(out), "--batch-size", "1",
+                 "--quiet", "--device", "cpu"]) == 130
+    assert _files(out) == before  # no new file, none replaced, no hidden folder left
+    monkeypatch.setattr(pipeline, "_write_image_outputs", write)
+    assert _explain(*photos, "--method", "gradcam", "--out", out) == 0  # a re-run into it works, and holds one run
+    summary = _summary(out)
+    listed = {n for row in summary["images"] for n in (row["view"], row["maps"], *row["overlays"].values())}
+    assert set(_files(out)) == listed | {"summary.json", "index.html"}
+
+
+def test_the_same_command_twice_reads_the_same_images(tmp_path, imagenet_photos):
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    for i, p in enumerate(imagenet_photos[:2]):
+        (folder / ("more" if i else ".") / p.name).write_bytes(p.read_bytes())
+    for out in (folder / "results", folder):  # results inside the input folder, or the input folder itself
+        for _ in range(2):
+            assert _explain(folder, "--recursive", "--out", out) == 0
+            assert sorted(Path(r["file"]).name for r in _summary(out)["images"]) == sorted(p.name for p in imagenet_photos[:2])
+
+
+def test_a_folder_of_only_outputs_is_refused_with_the_reason(tmp_path, imagenet_photos, capsys):
+    out = tmp_path / "o"
+    assert _explain(imagenet_photos[0], "--out", out) == 0
+    assert _explain(out, "--out", tmp_path / "again") == 2
+    assert "a visionlens run's outputs" in one_error_line(capsys.readouterr().err)

@@ -186,3 +186,34 @@ def test_rank_leaves_out_the_given_gallery_items():
     gallery = torch.eye(4)
     order, scores = rank(torch.eye(4)[:2], gallery, exclude=[0, None])
     assert order[0, 0] != 0 and order[1, 0] == 1 and torch.isfinite(scores[:, :3]).all()
+
+
+def test_a_narrower_rerun_leaves_one_run_and_a_wider_one_is_taken(world_files, tmp_path, capsys):
+    """Into their own folder, retrieve and explain-pair can run again with fewer matches or methods and
+    then more: the folder holds the last run's files only, all listed in its summary."""
+    gallery, queries = world_files
+    common = ["--model", "world-metric", "--device", "cpu"]
+    ret = ["retrieve", str(queries[0]), "--gallery", str(gallery), "--cache-dir", str(tmp_path / "cache"), "--quiet", *common]
+    pair = ["explain-pair", str(queries[0]), str(gallery / "g02.png"), *common]
+    for argv, out, narrow in ((ret, tmp_path / "ret", ["--top", "1"]), (pair, tmp_path / "pair", ["--method", "sfam"])):
+        wide = ["--top", "2"] if argv is ret else ["--method", "sfam,gradcam"]
+        for flags in (wide, narrow, wide):
+            assert main([*argv, *flags, "--out", str(out)]) == 0, capsys.readouterr().err
+            summary = json.loads((out / "summary.json").read_text())
+            rows = summary["queries"][0]["matches"] if argv is ret else [summary["files"]]
+            listed = {v for row in rows for key, value in row.items() if key.endswith(("view", "overlays", "maps"))
+                      for v in (value.values() if isinstance(value, dict) else [value])}
+            assert {p.name for p in out.iterdir()} == listed | {"summary.json", "index.html"}
+
+
+def test_retrieve_checks_its_folder_before_embedding_the_gallery(world_files, tmp_path, capsys, monkeypatch):
+    import visionlens.retrieval as retrieval
+
+    gallery, queries = world_files
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "index.html").write_text("the user's page")
+    monkeypatch.setattr(retrieval, "embed_gallery", lambda *a, **k: pytest.fail("the gallery was embedded"))
+    assert main(["retrieve", str(queries[0]), "--gallery", str(gallery), "--model", "world-metric", "--device", "cpu",
+                 "--out", str(out), "--quiet", "--no-cache"]) == 2
+    assert "index.html exists" in capsys.readouterr().err and (out / "index.html").read_text() == "the user's page"

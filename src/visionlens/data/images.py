@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageLoadError, InputError, display
+from ..outputs import STAGE_PREFIX, own_files
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -80,18 +81,44 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     return rgb
 
 
+def _check_file(path: Path) -> None:
+    """An :class:`InputError` for a named input that is missing or not a regular file."""
+    if not path.exists():
+        raise InputError(f"{display(path)}: no such file or folder")
+    if not path.is_file():  # a device, FIFO or socket: reading it could block or never end
+        raise InputError(f"{display(path)}: not a regular file; give an image file or a folder")
+
+
+def _written_by_visionlens(files: list[Path]) -> set[str]:
+    """The real paths of those of ``files`` that a visionlens run wrote: listed in the
+    ``summary.json`` of their folder, or inside the hidden folder of a run in progress."""
+    written: set[str] = set()
+    for folder in {f.parent for f in files}:
+        if (folder / "summary.json").is_file():
+            written |= {os.path.realpath(folder / name) for name in own_files(folder)}
+    return written | {os.path.realpath(f) for f in files if any(part.startswith(STAGE_PREFIX) for part in f.parts)}
+
+
 def image_files(paths, recursive: bool = False) -> list[Path]:
     """The images named by ``paths``: a file as given, a folder as its image files (by suffix,
     sorted; with ``recursive`` also those in sub-folders), each file once (``a.jpg ./a.jpg`` and a
-    file also in a given folder count once, first place kept). A folder without images is an
-    :class:`InputError`; a missing file stays in the list (it is reported as that image's error)."""
+    file also in a given folder count once, first place kept). A path that does not exist or is
+    not a regular file, and a folder without images, are an :class:`InputError`. A folder's files
+    that a visionlens run wrote (listed in the ``summary.json`` beside them) are not inputs: the same
+    command run twice reads the same images."""
     found: list[Path] = []
     for given in map(Path, paths):
         if not given.is_dir():
+            _check_file(given)
             found.append(given)
             continue
         pattern = given.rglob("*") if recursive else given.iterdir()
         images = sorted(p for p in pattern if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        written = _written_by_visionlens(images)
+        if images and all(os.path.realpath(p) in written for p in images):
+            raise InputError(f"{display(given)}: its images are a visionlens run's outputs (listed in its summary.json), "
+                             "which are not read as inputs; give the original images")
+        images = [p for p in images if os.path.realpath(p) not in written]
         if not images:
             hint = "" if recursive else " (add --recursive to look in its sub-folders)"
             raise InputError(f"{display(given)}: no image files in this folder{hint}")
