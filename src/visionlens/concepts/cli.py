@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 from ..checks import count, number
+
+EXIT_FAILED_IMAGES = 1  # as visionlens.cli's: some images or classes were left out, each named on one line
 
 
 def _cmd_concepts(args) -> int:
@@ -35,17 +39,30 @@ def _cmd_concepts(args) -> int:
         batch_size=args.batch_size, weight_mode=args.concept_weights, coherence=args.coherence, pooled=args.pooled,
         threshold=args.threshold, seed=args.seed, progress=not args.quiet, data_name=data,
     )
-    a = summary["average"]
-    print(f"{'class':>28s}  fidelity  coherence  faith")
-    for cls, r in summary["classes"].items():
-        s = r["scores"]
-        print(f"{cls + ': ' + r['name'][:22]:>28s}  {s['fidelity']:8.2f}  {s['coherence']:9.2f}  {s['faith']:6.2f}")
-    print(f"{'mean':>28s}  {a['fidelity']:8.2f}  {a['coherence']:9.2f}  {a['faith']:6.2f}"
-          + (f"  best-part IoU {a['best_part_iou']:.3f} (random {a['random_iou']:.3f})" if "best_part_iou" in a else ""))
-    print(f"wrote {args.out}/concepts.json, metrics.csv, index.html and {len(classes) * 2} concept sheets "
+    _print_table(summary)
+    for message in summary["unreadable"]:
+        print(f"error: {message} (left out; replace it and re-run to use it)", file=sys.stderr)
+    for message in summary["skipped"].values():
+        print(f"error: {message}; class skipped", file=sys.stderr)
+    print(f"wrote {args.out}/concepts.json, metrics.csv, index.html and {len(summary['classes']) * 2} concept sheets "
           f"({summary['wall_s']:.0f} s)")
     args.json_summary = summary  # what --json prints (see cli.record_summary; no upward import)
-    return 0
+    return EXIT_FAILED_IMAGES if summary["unreadable"] or summary["skipped"] else 0
+
+
+def _print_table(summary: dict) -> None:
+    """Per class and their mean: Fidelity, Coherence and Faith (and the best-part IoU when known)."""
+    from .sheet import fixed
+
+    def row(label: str, s: dict) -> str:
+        return f"{label:>28s}  {fixed(s['fidelity']):>8s}  {fixed(s['coherence']):>9s}  {fixed(s['faith']):>6s}"
+
+    print(f"{'class':>28s}  fidelity  coherence  faith")
+    for cls, r in summary["classes"].items():
+        print(row(cls + ": " + r["name"][:22], r["scores"]))
+    a = summary["average"]
+    print(row("mean", a) + (f"  best-part IoU {a['best_part_iou']:.3f} (random {a['random_iou']:.3f})"
+                            if "best_part_iou" in a else ""))
 
 
 def register(subparsers) -> None:

@@ -40,6 +40,11 @@ def concept_sheet(concepts, view: str = "bessel", tile: int = 96, max_concepts: 
     return sheet
 
 
+def fixed(value: float, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals, never ``-0.00`` (a score that rounds to zero shows as 0)."""
+    return f"{round(value, digits) + 0.0:.{digits}f}"
+
+
 def save_sheet(sheet: Image.Image, dest: Path) -> Path:
     dest = Path(dest)
     save_atomic(lambda tmp: sheet.save(tmp, format="PNG", optimize=True), dest)
@@ -55,8 +60,8 @@ def concepts_section_html(title: str, classes: list[dict]) -> str:
         s = c["scores"]
         imgs = "".join(f"<div><b>{html.escape(v)}</b><br><img class='sheet' src='{html.escape(p)}' alt='{html.escape(v)}'></div>"
                        for v, p in c["sheets"].items())
-        parts.append(f"<tr><td>{html.escape(c['name'])}</td><td>{s['fidelity']:.2f}</td><td>{s['coherence']:.2f}</td>"
-                     f"<td>{s['faith']:.2f}</td><td>{imgs}</td></tr>")
+        parts.append(f"<tr><td>{html.escape(c['name'])}</td><td>{fixed(s['fidelity'])}</td>"
+                     f"<td>{fixed(s['coherence'])}</td><td>{fixed(s['faith'])}</td><td>{imgs}</td></tr>")
     parts.append("</table>")
     return "".join(parts)
 

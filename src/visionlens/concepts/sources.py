@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import ImageLoadError, InputError
 
 # (horizontal flip, crop centre x, crop centre y) of the crop views, in order
 _VIEW_LAYOUT = [(False, 0.5, 0.5), (True, 0.5, 0.5), (False, 0.0, 0.0), (True, 1.0, 1.0), (False, 1.0, 0.0),
@@ -42,6 +42,7 @@ class WorldSource:
         self.split, self.world, self.preprocess = split, World(seed=seed), preprocess
         self.class_names, self.part_names = list(CLASS_NAMES), list(PART_NAMES)
         self.views_per_item = 1
+        self.unreadable: list[str] = []  # rendered images are always readable
         self._labels: list[int] = []
 
     def classes(self) -> list[int]:
@@ -53,6 +54,10 @@ class WorldSource:
             start = len(self._labels)
             self._labels += [s["label"] for s in self.world.scenes(self.split, range(start, start + 256))]
         return [i for i, lab in enumerate(self._labels) if lab == cls][:limit]
+
+    def readable_items(self, cls: int, limit: int) -> list[int]:
+        """:meth:`items` (a rendered image is always readable)."""
+        return self.items(cls, limit)
 
     def load(self, items: list) -> dict:
         batch = self.world.batch(self.split, items)
@@ -73,6 +78,7 @@ class PhotoSource:
         self.views_per_item = views
         self.class_names = class_names
         self.part_names = None
+        self.unreadable: list[str] = []  # one line per photo left out (see readable_items)
 
     @classmethod
     def from_folder(cls, folder: str | Path, model, views: int = 1, split: str | None = None,
@@ -104,6 +110,26 @@ class PhotoSource:
 
     def items(self, cls: int, limit: int) -> list[tuple[object, int]]:
         return [(f, v) for f in self.files_by_class.get(cls, []) for v in range(self.views)][:limit]
+
+    def readable_items(self, cls: int, limit: int) -> list[tuple[object, int]]:
+        """:meth:`items`, reading the class's photos in order until ``limit`` views are readable: a
+        photo that cannot be read is dropped from the class (so later :meth:`items` calls skip it)
+        and named on one line in :attr:`unreadable`."""
+        from ..data.datasets import decode_image
+
+        files, kept = self.files_by_class.get(cls, []), []
+        for i, photo in enumerate(files):
+            if len(kept) * self.views >= limit:
+                kept += files[i:]  # not read yet
+                break
+            try:
+                decode_image(photo)
+            except ImageLoadError as err:
+                self.unreadable.append(str(err))
+                continue
+            kept.append(photo)
+        self.files_by_class[cls] = kept
+        return self.items(cls, limit)
 
     def _view(self, img: Image.Image, index: int) -> Image.Image:
         if index == 0:
