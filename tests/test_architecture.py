@@ -4,6 +4,8 @@ import from a lower floor to a higher one."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,13 @@ def test_no_lower_floor_imports_a_higher_one():
     graph = import_graph(ROOT / "src" / "visionlens")
     upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if _floor(b) > _floor(a))
     assert upward == []
+
+
+def test_the_sub_packages_are_attributes_of_the_package_without_importing_torch_first():
+    """`import visionlens` then `visionlens.data.load_image(...)` works (the docs' examples), and
+    importing the package alone still does not import torch."""
+    code = ("import sys, visionlens; assert 'torch' not in sys.modules; "
+            "assert callable(visionlens.data.load_image) and callable(visionlens.viz.overlay); "
+            "assert 'data' in dir(visionlens); print(visionlens.metrics.__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "visionlens.metrics", proc.stderr

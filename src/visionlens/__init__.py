@@ -34,7 +34,10 @@ _EXPORTS = {
 }
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+# the public sub-packages, also reached as attributes after `import visionlens`
+_SUBMODULES = ("concepts", "core", "data", "evaluation", "lrp", "methods", "metrics", "models", "viz")
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly

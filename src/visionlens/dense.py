@@ -52,24 +52,29 @@ def view_of(model: ZooModel, img: Image.Image) -> tuple[Image.Image, torch.Tenso
 
 
 def parse_targets(text: str | None, task: str, model: ZooModel) -> list:
-    """``--target`` for a dense model: boxes ``x0,y0,x1,y1`` (several separated by ``;``, in the
-    view's pixels) for a detector, or class names / indices (comma-separated) for either."""
+    """``--target`` for a dense model, parts separated by ``;``: a box ``x0,y0,x1,y1`` (in the
+    view's pixels, detectors only) or class names / indices (comma-separated, either model), in the
+    order given (``"40,60,180,300;car"``: a box, then the best car)."""
     if text is None or not text.strip():
         return []
-    parts = [p.strip() for p in text.split(";") if p.strip()]
-    boxes = []
-    for part in parts:
+    wanted = []
+    for part in (p.strip() for p in text.split(";") if p.strip()):
         numbers = part.split(",")
-        if task == "detection" and len(numbers) == 4 and all(_is_number(n) for n in numbers):
+        four_numbers = len(numbers) == 4 and all(_is_number(n) for n in numbers)
+        if four_numbers and task == "detection":
             box = [float(n) for n in numbers]
             if not (box[2] > box[0] and box[3] > box[1]):
                 raise InputError(f"box {part!r} must be x0,y0,x1,y1 with x1 > x0 and y1 > y0")
-            boxes.append(("box", box))
-    if boxes and len(boxes) == len(parts):
-        return boxes
-    if boxes:
-        raise InputError("give either boxes (x0,y0,x1,y1;...) or classes as --target, not both")
-    return [("class", c) for c in model.class_indices(text.replace(";", ",").split(","))]
+            wanted.append(("box", box))
+            continue
+        try:
+            wanted += [("class", c) for c in model.class_indices(numbers)]
+        except InputError as err:
+            if four_numbers:  # a box given to a segmenter
+                raise InputError(f"--target {part!r}: {err}; if it is a box, boxes choose detections and this "
+                                 "model is a segmenter: name classes (e.g. --target person,dog)") from None
+            raise
+    return wanted
 
 
 def _is_number(text: str) -> bool:
@@ -80,27 +85,33 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def detection_targets(dets: dict, wanted: list, model: ZooModel, threshold: float, top: int) -> list[dict]:
-    """The detections to explain: the best match of each given box or class, or (none given) the
-    ``top`` detections scoring at least ``threshold`` (the single best when none does)."""
+def detection_targets(dets: dict, wanted: list, model: ZooModel, threshold: float, top: int) -> tuple[list, list]:
+    """``(targets, skipped)``: the detections to explain, the best match of each given box (the
+    detection overlapping it most) or class (its best detection), or (none given) the ``top``
+    detections scoring at least ``threshold`` (the single best when none does); and the given boxes
+    and classes that match no detection, each with why."""
     boxes, scores, labels = dets["boxes"], dets["scores"], dets["labels"]
-    if len(scores) == 0:
-        return []
-    chosen = []
+    chosen, skipped = [], []
     for kind, value in wanted:
         if kind == "box":
             overlap = pairwise_iou(torch.tensor([value], dtype=boxes.dtype, device=boxes.device), boxes)[0]
-            k = int(overlap.argmax())
+            k = int(overlap.argmax()) if len(overlap) else -1
+            if k < 0 or overlap[k] <= 0:
+                skipped.append({"box": value, "why": "no detection overlaps this box"})
+                continue
             chosen.append((k, f"box {','.join(f'{v:g}' for v in value)} (IoU {float(overlap[k]):.2f})"))
         else:
             hits = (labels == value).nonzero().flatten()
-            if len(hits):
-                chosen.append((int(hits[scores[hits].argmax()]), f"best {model.class_name(value)}"))
-    if not wanted:
+            if not len(hits):
+                skipped.append({"label": value, "name": model.class_name(value), "why": "not detected in this image"})
+                continue
+            chosen.append((int(hits[scores[hits].argmax()]), f"best {model.class_name(value)}"))
+    if not wanted and len(scores):
         keep = (scores >= threshold).nonzero().flatten()[:top].tolist() or [int(scores.argmax())]
         chosen = [(k, "detected") for k in keep]
-    return [{"box": [float(v) for v in boxes[k]], "label": int(labels[k]), "name": model.class_name(int(labels[k])),
-             "score": float(scores[k]), "why": why} for k, why in chosen]
+    targets = [{"box": [float(v) for v in boxes[k]], "label": int(labels[k]), "name": model.class_name(int(labels[k])),
+                "score": float(scores[k]), "why": why} for k, why in chosen]
+    return targets, skipped
 
 
 def segmentation_targets(logits: torch.Tensor, wanted: list, model: ZooModel) -> list[dict]:
@@ -188,7 +199,10 @@ def _explain_one(path, stem, model, explainers, wanted, task, out, threshold, to
     with torch.no_grad():
         output = model.module(x)
     if task == "detection":
-        targets, skipped = detection_targets(output[0], wanted, model, threshold, top), []
+        targets, skipped = detection_targets(output[0], wanted, model, threshold, top)
+        if not targets and skipped:
+            raise InputError("no detection matches --target in this image (" + "; ".join(
+                f"{t.get('name') or ','.join(f'{v:g}' for v in t['box'])}: {t['why']}" for t in skipped) + ")")
         if not targets:
             raise InputError("the detector found nothing to explain in this image")
     else:

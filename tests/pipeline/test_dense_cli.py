@@ -128,3 +128,32 @@ def test_an_image_with_nothing_to_explain_is_skipped_in_one_line(weights, photos
     assert code == 1
     one_error_line(io.err, "a.png", "no pixel of")
     assert sorted(p.name for p in out.iterdir()) == ["index.html", "summary.json"]  # nothing half-written
+
+
+def test_boxes_and_classes_together_and_what_matches_nothing_is_skipped(weights, photos, tmp_path, capsys):
+    """--target "BOX;CLASS" (the docs' example) explains both; a box that overlaps no detection and a
+    class with no detection are listed under skipped, not silently replaced by another detection."""
+    det = ["--model", f"torchvision:{DETECTOR}", "--weights", str(weights / "det.pt")]
+    out = tmp_path / "mixed"
+    code, io = _explain(capsys, str(photos / "a.png"), *det, "--target", "0,0,320,240;cat", "--out", str(out))
+    assert code == 0, io.err
+    row = strict_json((out / "summary.json").read_text())["images"][0]
+    assert [t["why"].split()[0] for t in row["targets"]] == ["box", "best"] and row["skipped"] == []
+    out = tmp_path / "partly"
+    code, io = _explain(capsys, str(photos / "a.png"), *det, "--target", "500,500,510,510;cat;dog", "--out", str(out))
+    assert code == 0, io.err
+    row = strict_json((out / "summary.json").read_text())["images"][0]
+    assert [t["name"] for t in row["targets"]] == ["cat"]
+    assert [s["why"] for s in row["skipped"]] == ["no detection overlaps this box", "not detected in this image"]
+    out = tmp_path / "nothing"
+    code, io = _explain(capsys, str(photos / "a.png"), *det, "--target", "500,500,510,510", "--out", str(out))
+    assert code == 1
+    one_error_line(io.err, "a.png", "no detection overlaps this box")
+
+
+def test_a_box_given_to_a_segmenter_says_boxes_are_for_detectors(weights, photos, tmp_path, capsys):
+    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{SEGMENTER}", "--weights",
+                        str(weights / "seg.pt"), "--target", "10,10,50,50", "--out", str(tmp_path / "o"))
+    assert code == 2
+    one_error_line(io.err, "boxes choose detections")
+    assert not (tmp_path / "o").exists()
