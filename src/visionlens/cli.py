@@ -208,7 +208,16 @@ def _cmd_layers(args) -> int:
     else:
         model = load_model(args.model, weights=args.weights)
         module, size = model.module, args.size or model.preprocess.crop
-    for name, shape in layer_shapes(module, torch.zeros(1, 3, size or 224, size or 224)):
+    try:
+        shapes = layer_shapes(module, torch.zeros(1, 3, size or 224, size or 224))
+    except (RuntimeError, ValueError, AssertionError) as err:
+        if args.size is None:
+            raise
+        from .errors import InputError, one_line
+
+        raise InputError(f"{args.model} does not take {args.size} px inputs ({one_line(err)}); a ViT needs the input "
+                         "size it was built for: leave out --size") from None
+    for name, shape in shapes:
         print(f"{name:40s} {shape}")
     return 0
 

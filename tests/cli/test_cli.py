@@ -115,6 +115,11 @@ def test_models_methods_and_layers_commands(capsys, mobilenet):
     assert "features.18" in capsys.readouterr().out
 
 
+def test_layers_of_a_vit_at_another_size_is_one_line(capsys):
+    assert main(["layers", "world-vit", "--size", "100"]) == 2  # its position embedding fixes the token count
+    one_error_line(capsys.readouterr().err, "world-vit does not take 100 px inputs", "leave out --size")
+
+
 def test_console_script_runs_as_a_process(tmp_path, imagenet_photos):
     out = tmp_path / "o"
     proc = subprocess.run(
