@@ -164,3 +164,35 @@ def test_a_target_may_be_a_wordnet_id(mobilenet):
     assert model.class_indices(["n02123045", "tabby cat", "3", "tiger cat"]) == [281, 281, 3, 282]
     with pytest.raises(InputError, match="unknown class 'n99999999'"):
         model.class_indices(["n99999999"])
+
+
+@pytest.mark.parametrize("size", [(4000, 1), (1, 4000)])
+def test_an_extreme_aspect_ratio_is_viewed_without_a_huge_resize(size):
+    """Resizing the short side of a 4000 x 1 image to 256 would make a 1024000 x 256 image (786 MB);
+    only the region the crop keeps is resized, into the same view (peak memory measured in a
+    fresh process)."""
+    import subprocess
+    import sys
+
+    code = ("import resource, numpy as np; from PIL import Image; from visionlens.models import Preprocess; "
+            f"img = Image.fromarray(np.zeros(({size[1]}, {size[0]}, 3), np.uint8)); "
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            "view = Preprocess(resize=256, crop=224).view(img); "
+            "print(view.size, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    shape, grown_mb = proc.stdout.rsplit(")", 1)
+    assert shape + ")" == "(224, 224)" and float(grown_mb) < 100
+
+
+def test_the_bounded_resize_gives_the_view_of_the_plain_one(monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    import visionlens.models.preprocessing as preprocessing
+
+    img = Image.fromarray((np.random.default_rng(1).random((4, 1100, 3)) * 255).astype("uint8"))  # 70400 x 256 resized
+    pre = preprocessing.Preprocess(resize=256, crop=224)
+    bounded = np.asarray(pre.view(img), dtype=int)
+    monkeypatch.setattr(preprocessing, "MAX_RESIZED_PIXELS", 1 << 40)
+    plain = np.asarray(pre.view(img), dtype=int)
+    assert np.abs(bounded - plain).max() <= 2  # 8-bit levels

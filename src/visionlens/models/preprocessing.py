@@ -12,6 +12,7 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_RESIZED_PIXELS = 1 << 24  # above this, view() resizes only the cropped region (same view, bounded memory)
 INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
                   "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
@@ -44,10 +45,13 @@ class Preprocess:
             size = (self.resize, int(self.resize * h / w))
         else:
             size = (int(self.resize * w / h), self.resize)
+        top = int(round((size[1] - self.crop) / 2.0))
+        left = int(round((size[0] - self.crop) / 2.0))
+        if size[0] * size[1] > MAX_RESIZED_PIXELS:  # an extreme aspect ratio (2000 x 1 px would be 512000 x 256):
+            sx, sy = w / size[0], h / size[1]     # resize only the region the crop keeps
+            box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
+            return img.resize((self.crop, self.crop), resample, box=box)
         img = img.resize(size, resample)
-        w, h = img.size
-        top = int(round((h - self.crop) / 2.0))
-        left = int(round((w - self.crop) / 2.0))
         return img.crop((left, top, left + self.crop, top + self.crop))
 
     def normalize(self, view: Image.Image) -> torch.Tensor:
