@@ -1,20 +1,30 @@
 """The FastAPI app: one HTML page and a small JSON API over :class:`~.explorer.Explorer`.
 
 Errors are JSON ``{"error": "one line"}``, the same text as the CLI's ``error:`` lines: 400 for
-bad input (malformed requests included), 404 for anything not served, 413 for uploads over the
-limits, 500 for a bug (its traceback goes to the server's log)."""
+bad input (malformed requests and bodies that cannot be parsed included), 404 for anything not
+served (unknown routes included), 405 for a method a route does not take, 413 for uploads over the
+limits, 503 for new work while the server stops, 500 for a bug (its traceback goes to the server's
+log). When the server stops, the explorer's jobs are cancelled and their threads waited for."""
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+
+import anyio
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import VisionlensError
 from .explorer import Explorer
 from .page import PAGE
-from .safety import NotServed, TooLarge
+from .safety import NotServed, ShuttingDown, TooLarge
+
+UNPARSED_BODY = "There was an error parsing the body"  # FastAPI's detail for a body it could not decode
 
 
 class ExplainRequest(BaseModel):
@@ -43,7 +53,10 @@ class PredictRequest(BaseModel):
 
 
 def _status(err: VisionlensError) -> int:
-    return 404 if isinstance(err, NotServed) else 413 if isinstance(err, TooLarge) else 400
+    for kind, status in ((NotServed, 404), (TooLarge, 413), (ShuttingDown, 503)):
+        if isinstance(err, kind):
+            return status
+    return 400
 
 
 def _one_line(err: Exception) -> str:
@@ -51,9 +64,63 @@ def _one_line(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+def _printable(text: str, limit: int = 200) -> str:
+    """``text`` (e.g. a decoded URL path) on one line: control characters escaped, at most ``limit`` characters."""
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in text)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def _http_message(request: Request, err: StarletteHTTPException) -> str:
+    """One line for the routing and parsing errors that FastAPI and Starlette raise themselves."""
+    where = f"{request.method} {_printable(request.url.path)}"
+    if err.status_code == 404 and err.detail == HTTPStatus.NOT_FOUND.phrase:
+        return f"not served: {where} (no such page or API route)"
+    if err.status_code == 405:
+        allowed = (err.headers or {}).get("Allow") or (err.headers or {}).get("allow")
+        return f"method not allowed: {where}" + (f"; this route takes {allowed}" if allowed else "")
+    if err.status_code == 400 and err.detail == UNPARSED_BODY:
+        return "bad request: the body could not be parsed (malformed JSON or form data, or nested too deeply)"
+    detail = err.detail if isinstance(err.detail, str) else ""
+    try:
+        phrase = HTTPStatus(err.status_code).phrase
+    except ValueError:
+        phrase = f"HTTP {err.status_code}"
+    text = _printable(" ".join(detail.split()), 300) or phrase
+    return f"bad request: {text}" if err.status_code == 400 and detail else text
+
+
+def _validation_message(err: RequestValidationError) -> str:
+    """One line for the first problem pydantic found in a request."""
+    first = err.errors()[0] if err.errors() else {}
+    loc, kind = tuple(first.get("loc", ())), first.get("type", "")
+    if kind == "json_invalid":
+        why = (first.get("ctx") or {}).get("error")
+        return "bad request: the body is not valid JSON" + (f" ({_printable(str(why), 200)})" if why else "")
+    if loc == ("body",) and kind in ("model_attributes_type", "dict_type", "model_type"):
+        return "bad request: the body must be a JSON object (Content-Type: application/json)"
+    where = ".".join(str(part) for part in loc if part != "body") or "request"
+    msg = _printable(" ".join(str(first.get("msg", "invalid")).split()), 300)
+    return f"bad request: {_printable(where, 200)}: {msg}"
+
+
 def create_app(explorer: Explorer) -> FastAPI:
     """The explorer's app (routes below; run it with uvicorn)."""
-    app = FastAPI(title="visionlens explorer", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # When the server stops: cancel the jobs and wait for their threads, so that no torch work
+        # is still running when the interpreter shuts down. The explorer stays usable (another app
+        # may serve it); `serve` closes it before it exits.
+        try:
+            yield
+        except asyncio.CancelledError:
+            # stopped at once (uvicorn's forced exit: a second Ctrl-C), the loop is being torn
+            # down: stop the jobs all the same, and send no traceback to the log
+            explorer.stop_jobs()
+            return
+        await anyio.to_thread.run_sync(explorer.stop_jobs)  # off the event loop
+
+    app = FastAPI(title="visionlens explorer", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.explorer = explorer
 
     @app.exception_handler(VisionlensError)
@@ -62,9 +129,11 @@ def create_app(explorer: Explorer) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, err: RequestValidationError):
-        first = err.errors()[0] if err.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
-        return JSONResponse({"error": f"bad request: {where}: {first.get('msg', 'invalid')}"}, status_code=400)
+        return JSONResponse({"error": _validation_message(err)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)  # unknown routes, wrong methods, bodies that cannot be parsed
+    async def http_error(request: Request, err: StarletteHTTPException):
+        return JSONResponse({"error": _http_message(request, err)}, status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, err: Exception):  # the traceback stays in the server's log

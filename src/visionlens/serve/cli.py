@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from ..checks import count
@@ -25,17 +26,93 @@ def _cmd_serve(args) -> int:
     images = _images_folder(args)
     for flag, folder in (("--images", images), ("--results", args.results)):
         Explorer.folder(folder, flag)  # a bad folder fails before the models load
-    _check_port(args.host, args.port)
     specs = list(dict.fromkeys(args.model or [DEFAULT_MODEL]))
-    models = {spec: load_model(spec, device=args.device) for spec in specs}
+    weights = _weights_file(args.weights, specs)
+    _check_port(args.host, args.port)
+    models = {spec: load_model(spec, device=args.device, weights=weights) for spec in specs}
     explorer = Explorer(models, images=images, results=args.results,
                         max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels)
     print(f"visionlens explorer: http://{args.host}:{args.port}/ (models: {', '.join(models)}; Ctrl-C stops it)", flush=True)
     if not _loopback(args.host):
         print(f"warning: --host {args.host} lets other machines reach the explorer, which has no login: anyone who "
               "can connect may run the models on uploads and read the listed images", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(explorer), host=args.host, port=args.port, log_level="warning")
+    interrupted = False
+    try:
+        with _ctrl_c() as pressed:
+            try:
+                uvicorn.run(create_app(explorer), host=args.host, port=args.port, log_level="warning")
+            except SystemExit:  # uvicorn's exit when the server did not start: here, Ctrl-C while it started
+                if not pressed:
+                    raise
+        if pressed:  # the server has stopped (its jobs too): end as every command ends on Ctrl-C
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:  # main() says "interrupted", exit 130
+        interrupted = True
+        raise
+    finally:
+        _stop_jobs(explorer, 130 if interrupted else 0)
     return 0
+
+
+@contextlib.contextmanager
+def _ctrl_c():
+    """While the server runs, SIGINT raises KeyboardInterrupt, whatever handler the process started
+    with, and the yielded list says whether it came. uvicorn catches Ctrl-C itself, stops the
+    server (the app cancels its jobs and waits for their threads), restores the handler it found,
+    sends the signal again and swallows the KeyboardInterrupt: by the list, the command still ends
+    with "interrupted" and 130, as every command does on Ctrl-C (also when SIGINT was ignored)."""
+    import asyncio
+    import signal
+    import threading
+
+    pressed: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+
+    def interrupt(signum, frame):
+        pressed.append(True)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # not in the server's event loop (starting, or stopped): stop now
+            raise KeyboardInterrupt from None
+        # in the event loop: uvicorn's signal again, once the server has stopped; raised there it
+        # would cancel what is left of the loop with tracebacks in the log, so it is only noted
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _weights_file(weights, specs: list[str]):
+    """``--weights``, which applies to one model only; checked before anything loads."""
+    from ..errors import InputError
+
+    if weights is None:
+        return None
+    if len(specs) != 1:
+        raise InputError(f"--weights is for one model, but {len(specs)} are given ({', '.join(specs)}); "
+                         "serve a model with its own weights on its own")
+    return weights
+
+
+def _stop_jobs(explorer, status: int) -> None:
+    """Cancel the jobs still running and wait for their threads, so that no torch work runs while
+    the interpreter shuts down (which would abort the process). The app already did so on a clean
+    shutdown; this covers a forced one (a second Ctrl-C). If a job does not stop in time, or
+    Ctrl-C is pressed again while waiting, the process ends at once with ``status``."""
+    import os
+
+    try:
+        stopped = explorer.close()
+    except KeyboardInterrupt:
+        stopped, status = False, 130
+    if not stopped:
+        print("warning: a running job did not stop; exiting without waiting for it", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(status)
 
 
 def _loopback(host: str) -> bool:
@@ -82,6 +159,9 @@ def register(subparsers) -> None:
                    help="zoo model or model spec to load once and keep (repeat for several; default mobilenet_v2)")
     p.add_argument("--images", default=None, help="folder whose images the page lists (nothing outside it is served)")
     p.add_argument("--samples", action="store_true", help="list the bundled sample photos (instead of --images)")
+    p.add_argument("--weights", default=None,
+                   help="local state-dict file for the one model served (a zoo model or torchvision:NAME/timm:NAME, "
+                        "as explain's --weights): serves a timm:/torchvision: model offline")
     p.add_argument("--results", default=None, help="folder of `visionlens evaluate` results whose report cards the page opens")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=count(maximum=65535), default=8000, help="port (default 8000)")

@@ -27,7 +27,7 @@ from ..viz.colormaps import check_cmap
 from ..viz.labels import signed_method
 from ..viz.overlay import overlay
 from . import safety, similarity
-from .jobs import Job, Jobs
+from .jobs import STOP_WAIT_S, Job, Jobs
 from .pictures import colour_bar, data_url, heat_url, png_bytes
 from .results import image_input, record_methods, run_model, settings_of
 from .similarity import SIMILARITY_CHOICES
@@ -80,6 +80,15 @@ class Explorer:
         self._layers: dict[str, list] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+
+    def stop_jobs(self, timeout: float | None = STOP_WAIT_S) -> bool:
+        """Cancel the running and queued jobs and wait for their threads (at most ``timeout``
+        seconds); True when none is left running. The app calls it when its server stops."""
+        return self.jobs.stop(timeout)
+
+    def close(self, timeout: float | None = STOP_WAIT_S) -> bool:
+        """:meth:`stop_jobs`, and refuse new jobs from now on (``serve`` calls it before it exits)."""
+        return self.jobs.close(timeout)
 
     @staticmethod
     def folder(path, flag: str) -> Path | None:

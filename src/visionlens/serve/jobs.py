@@ -7,7 +7,11 @@ thread; for Score-CAM and Ablation-CAM, one pass per batch of channels, so the p
 12 of about 22"), and checks for a cancel at every torch operation it runs: a
 :class:`TorchFunctionMode` active only in the job's thread raises :class:`Cancelled` once the
 Cancel button was pressed. The method's own ``preserved_model_state`` then restores the model
-(modes, flags, hooks) on the way out, as after any error, and the lock is released."""
+(modes, flags, hooks) on the way out, as after any error, and the lock is released.
+
+When the server stops, :meth:`Jobs.stop` (and, before ``serve`` exits, :meth:`Jobs.close`, which
+also refuses new jobs) cancels every job and waits for its thread, so that no torch work is still
+running while the interpreter shuts down (which aborts the process)."""
 
 from __future__ import annotations
 
@@ -22,10 +26,11 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.overrides import TorchFunctionMode
 
 from ..errors import VisionlensError
-from .safety import NotServed
+from .safety import NotServed, ShuttingDown
 
 KEEP = 32  # finished jobs kept for their results (oldest dropped first)
 WAIT_S = 0.05  # how often a queued job looks for a cancel while it waits for the lock
+STOP_WAIT_S = 30.0  # how long closing waits for cancelled jobs to stop (a cancel acts at the next torch operation)
 
 
 class Cancelled(BaseException):
@@ -108,19 +113,31 @@ class Job:
 
 
 class Jobs:
-    """The explorer's jobs, by id (the ``keep`` newest kept)."""
+    """The explorer's jobs, by id (the ``keep`` newest kept), and the threads of those still running."""
 
     def __init__(self, keep: int = KEEP):
         self.keep, self._jobs, self._guard = keep, OrderedDict(), threading.Lock()
+        self._running: dict[str, tuple[Job, threading.Thread]] = {}  # until their thread ends, kept or not
+        self._closed = False
 
     def start(self, lock: threading.Lock, work: Callable[[Job], dict], label: str, total: int) -> Job:
-        """Run ``work(job)`` in a new thread once ``lock`` is free; its return value is the result."""
+        """Run ``work(job)`` in a new thread once ``lock`` is free; its return value is the result.
+        Refused (:class:`ShuttingDown`) once :meth:`close` was called."""
         job = Job(label, total)
-        with self._guard:
+        thread = threading.Thread(target=self._run, args=(job, lock, work), daemon=True, name=f"visionlens-job-{job.id}")
+        with self._guard:  # close() sees every thread started before it
+            if self._closed:
+                raise ShuttingDown("the explorer is shutting down; no new jobs are started")
             self._jobs[job.id] = job
             while len(self._jobs) > self.keep:
                 self._jobs.popitem(last=False)
-        threading.Thread(target=self._run, args=(job, lock, work), daemon=True, name=f"visionlens-job-{job.id}").start()
+            self._running[job.id] = (job, thread)
+            try:
+                thread.start()
+            except BaseException:  # e.g. no thread can be started: the job never existed
+                self._jobs.pop(job.id, None)
+                self._running.pop(job.id, None)
+                raise
         return job
 
     def get(self, job_id: str) -> Job:
@@ -135,8 +152,37 @@ class Jobs:
         job.cancel()
         return job
 
+    def stop(self, timeout: float | None = STOP_WAIT_S) -> bool:
+        """Cancel the running and queued jobs and wait (at most ``timeout`` seconds in all) for
+        their threads to end. True when none is left running."""
+        with self._guard:
+            running = list(self._running.values())
+        for job, _ in running:
+            job.cancel()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _, thread in running:
+            thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        return not any(thread.is_alive() for _, thread in running)
+
+    def close(self, timeout: float | None = STOP_WAIT_S) -> bool:
+        """:meth:`stop`, and refuse new jobs from now on (:class:`ShuttingDown`); safe to call again."""
+        with self._guard:
+            self._closed = True
+        return self.stop(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _run(self, job: Job, lock: threading.Lock, work: Callable[[Job], dict]) -> None:
+        try:
+            self._work(job, lock, work)
+        finally:
+            with self._guard:
+                self._running.pop(job.id, None)
+
     @staticmethod
-    def _run(job: Job, lock: threading.Lock, work: Callable[[Job], dict]) -> None:
+    def _work(job: Job, lock: threading.Lock, work: Callable[[Job], dict]) -> None:
         while not lock.acquire(timeout=WAIT_S):
             if job.cancelling:
                 job.state, job.ended = "cancelled", time.monotonic()

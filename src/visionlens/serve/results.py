@@ -22,10 +22,39 @@ RECOMPUTABLE_DATA = ("world", "samples", "folder", "imagefolder")
 
 
 def settings_of(folder: Path) -> dict:
+    """The run's ``settings.json``: a JSON object whose ``models`` and ``data``, where given, are
+    objects too (the models' entries as well); else one :class:`InputError` line naming the folder
+    and the file."""
     path = folder / "settings.json"
+    where = f"results folder '{folder.name}'"
     if not path.is_file():
-        raise InputError(f"results folder '{folder.name}' has no settings.json; its maps cannot be computed again")
-    return json.loads(path.read_text())
+        raise InputError(f"{where} has no settings.json; its maps cannot be computed again")
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        why = " ".join(str(err).split())[:200] or type(err).__name__
+        raise InputError(f"{where}: settings.json is not valid JSON ({why}); its maps cannot be computed again") from None
+    except OSError as err:
+        raise InputError(f"{where}: settings.json cannot be read ({err.strerror or type(err).__name__}); "
+                         "its maps cannot be computed again") from None
+    if not isinstance(settings, dict):
+        raise InputError(f"{where}: settings.json holds {_kind(settings)}, not an object of the run's settings; "
+                         "its maps cannot be computed again")
+    for key in ("models", "data"):
+        if settings.get(key) is not None and not isinstance(settings[key], dict):
+            raise InputError(f"{where}: settings.json's '{key}' is {_kind(settings[key])}, not an object; "
+                             "its maps cannot be computed again")
+    for name, source in (settings.get("models") or {}).items():
+        if source is not None and not isinstance(source, dict):
+            raise InputError(f"{where}: settings.json's model '{name}' is {_kind(source)}, not an object; "
+                             "its maps cannot be computed again")
+    return settings
+
+
+def _kind(value) -> str:
+    """``a list``, ``a number``, ...: what a JSON value is, for an error line."""
+    names = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def record_methods(folder: Path, image: str, model: str) -> list[dict]:
@@ -41,6 +70,9 @@ def run_model(loaded: dict[str, ZooModel], cache: dict[str, ZooModel], settings:
     run recorded (zoo weights, loaded once and kept in ``cache``)."""
     source = (settings.get("models") or {}).get(name) or {}
     spec, weights = source.get("spec", name), source.get("weights", "zoo")
+    if not isinstance(spec, str) or not isinstance(weights, str):
+        raise InputError(f"this run's settings.json records model '{name}' without a readable spec and weights; "
+                         "its maps cannot be computed again")
     if spec in ZOO and ZOO[spec].task.endswith("embedding"):
         raise InputError(f"model '{name}' is an embedding model: the explorer computes no maps of its retrieval "
                          "explanations; see the report card's example overlays")
@@ -61,6 +93,9 @@ def _run_data(settings: dict) -> dict:
         raise InputError(f"the images of a '{kind}' run cannot be loaded again by the explorer; "
                          "use the report card's example overlays")
     where = data.get("name") if kind in ("world", "samples") else data.get("path")
+    if not isinstance(where, str) or not where:
+        raise InputError(f"this run's settings.json records no name or folder of its '{kind}' data; "
+                         "its maps cannot be computed again")
     if kind not in ("world", "samples") and not (where and Path(where).is_dir()):
         raise InputError(f"the run's data folder {where} is not there any more; its maps cannot be computed again")
     return parse_data(where)

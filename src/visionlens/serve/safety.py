@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from ..data.images import IMAGE_SUFFIXES, load_image
-from ..errors import ImageLoadError, InputError
+from ..errors import ImageLoadError, InputError, VisionlensError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
@@ -23,6 +23,10 @@ class TooLarge(InputError):
 
 class NotServed(InputError):
     """A path outside the folders the explorer serves, or no such file there (HTTP 404)."""
+
+
+class ShuttingDown(VisionlensError):
+    """A request that would start work while the explorer is stopping (HTTP 503)."""
 
 
 def inside(root: Path, name: str) -> Path:
