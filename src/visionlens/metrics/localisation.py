@@ -40,8 +40,11 @@ def argmax_points(maps: torch.Tensor) -> torch.Tensor:
 
 def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 15.0) -> torch.Tensor:
     """Hit (1.0) when the map's maximum lies within ``tolerance`` pixels (Euclidean) of a mask pixel,
-    i.e. inside the mask dilated by a disc of that radius; NaN for an empty mask. Average per class,
-    then over classes, for the original protocol (:func:`per_class_mean`)."""
+    i.e. inside the mask dilated by a disc of that radius; NaN for an empty mask. A maximum shared
+    by several pixels scores the share of them that hit (the expected hit when the tie is broken at
+    random): an all-zero map scores the chance level, wherever the object is, not a hit for objects
+    at the top left. Average per class, then over classes, for the original protocol
+    (:func:`per_class_mean`)."""
     _check(maps, masks)
     masks = masks.to(maps.device).bool()
     p = argmax_points(maps)
@@ -50,7 +53,23 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 15
     xs = torch.arange(w, device=maps.device).view(1, 1, w)
     d2 = (ys - p[:, 0, None, None]) ** 2 + (xs - p[:, 1, None, None]) ** 2
     hit = (masks & (d2 <= tolerance**2)).flatten(1).any(1).float()
+    flat = maps.flatten(1)
+    peaks = flat == flat.max(1, keepdim=True).values
+    tied = (peaks.sum(1) > 1).nonzero().flatten()
+    if len(tied):
+        near = _dilated(masks[tied], tolerance).flatten(1)
+        hit[tied] = (near & peaks[tied]).sum(1).float() / peaks[tied].sum(1)
     return torch.where(masks.flatten(1).any(1), hit, torch.full_like(hit, float("nan")))
+
+
+def _dilated(masks: torch.Tensor, radius: float) -> torch.Tensor:
+    """``(B, H, W)`` bool: the pixels within ``radius`` (Euclidean) of a mask pixel."""
+    r = int(radius)
+    if r < 1:
+        return masks
+    offsets = torch.arange(-r, r + 1, device=masks.device, dtype=torch.float32)
+    disc = (offsets[:, None] ** 2 + offsets[None] ** 2 <= radius**2).float()
+    return F.conv2d(masks[:, None].float(), disc[None, None], padding=r)[:, 0] > 0.5
 
 
 def per_class_mean(values: torch.Tensor, labels: torch.Tensor) -> float:
@@ -83,15 +102,19 @@ def energy_pointing_game(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tenso
 
 
 def relevance_rank(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Share of the ``K = |mask|`` highest-ranked pixels that lie in the mask (ties broken by
-    flat index, as a stable sort); NaN for an empty mask."""
+    """Share of the ``K = |mask|`` highest-ranked pixels that lie in the mask; NaN for an empty
+    mask. Pixels tied at the K-th value share the places left among them (the expected share when
+    ties are broken at random): an all-zero map scores the mask's share of the image, wherever the
+    object is."""
     _check(maps, masks)
     flat = masks.to(maps.device).flatten(1).bool()
+    values = maps.flatten(1).float()
     k = flat.sum(1)
-    order = torch.argsort(maps.flatten(1).float(), dim=1, descending=True, stable=True)
-    in_mask = flat.gather(1, order).float()
-    top = torch.arange(flat.shape[1], device=maps.device)[None] < k[:, None]
-    score = (in_mask * top).sum(1) / k.clamp_min(1)
+    kth = values.sort(1, descending=True).values.gather(1, (k - 1).clamp_min(0)[:, None])
+    above, at = values > kth, values == kth
+    places = (k - above.sum(1)).float()  # top-K places left for the pixels at the K-th value
+    inside = (above & flat).sum(1) + places * (at & flat).sum(1) / at.sum(1).clamp_min(1)
+    score = inside / k.clamp_min(1)
     return torch.where(k > 0, score, torch.full_like(score, float("nan")))
 
 
