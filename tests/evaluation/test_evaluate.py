@@ -21,7 +21,7 @@ from visionlens.cli import main
 from visionlens.errors import InputError
 from visionlens.evaluation import evaluate, markdown_table, read_folder_results, read_results
 
-from helpers import kill_after_records, labelled_folder
+from helpers import kill_after_records, labelled_folder, one_error_line
 
 ARGS = {"models": ["world-cnn"], "methods": ["gradcam", "eigencam"], "data": "world:test", "n": 8, "batch_size": 4,
         "device": "cpu", "step": 1024, "metrics": ["deletion", "pointing-game", "relevance-mass"], "progress": False}
@@ -685,3 +685,14 @@ def test_report_card_draws_the_mean_deletion_and_insertion_curves(tmp_path):
             assert abs(auc - cells[(method, mode)]) < 1e-3, (method, mode)  # curves rounded to 4 decimals
     page = (tmp_path / "index.html").read_text()
     assert page.count("<polyline") == 4  # 2 methods x (deletion, insertion)
+
+
+@pytest.mark.parametrize("methods, message", [("gradcam@bogus", "nothing to score: every method was skipped"),
+                                              ("", "no method given")])
+def test_a_run_that_can_score_nothing_is_one_line_and_leaves_nothing(tmp_path, capsys, methods, message):
+    out = tmp_path / "o"
+    argv = ["evaluate", "--models", "world-cnn", "--data", "world:test", "--n", "2", "--metrics", "deletion",
+            "--device", "cpu", "--methods", methods, "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+    assert not out.exists()

@@ -490,6 +490,18 @@ def _check_some_readable(run: _Run) -> None:
         raise InputError(f"none of the {len(ids)} image(s) of the data could be read: {why}{more}; nothing was written")
 
 
+def _check_something_scored(run: _Run) -> None:
+    """Stop with one line, leaving nothing, when every method was skipped on every model (a bad
+    ``METHOD@LAYER``, methods that none of the models can run): a report of no cells helps no one."""
+    records = _store.read_folder_results(run.out, warn=False)
+    if records and all(r["image"] == "*" for r in records):
+        first = records[0]
+        more = f" (and {len(records) - 1} more)" if len(records) > 1 else ""
+        run.f.truncate(0)  # the run made the file: it goes, with the rest of what it made
+        raise InputError(f"nothing to score: every method was skipped; {first['method']} on {first['model']}: "
+                         f"{first['skipped']}{more}")
+
+
 def _run_models(run: _Run, models: list[_ModelSource], methods: list[str], settings: dict, path: Path,
                 created: list[Path]) -> None:
     """Every model into the locked results file ``run.f`` at ``path``, after checking ``settings``
@@ -506,6 +518,8 @@ def _run_models(run: _Run, models: list[_ModelSource], methods: list[str], setti
         else:  # batches computed elsewhere, records written here
             run.engine(run, models, methods)
         _check_some_readable(run)
+        if fresh:
+            _check_something_scored(run)
     except BaseException:
         if fresh and os.fstat(run.f.fileno()).st_size == 0:
             _store.remove_new_files(run.out, path, created)
@@ -563,7 +577,9 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
         decode_workers = check_number("--decode-workers", decode_workers, minimum=0, integer=True)
     if scoring_batch is not None:
         scoring_batch = check_number("--scoring-batch", scoring_batch, minimum=1, integer=True)
-    methods = list(dict.fromkeys(methods))  # a method named twice is scored once
+    methods = list(dict.fromkeys(m for m in methods if m))  # a method named twice is scored once
+    if not methods:
+        raise InputError("no method given; use --methods NAME[,NAME...] (visionlens methods lists them)")
     names, spec = _checked_choices(methods, metrics, data, n, {"split": split, "label_column": label_column})
     if shard is not None:
         shard = _store.parse_shard(shard if isinstance(shard, str) else f"{shard[0]}/{shard[1]}")
