@@ -99,3 +99,15 @@ class FlatList(argparse.Action):
         for value in values if isinstance(values, list) else [values]:
             flat.extend(value if isinstance(value, list) else [value])
         setattr(namespace, self.dest, flat)
+
+
+class DistinctSeeds(FlatList):
+    """:class:`FlatList` for seeds: a seed listed twice (``0,0``, ``0 0``) would count one run
+    twice in a mean and its spread, so it is refused on one line."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        seeds = getattr(namespace, self.dest)
+        twice = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+        if twice is not None:
+            raise argparse.ArgumentError(self, f"lists a seed twice: {twice} (in {','.join(map(str, seeds))})")

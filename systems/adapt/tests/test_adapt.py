@@ -261,6 +261,17 @@ def test_cli_runs_on_a_tiny_setting(tmp_path):
     assert Image.open(png).size[0] == 3 * 96
 
 
+@pytest.mark.parametrize("argv", [["--seeds", "0,0"], ["--seeds", "0", "0"], ["--seeds", "1,2", "1"]])
+def test_cli_refuses_a_seed_listed_twice(tmp_path, capsys, argv):
+    """`--seeds 0,0` used to train and count seed 0 twice: one line, as `hsi-cd train` says it."""
+    out = tmp_path / "run"
+    assert main(["adapt", "--n-source", "64", "--n-target", "32", "--source-epochs", "1", "--adapt-epochs", "1",
+                 "--out", str(out), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "lists a seed twice" in err and "--seeds" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("argv", [
     ["--methods", "eianet,not-a-method"], ["--data", "imagenet"], ["--seeds", "a,b"], ["--budget", "0"],
     ["--budget", "5000"], ["--adapt-epochs", "0"],

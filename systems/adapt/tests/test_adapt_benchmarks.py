@@ -196,6 +196,39 @@ def test_bad_benchmark_input_is_one_line(case, benchmarks, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("case", ["binary", "folder"])
+def test_unreadable_target_list_is_one_line(case, benchmarks, tmp_path, capsys):
+    """A list file that is not UTF-8 used to end in an internal error (UnicodeDecodeError, exit 70);
+    a folder given as the list was said not to exist."""
+    target = tmp_path / "bin.txt"
+    if case == "binary":
+        target.write_bytes(b"\xff\xfe\x00garbage\n")
+    else:
+        target.mkdir()
+    out = tmp_path / "run"
+    assert _adapt(out, "--data", "list", "--source-list", benchmarks["list"][1], "--target-list", target) == 2
+    line = one_error_line(capsys.readouterr().err, str(target))
+    assert ("UTF-8" in line) if case == "binary" else ("is a folder" in line and "does not exist" not in line)
+    assert not out.exists()
+
+
+def test_vision_transformer_backbone_is_refused_before_any_work(benchmarks, tmp_path, capsys, monkeypatch):
+    """A timm ViT used to crash with exit 70 (an AssertionError from probing it with a 64x64 tensor)
+    after the data was read: one line that it is not a CNN, exit 2, before the data is read."""
+    timm = pytest.importorskip("timm")
+    import visionlens_adapt.cli as adapt_cli
+
+    weights = tmp_path / "vit.pth"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_vit", num_classes=5).state_dict(), weights)
+    monkeypatch.setattr(adapt_cli, "_load", lambda *a: pytest.fail("the data was read before the backbone was checked"))
+    out = tmp_path / "run"
+    assert _adapt(out, "--data", "office31", *benchmarks["office31"], "--backbone", "timm:test_vit", "--weights",
+                  weights, "--gradcam", "0") == 2
+    one_error_line(capsys.readouterr().err, "timm:test_vit", "not a CNN")
+    assert not out.exists()
+
+
 def test_planted_outliers_on_a_streamed_target(benchmarks):
     from visionlens_adapt.data import plant_outliers
 

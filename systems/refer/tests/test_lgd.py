@@ -456,6 +456,71 @@ def test_hf_clip_encoder_from_local_folder(tmp_path, tiny_clip):
     assert res.index in (0, 1) and len(res.total) == 2
 
 
+def _tiny_vit_folder(folder, with_tokenizer: bool) -> str:
+    """A tiny random ViT classifier saved with save_pretrained (model_type 'vit', not a CLIP)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        cfg = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        image_size=32, patch_size=8, num_labels=3)
+        ViTForImageClassification(cfg).save_pretrained(folder)
+    if with_tokenizer:
+        _tiny_tokenizer(WORDS)[0].save_pretrained(folder)
+    return str(folder)
+
+
+def _two_squares(path) -> None:
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (48, 40), (240, 240, 240))
+    draw = ImageDraw.Draw(im)
+    draw.rectangle([4, 8, 18, 22], fill=(220, 20, 20))
+    draw.rectangle([28, 10, 42, 24], fill=(20, 20, 220))
+    im.save(path)
+
+
+@pytest.mark.parametrize("with_tokenizer", [True, False])
+def test_refer_clip_folder_of_another_model_is_refused_before_loading(tmp_path, capsys, with_tokenizer):
+    """A ViT folder given as --clip used to load as a randomly initialised CLIP (exit 0, and
+    transformers' 78-line load report); now one line naming its model_type, exit 2, nothing written."""
+    pytest.importorskip("transformers")
+    vit = _tiny_vit_folder(tmp_path / "vit", with_tokenizer)
+    _two_squares(tmp_path / "im.png")
+    out = tmp_path / "out"
+    capsys.readouterr()  # save_pretrained's own progress bar
+    assert main(["refer", str(tmp_path / "im.png"), "the red square", "--clip", vit, "--out", str(out)]) == 2
+    err = one_error_line(capsys)
+    assert "not a CLIP model (config.json model_type 'vit'" in err, err
+    assert not out.exists() or not any(out.iterdir())
+    from visionlens_refer.lgd.clip_hf import HFClipEncoder
+
+    with pytest.raises(InputError, match="not a CLIP model"):
+        HFClipEncoder(vit)
+
+
+def test_refer_with_a_clip_prints_no_transformers_load_report(tmp_path, capfd, tiny_clip):
+    """A genuine CLIP folder whose weights lack a tensor: one ``warning:`` line, not the load report."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    clip = tmp_path / "clip"
+    shutil.copytree(tiny_clip, clip)
+    weights = load_file(str(clip / "model.safetensors"))
+    dropped = sorted(k for k in weights if k.endswith("visual_projection.weight"))
+    assert dropped
+    save_file({k: v for k, v in weights.items() if k not in dropped}, str(clip / "model.safetensors"),
+              metadata={"format": "pt"})
+    _two_squares(tmp_path / "im.png")
+    capfd.readouterr()
+    assert main(["refer", str(tmp_path / "im.png"), "the red square", "--clip", str(clip),
+                 "--out", str(tmp_path / "out")]) == 0
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "[transformers]" not in err, err
+    assert err.count("\n") == 1 and err.startswith("warning:") and "lack 1 tensor" in err, err
+
+
 def test_sam_proposer_from_local_folder(tmp_path):
     pytest.importorskip("transformers")
     from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig

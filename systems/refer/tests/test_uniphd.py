@@ -522,6 +522,103 @@ def test_packaged_model_follows_positional_prompts():
     assert real["pose_AP"] > control["pose_AP"] + 0.15
 
 
+def test_cli_synth_interrupted_leaves_nothing_and_a_rerun_completes(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the images are written used to leave PNGs without annotations.json, which the
+    re-run then refused as not its own; now the folder is as it was and the re-run writes the set."""
+    import visionlens_refer.uniphd.data as data
+
+    real, calls = data.sample_image, []
+
+    def interrupted(sample):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(sample)
+
+    monkeypatch.setattr(data, "sample_image", interrupted)
+    out = tmp_path / "synth"
+    assert main(["pose", "synth", "--n", "8", "--size", "32", "--quiet", "--out", str(out)]) == 130
+    assert len(calls) == 3 and not out.exists()
+    earlier = tmp_path / "earlier"  # an existing folder stays as it was, the hidden staging folder removed
+    assert main(["pose", "synth", "--n", "3", "--size", "32", "--quiet", "--out", str(earlier)]) == 0
+    before = sorted(p.relative_to(earlier) for p in earlier.rglob("*"))
+    calls.clear()
+    assert main(["pose", "synth", "--n", "8", "--size", "32", "--quiet", "--out", str(earlier)]) == 130
+    assert sorted(p.relative_to(earlier) for p in earlier.rglob("*")) == before
+    monkeypatch.setattr(data, "sample_image", real)
+    capsys.readouterr()
+    assert main(["pose", "synth", "--n", "8", "--size", "32", "--quiet", "--out", str(out)]) == 0
+    ann = json.loads((out / "annotations.json").read_text())
+    assert ann["info"]["description"].startswith("visionlens pose synth") and len(ann["annotations"]) == 8
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted({im["file_name"] for im in ann["images"]})
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_synth_rerun_with_fewer_samples_removes_its_earlier_images(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["pose", "synth", "--n", "9", "--size", "32", "--quiet", "--out", str(out)]) == 0
+    assert main(["pose", "synth", "--n", "2", "--size", "32", "--quiet", "--out", str(out)]) == 0
+    ann = json.loads((out / "annotations.json").read_text())
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted({im["file_name"] for im in ann["images"]})
+
+
+def test_cli_synth_takes_quiet_and_shows_progress_on_a_terminal(tmp_path, monkeypatch):
+    """`pose synth` reports progress through the core Progress (no bar under --quiet)."""
+    import visionlens.core.progress as progress
+
+    made = []
+    real = progress.Progress
+
+    class Recording(real):
+        def __init__(self, total, label="", stream=None, enabled=True, unit="img"):
+            made.append((total, label, enabled))
+            super().__init__(total, label, stream, enabled, unit)
+
+    monkeypatch.setattr(progress, "Progress", Recording)
+    assert main(["pose", "synth", "--n", "3", "--size", "32", "--out", str(tmp_path / "a")]) == 0
+    assert made and all(total == 3 and "pose synth" in label and enabled for total, label, enabled in made)
+    made.clear()
+    assert main(["pose", "synth", "--n", "3", "--size", "32", "--quiet", "--out", str(tmp_path / "b")]) == 0
+    assert made and not any(enabled for _, _, enabled in made)
+
+
+def test_cli_train_rerun_after_the_last_step_trains_nothing(tmp_path, capsys):
+    """A finished run re-run used to print "trained N steps" (the loop did not run, step + 1 came back)."""
+    tiny = ["pose", "train", "--synthetic", "2", "--size", "32", "--batch-size", "2", "--quiet",
+            "--out", str(tmp_path / "c.pt")]
+    assert main([*tiny, "--steps", "2"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    before = (tmp_path / "c.pt").read_bytes()
+    assert main([*tiny, "--steps", "2", "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["steps"] == 2 and said["trained_steps"] == 0
+    assert main([*tiny, "--steps", "2"]) == 0
+    assert "trained 0 steps" in (text := capsys.readouterr().out) and "already at 2 steps" in text
+    assert (tmp_path / "c.pt").read_bytes() == before
+    assert main([*tiny, "--steps", "3"]) == 0
+    assert "trained 1 step (resumed at step 2, now at 3)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("changed,named", [
+    (["--size", "48"], "--size 48"), (["--text-encoder", "hf:{tmp}/enc"], "--text-encoder"),
+])
+def test_cli_train_resume_with_changed_model_settings_is_refused(tmp_path, capsys, monkeypatch, changed, named):
+    """`--size 48` (or another --text-encoder) on a checkpoint trained at --size 32 used to resume
+    silently with the checkpoint's settings: one line naming the setting, exit 2, before any work."""
+    import visionlens_refer.uniphd.cli as pose_cli
+
+    ckpt = tmp_path / "c.pt"
+    tiny = ["pose", "train", "--synthetic", "2", "--steps", "1", "--batch-size", "2", "--quiet", "--out", str(ckpt)]
+    assert main([*tiny, "--size", "32"]) == 0
+    before = ckpt.read_bytes()
+    capsys.readouterr()
+    monkeypatch.setattr(pose_cli, "_samples", lambda *a: pytest.fail("work started before the settings were checked"))
+    argv = [*tiny, "--steps", "2", "--size", "32", *(c.replace("{tmp}", str(tmp_path)) for c in changed)]
+    assert main(argv) == 2
+    one_error_line(capsys.readouterr().err, str(ckpt), named, "--no-resume")
+    assert ckpt.read_bytes() == before
+
+
 def test_cli_synth_writes_a_refhuman_set_that_loads_back(tmp_path, capsys):
     out = tmp_path / "synth"
     assert main(["pose", "synth", "--n", "3", "--size", "64", "--out", str(out)]) == 0

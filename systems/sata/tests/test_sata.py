@@ -379,6 +379,16 @@ def test_cli_refuses_every_bad_number_before_work(tmp_path, capsys, flag, value)
     assert flag in err and not out.exists() and not out.with_suffix(".json").exists()
 
 
+@pytest.mark.parametrize("argv", [["--seeds", "0", "0"], ["--seeds", "0,1,0"], ["--seeds", "1", "0,1"],
+                                  ["--bs1-seeds", "2,2"]])
+def test_cli_refuses_a_seed_listed_twice(tmp_path, capsys, argv):
+    """`--seeds 0 0` used to run seed 0 twice and count it twice in the mean: one line, exit 2."""
+    out = tmp_path / "sata.md"
+    assert main(["sata", "evaluate", "--images", "6", "--out", str(out), "--quiet", *argv]) == 2
+    one_error_line(capsys.readouterr().err, argv[0], "lists a seed twice")
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
 def test_raw_json_is_strict():
     from visionlens_sata.evaluate import raw_to_json
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from visionlens.checks import FlatList, comma_list, count, number
+from visionlens.checks import DistinctSeeds, comma_list, count, number
 from visionlens.cli import add_json_option, record_summary
 
 # the target set must hold a few k-NN neighbourhoods (EIANet / AaD use k = 4) and a batch
@@ -87,6 +87,7 @@ def _cmd_adapt(args) -> int:
 
     from visionlens.models.zoo import resolve_device
     from .experiment import parse_methods
+    from .network import check_backbone
 
     args.device = str(resolve_device(args.device))
     args.explicit = {k for k in ("source_epochs", "adapt_epochs", "batch_size", "lr") if getattr(args, k) is not None}
@@ -98,6 +99,7 @@ def _cmd_adapt(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        check_backbone(args.backbone, args.weights)  # not a CNN, or weights that do not fit: before any data is read
         return _run(args, methods, seeds, chosen)
     finally:
         torch.set_num_threads(threads)  # in-process callers keep their setting
@@ -195,7 +197,7 @@ def register(subparsers) -> None:
     p.add_argument("--weights", default=None,
                    help="state-dict file for a resnet50/resnet101/spec backbone (default: the library's pretrained weights)")
     p.add_argument("--methods", default="all", help="comma-separated methods or 'all'")
-    p.add_argument("--seeds", type=comma_list(SEED), nargs="+", action=FlatList, default=[0, 1, 2],
+    p.add_argument("--seeds", type=comma_list(SEED), nargs="+", action=DistinctSeeds, default=[0, 1, 2],
                    help="seeds, space- or comma-separated (one source model per seed)")
     p.add_argument("--n-source", type=count(minimum=2, maximum=MAX_IMAGES), default=None,
                    help="source images (default 800; a benchmark: all)")

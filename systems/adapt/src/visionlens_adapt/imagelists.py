@@ -90,10 +90,19 @@ def class_folders(root: Path, classes: list[str] | None = None) -> Domain:
 
 def read_list(path: Path, base: Path) -> tuple[list[Path], list[int]]:
     """An image-list file: one ``relative/path label`` per line (paths relative to ``base``)."""
+    if path.is_dir():
+        raise InputError(f"image list {display(path)} is a folder, not an image-list file ('relative/path label' lines)")
     if not path.is_file():
         raise InputError(f"image list {display(path)} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"image list {display(path)} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                         f"offset {err.start}); expected 'relative/path label' lines") from None
+    except OSError as err:
+        raise InputError(f"cannot read image list {display(path)}: {err.strerror or err}") from None
     paths, labels = [], []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         name, _, label = line.strip().rpartition(" ")

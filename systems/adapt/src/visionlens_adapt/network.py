@@ -81,12 +81,21 @@ def spec_backbone(spec: str, weights: str | None = None) -> tuple[nn.Module, int
 
     zoo = load_model(spec, weights=weights)
     features = SpecFeatures(zoo.module)
+    side = int(getattr(zoo.preprocess, "crop", 0) or 224)  # the model's own input size: any model takes it
     with torch.no_grad():
         was = features.training
-        out = features.eval()(torch.zeros(1, 3, 64, 64))
-        features.train(was)
-    if out.dim() != 4:
-        raise InputError(f"{spec} gives {out.dim()}-d features, not a (B, C, H, W) map; use a CNN backbone")
+        try:
+            out = features.eval()(torch.zeros(1, 3, side, side))
+        except Exception as err:  # noqa: BLE001 - a model that cannot run its own input size is no backbone
+            reason = " ".join(str(err).split())[:160] or type(err).__name__
+            raise InputError(f"{spec} cannot be used as a backbone: its features at {side}x{side} fail ({reason}); "
+                             "use a CNN backbone") from None
+        finally:
+            features.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        dims = f"{out.dim()}-d features" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise InputError(f"{spec} is not a CNN: it gives {dims}, not a (B, C, H, W) map (vision transformers are "
+                         "not supported); use a CNN backbone such as resnet50 or timm:resnet18")
     return nn.Sequential(Normalise(zoo.preprocess.mean, zoo.preprocess.std), features), int(out.shape[1])
 
 
@@ -107,6 +116,15 @@ def build_backbone(name: str, freeze: int = 14, weights: str | None = None) -> t
     if name in PAPER_BACKBONES or name.startswith(("timm:", "torchvision:")):
         return spec_backbone(PAPER_BACKBONES.get(name, name), weights)
     raise InputError(f"unknown backbone {name!r}; choose from: {', '.join(BACKBONES)}")
+
+
+def check_backbone(name: str, weights: str | None = None) -> None:
+    """Refuse, before any work, a backbone that cannot be built (an unknown name, a weights file that
+    does not fit) or is not a CNN (a ViT's features are tokens, not a map). The built-in trunks are
+    known to be CNNs and are not loaded here."""
+    if name in ("small-cnn", "mobilenet_v2"):
+        return
+    build_backbone(name, weights=weights)
 
 
 class AdaptNet(nn.Module):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from visionlens.checks import FlatList, comma_list, count, number
+from visionlens.checks import DistinctSeeds, FlatList, comma_list, count, number
 from visionlens.cli import add_force_option, add_json_option, record_summary
 
 SEED = count(minimum=0, maximum=2**32 - 1)
@@ -32,9 +32,9 @@ def register(subparsers) -> None:
                    help="with --data whose class folders are ImageNet WordNet ids: auto (default) restricts the "
                         "argmax to the classes present when fewer than 1000 are (ImageNet-A/R, 200-way); off: all 1000")
     e.add_argument("--device", default="auto", help="with --data: torch device of the model (auto: CUDA when available)")
-    e.add_argument("--seeds", type=comma_list(SEED), nargs="+", action=FlatList, default=[0, 1],
+    e.add_argument("--seeds", type=comma_list(SEED), nargs="+", action=DistinctSeeds, default=[0, 1],
                    help="seeds for the batched protocols (space- or comma-separated)")
-    e.add_argument("--bs1-seeds", type=comma_list(SEED), nargs="+", action=FlatList, default=[0],
+    e.add_argument("--bs1-seeds", type=comma_list(SEED), nargs="+", action=DistinctSeeds, default=[0],
                    help="seeds for the batch-size-1 protocol (space- or comma-separated)")
     e.add_argument("--batch", "--batch-size", dest="batch", type=count(), default=16, help="batch size of the sorted and shuffled protocols")
     e.add_argument("--gamma", type=number(minimum=0, maximum=1), default=0.7,

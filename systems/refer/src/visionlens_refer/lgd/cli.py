@@ -190,6 +190,15 @@ def _clip_dir(args) -> str | None:
     return args.clip or os.environ.get("VISIONLENS_CLIP") or None
 
 
+def _check_clip(args) -> None:
+    """A --clip folder that is missing or holds another kind of model (its config.json's
+    model_type): one line before any model is loaded (transformers would build a random CLIP)."""
+    if _clip_dir(args):
+        from .clip_hf import clip_dir
+
+        clip_dir(_clip_dir(args))
+
+
 def _encoder(args):
     if _clip_dir(args):
         from .clip_hf import HFClipEncoder
@@ -242,6 +251,7 @@ def _cmd_refcoco(args) -> int:
     dataset = ReferDataset(args.refcoco, args.dataset, args.split_by)
     if args.split not in dataset.splits():
         raise InputError(f"split {args.split!r} not in {args.dataset}; it has {', '.join(dataset.splits())}")
+    _check_clip(args)
     describer = _describer(args, False)
     use_att, use_sur = (not args.no_att) and describer is not None, (not args.no_sur) and describer is not None
     config = LGDConfig(alpha=args.alpha, beta=args.beta, mix=args.mix, use_att=use_att, use_sur=use_sur)
@@ -358,6 +368,7 @@ def _cmd_single(args) -> int:
             raise InputError("give the referring expression after the image")
         expression = args.expression
         image = _image_tensor(args.image)  # a bad file fails here, before any model is loaded
+        _check_clip(args)
     describer = _describer(args, sample is not None)
     use_att, use_sur = not args.no_att, not args.no_sur
     if describer is None and (use_att or use_sur):

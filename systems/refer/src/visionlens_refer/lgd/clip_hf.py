@@ -20,7 +20,17 @@ import torch.nn.functional as F
 
 from visionlens.errors import InputError
 
-from .local_weights import loading, model_dir, require_transformers, weights_identity
+from .local_weights import loading, model_dir, require_model_type, require_transformers, weights_identity
+
+CLIP_MODEL_TYPES = ("clip",)  # what transformers' CLIPModel reads (a ViT or SigLIP folder is not one)
+
+
+def clip_dir(path: str | Path | None) -> Path:
+    """The local CLIP folder ``path`` (or ``$VISIONLENS_CLIP``), checked without loading it: a
+    save_pretrained folder whose config.json declares a CLIP model."""
+    folder = model_dir(path, "CLIP", "VISIONLENS_CLIP", "openai/clip-vit-base-patch32")
+    require_model_type(folder, "CLIP", CLIP_MODEL_TYPES)
+    return folder
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,9 +43,18 @@ def _features(out) -> torch.Tensor:
 class HFClipEncoder:
     def __init__(self, path: str | Path | None = None, masked_blocks: int = 3, device: str = "cpu"):
         tf = require_transformers()
-        self.path = model_dir(path, "CLIP", "VISIONLENS_CLIP", "openai/clip-vit-base-patch32")
+        self.path = clip_dir(path)
         with loading("CLIP", self.path):
-            self.model = tf.CLIPModel.from_pretrained(self.path, local_files_only=True).eval().to(device)
+            model, info = tf.CLIPModel.from_pretrained(self.path, local_files_only=True, output_loading_info=True)
+        self.model = model.eval().to(device)
+        missing = list((info or {}).get("missing_keys") or [])
+        if missing:  # transformers' own report is silenced (dozens of lines): one line says it instead
+            import warnings
+
+            from visionlens.errors import VisionlensWarning
+
+            warnings.warn(f"the CLIP weights in {self.path} lack {len(missing)} tensor(s) (e.g. {sorted(missing)[0]}), "
+                          "which are randomly initialised", VisionlensWarning, stacklevel=2)
         try:
             self.tokenizer = tf.AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         except (OSError, ValueError) as err:

@@ -35,14 +35,43 @@ def model_dir(path: str | Path | None, what: str, env: str, example: str) -> Pat
     return p
 
 
+def model_type(path: Path, what: str) -> str:
+    """The ``model_type`` that ``path/config.json`` declares ("" when it names none); a config.json
+    that is not a JSON object is one :class:`InputError` line naming it."""
+    import json
+
+    cfg = Path(path) / "config.json"
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        raise InputError(f"cannot read the {what} config {cfg}: {reason}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"cannot read the {what} config {cfg}: not a JSON object")
+    kind = data.get("model_type", "")
+    return kind if isinstance(kind, str) else ""
+
+
+def require_model_type(path: Path, what: str, accepted: tuple[str, ...]) -> None:
+    """Refuse, before anything is loaded, a folder whose config.json declares another kind of model
+    (transformers would otherwise build a randomly initialised ``what`` from it)."""
+    kind = model_type(path, what)
+    if kind not in accepted:
+        declared = f"config.json model_type {kind!r}" if kind else "its config.json names no model_type"
+        raise InputError(f"{path} is not a {what} model ({declared}, expected {' or '.join(map(repr, accepted))})")
+
+
 @contextmanager
 def loading(what: str, path: Path):
-    """Around ``from_pretrained`` calls: no progress bar on stderr (restored afterwards), and any
-    failure to read the folder as one :class:`InputError` line naming it."""
+    """Around ``from_pretrained`` calls: no progress bar on stderr and none of transformers' own
+    warnings (its load report; both restored afterwards), and any failure to read the folder as
+    one :class:`InputError` line naming it."""
     from transformers.utils import logging
 
     shown = logging.is_progress_bar_enabled()
+    verbosity = logging.get_verbosity()
     logging.disable_progress_bar()
+    logging.set_verbosity_error()
     try:
         yield
     except (AssetError, InputError):
@@ -51,6 +80,7 @@ def loading(what: str, path: Path):
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise InputError(f"cannot load the {what} in {path}: {reason}") from None
     finally:
+        logging.set_verbosity(verbosity)
         if shown:
             logging.enable_progress_bar()
 

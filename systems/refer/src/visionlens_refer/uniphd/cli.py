@@ -66,14 +66,14 @@ def _check_checkpoint_out(args) -> None:
     """An existing ``pose train --out`` must be a pose train checkpoint, checked before any work: it
     is resumed, or with ``--no-resume`` replaced; any other file is refused, never replaced."""
     from visionlens.errors import display
-    from .train import resume_state
+    from .train import check_resume_config, resume_state
 
     out = Path(args.out)
     _prepare_out(out, force=True)  # a folder or an unwritable place: one line; an existing file: checked here
     if not out.exists():
         return
     if not args.no_resume:
-        resume_state(out)
+        check_resume_config(resume_state(out)["config"], _config(args), out)  # changed --size/--text-encoder/--preset
         return
     try:
         resume_state(out)
@@ -100,9 +100,15 @@ def _cmd_train(args) -> int:
     result = train(samples, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    config=config, resume=not args.no_resume, progress=not args.quiet, time_limit=args.time_limit,
                    device=args.device)
-    print(f"trained {result['steps']} steps in {result['seconds']:.0f} s; checkpoint {args.out} "
-          f"(resume by running the same command; final loss {result['history'][-1]['loss']:.3f})")
-    summary = {"checkpoint": str(args.out), "steps": result["steps"], "seconds": result["seconds"],
+    if result["trained"]:
+        resumed = f" (resumed at step {result['start']}, now at {result['steps']})" if result["start"] else ""
+        print(f"trained {result['trained']} step{'s' if result['trained'] != 1 else ''}{resumed} in {result['seconds']:.0f} s; checkpoint {args.out} "
+              f"(resume by running the same command; final loss {result['history'][-1]['loss']:.3f})")
+    else:
+        print(f"trained 0 steps: {args.out} is already at {result['start']} steps (--steps {args.steps}); "
+              "raise --steps to train further")
+    summary = {"checkpoint": str(args.out), "steps": result["steps"], "trained_steps": result["trained"],
+               "seconds": result["seconds"],
                "final_loss": result["history"][-1]["loss"], "history": result["history"]}
     if args.eval_samples:
         from .data import synthetic_refhuman
@@ -287,8 +293,11 @@ SYNTH_DESCRIPTION = "visionlens pose synth: synthetic referring scenes"
 
 
 def _cmd_synth(args) -> int:
-    """Write synthetic scenes as a RefHuman-format set (annotation JSON + PNG images)."""
-    from visionlens.outputs import check_out_dir, recorded_run
+    """Write synthetic scenes as a RefHuman-format set (annotation JSON + PNG images), all at once:
+    the files are written into a hidden folder inside --out and moved into place only when every one
+    is written, so an interrupted run (Ctrl-C) leaves --out as it was."""
+    from visionlens.core.progress import Progress
+    from visionlens.outputs import check_out_dir, recorded_run, staged_out_dir
     from .data import synthetic_file_name, synthetic_refhuman, write_refhuman
 
     _check_synthetic(args.n, args.size, "--n")
@@ -296,11 +305,16 @@ def _cmd_synth(args) -> int:
     # each scene holds one sample or more: at most --n images; an annotations.json whose COCO "info"
     # names this command marks an earlier synth's folder (a user's own COCO file there does not)
     planned = ["annotations.json", *(f"images/{synthetic_file_name(i)}" for i in range(1, args.n + 1))]
-    check_out_dir(out, planned, recorded_run(out, "annotations.json", planned,
-                                             marks={"info": {"description": SYNTH_DESCRIPTION}}))
-    samples = synthetic_refhuman(args.n, seed=args.seed, size=args.size)
+    marks = {"info": {"description": SYNTH_DESCRIPTION}}
+    check_out_dir(out, planned, recorded_run(out, "annotations.json", planned, marks=marks))
+    earlier = _earlier_synth(out, marks)
+    samples = synthetic_refhuman(args.n, seed=args.seed, size=args.size,
+                                 progress=Progress(args.n, "pose synth: scenes", enabled=not args.quiet, unit="sample"))
     info = {"description": SYNTH_DESCRIPTION, "seed": args.seed, "size": args.size, "n": args.n}
-    ann = write_refhuman(samples, out / "annotations.json", out / "images", info=info)
+    with staged_out_dir(out, earlier) as stage:
+        write_refhuman(samples, stage / "annotations.json", stage / "images", info=info,
+                       progress=Progress(len(samples), "pose synth: writing", enabled=not args.quiet, unit="sample"))
+    ann = out / "annotations.json"
     s = samples[0]
     ys, xs = s.mask.nonzero()
     mid = ((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2).argmin()  # the mask pixel nearest its centroid
@@ -311,6 +325,23 @@ def _cmd_synth(args) -> int:
     record_summary(args, {"samples": len(samples), "images": len({x.file_name for x in samples}),
                           "annotations": str(ann), "image_folder": str(out / "images")})
     return 0
+
+
+def _earlier_synth(out: Path, marks: dict) -> set[str]:
+    """The files an earlier ``pose synth`` wrote in ``out`` (its annotations.json, marked as its own,
+    and the images it names), removed after this run unless it writes them again."""
+    import json
+
+    from visionlens.outputs import recorded_run
+
+    if not recorded_run(out, "annotations.json", ["annotations.json"], marks=marks):
+        return set()
+    try:
+        images = json.loads((out / "annotations.json").read_text(encoding="utf-8")).get("images", [])
+        names = {f"images/{im['file_name']}" for im in images if isinstance(im, dict) and isinstance(im.get("file_name"), str)}
+    except (OSError, ValueError, AttributeError, TypeError):
+        names = set()
+    return {"annotations.json", *(n for n in names if "/" not in n[len("images/"):] and ".." not in n)}
 
 
 def _add_device(p) -> None:
@@ -384,5 +415,6 @@ def register(subparsers) -> None:
     g.add_argument("--seed", type=SEED, default=0, help="seed of the synthetic scenes")
     g.add_argument("--size", type=_size(), default=96, help=f"image side in pixels, 32 to {MAX_SIZE}")
     g.add_argument("--out", default="pose-synth", help="output folder")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_option(g)
     g.set_defaults(func=_cmd_synth)

@@ -243,9 +243,10 @@ def load_refhuman(annotation_file: str | os.PathLike, image_dir: str | os.PathLi
 
 
 def write_refhuman(samples: list[RefSample], annotation_file: str | os.PathLike, image_dir: str | os.PathLike,
-                   info: dict | None = None) -> Path:
+                   info: dict | None = None, progress=None) -> Path:
     """Write samples as RefHuman JSON + PNG images (images shared between samples are written once);
-    ``info``: COCO's optional top-level ``info`` object (what made the set)."""
+    ``info``: COCO's optional top-level ``info`` object (what made the set); ``progress``: a
+    :class:`~visionlens.core.progress.Progress` advanced once per sample."""
     from PIL import Image
 
     image_dir = Path(image_dir)
@@ -264,6 +265,8 @@ def write_refhuman(samples: list[RefSample], annotation_file: str | os.PathLike,
             "segmentation": rle_encode(sample_mask(s), compressed=False), "area": float(s.area), "bbox": [float(b) for b in s.bbox],
             "scribble": [float(v) for v in s.scribbles.reshape(-1)],
         })
+        if progress is not None:
+            progress.update()
     return write_json({**({"info": info} if info else {}), "images": images, "annotations": annotations,
                        "categories": [{"id": 1, "name": "person", "keypoints": list(KEYPOINT_NAMES),
                                        "skeleton": [[a + 1, b + 1] for a, b in SKELETON]}]},
@@ -471,8 +474,10 @@ def synthetic_file_name(scene_id: int) -> str:
     return f"scene_{scene_id:06d}.png"
 
 
-def synthetic_refhuman(count: int, seed: int = 0, size: int = 96, people: tuple[int, int] = (2, 3)) -> list[RefSample]:
-    """``count`` referring samples (one per person, scenes drawn until enough); deterministic in ``seed``."""
+def synthetic_refhuman(count: int, seed: int = 0, size: int = 96, people: tuple[int, int] = (2, 3),
+                       progress=None) -> list[RefSample]:
+    """``count`` referring samples (one per person, scenes drawn until enough); deterministic in ``seed``;
+    ``progress``: a :class:`~visionlens.core.progress.Progress` advanced once per sample."""
     if count < 1 or size < 32:
         raise InputError("synthetic_refhuman needs count >= 1 and size >= 32")
     rng = np.random.default_rng(seed)
@@ -495,4 +500,6 @@ def synthetic_refhuman(count: int, seed: int = 0, size: int = 96, people: tuple[
                 image_id=len(samples) + 1, ann_id=len(samples) + 1, file_name=synthetic_file_name(scene_id),
                 area=float(masks[i].sum()), bbox=box_of_mask(masks[i]),
             ))
+            if progress is not None:
+                progress.update()
     return samples

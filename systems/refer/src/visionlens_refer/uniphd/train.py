@@ -51,6 +51,35 @@ def resume_state(out: Path) -> dict:
     return state
 
 
+# the flag that sets each model setting; the rest come with --preset (small or paper)
+SETTING_FLAGS = {"image_size": "--size", "text_encoder": "--text-encoder"}
+NOT_SETTINGS = ("vocab",)  # built from the data (small text encoder): the checkpoint's is kept
+
+
+def _setting_value(name: str, value):
+    if name == "text_encoder" and isinstance(value, str) and value.startswith("hf:"):
+        return "hf:" + str(Path(value[3:]).expanduser().resolve())  # hf:DIR and hf:./DIR are one folder
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_resume_config(saved: UniPHDConfig, wanted: UniPHDConfig, out: Path) -> None:
+    """Refuse, in one line naming the setting, a resume whose model settings differ from the
+    checkpoint's (it would silently go on training the checkpoint's model)."""
+    for name in UniPHDConfig.__dataclass_fields__:
+        if name in NOT_SETTINGS:
+            continue
+        was, now = getattr(saved, name), getattr(wanted, name)
+        if _setting_value(name, was) == _setting_value(name, now):
+            continue
+        flag = SETTING_FLAGS.get(name)
+        if flag:
+            told = f"{flag} {was}; this run asks for {flag} {now}"
+        else:
+            told = f"{name} {was!r}; this run asks for {name} {now!r} (--preset)"
+        raise InputError(f"{out} was trained with {told}: resume with the checkpoint's settings, or start a new "
+                         "model with --no-resume or another --out")
+
+
 def _check_loss(loss: torch.Tensor, step: int, lr: float, saved: int, out: Path) -> None:
     if not bool(torch.isfinite(loss)):
         where = f"{out} keeps step {saved}" if saved else "nothing was saved"
@@ -83,6 +112,8 @@ def _train(samples, out, steps, batch_size, lr, seed, config, resume, checkpoint
     from visionlens.core.progress import Progress
 
     state = resume_state(out) if resume and out.is_file() else None
+    if state is not None and config is not None:
+        check_resume_config(state["config"], config, out)
     config = state["config"] if state else (config or UniPHDConfig())
     if config.text_encoder == "small" and not config.vocab:
         config.vocab = build_vocab(s.caption for s in samples)
@@ -120,4 +151,6 @@ def _train(samples, out, steps, batch_size, lr, seed, config, resume, checkpoint
             saved = step + 1
         if done:
             break
-    return {"steps": step + 1, "seconds": time.perf_counter() - t0, "history": history, "model": model.eval()}
+    reached = step + 1 if start < steps else start  # the loop did not run: the checkpoint is already there
+    return {"steps": reached, "trained": reached - start, "start": start, "seconds": time.perf_counter() - t0,
+            "history": history, "model": model.eval()}
