@@ -88,15 +88,15 @@ def _cmd_explain(args) -> int:
     from .models.hub import dense_task
 
     task = dense_task(model.module)
-    if task is not None:
-        return _explain_dense(args, images, model, methods, task)
-    if args.top is not None or args.score_threshold is not None:
+    if task != "detection" and (args.top is not None or args.score_threshold is not None):
         import warnings
 
         from .errors import VisionlensWarning
 
         warnings.warn(f"--top and --score-threshold choose detections; {model.name} is not a detector, so they "
                       "are ignored", VisionlensWarning, stacklevel=1)
+    if task is not None:
+        return _explain_dense(args, images, model, methods, task)
     target = None if args.target is None else _target_classes(model, args.target)
     summary = explain_files(
         images, model, methods, layer=args.layer, target=target, out_dir=args.out,
@@ -243,7 +243,7 @@ def _cmd_world(args) -> int:
 
 
 def _cmd_bank(args) -> int:
-    from .data.bank import build_bank
+    from .data.bank import build_bank, save_bank
     from .models import load_model
     from .outputs import check_out_file
 
@@ -251,8 +251,8 @@ def _cmd_bank(args) -> int:
     model = load_model(args.model, device=args.device, weights=args.weights)
     unreadable: list[str] = []
     bank = build_bank(model, images=args.images, labels=args.labels, world_split=args.world_split, n=args.n,
-                      batch_size=args.batch_size, unreadable=unreadable)
-    bank.save(args.out)
+                      batch_size=args.batch_size, unreadable=unreadable, progress=not args.quiet)
+    save_bank(bank, args.out)  # a failed write names --out, not its temporary file
     for message in unreadable:
         print(f"error: {message} (left out of the bank)", file=sys.stderr)
     print(f"wrote {args.out}: {len(bank)} {bank.features.shape[1]}-d embeddings of {model.name}, {bank.num_classes} classes"
@@ -434,6 +434,7 @@ def _parser_bank(sub) -> None:
     p.add_argument("--labels", default=None, help="CSV of file,label (label: class index or class name), paths relative to --images")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--batch-size", type=count(maximum=4096), default=250, help="images per forward pass")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bank)
 
 

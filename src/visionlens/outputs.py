@@ -147,6 +147,13 @@ def _check_writable(out: Path, folders: Iterable[Path], flag: str) -> None:
                                  f"choose another {flag}")
             if not os.access(folder, os.W_OK | os.X_OK):
                 raise InputError(f"{flag} {display(out)}: {display(folder)} is not writable; choose another {flag}")
+            try:  # the permission bits say yes to root, where a write still fails (/proc, a read-only mount)
+                fd, probe = tempfile.mkstemp(dir=folder, prefix=".visionlens-write-check.")
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as err:
+                raise InputError(f"{flag} {display(out)}: cannot write in {display(folder)} "
+                                 f"({err.strerror or type(err).__name__}); choose another {flag}") from None
             return
 
 

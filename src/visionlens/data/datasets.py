@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,13 +195,21 @@ def _pair(entry, index: int) -> tuple:
 def _pair_labels(items: list) -> tuple[list, list[str] | None]:
     """Labels as class indices, or (all strings) as positions in their sorted names."""
     labels = [lab for _, _, lab in items]
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
-        return labels, None
+    is_index = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)  # noqa: E731
+    if all(is_index(v) for v in labels):
+        return [int(v) for v in labels], None
     if all(isinstance(v, str) for v in labels):
         classes = sorted(set(labels))
         return [classes.index(v) for v in labels], classes
-    bad = next(v for v in labels if not isinstance(v, (int, str)) or isinstance(v, bool))
-    raise InputError(f"data labels must all be class indices (int) or all class names (str), got {bad!r}")
+    bad = next((i for i, v in enumerate(labels) if not is_index(v) and not isinstance(v, str)), None)
+    if bad is not None:
+        raise InputError(f"data labels must all be class indices (int) or all class names (str); "
+                         f"item {bad} has the label {labels[bad]!r}")
+    first_index = next(i for i, v in enumerate(labels) if is_index(v))
+    first_name = next(i for i, v in enumerate(labels) if isinstance(v, str))
+    raise InputError(f"data labels must all be class indices (int) or all class names (str), not a mix: item "
+                     f"{first_name} has the name {labels[first_name]!r} and item {first_index} the index "
+                     f"{int(labels[first_index])}")
 
 
 def pairs(iterable, n: int | None) -> Labelled:
@@ -242,31 +251,56 @@ def decode_image(source) -> Image.Image:
     return _to_rgb_uint8(img, where)
 
 
-def match_classes(names: list[str], model_classes, model: str, data: str) -> list[int]:
+def is_class_number(name: str) -> bool:
+    """Whether a data class name is a class index (ASCII digits: ``int`` reads it)."""
+    return name.isascii() and name.isdigit()
+
+
+def class_keys(model_classes) -> dict[str, int]:
+    """The model's class index by normalised class name (:func:`~visionlens.models.zoo.class_name_key`;
+    the first class of a name when two share it), for :func:`class_index`."""
+    from ..models.zoo import class_name_key
+
+    index: dict[str, int] = {}
+    for i, c in enumerate(model_classes):
+        index.setdefault(class_name_key(c), i)
+    return index
+
+
+def class_index(name: str, model_classes, keys: dict[str, int] | None = None) -> int | None:
+    """The model's class index that the data class ``name`` names, or None when it names none: a
+    whole number is an index (as given: the caller checks its range), any other name is matched to
+    ``model_classes`` (case, ``_``, ``-`` and space insensitive) or, for a 1,000-class model, read as
+    an ImageNet WordNet ID or WordNet lemma (see :func:`match_classes`). ``keys``: the
+    :func:`class_keys` of ``model_classes``, when many names are matched."""
+    from ..models.zoo import class_name_key, imagenet_alias_index
+
+    if is_class_number(name):
+        return int(name)
+    keys = class_keys(model_classes) if keys is None else keys
+    found = keys.get(class_name_key(name))
+    return found if found is not None else imagenet_alias_index(name, len(model_classes))
+
+
+def match_classes(names: list[str], model_classes, model: str, data: str, flag: str = "--data",
+                  noun: str = "class") -> list[int]:
     """The model's class index of each data class name: a whole number is an index, any other name
     is matched to the model's class names (case, ``_``, ``-`` and space insensitive) or, for a
     1,000-class model, read as an ImageNet WordNet ID (``n01440764``: ImageNet's own folder names)
     or WordNet lemma (``tench``, ``tiger cat``: the names torchvision and Keras use). A
     model without class names takes the data's own order (sorted folders, ``ClassLabel`` order), as
-    torchvision's ImageFolder does; one :class:`InputError` line names a class that matches nothing."""
-    from ..models.zoo import class_name_key, imagenet_alias_index
-
+    torchvision's ImageFolder does; one :class:`InputError` line names a class that matches nothing
+    (``{flag} {data}: {noun} 'NAME' is none of the classes ...``)."""
     if model_classes is None:
-        return [int(n) if n.isdigit() else i for i, n in enumerate(names)]
-    index = {}
-    for i, c in enumerate(model_classes):
-        index.setdefault(class_name_key(c), i)
+        return [int(n) if is_class_number(n) else i for i, n in enumerate(names)]
+    keys = class_keys(model_classes)
     out = []
     for name in names:
-        if name.isdigit():
-            out.append(int(name))
-        elif class_name_key(name) in index:
-            out.append(index[class_name_key(name)])
-        elif (alias := imagenet_alias_index(name, len(model_classes))) is not None:
-            out.append(alias)
-        else:
+        found = class_index(name, model_classes, keys)
+        if found is None:
             close = difflib.get_close_matches(name, list(model_classes), n=4, cutoff=0.5)
             hint = f"; close names: {', '.join(close)}" if close else ""
-            raise InputError(f"--data {data}: class {name!r} is none of the classes of model '{model}'{hint} "
+            raise InputError(f"{flag} {data}: {noun} {name!r} is none of the classes of model '{model}'{hint} "
                              "(name it by class index or by one of the model's class names)")
+        out.append(found)
     return out

@@ -85,23 +85,35 @@ def _labels_csv(spec: str, folder: Path, labels: Path) -> dict:
 
 
 def _labelled_items(spec: str, folder: Path, labels: Path) -> list[tuple[str, Path, int]]:
-    """(image key, path, label) per row of labels.csv, each row checked (one line naming it)."""
-    with open(labels, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "file" not in rows[0] or "class_index" not in rows[0]:
-        raise InputError(f"bad --data '{spec}': labels.csv needs the columns file,class_index")
+    """(image key, path, label) per row of labels.csv, each row checked (one line naming it). A
+    byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name."""
+    with open(labels, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        rows = [(reader.line_num, r) for r in reader]  # a row's line in the file (blank lines count)
+        columns = [c.strip() for c in reader.fieldnames or []]
+    if "file" not in columns or "class_index" not in columns:
+        found = f" (its first line: {','.join(columns)[:200]})" if columns else " (it is empty)"
+        raise InputError(f"bad --data '{spec}': labels.csv needs the columns file,class_index{found}")
+    if not rows:
+        raise InputError(f"bad --data '{spec}': labels.csv lists no images")
     items, lines = [], {}
-    for line, r in enumerate(rows, start=2):
+    for line, r in rows:
+        r = {(k or "").strip(): v for k, v in r.items()}  # a header "file, class_index" too
+        name, value = (r.get("file") or "").strip(), r.get("class_index")
+        if not name:
+            raise InputError(f"bad --data '{spec}': labels.csv line {line}: empty file name")
+        if value is None or not value.strip():
+            raise InputError(f"bad --data '{spec}': labels.csv line {line}: missing class_index")
         try:
-            label = int(r["class_index"])
-        except (TypeError, ValueError):
-            raise InputError(f"bad --data '{spec}': labels.csv line {line}: class_index {r['class_index']!r} "
+            label = int(value)
+        except ValueError:
+            raise InputError(f"bad --data '{spec}': labels.csv line {line}: class_index {value!r} "
                              "is not a whole number") from None
         if label < 0:
             raise InputError(f"bad --data '{spec}': labels.csv line {line}: class_index {label} is negative")
-        key = image_key(r["file"] or "")
+        key = image_key(name)
         if key in lines:
-            raise InputError(f"bad --data '{spec}': labels.csv line {line}: {r['file']!r} is listed twice "
+            raise InputError(f"bad --data '{spec}': labels.csv line {line}: {name!r} is listed twice "
                              f"(first on line {lines[key]})")
         lines[key] = line
         items.append((key, folder / key, label))
