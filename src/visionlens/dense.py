@@ -51,6 +51,10 @@ def view_of(model: ZooModel, img: Image.Image) -> tuple[Image.Image, torch.Tenso
     return view, x.to(model.device)
 
 
+CLASSIFIER_ONLY = {"relevance-cam": "LRP propagates from a classifier's (B, num_classes) output, which a "
+                                    "detector or segmenter does not give"}
+
+
 def parse_targets(text: str | None, task: str, model: ZooModel) -> list:
     """``--target`` for a dense model, parts separated by ``;``: a box ``x0,y0,x1,y1`` (in the
     view's pixels, detectors only) or class names / indices (comma-separated, either model), in the
@@ -165,6 +169,10 @@ def explain_dense_files(paths, model: ZooModel, methods: list[str], out_dir, tas
 
     if not 1 <= top <= 100:
         raise InputError(f"--top must be between 1 and 100, got {top}")
+    for m in methods:
+        if m.split("@")[0] in CLASSIFIER_ONLY:
+            raise InputError(f"--method {m}: {CLASSIFIER_ONLY[m.split('@')[0]]}; for a {task} model use gradcam, "
+                             "layercam, eigencam, scorecam or ablationcam")
     wanted = parse_targets(target, task, model)
     layer = layer or default_layer(model.module, task)
     explainers = {m: make_method(m, model, layer) for m in methods}

@@ -157,3 +157,20 @@ def test_a_box_given_to_a_segmenter_says_boxes_are_for_detectors(weights, photos
     assert code == 2
     one_error_line(io.err, "boxes choose detections")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_classifier_only_method_on_a_detector_is_one_line_before_any_work(weights, photos, tmp_path, capsys):
+    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{DETECTOR}", "--weights",
+                        str(weights / "det.pt"), "--method", "gradcam,relevance-cam", "--out", str(tmp_path / "o"))
+    assert code == 2
+    one_error_line(io.err, "--method relevance-cam", "detection")
+    assert not (tmp_path / "o").exists()
+
+
+def test_detection_flags_on_a_segmenter_are_a_warning(weights, photos, tmp_path, capsys):
+    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{SEGMENTER}", "--weights",
+                        str(weights / "seg.pt"), "--top", "2", "--out", str(tmp_path / "o"))
+    assert code == 0
+    assert [line for line in io.err.splitlines() if line.startswith("warning:")] == [
+        f"warning: --top and --score-threshold choose detections; torchvision:{SEGMENTER} is not a detector, so "
+        "they are ignored"]
