@@ -729,6 +729,20 @@ def _warnings_as_lines():
         warnings.showwarning = previous
 
 
+PATH_FLAGS = ("out", "data", "images", "gallery", "weights", "labels", "bank", "results", "checkpoint", "cache_dir",
+              "data_dir", "json")
+
+
+def _reject_empty_paths(args) -> None:
+    """An empty path flag (``--out ""``, as an unset shell variable gives) is a usage error: it would
+    otherwise mean the current folder."""
+    for key in PATH_FLAGS:
+        value = getattr(args, key, None)
+        if isinstance(value, str) and not value.strip():
+            print(f"error: visionlens {args.command}: --{key.replace('_', '-')} is empty; give a path", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done, 1 some items failed (each reported on one line),
     2 bad input (one line, before any work), 70 an internal error (one line; ``--debug`` shows
@@ -741,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
         args, unknown = parser.parse_known_args(argv)
         if unknown:
             _reject_unknown(parser, argv, unknown)
+        _reject_empty_paths(args)
     except SystemExit as done:  # --help, or a usage error already printed on one line
         return done.code if isinstance(done.code, int) else EXIT_USAGE
     try:

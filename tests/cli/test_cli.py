@@ -155,3 +155,13 @@ def test_a_method_named_twice_runs_once(tmp_path, imagenet_photos, capsys):
                  "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     assert json.loads((out / "summary.json").read_text())["methods"] == ["gradcam", "cam"]
     assert "with gradcam, cam on mobilenet_v2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "--models", "world-cnn", "--data", "world:test", "--n", "2", "--out", ""],
+                                  ["explain", "x.jpg", "--out", " "], ["evaluate", "--models", "world-cnn", "--data", ""],
+                                  ["bank", "--out", ""]])
+def test_an_empty_path_flag_is_a_usage_error_not_the_current_folder(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # an empty --out would have written here
+    assert main(argv) == 2
+    assert "is empty; give a path" in one_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
