@@ -301,3 +301,18 @@ def test_relevance_at_mobilenet_v2_features_13_equals_zennits(imagenet_photos):
     ours_cam, their_cam = cam(ours), cam(theirs)
     assert float(ours_cam.min()) < 0 and float(their_cam.min()) < 0  # the negative values are Zennit's too
     assert float(((ours_cam > 0) != (their_cam > 0)).float().mean()) < 0.01
+
+def test_a_full_backward_hook_of_the_callers_does_not_stop_lrp():
+    """A gradient-logging hook (register_full_backward_hook) puts an identity node in the graph;
+    the maps are those without it, and the hook is still there afterwards."""
+    tv = pytest.importorskip("torchvision")
+    from visionlens import RelevanceCAM
+
+    torch.manual_seed(0)
+    model = tv.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.rand(2, 3, 64, 64)
+    plain = RelevanceCAM(model, "layer3")(x).maps
+    model.layer4.register_full_backward_hook(lambda module, grad_in, grad_out: None)
+    hooked = RelevanceCAM(model, "layer3")(x).maps
+    torch.testing.assert_close(hooked, plain, rtol=1e-5, atol=1e-6)
+    assert len(model.layer4._backward_hooks) == 1

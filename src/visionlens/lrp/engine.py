@@ -38,6 +38,7 @@ _RESHAPES = {
     "CloneBackward0", "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "AliasBackward0",
     "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "SqueezeBackward3", "UnsqueezeBackward0",
     "PermuteBackward0", "TransposeBackward0", "TBackward0", "ToCopyBackward0", "ContiguousBackward0",
+    "BackwardHookFunctionBackward",  # a full backward hook of the caller's on a module: identity forward
 }
 
 
