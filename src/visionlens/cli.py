@@ -88,13 +88,17 @@ def _cmd_explain(args) -> int:
     from .models.hub import dense_task
 
     task = dense_task(model.module)
+    import warnings
+
+    from .errors import VisionlensWarning
+
     if task != "detection" and (args.top is not None or args.score_threshold is not None):
-        import warnings
-
-        from .errors import VisionlensWarning
-
         warnings.warn(f"--top and --score-threshold choose detections; {model.name} is not a detector, so they "
                       "are ignored", VisionlensWarning, stacklevel=1)
+    if args.bank is not None and not any(m.split("@")[0] == "daam" for m in methods):
+        verb = "does" if len(methods) == 1 else "do"
+        warnings.warn(f"--bank is DAAM's k-NN memory bank; {', '.join(methods)} {verb} not use it, so it is ignored",
+                      VisionlensWarning, stacklevel=1)
     if task is not None:
         return _explain_dense(args, images, model, methods, task)
     target = None if args.target is None else _target_classes(model, args.target)

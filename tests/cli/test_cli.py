@@ -165,3 +165,10 @@ def test_an_empty_path_flag_is_a_usage_error_not_the_current_folder(argv, tmp_pa
     assert main(argv) == 2
     assert "is empty; give a path" in one_error_line(capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bank_for_methods_that_do_not_use_it_is_a_warning(tmp_path, imagenet_photos, capsys, mobilenet):
+    assert main(["explain", str(imagenet_photos[0]), "--method", "gradcam", "--bank", str(tmp_path / "b.pt"),
+                 "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: --bank is DAAM's k-NN memory bank; gradcam does not use it, so it is ignored"]
