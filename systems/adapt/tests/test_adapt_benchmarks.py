@@ -266,3 +266,71 @@ def test_shot_schedule_decays_the_rate_every_step(monkeypatch):
     expected = [0.1 * (1 + 10 * s / steps) ** -0.75 for s in range(steps)]
     assert max(abs(a - b) for a, b in zip(rates, expected)) < 1e-9
     assert rates == sorted(rates, reverse=True)
+
+
+# --- unreadable images, contradicting flags, stale outputs ----------------------------------------
+
+def _office_copy(benchmarks, tmp_path):
+    import shutil
+
+    root = tmp_path / "office31"
+    shutil.copytree(benchmarks["office31"][1], root)
+    return root
+
+
+def test_an_unreadable_image_is_left_out_before_training_on_one_line(benchmarks, tmp_path, capsys):
+    """A garbage file among the target images used to stop the run with exit 2 when evaluation first
+    decoded it, after source training: now every image is decoded before training, the bad one is
+    one error: line, the rest run, the results list it, exit 1."""
+    root = _office_copy(benchmarks, tmp_path)
+    bad = root / "webcam" / "images" / "cup" / "frame_9999.jpg"
+    bad.write_bytes(b"garbage\n")
+    out = tmp_path / "run"
+    assert _adapt(out, "--data", "office31", "--data-dir", root, "--source", "amazon", "--target", "webcam",
+                  "--methods", "source-only", "--gradcam", "0") == 1
+    err = capsys.readouterr().err
+    one_error_line(err, str(bad), "not a readable image", "left out")
+    results = strict_json((out / "results.json").read_text())
+    assert [s["path"] for s in results["skipped"]] == [str(bad)]
+    assert "12 source / 12 target images" in (out / "table.md").read_text()
+
+
+def test_a_target_without_readable_images_is_one_line_before_training(benchmarks, tmp_path, capsys):
+    root = _office_copy(benchmarks, tmp_path)
+    for path in (root / "webcam").rglob("*.png"):
+        path.write_bytes(b"x")
+    out = tmp_path / "run"
+    assert _adapt(out, "--data", "office31", "--data-dir", root, "--source", "amazon", "--target", "webcam",
+                  "--methods", "source-only", "--gradcam", "0") == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("error: no image of the target domain can be read")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["world-data-dir", "digits-data-dir", "same-domain", "empty-methods",
+                                  "comma-methods"])
+def test_contradicting_flags_are_one_line(case, benchmarks, tmp_path, capsys):
+    office = benchmarks["office31"]
+    argv, names = {
+        "world-data-dir": (["--data", "world", "--data-dir", tmp_path], ["--data-dir", "world"]),
+        "digits-data-dir": (["--data", "digits", "--data-dir", tmp_path], ["--data-dir", "digits"]),
+        "same-domain": (["--data", "office31", *office[:2], "--source", "amazon", "--target", "Amazon"],
+                        ["--source", "--target", "amazon"]),
+        "empty-methods": (["--data", "office31", *office, "--methods", ""], ["--methods", "empty"]),
+        "comma-methods": (["--data", "office31", *office, "--methods", " , "], ["--methods", "empty"]),
+    }[case]
+    out = tmp_path / "run"
+    assert _adapt(out, *argv) == 2
+    one_error_line(capsys.readouterr().err, *names)
+    assert not out.exists()
+
+
+def test_a_rerun_without_the_figure_removes_the_earlier_figure(benchmarks, tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--data", "office31", *benchmarks["office31"], "--methods", "eianet"]
+    assert _adapt(out, *flags, "--gradcam", "2") == 0
+    assert (out / "gradcam.png").is_file()
+    (out / "notes.txt").write_text("mine")
+    assert _adapt(out, *flags, "--gradcam", "0") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "results.json", "table.md"]
+    assert "wrote " + ", ".join(str(out / n) for n in ("results.json", "table.md")) in capsys.readouterr().out

@@ -440,3 +440,58 @@ def test_cli_train_keeps_a_users_file_in_out_and_rewrites_its_own(tmp_path, caps
     assert main(["hsi-cd", "train", *TINY_TRAIN, "--seeds", "0,1", "--out", str(mine)]) == 2
     one_error_line(capsys.readouterr().err, str(mine / "table.md"))
     assert (mine / "table.md").read_bytes() == b"mine" and sorted(mine.iterdir()) == [mine / "table.md"]
+
+
+def test_a_label_map_without_changed_pixels_says_so():
+    """It used to say '(0 labelled): raise --train-fraction', which cannot help."""
+    labels = np.full((10, 10), UNCHANGED)
+    labels[0] = UNKNOWN
+    with pytest.raises(InputError) as err:
+        stratified_split(labels, 0.5, seed=0)
+    message = str(err.value)
+    assert "no changed pixel" in message and "--train-fraction" not in message
+
+
+def test_cli_train_on_a_mat_without_changed_pixels_is_one_line(tmp_path, capsys):
+    pytest.importorskip("scipy.io")
+    rng = np.random.default_rng(0)
+    layout = DATASETS["usa"]
+    _write_layout(tmp_path, "usa", rng.random((8, 8, 4)), rng.random((8, 8, 4)),
+                  np.full((8, 8), layout.unchanged, dtype=np.uint8))
+    out = tmp_path / "run"
+    assert main(["hsi-cd", "train", "--data", str(tmp_path), "--dataset", "usa", "--epochs", "1",
+                 "--train-fraction", "0.5", "--out", str(out), "--quiet"]) == 2
+    assert "--train-fraction" not in one_error_line(capsys.readouterr().err, "no changed pixel")
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hsi") / "run"
+    assert main(["hsi-cd", "train", "--size", "16", "--bands", "4", "--epochs", "1", "--train-fraction", "0.1",
+                 "--out", str(out), "--quiet"]) == 0
+    return out / "model.pt"
+
+
+@pytest.mark.parametrize("command", ["eval", "map"])
+@pytest.mark.parametrize("flag", [["--scene-seed", "3"], ["--size", "20"], ["--bands", "8"], ["--shading", "0.1"],
+                                  ["--dataset", "river"]])
+def test_data_flags_without_data_are_refused(tmp_path, capsys, tiny_checkpoint, command, flag):
+    """Without --data the checkpoint's own data is used: these flags used to be ignored silently."""
+    out = tmp_path / ("e.json" if command == "eval" else "m.png")
+    assert main(["hsi-cd", command, "--checkpoint", str(tiny_checkpoint), *flag, "--out", str(out)]) == 2
+    one_error_line(capsys.readouterr().err, flag[0], "--data")
+    assert not out.exists()
+
+
+def test_synthetic_flags_with_a_folder_data_are_refused(tmp_path, capsys, tiny_checkpoint):
+    assert main(["hsi-cd", "eval", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path), "--dataset", "usa",
+                 "--size", "20"]) == 2
+    one_error_line(capsys.readouterr().err, "--size", "--data synthetic")
+    out = tmp_path / "run"
+    assert main(["hsi-cd", "train", "--data", str(tmp_path), "--dataset", "usa", "--bands", "8",
+                 "--out", str(out)]) == 2
+    one_error_line(capsys.readouterr().err, "--bands", "--data synthetic")
+    # the synthetic flags still apply with --data synthetic
+    assert main(["hsi-cd", "eval", "--checkpoint", str(tiny_checkpoint), "--data", "synthetic", "--size", "16",
+                 "--bands", "4"]) == 0

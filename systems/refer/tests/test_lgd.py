@@ -743,3 +743,67 @@ def test_scores_json_is_strict_and_threads_are_restored(tmp_path):
         torch.set_num_threads(threads)
     text = (tmp_path / "o" / "scores.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+
+
+# --- flags of another mode -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,named", [
+    (["--benchmark", "--refcoco", "ROOT"], ["--benchmark", "--refcoco"]),
+    (["--benchmark", "photo.png"], ["IMAGE", "photo.png", "--benchmark"]),
+    (["--benchmark", "--alpha", "1"], ["--alpha", "--benchmark"]),
+    (["--benchmark", "--no-att"], ["--no-att", "--benchmark"]),
+    (["--benchmark", "--limit", "3"], ["--limit", "--benchmark"]),
+    (["--benchmark", "--cache", "CACHE", "--cache-only"], ["--cache", "--benchmark"]),
+    (["--benchmark", "--clip", "CLIP"], ["--clip", "--benchmark"]),
+    (["--refcoco", "ROOT", "synthetic:test:5"], ["IMAGE", "synthetic:test:5", "--refcoco"]),
+    (["--refcoco", "ROOT", "--n-val", "3"], ["--n-val", "--refcoco"]),
+    (["--refcoco", "ROOT", "--describer", "oracle"], ["--describer", "--refcoco"]),
+    (["synthetic:test:5", "--limit", "3"], ["--limit", "synthetic"]),
+    (["synthetic:test:5", "--n-val", "3"], ["--n-val", "synthetic"]),
+    (["synthetic:test:5", "--split", "testA"], ["--split", "synthetic"]),
+    (["synthetic:test:5", "--coco-dir", "COCO"], ["--coco-dir", "synthetic"]),
+    (["synthetic:test:5", "--sam-pred-iou", "0.9"], ["--sam-pred-iou", "--proposer sam"]),
+    (["synthetic:test:5", "--sam", "SAM"], ["--sam", "--proposer sam"]),
+    (["synthetic:test:5", "--proposals", "p.npy"], ["--proposals", "--proposer file"]),
+    (["photo.png", "the cat", "--describer", "oracle"], ["--describer", "IMAGE file"]),
+    (["photo.png", "the cat", "--proposer", "colour", "--sam-min-area", "5"], ["--sam-min-area", "--proposer colour"]),
+])
+def test_flags_of_another_mode_are_refused_before_any_work(tmp_path, capsys, argv, named):
+    """Each used to be ignored without a word (exit 0)."""
+    import time
+
+    out = tmp_path / "o"
+    start = time.perf_counter()
+    assert main(["refer", *argv, "--out", str(out)]) == 2
+    assert time.perf_counter() - start < 2
+    line = one_error_line(capsys)
+    assert all(name in line for name in named), line
+    assert not out.exists()
+
+
+def test_the_flags_of_the_chosen_proposer_are_accepted(tmp_path):
+    """--sam-* with --proposer sam, --proposals with --proposer file: the mode check lets them through
+    (what follows is that proposer's own checking)."""
+    from visionlens_refer.lgd.cli import _check_mode
+
+    parser = __import__("visionlens.cli", fromlist=["build_parser"]).build_parser()
+    args = parser.parse_args(["refer", "photo.png", "x", "--proposer", "sam", "--sam-pred-iou", "0.9"])
+    assert _check_mode(args) == "image" and args.sam_pred_iou == 0.9 and args.sam_min_area == 64
+    assert args.alpha == 0.5 and args.split == "val" and args.n_val == 200
+    args = parser.parse_args(["refer", "--benchmark", "--proposer", "file", "--proposals", "p.npy", "--n-val", "3"])
+    assert _check_mode(args) == "benchmark" and args.n_val == 3
+
+
+def test_a_plain_image_without_proposals_says_what_to_try(tmp_path, capsys):
+    from PIL import Image
+
+    from visionlens_refer.lgd.proposals import ClassicalProposer
+
+    with pytest.raises(InputError) as err:
+        ClassicalProposer("colour").propose(torch.full((3, 24, 24), 0.5))
+    message = str(err.value)
+    assert "no proposals" in message and "--proposer felzenszwalb" in message and "--proposer file" in message
+    photo = tmp_path / "plain.png"
+    Image.new("RGB", (32, 32), (120, 120, 120)).save(photo)
+    assert main(["refer", str(photo), "the red square", "--out", str(tmp_path / "o")]) == 2
+    assert "try --proposer" in one_error_line(capsys)

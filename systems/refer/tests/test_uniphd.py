@@ -796,3 +796,36 @@ def test_json_outputs_are_strict(tmp_path, scene_file, monkeypatch):
     out = tmp_path / "synth"
     assert main(["pose", "synth", "--n", "2", "--size", "48", "--out", str(out)]) == 0
     json.loads((out / "annotations.json").read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("extra,flag", [(["--limit", "3"], "--limit"), (["--images", "."], "--images")])
+def test_cli_eval_refuses_data_flags_with_synthetic_samples(tmp_path, capsys, extra, flag):
+    js = tmp_path / "m.json"
+    assert main(["pose", "eval", "--synthetic", "6", *extra, "--quiet", "--json", str(js)]) == 2
+    one_error_line(capsys.readouterr().err, flag, "--data")
+    assert not js.exists()
+
+
+def test_cli_eval_refuses_synthetic_with_data(tmp_path, capsys):
+    ann, _ = _refhuman_set(tmp_path)
+    assert main(["pose", "eval", "--data", str(ann), "--images", str(tmp_path / "images"), "--synthetic", "6",
+                 "--quiet"]) == 2
+    one_error_line(capsys.readouterr().err, "--synthetic", "--data")
+
+
+@pytest.mark.parametrize("command,samples", [("train", "2000"), ("eval", "300")])
+def test_help_says_what_synthetic_0_means(capsys, command, samples):
+    assert main(["pose", command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default 0, meaning {samples})" in text and "--device" in text and "(default: auto)" in text
+
+
+@pytest.mark.parametrize("flag,value", [("--point", "-5,3"), ("--point", "3,-5"), ("--scribble", "-5,3;4,4")])
+def test_cli_predict_takes_negative_coordinates_and_range_checks_them(tmp_path, scene_file, capsys, flag, value):
+    """`--point -5,3` used to be argparse's "expected one argument": now the value is read and
+    refused in one line naming the image's bounds."""
+    path, _ = scene_file
+    out = tmp_path / "o.png"
+    assert main(["pose", "predict", str(path), flag, value, "--out", str(out)]) == 2
+    one_error_line(capsys.readouterr().err, flag, "outside the 96x96 image")
+    assert not out.exists()

@@ -82,15 +82,22 @@ def test_lazy_loading_memory_does_not_grow_with_the_masks(tmp_path, decode_count
     assert batch_peak < 8 * side * side * 4, batch_peak           # measured 10.7 MiB for 8 masks of 1 MB
 
 
-def test_a_corrupt_rle_found_lazily_is_one_line_naming_the_field(tmp_path, capsys):
+@pytest.mark.parametrize("counts", [[5, 3], "zz!!"])                  # sums to 8, not 96 * 96; not a counts string
+def test_a_corrupt_rle_found_lazily_is_one_line_and_that_sample_is_left_out(tmp_path, capsys, counts):
+    """A corrupt RLE found when its batch is decoded used to stop `pose eval` with exit 2: now that
+    sample is left out on one line naming the annotation and the field, the rest are scored, exit 1."""
     samples = synthetic_refhuman(3, seed=4)
     ann = write_refhuman(samples, tmp_path / "ann.json", tmp_path / "images")
     data = json.loads(ann.read_text())
-    data["annotations"][1]["segmentation"]["counts"] = [5, 3]             # sums to 8, not 96 * 96
+    data["annotations"][1]["segmentation"]["counts"] = counts
     ann.write_text(json.dumps(data))
+    js = tmp_path / "m.json"
     assert main(["pose", "eval", "--data", str(ann), "--images", str(tmp_path / "images"), "--prompt", "point",
-                 "--quiet"]) == 2
-    one_error_line(capsys.readouterr().err, f"annotation id {data['annotations'][1]['id']}", "'segmentation'")
+                 "--quiet", "--json", str(js)]) == 1
+    one_error_line(capsys.readouterr().err, f"annotation id {data['annotations'][1]['id']}", "'segmentation'",
+                   "left out")
+    rows = json.loads(js.read_text())
+    assert rows[0]["samples"] == 2 and len(rows[0]["skipped"]) == 1
 
 
 @pytest.mark.parametrize("command", [

@@ -420,3 +420,21 @@ def test_daam_runs_through_sata_blocks(world_vit, world_images):
     assert (with_sata.maps - plain.maps).abs().max() > 1e-4  # the SATA blocks were in the graph
     assert sorted(account.ffn_tokens) == [2, 3]
     assert list(world_vit.blocks)[2].__class__.__name__ == "Block"  # restored afterwards
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_or_infinite_input_is_one_input_error(world_vit, value):
+    """SataViT used to return NaN logits for a NaN batch without a word (LGD.segment refuses it)."""
+    x = torch.rand(2, 3, 64, 64)
+    x[1, 0, 3, 4] = value
+    with pytest.raises(InputError, match="NaN or infinite"):
+        SataViT(world_vit)(x)
+    assert SataViT(world_vit)(torch.rand(1, 3, 64, 64)).isfinite().all()
+
+
+@pytest.mark.parametrize("flag", [["--workers", "2"], ["--workers", "0"], ["--subset-classes", "off"]])
+def test_cli_refuses_data_only_flags_without_data(tmp_path, capsys, flag):
+    out = tmp_path / "x.md"
+    assert main(["sata", "evaluate", "--images", "2", "--out", str(out), *flag]) == 2
+    one_error_line(capsys.readouterr().err, flag[0], "--data")
+    assert not out.exists()

@@ -260,3 +260,36 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, hf_vit, image_tree, corru
     assert _evaluate(out, *argv) == 2
     one_error_line(capsys.readouterr().err, *names)
     assert not out.exists() and not out.with_suffix(".jsonl").exists()
+
+
+def test_an_unreadable_image_is_left_out_on_one_line_and_the_rest_scored(tmp_path, hf_vit, image_tree, capsys):
+    """A truncated PNG used to stop the run with exit 2 after batches were recorded: now it is left
+    out of its batch (one error: line, once), the other images are scored, the .json lists it and
+    the exit status is 1; a resumed run reports it again from its records."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(image_tree, data)
+    bad = data / "1" / "trunc.png"
+    bad.write_bytes((image_tree / "1" / "img0.png").read_bytes()[:100])
+    out = tmp_path / "t.md"
+    assert _evaluate(out, "--model", f"hf:{hf_vit}", "--data", data, "--corruptions", "contrast",
+                     "--severities", "1", "--variants", "sata") == 1
+    one_error_line(capsys.readouterr().err, str(bad), "truncated", "left out")
+    raw = strict_json(out.with_suffix(".json").read_text())
+    assert [s["path"] for s in raw["skipped"]] == [str(bad)]
+    assert raw["images"] == {"clean": 12, "contrast:1": 12}
+    assert "left out: 1 unreadable image" in out.read_text()
+    records = _records(out)
+    for protocol in ("sorted", "shuffled", "bs1"):
+        assert sum(r["n"] for r in records if r["set"] == "clean" and r["protocol"] == protocol) == 12
+    assert any(r.get("skipped") for r in records)
+    empty = [r for r in records if r["n"] == 0]  # batch size 1: the bad image's batch holds nothing
+    assert empty and all(r["variants"] == {} for r in empty)
+    rows = _rows(out)
+    assert rows[("bs1", "plain")]["clean"] is not None
+    # the same command again: every batch is recorded, the image is still reported (exit 1)
+    assert _evaluate(out, "--model", f"hf:{hf_vit}", "--data", data, "--corruptions", "contrast",
+                     "--severities", "1", "--variants", "sata") == 1
+    one_error_line(capsys.readouterr().err, str(bad))
+    assert len(_records(out)) == len(records)

@@ -30,7 +30,16 @@ def _check_args(args, methods: list[str]) -> None:
     if args.weights is not None and args.backbone in ("small-cnn", "mobilenet_v2"):
         raise InputError(f"--weights is for the resnet50, resnet101, timm:NAME and torchvision:NAME backbones, "
                          f"not {args.backbone}")
+    if args.data_dir is not None and args.data in ("world", "digits", "list"):
+        why = ("reads the images its lists name (relative to each list's folder)" if args.data == "list"
+               else "is generated and reads no folder")
+        raise InputError(f"--data-dir is for --data fashion and the benchmarks on disk (office31, officehome, visda, "
+                         f"domainnet); --data {args.data} {why}")
     if args.data not in SYNTHETIC:
+        same = (args.source is not None and args.target is not None and args.source.lower() == args.target.lower())
+        if same:
+            raise InputError(f"--source and --target are the same domain ({args.source}); adaptation needs a shift: "
+                             "give two different domains")
         return  # the class and image counts are known once the files are listed
     given = [f for f in ("source", "target", "source_list", "target_list") if getattr(args, f) is not None]
     if given:
@@ -113,7 +122,16 @@ def _load(args, seed: int):
     if args.data in SYNTHETIC:
         return load_shift(args.data, seed, args.size, args.n_source, args.n_target, args.data_dir, args.strength)
     return benchmark_shift(args.data, args.data_dir, args.source, args.target, args.size, args.n_source,
-                           args.n_target, seed, args.workers, args.source_list, args.target_list)
+                           args.n_target, seed, args.workers, args.source_list, args.target_list,
+                           known=args.checked, on_skip=lambda path, reason: _skip(args, path, reason))
+
+
+def _skip(args, path: str, reason: str) -> None:
+    """One ``error:`` line for an image left out before training (the run goes on; exit 1)."""
+    import sys
+
+    args.skipped[path] = reason
+    print(f"error: {reason}; left out of the run", file=sys.stderr, flush=True)
 
 
 def _configs(args, chosen: dict):
@@ -142,10 +160,16 @@ def _run(args, methods: list[str], seeds: list[int], chosen: dict) -> int:
                     source=source_cfg, adapt=adapt_cfg, budget=args.budget, temperature=args.temperature)
     figure_method = "eianet" if "eianet" in methods else None
     keep = (figure_method, "source:etf") if args.gradcam and figure_method else ()
-    progress = Progress(len(seeds) * len(methods), "adapt", unit="run") if not args.quiet else None
+    progress = None
     per_seed, figure = [], None
+    args.checked, args.skipped = {}, {}  # images decoded before training: {path: reason or None}; the unreadable
     for seed in seeds:
         shift = plant_outliers(_load(args, seed), args.outliers, seed)
+        if progress is None and not args.quiet:  # after the first check of the images (its errors come first)
+            progress = Progress(len(seeds) * len(methods), "adapt", unit="run")
+        if len(shift.target_x) < MIN_TARGET:
+            raise InputError(f"the target domain has {len(shift.target_x)} readable images; adaptation needs at "
+                             f"least {MIN_TARGET}")
         if any(METHODS[m][0] != "linear" for m in methods) and args.bottleneck < shift.num_classes:
             raise InputError(f"--bottleneck must be at least the {shift.num_classes} classes of {args.data} for the "
                              f"ETF head, got {args.bottleneck}")
@@ -162,15 +186,29 @@ def _run(args, methods: list[str], seeds: list[int], chosen: dict) -> int:
              f"{len(shift.source_x)} source / {len(shift.target_x)} target images ({args.outliers:.0%} planted outliers), "
              f"budget {args.budget:g}" + (f", preset {args.preset}" if args.preset else ""))
     table = markdown_table(summary, title)
-    config = {k: v for k, v in vars(args).items() if k not in ("func", "json", "explicit")}
+    if args.skipped:
+        table += f"\n\n{len(args.skipped)} unreadable image(s) left out (listed in results.json)"
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "json", "explicit", "checked", "skipped")}
     config.update(source_config=source_cfg.__dict__, adapt_config=adapt_cfg.__dict__,
                   preset_source=SOURCES.get(args.preset))
-    results = {"config": config, "summary": summary, "per_seed": per_seed}
-    written = write_outputs(Path(args.out), results, table, figure)
+    results = {"config": config, "summary": summary, "per_seed": per_seed,
+               "skipped": [{"path": p, "reason": r} for p, r in sorted(args.skipped.items())]}
+    written = write_outputs(Path(args.out), results, table, figure, earlier=_earlier_outputs(Path(args.out)))
     print(table)
     print("wrote " + ", ".join(str(p) for p in written))
     record_summary(args, {**results, "written": [str(p) for p in written]})
-    return 0
+    return 1 if args.skipped else 0
+
+
+OUTPUTS = ("results.json", "table.md", "gradcam.png")
+
+
+def _earlier_outputs(out: Path) -> set[str]:
+    """The outputs an earlier ``adapt`` wrote in ``out`` (its results.json marks the folder as its
+    own): the files of them this run does not write again are removed."""
+    from visionlens.outputs import recorded_run
+
+    return recorded_run(out, "results.json", OUTPUTS, keys=("config", "per_seed"))
 
 
 def register(subparsers) -> None:

@@ -48,7 +48,9 @@ class RunConfig:
 
 
 def parse_methods(text: str) -> list[str]:
-    names = list(DEFAULT_METHODS) if text in ("all", "") else [m.strip() for m in text.split(",") if m.strip()]
+    if not text.strip(" ,"):
+        raise InputError(f"--methods is empty; give comma-separated methods ({', '.join(METHODS)}) or all")
+    names = list(DEFAULT_METHODS) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in names if m not in METHODS]
     if bad:
         raise InputError(f"unknown method(s) {', '.join(bad)}; choose from: {', '.join(METHODS)} or all")

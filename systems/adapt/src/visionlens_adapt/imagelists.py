@@ -8,8 +8,10 @@
   ``DIR/<domain>_test.txt`` (target) lists (``domain/class/file.jpg label``, relative to ``DIR``);
 * ``list``: any two image-list files (``relative/path label``, relative to the list's folder).
 
-Only file names and labels are read here; :class:`ImageList` decodes one image per item (resized
-to ``size`` x ``size``, RGB in [0, 1]), so the training loops stream the images."""
+Only file names and labels are kept here; :class:`ImageList` decodes one image per item (resized
+to ``size`` x ``size``, RGB in [0, 1]), so the training loops stream the images. Before any
+training, every image a run will use is decoded once (:func:`unreadable`): a file that cannot be
+read as an image is left out of its domain and reported, so that it cannot stop a run halfway."""
 
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from visionlens.data.images import IMAGE_SUFFIXES, load_image
-from visionlens.errors import InputError, display
+from visionlens.errors import ImageLoadError, InputError, display, one_line
 
 LAYOUTS = ("office31", "officehome", "visda", "domainnet", "list")
 
@@ -181,15 +183,73 @@ def subset(domain: Domain, n: int | None, seed: int) -> Domain:
     return Domain([domain.paths[i] for i in keep], [domain.labels[i] for i in keep], domain.classes)
 
 
+class _Decode(Dataset):
+    """``None`` for a path that decodes as an image, else the one-line reason it does not."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> str | None:
+        try:
+            load_image(self.paths[index])
+        except ImageLoadError as err:
+            return one_line(err)
+        return None
+
+
+def unreadable(paths: list[Path], workers: int = 0, known: dict | None = None) -> dict[str, str]:
+    """``{path: reason}`` of the ``paths`` that cannot be read as an image (each decoded once, in
+    ``workers`` processes; ``known``: ``{path: reason or None}`` of paths checked before, updated)."""
+    known = {} if known is None else known
+    todo = [p for p in dict.fromkeys(paths) if str(p) not in known]
+    if todo:
+        loader = DataLoader(_Decode(todo), batch_size=64, num_workers=workers, collate_fn=list)
+        start = 0
+        for reasons in loader:
+            for path, reason in zip(todo[start:start + len(reasons)], reasons):
+                known[str(path)] = reason
+            start += len(reasons)
+    return {str(p): known[str(p)] for p in paths if known[str(p)] is not None}
+
+
+def readable(domain: Domain, workers: int = 0, known: dict | None = None, on_skip=None,
+             what: str = "domain") -> Domain:
+    """``domain`` less the images that cannot be read (:func:`unreadable`); ``on_skip(path,
+    reason)`` hears of each one the first time it is found. A domain left without images is one
+    line."""
+    before = {} if known is None else known
+    seen = set(before)
+    bad = unreadable(domain.paths, workers, before)
+    if on_skip is not None:
+        for path, reason in bad.items():
+            if path not in seen:
+                on_skip(path, reason)
+    if not bad:
+        return domain
+    keep = [i for i, p in enumerate(domain.paths) if str(p) not in bad]
+    if not keep:
+        raise InputError(f"no image of the {what} can be read ({len(bad)} unreadable, e.g. {next(iter(bad.values()))})")
+    return Domain([domain.paths[i] for i in keep], [domain.labels[i] for i in keep], domain.classes)
+
+
 def benchmark_shift(layout: str, root: str | Path | None, source: str | None, target: str | None, size: int = 224,
                     n_source: int | None = None, n_target: int | None = None, seed: int = 0, workers: int = 0,
-                    source_list: str | None = None, target_list: str | None = None):
+                    source_list: str | None = None, target_list: str | None = None, known: dict | None = None,
+                    on_skip=None):
     """A :class:`~visionlens_adapt.data.DomainShift` over the benchmark's files: images streamed
-    from :class:`ImageList` datasets, labels (a few bytes each) in memory."""
+    from :class:`ImageList` datasets, labels (a few bytes each) in memory. Every chosen image is
+    decoded once first: one that cannot be read is left out and reported through ``on_skip(path,
+    reason)`` (see :func:`readable`; ``known`` carries what was checked across seeds)."""
     from .data import DomainShift
 
     src, tgt = load_domains(layout, root, source, target, source_list, target_list)
     src, tgt = subset(src, n_source, seed), subset(tgt, n_target, seed + 1)
+    known = {} if known is None else known
+    src = readable(src, workers, known, on_skip, "source domain")
+    tgt = readable(tgt, workers, known, on_skip, "target domain")
     name = f"{layout}:{source or 'train'}->{target or 'validation'}" if layout != "list" else "list"
     return DomainShift(name, ImageList(src.paths, size, workers), torch.tensor(src.labels),
                        ImageList(tgt.paths, size, workers), torch.tensor(tgt.labels), tuple(src.classes))

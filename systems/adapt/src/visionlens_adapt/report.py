@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw
 
 from visionlens.methods.gradcam import GradCAM
 from visionlens.viz.overlay import overlay
-from visionlens.io import save_atomic, write_json
+from visionlens.io import write_json
+from visionlens.outputs import staged_out_dir
 
 
 def _tile(image: torch.Tensor, size: int) -> Image.Image:
@@ -47,14 +48,16 @@ def gradcam_figure(before, after, x: torch.Tensor, y: torch.Tensor, class_names,
     return sheet
 
 
-def write_outputs(out: Path, results: dict, table: str, figure: Image.Image | None) -> list[Path]:
-    """Write ``results.json``, ``table.md`` and (optionally) ``gradcam.png`` atomically."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    written.append(write_json(results, out / "results.json", indent=1))  # strict JSON: NaN becomes null
-    save_atomic(lambda tmp: Path(tmp).write_text(table + "\n"), out / "table.md")
-    written.append(out / "table.md")
-    if figure is not None:
-        save_atomic(lambda tmp: figure.save(tmp, format="PNG", optimize=True), out / "gradcam.png")
-        written.append(out / "gradcam.png")
-    return written
+def write_outputs(out: Path, results: dict, table: str, figure: Image.Image | None,
+                  earlier: set[str] | frozenset = frozenset()) -> list[Path]:
+    """Write ``results.json``, ``table.md`` and (optionally) ``gradcam.png``, all moved into ``out``
+    together when they are complete; the files of ``earlier`` (an earlier run's outputs there) that
+    this run does not write again are removed, so that ``out`` holds one run."""
+    out = Path(out)
+    names = ["results.json", "table.md"] + (["gradcam.png"] if figure is not None else [])
+    with staged_out_dir(out, earlier=earlier) as stage:
+        write_json(results, stage / "results.json", indent=1)  # strict JSON: NaN becomes null
+        (stage / "table.md").write_text(table + "\n")
+        if figure is not None:
+            figure.save(stage / "gradcam.png", format="PNG", optimize=True)
+    return [out / name for name in names]

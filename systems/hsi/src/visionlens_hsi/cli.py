@@ -45,12 +45,16 @@ def _add_data(p, required: bool) -> None:
                    help="'synthetic' or a folder with a dataset's .mat files (default: "
                         + ("synthetic)" if required else "the data the checkpoint was trained on)"))
     p.add_argument("--dataset", default=None, help="farmland, river, usa, bayarea or barbara (with a folder --data)")
-    p.add_argument("--size", type=count(minimum=8, maximum=2048), default=80,
-                   help="synthetic scene side in pixels (8 to 2048)")
-    p.add_argument("--bands", type=count(minimum=2, maximum=1024), default=64, help="synthetic scene bands (2 to 1024)")
-    p.add_argument("--scene-seed", type=SEED, default=0, help="synthetic scene seed")
-    p.add_argument("--shading", type=number(minimum=0, maximum=0.5), default=0.15,
-                   help="synthetic smooth gain-field amplitude (pseudo-change), 0 to 0.5")
+    scene = "with --data synthetic: " if not required else "synthetic "
+    p.add_argument("--size", type=count(minimum=8, maximum=2048), default=None,
+                   help=f"{scene}scene side in pixels (8 to 2048; default {SYNTHETIC_DEFAULTS['size']})")
+    p.add_argument("--bands", type=count(minimum=2, maximum=1024), default=None,
+                   help=f"{scene}scene bands (2 to 1024; default {SYNTHETIC_DEFAULTS['bands']})")
+    p.add_argument("--scene-seed", type=SEED, default=None,
+                   help=f"{scene}scene seed (default {SYNTHETIC_DEFAULTS['scene_seed']})")
+    p.add_argument("--shading", type=number(minimum=0, maximum=0.5), default=None,
+                   help=f"{scene}smooth gain-field amplitude (pseudo-change), 0 to 0.5 "
+                        f"(default {SYNTHETIC_DEFAULTS['shading']})")
     p.add_argument("--threads", type=count(maximum=1024), default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -110,12 +114,40 @@ def _set_threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+SYNTHETIC_DEFAULTS = {"size": 80, "bands": 64, "scene_seed": 0, "shading": 0.15}
+
+
+def _synthetic_flags(args) -> list[str]:
+    """The synthetic-scene flags given on the command line."""
+    return [f"--{k.replace('_', '-')}" for k in SYNTHETIC_DEFAULTS if getattr(args, k) is not None]
+
+
+def _check_data_flags(args) -> None:
+    """Flags that describe data this run does not read: one line before any work. Without
+    ``--data`` (eval, map: the checkpoint's own data) neither the synthetic-scene flags nor
+    ``--dataset`` apply; with a folder ``--data`` the synthetic-scene flags do not."""
+    from visionlens.errors import InputError
+
+    given = _synthetic_flags(args)
+    if args.data is None:
+        given += ["--dataset"] if args.dataset else []
+        if given:
+            raise InputError(f"{given[0]} describes the data, but without --data the checkpoint's own data is used; "
+                             f"give --data synthetic (or --data DIR --dataset NAME) with it, or drop {given[0]}")
+    elif args.data != "synthetic" and given:
+        raise InputError(f"{given[0]} is for --data synthetic, not a folder --data; drop it")
+
+
 def _data_spec(args) -> dict:
     from visionlens.errors import InputError
 
+    _check_data_flags(args)
     if args.data in (None, "synthetic"):
         if args.dataset:
             raise InputError("--dataset needs --data pointing at the folder with its .mat files")
+        for key, value in SYNTHETIC_DEFAULTS.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
         if args.size ** 2 * args.bands > MAX_SCENE_VALUES:
             raise InputError(f"a synthetic scene of --size {args.size} and --bands {args.bands} holds more than "
                              f"{MAX_SCENE_VALUES:,} values per date: lower --size or --bands")
@@ -269,6 +301,7 @@ def _restore(args):
     from .train import create_model
 
     path = Path(args.checkpoint)
+    _check_data_flags(args)
     saved = _read_checkpoint(path)
     if saved["data"] is None and args.data is None:
         raise InputError(f"{path} is the authors' state dict and does not say its data: give --data DIR --dataset NAME")

@@ -179,6 +179,10 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int = 0):
     for cls in (UNCHANGED, CHANGED):
         pos = np.argwhere(labels == cls)
         k = int(pos.shape[0] * fraction)
+        if pos.shape[0] == 0:
+            name = "changed" if cls else "unchanged"
+            raise InputError(f"the label map has no {name} pixel (class {cls}): a change detector needs labelled "
+                             f"pixels of both classes; check the ground-truth file (or the --dataset layout)")
         if k == 0:
             raise InputError(f"a {fraction:g} split leaves no training pixel of class "
                              f"{'changed' if cls else 'unchanged'} ({pos.shape[0]} labelled): raise --train-fraction")

@@ -4,6 +4,7 @@ test images (``world-vit``), or any ViT the model specs give on an image folder 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from visionlens.checks import DistinctSeeds, FlatList, comma_list, count, number
@@ -27,7 +28,8 @@ def register(subparsers) -> None:
                    help="images per set: synthetic world (default 50), or with --data spread over each set (default all)")
     e.add_argument("--variants", type=comma_list(str), nargs="+", action=FlatList, default=None,
                    help="with --data: the compared variants (plain always; default all)")
-    e.add_argument("--workers", type=count(minimum=0), default=0, help="with --data: DataLoader worker processes (default 0)")
+    e.add_argument("--workers", type=count(minimum=0), default=None,
+                   help="with --data: DataLoader worker processes (default 0)")
     e.add_argument("--subset-classes", choices=("auto", "off"), default=None,
                    help="with --data whose class folders are ImageNet WordNet ids: auto (default) restricts the "
                         "argmax to the classes present when fewer than 1000 are (ImageNet-A/R, 200-way); off: all 1000")
@@ -92,8 +94,12 @@ def _evaluate_world(args, out: Path) -> int:
     if not args.model.startswith("world-vit"):
         raise InputError(f"--model {args.model!r} needs --data DIR (an image folder); without it the synthetic world "
                          "is evaluated with world-vit")
-    if args.weights is not None or args.variants is not None or args.device != "auto" or args.subset_classes:
-        raise InputError("--weights, --variants, --device and --subset-classes apply with --data DIR only")
+    given = [flag for flag, value in (("--weights", args.weights), ("--variants", args.variants),
+                                      ("--device", args.device != "auto" or None), ("--subset-classes", args.subset_classes),
+                                      ("--workers", args.workers)) if value is not None]
+    if given:
+        raise InputError(f"{given[0]} applies with --data DIR only (--weights, --variants, --device, --subset-classes "
+                         "and --workers do); without --data the synthetic world is evaluated")
     images = 50 if args.images is None else args.images
     settings = EvalSettings(images=images, seeds=tuple(args.seeds), bs1_seeds=tuple(args.bs1_seeds),
                             batch=args.batch, gamma=args.gamma, alpha=args.alpha, corruptions=corruptions,
@@ -133,7 +139,7 @@ def _evaluate_folder(args, out: Path) -> int:
     from .folders import folder_sets, listing_sha256
     from .imagenet_classes import present_classes, wnid_labels
     from .store import RecordStore
-    from .stream import StreamSettings, run_streamed, streamed_table, summarise_records
+    from .stream import StreamSettings, _subset, run_streamed, streamed_table, summarise_records
 
     names = _variant_names(args)
     root = Path(args.data)
@@ -150,14 +156,26 @@ def _evaluate_folder(args, out: Path) -> int:
     store = RecordStore(out.with_suffix(".jsonl"), {
         "model": args.model, "weights": _weights_identity(args.weights), "data": str(root.resolve()),
         "listing_sha256": listing_sha256(sets, root), "preprocess": zoo.preprocess.describe(), **asdict(settings)})
-    run_streamed(zoo.module, sets, settings, store, zoo.preprocess, model_labels, args.workers, not args.quiet)
+    skipped = run_streamed(zoo.module, sets, settings, store, zoo.preprocess, model_labels, args.workers or 0,
+                           not args.quiet, on_skip=_report_skip)
     flops = sata.depth * _tokens(sata, zoo.preprocess.crop) * sata.flops_per_token
     rows = summarise_records(store.records, settings, flops)
-    images = {s.name: len(s.paths) if args.images is None else min(args.images, len(s.paths)) for s in sets}
+    images = {}
+    for s in sets:
+        chosen = _subset(s, len(s.paths) if args.images is None else min(args.images, len(s.paths))).paths
+        images[s.name] = sum(1 for path in chosen if str(path) not in skipped)
     raw = {"settings": store.settings, "rows": rows, "images": images, "ffn_flops_per_image": flops,
            "class_labels": "imagenet-wnid" if wnids is not None else "folder",
-           "subset_classes": None if subset is None else len(subset)}
-    return _write(args, out, _subset_note(subset) + streamed_table(rows, args.batch, images), raw, [store.path])
+           "subset_classes": None if subset is None else len(subset),
+           "skipped": [{"path": path, "reason": reason} for path, reason in sorted(skipped.items())]}
+    note = (f"left out: {len(skipped)} unreadable image(s) (listed in the .json)\n\n" if skipped else "")
+    _write(args, out, _subset_note(subset) + note + streamed_table(rows, args.batch, images), raw, [store.path])
+    return 1 if skipped else 0
+
+
+def _report_skip(path: str, reason: str) -> None:
+    """One ``error:`` line for an image left out of the evaluation."""
+    print(f"error: {reason}; left out of the evaluation", file=sys.stderr, flush=True)
 
 
 def _load_vit(spec: str, weights, device: str):

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from visionlens.data.datasets import image_folder, is_image_folder
 from visionlens.data.images import load_image
-from visionlens.errors import InputError, display
+from visionlens.errors import ImageLoadError, InputError, display, one_line
 
 from .corruptions import CORRUPTIONS, SEVERITIES
 
@@ -115,8 +115,10 @@ def listing_sha256(sets: list[EvalSet], root: Path) -> str:
 
 
 class FolderImages(Dataset):
-    """``(image, label, index)`` per item: the model's view (resize and crop of ``preprocess``) as a
-    float ``(3, H, W)`` tensor in [0, 1]; normalisation comes after any corruption."""
+    """``(image, label, index, problem)`` per item: the model's view (resize and crop of
+    ``preprocess``) as a float ``(3, H, W)`` tensor in [0, 1] (normalisation comes after any
+    corruption) and ``None``; or, for a file that cannot be read as an image, ``None`` and the
+    one-line reason (:func:`collate_items` leaves it out of the batch)."""
 
     def __init__(self, paths: list[Path], labels: list[int], preprocess):
         self.paths, self.labels, self.preprocess = paths, labels, preprocess
@@ -125,6 +127,20 @@ class FolderImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        view = self.preprocess.view(load_image(self.paths[index]))
+        try:
+            view = self.preprocess.view(load_image(self.paths[index]))
+        except ImageLoadError as err:
+            return None, self.labels[index], index, one_line(err)
         image = torch.from_numpy(np.asarray(view, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return image, self.labels[index], index
+        return image, self.labels[index], index, None
+
+
+def collate_items(items: list) -> tuple:
+    """A batch of :class:`FolderImages` items: ``(images, labels, indices, skipped)``, where the
+    unreadable items are left out of the first three and listed in ``skipped`` as
+    ``(index, reason)``; ``images`` is ``None`` when no item of the batch could be read."""
+    good = [it for it in items if it[3] is None]
+    skipped = [(it[2], it[3]) for it in items if it[3] is not None]
+    images = torch.stack([it[0] for it in good]) if good else None
+    return (images, torch.tensor([it[1] for it in good], dtype=torch.long),
+            torch.tensor([it[2] for it in good], dtype=torch.long), skipped)

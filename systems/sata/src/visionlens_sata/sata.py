@@ -58,7 +58,7 @@ import torch
 from torch import nn
 
 from visionlens.core.vit import find_vit
-from visionlens.checks import check_number
+from visionlens.checks import check_finite, check_number
 from visionlens.errors import InputError, LayerError
 
 MERGES = ("corrected", "reference")
@@ -419,6 +419,7 @@ class SataViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.adapter.check_input(x)
+        check_finite("the input batch", x)  # NaN pixels would give NaN logits without a word
         grid = self.adapter.grid(tuple(x.shape[-2:]))
         with self.patched(x.shape[0], grid[0] * grid[1] + self.adapter.num_prefix_tokens) as account:
             out = self.model(x)

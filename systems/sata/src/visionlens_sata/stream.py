@@ -25,7 +25,7 @@ from visionlens.errors import InputError
 
 from .corruptions import corrupt
 from .evaluate import PROTOCOLS, protocol_order, variants
-from .folders import EvalSet, FolderImages
+from .folders import EvalSet, FolderImages, collate_items
 from .imagenet_classes import restricted_argmax
 from .store import RecordStore, record_key
 
@@ -89,6 +89,14 @@ class _Runner:
     workers: int
     bar: object
     device: torch.device
+    on_skip: object = None  # called with (path, reason) the first time an unreadable image is left out
+    skipped: dict = None  # path -> reason of every image left out (this run's and the records')
+
+    def skip(self, path: str, reason: str) -> None:
+        if path not in self.skipped:
+            self.skipped[path] = reason
+            if self.on_skip is not None:
+                self.on_skip(path, reason)
 
     def size(self, s: EvalSet) -> int:
         return len(s.paths) if self.settings.limit is None else min(self.settings.limit, len(s.paths))
@@ -114,32 +122,47 @@ class _Runner:
         if not pending:
             return
         data = FolderImages(s.paths, [self.model_labels[lab] for lab in s.labels], self.preprocess)
-        loader = DataLoader(data, batch_sampler=[b for _, b in pending], num_workers=self.workers)
+        loader = DataLoader(data, batch_sampler=[b for _, b in pending], num_workers=self.workers,
+                            collate_fn=collate_items)
         normalise = _normaliser(self.preprocess)
         subset = self.settings.subset_classes
         subset = None if subset is None else torch.tensor(subset, device=self.device)
-        for (i, _), (x, y, ids) in zip(pending, loader):
-            if s.corruption is not None:
-                x = corrupt(x, s.corruption, s.severity, seed=seed, ids=ids)
-            results = _run_batch(models, normalise(x).to(self.device), y.to(self.device), subset)
-            self.store.append({"set": s.name, "protocol": protocol, "seed": seed, "batch": i, "n": len(y),
-                               "variants": results})
+        for (i, _), (x, y, ids, bad) in zip(pending, loader):
+            left_out = [str(s.paths[index]) for index, _ in bad]
+            for path, (_, reason) in zip(left_out, bad):
+                self.skip(path, reason)
+            results = {}
+            if x is not None:  # an unreadable image is left out of its batch (a batch of none is recorded empty)
+                if s.corruption is not None:
+                    x = corrupt(x, s.corruption, s.severity, seed=seed, ids=ids)
+                results = _run_batch(models, normalise(x).to(self.device), y.to(self.device), subset)
+            record = {"set": s.name, "protocol": protocol, "seed": seed, "batch": i, "n": len(y), "variants": results}
+            if bad:
+                record["skipped"] = [{"path": p, "reason": r} for p, (_, r) in zip(left_out, bad)]
+            self.store.append(record)
             self.bar.update(1)
 
 
 def run_streamed(model: nn.Module, sets: list[EvalSet], settings: StreamSettings, store: RecordStore, preprocess,
-                 model_labels: list[int], workers: int = 0, progress: bool = True) -> None:
+                 model_labels: list[int], workers: int = 0, progress: bool = True, on_skip=None) -> dict[str, str]:
     """Evaluate every variant on every set under every protocol and seed, recording each batch
-    (on the model's device)."""
+    (on the model's device). An image that cannot be read is left out of its batch (the rest are
+    scored) and reported once through ``on_skip(path, reason)``; images left out in records of an
+    earlier, resumed run are reported too. Return ``{path: reason}`` of every image left out."""
     from visionlens.core.progress import Progress
 
-    runner = _Runner(store, settings, preprocess, model_labels, workers, None, next(model.parameters()).device)
+    runner = _Runner(store, settings, preprocess, model_labels, workers, None, next(model.parameters()).device,
+                     on_skip, {})
+    for record in store.records:
+        for item in record.get("skipped", ()):
+            runner.skip(item["path"], item["reason"])
     total = sum(-(-runner.size(s) // (1 if p == "bs1" else settings.batch)) for s in sets for p, _ in settings.runs())
     runner.bar = Progress(total, "sata evaluate", enabled=progress, unit="batch")
     try:
         runner.run(model, sets)
     finally:
         runner.bar.close()
+    return runner.skipped
 
 
 def _subset(s: EvalSet, n: int) -> EvalSet:

@@ -30,13 +30,16 @@ def register(subparsers) -> None:
     p.add_argument("--benchmark", action="store_true", help="run the synthetic ablation table instead")
     p.add_argument("--refcoco", default=None, metavar="ROOT",
                    help="evaluate on RefCOCO-style data: ROOT/DATASET/refs(*).p + instances.json (needs --coco-dir)")
-    p.add_argument("--dataset", default="refcoco", choices=["refcoco", "refcoco+", "refcocog"], help="--refcoco: dataset")
-    p.add_argument("--split", default="val", help="--refcoco: split (val, testA, testB, test)")
+    p.add_argument("--dataset", default=None, choices=["refcoco", "refcoco+", "refcocog"],
+                   help="--refcoco: dataset (default: refcoco)")
+    p.add_argument("--split", default=None, help="--refcoco: split (val, testA, testB, test; default: val)")
     p.add_argument("--split-by", default=None, help="--refcoco: refs file suffix (unc, umd, google)")
     p.add_argument("--coco-dir", default=None, help="--refcoco: folder of the COCO train2014 images")
     p.add_argument("--limit", type=count(), default=None, help="--refcoco: first N sentences only (a declared subset)")
-    p.add_argument("--n-val", type=count(), default=200, help="benchmark: val samples used to tune alpha/beta")
-    p.add_argument("--n-test", type=count(), default=400, help="benchmark: test samples reported")
+    p.add_argument("--n-val", type=count(), default=None,
+                   help=f"--benchmark: val samples used to tune alpha/beta (default: {DEFAULTS['n_val']})")
+    p.add_argument("--n-test", type=count(), default=None,
+                   help=f"--benchmark: test samples reported (default: {DEFAULTS['n_test']})")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the synthetic scenes and describer")
     p.add_argument("--proposer", default=None, choices=["gt", "colour", "felzenszwalb", "slic", "sam", "file"],
                    help="mask proposals (default: gt for synthetic scenes, colour otherwise)")
@@ -48,19 +51,21 @@ def register(subparsers) -> None:
                                                 "--refcoco needs a CLIP)")
     p.add_argument("--mllm-dir", default=None, help="local MLLM folder (transformers)")
     p.add_argument("--mllm-url", default=None, help="OpenAI-compatible server on 127.0.0.1, e.g. http://127.0.0.1:8080")
-    p.add_argument("--mllm-model", default="local", help="model name sent to --mllm-url (also the cache key)")
-    p.add_argument("--describer", default="region-scores", choices=["region-scores", "oracle"],
+    p.add_argument("--mllm-model", default=None,
+                   help="model name sent to --mllm-url (also the cache key; default: local)")
+    p.add_argument("--describer", default=None, choices=["region-scores", "oracle"],
                    help="synthetic scenes and --benchmark: region-scores (perceives from pixels: the toy VLM names "
                         "the proposals; default) or oracle (reads the scene graph: an upper bound)")
-    p.add_argument("--describer-error", type=number(minimum=0, maximum=1), default=0.0,
-                   help="--describer oracle: share of expressions it describes a wrong object for")
+    p.add_argument("--describer-error", type=number(minimum=0, maximum=1), default=None,
+                   help="--describer oracle: share of expressions it describes a wrong object for (default: 0)")
     p.add_argument("--cache", default=None, metavar="DIR|FILE.jsonl",
                    help="a folder: per-image proposals + region features (regions-*.pt) and descriptions "
                         "(descriptions.jsonl), reused across sentences and runs; a .jsonl file: descriptions only")
     p.add_argument("--cache-only", action="store_true", help="use only the cache; a miss is an error")
-    p.add_argument("--alpha", type=number(minimum=0), default=0.5, help="weight of S_att")
-    p.add_argument("--beta", type=number(minimum=0), default=0.5, help="weight of S_sur")
-    p.add_argument("--mix", type=number(minimum=0, maximum=1), default=0.5, help="global share a of the fused region feature")
+    p.add_argument("--alpha", type=number(minimum=0), default=None, help="weight of S_att (default: 0.5)")
+    p.add_argument("--beta", type=number(minimum=0), default=None, help="weight of S_sur (default: 0.5)")
+    p.add_argument("--mix", type=number(minimum=0, maximum=1), default=None,
+                   help="global share a of the fused region feature (default: 0.5)")
     p.add_argument("--no-att", action="store_true", help="ablation: drop the attribute term")
     p.add_argument("--no-sur", action="store_true", help="ablation: drop the surrounding term")
     p.add_argument("--device", default="auto",
@@ -75,22 +80,95 @@ def _add_sam_filters(p) -> None:
     from .sam_filters import SamFilters
 
     d = SamFilters()
-    p.add_argument("--sam-points-per-side", type=count(), default=d.points_per_side,
+    p.add_argument("--sam-points-per-side", type=count(), default=None,
                    help=f"--proposer sam: point grid side (default {d.points_per_side}: {d.points_per_side ** 2} prompts)")
-    p.add_argument("--sam-points-per-batch", type=count(), default=d.points_per_batch,
+    p.add_argument("--sam-points-per-batch", type=count(), default=None,
                    help=f"--proposer sam: prompts decoded at once (default {d.points_per_batch})")
-    p.add_argument("--sam-pred-iou", type=number(), default=d.pred_iou_thresh,
+    p.add_argument("--sam-pred-iou", type=number(), default=None,
                    help=f"--proposer sam: keep masks with predicted IoU >= this (default {d.pred_iou_thresh:g}, "
                         "for random-init weights too; SAM's automatic mask generator uses 0.88)")
-    p.add_argument("--sam-stability", type=number(), default=d.stability_thresh,
+    p.add_argument("--sam-stability", type=number(), default=None,
                    help=f"--proposer sam: keep masks with stability score >= this (default {d.stability_thresh:g}; "
                         "SAM's automatic mask generator uses 0.95)")
-    p.add_argument("--sam-min-area", type=count(minimum=0), default=d.min_area,
+    p.add_argument("--sam-min-area", type=count(minimum=0), default=None,
                    help=f"--proposer sam: keep masks of at least this many image pixels (default {d.min_area})")
-    p.add_argument("--sam-max-masks", type=count(), default=d.max_masks,
+    p.add_argument("--sam-max-masks", type=count(), default=None,
                    help=f"--proposer sam: after NMS keep the best this many by predicted IoU (default {d.max_masks})")
-    p.add_argument("--region-batch", type=count(), default=32,
+    p.add_argument("--region-batch", type=count(), default=None,
                    help="proposals encoded at once by the region encoder (bounds its memory; default 32)")
+
+
+# The modes of `refer` and the flags that belong to them: a flag given in a mode it does not
+# belong to is refused in one line before any work (it would be ignored). Flags not listed here
+# (--proposer, --device, --seed, --out, --quiet, --json) apply in every mode.
+MODE_NAMES = {"benchmark": "--benchmark", "refcoco": "--refcoco", "synthetic": "a synthetic:SPLIT:INDEX scene",
+              "image": "an IMAGE file"}
+SINGLE = ("synthetic", "image")
+FLAG_MODES = {
+    "image": ("IMAGE", SINGLE), "expression": ("the expression", SINGLE),
+    "refcoco": ("--refcoco", ("refcoco",)),
+    **{dest: (flag, ("refcoco",)) for dest, flag in (("dataset", "--dataset"), ("split", "--split"),
+                                                     ("split_by", "--split-by"), ("coco_dir", "--coco-dir"),
+                                                     ("limit", "--limit"))},
+    "n_val": ("--n-val", ("benchmark",)), "n_test": ("--n-test", ("benchmark",)),
+    "describer": ("--describer", ("benchmark", "synthetic")),
+    "describer_error": ("--describer-error", ("benchmark", "synthetic")),
+    **{dest: (flag, ("refcoco", *SINGLE)) for dest, flag in (
+        ("clip", "--clip"), ("mllm_dir", "--mllm-dir"), ("mllm_url", "--mllm-url"), ("mllm_model", "--mllm-model"),
+        ("cache", "--cache"), ("cache_only", "--cache-only"), ("alpha", "--alpha"), ("beta", "--beta"),
+        ("mix", "--mix"), ("no_att", "--no-att"), ("no_sur", "--no-sur"), ("region_batch", "--region-batch"))},
+}
+# flags of one proposer: refused with any other --proposer
+PROPOSER_FLAGS = {"proposals": ("--proposals", "file"), "sam": ("--sam", "sam"),
+                  **{f"sam_{k}": (f"--sam-{k.replace('_', '-')}", "sam")
+                     for k in ("points_per_side", "points_per_batch", "pred_iou", "stability", "min_area", "max_masks")}}
+DEFAULTS = {"dataset": "refcoco", "split": "val", "n_val": 200, "n_test": 400, "mllm_model": "local",
+            "describer": "region-scores", "describer_error": 0.0, "alpha": 0.5, "beta": 0.5, "mix": 0.5,
+            "region_batch": 32}
+
+
+def _mode(args) -> str:
+    """benchmark, refcoco, synthetic or image (``--benchmark`` and ``--refcoco`` together: one line)."""
+    from visionlens.errors import InputError
+
+    if args.benchmark and args.refcoco:
+        raise InputError("--benchmark and --refcoco are two modes; give one")
+    if args.benchmark:
+        return "benchmark"
+    if args.refcoco:
+        return "refcoco"
+    return "synthetic" if args.image and args.image.startswith("synthetic:") else "image"
+
+
+def _check_mode(args) -> str:
+    """The mode; a flag of another mode, or of another proposer, is one line (exit 2) before any
+    work. Then the flags left unset get their defaults."""
+    from visionlens.errors import InputError
+    from .sam_filters import SamFilters
+
+    mode = _mode(args)
+    for dest, (flag, modes) in FLAG_MODES.items():
+        value = getattr(args, dest)
+        if value is not None and value is not False and mode not in modes:
+            shown = f"{flag} ({value})" if dest in ("image", "expression") else flag
+            names = [MODE_NAMES[m] for m in modes]
+            names = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+            raise InputError(f"{shown} is for {names}, not {MODE_NAMES[mode]}; drop it")
+    proposer = args.proposer or ("gt" if mode in ("benchmark", "synthetic") else "colour")
+    for dest, (flag, kind) in PROPOSER_FLAGS.items():
+        if getattr(args, dest) is not None and proposer != kind:
+            raise InputError(f"{flag} is for --proposer {kind}, not --proposer {proposer}; "
+                             f"add --proposer {kind} or drop {flag}")
+    for dest, value in DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
+    filters = SamFilters()
+    for dest, field in (("sam_points_per_side", "points_per_side"), ("sam_points_per_batch", "points_per_batch"),
+                        ("sam_pred_iou", "pred_iou_thresh"), ("sam_stability", "stability_thresh"),
+                        ("sam_min_area", "min_area"), ("sam_max_masks", "max_masks")):
+        if getattr(args, dest) is None:
+            setattr(args, dest, getattr(filters, field))
+    return mode
 
 
 def _cache_paths(args) -> tuple[str | None, str | None]:
@@ -297,6 +375,7 @@ def _check_out(args) -> None:
 def _cmd_refer(args) -> int:
     import torch
 
+    _check_mode(args)
     _check_out(args)
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, threads))

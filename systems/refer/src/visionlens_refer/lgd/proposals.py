@@ -166,7 +166,10 @@ class ClassicalProposer:
                 segs = torch.cat([segs, segs[list(a)] | segs[list(b)]])
         segs = segs[segs.flatten(1).sum(1) < segs.shape[1] * segs.shape[2] * 0.9]  # drop near-full-image masks
         if len(segs) == 0:
-            raise InputError(f"{self.name}: no proposals")
+            others = ", ".join(f"--proposer {m}" for m in ("colour", "felzenszwalb", "slic") if m != self.method)
+            raise InputError(f"{self.name}: no proposals: the image has no region of at least {self.min_area} pixels "
+                             f"that covers less than 90% of it (a plain or nearly plain image?); try {others}, "
+                             "--proposer sam, or your own masks with --proposer file --proposals PATH")
         order = torch.argsort(segs.flatten(1).sum(1), descending=True, stable=True)
         segs = segs[order][: self.max_masks]
         if scale < 1.0:

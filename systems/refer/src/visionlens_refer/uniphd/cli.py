@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ PROMPTS = ("text", "point", "scribble")
 MAX_SIZE = 4096                      # input / image side in pixels
 MAX_SYNTHETIC_BYTES = 4 * 2 ** 30    # synthetic images + masks held in memory
 EXIT_SKIPPED = 1
+TRAIN_SAMPLES, EVAL_SAMPLES = 2000, 300  # synthetic samples when --synthetic is 0 (its default)
 SEED = count(minimum=0, maximum=2 ** 32 - 1)
 
 
@@ -46,7 +48,13 @@ def _samples(args, default_count: int):
     if args.data:
         if not args.images:
             raise InputError("--data needs --images (the folder with the RefHuman images)")
+        if args.synthetic:
+            raise InputError("--synthetic is for synthetic samples, not --data (a RefHuman file); drop one of them")
         return load_refhuman(args.data, args.images, limit=args.limit, lazy=True)
+    given = [flag for flag, value in (("--images", args.images), ("--limit", args.limit)) if value is not None]
+    if given:
+        raise InputError(f"{given[0]} is for --data (a RefHuman annotation file); the synthetic samples "
+                         f"(--synthetic) have no image folder or annotations to limit: drop {given[0]} or give --data")
     n = args.synthetic or default_count
     _check_synthetic(n, args.size, "--synthetic")
     return synthetic_refhuman(n, seed=args.seed, size=args.size)
@@ -95,7 +103,7 @@ def _cmd_train(args) -> int:
         _check_synthetic(args.eval_samples, args.size, "--eval-samples")
     _check_checkpoint_out(args)
     torch.set_num_threads(args.threads)
-    samples = _samples(args, 2000)
+    samples = _samples(args, TRAIN_SAMPLES)
     config = _config(args)
     result = train(samples, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    config=config, resume=not args.no_resume, progress=not args.quiet, time_limit=args.time_limit,
@@ -164,7 +172,7 @@ def _cmd_eval(args) -> int:
     _prepare_out(_json_file(args), args.force, "--json")
     model = load_uniphd(args.weights, args.device)
     args.size = model.config.image_size
-    samples = _samples(args, 300)
+    samples = _samples(args, EVAL_SAMPLES)
     kinds = PROMPTS if args.prompt == "all" else (args.prompt,)
     rows = []
     for kind in kinds:
@@ -199,7 +207,7 @@ def _report_skipped(rows: list[dict]) -> int:
         for item in row.get("skipped", []):
             seen.setdefault(item["file"], item["reason"])
     for reason in seen.values():
-        print(f"skipped: {reason}", file=sys.stderr)
+        print(f"error: {reason} (left out of the evaluation)", file=sys.stderr)
     return len(seen)
 
 
@@ -348,11 +356,12 @@ def _add_device(p) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
-def _data_args(p) -> None:
+def _data_args(p, default_count: int) -> None:
     p.add_argument("--data", help="RefHuman-format annotation JSON (default: synthetic scenes)")
     p.add_argument("--images", help="folder with the images named in --data")
     p.add_argument("--limit", type=count(), default=None, help="use at most this many annotations of --data")
-    p.add_argument("--synthetic", type=count(minimum=0), default=0, help="number of synthetic referring samples")
+    p.add_argument("--synthetic", type=count(minimum=0), default=0,
+                   help=f"without --data: number of synthetic referring samples (default 0, meaning {default_count})")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the synthetic samples (and of training)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -361,7 +370,7 @@ def register(subparsers) -> None:
     pose = subparsers.add_parser("pose", help="UniPHD referring human pose and mask (text, point or scribble prompt)")
     sub = pose.add_subparsers(dest="pose_command", required=True)
     t = sub.add_parser("train", help="train (or resume) a UniPHD on RefHuman-format or synthetic data")
-    _data_args(t)
+    _data_args(t, TRAIN_SAMPLES)
     t.add_argument("--out", default="uniphd.pt", help="checkpoint path (resumed when it exists)")
     t.add_argument("--steps", type=count(), default=1000, help="training steps")
     t.add_argument("--batch-size", type=count(), default=8, help="samples per training step")
@@ -383,7 +392,7 @@ def register(subparsers) -> None:
     add_json_option(t)
     t.set_defaults(func=_cmd_train)
     e = sub.add_parser("eval", help="pose AP, mask AP, PCKh, oIoU/mIoU per prompt kind")
-    _data_args(e)
+    _data_args(e, EVAL_SAMPLES)
     e.add_argument("--weights", default=None, help="weights/checkpoint (default: the packaged synthetic model)")
     e.add_argument("--prompt", choices=PROMPTS + ("all",), default="all", help="prompt kind to score")
     e.add_argument("--control", action="store_true", help="also score the prompt-agnostic control")
@@ -401,6 +410,9 @@ def register(subparsers) -> None:
     _add_device(p)
     _add_json_file_option(p)
     p.add_argument("--force", action="store_true", help="replace the --out (and --json FILE) file if it exists")
+    # "-5,3" is a coordinate (argparse would take it for a flag and say "expected one argument"): it
+    # reaches parse_points, and the range check names the image's bounds
+    p._negative_number_matcher = re.compile(r"^-\.?\d")
     p.set_defaults(func=_cmd_predict)
     c = sub.add_parser("convert", help="load a checkpoint of the released UniPHD code into our model (key map) "
                                        "and write our weights file")

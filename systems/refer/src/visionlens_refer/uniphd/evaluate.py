@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from visionlens.errors import ImageLoadError, InputError
+from visionlens.errors import ImageLoadError, InputError, one_line
 
 from .data import RefSample, sample_mask, sample_size
 from .inference import fit_sample, images_tensor, make_prompt, move, postprocess
@@ -19,7 +19,8 @@ def evaluate_model(model, samples: list[RefSample], kind: str = "text", batch_si
                    progress=None) -> dict:
     """Metrics dict; ``control=True`` replaces the prompt by an empty text / a random point (the
     prompt-agnostic control: what the model scores without knowing whom to pick). A sample whose image
-    cannot be read is skipped and listed in ``skipped`` (file and reason)."""
+    cannot be read, or whose segmentation cannot be decoded, is skipped and listed in ``skipped``
+    (file and reason)."""
     model.eval()
     device = next(model.parameters()).device
     size = model.config.image_size
@@ -50,7 +51,7 @@ def evaluate_model(model, samples: list[RefSample], kind: str = "text", batch_si
         if progress is not None:
             progress.update(len(chunk))
     if not gts:
-        raise InputError(f"no sample could be evaluated: every image failed to load (first: {skipped[0]['reason']})")
+        raise InputError(f"no sample could be evaluated: every one was skipped (first: {skipped[0]['reason']})")
     kp = coco_ap(gts, kp_preds, "keypoints")
     seg = coco_ap(gts, mask_preds, "segm")
     out = {"prompt": kind + (" (control)" if control else ""), "samples": len(samples),
@@ -62,14 +63,19 @@ def evaluate_model(model, samples: list[RefSample], kind: str = "text", batch_si
 
 
 def _fit_chunk(chunk: list[RefSample], size: int, skipped: list) -> tuple[list, list]:
-    """The chunk's samples whose image loads, and those samples fitted to ``size``; the others are
-    appended to ``skipped`` as ``{"file", "reason"}``."""
+    """The chunk's samples whose image loads and whose mask decodes, and those samples fitted to
+    ``size``; the others are appended to ``skipped`` as ``{"file", "reason"}`` (``file``: the image,
+    with the annotation id when only the annotation is bad)."""
     kept, fitted = [], []
     for s in chunk:
         try:
             fitted.append(fit_sample(s, size))
         except ImageLoadError as err:
-            skipped.append({"file": s.image_path or s.file_name, "reason": str(err)})
+            skipped.append({"file": s.image_path or s.file_name, "reason": one_line(err)})
+            continue
+        except InputError as err:  # a lazy segmentation that does not decode (e.g. a corrupt RLE counts string)
+            where = s.image_path or s.file_name
+            skipped.append({"file": f"{where} (annotation id {s.ann_id})", "reason": f"{where}: {one_line(err)}"})
             continue
         kept.append(s)
     return kept, fitted
