@@ -27,8 +27,9 @@ NAFLOW_DAMP_HELP = ("naflow: Tikhonov damping of each layer inverse, relative to
                     "lower layers' maps depend on it (docs/naflow.md)")
 MODEL_HELP = ("zoo model (list them with `visionlens models`) or model spec: timm:NAME, torchvision:NAME (pretrained, "
               "or with --weights), hf:ORG/NAME or hf:LOCAL_DIR (from_pretrained)")
-WEIGHTS_HELP = ("local state-dict file for a zoo or torchvision:/timm: model ('module.'/'model.' prefixes and "
-                "state_dict/model wrappers accepted); without it, spec models load their pretrained weights")
+WEIGHTS_HELP = ("local state-dict file (torch.save or .safetensors) for a zoo or torchvision:/timm: model "
+                "('module.'/'model.' prefixes and state_dict/model wrappers accepted; the number of classes is read "
+                "from it); without it, spec models load their pretrained weights")
 # the commands that write results take --json (the research systems add it to their own commands)
 JSON_COMMANDS = ("explain", "explain-pair", "retrieve", "evaluate", "bank", "concepts", "demo", "world", "fetch")
 DETECTION_THRESHOLD, DETECTION_TOP = 0.5, 3  # explain's default choice of detections to explain

@@ -112,7 +112,11 @@ def test_a_non_finite_map_stops_that_image_and_the_summary_stays_strict_json(tmp
     (["world", "--split", "nope"], "--split"),
     (["nope"], "invalid choice"),
 ])
-def test_usage_errors_are_one_line(args, flag, capsys):
+def test_usage_errors_are_one_line(args, flag, capsys, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8)).save("x.png")  # an input that exists: the flag is what is wrong
     assert main(args) == 2
     assert flag in one_error_line(capsys.readouterr().err)
 

@@ -10,7 +10,8 @@ processor. A download that cannot happen is one line naming the offline route.""
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stdout
+import io
 import math
 import os
 from pathlib import Path
@@ -151,15 +152,19 @@ def torchvision_preprocess(weights) -> Preprocess:
                       interpolation=interpolation)
 
 
-def torchvision_model(name: str, num_classes: int | None = None, pretrained: bool = False) -> nn.Module:
+def torchvision_model(name: str, num_classes: int | None = None, pretrained: bool = False, **options) -> nn.Module:
     """``torchvision.models.get_model(name)``; pretrained through the DEFAULT weights enum (cached
-    under ``torch.hub.get_dir()``); failures are one line."""
+    under ``torch.hub.get_dir()``, downloaded without torch.hub's ``Downloading: ...`` line or
+    progress bar); failures are one line. ``options`` (e.g. ``aux_loss``, ``num_keypoints``) are
+    passed on where the architecture's builder takes them."""
     tvm = _require("torchvision.models", "torchvision")
     names = tvm.list_models()  # classifiers, detectors, segmenters, video and optical-flow models
     if name not in names:
         raise _closest(name, names, "torchvision model")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    if "weights_backbone" in inspect.signature(tvm.get_model_builder(name)).parameters:
+    parameters = inspect.signature(tvm.get_model_builder(name)).parameters
+    kwargs.update({key: value for key, value in options.items() if key in parameters})
+    if "weights_backbone" in parameters:
         kwargs["weights_backbone"] = None  # detectors and segmenters: nothing downloaded for the backbone
     if not pretrained:
         return tvm.get_model(name, weights=None, **kwargs)
@@ -167,7 +172,10 @@ def torchvision_model(name: str, num_classes: int | None = None, pretrained: boo
     if weights is None:
         raise InputError(f"torchvision:{name} has no pretrained weights; give a local file with --weights FILE")
     try:
-        return tvm.get_model(name, weights=weights, **kwargs)
+        # torch.hub writes 'Downloading: "URL" to FILE' to stdout whatever `progress` says: kept off
+        # the terminal, so that a download that cannot happen is the one line below
+        with redirect_stdout(io.StringIO()):
+            return tvm.get_model(name, weights=weights, progress=False, **kwargs)
     except Exception as err:
         raise InputError(f"cannot load the pretrained weights of torchvision:{name} ({_one_line(err)}); "
                          "on a machine without internet give a local file with --weights FILE") from None

@@ -4,6 +4,7 @@ class names; and a wrapper that gives the same interface to any ``torch.nn.Modul
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -209,11 +210,57 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def _torch_saved(head: bytes) -> bool:
+    return head[:2] == b"PK" or head[:1] == b"\x80"  # torch.save's zip archive (legacy: a pickle)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: by its ``.safetensors`` suffix or by its start (an 8-byte little-endian
+    header length, then the JSON header's ``{``)."""
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
+        return True
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 9 <= 8 + int.from_bytes(head[:8], "little") <= size
+
+
+def _load_safetensors(path: Path) -> dict:
+    """The tensors of a safetensors file (``safetensors.torch.load_file``: no code can run), or one
+    line when the package is missing or the file is not valid."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise InputError(f"{display(path)}: a safetensors file; reading it needs the safetensors package: "
+                         "pip install safetensors") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # a corrupt or truncated file, a header that is not safetensors JSON
+        with open(path, "rb") as f:
+            if _torch_saved(f.read(2)):
+                raise InputError(f"{display(path)}: named .safetensors but written by torch.save; "
+                                 "rename it (e.g. to .pt)") from None
+        text = " ".join(str(err).split())
+        reason = text[:120] if text else type(err).__name__
+        raise InputError(f"{display(path)}: not a valid safetensors file ({reason})") from None
+
+
 def load_state_dict_file(path: str | Path) -> dict:
     """A state dict from a checkpoint file, loaded with ``weights_only=True`` (pickled code is
-    refused); ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers are unwrapped and a common
-    ``module.`` (DDP) or ``model.`` prefix is stripped. NaN or infinite values are refused."""
-    state = load_checkpoint(path, "state dict")
+    refused), or from a safetensors file (by its ``.safetensors`` suffix or its header; needs the
+    ``safetensors`` package); ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers are unwrapped
+    and a common ``module.`` (DDP) or ``model.`` prefix is stripped. NaN or infinite values are
+    refused."""
+    if Path(path).is_file() and _is_safetensors(Path(path)):
+        state = _load_safetensors(Path(path))
+    else:
+        state = load_checkpoint(path, "state dict")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -249,14 +296,75 @@ def _num_classes(state: dict) -> int | None:
     return int(heads[-1].shape[0]) if heads else None
 
 
-def library_architecture(spec: str, num_classes: int | None = None) -> nn.Module:
+def _file_classes(spec: str, state: dict) -> int | None:
+    """A classifier file's number of classes: the rows, in the file, of the architecture's head
+    (its last 2-d weight in the architecture's own key order, found on the meta device: nothing is
+    allocated); the file's last 2-d weight when the file lacks that key. A safetensors file lists
+    its keys sorted by name, not in the model's order (``stages.*`` after ``head.fc.*``)."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            own = library_architecture(spec).state_dict()
+    except InputError:
+        raise
+    except Exception:  # an architecture that cannot be built on the meta device
+        own = {}
+    heads = [k for k, v in own.items() if k.endswith("weight") and v.dim() == 2]
+    if heads and torch.is_tensor(state.get(heads[-1])) and state[heads[-1]].dim() == 2:
+        return int(state[heads[-1]].shape[0])
+    return _num_classes(state)
+
+
+# Where a torchvision detector's or segmenter's state dict shows its number of classes: the key of
+# its class layer and, for heads with several anchors per location, the key of the matching box
+# regression layer (4 rows per anchor: classes = class rows / anchors). The first key found counts.
+DENSE_CLASS_HEADS = (
+    ("roi_heads.box_predictor.cls_score.weight", None),  # Faster, Mask and Keypoint R-CNN
+    ("head.classification_head.cls_logits.weight", "head.regression_head.bbox_reg.weight"),  # RetinaNet, FCOS
+    ("head.classification_head.module_list.0.weight", "head.regression_head.module_list.0.weight"),  # SSD
+    ("head.classification_head.module_list.0.1.weight", "head.regression_head.module_list.0.1.weight"),  # SSDlite
+    ("classifier.4.weight", None),  # FCN, DeepLabV3: the last conv of the classifier
+    ("classifier.high_classifier.weight", None),  # LR-ASPP
+)
+
+
+def dense_options(state: dict) -> dict:
+    """The builder arguments of a torchvision detector or segmenter that its state dict fixes:
+    ``num_classes`` (from its class head, see ``DENSE_CLASS_HEADS``), ``aux_loss`` (whether an
+    ``aux_classifier`` is there: FCN, DeepLabV3) and ``num_keypoints`` (Keypoint R-CNN). No
+    ``num_classes`` when no known head is found (the architecture's default is built and the file
+    is then checked against it)."""
+    options: dict = {"aux_loss": any(k.startswith("aux_classifier.") for k in state)}
+    keypoints = state.get("roi_heads.keypoint_predictor.kps_score_lowres.weight")
+    if keypoints is not None and keypoints.dim() == 4:  # ConvTranspose2d: (in, keypoints, k, k)
+        options["num_keypoints"] = int(keypoints.shape[1])
+    for cls_key, box_key in DENSE_CLASS_HEADS:
+        rows = state.get(cls_key)
+        if rows is None or rows.dim() < 2:
+            continue
+        rows = int(rows.shape[0])
+        if box_key is None:
+            classes = rows
+        else:
+            box = state.get(box_key)
+            fits = box is not None and box.dim() >= 2 and box.shape[0] % 4 == 0
+            anchors = int(box.shape[0]) // 4 if fits else 0
+            classes = rows // anchors if anchors and rows % anchors == 0 else 0
+        if classes > 0:
+            options["num_classes"] = classes
+        break
+    return options
+
+
+def library_architecture(spec: str, num_classes: int | None = None, **options) -> nn.Module:
     """The architecture of ``torchvision:NAME`` or ``timm:NAME``, randomly initialised (nothing is
-    downloaded); an unknown name is one line with the closest names."""
+    downloaded); an unknown name is one line with the closest names. ``options``: further builder
+    arguments of a torchvision architecture (``aux_loss``, ``num_keypoints``) where it takes them."""
     from . import hub
 
     library, _, arch = spec.partition(":")
     if library == "torchvision":
-        return hub.torchvision_model(arch, num_classes)
+        return hub.torchvision_model(arch, num_classes, **options)
     if library == "timm":
         return hub.timm_model(arch, num_classes)
     raise InputError(f"unknown model library '{library}'; use torchvision:NAME, timm:NAME or hf:ID")
@@ -316,10 +424,12 @@ def load_library_model(spec: str, weights: str | Path | None, device=None) -> Zo
         return _load_hf(spec, arch, weights, device)
     if library not in ("timm", "torchvision"):
         raise InputError(f"unknown model library '{library}'; use torchvision:NAME, timm:NAME or hf:ID")
+    dense = _dense_architecture(library, arch)
     if weights is not None:
         state = load_state_dict_file(weights)
-        classes = None if _dense_architecture(library, arch) else _num_classes(state)
-        module = library_architecture(spec, classes)
+        options = dense_options(state) if dense else {}
+        classes = options.pop("num_classes", None) if dense else _file_classes(spec, state)
+        module = library_architecture(spec, classes, **options)
         fit_state_dict(module, state, spec, weights)
         source = {"spec": spec, "weights": str(Path(weights).resolve())}
     else:
@@ -327,16 +437,22 @@ def load_library_model(spec: str, weights: str | Path | None, device=None) -> Zo
 
         build = hub.timm_model if library == "timm" else hub.torchvision_model
         module = build(arch, pretrained=True)
-        classes = _head_size(module)
+        classes = None if dense else _head_size(module)
         source = {"spec": spec, "weights": "pretrained"}
     preprocess, names = _library_preprocess(library, arch, module)
     module.eval().to(resolve_device(device))
-    names = names if _dense_architecture(library, arch) else _class_names(names, classes)
+    if dense:  # the weights' categories (COCO's 91, VOC's 21) when the file has as many classes, else
+        # "class 0" ... "class N-1" (so that a --target index past the last class is one line)
+        if classes is not None and (names is None or len(names) != classes):
+            names = tuple(f"class {i}" for i in range(classes))
+    else:
+        names = _class_names(names, classes)
     return ZooModel(spec, module, preprocess, names, None, source)
 
 
 def _dense_architecture(library: str, arch: str) -> bool:
-    """A torchvision detector or segmenter (built with its default classes: COCO's 91, VOC's 21)."""
+    """A torchvision detector or segmenter (built with the classes of its weights file, else its
+    default ones: COCO's 91, VOC's 21)."""
     if library != "torchvision":
         return False
     import torchvision.models as tvm
