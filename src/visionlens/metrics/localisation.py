@@ -42,9 +42,9 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 15
     """Hit (1.0) when the map's maximum lies within ``tolerance`` pixels (Euclidean) of a mask pixel,
     i.e. inside the mask dilated by a disc of that radius; NaN for an empty mask. A maximum shared
     by several pixels scores the share of them that hit (the expected hit when the tie is broken at
-    random): an all-zero map scores the chance level, wherever the object is, not a hit for objects
-    at the top left. Average per class, then over classes, for the original protocol
-    (:func:`per_class_mean`)."""
+    random); a constant map (all zero) points nowhere and scores 0, wherever the object is (by
+    pixel order it would hit objects at the top left). Average per class, then over classes, for
+    the original protocol (:func:`per_class_mean`)."""
     _check(maps, masks)
     masks = masks.to(maps.device).bool()
     p = argmax_points(maps)
@@ -59,7 +59,14 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 15
     if len(tied):
         near = _dilated(masks[tied], tolerance).flatten(1)
         hit[tied] = (near & peaks[tied]).sum(1).float() / peaks[tied].sum(1)
+    hit[_constant(maps)] = 0.0
     return torch.where(masks.flatten(1).any(1), hit, torch.full_like(hit, float("nan")))
+
+
+def _constant(maps: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: the maps with one value everywhere (no pixel ranked above another)."""
+    flat = maps.flatten(1)
+    return flat.max(1).values == flat.min(1).values
 
 
 def _dilated(masks: torch.Tensor, radius: float) -> torch.Tensor:
@@ -104,8 +111,8 @@ def energy_pointing_game(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tenso
 def relevance_rank(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Share of the ``K = |mask|`` highest-ranked pixels that lie in the mask; NaN for an empty
     mask. Pixels tied at the K-th value share the places left among them (the expected share when
-    ties are broken at random): an all-zero map scores the mask's share of the image, wherever the
-    object is."""
+    ties are broken at random); a constant map (all zero) ranks nothing and scores 0, wherever the
+    object is (by pixel order it would score objects at the top left)."""
     _check(maps, masks)
     flat = masks.to(maps.device).flatten(1).bool()
     values = maps.flatten(1).float()
@@ -114,7 +121,7 @@ def relevance_rank(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     above, at = values > kth, values == kth
     places = (k - above.sum(1)).float()  # top-K places left for the pixels at the K-th value
     inside = (above & flat).sum(1) + places * (at & flat).sum(1) / at.sum(1).clamp_min(1)
-    score = inside / k.clamp_min(1)
+    score = torch.where(_constant(maps), torch.zeros_like(inside), inside / k.clamp_min(1))
     return torch.where(k > 0, score, torch.full_like(score, float("nan")))
 
 
