@@ -196,3 +196,11 @@ def test_the_bounded_resize_gives_the_view_of_the_plain_one(monkeypatch):
     monkeypatch.setattr(preprocessing, "MAX_RESIZED_PIXELS", 1 << 40)
     plain = np.asarray(pre.view(img), dtype=int)
     assert np.abs(bounded - plain).max() <= 2  # 8-bit levels
+
+
+def test_close_class_names_ignore_case_and_underscores():
+    from visionlens.models.zoo import close_class_names
+
+    names = ["tabby cat", "tiger", "lab coat"]
+    assert close_class_names("Tabby_Cats", names)[0] == "tabby cat"
+    assert close_class_names("TIGER", names) == ["tiger"]

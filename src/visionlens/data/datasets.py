@@ -291,6 +291,8 @@ def match_classes(names: list[str], model_classes, model: str, data: str, flag: 
     model without class names takes the data's own order (sorted folders, ``ClassLabel`` order), as
     torchvision's ImageFolder does; one :class:`InputError` line names a class that matches nothing
     (``{flag} {data}: {noun} 'NAME' is none of the classes ...``)."""
+    from ..models.zoo import close_class_names
+
     if model_classes is None:
         return [int(n) if is_class_number(n) else i for i, n in enumerate(names)]
     keys = class_keys(model_classes)
@@ -298,7 +300,7 @@ def match_classes(names: list[str], model_classes, model: str, data: str, flag: 
     for name in names:
         found = class_index(name, model_classes, keys)
         if found is None:
-            close = difflib.get_close_matches(name, list(model_classes), n=4, cutoff=0.5)
+            close = close_class_names(name, model_classes, cutoff=0.5)
             hint = f"; close names: {', '.join(close)}" if close else ""
             raise InputError(f"{flag} {data}: {noun} {name!r} is none of the classes of model '{model}'{hint} "
                              "(name it by class index or by one of the model's class names)")

@@ -45,6 +45,17 @@ def class_name_key(name: str) -> str:
     return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
+def close_class_names(name: str, names, n: int = 4, cutoff: float = 0.6) -> list[str]:
+    """Up to ``n`` of ``names`` close to ``name``, compared as :func:`class_name_key` compares them
+    (``Cats`` is close to ``cat``), returned as the model spells them."""
+    import difflib
+
+    by_key: dict[str, str] = {}
+    for known in names:
+        by_key.setdefault(class_name_key(known), known)
+    return [by_key[k] for k in difflib.get_close_matches(class_name_key(name), list(by_key), n=n, cutoff=cutoff)]
+
+
 @lru_cache(maxsize=1)
 def _imagenet_aliases() -> dict[str, int]:
     """Class index by WordNet ID and by each WordNet lemma of a class (``tabby``, ``tiger cat``,
@@ -140,9 +151,7 @@ class ZooModel:
         if not found and alias is not None:
             found = [alias]
         if not found:
-            import difflib
-
-            close = difflib.get_close_matches(spec, names, n=4)
+            close = close_class_names(spec, names)
             hint = f"; close names: {', '.join(close)}" if close else ""
             raise InputError(f"unknown class {spec!r} for {self.name}{hint} (or give a class index)")
         return found[0]
