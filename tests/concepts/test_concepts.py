@@ -18,22 +18,11 @@ from visionlens.concepts.collect import collect_rows, from_rows, to_rows
 from visionlens.concepts.sources import open_source
 from visionlens.errors import InputError
 from visionlens.metrics.concepts import COHERENCE_MODES, coherence, concept_scores, faith, fidelity
-from visionlens.models import load_model
 
 from helpers import assert_same_state, snapshot
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def world_cnn():
-    return load_model("world-cnn")
-
-
-@pytest.fixture(scope="module")
-def world_source(world_cnn):
-    return open_source("world:val", world_cnn)
 
 
 def test_identity_reducer_gives_full_fidelity_and_model_is_untouched(world_cnn, world_source):

@@ -11,22 +11,10 @@ import pytest
 import visionlens.concepts.run as run_module
 from visionlens.cli import main
 from visionlens.concepts.sheet import fixed
-from visionlens.concepts.sources import open_source
-from visionlens.models import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NMF = ["concepts", "--model", "world-cnn", "--layer", "layer3", "--reducer", "nmf", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def world_cnn():
-    return load_model("world-cnn")
-
-
-@pytest.fixture(scope="module")
-def world_source(world_cnn):
-    return open_source("world:val", world_cnn)
 
 
 def _tree(folder) -> dict[str, bytes]:

@@ -86,11 +86,15 @@ def test_a_box_target_explains_the_detection_it_overlaps(weights, photos, tmp_pa
     assert target["why"].startswith("box ") and np.allclose(target["box"], box, atol=1e-3)
 
 
-def test_bad_boxes_are_one_line_before_any_work(weights, photos, tmp_path, capsys):
-    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{DETECTOR}", "--weights",
-                        str(weights / "det.pt"), "--target", "10,10,5,40", "--out", str(tmp_path / "o"))
+@pytest.mark.parametrize("model, file, target, message", [
+    (DETECTOR, "det.pt", "10,10,5,40", "x1 > x0"),
+    (SEGMENTER, "seg.pt", "10,10,50,50", "boxes choose detections"),  # a box given to a segmenter
+])
+def test_bad_boxes_are_one_line_before_any_work(weights, photos, tmp_path, capsys, model, file, target, message):
+    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{model}", "--weights",
+                        str(weights / file), "--target", target, "--out", str(tmp_path / "o"))
     assert code == 2
-    one_error_line(io.err, "x1 > x0")
+    one_error_line(io.err, message)
     assert not (tmp_path / "o").exists()
 
 
@@ -149,14 +153,6 @@ def test_boxes_and_classes_together_and_what_matches_nothing_is_skipped(weights,
     code, io = _explain(capsys, str(photos / "a.png"), *det, "--target", "500,500,510,510", "--out", str(out))
     assert code == 1
     one_error_line(io.err, "a.png", "no detection overlaps this box")
-
-
-def test_a_box_given_to_a_segmenter_says_boxes_are_for_detectors(weights, photos, tmp_path, capsys):
-    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{SEGMENTER}", "--weights",
-                        str(weights / "seg.pt"), "--target", "10,10,50,50", "--out", str(tmp_path / "o"))
-    assert code == 2
-    one_error_line(io.err, "boxes choose detections")
-    assert not (tmp_path / "o").exists()
 
 
 def test_a_classifier_only_method_on_a_detector_is_one_line_before_any_work(weights, photos, tmp_path, capsys):

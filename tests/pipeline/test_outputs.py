@@ -127,7 +127,7 @@ def test_a_write_check_failure_leaves_no_folder(tmp_path, photo, capsys, monkeyp
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     assert _explain(img, "--out", tmp_path / "new") == 2
-    assert "cannot write there" in one_error_line(capsys.readouterr().err)
+    assert "cannot write in" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "new").exists()
 
 

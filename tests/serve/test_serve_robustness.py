@@ -174,6 +174,21 @@ def test_ctrl_c_while_a_scorecam_job_runs_exits_cleanly(tmp_path, imagenet_photo
 # --- 2. a results folder with a broken settings.json -----------------------------------------
 
 
+def _record_maps_of_a_run(tiny_app, settings: bytes, model: str):
+    """GET /api/record-maps of a results folder 'run1' with one record of ``model`` and ``settings``."""
+    from fastapi.testclient import TestClient
+
+    create_app, explorer = tiny_app
+    run = explorer.results / "run1"
+    run.mkdir()
+    (run / "index.html").write_text("<html></html>\n")
+    (run / "results.jsonl").write_text(json.dumps({"image": "chelsea.png", "model": model, "method": "gradcam",
+                                                   "label": 1, "metrics": {"deletion": 0.1}}) + "\n")
+    (run / "settings.json").write_bytes(settings)
+    client = TestClient(create_app(explorer), raise_server_exceptions=False)
+    return client.get("/api/record-maps", params={"run": "run1", "image": "chelsea.png", "model": model})
+
+
 @pytest.mark.parametrize("settings, words", [
     ("{bad json", ["not valid JSON"]),
     ("[1, 2]", ["holds a list", "not an object"]),
@@ -184,17 +199,8 @@ def test_ctrl_c_while_a_scorecam_job_runs_exits_cleanly(tmp_path, imagenet_photo
     ('{"data": "samples"}', ["'data' is a string"]),
 ])
 def test_a_broken_settings_json_is_a_one_line_400_naming_the_folder_and_the_file(tiny_app, settings, words):
-    from fastapi.testclient import TestClient
-
-    create_app, explorer = tiny_app
-    run = explorer.results / "run1"
-    run.mkdir()
-    (run / "index.html").write_text("<html></html>\n")
-    (run / "results.jsonl").write_text(json.dumps({"image": "chelsea.png", "model": "mobilenet_v2", "method": "gradcam",
-                                                   "label": 285, "metrics": {"deletion": 0.1}}) + "\n")
-    (run / "settings.json").write_bytes(settings if isinstance(settings, bytes) else settings.encode())
-    client = TestClient(create_app(explorer), raise_server_exceptions=False)
-    response = client.get("/api/record-maps", params={"run": "run1", "image": "chelsea.png", "model": "mobilenet_v2"})
+    response = _record_maps_of_a_run(tiny_app, settings if isinstance(settings, bytes) else settings.encode(),
+                                     "mobilenet_v2")
     one_line_error(response, 400, "results folder 'run1'", "settings.json", *words)
 
 
@@ -204,21 +210,8 @@ def test_a_broken_settings_json_is_a_one_line_400_naming_the_folder_and_the_file
     ({"models": {}, "data": {"kind": "folder", "path": ""}}, ["settings.json", "'folder' data"]),
 ])
 def test_settings_of_the_wrong_shape_inside_are_one_line_400s(tiny_app, settings, words):
-    from fastapi.testclient import TestClient
-
-    create_app, explorer = tiny_app
-    run = explorer.results / "run1"
-    run.mkdir()
-    (run / "index.html").write_text("<html></html>\n")
-    (run / "results.jsonl").write_text(json.dumps({"image": "chelsea.png", "model": "tiny", "method": "gradcam",
-                                                   "label": 1, "metrics": {"deletion": 0.1}}) + "\n")
-    (run / "settings.json").write_text(json.dumps(settings))
     name = "mobilenet_v2" if "mobilenet_v2" in settings["models"] else "tiny"
-    if name == "mobilenet_v2":
-        (run / "results.jsonl").write_text((run / "results.jsonl").read_text().replace('"tiny"', '"mobilenet_v2"'))
-    client = TestClient(create_app(explorer), raise_server_exceptions=False)
-    response = client.get("/api/record-maps", params={"run": "run1", "image": "chelsea.png", "model": name})
-    one_line_error(response, 400, *words)
+    one_line_error(_record_maps_of_a_run(tiny_app, json.dumps(settings).encode(), name), 400, *words)
 
 
 # --- 3. every error is {"error": "..."} ------------------------------------------------------
