@@ -807,3 +807,23 @@ def test_a_plain_image_without_proposals_says_what_to_try(tmp_path, capsys):
     Image.new("RGB", (32, 32), (120, 120, 120)).save(photo)
     assert main(["refer", str(photo), "the red square", "--out", str(tmp_path / "o")]) == 2
     assert "try --proposer" in one_error_line(capsys)
+
+
+def test_benchmark_sizes_are_bounded_and_rendering_shows_progress(tmp_path, capsys):
+    """--n-test holds every rendered scene in memory: above the bound it is one line before any
+    work; the scenes are counted on a progress bar as they are rendered."""
+    from visionlens_refer.lgd.cli import MAX_SAMPLES
+    from visionlens_refer.lgd.synthetic import benchmark
+
+    assert main(["refer", "--benchmark", "--n-test", str(MAX_SAMPLES + 1), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"must be at most {MAX_SAMPLES}" in err and not (tmp_path / "o").exists()
+
+    class Bar:
+        done = 0
+
+        def update(self, n=1):
+            self.done += n
+
+    bar = Bar()
+    assert len(benchmark("val", 5, seed=0, bar=bar)) == 5 and bar.done == 5

@@ -68,7 +68,10 @@ def ablation_table(encoder, describer, proposer, n_val: int = 200, n_test: int =
     ``samples`` = (val, test) lists reuses already rendered benchmark samples."""
     torch.set_num_threads(1)
     lgd = LGD(encoder, describer, LGDConfig())
-    val_s, test_s = samples or (benchmark("val", n_val, seed), benchmark("test", n_test, seed))
+    if samples is None:
+        bar = Progress(n_val + n_test, "rendering scenes", enabled=progress)
+        samples = benchmark("val", n_val, seed, bar=bar), benchmark("test", n_test, seed, bar=bar)
+    val_s, test_s = samples
     val = collect(val_s, lgd, proposer, progress)
     test = collect(test_s, lgd, proposer, progress)
     table = []

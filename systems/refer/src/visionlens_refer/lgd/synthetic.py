@@ -172,9 +172,10 @@ def article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def benchmark(split: str = "test", n: int = 300, seed: int = 0, chunk: int = 64) -> list[ReferSample]:
+def benchmark(split: str = "test", n: int = 300, seed: int = 0, chunk: int = 64, bar=None) -> list[ReferSample]:
     """``n`` referring samples of ``split``: one expression per scene, the kinds taken in turn
-    (a scene without an expression of the turn's kind gives another kind)."""
+    (a scene without an expression of the turn's kind gives another kind). ``bar``: a progress bar
+    advanced once per sample."""
     samples, start = [], 0
     while len(samples) < n:
         for index, (image, entities) in enumerate(make_scenes(split, range(start, start + chunk), seed), start):
@@ -185,5 +186,7 @@ def benchmark(split: str = "test", n: int = 300, seed: int = 0, chunk: int = 64)
                 pick = [x for x in exprs if x[1] == want] or exprs
                 text, kind, ref = pick[int(rng.integers(len(pick)))]
                 samples.append(ReferSample(f"{split}-{seed}-{index}", image, entities, text, kind, ref))
+                if bar is not None:
+                    bar.update(1)
         start += chunk
     return samples
