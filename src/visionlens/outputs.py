@@ -147,14 +147,22 @@ def _check_writable(out: Path, folders: Iterable[Path], flag: str) -> None:
                                  f"choose another {flag}")
             if not os.access(folder, os.W_OK | os.X_OK):
                 raise InputError(f"{flag} {display(out)}: {display(folder)} is not writable; choose another {flag}")
-            try:  # the permission bits say yes to root, where a write still fails (/proc, a read-only mount)
-                fd, probe = tempfile.mkstemp(dir=folder, prefix=".visionlens-write-check.")
-                os.close(fd)
-                os.unlink(probe)
-            except OSError as err:
+            err = _write_error(folder)  # the permission bits say yes to root, where a write still fails (/proc)
+            if err is not None:
                 raise InputError(f"{flag} {display(out)}: cannot write in {display(folder)} "
-                                 f"({err.strerror or type(err).__name__}); choose another {flag}") from None
+                                 f"({err.strerror or type(err).__name__}); choose another {flag}")
             return
+
+
+def _write_error(folder: Path) -> OSError | None:
+    """Why a file cannot be written in ``folder`` (a probe file is made and removed), or None."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".visionlens-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return err
+    return None
 
 
 def check_out_file(dest: str | Path, force: bool = False, flag: str = "--out") -> None:
@@ -190,13 +198,10 @@ def make_out_dir(out: Path) -> bool:
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".visionlens-write-check.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
+    err = _write_error(out)
+    if err is not None:
         remove_if_empty(out, created)
-        raise InputError(f"--out {display(out)}: cannot write there ({err.strerror}); choose another --out") from None
+        raise InputError(f"--out {display(out)}: cannot write there ({err.strerror}); choose another --out")
     return created
 
 

@@ -11,9 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-
-from ..core.layers import resolve_layer
+from ..core.layers import model_device, resolve_layer
 from ..errors import InputError, VisionlensWarning
 from ..metrics.concepts import DEFAULT_COHERENCE, average_scores
 from ..io import save_atomic
@@ -132,15 +130,11 @@ def _class_name(source, cls: int) -> str:
 
 def _check_layer(net, name: str, module, source, cls: int, n_concepts: int) -> None:
     """Refuse a layer without a 4-D feature map, or fewer channels than ``n_concepts`` (one image of ``cls``)."""
-    act = layer_activations(net, name, module, source.load(source.items(cls, 1))["x"].to(_device(net)))
+    act = layer_activations(net, name, module, source.load(source.items(cls, 1))["x"].to(model_device(net)))
     channels = act.shape[1]
     if n_concepts > channels:
         raise InputError(f"--n-concepts {n_concepts} is more than the {channels} channels of layer '{name}'; "
                          f"choose at most {channels}")
-
-
-def _device(net):
-    return next(iter(net.parameters()), torch.empty(0)).device
 
 
 def _warn_few_images(counts: dict[int, int], coherence: str) -> None:

@@ -59,7 +59,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 15
     if len(tied):
         near = _dilated(masks[tied], tolerance).flatten(1)
         hit[tied] = (near & peaks[tied]).sum(1).float() / peaks[tied].sum(1)
-    hit[_constant(maps)] = 0.0
+    hit[peaks.all(1)] = 0.0  # a constant map: every pixel is a peak
     return torch.where(masks.flatten(1).any(1), hit, torch.full_like(hit, float("nan")))
 
 
