@@ -63,6 +63,13 @@ def test_match_classes_names_the_flag_and_the_kind_of_name():
         match_classes(["cat", "cow"], ("cat", "big dog"), "m", "root", flag="--images", noun="folder")
 
 
+def test_a_model_without_class_names_reads_numbers_as_indices_only_when_every_class_is_one():
+    assert match_classes(["0", "2", "7"], None, "m", "d") == [0, 2, 7]
+    assert match_classes(["apple", "pear"], None, "m", "d") == [0, 1]
+    # '1' and 'apple' used to be class 1 both: a mix takes the folder order, as ImageFolder does
+    assert match_classes(["1", "apple"], None, "m", "d") == [0, 1]
+
+
 # ---- labels.csv ----------------------------------------------------------------------------------
 
 

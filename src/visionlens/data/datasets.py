@@ -287,14 +287,16 @@ def match_classes(names: list[str], model_classes, model: str, data: str, flag: 
     """The model's class index of each data class name: a whole number is an index, any other name
     is matched to the model's class names (case, ``_``, ``-`` and space insensitive) or, for a
     1,000-class model, read as an ImageNet WordNet ID (``n01440764``: ImageNet's own folder names)
-    or WordNet lemma (``tench``, ``tiger cat``: the names torchvision and Keras use). A
-    model without class names takes the data's own order (sorted folders, ``ClassLabel`` order), as
-    torchvision's ImageFolder does; one :class:`InputError` line names a class that matches nothing
-    (``{flag} {data}: {noun} 'NAME' is none of the classes ...``)."""
+    or WordNet lemma (``tench``, ``tiger cat``: the names torchvision and Keras use). A model
+    without class names reads the classes as indices when every one is a whole number, else takes
+    the data's own order (sorted folders, ``ClassLabel`` order), as torchvision's ImageFolder does.
+    One :class:`InputError` line names a class that matches nothing (``{flag} {data}: {noun} 'NAME'
+    is none of the classes ...``)."""
     from ..models.zoo import close_class_names
 
     if model_classes is None:
-        return [int(n) if is_class_number(n) else i for i, n in enumerate(names)]
+        numbered = all(is_class_number(n) for n in names)
+        return [int(n) for n in names] if numbered else list(range(len(names)))
     keys = class_keys(model_classes)
     out = []
     for name in names:
