@@ -66,3 +66,21 @@ def test_the_attnlrp_example(world_inputs):
 def test_the_similarity_naflow_example(world_inputs):
     scope = _run("naflow.md", 1, a=world_inputs["x"][:1], b=world_inputs["x_ref"][:1])
     assert scope["pair"].query.flow.shape[:2] == (1, 6)
+
+
+# ---- docs/guides/switching.md: each example runs the other library and ours; they must agree ------
+
+
+def _agree(scope: dict, atol: float) -> None:
+    theirs, ours = (torch.as_tensor(scope[name]).detach().float() for name in ("theirs", "ours"))
+    assert theirs.shape == ours.shape
+    assert float(theirs.abs().max()) > 0  # a degenerate (all-zero) example would agree trivially
+    assert torch.allclose(ours, theirs, atol=atol * float(theirs.abs().max()), rtol=0), \
+        float((ours - theirs).abs().max())
+
+
+@pytest.mark.parametrize("index, library", [(0, "pytorch_grad_cam"), (1, "captum"), (2, "captum"), (3, "torchcam"),
+                                            (4, "quantus")])
+def test_the_switching_examples_agree_with_the_other_library(index, library):
+    pytest.importorskip(library)
+    _agree(_run("guides/switching.md", index), atol=1e-4)
