@@ -152,6 +152,35 @@ def test_torchvision_pretrained_loads_from_torch_hub_cache(tmp_path, monkeypatch
     assert (weights.transforms()(photo) - zoo.preprocess(photo)).abs().max() < 1e-5
 
 
+class _TouchOnLoad:
+    """Unpickling this runs code: it creates ``marker`` (what a tampered checkpoint could do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_cached_torchvision_checkpoint_is_loaded_weights_only(tmp_path, monkeypatch):
+    """torchvision's enums load cached files with ``weights_only=False`` and no hash check; here no
+    pickled code in the cached file runs: the load is refused in one line."""
+    import torchvision.models._api as tv_api
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = tvm.get_model_weights("mobilenet_v3_small").DEFAULT
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    state = dict(tvm.mobilenet_v3_small().state_dict())
+    state["extra"] = _TouchOnLoad(tmp_path / "code-ran")
+    torch.save(state, checkpoints / Path(weights.url).name)
+    loader = tv_api.load_state_dict_from_url
+    with pytest.raises(InputError, match="cannot load the pretrained weights of torchvision:mobilenet_v3_small"):
+        load_model("torchvision:mobilenet_v3_small")
+    assert not (tmp_path / "code-ran").exists()
+    assert tv_api.load_state_dict_from_url is loader  # torchvision's loader is restored
+
+
 def test_torchvision_download_failure_is_one_line(tmp_path, monkeypatch):
     import torch.hub
 

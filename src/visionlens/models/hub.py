@@ -9,13 +9,15 @@ processor. A download that cannot happen is one line naming the offline route.""
 
 from __future__ import annotations
 
-import inspect
 from contextlib import contextmanager, nullcontext, redirect_stdout
+from functools import partial
+import inspect
 import io
 import math
 import os
 from pathlib import Path
 import socket
+import threading
 from urllib.parse import urlsplit
 
 from torch import nn
@@ -174,11 +176,30 @@ def torchvision_model(name: str, num_classes: int | None = None, pretrained: boo
     try:
         # torch.hub writes 'Downloading: "URL" to FILE' to stdout whatever `progress` says: kept off
         # the terminal, so that a download that cannot happen is the one line below
-        with redirect_stdout(io.StringIO()):
+        with redirect_stdout(io.StringIO()), _torchvision_weights_only():
             return tvm.get_model(name, weights=weights, progress=False, **kwargs)
     except Exception as err:
         raise InputError(f"cannot load the pretrained weights of torchvision:{name} ({_one_line(err)}); "
                          "on a machine without internet give a local file with --weights FILE") from None
+
+
+_TORCHVISION_LOADER_LOCK = threading.Lock()
+
+
+@contextmanager
+def _torchvision_weights_only():
+    """torchvision's weights enums load their checkpoint through ``torch.hub.load_state_dict_from_url``
+    with its default ``weights_only=False``, and a file already in the cache is not hash-checked, so
+    pickled code in it would run. For the duration, that loader is called with ``weights_only=True``."""
+    from torchvision.models import _api
+
+    with _TORCHVISION_LOADER_LOCK:
+        original = _api.load_state_dict_from_url
+        _api.load_state_dict_from_url = partial(original, weights_only=True)
+        try:
+            yield
+        finally:
+            _api.load_state_dict_from_url = original
 
 
 def dense_task(module: nn.Module) -> str | None:
