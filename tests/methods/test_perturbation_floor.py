@@ -59,6 +59,44 @@ def test_the_copy_is_chosen_once_and_renewed_when_the_weights_change():
         assert isinstance(kept.inner.features[1], torch.nn.BatchNorm2d)  # the kept pair stays unfolded
 
 
+class _Relabelled(TinyGapNet):
+    shift = 0  # a plain attribute that renumbers the classes
+
+    def forward(self, x):
+        return super().forward(x).roll(self.shift, 1)
+
+
+def _weights_through_data(net):
+    net.fc.weight.data.copy_(net.fc.weight.data.roll(1, 0))  # through .data: no new tensor, no version bump
+
+
+def _a_hook(net):
+    net.fc.register_forward_hook(lambda module, inputs, output: output.roll(1, 1))
+
+
+def _an_attribute(net):
+    net.shift = 1
+
+
+@pytest.mark.parametrize("change", [_weights_through_data, _a_hook, _an_attribute])
+@pytest.mark.parametrize("method", [ScoreCAM, AblationCAM])
+def test_a_model_changed_since_the_last_call_is_explained_as_it_is_now(method, change):
+    """The kept copy (and Ablation-CAM's checked tail) came from the model before the change; a
+    change that keeps every parameter tensor (a ``.data`` update, a hook, a plain attribute) must
+    not leave the maps those of the old model."""
+    torch.manual_seed(0)
+    net = _Relabelled().eval()
+    x = torch.randn(2, 3, 32, 32)
+    explain = method(net, "features")
+    before = explain(x, [1, 2]).maps
+    change(net)
+    after = explain(x, [1, 2]).maps  # the same instance, as a loop over batches would call it
+    plain = method(net, "features", batch_size=64, inference_copy=False)(x, [1, 2]).maps
+    assert (plain - before).abs().amax() > 2e-3  # the change matters to the maps (20x the tolerance)
+    torch.testing.assert_close(after, plain, rtol=0, atol=1e-4)
+    torch.testing.assert_close(method(net, "features")(x, [1, 2]).maps, plain, rtol=0, atol=1e-4)
+
+
 def test_an_explicit_batch_size_bounds_every_masked_pass(monkeypatch):
     torch.manual_seed(0)
     net = TinyGapNet().eval()

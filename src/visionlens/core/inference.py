@@ -258,14 +258,17 @@ def fastest_checked_copy(module: nn.Module, x: torch.Tensor, batch: int, keep: t
     """The fastest of ``module`` itself and its folded copies (channels-last, and in the default
     memory format) that match it on ``x[:4]`` (as :func:`checked_inference_copy`), timed by one
     forward of ``batch`` images like ``x``. Kept per model, and reused while the model's parameters,
-    ``keep``, the image size and the device are unchanged, so a method called on many batches
-    pays the choice once. ``keep``: modules not folded (see :func:`fold_batchnorm`)."""
+    ``keep``, the image size and the device are unchanged and the kept copy still matches the model
+    on ``x[:4]`` (a hook added since, an attribute or a ``.data`` update changes the model without
+    changing its parameters' identity), so a method called on many batches pays the choice once.
+    ``keep``: modules not folded (see :func:`fold_batchnorm`)."""
     key = (_fingerprint(module), tuple(keep), tuple(x.shape[1:]), x.dtype, str(x.device))
-    cached = _FASTEST.get(module)
-    if cached is not None and cached["key"] == key:
-        return cached["copy"], cached["how"]
     probe = x[:4]
     ref = _reference(module, probe)
+    cached = _FASTEST.get(module)
+    if cached is not None and cached["key"] == key:
+        if cached["copy"] is module or _compare(ref, cached["copy"](probe), rtol)[1] is None:
+            return cached["copy"], cached["how"]
     candidates = {"model itself": module}
     for channels_last in (True, False):
         try:

@@ -233,8 +233,8 @@ class AblationCAM(PerturbationMethod):
             try:
                 fast = fastest_checked_copy(self.model, x, self.batch_size or 64, keep=(name,))[0]
                 key = (id(fast), name, tuple(x.shape), tuple(source.shape))
-                if key in self._checked:  # this copy, layer and size were checked on an earlier call
-                    return self._checked[key]
+                if key in self._checked and self._still_reproduces(self._checked[key][0], x, source, output):
+                    return self._checked[key]  # this copy, layer and size were checked on an earlier call
                 layer = fast.inner.get_submodule(name) if isinstance(fast, InferenceCopy) else module
                 run = self._traced(fast, name, source, output) or self._hooked(fast, layer, x, source, output)
                 if run is not None:
@@ -246,6 +246,16 @@ class AblationCAM(PerturbationMethod):
                 pass
         bound = min(self.batch_size or batch_bound(self.model, x), copies)
         return self._hooked(self.model, module, x, source, output), BatchSizer(bound, timed=False)
+
+    @staticmethod
+    def _still_reproduces(run: Runner, x: torch.Tensor, source: torch.Tensor, output: torch.Tensor) -> bool:
+        """Whether a runner checked on an earlier call still gives the model's logits from the
+        unablated activations: the model may have changed since (a hook, an attribute, a ``.data``
+        update) where its copy, or the traced tail, did not."""
+        try:
+            return _reproduces(run(source.clone(), torch.arange(len(source), device=x.device), x), output.detach())
+        except Exception:  # noqa: BLE001 - a runner that no longer runs: check again from the start
+            return False
 
     def _ablated_batches(self, source: torch.Tensor, rows: int, tokens: bool) -> AblatedBatches:
         """The buffer of ablated copies. On a CPU it is kept for later calls: a fresh buffer of
