@@ -4,6 +4,7 @@ keeping every field, and ``explain_many`` over any mix of methods."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -164,3 +165,72 @@ def test_a_similarity_input_of_another_dtype_is_one_line(name, tiny_net):
     for call in (lambda m: m(x, torch.randn(2, 16)), lambda m: m.pair(x[:1], x[1:])):
         with pytest.raises(InputError, match=r"the input is torch.float64 but the model's weights are torch.float32"):
             call(SIMILARITY_METHODS[name](embedder, **options))
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_torchscript_model_is_one_line_that_names_the_eager_module(name):
+    model, x = _model_and_input(name)
+    traced = torch.jit.trace(model, x)
+    with pytest.raises(InputError, match=r"^model is a TorchScript \w+, whose layers cannot be hooked; explain the eager"):
+        _build(name, traced)(x)
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS) - VIT_METHODS))
+def test_an_input_with_other_channels_than_the_model_takes_is_one_line(name):
+    model, x = _model_and_input(name)
+    before = snapshot(model)
+    with pytest.raises(InputError, match=r"^the input has 1 channels but a convolution of the model takes 3; give the "
+                                         r"model 3-channel images") as info:
+        _build(name, model)(x[:, :1])
+    assert "\n" not in str(info.value)
+    assert_same_state(before, snapshot(model))
+
+
+class _WrappedOutput(torch.nn.Module):
+    """TinyGapNet returning its logits inside a dict or a tuple, as many training codebases do."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.net, self.kind = TinyGapNet().eval(), kind
+
+    def forward(self, x):
+        logits = self.net(x)
+        return {"logits": logits} if self.kind == "dict" else (logits, logits.detach().softmax(1))
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+@pytest.mark.parametrize("name", sorted(set(METHODS) - VIT_METHODS))
+def test_logits_in_a_dict_or_a_tuple_are_explained_as_the_bare_logits(name, kind):
+    torch.manual_seed(0)
+    wrapped = _WrappedOutput(kind).eval()
+    x = torch.randn(2, 3, 32, 32)
+    got = METHODS[name](wrapped, "net.features")(x, [1, 3])
+    bare = METHODS[name](wrapped.net, "features")(x, [1, 3])
+    torch.testing.assert_close(got.maps, bare.maps, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS) - VIT_METHODS))
+def test_one_class_per_image_as_a_column_gives_one_map_per_image_and_class_or_one_line(name):
+    model, x = _model_and_input(name)
+    method = _build(name, model)
+    if not method.multi_target:
+        with pytest.raises(InputError, match=r"explains one class per image"):
+            method(x, [[1], [3]])
+        return
+    column = method(x, [[1], [3]])
+    assert column.maps.shape == (2, 1, 32, 32) and column.targets.shape == (2, 1)
+    torch.testing.assert_close(column.maps[:, 0], method(x, [1, 3]).maps, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", [np.int64(3), np.array(3), torch.tensor(3)], ids=["numpy-int", "0-d-array", "0-d-tensor"])
+def test_a_numpy_or_0_d_class_index_is_one_class_for_the_batch(target):
+    model, x = _model_and_input("gradcam")
+    assert GradCAM(model)(x, target).targets.tolist() == [3, 3]
+
+
+@pytest.mark.parametrize("target", [np.float64(3.0), torch.tensor(2.7), 2.5, np.bool_(True)])
+def test_a_number_that_is_not_a_class_index_is_one_line(target):
+    model, x = _model_and_input("gradcam")
+    with pytest.raises(InputError, match="target must be a class index"):
+        GradCAM(model)(x, target)

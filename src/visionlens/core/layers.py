@@ -9,10 +9,21 @@ import re
 import torch
 from torch import nn
 
-from ..errors import LayerError
+from ..errors import InputError, LayerError
 from .hooks import preserved_model_state
 
 _PART = re.compile(r"^([^\[\]]*)((?:\[-?\d+\])*)$")
+
+
+def eager_module(model) -> nn.Module:
+    """``model`` if it is an eager ``torch.nn.Module``, else one :class:`InputError` line (a
+    TorchScript module runs no Python hooks, so no method can read its layers)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InputError(f"model is a TorchScript {type(model).__name__}, whose layers cannot be hooked; explain the "
+                         "eager module it was scripted or traced from")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
 
 
 def layer_name(model: nn.Module, module: nn.Module) -> str:

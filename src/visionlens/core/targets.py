@@ -11,8 +11,10 @@ raw output, a Hugging Face ``ModelOutput`` included."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+import numbers
 from typing import Any, Callable, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..errors import InputError
@@ -53,6 +55,21 @@ def _class_logits(output: torch.Tensor) -> torch.Tensor:
     return output
 
 
+def _is_scalar(target) -> bool:
+    """One number: a Python or NumPy number, or a 0-d tensor or array."""
+    return isinstance(target, (numbers.Number, np.generic)) or (
+        isinstance(target, (torch.Tensor, np.ndarray)) and target.ndim == 0)
+
+
+def _is_integer(target) -> bool:
+    """A whole-number type (``2.0`` is not a class index)."""
+    if isinstance(target, torch.Tensor):
+        return not (target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool)
+    if isinstance(target, np.ndarray):
+        return np.issubdtype(target.dtype, np.integer)
+    return isinstance(target, numbers.Integral)
+
+
 def resolve_targets(target: Target, output: torch.Tensor | None, batch_size: int, raw=None) -> ClassTargets:
     """Validate ``target`` against the model ``output`` and return indices and scores.
 
@@ -74,9 +91,9 @@ def resolve_targets(target: Target, output: torch.Tensor | None, batch_size: int
     num_classes = logits.shape[1]
     if target is None:
         indices = logits.argmax(dim=1)
-    elif isinstance(target, bool):
+    elif isinstance(target, (bool, np.bool_)) or (_is_scalar(target) and not _is_integer(target)):
         raise InputError(f"target must be a class index, a list of indices or a callable, got {target!r}")
-    elif isinstance(target, int) or (torch.is_tensor(target) and target.dim() == 0):
+    elif _is_scalar(target):  # an int, a NumPy integer (np.argmax's result), a 0-d tensor or array
         if not 0 <= int(target) < num_classes:
             raise InputError(f"target class {int(target)} is out of range for a model with {num_classes} classes")
         indices = torch.full((batch_size,), int(target), dtype=torch.long, device=logits.device)

@@ -337,12 +337,18 @@ def find_swin(model: nn.Module) -> SwinAdapter | None:
 
 def model_output(output) -> torch.Tensor:
     """The tensor to explain from a model's output: a tensor as is, ``.logits`` of a Hugging Face
-    classifier, the [class] token of ``.last_hidden_state`` (a headless Hugging Face ViT), or the
-    ``out`` tensor of a dict (a torchvision segmentation model's ``OrderedDict``)."""
+    classifier, the [class] token of ``.last_hidden_state`` (a headless Hugging Face ViT), the
+    ``out`` tensor of a dict (a torchvision segmentation model's ``OrderedDict``), the ``logits``
+    tensor of a dict, or a dict's only tensor."""
     if torch.is_tensor(output):
         return output
-    if isinstance(output, dict) and not hasattr(output, "logits") and torch.is_tensor(output.get("out")):
-        return output["out"]
+    if isinstance(output, dict) and not hasattr(output, "logits"):
+        for key in ("out", "logits"):
+            if torch.is_tensor(output.get(key)):
+                return output[key]
+        tensors = [value for value in output.values() if torch.is_tensor(value)]
+        if len(tensors) == 1:
+            return tensors[0]
     if torch.is_tensor(getattr(output, "logits", None)):
         return output.logits
     if torch.is_tensor(getattr(output, "last_hidden_state", None)):

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from ..core.hooks import preserved_model_state
-from ..core.layers import model_device, resolve_layer
+from ..core.layers import eager_module, model_device, resolve_layer
 from ..core.targets import ClassTargets, Target, resolve_targets
+from ..core.vit import model_output
 from ..errors import InputError, LayerError, LRPError
 from .canonizers import Canonizer, canonized, default_canonizers
 from .composite import Composite, Unit, missing_rule_message
@@ -85,6 +86,9 @@ def initial_relevance(target: Target, output: torch.Tensor, contrastive: bool = 
     with torch.enable_grad():  # also when the caller is in torch.no_grad()
         targets = resolve_targets(target, leaf, output.shape[0])
         total = targets.scores.sum()
+    if targets.indices is not None and targets.indices.dim() == 2:
+        raise InputError(f"LRP explains one class per image: give a 1-D target, not a {tuple(targets.indices.shape)} "
+                         "one (call it once per class)")
     if targets.indices is None:
         if not targets.scores.requires_grad:
             raise InputError("the callable target's score does not depend on the model output")
@@ -117,9 +121,7 @@ class LRP:
     """
 
     def __init__(self, model: nn.Module, composite: Composite | None = None, canonizers: Sequence[Canonizer] | None = None):
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model = eager_module(model)
         self.composite = composite if composite is not None else Composite()
         self.canonizers = list(canonizers) if canonizers is not None else default_canonizers()
 
@@ -252,6 +254,10 @@ class LRP:
                             "express it as a module with a canonizer (visionlens.lrp.ResidualAdd.register)"
                         ) from None
                     raise
+            try:  # a tuple's first tensor, a Hugging Face output's logits, ...
+                output = model_output(output)
+            except InputError:
+                pass  # refused just below
             if not torch.is_tensor(output) or output.dim() != 2:
                 raise InputError("LRP needs a model whose output is a (B, num_classes) tensor")
             missing = [n for n in resolved if n not in state["captured"]]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import sys
 import warnings
 
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from ..core.hooks import ActivationCapture, autograd_ready, preserved_model_state
-from ..core.layers import check_spatial, find_last_spatial_layer, model_device, resolve_layer
+from ..core.layers import check_spatial, eager_module, find_last_spatial_layer, model_device, resolve_layer
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets, wants_raw_output
 from ..core.vit import find_swin, find_vit, model_output, spatial_transform
@@ -72,14 +73,23 @@ def default_layer(model: nn.Module, x: torch.Tensor) -> str:
         return find_last_spatial_layer(model, x)
 
 
+_CHANNELS_ERROR = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels")
+
+
 @contextlib.contextmanager
-def dtype_mismatch_as_input_error(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
+def input_mismatch_as_input_error(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
     """Turn PyTorch's error for an input whose dtype is not the model's (a float64 array from
-    NumPy, a float16 batch for a float32 model) into one :class:`InputError` line that says how
-    to fix it. Models that convert their input themselves (Hugging Face's) keep working."""
+    NumPy, a float16 batch for a float32 model), or whose channels are not what a convolution
+    takes (an RGB batch for a grayscale model), into one :class:`InputError` line that says how to
+    fix it. Models that convert their input themselves (Hugging Face's) keep working."""
     try:
         yield
     except RuntimeError as err:
+        channels = _CHANNELS_ERROR.search(str(err))
+        if channels is not None:
+            want, got = channels.groups()
+            raise InputError(f"the input has {got} channels but a convolution of the model takes {want}; give "
+                             f"the model {want}-channel images (a grayscale model: convert the images to 'L')") from err
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
         if dtype is None or x.dtype == dtype or "type" not in str(err):
             raise
@@ -88,10 +98,8 @@ def dtype_mismatch_as_input_error(model: nn.Module, x: torch.Tensor) -> Iterator
 
 
 def check_model(model) -> nn.Module:
-    """``model`` if it is a ``torch.nn.Module``, else one :class:`InputError` line."""
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return model
+    """``model`` if it is an eager ``torch.nn.Module``, else one :class:`InputError` line."""
+    return eager_module(model)
 
 
 class Method:
@@ -126,7 +134,7 @@ class Method:
     def run(self, x: torch.Tensor, target: Target = None) -> Explanation:
         """The explanation, without the flat-map check of :meth:`__call__`."""
         x = self.prepare(x)
-        with preserved_model_state(self.model), dtype_mismatch_as_input_error(self.model, x):
+        with preserved_model_state(self.model), input_mismatch_as_input_error(self.model, x):
             return self.explain(x, target)
 
     def explain(self, x: torch.Tensor, target: Target) -> Explanation:
@@ -343,7 +351,7 @@ def _explain_shared(methods, model, x, target) -> dict[str, Explanation]:
     finite = check_input(x, defer_finite=torch.is_tensor(x) and x.is_cuda)  # on a GPU, read it once at the end
     x = autograd_ready(x.to(model_device(model)))
     try:
-        with dtype_mismatch_as_input_error(model, x):
+        with input_mismatch_as_input_error(model, x):
             results = _explain_many(methods, model, x, target)
     except VisionlensError:
         if finite is not None:
@@ -378,11 +386,13 @@ def _explain_many(methods, model, x, target) -> dict[str, Explanation]:
                 target.select(torch.arange(x.shape[0], device=x.device))  # refuses early (a mask it needs)
             if output is None:  # no logits in the output (a detector's list of dicts): the explained scores
                 output = targets.scores.detach()[:, None]
-            per_image = 1 if targets.indices is None or targets.indices.dim() == 1 else targets.indices.shape[1]
-            if per_image > 1:  # K classes per image: one forward, one batched backward
+            several = targets.indices is not None and targets.indices.dim() == 2  # (B, K), K = 1 too
+            per_image = targets.indices.shape[1] if several else 1
+            if several:  # K classes per image: one forward, one batched backward
                 for m in methods:
                     if not m.multi_target:
-                        raise InputError(f"{m.name} explains one class per image; call it once per class")
+                        raise InputError(f"{m.name} explains one class per image: give a 1-D target, not a "
+                                         f"{tuple(targets.indices.shape)} one (call it once per class)")
                 activation = activation.repeat_interleave(per_image, dim=0)
                 flat = ClassTargets(targets.indices.flatten(), targets.scores)
                 repeated = output.repeat_interleave(per_image, dim=0)
@@ -395,7 +405,7 @@ def _explain_many(methods, model, x, target) -> dict[str, Explanation]:
     results = {}
     for m, raw in zip(methods, raws):
         maps = normalize_maps(raw, x.shape[-2:], relu=m.relu)
-        if per_image > 1:
+        if several:
             raw = raw.view(x.shape[0], per_image, *raw.shape[1:])
             maps = maps.view(x.shape[0], per_image, *maps.shape[1:])
         results[m.name] = Explanation(maps=maps, raw=raw, targets=indices, scores=targets.scores.detach(),

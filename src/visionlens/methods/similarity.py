@@ -19,7 +19,7 @@ from ..core.result import Explanation
 from ..core.similarity import SimilarityTarget, as_references, check_embeddings, check_metric
 from ..errors import InputError
 from ..models.embedder import Embedder
-from .base import Method, check_input, dtype_mismatch_as_input_error
+from .base import Method, check_input, input_mismatch_as_input_error
 from .gradcam import GradCAM
 from .relevance_cam import RelevanceCAM
 
@@ -173,7 +173,7 @@ class SimilarityMethod(Method):
 
     def __call__(self, x: torch.Tensor, reference) -> SimilarityExplanation:
         check_input(x)
-        with dtype_mismatch_as_input_error(self.model, x):
+        with input_mismatch_as_input_error(self.model, x):
             refs = self.references(reference, x.shape[0])
             return self.explain(x, refs)
 
@@ -184,7 +184,7 @@ class SimilarityMethod(Method):
         """Explain each pair ``(a[i], b[i])`` both ways: ``a`` against ``b`` and ``b`` against ``a``
         (one batch of ``2B``). ``b`` may hold one image for all of ``a``."""
         x = pair_batch(a, b)
-        with dtype_mismatch_as_input_error(self.model, x):
+        with input_mismatch_as_input_error(self.model, x):
             e = self.embed(x)
             n = a.shape[0]
             refs = torch.cat([e[n:], e[:n]])[:, None]

@@ -49,7 +49,7 @@ from ...core.targets import ClassTargets, Target, resolve_targets
 from ...core.vit import model_output
 from ...errors import InputError, LayerError
 from ...models.embedder import Embedder
-from ..base import FlowMethod, check_input, dtype_mismatch_as_input_error
+from ..base import FlowMethod, check_input, input_mismatch_as_input_error
 from ..similarity import PairExplanation, SimilarityExplanation, SimilarityMethod, _split, pair_batch
 
 
@@ -495,7 +495,7 @@ class SimilarityNAFlow(SimilarityMethod):
         against ``a[i]`` (one batch of ``2B``; ``b`` may hold one image for all of ``a``)."""
         x = pair_batch(a, b)
         n = a.shape[0]
-        with dtype_mismatch_as_input_error(self.model, x):
+        with input_mismatch_as_input_error(self.model, x):
             e = self.embed(x)
             exp = self.explain(x, torch.cat([e[n:], e[:n]])[:, None])
         parts = []
