@@ -316,3 +316,20 @@ def test_a_full_backward_hook_of_the_callers_does_not_stop_lrp():
     hooked = RelevanceCAM(model, "layer3")(x).maps
     torch.testing.assert_close(hooked, plain, rtol=1e-5, atol=1e-6)
     assert len(model.layer4._backward_hooks) == 1
+
+
+def test_a_module_called_twice_is_explained_at_its_last_call_as_every_method_does():
+    """torchvision's BasicBlock runs its one ReLU twice; its last call is the block's output, as
+    Grad-CAM's activation capture reads it (Relevance-CAM used to read the first call)."""
+    from visionlens import GradCAM, RelevanceCAM
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    att = LRP(model).attribute(x, [1, 2], layers=["layer4.1.relu", "layer4"])  # the ReLU's first call is the leaf
+    torch.testing.assert_close(att.relevance["layer4.1.relu"], att.relevance["layer4"], rtol=0, atol=1e-7)
+    shared, block = RelevanceCAM(model, "layer4.1.relu")(x, [1, 2]), RelevanceCAM(model, "layer4")(x, [1, 2])
+    assert shared.raw.abs().amax() > 0
+    torch.testing.assert_close(shared.raw, block.raw, rtol=0, atol=1e-6)
+    torch.testing.assert_close(GradCAM(model, "layer4.1.relu")(x, [1, 2]).raw, GradCAM(model, "layer4")(x, [1, 2]).raw,
+                               rtol=0, atol=1e-6)

@@ -158,10 +158,11 @@ class LRP:
 
         def capture(name: str):
             def hook(module, args, output):
-                if name in state["captured"]:
-                    return None  # a module called twice: its first call is the one explained
                 if not torch.is_tensor(output):
                     raise LayerError(f"layer '{name}' returns {type(output).__name__}, not a tensor; choose another layer")
+                if name in state["captured"]:  # a module called again (a block's shared ReLU): like every
+                    state["captured"][name] = output  # method, explain its last call (the graph runs through it)
+                    return None
                 if state["leaf"] is None:
                     leaf = output.detach().requires_grad_(True)
                     torch.set_grad_enabled(True)  # restored when the caller's no_grad block exits
