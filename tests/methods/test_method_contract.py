@@ -234,3 +234,38 @@ def test_a_number_that_is_not_a_class_index_is_one_line(target):
     model, x = _model_and_input("gradcam")
     with pytest.raises(InputError, match="target must be a class index"):
         GradCAM(model)(x, target)
+
+
+def test_explain_many_refuses_two_methods_of_one_name():
+    model, x = _model_and_input("gradcam")
+    with pytest.raises(InputError, match="explain_many got two methods named 'gradcam'"):
+        explain_many([GradCAM(model, "features.0"), GradCAM(model, "features.3")], x)
+
+
+class _LinearProbe(torch.nn.Module):
+    """A linear probe on a frozen backbone that the forward runs under ``torch.no_grad()``."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = TinyGapNet().features
+        self.head = torch.nn.Linear(16, 5)
+
+    def forward(self, x):
+        with torch.no_grad():
+            features = self.backbone(x).mean((2, 3))
+        return self.head(features)
+
+
+@pytest.mark.parametrize("name", ["gradcam", "naflow"])
+def test_a_forward_that_cuts_the_gradient_is_one_line_that_says_so(name):
+    torch.manual_seed(0)
+    with pytest.raises(VisionlensError, match=r"the model's forward cuts the gradient after it, e\.g\. with "
+                                              r"torch\.no_grad\(\)") as info:
+        METHODS[name](_LinearProbe().eval(), "backbone")(torch.randn(2, 3, 32, 32))
+    assert "\n" not in str(info.value)
+
+
+def test_relevance_cam_on_a_compiled_model_names_the_module_before_compiling():
+    compiled = torch.compile(TinyGapNet().eval())  # nothing is compiled until it runs
+    with pytest.raises(InputError, match=r"explain the module before compiling it \(model\._orig_mod\)"):
+        RelevanceCAM(compiled)

@@ -217,3 +217,26 @@ def test_retrieve_checks_its_folder_before_embedding_the_gallery(world_files, tm
     assert main(["retrieve", str(queries[0]), "--gallery", str(gallery), "--model", "world-metric", "--device", "cpu",
                  "--out", str(out), "--quiet", "--no-cache"]) == 2
     assert "index.html exists" in capsys.readouterr().err and (out / "index.html").read_text() == "the user's page"
+
+
+def test_an_embedder_of_a_grayscale_model_probes_it_with_one_channel():
+    torch.manual_seed(0)
+    gray = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    emb = visionlens.embedder(gray)  # the probe used to be an RGB image: PyTorch's channel error
+    assert emb(torch.randn(2, 1, 40, 40)).shape == (2, 8)
+
+
+def test_an_embedder_of_a_fixed_size_model_is_one_line_that_names_input_size():
+    class FixedSize(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4 * 30 * 30, 5)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    with pytest.raises(InputError, match=r"^cannot find the layer to pool: a blank 3x224x224 image does not run .* "
+                                         r"give input_size= or the layer$"):
+        visionlens.embedder(FixedSize())
+    assert visionlens.embedder(FixedSize(), input_size=32)(torch.randn(1, 3, 32, 32)).shape == (1, 4)

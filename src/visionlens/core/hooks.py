@@ -101,6 +101,13 @@ def autograd_ready(x: torch.Tensor) -> torch.Tensor:
         return x.clone()
 
 
+def gradient_cut_message(names) -> str:
+    """The error for a target score that no gradient links to the layers ``names``."""
+    return (f"the target score does not depend on layer(s) {list(names)}: choose a layer on the path to the output "
+            "(if it is on that path, the model's forward cuts the gradient after it, e.g. with torch.no_grad() or "
+            ".detach(), as a linear probe on a frozen backbone does)")
+
+
 class ActivationCapture:
     """Record the outputs of named modules during one forward pass.
 
@@ -179,7 +186,7 @@ class ActivationCapture:
             return self._grad_cache[key][1]
         acts = [self.get(n) for n in names]
         if not score.requires_grad:
-            raise LayerError(f"the target score does not depend on layer(s) {names}; choose a layer before the output")
+            raise LayerError(gradient_cut_message(names))
         if score.dim() == 2:  # (B, K) scores: K gradients per image from one batched backward
             grads = self._batched_gradients(score, acts)
         else:

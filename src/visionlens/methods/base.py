@@ -276,6 +276,10 @@ def explain_many(methods: Sequence, x: torch.Tensor, target: Target = None) -> d
     model = methods[0].model
     if any(m.model is not model for m in methods):
         raise InputError("explain_many needs methods built on the same model")
+    names = [m.name for m in methods]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:  # the result is one Explanation per name
+        raise InputError(f"explain_many got two methods named '{twice}'; call it once per {twice} setting")
     shared = [m for m in methods if isinstance(m, ClassActivationMethod) and m.shares_pass]
     results = {m.name: m.run(x, target) for m in methods if m not in shared}
     if shared:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.layers import find_last_spatial_layer, resolve_layer
-from ..errors import InputError, LayerError
+from ..core.layers import find_last_spatial_layer, model_device, resolve_layer
+from ..errors import InputError, LayerError, one_line
 from .zoo import ZOO, ZooModel, load_model
 
 # zoo name -> (layer, head attribute or None, L2-normalise)
@@ -148,9 +148,22 @@ def embedder(
         input_size = model.preprocess.crop
         model = model.module
     if layer == "auto":
-        probe = torch.zeros(1, 3, input_size, input_size)
-        layer = find_last_spatial_layer(model, probe)
+        layer = _probed_last_spatial_layer(model, input_size)
     return Embedder(model, layer, head, normalize)
+
+
+def _probed_last_spatial_layer(model: nn.Module, input_size: int) -> str:
+    """The last spatial layer of ``model``, found by running a blank ``input_size`` image with as
+    many channels as its first convolution takes (3 without one) on its device; one
+    :class:`InputError` line when the probe cannot run."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = conv.in_channels if conv is not None else 3
+    probe = torch.zeros(1, channels, input_size, input_size, device=model_device(model))
+    try:
+        return find_last_spatial_layer(model, probe)
+    except RuntimeError as err:
+        raise InputError(f"cannot find the layer to pool: a blank {channels}x{input_size}x{input_size} image does not "
+                         f"run through the model ({one_line(err)[:160]}); give input_size= or the layer") from None
 
 
 def embedding_model(model: str | ZooModel | nn.Module, device: str | torch.device | None = "cpu",

@@ -40,7 +40,7 @@ from torch import nn
 
 from .inverse import (ZERO_MASK, SolveReport, SolverOptions, check_invertible, composite_solve, inactive_units, kind_of,
                       module_function, solve_inverse)
-from ...core.hooks import autograd_ready, outside_inference_mode
+from ...core.hooks import autograd_ready, gradient_cut_message, outside_inference_mode
 from ...core.layers import model_device, find_last_spatial_layer, resolve_layer
 from ...core.result import Explanation, normalize_maps
 from ...core.similarity import (EUCLID_MODES, NORMALIZATIONS, as_references, contribution_scores, contributions,
@@ -325,6 +325,8 @@ class NAFlow(FlowMethod):
                 if "tensors" not in captured:
                     raise LayerError(f"layer '{layer}' was not reached in the forward pass")
                 tensors = captured["tensors"]
+                if not targets.scores.requires_grad or not all(t.requires_grad for t in tensors[1:]):
+                    raise LayerError(gradient_cut_message([layer]))
                 grads = torch.autograd.grad(targets.scores.sum(), tensors[1:], allow_unused=True)
         finally:
             for h in handles:
