@@ -126,3 +126,32 @@ def test_a_gallery_row_has_the_photo_and_one_overlay_per_method(mobilenet, all_p
 def test_the_docs_getting_started_page_has_the_same_quick_start():
     (quick_start,) = code_blocks(readme_text(), "python")
     assert quick_start in (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+
+
+TABLE_SEPARATOR = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
+
+
+def broken_tables(text: str) -> list[str]:
+    """Table rows that Markdown renders as plain text: a row right after a paragraph line (a
+    paragraph dropped between two rows splits the table there), or a table with no ``|---|`` line
+    under its first row."""
+    lines, problems, fenced, previous = text.splitlines(), [], False, ""
+    for number, line in enumerate(lines, 1):
+        if line.lstrip().startswith("```"):
+            fenced, previous = not fenced, ""
+            continue
+        if not fenced and line.startswith("|") and not previous.startswith("|"):
+            if previous.strip():
+                problems.append(f"line {number}: a table row right after a paragraph line")
+            elif number >= len(lines) or not TABLE_SEPARATOR.match(lines[number]):
+                problems.append(f"line {number}: a table without a |---| line under its first row")
+        previous = line
+    return problems
+
+
+def test_every_markdown_table_renders_as_a_table():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "systems").glob("*/README.md"))]
+    problems = [f"{page.relative_to(ROOT)} {p}" for page in pages for p in broken_tables(page.read_text(encoding="utf-8"))]
+    assert not problems, problems
+    assert broken_tables("| a |\n|---|\n| 1 |\ntext\n| 2 |") == ["line 5: a table row right after a paragraph line"]
+    assert broken_tables("| a |\n|---|\n\n| 2 |") == ["line 4: a table without a |---| line under its first row"]

@@ -140,6 +140,21 @@ def test_a_class_past_the_files_last_is_one_line(dense_files, photo, tmp_path, c
     one_error_line(io.err, "target class 9 is out of range")
 
 
+def test_a_classifier_with_its_own_class_count_takes_the_class_n_it_shows(tmp_path, photo, capsys):
+    """A 10-class file has no class names; its predictions are shown as "class N", and that name is
+    a target (it was "unknown class 'class 2'")."""
+    torch.manual_seed(0)
+    torch.save(tvm.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pt")
+    zoo = visionlens.load_model("torchvision:resnet18", weights=tmp_path / "r18.pt")
+    assert zoo.class_names is None and zoo.class_name(2) == "class 2"
+    assert zoo.class_indices(["class 2", "Class 7", "3"]) == [2, 7, 3]
+    code, io = _explain(capsys, photo, "--model", "torchvision:resnet18", "--weights", tmp_path / "r18.pt",
+                        "--target", "class 2", "--out", tmp_path / "o")
+    assert code == 0, io.err
+    summary = strict_json((tmp_path / "o" / "summary.json").read_text())
+    assert summary["model_source"]["classes"] is None
+
+
 # --- safetensors ---------------------------------------------------------------------------------
 
 safetensors_torch = pytest.importorskip("safetensors.torch")

@@ -190,3 +190,18 @@ def test_pair_page_gives_signed_similarity_maps_their_own_colour_bar(tmp_path):
     page = write_pair_report(tmp_path / "p.html", "pairs", [section]).read_text()
     assert _bars(page) == ["normalised", "signed"]
     assert "query · relevance-cam (signed)" in page and "query · sfam (signed)" not in page
+
+
+def test_the_true_label_of_a_users_photo_fetches_no_sample_photos(tmp_path, monkeypatch):
+    """The labels come from the bundled photos already on this machine; with none there, nothing
+    is fetched for a user's own photo (explain used to download all 20 to label one)."""
+    from visionlens import assets
+
+    monkeypatch.setenv("VISIONLENS_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("VISIONLENS_OFFLINE", raising=False)
+
+    def no_fetch(asset):
+        raise AssertionError(f"fetched {asset.name}")
+
+    monkeypatch.setattr(assets, "_fetch_on_first_use", no_fetch)
+    assert true_label({"file": str(tmp_path / "mine.jpg"), "predicted": 1, "predicted_name": "goldfish"}) == {}

@@ -4,6 +4,7 @@ class names; and a wrapper that gives the same interface to any ``torch.nn.Modul
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -140,6 +141,9 @@ class ZooModel:
 
     def _class_index(self, spec: str) -> int:
         names = list(self.class_names or [])
+        numbered = re.fullmatch(r"class\s+(\d+)", spec.strip(), flags=re.IGNORECASE)
+        if numbered is not None and not names:  # how class_name() shows a class of a model without names
+            spec = numbered.group(1)
         if spec.lstrip("-").isdigit():
             index = int(spec)
             if names and not 0 <= index < len(names) or index < 0:

@@ -25,14 +25,11 @@ def method_heading(key: str, layer: str | None) -> str:
 
 
 def _bundled_labels() -> dict[Path, int]:
+    """The labels of the bundled ImageNet photos already on this machine (a photo that is not
+    there cannot be the one explained: nothing is fetched for a user's own photos)."""
     from ..data.samples import imagenet_label, sample_images
-    from ..errors import VisionlensError
 
-    try:
-        paths = sample_images("imagenet")
-    except VisionlensError:
-        return {}
-    return {Path(p).resolve(): imagenet_label(p) for p in paths}
+    return {Path(p).resolve(): imagenet_label(p) for p in sample_images("imagenet", download=False)}
 
 
 def true_label(row: dict) -> dict:
