@@ -212,4 +212,4 @@ def test_many_methods_in_one_pass_equal_separate_calls(tiny_net):
         alone = m(x, [0, 1, 2])
         torch.testing.assert_close(together[m.name].maps, alone.maps, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="needs one layer"):
-        explain_many([GradCAM(tiny_net, "features"), GradCAM(tiny_net, "features.2")], x)
+        explain_many([GradCAM(tiny_net, "features"), LayerCAM(tiny_net, "features.2")], x)

@@ -78,3 +78,33 @@ def test_blocks_that_are_not_piecewise_linear_fall_back(block):
     x0 = torch.randn(1, 4, 6, 6, dtype=torch.float64)
     reference, _ = linearized(module_function(block, torch.float64), x0)
     assert fixed_slope_jacobian([block], x0, reference.matvec) is None
+
+
+def test_the_jacobian_of_an_operation_without_a_double_backward_uses_forward_mode():
+    """hardsigmoid (MobileNetV3's squeeze-and-excitation gate) has no double backward, which the
+    cheap J v needs: the operator falls back to forward-mode AD and still equals the Jacobian."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1).double()
+
+    def gated(x):
+        return x * torch.nn.functional.hardsigmoid(conv(x))
+
+    x0 = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    operator, fx = linearized(gated, x0)
+    dense = torch.autograd.functional.jacobian(lambda t: gated(t.view(1, 3, 5, 5)).flatten(), x0.flatten())
+    v = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(operator.matvec(v).flatten(), dense @ v.flatten(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(operator.rmatvec(v).flatten(), dense.T @ v.flatten(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(fx, gated(x0))
+
+
+def test_naflow_follows_mobilenet_v3_and_efficientnet_blocks():
+    """MobileNetV3's gate needs the forward-mode J v; torchvision EfficientNet's StochasticDepth is
+    the identity in eval mode (it was "no inverse for module type StochasticDepth")."""
+    torchvision = pytest.importorskip("torchvision")
+    from visionlens import NAFlow
+
+    torch.manual_seed(0)
+    for model in (torchvision.models.mobilenet_v3_small(weights=None), torchvision.models.efficientnet_b0(weights=None)):
+        result = NAFlow(model.eval(), max_iter=5)(torch.randn(1, 3, 32, 32))
+        assert result.flow.shape[1] > 10 and bool(torch.isfinite(result.flow).all())

@@ -71,6 +71,25 @@ def timm_swin():
                                              num_classes=5))
 
 
+HF_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+              patch_size=8, num_labels=5)
+
+
+def hf_deit():
+    return _seeded(lambda: transformers.DeiTForImageClassification(transformers.DeiTConfig(**HF_VIT)))
+
+
+def hf_beit(**options):
+    return _seeded(lambda: transformers.BeitForImageClassification(transformers.BeitConfig(**HF_VIT, **options)))
+
+
+def torchvision_swin():
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    return _seeded(lambda: SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                                           window_size=[4, 4], num_classes=5))
+
+
 class Logits(nn.Module):
     """A Hugging Face classifier behind a plain ``forward(x) -> logits`` (pytorch-grad-cam's
     usual wrapper): the same modules, so a layer of the one is a layer of the other."""
@@ -191,6 +210,9 @@ TRANSFORMERS = {
     "timm-dinov2-registers": (lambda: timm_dino(registers=True), 56, 5, (4, 4)),
     "hf-swin": (hf_swin, 32, 0, (4, 4)),
     "timm-swin": (timm_swin, 32, 0, (4, 4)),
+    "hf-deit": (hf_deit, 32, 2, (4, 4)),  # [class] and distillation tokens
+    "hf-beit": (hf_beit, 32, 1, (4, 4)),
+    "torchvision-swin": (torchvision_swin, 32, 0, (4, 4)),
 }
 CAMS = (GradCAM, GradCAMPlusPlus, LayerCAM, EigenCAM, ScoreCAM, AblationCAM)
 
@@ -231,7 +253,7 @@ def test_gradcam_on_token_layers_matches_pytorch_grad_cam(name):
     x = torch.randn(2, 3, side, side)
     ours = GradCAM(model, layer)(x, [1, 3]).maps.numpy()
     wrapped = Logits(model) if name.startswith("hf") else model
-    reshape = _pgc_reshape(prefix, grid, channels_last=name == "timm-swin")
+    reshape = _pgc_reshape(prefix, grid, channels_last=name in ("timm-swin", "torchvision-swin"))
     with pgc.GradCAM(model=wrapped, target_layers=[module], reshape_transform=reshape) as cam:
         ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in (1, 3)])
     for a, b in zip(ours, ref):
@@ -361,3 +383,46 @@ def test_a_map_negative_everywhere_says_so():
     assert bool((result.maps[:, 1].flatten(1).amax(1) > 0.5).all())  # class 1: a real map
     flat = [str(w.message) for w in caught if issubclass(w.category, FlatMapWarning)]
     assert len(flat) == 1 and "gradcam 3 of 6" in flat[0] and "negative everywhere" in flat[0]
+
+
+def test_hf_deit_and_beit_token_layers_are_the_default_not_the_patch_convolution():
+    """They were not recognised: the CAM family's default was the patch-embedding convolution."""
+    for build in (hf_deit, hf_beit):
+        layer = GradCAM(build())(torch.randn(2, 3, 32, 32)).layer
+        assert layer.endswith("layers.1.layernorm_before"), layer
+
+
+def test_a_vit_whose_head_reads_the_patch_mean_refuses_the_class_row_flows():
+    """BEiT's classifier (and a timm ViT with global_pool="avg") reads the mean of the patch
+    tokens, so the [class] token's attention row explains nothing it predicts."""
+    from visionlens import CheferRollout
+
+    avg = _seeded(lambda: timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5, global_pool="avg"))
+    for model in (hf_beit(), avg):
+        for method in (DAAM, AttentionRollout, CheferRollout):
+            with pytest.raises(LayerError, match=r"does not classify from a \[class\] token .* use attnlrp, legrad or "
+                                                 r"gradcam"):
+                method(model)
+    for method in (DAAM, AttentionRollout):  # a BEiT classifying from its [class] token keeps them
+        assert method(hf_beit(use_mean_pooling=False))(torch.randn(1, 3, 32, 32)).maps.shape == (1, 32, 32)
+
+
+def test_torchvision_swin_reads_its_channels_last_tokens_and_its_permuted_map_alike():
+    model = torchvision_swin()
+    x = torch.randn(2, 3, 32, 32)
+    tokens, permuted = GradCAM(model, "norm")(x, [1, 3]), GradCAM(model, "permute")(x, [1, 3])
+    assert tokens.raw.shape == (2, 4, 4)  # the last stage's 4x4 grid, not (width, channels)
+    torch.testing.assert_close(tokens.raw, permuted.raw, rtol=1e-5, atol=1e-7)
+    with pytest.raises(LayerError, match="Swin has no \\[class\\] token"):
+        DAAM(model)
+
+
+@pytest.mark.parametrize("build", [hf_vit, hf_deit, timm_swin, torchvision_swin])
+def test_naflow_refuses_transformers_in_one_line(build):
+    """Their last spatial layer is the patch embedding: NAFlow used to return a one-layer "flow"."""
+    from visionlens import NAFlow
+
+    with pytest.raises(LayerError, match=r"^NAFlow follows the layers of a CNN and \w+ is a (Vision|Swin) Transformer; "
+                                         r"use "):
+        NAFlow(build())

@@ -54,7 +54,7 @@ class ViTAdapter:
     blocks: list[ViTBlock]
     patch_embed: nn.Conv2d
     num_prefix_tokens: int | None
-    has_class_token: bool
+    has_class_token: bool  # the head reads a [class] token (not, e.g., the mean of the patch tokens)
     input_size: tuple[int, int] | None = None
     notes: dict = field(default_factory=dict)
 
@@ -221,7 +221,9 @@ def find_vit(model: nn.Module) -> ViTAdapter:
                 size = tuple(img) if not isinstance(img, int) else (img, img)
             elif img is None and getattr(pe, "grid_size", None) is not None and torch.is_tensor(getattr(model, "pos_embed", None)):
                 size = (pe.grid_size[0] * conv.stride[0], pe.grid_size[1] * conv.stride[1])
-        return ViTAdapter(model, "timm", name_of(container), blocks, conv, int(prefix), has_cls, size)
+        pool = getattr(model, "global_pool", None)  # timm: "token" reads the [class] token, "avg" the patch mean
+        reads_cls = has_cls and not (isinstance(pool, str) and pool not in ("token", ""))
+        return ViTAdapter(model, "timm", name_of(container), blocks, conv, int(prefix), reads_cls, size)
     raise LayerError(
         f"{type(model).__name__} is not a recognised Vision Transformer (timm ViT/DeiT, torchvision VisionTransformer, "
         "Hugging Face ViT or DINOv2, or a model with blocks[i].attn.qkv); use a CNN method such as gradcam"
@@ -229,8 +231,9 @@ def find_vit(model: nn.Module) -> ViTAdapter:
 
 
 def _hf_core(model: nn.Module) -> nn.Module:
-    """The backbone of a Hugging Face classifier (``.vit``, ``.dinov2``, ``.swin``), or ``model``."""
-    for attr in ("vit", "dinov2", "dinov2_with_registers", "swin"):
+    """The backbone of a Hugging Face classifier (``.vit``, ``.deit``, ``.beit``, ``.dinov2``,
+    ``.swin``), or ``model``."""
+    for attr in ("vit", "deit", "beit", "dinov2", "dinov2_with_registers", "swin"):
         core = getattr(model, attr, None)
         if isinstance(core, nn.Module):
             return core
@@ -238,8 +241,10 @@ def _hf_core(model: nn.Module) -> nn.Module:
 
 
 def _find_hf_vit(model: nn.Module, name_of) -> ViTAdapter | None:
-    """The adapter of a Hugging Face ViT or DINOv2 (pre-attention norm ``layernorm_before`` or
-    ``norm1``; DINOv2 interpolates its position embeddings, so any input size fits), else None."""
+    """The adapter of a Hugging Face ViT, DeiT, BEiT or DINOv2 (pre-attention norm
+    ``layernorm_before`` or ``norm1``; DINOv2 interpolates its position embeddings, so any input
+    size fits), else None. A BEiT classifying the mean of its patch tokens has no [class] token in
+    its prediction (``has_class_token`` False)."""
     core = _hf_core(model)
     emb = getattr(core, "embeddings", None)
     layers = getattr(core, "layers", None)  # transformers 5; older versions: encoder.layer
@@ -256,7 +261,10 @@ def _find_hf_vit(model: nn.Module, name_of) -> ViTAdapter | None:
         blocks.append(ViTBlock(i, name_of(b), name_of(norm), b.attention, kind))
     registers = getattr(emb, "register_tokens", None)
     has_cls = getattr(emb, "cls_token", None) is not None
-    prefix = int(has_cls) + (registers.shape[1] if torch.is_tensor(registers) else 0)
+    distillation = getattr(emb, "distillation_token", None) is not None  # DeiT
+    prefix = int(has_cls) + int(distillation) + (registers.shape[1] if torch.is_tensor(registers) else 0)
+    if getattr(getattr(core, "config", None), "use_mean_pooling", False):  # BEiT: the head reads the patch mean
+        has_cls = False
     size = None
     if "dinov2" not in type(emb).__name__.lower():  # ViT: fixed position embeddings
         size = getattr(getattr(core, "config", None), "image_size", None)
@@ -267,9 +275,10 @@ def _find_hf_vit(model: nn.Module, name_of) -> ViTAdapter | None:
 
 @dataclass
 class SwinAdapter:
-    """A Swin Transformer (timm ``SwinTransformer``, Hugging Face ``SwinModel``/``SwinFor...``):
-    its patch convolution, the names of every block's pre-attention norm (stage by stage) and
-    whether its token layers are channels-last ``(B, H, W, C)`` (timm) or ``(B, H*W, C)`` (HF).
+    """A Swin Transformer (timm and torchvision ``SwinTransformer``, Hugging Face
+    ``SwinModel``/``SwinFor...``): its patch convolution, the names of every block's pre-attention
+    norm (stage by stage) and whether its token layers are channels-last ``(B, H, W, C)`` (timm,
+    torchvision) or ``(B, H*W, C)`` (HF).
     Swin has no [class] token and attends within windows; the stage grids halve at each stage."""
 
     model: nn.Module
@@ -314,8 +323,28 @@ class SwinAdapter:
         return lambda t: t.reshape(t.shape[0], grid[0], grid[1], t.shape[2]).permute(0, 3, 1, 2)
 
 
+def _torchvision_swin(model: nn.Module) -> SwinAdapter | None:
+    """torchvision's ``SwinTransformer`` (v1 and v2): ``features[0][0]`` the patch convolution, then
+    stages of blocks whose ``attn`` has a ``window_size``; every token layer is channels-last."""
+    features = getattr(model, "features", None)
+    if not (isinstance(features, nn.Sequential) and len(features) and isinstance(features[0], nn.Sequential)
+            and len(features[0]) and isinstance(features[0][0], nn.Conv2d)):
+        return None
+    stages = [stage for stage in features[1:] if isinstance(stage, nn.Sequential) and len(stage) and all(
+        hasattr(getattr(b, "attn", None), "window_size") and isinstance(getattr(b, "norm1", None), nn.Module)
+        for b in stage)]
+    if not stages:
+        return None
+    norms = [layer_name(model, b.norm1) for stage in stages for b in stage]
+    return SwinAdapter(model, "torchvision-swin", features[0][0], norms, len(stages), True)
+
+
 def find_swin(model: nn.Module) -> SwinAdapter | None:
-    """Recognise a timm or Hugging Face Swin Transformer (stages of windowed blocks); None otherwise."""
+    """Recognise a timm, torchvision or Hugging Face Swin Transformer (stages of windowed blocks);
+    None otherwise."""
+    torchvision_swin = _torchvision_swin(model)
+    if torchvision_swin is not None:
+        return torchvision_swin
     core = _hf_core(model)
     emb, encoder = getattr(core, "embeddings", None), getattr(core, "encoder", None)
     hf = emb is not None and hasattr(emb, "patch_embeddings")
@@ -436,6 +465,9 @@ def spatial_transform(model: nn.Module, x: torch.Tensor, name: str, module: nn.M
     if activation.dim() == 4 and not isinstance(module, nn.Conv2d):
         swin = find_swin(model)
         if swin is not None and swin.channels_last:
+            grids = swin.grids(tuple(x.shape[-2:]))
+            if tuple(activation.shape[2:4]) in grids and tuple(activation.shape[1:3]) not in grids:
+                return None  # already (B, C, h, w): torchvision's `permute` before its pooling
             return swin.token_transform(name, x, activation)
     return None
 

@@ -166,11 +166,19 @@ class FlowMethod(Method):
 
 
 class ViTFlowMethod(FlowMethod):
-    """A flow through every block of a ViT (DAAM, rollout): ``layer`` may only name the blocks."""
+    """A flow through every block of a ViT (DAAM, rollout): ``layer`` may only name the blocks.
+    ``reads_class_row``: the method follows the [class] token's attention row, so a ViT whose head
+    reads no [class] token (it averages the patch tokens) is refused."""
+
+    reads_class_row = False
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None):
         super().__init__(model)
         self.adapter = find_vit(model)
+        if self.reads_class_row and not self.adapter.has_class_token:
+            raise LayerError(f"{type(model).__name__} does not classify from a [class] token (its head reads the patch "
+                             f"tokens' mean), and {self.name} follows the [class] token's attention row; use attnlrp, "
+                             "legrad or gradcam")
         if layer is not None:
             name, _ = resolve_layer(model, layer)
             if name != self.adapter.blocks_name:

@@ -82,6 +82,7 @@ class CheferRollout(ViTFlowMethod):
     or a callable scoring the model's output (the only choice for a model without a classifier)."""
 
     name = "chefer"
+    reads_class_row = True
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None):
         super().__init__(model, layer)

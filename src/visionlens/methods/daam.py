@@ -131,13 +131,12 @@ class DAAM(ViTFlowMethod):
 
     name = "daam"
     uses_bank = True
+    reads_class_row = True
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, bank: MemoryBank | str | Path | None = None,
                  mode: str = "auto", k: int = 20, temperature: float = 0.07, nonlinear: bool = True, alpha: float = 5.0,
                  block_norm: bool = False):
         super().__init__(model, layer)
-        if not self.adapter.has_class_token:
-            raise LayerError(f"{type(model).__name__} has no [class] token; DAAM decomposes the [class] row of the attention")
         if mode not in ("auto", "supervised", "self-supervised"):
             raise InputError(f"mode must be 'auto', 'supervised' or 'self-supervised', got {mode!r}")
         self.bank = MemoryBank.load(bank) if isinstance(bank, (str, Path)) else bank

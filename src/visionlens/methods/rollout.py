@@ -25,6 +25,7 @@ class AttentionRollout(ViTFlowMethod):
     the identity added to the attention."""
 
     name = "rollout"
+    reads_class_row = True
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, head_fusion: str = "mean",
                  residual: float = 0.5):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -449,13 +450,16 @@ def linearized(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor) -> t
     """The Jacobian of ``f`` at ``x0`` as a :class:`LinearOperator`, and ``f(x0)``: the adjoint is a
     backward pass through the stored graph, and ``J v`` the backward pass of that adjoint (linear
     in its cotangent ``u``) with respect to ``u``: both reuse graphs built once, which is far
-    cheaper per LSMR iteration than forward-mode AD."""
+    cheaper per LSMR iteration than forward-mode AD. Where an operation has no double backward
+    (``hardsigmoid``, in MobileNetV3's squeeze-and-excitation), ``J v`` is forward-mode AD
+    (``torch.func.jvp``) instead."""
     x_in = x0.clone().requires_grad_(True)
     with torch.enable_grad():
         fx = f(x_in)
         u0 = torch.zeros_like(fx, requires_grad=True)
         gx, = torch.autograd.grad(fx, x_in, u0, create_graph=True, allow_unused=True)
     gx = torch.zeros_like(x0) if gx is None else gx
+    forward_mode = []  # set once the double backward turns out to be missing
 
     def rmv(u):
         g, = torch.autograd.grad(fx, x_in, u, retain_graph=True, allow_unused=True)
@@ -464,8 +468,17 @@ def linearized(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor) -> t
     def mv(v):
         if not gx.requires_grad:  # f does not depend on its input
             return torch.zeros_like(fx)
-        j, = torch.autograd.grad(gx, u0, v, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(fx) if j is None else j.detach()
+        if not forward_mode:
+            try:
+                j, = torch.autograd.grad(gx, u0, v, retain_graph=True, allow_unused=True)
+                return torch.zeros_like(fx) if j is None else j.detach()
+            except RuntimeError as err:
+                if "not implemented" not in str(err):
+                    raise
+                forward_mode.append(True)
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # torch.func's own import
+            return torch.func.jvp(f, (x0,), (v.to(x0.dtype),))[1].detach()
 
     return LinearOperator(mv, rmv, tuple(x0.shape[1:]), tuple(fx.shape[1:])), fx.detach()
 
@@ -489,10 +502,15 @@ COMPOSITE_LEAVES = ELEMENTWISE + (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.Av
                                   nn.ZeroPad2d, nn.ConstantPad2d, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Flatten, nn.Linear)
 
 
+def _eval_identity(module: nn.Module) -> bool:
+    """torchvision's ``StochasticDepth`` and timm's ``DropPath``: the identity in eval mode."""
+    return type(module).__name__ in ("StochasticDepth", "DropPath") and not module.training
+
+
 def check_invertible(module: nn.Module, name: str = "") -> None:
     """Raise a one-line :class:`LayerError` naming the first leaf module type with no NA-BP inverse."""
     for sub_name, sub in module.named_modules():
-        if next(sub.children(), None) is None and not isinstance(sub, COMPOSITE_LEAVES):
+        if next(sub.children(), None) is None and not isinstance(sub, COMPOSITE_LEAVES) and not _eval_identity(sub):
             where = ".".join(p for p in (name, sub_name) if p)
             raise LayerError(f"NAFlow has no inverse for module type {type(sub).__name__} ('{where}'); "
                              "supported: conv, BatchNorm, max/avg-pool, linear, elementwise activations and blocks of them")

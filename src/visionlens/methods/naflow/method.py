@@ -46,7 +46,7 @@ from ...core.result import Explanation, normalize_maps
 from ...core.similarity import (EUCLID_MODES, NORMALIZATIONS, as_references, contribution_scores, contributions,
                                normalize_scores, similarity)
 from ...core.targets import ClassTargets, Target, resolve_targets
-from ...core.vit import model_output
+from ...core.vit import find_swin, find_vit, model_output
 from ...errors import InputError, LayerError
 from ...models.embedder import Embedder
 from ..base import FlowMethod, check_input, input_mismatch_as_input_error
@@ -195,6 +195,21 @@ def merge_reducing(stages: list[Stage], tensors: list[torch.Tensor]) -> list[Sta
     return out
 
 
+def _refuse_transformers(model: nn.Module) -> None:
+    """One :class:`LayerError` line for a Vision Transformer or Swin, whose chain NAFlow cannot
+    follow (the last spatial layer there is the patch embedding, a one-layer "flow")."""
+    swin = find_swin(model)
+    if swin is not None:
+        raise LayerError(f"NAFlow follows the layers of a CNN and {type(model).__name__} is a Swin Transformer; use "
+                         f"gradcam on layer '{swin.norms[-1]}'")
+    try:
+        find_vit(model)
+    except LayerError:
+        return
+    raise LayerError(f"NAFlow follows the layers of a CNN and {type(model).__name__} is a Vision Transformer; use daam, "
+                     "chefer or attnlrp (or gradcam, whose default is the last block's norm)")
+
+
 class NAFlow(FlowMethod):
     """``NAFlow(model, layer=None)(x, target=None) -> NAFlowExplanation`` with ``flow`` ``(B, L, H, W)``
     and ``solves`` (per-layer solver reports).
@@ -220,6 +235,7 @@ class NAFlow(FlowMethod):
                  btol: float = 1e-6, max_iter: int | None = 1000, float64: bool = False, threshold: float = 0.0,
                  offset: str = "operating_point", merge: bool = True, post_relu: bool | None = None, damp: float = 0.0):
         super().__init__(model)
+        _refuse_transformers(model)
         if threshold < 0:
             raise InputError(f"threshold must be >= 0, got {threshold}")
         if max_iter is not None and (isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1):
