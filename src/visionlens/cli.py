@@ -407,8 +407,9 @@ def _parser_explain(sub) -> None:
     p.add_argument("--target", default=None,
                    help="class to explain for every image: an index or a class name (281 or tabby); several, "
                         "comma-separated, give one map per class (281,282 or tabby,tiger_cat). Default: the "
-                        "predicted class. Detectors: also boxes x0,y0,x1,y1 (several separated by ';'), each "
-                        "explaining the detection that overlaps it best; segmenters: the class's region")
+                        "predicted class. Detectors: also boxes x0,y0,x1,y1 in the image file's pixels (several "
+                        "separated by ';'), each explaining the detection that overlaps it best (IoU >= 0.5); "
+                        "segmenters: the class's region")
     p.add_argument("--score-threshold", type=number(minimum=0, maximum=1), default=None,
                    help=f"detectors without --target: explain the detections scoring at least this "
                         f"(default: {DETECTION_THRESHOLD})")

@@ -22,6 +22,7 @@ from .data.images import load_image
 from .errors import ImageLoadError, InputError, display
 from .io import save_atomic, versions, write_json
 from .methods.base import explain_many
+from .models.hub import dense_default_layer
 from .models.zoo import ZooModel
 from .outputs import check_out_dir, earlier_outputs, staged_out_dir, unique_stems
 from .viz.overlay import overlay
@@ -31,12 +32,9 @@ BOX_COLOUR = (255, 64, 64)
 
 
 def default_layer(module: torch.nn.Module, task: str) -> str:
-    """The last block of the backbone whose output is one tensor: ``backbone.body.<last>`` of an
-    FPN detector, ``backbone.<last>`` of a segmenter (override with ``--layer``)."""
-    body = module.backbone.body if task == "detection" and hasattr(module.backbone, "body") else module.backbone
-    prefix = "backbone.body" if body is not module.backbone else "backbone"
-    last = list(dict(body.named_children()))[-1]
-    return f"{prefix}.{last}"
+    """The backbone's last block (:func:`~visionlens.models.hub.dense_default_layer`; override
+    with ``--layer``)."""
+    return dense_default_layer(module, task)
 
 
 def view_of(model: ZooModel, img: Image.Image) -> tuple[Image.Image, torch.Tensor]:
@@ -57,8 +55,8 @@ CLASSIFIER_ONLY = {"relevance-cam": "LRP propagates from a classifier's (B, num_
 
 def parse_targets(text: str | None, task: str, model: ZooModel) -> list:
     """``--target`` for a dense model, parts separated by ``;``: a box ``x0,y0,x1,y1`` (in the
-    view's pixels, detectors only) or class names / indices (comma-separated, either model), in the
-    order given (``"40,60,180,300;car"``: a box, then the best car)."""
+    image file's pixels, detectors only) or class names / indices (comma-separated, either model),
+    in the order given (``"40,60,180,300;car"``: a box, then the best car)."""
     if text is None or not text.strip():
         return []
     wanted = []
@@ -89,32 +87,53 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def detection_targets(dets: dict, wanted: list, model: ZooModel, threshold: float, top: int) -> tuple[list, list]:
+MIN_BOX_IOU = 0.5
+"""A ``--target`` box explains the detection it overlaps most, when their IoU is at least this
+(:class:`~visionlens.core.targets.BoxTarget`'s default and pytorch-grad-cam's threshold)."""
+
+
+def detection_targets(dets: dict, wanted: list, model: ZooModel, threshold: float, top: int,
+                      scale: tuple[float, float] = (1.0, 1.0)) -> tuple[list, list]:
     """``(targets, skipped)``: the detections to explain, the best match of each given box (the
-    detection overlapping it most) or class (its best detection), or (none given) the ``top``
-    detections scoring at least ``threshold`` (the single best when none does); and the given boxes
-    and classes that match no detection, each with why."""
+    detection overlapping it most, with IoU at least :data:`MIN_BOX_IOU`) or class (its best
+    detection), or (none given) the ``top`` detections scoring at least ``threshold`` (the single
+    best when none does); and the given boxes and classes that match no detection, each with why.
+    Detections without area (``x1 <= x0`` or ``y1 <= y0``) have no map and are never chosen.
+    ``scale``: the view's size over the file's (``x``, ``y``); given boxes are in the file's pixels
+    and each target records its box in both (``box`` in the view, ``file_box`` in the file)."""
     boxes, scores, labels = dets["boxes"], dets["scores"], dets["labels"]
+    usable = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & torch.isfinite(boxes).all(1)
+    sx, sy = scale
     chosen, skipped = [], []
     for kind, value in wanted:
         if kind == "box":
-            overlap = pairwise_iou(torch.tensor([value], dtype=boxes.dtype, device=boxes.device), boxes)[0]
+            in_view = torch.tensor([[value[0] * sx, value[1] * sy, value[2] * sx, value[3] * sy]], dtype=boxes.dtype,
+                                   device=boxes.device)
+            overlap = pairwise_iou(in_view, boxes)[0] * usable  # a detection without area overlaps nothing
             k = int(overlap.argmax()) if len(overlap) else -1
-            if k < 0 or overlap[k] <= 0:
-                skipped.append({"box": value, "why": "no detection overlaps this box"})
+            if k < 0 or overlap[k] < MIN_BOX_IOU:
+                best = f" (best IoU {float(overlap[k]):.2f})" if k >= 0 and overlap[k] > 0 else ""
+                skipped.append({"box": value, "why": f"no detection overlaps this box with IoU >= {MIN_BOX_IOU}{best}"})
                 continue
             chosen.append((k, f"box {','.join(f'{v:g}' for v in value)} (IoU {float(overlap[k]):.2f})"))
         else:
-            hits = (labels == value).nonzero().flatten()
+            hits = ((labels == value) & usable).nonzero().flatten()
             if not len(hits):
-                skipped.append({"label": value, "name": model.class_name(value), "why": "not detected in this image"})
+                why = "only detections without area" if bool((labels == value).any()) else "not detected in this image"
+                skipped.append({"label": value, "name": model.class_name(value), "why": why})
                 continue
             chosen.append((int(hits[scores[hits].argmax()]), f"best {model.class_name(value)}"))
-    if not wanted and len(scores):
-        keep = (scores >= threshold).nonzero().flatten()[:top].tolist() or [int(scores.argmax())]
+    if not wanted and bool(usable.any()):
+        candidates = usable.nonzero().flatten()
+        keep = candidates[scores[candidates] >= threshold][:top].tolist() or [int(candidates[scores[candidates].argmax()])]
         chosen = [(k, "detected") for k in keep]
-    targets = [{"box": [float(v) for v in boxes[k]], "label": int(labels[k]), "name": model.class_name(int(labels[k])),
-                "score": float(scores[k]), "why": why} for k, why in chosen]
+    targets = []
+    for k, why in chosen:
+        box = [float(v) for v in boxes[k]]
+        targets.append({"box": box, "file_box": [round(box[0] / sx, 2), round(box[1] / sy, 2), round(box[2] / sx, 2),
+                                                 round(box[3] / sy, 2)],
+                        "label": int(labels[k]), "name": model.class_name(int(labels[k])), "score": float(scores[k]),
+                        "why": why})
     return targets, skipped
 
 
@@ -203,11 +222,13 @@ def explain_dense_files(paths, model: ZooModel, methods: list[str], out_dir, tas
 
 
 def _explain_one(path, stem, model, explainers, wanted, task, out, threshold, top, cmap) -> dict:
-    view, x = view_of(model, load_image(path))
+    image = load_image(path)
+    view, x = view_of(model, image)
     with torch.no_grad():
         output = model.module(x)
     if task == "detection":
-        targets, skipped = detection_targets(output[0], wanted, model, threshold, top)
+        scale = (view.size[0] / image.size[0], view.size[1] / image.size[1])
+        targets, skipped = detection_targets(output[0], wanted, model, threshold, top, scale)
         if not targets and skipped:
             raise InputError("no detection matches --target in this image (" + "; ".join(
                 f"{t.get('name') or ','.join(f'{v:g}' for v in t['box'])}: {t['why']}" for t in skipped) + ")")

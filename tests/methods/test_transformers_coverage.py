@@ -426,3 +426,21 @@ def test_naflow_refuses_transformers_in_one_line(build):
     with pytest.raises(LayerError, match=r"^NAFlow follows the layers of a CNN and \w+ is a (Vision|Swin) Transformer; "
                                          r"use "):
         NAFlow(build())
+
+
+def test_a_hugging_face_model_that_installs_its_hooks_on_first_use_still_runs_afterwards():
+    """SegFormer's decoder reads hidden states that hooks collect; transformers installs them on the
+    first forward pass and marks them installed. Removing them with visionlens's own hooks left
+    the model failing (IndexError) on its next forward pass."""
+    cfg = transformers.SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                                       patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
+                                       mlp_ratios=[2, 2], decoder_hidden_size=16, num_labels=3)
+    segformer = _seeded(lambda: transformers.SegformerForSemanticSegmentation(cfg))
+    x = torch.randn(1, 3, 64, 64)
+    explained = GradCAM(segformer, "decode_head.linear_fuse")(x, lambda out: out[:, 1].sum((1, 2)))
+    assert explained.maps.shape == (1, 64, 64)
+    with torch.no_grad():
+        assert segformer(x).logits.shape == (1, 3, 16, 16)
+    visionlens_hooks = [h for m in segformer.modules() for d in ("_forward_hooks", "_forward_pre_hooks")
+                        for h in getattr(m, d).values() if getattr(h, "__module__", "").startswith("visionlens")]
+    assert not visionlens_hooks

@@ -243,6 +243,25 @@ def test_hf_backbone_folder_loads_the_bare_model(tmp_path):
     assert type(zoo.module).__name__ == "ViTModel"
 
 
+def test_an_hf_detector_or_segmenter_is_one_line_not_a_headless_classifier(tmp_path, capsys, photo):
+    """Loaded as a backbone, a saved SegFormer lost its decode head and its hidden state was read
+    as class scores (a DETR "predicted class 23", exit 0)."""
+    config = transformers.SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                                          patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
+                                          mlp_ratios=[2, 2], decoder_hidden_size=16, num_labels=3)
+    transformers.SegformerForSemanticSegmentation(config).save_pretrained(tmp_path / "seg")
+    transformers.SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "seg")
+    with pytest.raises(InputError, match=r"is a SegformerForSemanticSegmentation; visionlens explains Hugging Face "
+                                         r"image classifiers and backbones"):
+        load_model(f"hf:{tmp_path / 'seg'}")
+    photo.save(tmp_path / "p.png")
+    capsys.readouterr()  # transformers' save progress
+    code = main(["explain", str(tmp_path / "p.png"), "--model", f"hf:{tmp_path / 'seg'}", "--out", str(tmp_path / "o"),
+                 "--quiet"])
+    assert code == 2 and not (tmp_path / "o").exists()
+    one_error_line(capsys.readouterr().err, "SegformerForSemanticSegmentation", "docs/detection.md")
+
+
 def test_hf_failures_are_one_line(tmp_path, offline_hub):
     with pytest.raises(InputError, match="hf:LOCAL_DIR"):
         load_model("hf:nobody/not-cached")

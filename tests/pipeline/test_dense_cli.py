@@ -76,14 +76,50 @@ def test_a_box_target_explains_the_detection_it_overlaps(weights, photos, tmp_pa
     code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{DETECTOR}", "--weights",
                         str(weights / "det.pt"), "--score-threshold", "0", "--top", "1", "--out", str(first))
     assert code == 0, io.err
-    box = strict_json((first / "summary.json").read_text())["images"][0]["targets"][0]["box"]
-    shifted = [box[0] + 1, box[1] + 1, box[2] + 1, box[3] + 1]
+    image = strict_json((first / "summary.json").read_text())["images"][0]
+    box, file_box = image["targets"][0]["box"], image["targets"][0]["file_box"]  # in the 427x320 view, the 320x240 file
+    width, height = image["size"]
+    assert (width, height) == (427, 320)
+    assert np.allclose(np.array(file_box) * np.array([width / 320, height / 240] * 2), box, atol=0.02)
+    shifted = [file_box[0] + 1, file_box[1] + 1, file_box[2] + 1, file_box[3] + 1]  # a box in the file's pixels
     out = tmp_path / "box"
     code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{DETECTOR}", "--weights",
                         str(weights / "det.pt"), "--target", ",".join(f"{v:.1f}" for v in shifted), "--out", str(out))
     assert code == 0, io.err
     target = strict_json((out / "summary.json").read_text())["images"][0]["targets"][0]
     assert target["why"].startswith("box ") and np.allclose(target["box"], box, atol=1e-3)
+
+
+def test_a_box_that_overlaps_a_detection_little_is_skipped_not_explained(weights, photos, tmp_path, capsys):
+    """A box matched any detection it touched (IoU 0.02 explained an unrelated one); now it needs
+    IoU >= 0.5, as BoxTarget and pytorch-grad-cam."""
+    first = tmp_path / "first"
+    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{DETECTOR}", "--weights",
+                        str(weights / "det.pt"), "--score-threshold", "0", "--top", "1", "--out", str(first))
+    x0, y0, x1, y1 = strict_json((first / "summary.json").read_text())["images"][0]["targets"][0]["file_box"]
+    corner = [x1 - 0.1 * (x1 - x0), y1 - 0.1 * (y1 - y0), x1 + (x1 - x0), y1 + (y1 - y0)]  # touches its corner only
+    code, io = _explain(capsys, str(photos / "a.png"), "--model", f"torchvision:{DETECTOR}", "--weights",
+                        str(weights / "det.pt"), "--target", ",".join(f"{v:.1f}" for v in corner) + ";cat",
+                        "--out", str(tmp_path / "o"))
+    assert code == 0, io.err
+    image = strict_json((tmp_path / "o" / "summary.json").read_text())["images"][0]
+    assert [t["why"] for t in image["targets"]] == ["best cat"]
+    assert image["skipped"][0]["why"].startswith("no detection overlaps this box with IoU >= 0.5")
+
+
+def test_detections_without_area_are_never_explained():
+    from visionlens.dense import detection_targets
+
+    class Named:
+        def class_name(self, index):
+            return f"class {index}"
+
+    dets = {"boxes": torch.tensor([[32.0, 64, 32, 64], [10, 10, 40, 50]]), "scores": torch.tensor([0.9, 0.3]),
+            "labels": torch.tensor([1, 2])}
+    targets, skipped = detection_targets(dets, [], Named(), threshold=0.5, top=3)
+    assert [t["label"] for t in targets] == [2]  # the best detection with an area, though below the threshold
+    targets, skipped = detection_targets(dets, [("class", 1)], Named(), threshold=0.5, top=3)
+    assert not targets and skipped[0]["why"] == "only detections without area"
 
 
 @pytest.mark.parametrize("model, file, target, message", [
@@ -138,8 +174,11 @@ def test_boxes_and_classes_together_and_what_matches_nothing_is_skipped(weights,
     """--target "BOX;CLASS" (the docs' example) explains both; a box that overlaps no detection and a
     class with no detection are listed under skipped, not silently replaced by another detection."""
     det = ["--model", f"torchvision:{DETECTOR}", "--weights", str(weights / "det.pt")]
+    code, io = _explain(capsys, str(photos / "a.png"), *det, "--top", "1", "--out", str(tmp_path / "first"))
+    file_box = strict_json((tmp_path / "first" / "summary.json").read_text())["images"][0]["targets"][0]["file_box"]
     out = tmp_path / "mixed"
-    code, io = _explain(capsys, str(photos / "a.png"), *det, "--target", "0,0,320,240;cat", "--out", str(out))
+    code, io = _explain(capsys, str(photos / "a.png"), *det, "--target", ",".join(map(str, file_box)) + ";cat",
+                        "--out", str(out))
     assert code == 0, io.err
     row = strict_json((out / "summary.json").read_text())["images"][0]
     assert [t["why"].split()[0] for t in row["targets"]] == ["box", "best"] and row["skipped"] == []
@@ -148,7 +187,8 @@ def test_boxes_and_classes_together_and_what_matches_nothing_is_skipped(weights,
     assert code == 0, io.err
     row = strict_json((out / "summary.json").read_text())["images"][0]
     assert [t["name"] for t in row["targets"]] == ["cat"]
-    assert [s["why"] for s in row["skipped"]] == ["no detection overlaps this box", "not detected in this image"]
+    assert [s["why"] for s in row["skipped"]] == ["no detection overlaps this box with IoU >= 0.5",
+                                                  "not detected in this image"]
     out = tmp_path / "nothing"
     code, io = _explain(capsys, str(photos / "a.png"), *det, "--target", "500,500,510,510", "--out", str(out))
     assert code == 1

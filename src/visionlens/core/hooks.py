@@ -32,10 +32,12 @@ _HOOK_DICTS = (
 def preserved_model_state(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
     """Run a block with ``model`` in eval mode and autograd available (also when the caller is
     inside ``torch.inference_mode()``); on exit (also on error) restore every module's train/eval
-    flag, every parameter's ``requires_grad`` and remove any hook added inside.
+    flag, every parameter's ``requires_grad`` and remove every hook visionlens added inside.
 
     Cheap enough for every call: hooks added inside are recognised by their handle ids (PyTorch
-    numbers handles from one global counter), so nothing is copied on entry."""
+    numbers handles from one global counter), so nothing is copied on entry. A hook that the
+    model's own code installs on its first forward pass (Hugging Face's output-recording hooks,
+    with a flag saying they are installed) is part of the model and stays."""
     modules = list(model.modules())
     modes = [m.training for m in modules]
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -56,8 +58,16 @@ def preserved_model_state(model: nn.Module, eval_mode: bool = True) -> Iterator[
             for d in _HOOK_DICTS:
                 hook_dict = m.__dict__.get(d)
                 if hook_dict:
-                    for key in [k for k in hook_dict if isinstance(k, int) and k >= first_new_hook]:
+                    for key in [k for k in hook_dict if isinstance(k, int) and k >= first_new_hook
+                                and _from_visionlens(hook_dict[k])]:
                         del hook_dict[key]
+
+
+def _from_visionlens(hook) -> bool:
+    """Whether a hook function was defined in visionlens (or its research systems), or cannot say."""
+    fn = getattr(hook, "func", hook)  # functools.partial
+    where = getattr(fn, "__module__", None) or getattr(type(fn), "__module__", None) or ""
+    return not where or where.split(".")[0].startswith("visionlens") or where == "__main__"
 
 
 _PLAIN = (int, float, bool, str, tuple, type(None))

@@ -63,7 +63,14 @@ def raise_if_not_finite(finite: torch.Tensor) -> None:
 
 def default_layer(model: nn.Module, x: torch.Tensor) -> str:
     """The layer explained when none is given: the last block's pre-attention norm (tokens,
-    reshaped to the patch grid) for a recognised ViT, DINOv2 or Swin, else the last spatial layer."""
+    reshaped to the patch grid) for a recognised ViT, DINOv2 or Swin, the backbone's last block for
+    a torchvision detector or segmenter (its last spatial layer is in a head: per-region crops, or
+    one level of a shared head), else the last spatial layer."""
+    from ..models.hub import dense_default_layer, dense_task
+
+    task = dense_task(model)
+    if task is not None:
+        return dense_default_layer(model, task)
     swin = find_swin(model)
     if swin is not None:
         return swin.norms[-1]

@@ -202,6 +202,20 @@ def _torchvision_weights_only():
             _api.load_state_dict_from_url = original
 
 
+def dense_default_layer(module: nn.Module, task: str) -> str:
+    """The layer a detector or segmenter is explained at: the last block of its backbone whose
+    output is one tensor, ``backbone.body.<last>`` of an FPN detector, ``backbone.<last>`` of a
+    segmenter, ``backbone.features.<last>`` of SSD (its ``extra`` blocks are called one by one
+    from a ``ModuleList``, and shrink to 1x1)."""
+    backbone = module.backbone
+    features, extra = getattr(backbone, "features", None), getattr(backbone, "extra", None)
+    if task == "detection" and isinstance(features, nn.Sequential) and isinstance(extra, nn.ModuleList):
+        return f"backbone.features.{list(dict(features.named_children()))[-1]}"
+    body = backbone.body if task == "detection" and hasattr(backbone, "body") else backbone
+    prefix = "backbone.body" if body is not backbone else "backbone"
+    return f"{prefix}.{list(dict(body.named_children()))[-1]}"
+
+
 def dense_task(module: nn.Module) -> str | None:
     """``"detection"`` for torchvision's detectors, ``"segmentation"`` for its semantic segmenters,
     None for anything else."""
@@ -289,16 +303,27 @@ def hf_model(source: str):
             raise InputError(f"cannot load hf:{where} ({why}); {hint}") from None
         try:
             with _quiet_transformers(transformers):
-                module = _auto_class(transformers, config).from_pretrained(source)
+                auto = _auto_class(transformers, config, where)
+                module = auto.from_pretrained(source)
+        except InputError:
+            raise
         except Exception as err:
             raise InputError(f"cannot load the weights of hf:{where} ({_one_line(err)})") from None
     return module, processor
 
 
-def _auto_class(transformers, config):
+def _auto_class(transformers, config, where: str = ""):
     """The image-classification auto class when the saved architecture is a classifier (or none is
-    named and the config type has one), else the bare backbone's ``AutoModel``."""
+    named and the config type has one), else the bare backbone's ``AutoModel``. A saved model with
+    another task's head (``...ForObjectDetection``, ``...ForSemanticSegmentation``, ...) is one
+    :class:`InputError` line: loaded as a backbone, its head would be dropped and its hidden state
+    read as class scores."""
     saved = getattr(config, "architectures", None) or []
+    other_task = [name for name in saved if "For" in name and "ForImageClassification" not in name]
+    if other_task and len(other_task) == len(saved):
+        raise InputError(f"hf:{where} is a {other_task[0]}; visionlens explains Hugging Face image classifiers and "
+                         "backbones, not this task's head: for detection and segmentation use a torchvision model "
+                         "(docs/detection.md)")
     if saved:
         is_classifier = any(name.endswith("ForImageClassification") for name in saved)
     else:

@@ -398,13 +398,13 @@ def _library_preprocess(library: str, arch: str, module: nn.Module) -> tuple[Pre
 
 
 def _dense_preprocess(module: nn.Module, weights) -> Preprocess | None:
-    """A detector's view: short side ``min_size``, pixels in [0, 1] (it normalises inside); a
+    """A detector's view: short side ``min_size[-1]``, pixels in [0, 1] (it normalises inside); a
     segmenter's: short side of its weights' transform (520), normalised. None for other models."""
     from .hub import dense_task
 
     task = dense_task(module)
     if task == "detection":
-        side = min(module.transform.min_size)
+        side = module.transform.min_size[-1]  # the size its transform resizes to in eval mode (Keypoint R-CNN: 800)
         return Preprocess(resize=side, crop=side, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     if task == "segmentation":
         transform = weights.transforms() if weights is not None else None
