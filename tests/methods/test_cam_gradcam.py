@@ -103,3 +103,23 @@ def test_normalize_maps_matches_gradcam_postprocessing():
     torch.testing.assert_close(out, torch.tensor([[[0.0, 1 / 3], [0.0, 1.0]]]), atol=1e-6, rtol=0)
     zero = normalize_maps(-torch.ones(1, 3, 3), (6, 6))
     assert torch.equal(zero, torch.zeros(1, 6, 6))
+
+
+def test_cam_checks_its_layer_relative_to_the_logits_so_tiny_logits_do_not_pass_any_layer():
+    """An untrained head gives logits below 1e-3; an absolute tolerance of 1e-3 accepted a layer
+    that does not feed the pooling and the classifier."""
+    from visionlens import CAM
+    from visionlens.errors import LayerError
+
+    from helpers import TinyGapNet
+
+    torch.manual_seed(0)
+    net = TinyGapNet().eval()
+    with torch.no_grad():
+        net.fc.weight.mul_(1e-4)
+        net.fc.bias.zero_()
+    x = torch.randn(2, 3, 32, 32)
+    assert CAM(net)(x).maps.shape == (2, 32, 32)  # the right layer still passes
+    with pytest.raises(LayerError, match="CAM needs layer 'features.3' to feed global average pooling"):
+        CAM(net, "features.3")(x)
+    assert CAM(TinyGapNet().eval().to(torch.bfloat16))(x.bfloat16()).maps.shape == (2, 32, 32)

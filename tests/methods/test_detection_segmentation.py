@@ -240,3 +240,17 @@ def test_one_line_errors_segmenter(images):
         SegmentationTarget(-1)
     with pytest.raises(InputError, match="explicit mask"):
         ScoreCAM(segmenter, SEG_LAYER)(images, SegmentationTarget(_common_category(segmenter, images)))
+
+
+def test_segmentation_target_reads_a_hugging_face_output_and_a_class_index_names_it():
+    from types import SimpleNamespace
+
+    from visionlens.core.targets import resolve_targets
+
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[0, 1, :2] = 5.0  # class 1 wins the top half
+    scores = SegmentationTarget(1)(SimpleNamespace(logits=logits))  # e.g. SemanticSegmenterOutput
+    assert torch.allclose(scores, torch.tensor([40.0]))
+    with pytest.raises(InputError, match=r"got \(1, 3, 4, 4\); pass a callable target \(for a segmenter, "
+                                         r"visionlens.SegmentationTarget\(class\)\)"):
+        resolve_targets(1, logits, 1)

@@ -49,8 +49,10 @@ def _class_logits(output: torch.Tensor) -> torch.Tensor:
                          "no tensor; pass a callable target (e.g. visionlens.BoxTarget for a detector)")
     if not torch.is_tensor(output) or output.dim() != 2:
         shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
+        hint = (" (for a segmenter, visionlens.SegmentationTarget(class))" if torch.is_tensor(output)
+                and output.dim() == 4 else "")
         raise InputError(
-            f"class targets need a model output of shape (B, num_classes), got {shape}; pass a callable target"
+            f"class targets need a model output of shape (B, num_classes), got {shape}; pass a callable target{hint}"
         )
     return output
 
@@ -257,6 +259,8 @@ class SegmentationTarget:
 
     def __call__(self, output) -> torch.Tensor:
         logits = output.get("out") if isinstance(output, dict) else output
+        if not torch.is_tensor(logits) and torch.is_tensor(getattr(output, "logits", None)):
+            logits = output.logits  # a Hugging Face segmenter's output (at a quarter of the input size)
         if not torch.is_tensor(logits) or logits.dim() != 4:
             shape = tuple(logits.shape) if torch.is_tensor(logits) else type(output).__name__
             raise InputError(f"SegmentationTarget needs a (B, C, H, W) output or a dict with 'out', got {shape}")

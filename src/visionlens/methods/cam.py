@@ -47,8 +47,12 @@ class CAM(ClassActivationMethod):
             if fc.bias is not None:
                 logits = logits + fc.bias.float()
             if logits.shape == output.shape:
-                tol = 1e-3 * (1.0 + output.detach().float().abs().max())
-                if bool(((logits - output.detach().float()).abs().max() <= tol)):
+                reference = output.detach().float()
+                # relative to the largest logit (an absolute 1e-3 let any layer pass on an untrained
+                # model whose logits are all below 1e-3), looser for half-precision models' rounding
+                relative = max(1e-3, 8 * torch.finfo(output.dtype).eps) if output.dtype.is_floating_point else 1e-3
+                tol = relative * reference.abs().max() + 1e-6
+                if bool(((logits - reference).abs().max() <= tol)):
                     return fc.weight[targets.indices].to(activation.dtype)
         raise LayerError(
             f"CAM needs layer '{layer}' to feed global average pooling and a final linear classifier, "
