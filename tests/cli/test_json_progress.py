@@ -113,7 +113,7 @@ def test_demo_json(tmp_path, capsys, monkeypatch, mobilenet, imagenet_photos):
     import visionlens.models as models
 
     # the demo's own inputs, made small: one model, two photos
-    monkeypatch.setattr(samples, "sample_images", lambda which="all": list(imagenet_photos[:2]))
+    monkeypatch.setattr(samples, "sample_images", lambda which="all", download=True: list(imagenet_photos[:2]))
     monkeypatch.setattr(models, "available_models", lambda kind=None: ["mobilenet_v2"])
     summary, _ = _json_run(capsys, ["demo", "--device", "cpu", "--out", str(tmp_path / "d"), "--quiet"])
     assert summary["models"]["mobilenet_v2"]["images"] == 2 and summary["page"].endswith("index.html")

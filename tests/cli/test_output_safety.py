@@ -46,7 +46,7 @@ def small_demo(monkeypatch, mobilenet, imagenet_photos):
     import visionlens.data.samples as samples
     import visionlens.models as models
 
-    monkeypatch.setattr(samples, "sample_images", lambda which="all": list(imagenet_photos[:2]))
+    monkeypatch.setattr(samples, "sample_images", lambda which="all", download=True: list(imagenet_photos[:2]))
     monkeypatch.setattr(models, "available_models", lambda kind=None: ["mobilenet_v2"])
     return ["demo", "--device", "cpu", "--quiet"]
 
