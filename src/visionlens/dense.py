@@ -222,6 +222,8 @@ def explain_dense_files(paths, model: ZooModel, methods: list[str], out_dir, tas
 
 
 def _explain_one(path, stem, model, explainers, wanted, task, out, threshold, top, cmap) -> dict:
+    from .pipeline import naming_flat_maps
+
     image = load_image(path)
     view, x = view_of(model, image)
     with torch.no_grad():
@@ -243,7 +245,8 @@ def _explain_one(path, stem, model, explainers, wanted, task, out, threshold, to
     pictures, arrays = {}, {}  # everything computed before anything is written
     for k, t in enumerate(targets):
         region = None if task == "detection" else output["out"].argmax(1) == t["label"]
-        results = explain_many(list(explainers.values()), x, _target_of(t, region))
+        with naming_flat_maps([f"{display(path)} (target {k}: {t['name']})"]):
+            results = explain_many(list(explainers.values()), x, _target_of(t, region))
         t["files"] = {}
         for m, method in explainers.items():
             picture = overlay(view, results[method.name].maps[0].detach().cpu().numpy(), cmap=cmap)

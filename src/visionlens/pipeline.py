@@ -7,6 +7,7 @@ HTML page. Images that fail are listed in the summary and leave no files behind.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 import sys
 import warnings
 from dataclasses import replace
@@ -21,7 +22,7 @@ from .core.progress import Progress
 from .core.result import Explanation
 from .core.targets import Target
 from .data.images import load_image
-from .errors import ImageLoadError, InputError, VisionlensError, VisionlensWarning, display
+from .errors import FlatMapWarning, ImageLoadError, InputError, VisionlensError, VisionlensWarning, display
 from .methods import METHODS
 from .models.zoo import ZooModel, load_model, resolve_device
 from .viz.flow import flow_strip, save_flow_gif
@@ -274,7 +275,8 @@ def _explain_in_batches(paths, stems, model, explainers, classes, out: Path, bat
         if not kept:
             continue
         x = torch.stack([model.preprocess.normalize(v) for v in views])
-        results = explain_classes(explainers, x, classes)
+        with naming_flat_maps([display(path) for path, _ in kept]):
+            results = explain_classes(explainers, x, classes)
         for i, (path, stem) in enumerate(kept):
             bad = _not_finite(results, i)
             if bad is not None:
@@ -289,6 +291,23 @@ def _explain_in_batches(paths, stems, model, explainers, classes, out: Path, bat
             rows.append({"file": str(path), **files, **_prediction_record(model, results, i)})
             bar.update()
     return rows, failures
+
+
+@contextmanager
+def naming_flat_maps(names: list[str]):
+    """Re-issue a :class:`~visionlens.errors.FlatMapWarning` raised in the block with the names of
+    the batch's images whose maps are flat in front ("a.jpg, b.jpg: all-zero maps ..."), so that a
+    command's ``warning:`` line says which images it means; other warnings pass unchanged."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FlatMapWarning)  # other warnings keep their filters (once per place)
+        yield
+    for w in caught:
+        if issubclass(w.category, FlatMapWarning) and names:
+            flat = getattr(w.message, "images", None)
+            which = [names[i] for i in flat if i < len(names)] if flat is not None else names
+            warnings.warn(FlatMapWarning(f"{', '.join(which)}: {w.message}"), stacklevel=3)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _image_arrays(results: dict, i: int) -> tuple[dict, dict, dict]:

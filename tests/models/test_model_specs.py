@@ -332,6 +332,7 @@ def test_a_flat_map_is_one_warning_line_in_the_cli(tmp_path, photo, capsys):
     assert code == 0
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1 and "layer4" in warnings[0], err
+    assert warnings[0].startswith("warning: " + str(tmp_path / "p.png") + ": all-zero"), err  # which image
     assert "FlatMapWarning" not in err and "Traceback" not in err
 
 

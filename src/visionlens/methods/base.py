@@ -337,8 +337,10 @@ def warn_if_flat(results: dict[str, Explanation], model: nn.Module, x: torch.Ten
                        for name, f in flat.items())
     negative = all(_only_negative(results[name], f) for name, f in flat.items())
     advice = _flat_advice(model, x, first, negative)
-    warnings.warn(FlatMapWarning(f"all-zero (constant) maps{where} ({counts} maps): {advice}"),
-                  stacklevel=_caller_level())
+    warning = FlatMapWarning(f"all-zero (constant) maps{where} ({counts} maps): {advice}")
+    per_image = torch.stack([f.reshape(len(results[name].maps), -1).any(1) for name, f in flat.items()]).any(0)
+    warning.images = per_image.nonzero().flatten().tolist()  # which images of the batch (a command names them)
+    warnings.warn(warning, stacklevel=_caller_level())
 
 
 def _caller_level() -> int:
