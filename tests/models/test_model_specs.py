@@ -12,7 +12,7 @@ from PIL import Image
 
 from helpers import one_error_line, strict_json
 from visionlens.cli import main
-from visionlens.errors import InputError
+from visionlens.errors import InputError, VisionlensWarning
 from visionlens.models import load_model
 
 timm = pytest.importorskip("timm")
@@ -260,6 +260,27 @@ def test_an_hf_detector_or_segmenter_is_one_line_not_a_headless_classifier(tmp_p
                  "--quiet"])
     assert code == 2 and not (tmp_path / "o").exists()
     one_error_line(capsys.readouterr().err, "SegformerForSemanticSegmentation", "docs/detection.md")
+
+
+def test_weights_missing_from_an_hf_checkpoint_are_one_warning_line_not_a_load_report(tmp_path, capsys, photo):
+    """A backbone checkpoint saved under a classifier's architecture: the head starts at random.
+    transformers printed a multi-line "LOAD REPORT"; the command prints one warning: line."""
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=64, image_size=32, patch_size=8, num_labels=3)
+    transformers.ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "v")
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "v")
+    saved = json.loads((tmp_path / "v" / "config.json").read_text())
+    (tmp_path / "v" / "config.json").write_text(json.dumps({**saved, "architectures": ["ViTForImageClassification"]}))
+    with pytest.warns(VisionlensWarning, match=r"2 weight\(s\) are not in the checkpoint and start at random "
+                                               r"\(classifier.bias, classifier.weight\)"):
+        load_model(f"hf:{tmp_path / 'v'}")
+    photo.save(tmp_path / "p.png")
+    capsys.readouterr()
+    code = main(["explain", str(tmp_path / "p.png"), "--model", f"hf:{tmp_path / 'v'}", "--out", str(tmp_path / "o"),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0 and "LOAD REPORT" not in err
+    assert [line for line in err.splitlines() if "start at random" in line][0].startswith("warning: hf:")
 
 
 def test_hf_failures_are_one_line(tmp_path, offline_hub):

@@ -19,10 +19,11 @@ from pathlib import Path
 import socket
 import threading
 from urllib.parse import urlsplit
+import warnings
 
 from torch import nn
 
-from ..errors import InputError, display, one_line
+from ..errors import InputError, VisionlensWarning, display, one_line
 from .preprocessing import Preprocess
 
 PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -304,12 +305,25 @@ def hf_model(source: str):
         try:
             with _quiet_transformers(transformers):
                 auto = _auto_class(transformers, config, where)
-                module = auto.from_pretrained(source)
+                module, loading = auto.from_pretrained(source, output_loading_info=True)
         except InputError:
             raise
         except Exception as err:
             raise InputError(f"cannot load the weights of hf:{where} ({_one_line(err)})") from None
+    _warn_missing_weights(where, loading)
     return module, processor
+
+
+def _warn_missing_weights(where: str, loading: dict) -> None:
+    """One warning line for weights the checkpoint does not hold (transformers starts them at
+    random; its own multi-line load report is kept off the terminal)."""
+    missing = sorted(set(loading.get("missing_keys") or ()) | {k[0] if isinstance(k, tuple) else k
+                                                               for k in loading.get("mismatched_keys") or ()})
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        warnings.warn(VisionlensWarning(f"hf:{where}: {len(missing)} weight(s) are not in the checkpoint and start at "
+                                        f"random ({shown}); the model's outputs, and so its maps, mean little until "
+                                        "they are trained"), stacklevel=3)
 
 
 def _auto_class(transformers, config, where: str = ""):
@@ -333,12 +347,15 @@ def _auto_class(transformers, config, where: str = ""):
 
 @contextmanager
 def _quiet_transformers(transformers):
-    """Turn transformers' per-tensor loading bars off for the call (the global setting restored)."""
+    """Turn transformers' per-tensor loading bars and its load report off for the call (the global
+    settings restored): missing weights are one visionlens warning line instead."""
     logging = transformers.utils.logging
-    was_on = logging.is_progress_bar_enabled()
+    was_on, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
     logging.disable_progress_bar()
+    logging.set_verbosity_error()
     try:
         yield
     finally:
+        logging.set_verbosity(verbosity)
         if was_on:
             logging.enable_progress_bar()
