@@ -107,15 +107,12 @@ def detection_targets(dets: dict, wanted: list, model: ZooModel, threshold: floa
     chosen, skipped = [], []
     for kind, value in wanted:
         if kind == "box":
-            in_view = torch.tensor([[value[0] * sx, value[1] * sy, value[2] * sx, value[3] * sy]], dtype=boxes.dtype,
-                                   device=boxes.device)
-            overlap = pairwise_iou(in_view, boxes)[0] * usable  # a detection without area overlaps nothing
-            k = int(overlap.argmax()) if len(overlap) else -1
-            if k < 0 or overlap[k] < MIN_BOX_IOU:
-                best = f" (best IoU {float(overlap[k]):.2f})" if k >= 0 and overlap[k] > 0 else ""
+            k, iou = _best_overlap(value, boxes, usable, scale)
+            if iou < MIN_BOX_IOU:
+                best = f" (best IoU {iou:.2f})" if iou > 0 else ""
                 skipped.append({"box": value, "why": f"no detection overlaps this box with IoU >= {MIN_BOX_IOU}{best}"})
                 continue
-            chosen.append((k, f"box {','.join(f'{v:g}' for v in value)} (IoU {float(overlap[k]):.2f})"))
+            chosen.append((k, f"box {','.join(f'{v:g}' for v in value)} (IoU {iou:.2f})"))
         else:
             hits = ((labels == value) & usable).nonzero().flatten()
             if not len(hits):
@@ -135,6 +132,19 @@ def detection_targets(dets: dict, wanted: list, model: ZooModel, threshold: floa
                         "label": int(labels[k]), "name": model.class_name(int(labels[k])), "score": float(scores[k]),
                         "why": why})
     return targets, skipped
+
+
+def _best_overlap(box: list[float], boxes: torch.Tensor, usable: torch.Tensor,
+                  scale: tuple[float, float]) -> tuple[int, float]:
+    """``(index, IoU)`` of the usable detection that overlaps ``box`` (file pixels) most, once the
+    box is scaled into the view; ``(-1, 0.0)`` without detections."""
+    if not len(boxes):
+        return -1, 0.0
+    sx, sy = scale
+    in_view = torch.tensor([[box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]], dtype=boxes.dtype, device=boxes.device)
+    overlap = pairwise_iou(in_view, boxes)[0] * usable  # a detection without area overlaps nothing
+    k = int(overlap.argmax())
+    return k, float(overlap[k])
 
 
 def segmentation_targets(logits: torch.Tensor, wanted: list, model: ZooModel) -> list[dict]:
