@@ -16,6 +16,7 @@ import io
 import math
 import os
 from pathlib import Path
+import re
 import socket
 import threading
 from urllib.parse import urlsplit
@@ -326,6 +327,10 @@ def _warn_missing_weights(where: str, loading: dict) -> None:
                                         "they are trained"), stacklevel=3)
 
 
+DENSE_HEADS = re.compile(r"For\w*(Detection|Segmentation|DepthEstimation|MaskGeneration)")
+"""Hugging Face architectures whose head is a detector's, a segmenter's or a depth estimator's."""
+
+
 def _auto_class(transformers, config, where: str = ""):
     """The image-classification auto class when the saved architecture is a classifier (or none is
     named and the config type has one), else the bare backbone's ``AutoModel``. A saved model with
@@ -333,7 +338,7 @@ def _auto_class(transformers, config, where: str = ""):
     :class:`InputError` line: loaded as a backbone, its head would be dropped and its hidden state
     read as class scores."""
     saved = getattr(config, "architectures", None) or []
-    other_task = [name for name in saved if "For" in name and "ForImageClassification" not in name]
+    other_task = [name for name in saved if DENSE_HEADS.search(name)]  # pre-training heads (MAE) load as backbones
     if other_task and len(other_task) == len(saved):
         raise InputError(f"hf:{where} is a {other_task[0]}; visionlens explains Hugging Face image classifiers and "
                          "backbones, not this task's head: for detection and segmentation use a torchvision model "
