@@ -242,3 +242,25 @@ def test_a_saved_hugging_face_dataset_is_a_concept_source(tmp_path, world_cnn, w
     assert source.classes() == [0, 3] and len(source.items(0, 10)) == 3 and len(source.items(3, 10)) == 2
     batch = source.load(source.items(3, 2))
     assert batch["x"].shape == (2, 3, 64, 64) and len(batch["views"]) == 2
+
+
+def test_a_spec_model_without_a_concept_layer_asks_for_one(tmp_path, capsys):
+    """A timm or torchvision model has no zoo layer: the run said "layer must be a module or a
+    dotted name, got ''"; now it names the flag and the command that lists the layers."""
+    timm = pytest.importorskip("timm")
+    import torch
+
+    import numpy as np
+    from PIL import Image
+
+    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=3).state_dict(), tmp_path / "r.pt")
+    for name in ("0", "1"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(2):
+            pixels = np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{i}.png")
+    code = main(["concepts", "--model", "timm:resnet18", "--weights", str(tmp_path / "r.pt"), "--data",
+                 str(tmp_path / "photos"), "--classes", "0", "--images", "2", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and not (tmp_path / "out").exists()
+    assert "--layer: timm:resnet18 has no default concept layer" in err and "visionlens layers timm:resnet18" in err

@@ -223,5 +223,5 @@ def test_bad_input(metric_model, tiny_net):
 def test_sfam_refuses_a_vit_instead_of_explaining_its_patch_embedding():
     import visionlens
 
-    with pytest.raises(InputError, match="is a ViT"):
+    with pytest.raises(InputError, match="is a Vision Transformer"):
         SFAM(visionlens.embedder("world-dino"))(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64))

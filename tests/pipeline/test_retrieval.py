@@ -240,3 +240,26 @@ def test_an_embedder_of_a_fixed_size_model_is_one_line_that_names_input_size():
                                          r"give input_size= or the layer$"):
         visionlens.embedder(FixedSize())
     assert visionlens.embedder(FixedSize(), input_size=32)(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+
+
+def test_a_timm_classifiers_embedding_is_its_pooled_features_not_its_logits(tmp_path):
+    """The docs promise a classifier's pooled penultimate features; a spec model (no zoo layer)
+    was embedded by its logits (3-d for a 3-class head), so every similarity was of class scores."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=3).state_dict(), tmp_path / "r.pt")
+    embedder = embedding_model("timm:resnet18", weights=str(tmp_path / "r.pt")).module
+    assert embedder.layer == "layer4" and embedder(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_similarity_methods_on_a_hugging_face_vit_are_one_line_that_says_what_to_use(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    image_size=32, patch_size=8, num_labels=3)
+    transformers.ViTForImageClassification(config).save_pretrained(tmp_path / "v")
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "v")
+    embedder = embedding_model(f"hf:{tmp_path / 'v'}").module
+    assert embedder(torch.randn(2, 3, 32, 32)).shape == (2, 3)  # a Hugging Face output is unwrapped
+    with pytest.raises(InputError, match=r"sfam explains CNN feature maps and ViTForImageClassification is a Vision "
+                                         r"Transformer: the similarity methods \(explain-pair, retrieve\) take CNN"):
+        SFAM(embedder)(torch.randn(1, 3, 32, 32), torch.randn(1, 3))

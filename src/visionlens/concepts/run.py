@@ -60,7 +60,10 @@ def run_concepts(model, layer: str | None, source, classes: list[int], out: Path
     only when the run completes, and replace those of an earlier run in ``out``."""
     out = Path(out)
     net = model.module
-    name, module = resolve_layer(net, layer or model.layer or "")
+    if not (layer or model.layer):
+        raise InputError(f"--layer: {model.name} has no default concept layer; name a convolutional feature map "
+                         f"(its last block, e.g. layer4 of a ResNet; `visionlens layers {model.name}` lists them)")
+    name, module = resolve_layer(net, layer or model.layer)
     options = dict(reducer_options or {})
     make_reducer(reducer, n_concepts, **options)  # validate before any work
     if n_images < MIN_IMAGES:

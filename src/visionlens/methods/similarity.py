@@ -117,8 +117,9 @@ class SimilarityMethod(Method):
         if self._resolved is None:
             backbone = self.model.backbone if isinstance(self.model, Embedder) else self.model
             if _is_vit(backbone):  # its spatial layers are the patch embedding, not features to weigh
-                raise InputError(f"{self.name} explains CNN feature maps; {type(backbone).__name__} is a ViT "
-                                 "(use daam for ViTs, or pass layer=... to pick a feature map yourself)")
+                raise InputError(f"{self.name} explains CNN feature maps and {type(backbone).__name__} is a Vision "
+                                 "Transformer: the similarity methods (explain-pair, retrieve) take CNN embedders; "
+                                 "explain a ViT's images one by one with daam, chefer or attnlrp")
             if isinstance(self.model, Embedder):
                 self._resolved = self._resolve_layer(self.model.default_layer(x))
             else:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.layers import find_last_spatial_layer, model_device, resolve_layer
+from ..core.vit import model_output
 from ..errors import InputError, LayerError, one_line
 from .zoo import ZOO, ZooModel, load_model
 
@@ -97,7 +98,7 @@ class Embedder(nn.Module):
 
     def forward(self, x: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
         if self.layer is None:
-            z = self.head(self.backbone(x))
+            z = self.head(model_output(self.backbone(x)))  # a Hugging Face output: its logits or [class] token
         else:
             a = self.features(x)
             if not torch.is_tensor(a) or a.dim() != 4:
@@ -143,13 +144,26 @@ def embedder(
         entry = ZOO.get(model.name)
         if entry is not None and entry.task == "world-embedding" and layer == "auto":  # world-dino: the output is the embedding
             return Embedder(model.module, None, head, normalize)
-        if layer == "auto":
-            layer = model.layer
+        if layer == "auto" and (model.layer is not None or _is_transformer(model.module)):
+            layer = model.layer  # a spec model's layer is None: a CNN is probed below (its pooled features)
         input_size = model.preprocess.crop
         model = model.module
     if layer == "auto":
         layer = _probed_last_spatial_layer(model, input_size)
     return Embedder(model, layer, head, normalize)
+
+
+def _is_transformer(module: nn.Module) -> bool:
+    """A recognised ViT or Swin, whose last spatial layer is its patch embedding (not features)."""
+    from ..core.vit import find_swin, find_vit
+
+    if find_swin(module) is not None:
+        return True
+    try:
+        find_vit(module)
+    except LayerError:
+        return False
+    return True
 
 
 def _probed_last_spatial_layer(model: nn.Module, input_size: int) -> str:
