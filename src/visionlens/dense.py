@@ -31,12 +31,6 @@ from .viz.render import colorbar, write_page
 BOX_COLOUR = (255, 64, 64)
 
 
-def default_layer(module: torch.nn.Module, task: str) -> str:
-    """The backbone's last block (:func:`~visionlens.models.hub.dense_default_layer`; override
-    with ``--layer``)."""
-    return dense_default_layer(module, task)
-
-
 def view_of(model: ZooModel, img: Image.Image) -> tuple[Image.Image, torch.Tensor]:
     """The picture the model sees (short side resized to ``preprocess.resize``, aspect kept: dense
     models take any size) and its ``(1, 3, H, W)`` tensor (detectors normalise inside)."""
@@ -203,7 +197,7 @@ def explain_dense_files(paths, model: ZooModel, methods: list[str], out_dir, tas
             raise InputError(f"--method {m}: {CLASSIFIER_ONLY[m.split('@')[0]]}; for a {task} model use gradcam, "
                              "layercam, eigencam, scorecam or ablationcam")
     wanted = parse_targets(target, task, model)
-    layer = layer or default_layer(model.module, task)
+    layer = layer or dense_default_layer(model.module, task)  # the backbone's last block
     explainers = {m: make_method(m, model, layer) for m in methods}
     slots = len(wanted) if wanted else (top if task == "detection" else 1)
     out = Path(out_dir)

@@ -67,7 +67,7 @@ def _from_visionlens(hook) -> bool:
     """Whether a hook function was defined in visionlens (or its research systems), or cannot say."""
     fn = getattr(hook, "func", hook)  # functools.partial
     where = getattr(fn, "__module__", None) or getattr(type(fn), "__module__", None) or ""
-    return not where or where.split(".")[0].startswith("visionlens") or where == "__main__"
+    return not where or where.split(".")[0].startswith("visionlens")
 
 
 _PLAIN = (int, float, bool, str, tuple, type(None))

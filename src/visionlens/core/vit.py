@@ -230,6 +230,14 @@ def find_vit(model: nn.Module) -> ViTAdapter:
     )
 
 
+def recognised_vit(model: nn.Module) -> ViTAdapter | None:
+    """:func:`find_vit`'s adapter, or None where it would refuse the model."""
+    try:
+        return find_vit(model)
+    except LayerError:
+        return None
+
+
 def _hf_core(model: nn.Module) -> nn.Module:
     """The backbone of a Hugging Face classifier (``.vit``, ``.deit``, ``.beit``, ``.dinov2``,
     ``.swin``), or ``model``."""

@@ -104,11 +104,6 @@ def input_mismatch_as_input_error(model: nn.Module, x: torch.Tensor) -> Iterator
                          f"x.to({dtype}) (or the model with model.to({x.dtype}))") from err
 
 
-def check_model(model) -> nn.Module:
-    """``model`` if it is an eager ``torch.nn.Module``, else one :class:`InputError` line."""
-    return eager_module(model)
-
-
 class Method:
     """The contract: ``Method(model, layer=None)(x, target=None) -> Explanation``.
 
@@ -126,7 +121,7 @@ class Method:
     shares_pass = False
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None):
-        self.model = check_model(model)
+        self.model = eager_module(model)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The checked input on the model's device."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.layers import eager_module
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets
 from ..core.vit import AttentionRecorder, model_output
 from ..errors import InputError
-from .base import ViTFlowMethod, check_model
+from .base import ViTFlowMethod
 
 
 class AttentionRollout(ViTFlowMethod):
@@ -29,7 +30,7 @@ class AttentionRollout(ViTFlowMethod):
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, head_fusion: str = "mean",
                  residual: float = 0.5):
-        check_model(model)
+        eager_module(model)
         if head_fusion not in ("mean", "max", "min"):
             raise InputError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
         super().__init__(model, layer)

@@ -17,6 +17,7 @@ from ..core.hooks import preserved_model_state
 from ..core.layers import find_last_spatial_layer, model_device, resolve_layer
 from ..core.result import Explanation
 from ..core.similarity import SimilarityTarget, as_references, check_embeddings, check_metric
+from ..core.vit import recognised_vit
 from ..errors import InputError
 from ..models.embedder import Embedder
 from .base import Method, check_input, input_mismatch_as_input_error
@@ -24,15 +25,6 @@ from .gradcam import GradCAM
 from .relevance_cam import RelevanceCAM
 
 
-def _is_vit(model: nn.Module) -> bool:
-    from ..core.vit import find_vit
-    from ..errors import LayerError
-
-    try:
-        find_vit(model)
-    except LayerError:
-        return False
-    return True
 @dataclass
 class SimilarityExplanation(Explanation):
     """An :class:`Explanation` of a similarity: ``scores`` are the similarities ``s``, ``logits``
@@ -116,7 +108,7 @@ class SimilarityMethod(Method):
     def resolve(self, x: torch.Tensor) -> tuple[str, nn.Module]:
         if self._resolved is None:
             backbone = self.model.backbone if isinstance(self.model, Embedder) else self.model
-            if _is_vit(backbone):  # its spatial layers are the patch embedding, not features to weigh
+            if recognised_vit(backbone) is not None:  # its spatial layers are the patch embedding, not features to weigh
                 raise InputError(f"{self.name} explains CNN feature maps and {type(backbone).__name__} is a Vision "
                                  "Transformer: the similarity methods (explain-pair, retrieve) take CNN embedders; "
                                  "explain a ViT's images one by one with daam, chefer or attnlrp")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.layers import find_last_spatial_layer, model_device, resolve_layer
-from ..core.vit import model_output
+from ..core.vit import find_swin, model_output, recognised_vit
 from ..errors import InputError, LayerError, one_line
 from .zoo import ZOO, ZooModel, load_model
 
@@ -144,26 +144,14 @@ def embedder(
         entry = ZOO.get(model.name)
         if entry is not None and entry.task == "world-embedding" and layer == "auto":  # world-dino: the output is the embedding
             return Embedder(model.module, None, head, normalize)
-        if layer == "auto" and (model.layer is not None or _is_transformer(model.module)):
+        if layer == "auto" and (model.layer is not None or find_swin(model.module) is not None
+                                   or recognised_vit(model.module) is not None):
             layer = model.layer  # a spec model's layer is None: a CNN is probed below (its pooled features)
         input_size = model.preprocess.crop
         model = model.module
     if layer == "auto":
         layer = _probed_last_spatial_layer(model, input_size)
     return Embedder(model, layer, head, normalize)
-
-
-def _is_transformer(module: nn.Module) -> bool:
-    """A recognised ViT or Swin, whose last spatial layer is its patch embedding (not features)."""
-    from ..core.vit import find_swin, find_vit
-
-    if find_swin(module) is not None:
-        return True
-    try:
-        find_vit(module)
-    except LayerError:
-        return False
-    return True
 
 
 def _probed_last_spatial_layer(model: nn.Module, input_size: int) -> str:

@@ -46,7 +46,7 @@ from ...core.result import Explanation, normalize_maps
 from ...core.similarity import (EUCLID_MODES, NORMALIZATIONS, as_references, contribution_scores, contributions,
                                normalize_scores, similarity)
 from ...core.targets import ClassTargets, Target, resolve_targets
-from ...core.vit import find_swin, find_vit, model_output
+from ...core.vit import find_swin, model_output, recognised_vit
 from ...errors import InputError, LayerError
 from ...models.embedder import Embedder
 from ..base import FlowMethod, check_input, input_mismatch_as_input_error
@@ -202,12 +202,9 @@ def _refuse_transformers(model: nn.Module) -> None:
     if swin is not None:
         raise LayerError(f"NAFlow follows the layers of a CNN and {type(model).__name__} is a Swin Transformer; use "
                          f"gradcam on layer '{swin.norms[-1]}'")
-    try:
-        find_vit(model)
-    except LayerError:
-        return
-    raise LayerError(f"NAFlow follows the layers of a CNN and {type(model).__name__} is a Vision Transformer; use daam, "
-                     "chefer or attnlrp (or gradcam, whose default is the last block's norm)")
+    if recognised_vit(model) is not None:
+        raise LayerError(f"NAFlow follows the layers of a CNN and {type(model).__name__} is a Vision Transformer; use "
+                         "daam, chefer or attnlrp (or gradcam, whose default is the last block's norm)")
 
 
 class NAFlow(FlowMethod):
