@@ -33,11 +33,15 @@ BOX_COLOUR = (255, 64, 64)
 
 def view_of(model: ZooModel, img: Image.Image) -> tuple[Image.Image, torch.Tensor]:
     """The picture the model sees (short side resized to ``preprocess.resize``, aspect kept: dense
-    models take any size) and its ``(1, 3, H, W)`` tensor (detectors normalise inside)."""
+    models take any size; a detector's long side at most its transform's ``max_size``, as the
+    detector would resize it) and its ``(1, 3, H, W)`` tensor (detectors normalise inside)."""
     pre = model.preprocess
     img = img.convert("RGB")
     w, h = img.size
     scale = pre.resize / min(w, h)
+    longest = getattr(getattr(model.module, "transform", None), "max_size", None)
+    if isinstance(longest, (int, float)) and longest > 0:
+        scale = min(scale, longest / max(w, h))
     view = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
     x = pre.normalize(view)[None]
     return view, x.to(model.device)

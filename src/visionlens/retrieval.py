@@ -30,6 +30,7 @@ from .viz.labels import signed_method
 from .viz.overlay import overlay
 from .io import save_atomic, versions, write_json
 from .outputs import check_out_dir, earlier_outputs, file_names, safe_name, staged_out_dir, unique_stems
+from .pipeline import naming_flat_maps
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -223,13 +224,22 @@ def _pair_outputs(out: Path, prefix: str, views: tuple[Image.Image, Image.Image]
     return files
 
 
-def explain_pairs(methods: dict, xa: torch.Tensor, xb: torch.Tensor, batch_size: int) -> dict:
-    """Pair explanations for all rows, ``batch_size`` pairs at a time; returns per method a list of PairExplanation chunks."""
+def explain_pairs(methods: dict, xa: torch.Tensor, xb: torch.Tensor, batch_size: int,
+                  names: tuple[Sequence[str], Sequence[str]] | None = None) -> dict:
+    """Pair explanations for all rows, ``batch_size`` pairs at a time; returns per method a list of
+    PairExplanation chunks. ``names``: the files of ``xa`` and ``xb`` per row, named by a flat-map warning."""
     results = {m: [] for m in methods}
     for s in range(0, xa.shape[0], batch_size):
-        for m, method in methods.items():
-            results[m].append(method.pair(xa[s:s + batch_size], xb[s:s + batch_size]))
+        with naming_flat_maps(_pair_names(names, s, s + batch_size) if names else []):
+            for m, method in methods.items():
+                results[m].append(method.pair(xa[s:s + batch_size], xb[s:s + batch_size]))
     return results
+
+
+def _pair_names(names: tuple[Sequence[str], Sequence[str]], start: int, stop: int) -> list[str]:
+    """The images of a pair batch (each ``a`` against its ``b``, then each ``b`` against its ``a``), by file."""
+    a, b = (list(n[start:stop]) for n in names)
+    return [f"{x} (against {y})" for x, y in zip(a, b)] + [f"{y} (against {x})" for x, y in zip(a, b)]
 
 
 def _refuse_inputs_in(out: Path, inputs: Sequence, names: Sequence[str]) -> None:
@@ -257,7 +267,8 @@ def explain_pair_files(
     check_out_dir(out, planned + ["summary.json", "index.html"])
     _refuse_inputs_in(out, [a, b], planned)
     xa, xb = (model.preprocess.normalize(v)[None] for v in views)
-    results = {m: ex.pair(xa, xb) for m, ex in explainers.items()}
+    with naming_flat_maps(_pair_names(([display(a)], [display(b)]), 0, 1)):
+        results = {m: ex.pair(xa, xb) for m, ex in explainers.items()}
     with staged_out_dir(out, earlier=earlier_outputs(out, [a, b])) as stage:  # an interrupted run leaves ``out`` as it was
         files = _pair_outputs(stage, "pair", tuple(views), results, 0, cmap)
         first = next(iter(results.values()))
@@ -330,7 +341,9 @@ def retrieve_files(
                 mviews.append(model.preprocess.view(load_image(gal.paths[gi])))
                 xs.append(model.preprocess.normalize(mviews[-1]))
             xm = torch.stack(xs)
-            results = explain_pairs(explainers, xq[qi:qi + 1].expand(len(xs), -1, -1, -1), xm, batch_size)
+            matches = [display(gal.paths[gi]) for gi in order[qi].tolist()]
+            results = explain_pairs(explainers, xq[qi:qi + 1].expand(len(xs), -1, -1, -1), xm, batch_size,
+                                    names=([display(qpath)] * len(xs), matches))
             for j, gi in enumerate(order[qi].tolist()):
                 chunk, i = divmod(j, batch_size)
                 pair_results = {m: r[chunk] for m, r in results.items()}

@@ -105,6 +105,17 @@ def test_normalize_maps_matches_gradcam_postprocessing():
     assert torch.equal(zero, torch.zeros(1, 6, 6))
 
 
+def test_a_constant_map_stays_zero_after_a_resize_that_rounds():
+    """Bilinear resizing of a constant 14 x 14 map to 16 x 16 leaves rounding differences; min-max
+    stretched them into a 0-to-1 map of noise. A map that varies, however little, still spans [0, 1]."""
+    constant = torch.full((2, 14, 14), 19.1012)
+    assert torch.equal(normalize_maps(constant, (16, 16)), torch.zeros(2, 16, 16))
+    varies = constant.clone()
+    varies[1, 3, 4] += 0.01  # about 5e-4 of the map's magnitude
+    out = normalize_maps(varies, (16, 16))
+    assert torch.equal(out[0], torch.zeros(16, 16)) and out[1].max() == 1 and out[1].min() == 0
+
+
 def test_cam_checks_its_layer_relative_to_the_logits_so_tiny_logits_do_not_pass_any_layer():
     """An untrained head gives logits below 1e-3; an absolute tolerance of 1e-3 accepted a layer
     that does not feed the pooling and the classifier."""

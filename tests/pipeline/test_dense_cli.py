@@ -90,6 +90,21 @@ def test_a_box_target_explains_the_detection_it_overlaps(weights, photos, tmp_pa
     assert target["why"].startswith("box ") and np.allclose(target["box"], box, atol=1e-3)
 
 
+def test_a_wide_photo_is_viewed_at_the_size_the_detector_resizes_it_to(weights, tmp_path, capsys):
+    """The view's long side is capped at the transform's max_size (640 here) as the detector caps it,
+    not left at short side 320 (1200 x 320), which the detector would then have shrunk again."""
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (240, 900, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
+    out = tmp_path / "wide"
+    code, io = _explain(capsys, str(tmp_path / "wide.png"), "--model", f"torchvision:{DETECTOR}", "--weights",
+                        str(weights / "det.pt"), "--score-threshold", "0", "--top", "1", "--out", str(out))
+    assert code == 0, io.err
+    width, height = strict_json((out / "summary.json").read_text())["images"][0]["size"]
+    assert (width, height) == (640, 171)  # 900 x 240 scaled by min(320 / 240, 640 / 900)
+    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None).eval()
+    resized, _ = model.transform.resize(torch.zeros(3, height, width), None)
+    assert tuple(resized.shape[-2:]) == (height, width)  # the detector takes the view as it is
+
+
 def test_a_box_that_overlaps_a_detection_little_is_skipped_not_explained(weights, photos, tmp_path, capsys):
     """A box matched any detection it touched (IoU 0.02 explained an unrelated one); now it needs
     IoU >= 0.5, as BoxTarget and pytorch-grad-cam."""

@@ -2,6 +2,7 @@
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -263,3 +264,46 @@ def test_similarity_methods_on_a_hugging_face_vit_are_one_line_that_says_what_to
     with pytest.raises(InputError, match=r"sfam explains CNN feature maps and ViTForImageClassification is a Vision "
                                          r"Transformer: the similarity methods \(explain-pair, retrieve\) take CNN"):
         SFAM(embedder)(torch.randn(1, 3, 32, 32), torch.randn(1, 3))
+
+
+class _ValidConv(torch.nn.Module):
+    """A conv without padding, ReLU, global pooling: a uniform image gives spatially constant features."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(self.features(x)).flatten(1)
+
+
+def test_sfam_warns_once_on_a_flat_map_with_similarity_advice():
+    gen = torch.Generator().manual_seed(0)
+    model = _ValidConv()
+    with torch.no_grad():
+        model.features[0].weight.copy_(torch.rand(8, 3, 3, 3, generator=gen))
+        model.features[0].bias.fill_(0.1)
+    uniform = torch.full((1, 3, 16, 16), 0.5)
+    textured = torch.rand(1, 3, 16, 16, generator=gen)
+    with pytest.warns(visionlens.errors.FlatMapWarning, match="similarity does not vary over this layer") as caught:
+        SFAM(model, layer="features")(uniform, textured)
+    assert len([w for w in caught if issubclass(w.category, visionlens.errors.FlatMapWarning)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", visionlens.errors.FlatMapWarning)
+        SFAM(model, layer="features")(textured, uniform)  # a textured query's map varies: no warning
+
+
+def test_flat_sfam_maps_are_named_by_file_in_explain_pair_and_retrieve(world_files, tmp_path, capsys, monkeypatch):
+    gallery, queries = world_files
+    zero = lambda self, e, refs: (torch.zeros_like(refs[:, 0]), torch.zeros_like(refs[:, 0]))  # noqa: E731
+    monkeypatch.setattr(SFAM, "weights", zero)
+    common = ["--model", "world-metric", "--device", "cpu", "--method", "sfam"]
+    assert main(["explain-pair", str(queries[0]), str(gallery / "g02.png"), *common, "--out", str(tmp_path / "p")]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "all-zero" in line]
+    q, g = str(queries[0]), str(gallery / "g02.png")
+    assert len(warning) == 1 and f"{q} (against {g}), {g} (against {q})" in warning[0], warning
+    assert main(["retrieve", str(queries[0]), "--gallery", str(gallery), "--top", "2", "--no-cache", "--quiet",
+                 *common, "--out", str(tmp_path / "r")]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "all-zero" in line]
+    assert len(warning) == 1 and warning[0].count("(against") == 4 and f"{q} (against {gallery}" in warning[0], warning

@@ -13,16 +13,27 @@ def normalize_maps(raw: torch.Tensor, size: tuple[int, int], relu: bool = True) 
 
     Resizing before the min-max equals pytorch-grad-cam's min-max, resize, min-max, since bilinear
     interpolation commutes with affine maps; the result spans exactly [0, 1] (all-zero stays zero).
+    Whether a map is constant is decided before the resize (to 1e-6 of its magnitude), whose
+    rounding would otherwise stretch into a map of noise.
     """
     maps = raw.float()
     if relu:
         maps = maps.clamp_min(0)
+    constant = _constant_per_image(maps)
     maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     flat = maps.flatten(1)
     low = flat.min(dim=1).values[:, None, None]
     maps = maps - low
     high = maps.flatten(1).max(dim=1).values[:, None, None]
-    return maps / torch.where(high > 0, high, torch.ones_like(high))
+    high = torch.where(constant[:, None, None], torch.zeros_like(high), high)
+    return torch.where(high > 0, maps / torch.where(high > 0, high, torch.ones_like(high)), torch.zeros_like(maps))
+
+
+def _constant_per_image(maps: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: whether each ``(h, w)`` map is constant to 1e-6 of its largest magnitude."""
+    flat = maps.flatten(1)
+    high, low = flat.amax(dim=1), flat.amin(dim=1)
+    return (high - low) <= 1e-6 * torch.maximum(high.abs(), low.abs())
 
 
 @dataclass

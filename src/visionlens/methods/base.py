@@ -317,10 +317,11 @@ def _only_negative(result: Explanation, flat: torch.Tensor) -> bool:
     return bool((varies & negative)[flat].all())
 
 
-def warn_if_flat(results: dict[str, Explanation], model: nn.Module, x: torch.Tensor) -> None:
+def warn_if_flat(results: dict[str, Explanation], model: nn.Module, x: torch.Tensor, advice=None) -> None:
     """One :class:`FlatMapWarning` for the call when any map is all zero or constant: it names
     the methods and layer, why (negative everywhere, or constant) and what to try (the usual
-    layer, another class, or checking the model and target)."""
+    layer, another class, or checking the model and target). ``advice(negative) -> str`` replaces
+    the class-score advice (the similarity methods give their own)."""
     flat = {name: _constant(e.maps) for name, e in results.items() if torch.is_tensor(e.maps) and e.maps.dim() >= 3}
     flat = {name: f for name, f in flat.items() if bool(f.any())}
     if not flat:
@@ -331,8 +332,8 @@ def warn_if_flat(results: dict[str, Explanation], model: nn.Module, x: torch.Ten
     counts = ", ".join(f"{name}{'' if where else f' at layer {results[name].layer!r}'} {int(f.sum())} of {f.numel()}"
                        for name, f in flat.items())
     negative = all(_only_negative(results[name], f) for name, f in flat.items())
-    advice = _flat_advice(model, x, first, negative)
-    warning = FlatMapWarning(f"all-zero (constant) maps{where} ({counts} maps): {advice}")
+    why = advice(negative) if advice is not None else _flat_advice(model, x, first, negative)
+    warning = FlatMapWarning(f"all-zero (constant) maps{where} ({counts} maps): {why}")
     per_image = torch.stack([f.reshape(len(results[name].maps), -1).any(1) for name, f in flat.items()]).any(0)
     warning.images = per_image.nonzero().flatten().tolist()  # which images of the batch (a command names them)
     warnings.warn(warning, stacklevel=_caller_level())

@@ -38,7 +38,7 @@ from ..core.similarity import (
 )
 from ..errors import InputError
 from ..models.embedder import Embedder
-from .base import check_input
+from .base import check_input, warn_if_flat
 from .similarity import (  # the result types and baselines stay importable from here
     PairExplanation, SimilarityExplanation, SimilarityGradCAM, SimilarityMethod, SimilarityRelevanceCAM,
 )
@@ -102,7 +102,18 @@ class SFAM(SimilarityMethod):
             activation = activation.detach()
             raw = torch.einsum("bk,bkhw->bhw", alpha.detach().to(activation.dtype), activation)
         maps = normalize_maps(raw, x.shape[-2:], relu=True)
-        return SimilarityExplanation(
+        result = SimilarityExplanation(
             maps=maps, raw=raw, targets=None, scores=scores, logits=e, method=self.name, layer=name,
             references=refs.detach(), metric=self.metric, cis=cis, weights=w, coefficients=alpha.detach(),
         )
+        warn_if_flat({self.name: result}, self.model, x, advice=_flat_similarity_advice)
+        return result
+
+
+def _flat_similarity_advice(negative: bool) -> str:
+    """Why an SFAM map is flat, and what to try."""
+    if negative:
+        return ("the map is negative everywhere (at this layer the image's features only lower the similarity); "
+                "try another layer or the other metric")
+    return ("the similarity does not vary over this layer's positions (e.g. a uniform image, or an embedding that "
+            "does not depend on this layer); try another layer")
