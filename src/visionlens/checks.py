@@ -23,12 +23,17 @@ def check_number(name: str, value, minimum: float | None = None, maximum: float 
     if not integer and not math.isfinite(number):
         raise InputError(f"{name} must be {kind}, got {value!r}")
     if above is not None and not number > above:
-        raise InputError(f"{name} must be greater than {above:g}, got {value!r}")
+        raise InputError(f"{name} must be greater than {_bound(above)}, got {value!r}")
     if minimum is not None and number < minimum:
-        raise InputError(f"{name} must be at least {minimum:g}, got {value!r}")
+        raise InputError(f"{name} must be at least {_bound(minimum)}, got {value!r}")
     if maximum is not None and number > maximum:
-        raise InputError(f"{name} must be at most {maximum:g}, got {value!r}")
+        raise InputError(f"{name} must be at most {_bound(maximum)}, got {value!r}")
     return number
+
+
+def _bound(bound: float) -> str:
+    """A bound as written: a whole number in full (4294967295, not 4.29497e+09), else ``%g``."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def _integer(value) -> int:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import sys
 from pathlib import Path
 
 from . import assets
 from ._version import __version__
 from .checks import count, number
-from .errors import VisionlensError, one_line
+from .errors import InputError, VisionlensError, one_line
 
 EXIT_FAILED_IMAGES = 1
 EXIT_USAGE = 2
@@ -227,6 +228,9 @@ def _cmd_layers(args) -> int:
     return 0
 
 
+WORLD_SHEET_PIXELS = 2**27  # `world`: images x side^2 (1.6 GB of float images, and the sheet of three panels each)
+
+
 def _cmd_world(args) -> int:
     from .data.world import CLASS_NAMES, Domain, World, WorldConfig
     from .viz.contact_sheet import contact_sheet
@@ -234,7 +238,14 @@ def _cmd_world(args) -> int:
     from .outputs import check_out_file
 
     out = Path(args.out)
+    pixels = args.n * args.size ** 2
+    if pixels > WORLD_SHEET_PIXELS:  # each flag within its bounds, their product in memory several times over
+        most = int(WORLD_SHEET_PIXELS // args.size ** 2)
+        raise InputError(f"--n {args.n} images of --size {args.size} are {pixels / 1e6:,.0f} megapixels; a contact "
+                         f"sheet holds at most {WORLD_SHEET_PIXELS / 1e6:.0f} (at this size, --n {most} or fewer)")
     check_out_file(out, force=args.force)
+    if out.suffix.lower() != ".png":
+        raise InputError(f"--out {out}: the contact sheet is a PNG image; give a file name ending in .png")
     config = WorldConfig(size=args.size, occlusion=args.occlusion, distractors=(0, args.max_distractors),
                          domain=Domain(hue_shift=args.hue_shift, blur=args.blur, noise=args.noise))
     batch = World(config, seed=args.seed).batch(args.split, range(args.n))
@@ -274,7 +285,7 @@ def _cmd_evaluate(args) -> int:
     split = lambda s: list(dict.fromkeys(v.strip() for v in s.split(",") if v.strip()))  # noqa: E731 - a name given twice counts once
     engine = engine_for(args.engine, args.address, args.workers, args.gpus_per_worker)
     report = evaluate(split(args.models), split(args.methods), data=args.data, n=args.n, batch_size=args.batch_size,
-                      device=args.device, out=args.out, metrics=split(args.metrics) if args.metrics else None,
+                      device=args.device, out=args.out, metrics=split(args.metrics) if args.metrics is not None else None,
                       step=args.step, seed=args.seed, progress=not args.quiet, fast_scoring=not args.exact_scoring,
                       compile=args.compile, gallery_size=args.gallery_size, shard=args.shard, weights=args.weights,
                       split=args.split, label_column=args.label_column, engine=engine,
@@ -480,7 +491,8 @@ def _parser_world(sub) -> None:
     p.add_argument("--n", type=count(maximum=10_000), default=16, help="number of samples")
     p.add_argument("--size", type=count(minimum=16, maximum=2048), default=96, help="image side in pixels")
     p.add_argument("--split", default="train", choices=["train", "val", "test"], help="synthetic-world split to draw from")
-    p.add_argument("--seed", type=count(minimum=0), default=0, help="random seed of the drawn samples")
+    p.add_argument("--seed", type=count(minimum=0, maximum=2**32 - 1), default=0,
+                   help="random seed of the drawn samples")
     p.add_argument("--columns", type=count(maximum=64), default=2, help="columns of the contact sheet")
     p.add_argument("--occlusion", type=number(minimum=0, maximum=1), default=0.0, help="probability that a distractor covers the object")
     p.add_argument("--max-distractors", type=int, default=3, choices=[0, 1, 2, 3], help="most distractor shapes per image")
@@ -539,7 +551,8 @@ def _parser_evaluate(sub) -> None:
     p.add_argument("--n", type=count(), default=100, help="number of images (the first n)")
     p.add_argument("--metrics", default=None, help="comma-separated metrics, or 'all' (default: all but randomisation)")
     p.add_argument("--step", type=count(), default=None, help="deletion/insertion pixels per step (default: the image width)")
-    p.add_argument("--seed", type=count(minimum=0), default=0, help="random seed of the run (torch.manual_seed)")
+    p.add_argument("--seed", type=count(minimum=0, maximum=2**32 - 1), default=0,
+                   help="random seed of the run (torch.manual_seed)")
     p.add_argument("--gallery-size", type=count(), default=1000,
                    help="embedding models: the first N training images form the gallery (nearest neighbour, k-NN)")
     p.add_argument("--batch-size", type=count(maximum=4096), default=16, help="images per batch")
@@ -550,9 +563,9 @@ def _parser_evaluate(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="also torch.compile that copy (and Score-CAM's masked passes): about a minute of compiling "
                         "per model, then faster scoring; for long runs")
-    p.add_argument("--decode-workers", type=count(minimum=0), default=None,
+    p.add_argument("--decode-workers", type=count(minimum=0, maximum=os.cpu_count() or 1), default=None,
                    help="processes that decode the next batches' images while this one computes (default: one per "
-                        "spare CPU, up to 4; 0: decode here)")
+                        "spare CPU, up to 4; 0: decode here; at most one per CPU)")
     p.add_argument("--scoring-batch", type=count(maximum=65536), default=None,
                    help="the most images per forward pass of deletion/insertion (default: from the device's free "
                         "memory); changes no value")
@@ -749,11 +762,20 @@ def _reject_empty_paths(args) -> None:
             raise SystemExit(EXIT_USAGE)
 
 
+def _printable_streams() -> None:
+    """A file name that is not UTF-8 (its bytes held as surrogates) prints escaped (``\udce9``)
+    instead of failing the run on a terminal that encodes strictly."""
+    for stream in (sys.stdout, sys.stderr):
+        if callable(getattr(stream, "reconfigure", None)) and getattr(stream, "errors", None) == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done, 1 some items failed (each reported on one line),
     2 bad input (one line, before any work), 70 an internal error (one line; ``--debug`` shows
     the traceback), 130 interrupted."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _printable_streams()
     debug = "--debug" in argv  # accepted anywhere on the line
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()

@@ -4,6 +4,9 @@ Every error visionlens raises on bad input derives from :class:`VisionlensError`
 the CLI) can tell "the user asked for something impossible" from a bug.
 """
 
+import sys
+import warnings
+
 
 class VisionlensError(Exception):
     """Base class: the message is one line that says what is wrong and what to do."""
@@ -54,3 +57,12 @@ def display(path) -> str:
     characters (a newline in a file name must not split a one-line message)."""
     text = str(path)
     return text if text.isprintable() else repr(text)
+
+
+def warn_at_caller(warning: Warning) -> None:
+    """Issue ``warning`` from the first frame outside visionlens (the user's call), so that the
+    warning's file and line, and any filter on them, are the user's."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("visionlens."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(warning, stacklevel=level)

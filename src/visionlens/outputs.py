@@ -94,12 +94,17 @@ def file_names(files: dict) -> list[str]:
 
 
 def own_files(out: Path) -> set[str]:
-    """Names an earlier run listed in ``out/summary.json`` (with the summary and page themselves)."""
+    """Names an earlier run listed in ``out/summary.json`` (with the summary and page themselves).
+    A ``summary.json`` is a run's only when it lists output files, records visionlens's version or
+    has 0.1.0's model and image list: any other JSON of that name is the user's, and so is the page
+    beside it."""
     try:
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return set()
-    names = {"summary.json", "index.html"}
+    if not isinstance(summary, dict):
+        return set()
+    names: set[str] = set()
 
     def collect(value, inside: bool):
         if isinstance(value, str) and inside:
@@ -112,7 +117,11 @@ def own_files(out: Path) -> set[str]:
                 collect(v, inside)
 
     collect(summary, False)
-    return names
+    versions = summary.get("versions")
+    legacy = isinstance(summary.get("model"), str) and isinstance(summary.get("images"), list)  # visionlens 0.1.0
+    if not names and not legacy and not (isinstance(versions, dict) and "visionlens" in versions):
+        return set()
+    return names | {"summary.json", "index.html"}
 
 
 def recorded_run(out: Path, record: str, planned: Iterable[str], keys: Iterable[str] = (),

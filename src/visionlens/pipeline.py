@@ -36,7 +36,10 @@ from .viz.report import write_report
 
 def parse_method(spec: str) -> tuple[str, str | None]:
     """``"relevance-cam@features.13"`` -> ``("relevance-cam", "features.13")``; ``"gradcam"`` -> ``("gradcam", None)``."""
-    name, _, layer = spec.partition("@")
+    name, at, layer = spec.partition("@")
+    if at and not layer.strip():
+        raise InputError(f"method '{spec}' names no layer after '@'; write METHOD@LAYER (e.g. gradcam@features.13) "
+                         "or the method alone")
     return name.strip(), layer.strip() or None
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from .assets import cache_dir as _home
 from .core.progress import Progress
 from .core.similarity import check_metric, rank
-from .data.images import load_image
+from .data.images import load_image, written_by_visionlens
 from .errors import ImageLoadError, InputError, display
 from .models.zoo import ZooModel
 from .viz.colormaps import check_cmap
@@ -42,6 +42,8 @@ def list_gallery(gallery: str | Path | Sequence[str | Path]) -> list[Path]:
         if not root.is_dir():
             raise InputError(f"gallery folder {root} does not exist or is not a folder")
         paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        ours = written_by_visionlens(paths)  # an earlier run's outputs inside the gallery are not gallery images
+        paths = [p for p in paths if os.path.realpath(p) not in ours]
         if not paths:
             raise InputError(f"gallery folder {root} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return paths
@@ -65,11 +67,26 @@ def _stat(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), st.st_mtime_ns, st.st_size
 
 
+def _check_cache_folder(folder: Path) -> None:
+    """One :class:`InputError` line, before any embedding, for a cache folder that cannot be one."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise InputError(f"the embedding cache folder {display(folder)} cannot be made: {display(part)} is a "
+                                 "file; give --cache-dir a folder (or --no-cache)")
+            if not os.access(part, os.W_OK):
+                raise InputError(f"the embedding cache folder {display(part)} is not writable; give --cache-dir a "
+                                 "folder you can write (or --no-cache)")
+            return
+
+
 class EmbeddingCache:
     """``{(abs path, mtime_ns, size): embedding}`` in one file per model key, written atomically."""
 
     def __init__(self, folder: str | Path | None, key: str):
         self.path = None if folder is None else Path(folder) / f"{key}.pt"
+        if folder is not None:
+            _check_cache_folder(Path(folder))
         self.entries: dict[tuple[str, int, int], torch.Tensor] = {}
         if self.path is not None and self.path.is_file():
             try:

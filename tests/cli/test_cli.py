@@ -94,6 +94,7 @@ def test_a_named_path_that_is_no_file_is_bad_input(tmp_path, imagenet_photos, ca
         (["--method", "cam", "--layer", "features.17"], "global average pooling"),
         (["--target", "1000"], "out of range for a model with 1000 classes"),
         (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--method", "gradcam@"], "method 'gradcam@' names no layer after '@'"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line_and_write_nothing(tmp_path, imagenet_photos, capsys, args, message):
@@ -172,3 +173,47 @@ def test_a_bank_for_methods_that_do_not_use_it_is_a_warning(tmp_path, imagenet_p
                  "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert warnings == ["warning: --bank is DAAM's k-NN memory bank; gradcam does not use it, so it is ignored"]
+
+
+def test_a_file_name_that_is_not_utf8_is_explained_and_shown_escaped(tmp_path, capsys, monkeypatch):
+    """It ended every command in "internal error (UnicodeEncodeError ...)" after the whole run: the
+    page and the printed lines could not encode the name's surrogates."""
+    import io
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in (b"ok.png", b"n\xe9.png"):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(os.fsdecode(bytes(folder) + b"/" + name))
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")  # a terminal that encodes strictly
+    monkeypatch.setattr(sys, "stdout", strict)
+    common = ["--model", "world-metric", "--device", "cpu", "--quiet"]
+    assert main(["retrieve", str(folder / "ok.png"), "--gallery", str(folder), "--no-cache", *common,
+                 "--out", str(tmp_path / "r")]) == 0
+    strict.flush()
+    assert b"n\\udce9.png" in strict.buffer.getvalue()
+    assert main(["explain", str(folder), "--model", "world-cnn", "--device", "cpu", "--quiet",
+                 "--out", str(tmp_path / "e")]) == 0
+    assert "n\\udce9.png" in (tmp_path / "e" / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--n", "1", "--seed", str(2**64)], "must be at most 4294967295"),
+    (["world", "--n", "1", "--seed", str(2**64)], "must be at most 4294967295"),
+    (["concepts", "--classes", "0", "--seed", "99999999999999999999"], "must be at most 4294967295"),
+    (["world", "--n", "10000", "--size", "2048"], "a contact sheet holds at most 134"),
+    (["evaluate", "--n", "1", "--metrics", ""], "--metrics names no metric"),
+    (["evaluate", "--n", "1", "--decode-workers", "999"], "--decode-workers: must be at most"),
+    (["serve", "--host", ""], "--host is empty"),
+    (["world", "--n", "1", "--out", "sheet.txt"], "give a file name ending in .png"),
+])
+def test_numbers_each_in_range_but_impossible_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv,
+                                                                           message):
+    """A seed of 2**64 crashed in torch.manual_seed; world --n 10000 --size 2048 tried to allocate
+    167 GB; --decode-workers 999 started 999 processes; --host '' listened on every interface."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / ("o.png" if argv[0] == "world" else "o")
+    given = "--out" in argv or argv[0] == "serve"
+    assert main([*argv, *([] if given else ["--out", str(out)])]) == 2
+    one_error_line(capsys.readouterr().err, message)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []

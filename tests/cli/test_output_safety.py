@@ -13,6 +13,20 @@ from visionlens.cli import main
 USERS = b"a file the user owns"
 
 
+@pytest.fixture(scope="module")
+def world_photo(tmp_path_factory):
+    """One synthetic-world image as a PNG file, in a folder of its own."""
+    import numpy as np
+    from PIL import Image
+
+    from visionlens.data.world import World, WorldConfig
+
+    image = World(WorldConfig(size=64), seed=0).batch("test", [0])["image"][0]
+    path = tmp_path_factory.mktemp("photo") / "w.png"
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
 def _plant(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(USERS)
@@ -24,13 +38,14 @@ def _plant(path):
     ["bank", "--model", "world-dino", "--n", "4", "--device", "cpu"],
 ])
 def test_a_one_file_output_that_exists_is_refused_and_force_replaces_it(tmp_path, capsys, command):
-    dest = _plant(tmp_path / "existing.out")
+    name = "existing.png" if command[0] == "world" else "existing.out"
+    dest = _plant(tmp_path / name)
     assert main([*command, "--out", str(dest)]) == 2
-    assert "--force" in one_error_line(capsys.readouterr().err, "existing.out", "already exists")
+    assert "--force" in one_error_line(capsys.readouterr().err, name, "already exists")
     assert dest.read_bytes() == USERS
     assert main([*command, "--out", str(dest), "--force"]) == 0
     assert dest.read_bytes() != USERS and dest.stat().st_size > 100
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.out"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary file left
 
 
 @pytest.mark.parametrize("command", [["world", "--n", "2"], ["bank", "--n", "4"]])
@@ -119,3 +134,45 @@ def test_demo_runs_again_into_a_folder_an_older_demo_wrote(tmp_path, small_demo)
     _plant(out / "mobilenet_v2" / "summary.json").write_text('{"model": "mobilenet_v2", "images": []}')
     assert main([*small_demo, "--out", str(out)]) == 0
     assert (out / "index.html").read_bytes() != USERS and (out / "summary.json").is_file()
+
+
+def test_a_users_json_named_summary_does_not_make_the_folder_visionlens_own(tmp_path, capsys, world_photo):
+    """Any JSON of that name was read as an earlier run's record: the user's summary.json and the
+    index.html beside it were replaced."""
+    for command in (["explain", str(world_photo), "--model", "world-cnn"],
+                    ["explain-pair", str(world_photo), str(world_photo), "--model", "world-metric"]):
+        folder = tmp_path / command[0]
+        (folder / "summary.json").parent.mkdir()
+        (folder / "summary.json").write_text('{"my": "data"}')
+        _plant(folder / "index.html")
+        assert main([*command, "--device", "cpu", "--out", str(folder)]) == 2
+        one_error_line(capsys.readouterr().err, "summary.json", "not written by visionlens")
+        assert (folder / "summary.json").read_text() == '{"my": "data"}' and (folder / "index.html").read_bytes() == USERS
+
+
+def test_evaluate_does_not_append_to_a_users_results_file(tmp_path, capsys):
+    users = _plant(tmp_path / "mine" / "results.jsonl")
+    assert main([*EVALUATE, "--out", str(tmp_path / "mine")]) == 2
+    one_error_line(capsys.readouterr().err, "results.jsonl", "not written by visionlens")
+    assert users.read_bytes() == USERS
+
+
+def test_retrieve_into_a_folder_inside_its_gallery_does_not_rank_its_own_outputs(tmp_path, capsys, world_photo):
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for name in ("a.png", "b.png"):
+        (gallery / name).write_bytes(world_photo.read_bytes())
+    argv = ["retrieve", str(world_photo), "--gallery", str(gallery), "--model", "world-metric", "--device", "cpu",
+            "--quiet", "--no-cache", "--top", "2", "--out", str(gallery / "out")]
+    assert main(argv) == 0 and main(argv) == 0
+    summary = strict_json((gallery / "out" / "summary.json").read_text())
+    assert summary["gallery"]["images"] == 2
+    assert sorted(m["file"] for m in summary["queries"][0]["matches"]) == [str(gallery / "a.png"), str(gallery / "b.png")]
+
+
+def test_retrieve_refuses_a_cache_folder_that_is_a_file_before_embedding(tmp_path, capsys, world_photo):
+    cache = _plant(tmp_path / "cachefile")
+    assert main(["retrieve", str(world_photo), "--gallery", str(world_photo.parent), "--model", "world-metric",
+                 "--device", "cpu", "--quiet", "--cache-dir", str(cache), "--out", str(tmp_path / "o")]) == 2
+    one_error_line(capsys.readouterr().err, "cachefile is a file; give --cache-dir a folder")
+    assert cache.read_bytes() == USERS and not (tmp_path / "o").exists()

@@ -696,3 +696,26 @@ def test_a_run_that_can_score_nothing_is_one_line_and_leaves_nothing(tmp_path, c
     assert main(argv) == 2
     assert message in one_error_line(capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_insertion_values_of_an_earlier_start_image_are_not_resumed(tmp_path, capsys):
+    """insertion started from a sampled Gaussian before it used RISE's kernel (up to 0.07 apart on one
+    ImageNet photo): a folder holding such values is not filled further with the new ones."""
+    out = tmp_path / "o"
+    argv = [*CLI, "--n", "2", "--metrics", "deletion,insertion", "--out", str(out)]
+    assert main(argv) == 0
+    assert json.loads((out / "settings.json").read_text())["insertion_start"] == "RISE gkern(11, 5)"
+    settings = json.loads((out / "settings.json").read_text())
+    del settings["insertion_start"]  # as an earlier visionlens wrote it
+    (out / "settings.json").write_text(json.dumps(settings))
+    before = (out / "results.jsonl").read_bytes()
+    assert main([*argv[:-4], "--n", "4", "--metrics", "deletion,insertion", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds insertion values of an earlier visionlens" in err and "\n" not in err
+    assert (out / "results.jsonl").read_bytes() == before
+    deletion_only = tmp_path / "d"  # a folder without insertion resumes as before
+    assert main([*CLI, "--n", "2", "--metrics", "deletion", "--out", str(deletion_only)]) == 0
+    settings = json.loads((deletion_only / "settings.json").read_text())
+    del settings["insertion_start"]
+    (deletion_only / "settings.json").write_text(json.dumps(settings))
+    assert main([*CLI, "--n", "3", "--metrics", "deletion", "--out", str(deletion_only)]) == 0

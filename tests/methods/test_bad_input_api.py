@@ -147,3 +147,76 @@ def test_repeated_calls_do_not_leak_hooks_or_tensors(tiny_net):
         del exp
     assert snapshot(tiny_net)["hooks"] == hooks_before
     assert _count_tensors() <= tensors_before
+
+
+class _FeaturesAndLogits(torch.nn.Module):
+    """A research model's ``(embedding, logits)`` output."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        features = self.net.pool(self.net.features(x)).flatten(1)
+        return features, self.net.fc(features)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "ablationcam", "relevance-cam"])
+def test_an_output_of_several_tensors_is_refused_not_read_as_its_first(tiny_net, method):
+    """`(features, logits)` used to be explained as if the 16 features were 16 class scores."""
+    model = _FeaturesAndLogits(tiny_net).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = snapshot(model)
+    with pytest.raises(InputError, match=r"returns a tuple of 2 tensors \(\(2, 16\), \(2, 5\)\).*ambiguous") as info:
+        visionlens.METHODS[method](model)(x)
+    assert "\n" not in str(info.value)
+    assert_same_state(before, snapshot(model))
+
+
+def test_a_callable_target_picks_the_scores_from_an_output_of_several_tensors(tiny_net):
+    model = _FeaturesAndLogits(tiny_net).eval()
+    x = torch.randn(2, 3, 32, 32)
+    picked = GradCAM(model, "net.features")(x, lambda out: out[1][:, 3])
+    plain = GradCAM(tiny_net, "features")(x, 3)
+    torch.testing.assert_close(picked.maps, plain.maps)
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "scorecam", "ablationcam", "relevance-cam", "naflow"])
+def test_a_model_that_computes_nan_is_one_line_not_a_flat_map_or_a_structural_error(tiny_net, method):
+    """One NaN weight: CAM and NAFlow blamed the model's structure, Ablation-CAM raised PyTorch's
+    "atol must be greater than or equal to zero", the others returned all-zero maps."""
+    import copy
+
+    model = copy.deepcopy(tiny_net)
+    with torch.no_grad():
+        model.features[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="contains NaN or infinite values for every image of a finite input") as info:
+        visionlens.METHODS[method](model)(torch.randn(2, 3, 32, 32))
+    assert "\n" not in str(info.value)
+    assert not model.training and not any(m._forward_hooks for m in model.modules())
+
+
+def test_gradcam_plus_plus_on_a_float16_model_matches_float32(tiny_net):
+    """In float16 the squared and cubed gradients (about 1e-4 here) underflowed to zero: all-zero maps."""
+    import copy
+
+    from visionlens import GradCAMPlusPlus
+
+    model = copy.deepcopy(tiny_net)
+    with torch.no_grad():
+        model.fc.weight.mul_(1e-1)  # gradients of about 1e-5: their squares are below float16's smallest number
+    x = torch.randn(2, 3, 32, 32)
+    full = GradCAMPlusPlus(model)(x, [1, 2]).maps
+    half_model = copy.deepcopy(model).half()
+    half = GradCAMPlusPlus(half_model)(x.half(), [1, 2]).maps
+    assert float(half.amax()) == 1.0  # not flat
+    assert float((half - full).abs().max()) < 0.05
+
+
+def test_a_channel_mismatch_hints_at_grayscale_only_for_a_grayscale_model(tiny_net):
+    with pytest.raises(InputError, match="takes 3; give the model 3-channel images$"):
+        GradCAM(tiny_net)(torch.randn(1, 1, 32, 32))
+    gray = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with pytest.raises(InputError, match="convert the images to 'L'"):
+        GradCAM(gray, "1")(torch.randn(1, 3, 32, 32))

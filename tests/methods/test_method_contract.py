@@ -188,7 +188,7 @@ def test_an_input_with_other_channels_than_the_model_takes_is_one_line(name):
 
 
 class _WrappedOutput(torch.nn.Module):
-    """TinyGapNet returning its logits inside a dict or a tuple, as many training codebases do."""
+    """TinyGapNet returning its logits inside a dict or a tuple (beside non-tensors), as many training codebases do."""
 
     def __init__(self, kind: str):
         super().__init__()
@@ -196,7 +196,7 @@ class _WrappedOutput(torch.nn.Module):
 
     def forward(self, x):
         logits = self.net(x)
-        return {"logits": logits} if self.kind == "dict" else (logits, logits.detach().softmax(1))
+        return {"logits": logits} if self.kind == "dict" else (logits, None)  # one tensor: the scores (several: refused)
 
 
 @pytest.mark.parametrize("kind", ["dict", "tuple"])
@@ -269,3 +269,43 @@ def test_relevance_cam_on_a_compiled_model_names_the_module_before_compiling():
     compiled = torch.compile(TinyGapNet().eval())  # nothing is compiled until it runs
     with pytest.raises(InputError, match=r"explain the module before compiling it \(model\._orig_mod\)"):
         RelevanceCAM(compiled)
+
+
+def test_a_reused_layer_is_warned_about_and_its_last_call_explained_and_ablation_refuses_it():
+    """torchvision's BasicBlock calls one ReLU module twice: which call a map is of was silent
+    (pytorch-grad-cam reads the first), and Ablation-CAM, which replaces the output of every call,
+    failed with a message about the input's channels."""
+    import warnings
+
+    from torchvision.models import resnet18
+
+    from visionlens import AblationCAM
+    from visionlens.errors import LayerError, VisionlensWarning
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    for method in (GradCAM, RelevanceCAM):
+        with pytest.warns(VisionlensWarning, match=r"'layer1\.0\.relu' runs 2 times .* last call .*'layer1\.0'"):
+            reused = method(model, "layer1.0.relu")(x, [1, 3])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", VisionlensWarning)  # a module that runs once: no warning
+            block = method(model, "layer1.0")(x, [1, 3])
+        torch.testing.assert_close(reused.raw, block.raw, rtol=1e-4, atol=1e-6 * float(block.raw.abs().max()))
+    with pytest.raises(LayerError, match=r"ablationcam replaces the output of layer 'layer1\.0\.relu', which runs 2 "
+                                         r"times .*such as its block 'layer1\.0'"):
+        AblationCAM(model, "layer1.0.relu")(x, [1, 3])
+
+
+@pytest.mark.parametrize("method", ["gradcam", "eigencam", "scorecam", "ablationcam"])
+def test_the_cam_family_on_a_fixed_size_vit_refuses_another_size_in_one_line(method):
+    """The CAM family passed timm's AssertionError through ("Input height (48) doesn't match model
+    (32)"); the attention methods already said what to do."""
+    timm = pytest.importorskip("timm")
+    from visionlens import METHODS
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=3).eval()
+    with pytest.raises(InputError, match=r"expects 32x32 inputs .* got 48x48; resize the images to 32x32"):
+        METHODS[method](vit)(torch.randn(1, 3, 48, 48))
+    assert METHODS[method](vit)(torch.randn(1, 3, 32, 32)).maps.shape == (1, 32, 32)

@@ -36,3 +36,30 @@ def test_gradcam_matches_pytorch_grad_cam_mobilenet_intermediate_layer(mobilenet
 
 def test_gradcam_matches_pytorch_grad_cam_efficientnet(efficientnet, imagenet_photos):
     _compare(efficientnet, efficientnet.module._head_act, "_head_act", imagenet_photos[:8])
+
+
+@pytest.mark.parametrize("method", ["GradCAM", "XGradCAM", "GradCAMPlusPlus"])
+def test_a_layer_followed_by_an_in_place_relu_matches_pytorch_grad_cam_with_in_place_turned_off(method):
+    """pytorch-grad-cam keeps a layer's output as a tensor sharing memory with it, which the in-place
+    ReLU after it overwrites (docs/guides/switching.md); with in-place turned off in its copy of the
+    model, the two agree. visionlens, on the model as built, uses the layer's own output."""
+    import copy
+
+    import torchvision
+
+    import visionlens
+
+    torch.manual_seed(1)
+    model = torchvision.models.vgg11(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    targets = [3, 7]
+    ours = getattr(visionlens, method)(model, "features.13")(x, targets).maps.numpy()  # a conv before ReLU(inplace)
+    without = copy.deepcopy(model)
+    for m in without.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    with getattr(pgc, method)(model=without, target_layers=[without.features[13]]) as cam:
+        ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in targets])
+    for a, b in zip(ours, ref):
+        assert np.abs(a - b).max() <= 1e-4 and np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.9999
+    assert all(m.inplace for m in model.modules() if isinstance(m, torch.nn.ReLU))  # the user's model as it was

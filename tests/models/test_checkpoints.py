@@ -93,17 +93,41 @@ def test_nan_weights_are_refused_before_any_work(tmp_path, resnet18_state, image
     assert "NaN" in one_error_line(capsys.readouterr().err) and not (tmp_path / "o").exists()
 
 
-def test_a_non_finite_map_stops_that_image_and_the_summary_stays_strict_json(tmp_path, imagenet_photos, capsys):
+def test_a_model_whose_output_is_never_finite_is_refused_before_any_work(tmp_path, imagenet_photos):
+    """An infinite weight: every image's maps would be NaN; one line before anything is written."""
     net = TinyGapNet().eval()
     with torch.no_grad():
         net.fc.weight[0, 0] = float("inf")
     model = visionlens.load_model(net)
+    with pytest.raises(visionlens.errors.InputError, match="NaN or infinite values for every image"):
+        visionlens.explain_files(imagenet_photos[:2], model, ["gradcam"], target=0, out_dir=tmp_path / "o",
+                                 progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_non_finite_map_stops_that_image_and_the_summary_stays_strict_json(tmp_path, imagenet_photos, capsys,
+                                                                                monkeypatch):
+    """Only some images' outputs are not finite (a float16 overflow on one photo): those images are
+    reported and skipped, the others explained."""
+    net = TinyGapNet().eval()
+    first = {"seen": 0}
+
+    def overflow_on_the_second_image(module, inputs, output):
+        first["seen"] += 1
+        if first["seen"] > 1 and output.shape[0] == 2:  # the run's batch, not the blank probe
+            scale = torch.ones(2, 1)
+            scale[1] = float("inf")
+            return output * scale
+        return None
+
+    net.fc.register_forward_hook(overflow_on_the_second_image)
+    model = visionlens.load_model(net)
     summary = visionlens.explain_files(imagenet_photos[:2], model, ["gradcam"], target=0, out_dir=tmp_path / "o",
                                        progress=False)
-    assert summary["images"] == [] and len(summary["failures"]) == 2
-    assert all("NaN or infinite" in f["error"] for f in summary["failures"])
+    assert len(summary["images"]) == 1 and len(summary["failures"]) == 1
+    assert "NaN or infinite" in summary["failures"][0]["error"]
     strict_json((tmp_path / "o" / "summary.json").read_text())
-    assert len(capsys.readouterr().err.strip().splitlines()) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args,flag", [

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.hooks import ActivationCapture, preserved_model_state
+from ..core.hooks import ActivationCapture, preserved_model_state, warn_if_reused
 from ..core.progress import Progress
 from ..errors import LayerError
 
@@ -25,6 +25,7 @@ def layer_activations(model: nn.Module, name: str, module: nn.Module, x: torch.T
     with preserved_model_state(model), torch.no_grad(), ActivationCapture({name: module}) as cap:
         model(x)
         act = cap.get(name)
+        warn_if_reused(name, cap.calls.get(name, 1))
     if act.dim() != 4:
         raise LayerError(f"layer '{name}' outputs shape {tuple(act.shape)}; concept discovery needs a (B, C, H, W) "
                          "convolutional feature map")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..errors import LayerError
+from ..errors import LayerError, VisionlensWarning, warn_at_caller
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -131,6 +131,7 @@ class ActivationCapture:
         self.modules = modules
         self.grad = grad
         self.activations: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}  # per layer, the calls captured (a reused module: several; the last is kept)
         # per-layer reshape applied to the gradients (e.g. ViT tokens -> patch grid)
         self.transforms: dict = {}
         self._grad_cache: dict = {}
@@ -157,6 +158,7 @@ class ActivationCapture:
             else:
                 act = output.detach()
             self.activations[name] = act
+            self.calls[name] = self.calls.get(name, 0) + 1
             return act.clone()
 
         return hook
@@ -220,3 +222,19 @@ class ActivationCapture:
             cols = [torch.autograd.grad(score[:, j].sum(), acts, allow_unused=True, retain_graph=True) for j in range(k)]
             grads = tuple(None if cols[0][i] is None else torch.stack([c[i] for c in cols]) for i in range(len(acts)))
         return [None if g is None else g.transpose(0, 1).flatten(0, 1) for g in grads]
+
+
+def reused_layer_hint(name: str) -> str:
+    """``", such as its block 'a.b'"`` for a dotted layer name, else nothing."""
+    parent = name.rpartition(".")[0]
+    return f", such as its block '{parent}'" if parent else ""
+
+
+def warn_if_reused(name: str, calls: int) -> None:
+    """A :class:`~visionlens.errors.VisionlensWarning` when layer ``name`` ran ``calls > 1`` times in
+    one forward pass (a module the model reuses, as a ResNet block's one ReLU): which call is
+    meant is ambiguous, and visionlens explains the last."""
+    if calls > 1:
+        warn_at_caller(VisionlensWarning(
+            f"layer '{name}' runs {calls} times in one forward pass (a module the model reuses): the maps are of "
+            f"its last call (pytorch-grad-cam's of its first); name a module that runs once{reused_layer_hint(name)}"))

@@ -307,9 +307,10 @@ class SwinAdapter:
         return out
 
     def refusal(self) -> str:
-        """Why attention flows (DAAM, rollout) do not apply, and what to use instead."""
+        """Why the ViT attention methods (DAAM, rollout, Chefer, LeGrad, AttnLRP) do not apply, and what to use instead."""
         return (f"Swin has no [class] token: {type(self.model).__name__} averages its patch tokens and attends within "
-                f"windows, so DAAM and attention rollout do not apply; use gradcam on layer '{self.norms[-1]}'")
+                "windows, so the ViT attention methods (daam, rollout, chefer, legrad, attnlrp) do not apply; use "
+                f"gradcam on layer '{self.norms[-1]}'")
 
     def token_transform(self, name: str, x: torch.Tensor, tokens: torch.Tensor):
         """The function turning the layer's tokens ``(B, N, C)`` or channels-last ``(B, h, w, C)``
@@ -376,7 +377,8 @@ def model_output(output) -> torch.Tensor:
     """The tensor to explain from a model's output: a tensor as is, ``.logits`` of a Hugging Face
     classifier, the [class] token of ``.last_hidden_state`` (a headless Hugging Face ViT), the
     ``out`` tensor of a dict (a torchvision segmentation model's ``OrderedDict``), the ``logits``
-    tensor of a dict, or a dict's only tensor."""
+    tensor of a dict, or a dict's, tuple's or list's only tensor. A tuple or list of several tensors
+    (``(features, logits)``) is an :class:`AmbiguousOutputError`: which one holds the scores?"""
     if torch.is_tensor(output):
         return output
     if isinstance(output, dict) and not hasattr(output, "logits"):
@@ -390,9 +392,33 @@ def model_output(output) -> torch.Tensor:
         return output.logits
     if torch.is_tensor(getattr(output, "last_hidden_state", None)):
         return output.last_hidden_state[:, 0]
-    if isinstance(output, (tuple, list)) and output and torch.is_tensor(output[0]):
-        return output[0]
+    if isinstance(output, (tuple, list)):
+        tensors = [value for value in output if torch.is_tensor(value)]
+        if len(tensors) == 1:
+            return tensors[0]
+        if len(tensors) > 1:
+            shapes = ", ".join(str(tuple(t.shape)) for t in tensors[:4])
+            raise AmbiguousOutputError(
+                f"the model returns a {type(output).__name__} of {len(tensors)} tensors ({shapes}), so which one holds "
+                "the class scores is ambiguous; make it return the logits (wrap it in a module whose forward picks "
+                "them) or give a callable target that picks the score from the output")
     raise InputError(f"cannot find a tensor in the model output of type {type(output).__name__}")
+
+
+class AmbiguousOutputError(InputError):
+    """A model output with several tensors, none of which is named as the scores."""
+
+
+def check_output_finite(output, where: str = "the model's output") -> None:
+    """One :class:`InputError` line when a float tensor the model computed for a finite input holds
+    NaN or infinite values for every image of the batch (a NaN parameter): no map could mean
+    anything. Where only some images' values are not finite (a float16 overflow on one image), their
+    maps are not finite either, and the others are explained (a command reports those images)."""
+    if torch.is_tensor(output) and output.is_floating_point() and output.numel():
+        rows = torch.isfinite(output).flatten(1).all(1) if output.dim() > 1 else torch.isfinite(output)
+        if not bool(rows.any()):
+            raise InputError(f"{where} contains NaN or infinite values for every image of a finite input; check the "
+                             "model's weights (a NaN or infinite parameter) and numerics (float16 overflow)")
 
 
 @dataclass

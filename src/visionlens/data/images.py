@@ -89,7 +89,7 @@ def _check_file(path: Path) -> None:
         raise InputError(f"{display(path)}: not a regular file; give an image file or a folder")
 
 
-def _written_by_visionlens(files: list[Path]) -> set[str]:
+def written_by_visionlens(files: list[Path]) -> set[str]:
     """The real paths of those of ``files`` that a visionlens run wrote: listed in the
     ``summary.json`` of their folder, or inside the hidden folder of a run in progress."""
     written: set[str] = set()
@@ -114,7 +114,7 @@ def image_files(paths, recursive: bool = False) -> list[Path]:
             continue
         pattern = given.rglob("*") if recursive else given.iterdir()
         images = sorted(p for p in pattern if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        written = _written_by_visionlens(images)
+        written = written_by_visionlens(images)
         if images and all(os.path.realpath(p) in written for p in images):
             raise InputError(f"{display(given)}: its images are a visionlens run's outputs (listed in its summary.json), "
                              "which are not read as inputs; give the original images")

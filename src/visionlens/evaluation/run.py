@@ -52,6 +52,9 @@ def _checked_numbers(n, batch_size, step, gallery_size, examples) -> tuple:
 
 def _metric_names(metrics: list[str] | None) -> list[str]:
     """The metrics named (``all``: every one; none: the defaults), each checked to be known."""
+    if metrics is not None and not metrics:
+        raise InputError("--metrics names no metric; give some (e.g. deletion,insertion), 'all', or leave it out "
+                         "for the defaults")
     names = list(M.default_metrics() if not metrics else (list(M.METRICS) if metrics == ["all"] else metrics))
     for m in names:
         M.get_metric(m)
@@ -573,8 +576,10 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
     masked passes of methods that take it (Score-CAM): a minute or so of compiling per model,
     then about 1.4-1.5x faster scoring on this project's CPU (docs/benchmarks.md)."""
     n, batch_size, step, gallery_size, examples = _checked_numbers(n, batch_size, step, gallery_size, examples)
+    seed = check_number("seed", seed, minimum=0, maximum=2**32 - 1, integer=True)
     if decode_workers is not None:
-        decode_workers = check_number("--decode-workers", decode_workers, minimum=0, integer=True)
+        decode_workers = check_number("--decode-workers", decode_workers, minimum=0, maximum=os.cpu_count() or 1,
+                                      integer=True)  # decoding is CPU work: more processes than CPUs only wait
     if scoring_batch is not None:
         scoring_batch = check_number("--scoring-batch", scoring_batch, minimum=1, integer=True)
     methods = list(dict.fromkeys(m for m in methods if m))  # a method named twice is scored once

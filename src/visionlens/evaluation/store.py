@@ -28,6 +28,7 @@ except ImportError:  # Windows: results files are not locked
 from ..errors import InputError
 from ..outputs import check_out_dir, recorded_run
 from ..io import strict, write_json
+from ..metrics.faithfulness import INSERTION_START
 from .data import parse_data
 
 RESULTS = "results.jsonl"
@@ -144,7 +145,26 @@ def check_folder(out: Path, shard: tuple[int, int] | None) -> None:
     planned = [results_file(shard), SETTINGS, "manifest.json", "report.csv", "report.json", "index.html", "examples"]
     own = (recorded_run(out, SETTINGS, planned, keys=("data", "metrics"))
            | recorded_run(out, "manifest.json", planned, keys=("command",)))
-    check_out_dir(out, planned, own=own or (set(planned) if result_files(out) else set()))
+    records = [p for p in result_files(out) if _holds_records(p)]  # shard files copied in without their settings
+    check_out_dir(out, planned, own=own or (set(planned) if records else set()))
+
+
+def _holds_records(path: Path) -> bool:
+    """Whether a results file is one an evaluation wrote: empty, its first line a record of one
+    (model, method and image), or only a torn record (a run stopped while writing it); a user's file
+    of that name is not appended to."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, ValueError):
+        return False
+    if not first.strip():
+        return True
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return first.startswith("{") and not first.endswith("\n")
+    return isinstance(record, dict) and {"model", "method"} <= record.keys()
 
 
 def read_folder_results(folder: Path, warn: bool = True) -> list[dict]:
@@ -284,13 +304,14 @@ def data_source(data: dict) -> dict:
 
 
 def run_settings(data: dict, metrics: list[str], step: int | None, seed: int, gallery_size: int,
-                 models: dict | None = None) -> dict:
+                 models: dict | None = None, insertion_start: str | None = INSERTION_START) -> dict:
     """The arguments that per-image values depend on, besides the model and method of each record.
     Batch size, device and the scoring copy change values only by float rounding, so they may
     differ between the runs that fill one folder; these may not. ``models``: per model name, what
-    it was loaded from (spec, weights, preprocessing)."""
+    it was loaded from (spec, weights, preprocessing). ``insertion_start``: the blurred image that
+    insertion starts from (``None``: a folder of an earlier visionlens, a sampled Gaussian)."""
     settings = {"data": data_source(data), "metrics": list(metrics), "step": step, "seed": seed,
-                "gallery_size": gallery_size}
+                "gallery_size": gallery_size, "insertion_start": insertion_start}
     return settings if models is None else {**settings, "models": models}
 
 
@@ -311,7 +332,7 @@ def _recorded_settings(out: Path) -> dict | None:
     try:
         cmd = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["command"]
         return run_settings(parse_data(cmd["data"]), cmd["metrics"], cmd["step"], cmd["seed"],
-                            cmd.get("gallery_size", 1000))
+                            cmd.get("gallery_size", 1000), insertion_start=None)
     except (OSError, ValueError, KeyError, TypeError, InputError):
         return None
 
@@ -365,6 +386,9 @@ def settle_settings(out: Path, settings: dict, has_results: bool) -> list[str]:
     a folder has the same metrics (a command may report a subset of them)."""
     recorded = _recorded_settings(out) if has_results else None
     if recorded is not None:
+        if "insertion" in recorded["metrics"] and recorded.get("insertion_start") != settings.get("insertion_start"):
+            raise InputError(f"{out} holds insertion values of an earlier visionlens, which started from a sampled "
+                             "Gaussian blur, not RISE's kernel: use another --out to compute them again")
         differ = _differences(recorded, settings)
         if differ:
             raise InputError(f"{out} holds results computed with {'; '.join(differ)}: re-run with the folder's "

@@ -27,7 +27,7 @@ from torch import nn
 from ..core.hooks import preserved_model_state
 from ..core.layers import eager_module, model_device, resolve_layer
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import model_output
+from ..core.vit import AmbiguousOutputError, check_output_finite, model_output
 from ..errors import InputError, LayerError, LRPError
 from .canonizers import Canonizer, canonized, default_canonizers
 from .composite import Composite, Unit, missing_rule_message
@@ -71,6 +71,7 @@ class Attribution:
     start: torch.Tensor
     relevance: dict[str, torch.Tensor] = field(default_factory=dict)
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)  # per layer, how often it ran (a reused module: more than 1)
 
 
 def initial_relevance(target: Target, output: torch.Tensor, contrastive: bool = True) -> tuple[torch.Tensor, ClassTargets]:
@@ -163,6 +164,7 @@ class LRP:
             def hook(module, args, output):
                 if not torch.is_tensor(output):
                     raise LayerError(f"layer '{name}' returns {type(output).__name__}, not a tensor; choose another layer")
+                state["calls"][name] = state["calls"].get(name, 0) + 1
                 if name in state["captured"]:  # a module called again (a block's shared ReLU): like every
                     state["captured"][name] = output  # method, explain its last call (the graph runs through it)
                     return None
@@ -241,7 +243,7 @@ class LRP:
             stack.enter_context(canonized(model, self.canonizers))
             units = self.composite.units(model)
             self._check_layers(units, resolved)
-            state = {"stack": [], "nodes": {}, "captured": {}, "leaf": None}
+            state = {"stack": [], "nodes": {}, "captured": {}, "leaf": None, "calls": {}}
             handles = self._register(units, resolved, state)
             stack.callback(lambda: [h.remove() for h in handles])
             with torch.no_grad():
@@ -258,12 +260,15 @@ class LRP:
                             "express it as a module with a canonizer (visionlens.lrp.ResidualAdd.register)"
                         ) from None
                     raise
-            try:  # a tuple's first tensor, a Hugging Face output's logits, ...
+            try:  # a tuple's only tensor, a Hugging Face output's logits, ...
                 output = model_output(output)
+            except AmbiguousOutputError:
+                raise
             except InputError:
                 pass  # refused just below
             if not torch.is_tensor(output) or output.dim() != 2:
                 raise InputError("LRP needs a model whose output is a (B, num_classes) tensor")
+            check_output_finite(output)
             missing = [n for n in resolved if n not in state["captured"]]
             if missing:
                 raise LayerError(f"layer '{missing[0]}' was not executed in the forward pass; choose a layer the model uses")
@@ -274,7 +279,7 @@ class LRP:
             names = ([INPUT] if want_input else []) + list(resolved)
             tensors = [x if n == INPUT else state["captured"][n] for n in names]
             grads = torch.autograd.grad(output, tensors, start, allow_unused=True)
-        result = Attribution(output=output.detach(), targets=targets, start=start)
+        result = Attribution(output=output.detach(), targets=targets, start=start, calls=dict(state["calls"]))
         for n, t, g in zip(names, tensors, grads):
             result.activations[n] = t.detach()
             result.relevance[n] = torch.zeros_like(t) if g is None else g.detach()

@@ -31,6 +31,7 @@ ablation layer does); the map is over the patch tokens. On timm Swin's channels-
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from typing import Callable
@@ -105,8 +106,9 @@ def layer_tail(model: nn.Module, name: str) -> fx.GraphModule | None:
 def _reproduces(out, output: torch.Tensor) -> bool:
     """Whether a tail's raw output gives the model's logits ``output`` (within float rounding)."""
     out = unwrap_output(out)
-    return (isinstance(out, torch.Tensor) and out.shape == output.shape
-            and torch.allclose(out, output, rtol=1e-4, atol=1e-4 * (1 + float(output.abs().max()))))
+    scale = float(output.abs().max())
+    return (isinstance(out, torch.Tensor) and out.shape == output.shape and math.isfinite(scale)
+            and torch.allclose(out, output, rtol=1e-4, atol=1e-4 * (1 + scale)))
 
 
 class AblatedBatches:
@@ -161,6 +163,7 @@ class AblatedBatches:
 
 class AblationCAM(PerturbationMethod):
     name = "ablationcam"
+    replaces_layer_output = True
 
     def __init__(self, model, layer=None, batch_size: int | None = None, inference_copy: bool = True):
         super().__init__(model, layer, 64 if batch_size is None else batch_size)

@@ -18,20 +18,19 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import sys
-import warnings
 
 from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from ..core.hooks import ActivationCapture, autograd_ready, preserved_model_state
+from ..core.hooks import ActivationCapture, autograd_ready, preserved_model_state, reused_layer_hint, warn_if_reused
 from ..core.layers import check_spatial, eager_module, find_last_spatial_layer, model_device, resolve_layer
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets, wants_raw_output
-from ..core.vit import find_swin, find_vit, model_output, spatial_transform
-from ..errors import FlatMapWarning, InputError, LayerError, VisionlensError
+from ..core.vit import (AmbiguousOutputError, check_output_finite, find_swin, find_vit, model_output, recognised_vit,
+                        spatial_transform)
+from ..errors import FlatMapWarning, InputError, LayerError, VisionlensError, warn_at_caller
 
 
 def check_input(x: torch.Tensor, defer_finite: bool = False) -> torch.Tensor | None:
@@ -95,8 +94,9 @@ def input_mismatch_as_input_error(model: nn.Module, x: torch.Tensor) -> Iterator
         channels = _CHANNELS_ERROR.search(str(err))
         if channels is not None:
             want, got = channels.groups()
+            hint = " (a grayscale model: convert the images to 'L')" if want == "1" else ""
             raise InputError(f"the input has {got} channels but a convolution of the model takes {want}; give "
-                             f"the model {want}-channel images (a grayscale model: convert the images to 'L')") from err
+                             f"the model {want}-channel images{hint}") from err
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
         if dtype is None or x.dtype == dtype or "type" not in str(err):
             raise
@@ -207,6 +207,7 @@ class ClassActivationMethod(Method):
     relu = True
     multi_target = True  # accepts (B, K) targets: maps (B, K, H, W)
     shares_pass = True  # computes its weights from the shared forward (and backward) pass of explain_many
+    replaces_layer_output = False  # re-runs the model with the layer's output replaced (Ablation-CAM)
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None):
         super().__init__(model)
@@ -336,15 +337,19 @@ def warn_if_flat(results: dict[str, Explanation], model: nn.Module, x: torch.Ten
     warning = FlatMapWarning(f"all-zero (constant) maps{where} ({counts} maps): {why}")
     per_image = torch.stack([f.reshape(len(results[name].maps), -1).any(1) for name, f in flat.items()]).any(0)
     warning.images = per_image.nonzero().flatten().tolist()  # which images of the batch (a command names them)
-    warnings.warn(warning, stacklevel=_caller_level())
+    warn_at_caller(warning)
 
 
-def _caller_level() -> int:
-    """The ``stacklevel`` of the first frame outside visionlens (the user's call)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("visionlens."):
-        frame, level = frame.f_back, level + 1
-    return level
+def _check_layer_calls(methods, name: str, calls: int) -> None:
+    """A layer the forward pass runs several times: a :class:`LayerError` for a method that replaces
+    its output (which call?), else a warning that the maps are of its last call."""
+    if calls > 1:
+        for m in methods:
+            if m.replaces_layer_output:
+                raise LayerError(f"{m.name} replaces the output of layer '{name}', which runs {calls} times in one "
+                                 f"forward pass (a module the model reuses); choose a module that runs once"
+                                 f"{reused_layer_hint(name)}")
+        warn_if_reused(name, calls)
 
 
 def _flat_advice(model: nn.Module, x: torch.Tensor, result: Explanation, negative: bool) -> str:
@@ -366,6 +371,9 @@ def _flat_advice(model: nn.Module, x: torch.Tensor, result: Explanation, negativ
 
 def _explain_shared(methods, model, x, target) -> dict[str, Explanation]:
     finite = check_input(x, defer_finite=torch.is_tensor(x) and x.is_cuda)  # on a GPU, read it once at the end
+    vit = recognised_vit(model)
+    if vit is not None:
+        vit.check_input(x)  # a fixed patch grid: one line, not the backbone's own assertion
     x = autograd_ready(x.to(model_device(model)))
     try:
         with input_mismatch_as_input_error(model, x):
@@ -390,8 +398,10 @@ def _explain_many(methods, model, x, target) -> dict[str, Explanation]:
         with ActivationCapture({name: module}, grad=grad) as capture, torch.no_grad():
             capture.inputs, capture.target = x, target  # for methods that re-run the model (Score-CAM, Ablation-CAM)
             raw_out = model(x)  # what a callable target with raw_output = True receives (dicts, lists, ModelOutputs)
-            output = unwrap_output(raw_out)  # a tensor, .logits of a Hugging Face output, ...; None if none
+            output = unwrap_output(raw_out, ambiguous_ok=callable(target) and not torch.is_tensor(target))
+            check_output_finite(output)  # a tensor, .logits of a Hugging Face output, ...; None if none
             activation = capture.get(name)
+            _check_layer_calls(methods, name, capture.calls.get(name, 1))
             transform = spatial_transform(model, x, name, module, activation)
             if transform is not None:  # tokens (B, N, C) or channels-last (B, h, w, C) -> (B, C, h, w)
                 capture.transforms[name] = transform
@@ -417,7 +427,8 @@ def _explain_many(methods, model, x, target) -> dict[str, Explanation]:
             else:
                 weights = [m.channel_weights(activation, targets, output, capture) for m in methods]
         activation = activation.detach()
-        raws = [m.combine(w.detach().to(activation.dtype), activation) for m, w in zip(methods, weights)]
+        dtype = torch.promote_types(activation.dtype, torch.float32)  # float16 weights of 1e-8 would underflow
+        raws = [m.combine(w.detach().to(dtype), activation.to(dtype)) for m, w in zip(methods, weights)]
     indices = None if targets.indices is None else targets.indices.detach()
     results = {}
     for m, raw in zip(methods, raws):
@@ -430,11 +441,16 @@ def _explain_many(methods, model, x, target) -> dict[str, Explanation]:
     return results
 
 
-def unwrap_output(raw, fallback=None):
+def unwrap_output(raw, fallback=None, ambiguous_ok: bool = True):
     """The logits tensor in a model's raw output (:func:`model_output`), or ``fallback`` when it
-    holds none (a detector's list of dicts)."""
+    holds none (a detector's list of dicts) or, with ``ambiguous_ok``, several (a callable target
+    picks from the raw output)."""
     try:
         return model_output(raw)
+    except AmbiguousOutputError:
+        if not ambiguous_ok:
+            raise
+        return fallback
     except InputError:
         return fallback
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import AttentionRecorder, ViTAdapter, model_output
+from ..core.vit import AttentionRecorder, ViTAdapter, check_output_finite, model_output
 from ..errors import InputError, LayerError
 from .base import ViTFlowMethod
 
@@ -97,6 +97,7 @@ class CheferRollout(ViTFlowMethod):
         tap = ValueTap(self.adapter)
         with AttentionRecorder(tap, grad=True) as recorder, torch.no_grad():
             output = model_output(self.model(x))
+            check_output_finite(output)
             records = recorder.complete()
             targets = resolve_targets(target, output, x.shape[0])
             if targets.scores.dim() != 1:

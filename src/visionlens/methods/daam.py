@@ -33,7 +33,7 @@ from torch import nn
 from ..core.memory_bank import MemoryBank, knn_vote
 from ..core.result import Explanation
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import AttentionRecorder, model_output
+from ..core.vit import AttentionRecorder, check_output_finite, model_output
 from ..errors import InputError, LayerError
 from .base import ViTFlowMethod
 
@@ -154,6 +154,7 @@ class DAAM(ViTFlowMethod):
         grid = self.adapter.grid(tuple(x.shape[-2:]))
         with AttentionRecorder(self.adapter, grad=True) as recorder, torch.no_grad():
             output = model_output(self.model(x))
+            check_output_finite(output)
             records = recorder.complete()
             if self.mode == "supervised":
                 targets = resolve_targets(target, output, x.shape[0])

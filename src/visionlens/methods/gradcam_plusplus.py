@@ -26,6 +26,8 @@ class GradCAMPlusPlus(ClassActivationMethod):
     def channel_weights(self, activation: torch.Tensor, targets: ClassTargets, output: torch.Tensor,
                         capture: ActivationCapture) -> torch.Tensor:
         (g,) = capture.gradients(targets.scores, [self._resolved[0]])
+        dtype = torch.promote_types(g.dtype, torch.float32)  # in float16, g^2 and g^3 underflow to 0
+        g, activation = g.to(dtype), activation.to(dtype)
         g2 = g * g
         total = activation.sum(dim=(2, 3), keepdim=True)
         alpha = g2 / (2 * g2 + total * g2 * g + EPS)

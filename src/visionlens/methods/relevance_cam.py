@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..core.hooks import warn_if_reused
 from ..core.layers import check_spatial
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import Target
@@ -49,6 +50,7 @@ class RelevanceCAM(ClassActivationMethod):
         name, _ = self.resolve(x)
         att = self.engine.attribute(x, target, layers=[name], contrastive=self.contrastive)
         activation, relevance = att.activations[name], att.relevance[name]
+        warn_if_reused(name, att.calls.get(name, 1))
         check_spatial(name, activation)
         weights = spatial_mean(relevance)
         raw = torch.einsum("bk,bkhw->bhw", weights.to(activation.dtype), activation)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.hooks import ActivationCapture, autograd_ready, preserved_model_state
+from ..core.hooks import ActivationCapture, autograd_ready, preserved_model_state, warn_if_reused
 from ..core.layers import check_spatial, model_device
 from ..core.result import normalize_maps
 from ..core.similarity import (
@@ -90,6 +90,7 @@ class SFAM(SimilarityMethod):
                 check_embeddings(e, "embeddings")
                 refs = as_references(refs.to(e.device, e.dtype), x.shape[0], e.shape[1])
                 activation = capture.get(name)
+                warn_if_reused(name, capture.calls.get(name, 1))
                 check_spatial(name, activation)
                 scores = similarity(e, refs, self.metric)
                 cis, w = self.weights(e, refs)

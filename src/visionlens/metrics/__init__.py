@@ -19,7 +19,8 @@ import torch
 from ..errors import InputError
 from .context import MetricContext
 from .faithfulness import (Confidence, KNNConfidence, PrototypeConfidence, SimilarityConfidence, causal_curves,
-                           curve_ends, deletion, drop_increase, gaussian_blur, insertion, pixel_ranks, trapezoid_auc)
+                           curve_ends, deletion, drop_increase, gaussian_blur, insertion, pixel_ranks, rise_kernel,
+                           trapezoid_auc)
 from .localisation import (box_iou, box_of, boxes_to_mask, energy_pointing_game, largest_component,
                            localisation_error, per_class_mean, pointing_game, relevance_mass, relevance_rank)
 from .sanity import model_randomisation, parameter_layers, passes, randomisation_score, spearman
@@ -149,7 +150,7 @@ def default_metrics() -> list[str]:
 
 __all__ = ["METRICS", "MetricInfo", "MetricContext", "Compute", "get_metric", "default_metrics", "Confidence",
            "KNNConfidence", "PrototypeConfidence", "SimilarityConfidence", "causal_curves", "curve_ends", "deletion",
-           "insertion", "drop_increase", "gaussian_blur", "pixel_ranks", "trapezoid_auc", "box_iou", "box_of",
+           "insertion", "drop_increase", "gaussian_blur", "pixel_ranks", "rise_kernel", "trapezoid_auc", "box_iou", "box_of",
            "boxes_to_mask", "energy_pointing_game", "largest_component", "localisation_error", "per_class_mean",
            "pointing_game", "relevance_mass", "relevance_rank", "model_randomisation", "parameter_layers", "passes",
            "randomisation_score", "spearman"]

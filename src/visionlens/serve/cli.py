@@ -132,6 +132,8 @@ def _check_port(host: str, port: int) -> None:
 
     from ..errors import InputError
 
+    if not host.strip():  # '' would listen on every network interface
+        raise InputError("--host is empty; give an address to listen on (127.0.0.1, the default: this machine only)")
     try:
         with socket.create_server((host, port)):
             pass

@@ -67,5 +67,6 @@ def write_page(dest: Path, template: str, **context) -> Path | None:
     if text is None:
         return None
     dest = Path(dest)
-    save_atomic(lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), dest)
+    # a file name that is not UTF-8 (its bytes held as surrogates) is shown escaped, as ``\udce9``
+    save_atomic(lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="backslashreplace"), dest)
     return dest

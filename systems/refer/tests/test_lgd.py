@@ -382,6 +382,30 @@ def test_proposers_colour_and_file(tmp_path, synthetic_samples):
         FileProposer(tmp_path / "p.npy").propose(torch.zeros(3, 10, 10))
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("garbage.npy", b"garbage" * 100, "cannot be read as proposals (not a numeric array)"),
+    ("broken.json", b"{bad json", "cannot be read as proposals (Expecting property name"),
+    ("ints.json", b"[1, 2, 3]", "not a COCO RLE dict"),
+])
+def test_a_corrupt_proposal_file_is_one_line_naming_it(tmp_path, synthetic_samples, name, content, message):
+    """A corrupt .npy or malformed .json ended in "internal error (ValueError ...)"."""
+    from visionlens_refer.lgd.proposals import FileProposer
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(InputError) as info:
+        FileProposer(tmp_path / name).propose(synthetic_samples[0].image)
+    assert str(info.value).startswith(str(tmp_path / name)) and message in str(info.value)
+
+
+def test_proposal_masks_with_nan_are_refused(tmp_path, synthetic_samples):
+    from visionlens_refer.lgd.proposals import FileProposer
+
+    image = synthetic_samples[0].image
+    np.save(tmp_path / "nan.npy", np.full((2, *image.shape[1:]), np.nan))
+    with pytest.raises(InputError, match="masks hold NaN or infinite values"):
+        FileProposer(tmp_path / "nan.npy").propose(image)
+
+
 @pytest.mark.parametrize("method", ["felzenszwalb", "slic"])
 def test_scikit_image_proposers(method, synthetic_samples):
     pytest.importorskip("skimage")

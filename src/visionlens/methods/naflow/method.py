@@ -46,7 +46,7 @@ from ...core.result import Explanation, normalize_maps
 from ...core.similarity import (EUCLID_MODES, NORMALIZATIONS, as_references, contribution_scores, contributions,
                                normalize_scores, similarity)
 from ...core.targets import ClassTargets, Target, resolve_targets
-from ...core.vit import find_swin, model_output, recognised_vit
+from ...core.vit import check_output_finite, find_swin, model_output, recognised_vit
 from ...errors import InputError, LayerError
 from ...models.embedder import Embedder
 from ..base import FlowMethod, check_input, input_mismatch_as_input_error
@@ -318,6 +318,7 @@ class NAFlow(FlowMethod):
                     tensors.append(m.forward(tensors[-1]) if i == len(modules) - 1 else m(tensors[-1]))
             except RuntimeError:
                 raise not_a_chain() from None
+            check_output_finite(output, f"the output of layer '{layer}'")  # NaN != NaN: not a failed chain
             if not torch.is_tensor(output) or tensors[-1].shape != output.shape \
                     or not torch.allclose(tensors[-1], output, rtol=1e-4, atol=1e-4):
                 raise not_a_chain()
@@ -332,6 +333,7 @@ class NAFlow(FlowMethod):
                        modules[-1][1].register_forward_hook(last_hook)]
             with torch.enable_grad():
                 output = model_output(self.model(x))
+                check_output_finite(output)
                 targets = resolve_targets(target, output, x.shape[0])
                 if targets.scores.dim() != 1:
                     raise InputError("NAFlow explains one class per image; give one target per image")

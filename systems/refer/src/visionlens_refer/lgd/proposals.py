@@ -20,7 +20,12 @@ from ..masks import rle_decode
 
 
 def _check(masks, image: torch.Tensor, source: str) -> torch.Tensor:
-    masks = torch.as_tensor(np.asarray(masks)).bool()
+    masks = np.asarray(masks)
+    if masks.dtype.kind not in "biuf":
+        raise InputError(f"{source}: masks of type {masks.dtype} are not numbers; give 0/1 or boolean masks")
+    if masks.dtype.kind == "f" and not np.isfinite(masks).all():
+        raise InputError(f"{source}: masks hold NaN or infinite values; give 0/1 or boolean masks")
+    masks = torch.as_tensor(masks).bool()
     if masks.ndim == 2:
         masks = masks[None]
     if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(image.shape[1:]):
@@ -62,6 +67,20 @@ class FileProposer:
 
     def propose(self, image: torch.Tensor, sample=None) -> torch.Tensor:
         p, key = self.path, str(getattr(sample, "image_id", sample or ""))
+        try:
+            masks = self._read(p, key)
+        except InputError as err:
+            raise InputError(str(err) if str(p) in str(err) else f"{p}: {err}") from None
+        except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError) as err:  # a corrupt or foreign file
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if "pickled" in reason:  # numpy's advice to load it unsafely is not ours to give
+                reason = "not a numeric array"
+            raise InputError(f"{p}: cannot be read as proposals ({reason}); use .npy, .npz, .json (COCO RLE) or a "
+                             "folder of PNG masks") from None
+        return _check(masks, image, str(p))
+
+    @staticmethod
+    def _read(p: Path, key: str):
         if p.is_dir():
             files = sorted(p.glob("*.png"))
             if not files:
@@ -73,7 +92,7 @@ class FileProposer:
             with np.load(p, allow_pickle=False) as z:
                 masks = z[key] if key in z.files else z[z.files[0]]
         elif p.suffix == ".json":
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(encoding="utf-8"))
             if isinstance(data, dict):
                 if key not in data and len(data) != 1:
                     raise InputError(f"{p} has no proposals for image {key!r}")
@@ -81,7 +100,7 @@ class FileProposer:
             masks = np.stack([rle_decode(r) for r in data])
         else:
             raise InputError(f"unsupported proposal file {p.name}; use .npy, .npz, .json (COCO RLE) or a folder of PNGs")
-        return _check(masks, image, str(p))
+        return masks
 
 
 def colour_segments(image: torch.Tensor, levels: int = 6, min_area: int = 12, max_iter: int = 4096) -> torch.Tensor:
