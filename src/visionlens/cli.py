@@ -101,6 +101,12 @@ def _cmd_explain(args) -> int:
         verb = "does" if len(methods) == 1 else "do"
         warnings.warn(f"--bank is DAAM's k-NN memory bank; {', '.join(methods)} {verb} not use it, so it is ignored",
                       VisionlensWarning, stacklevel=1)
+    solver = [flag for flag, value, default in (("--max-iter", args.max_iter, NAFLOW_CLI_MAX_ITER),
+                                                ("--damp", args.damp, NAFLOW_CLI_DAMP)) if value != default]
+    if solver and not any(m.split("@")[0] == "naflow" for m in methods):
+        warnings.warn(f"{' and '.join(solver)} set NAFlow's solve; {', '.join(methods)} "
+                      f"{'does' if len(methods) == 1 else 'do'} not solve, so {'it is' if len(solver) == 1 else 'they are'} "
+                      "ignored", VisionlensWarning, stacklevel=1)
     if task is not None:
         return _explain_dense(args, images, model, methods, task)
     target = None if args.target is None else _target_classes(model, args.target)

@@ -86,7 +86,9 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", map_location="cp
                          f"tensors (refused by weights_only=True); save the {what} with torch.save(model.state_dict(), path)") from None
     except Exception as err:  # corrupt or truncated file
         text = " ".join(str(err).split())
-        reason = text[:120] if text else type(err).__name__
+        if len(text) > 120:  # cut at a word, marked, not mid-word
+            text = text[:120].rsplit(" ", 1)[0] + " ..."
+        reason = text or type(err).__name__
         raise InputError(f"{display(path)}: not a safe PyTorch {what} (weights_only load failed: {reason})") from None
 
 

@@ -175,6 +175,13 @@ def test_a_bank_for_methods_that_do_not_use_it_is_a_warning(tmp_path, imagenet_p
     assert warnings == ["warning: --bank is DAAM's k-NN memory bank; gradcam does not use it, so it is ignored"]
 
 
+def test_naflows_solver_flags_for_methods_that_do_not_solve_are_a_warning(tmp_path, imagenet_photos, capsys, mobilenet):
+    assert main(["explain", str(imagenet_photos[0]), "--method", "gradcam", "--max-iter", "5", "--damp", "0.3",
+                 "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: --max-iter and --damp set NAFlow's solve; gradcam does not solve, so they are ignored"]
+
+
 def test_a_file_name_that_is_not_utf8_is_explained_and_shown_escaped(tmp_path, capsys, monkeypatch):
     """It ended every command in "internal error (UnicodeEncodeError ...)" after the whole run: the
     page and the printed lines could not encode the name's surrogates."""
