@@ -70,6 +70,10 @@ def count(minimum: int = 1, maximum: int | None = None):
     return _argparse_type(True, minimum=minimum, maximum=maximum)
 
 
+SEED_MAX = 2**32 - 1  # the largest seed every generator takes (torch.manual_seed, NumPy)
+SEED = count(minimum=0, maximum=SEED_MAX)  # the ``argparse`` type of every ``--seed``
+
+
 def check_finite(name: str, tensor) -> None:
     """An :class:`InputError` naming ``name`` when a tensor holds NaN or infinite values."""
     import torch

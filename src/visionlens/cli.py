@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import assets
 from ._version import __version__
-from .checks import count, number
+from .checks import SEED, count, number
 from .errors import InputError, VisionlensError, one_line
 
 EXIT_FAILED_IMAGES = 1
@@ -497,7 +497,7 @@ def _parser_world(sub) -> None:
     p.add_argument("--n", type=count(maximum=10_000), default=16, help="number of samples")
     p.add_argument("--size", type=count(minimum=16, maximum=2048), default=96, help="image side in pixels")
     p.add_argument("--split", default="train", choices=["train", "val", "test"], help="synthetic-world split to draw from")
-    p.add_argument("--seed", type=count(minimum=0, maximum=2**32 - 1), default=0,
+    p.add_argument("--seed", type=SEED, default=0,
                    help="random seed of the drawn samples")
     p.add_argument("--columns", type=count(maximum=64), default=2, help="columns of the contact sheet")
     p.add_argument("--occlusion", type=number(minimum=0, maximum=1), default=0.0, help="probability that a distractor covers the object")
@@ -557,7 +557,7 @@ def _parser_evaluate(sub) -> None:
     p.add_argument("--n", type=count(), default=100, help="number of images (the first n)")
     p.add_argument("--metrics", default=None, help="comma-separated metrics, or 'all' (default: all but randomisation)")
     p.add_argument("--step", type=count(), default=None, help="deletion/insertion pixels per step (default: the image width)")
-    p.add_argument("--seed", type=count(minimum=0, maximum=2**32 - 1), default=0,
+    p.add_argument("--seed", type=SEED, default=0,
                    help="random seed of the run (torch.manual_seed)")
     p.add_argument("--gallery-size", type=count(), default=1000,
                    help="embedding models: the first N training images form the gallery (nearest neighbour, k-NN)")

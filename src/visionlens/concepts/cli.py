@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..checks import count, number
+from ..checks import SEED, count, number
 
 EXIT_FAILED_IMAGES = 1  # as visionlens.cli's: some images or classes were left out, each named on one line
 
@@ -105,7 +105,7 @@ def register(subparsers) -> None:
     p.add_argument("--vae-no-orient", action="store_true", help="keep each VAE latent's training sign (default: "
                                                                  "flip latents whose large excursions are negative)")
     p.add_argument("--nmf-iter", type=count(maximum=1_000_000), default=200, help="ICE NMF iterations")
-    p.add_argument("--seed", type=count(minimum=0, maximum=2**32 - 1), default=0, help="random seed")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed")
     p.add_argument("--world-seed", type=count(minimum=0), default=0, help="seed of the synthetic world")
     p.add_argument("--batch-size", type=count(maximum=4096), default=32, help="images per forward pass")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")

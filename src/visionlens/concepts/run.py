@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from ..core.layers import model_device, resolve_layer
-from ..checks import check_number
+from ..checks import SEED_MAX, check_number
 from ..errors import InputError, VisionlensWarning
 from ..metrics.concepts import DEFAULT_COHERENCE, average_scores
 from ..io import save_atomic
@@ -61,7 +61,7 @@ def run_concepts(model, layer: str | None, source, classes: list[int], out: Path
     only when the run completes, and replace those of an earlier run in ``out``."""
     out = Path(out)
     net = model.module
-    seed = check_number("seed", seed, minimum=0, maximum=2**32 - 1, integer=True)
+    seed = check_number("seed", seed, minimum=0, maximum=SEED_MAX, integer=True)
     if not (layer or model.layer):
         raise InputError(f"--layer: {model.name} has no default concept layer; name a convolutional feature map "
                          f"(its last block, e.g. layer4 of a ResNet; `visionlens layers {model.name}` lists them)")

@@ -19,7 +19,7 @@ def normalize_maps(raw: torch.Tensor, size: tuple[int, int], relu: bool = True) 
     maps = raw.float()
     if relu:
         maps = maps.clamp_min(0)
-    constant = _constant_per_image(maps)
+    constant = constant_maps(maps)
     maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     flat = maps.flatten(1)
     low = flat.min(dim=1).values[:, None, None]
@@ -29,9 +29,10 @@ def normalize_maps(raw: torch.Tensor, size: tuple[int, int], relu: bool = True) 
     return torch.where(high > 0, maps / torch.where(high > 0, high, torch.ones_like(high)), torch.zeros_like(maps))
 
 
-def _constant_per_image(maps: torch.Tensor) -> torch.Tensor:
-    """``(B,)``: whether each ``(h, w)`` map is constant to 1e-6 of its largest magnitude."""
-    flat = maps.flatten(1)
+def constant_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Per map of ``(..., h, w)`` (flattened over the leading dimensions): whether it is constant to
+    1e-6 of its largest magnitude."""
+    flat = maps.detach().float().flatten(-2).flatten(0, -2)
     high, low = flat.amax(dim=1), flat.amin(dim=1)
     return (high - low) <= 1e-6 * torch.maximum(high.abs(), low.abs())
 

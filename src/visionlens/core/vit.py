@@ -421,6 +421,13 @@ def check_output_finite(output, where: str = "the model's output") -> None:
                              "model's weights (a NaN or infinite parameter) and numerics (float16 overflow)")
 
 
+def finite_model_output(output) -> torch.Tensor:
+    """:func:`model_output`, checked by :func:`check_output_finite`: what a method explains."""
+    scores = model_output(output)
+    check_output_finite(scores)
+    return scores
+
+
 @dataclass
 class BlockRecord:
     """What :class:`AttentionRecorder` keeps per block: the projection input ``u`` (``(B, N, C)``,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .. import metrics as M
-from ..checks import check_number
+from ..checks import SEED_MAX, check_number
 from ..core.inference import checked_inference_copy
 from ..core.progress import Progress
 from ..errors import InputError
@@ -576,7 +576,7 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
     masked passes of methods that take it (Score-CAM): a minute or so of compiling per model,
     then about 1.4-1.5x faster scoring on this project's CPU (docs/benchmarks.md)."""
     n, batch_size, step, gallery_size, examples = _checked_numbers(n, batch_size, step, gallery_size, examples)
-    seed = check_number("seed", seed, minimum=0, maximum=2**32 - 1, integer=True)
+    seed = check_number("seed", seed, minimum=0, maximum=SEED_MAX, integer=True)
     if decode_workers is not None:
         decode_workers = check_number("--decode-workers", decode_workers, minimum=0, maximum=os.cpu_count() or 1,
                                       integer=True)  # decoding is CPU work: more processes than CPUs only wait

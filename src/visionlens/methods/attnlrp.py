@@ -20,7 +20,7 @@ from torch import nn
 
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import check_output_finite, model_output
+from ..core.vit import finite_model_output
 from ..errors import InputError, LayerError
 from ..lrp.attention import VARIANTS, AttnLRPRules
 from .base import ViTFlowMethod
@@ -72,8 +72,7 @@ class AttnLRP(ViTFlowMethod):
         try:
             with AttnLRPRules(self.adapter, self.variant), torch.enable_grad():
                 inputs = x.detach().requires_grad_(True) if pixels else x
-                output = model_output(self.model(inputs))
-                check_output_finite(output)
+                output = finite_model_output(self.model(inputs))
                 targets = resolve_targets(target, output, x.shape[0])
                 if targets.scores.dim() != 1:
                     raise InputError("attnlrp explains one score per image; call it once per class")

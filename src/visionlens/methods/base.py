@@ -26,7 +26,7 @@ from torch import nn
 
 from ..core.hooks import ActivationCapture, autograd_ready, preserved_model_state, reused_layer_hint, warn_if_reused
 from ..core.layers import check_spatial, eager_module, find_last_spatial_layer, model_device, resolve_layer
-from ..core.result import Explanation, normalize_maps
+from ..core.result import Explanation, constant_maps, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets, wants_raw_output
 from ..core.vit import (AmbiguousOutputError, check_output_finite, find_swin, find_vit, model_output, recognised_vit,
                         spatial_transform)
@@ -300,20 +300,13 @@ def explain_many(methods: Sequence, x: torch.Tensor, target: Target = None) -> d
     return results
 
 
-def _constant(maps: torch.Tensor) -> torch.Tensor:
-    """Per map (``(..., h, w)``, flattened over the leading dimensions): whether it is constant."""
-    flat = maps.detach().float().flatten(-2).flatten(0, -2)
-    high, low = flat.amax(dim=1), flat.amin(dim=1)
-    return (high - low) <= 1e-6 * torch.maximum(high.abs(), low.abs())
-
-
 def _only_negative(result: Explanation, flat: torch.Tensor) -> bool:
     """Whether every flat map of ``result`` comes from a raw map that varies, but is negative
     everywhere (so the ReLU left nothing)."""
     raw = result.raw
     if not torch.is_tensor(raw) or raw.dim() < 3 or raw.shape[:-2].numel() != flat.numel():
         return False
-    varies = ~_constant(raw)
+    varies = ~constant_maps(raw)
     negative = raw.detach().flatten(-2).flatten(0, -2).amax(dim=1) <= 0
     return bool((varies & negative)[flat].all())
 
@@ -323,7 +316,7 @@ def warn_if_flat(results: dict[str, Explanation], model: nn.Module, x: torch.Ten
     the methods and layer, why (negative everywhere, or constant) and what to try (the usual
     layer, another class, or checking the model and target). ``advice(negative) -> str`` replaces
     the class-score advice (the similarity methods give their own)."""
-    flat = {name: _constant(e.maps) for name, e in results.items() if torch.is_tensor(e.maps) and e.maps.dim() >= 3}
+    flat = {name: constant_maps(e.maps) for name, e in results.items() if torch.is_tensor(e.maps) and e.maps.dim() >= 3}
     flat = {name: f for name, f in flat.items() if bool(f.any())}
     if not flat:
         return

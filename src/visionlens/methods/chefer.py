@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import AttentionRecorder, ViTAdapter, check_output_finite, model_output
+from ..core.vit import AttentionRecorder, ViTAdapter, finite_model_output
 from ..errors import InputError, LayerError
 from .base import ViTFlowMethod
 
@@ -96,8 +96,7 @@ class CheferRollout(ViTFlowMethod):
         grid = self.adapter.grid(tuple(x.shape[-2:]))
         tap = ValueTap(self.adapter)
         with AttentionRecorder(tap, grad=True) as recorder, torch.no_grad():
-            output = model_output(self.model(x))
-            check_output_finite(output)
+            output = finite_model_output(self.model(x))
             records = recorder.complete()
             targets = resolve_targets(target, output, x.shape[0])
             if targets.scores.dim() != 1:

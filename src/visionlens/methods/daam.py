@@ -33,7 +33,7 @@ from torch import nn
 from ..core.memory_bank import MemoryBank, knn_vote
 from ..core.result import Explanation
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import AttentionRecorder, check_output_finite, model_output
+from ..core.vit import AttentionRecorder, finite_model_output
 from ..errors import InputError, LayerError
 from .base import ViTFlowMethod
 
@@ -153,8 +153,7 @@ class DAAM(ViTFlowMethod):
         """Run the model once forward and once backward and return the per-block terms."""
         grid = self.adapter.grid(tuple(x.shape[-2:]))
         with AttentionRecorder(self.adapter, grad=True) as recorder, torch.no_grad():
-            output = model_output(self.model(x))
-            check_output_finite(output)
+            output = finite_model_output(self.model(x))
             records = recorder.complete()
             if self.mode == "supervised":
                 targets = resolve_targets(target, output, x.shape[0])

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core.result import Explanation
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import AttentionRecorder, BlockRecord, ViTAdapter, check_output_finite, model_output
+from ..core.vit import AttentionRecorder, BlockRecord, ViTAdapter, finite_model_output
 from ..errors import InputError, LayerError
 from .base import ViTFlowMethod
 from .chefer import ValueTap, attention_gradient, flow_result, is_headless
@@ -97,8 +97,7 @@ class LeGrad(ViTFlowMethod):
         hooks = [self.model.get_submodule(b.name).register_forward_hook(_keep_output(tokens, b.index)) for b in selected]
         try:
             with AttentionRecorder(tap, grad=True) as recorder, torch.no_grad():
-                output = model_output(self.model(x))
-                check_output_finite(output)
+                output = finite_model_output(self.model(x))
                 records = recorder.complete()
                 targets = resolve_targets(target, output.detach(), x.shape[0])
                 if targets.indices.dim() != 1:

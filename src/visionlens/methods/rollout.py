@@ -14,7 +14,7 @@ from torch import nn
 from ..core.layers import eager_module
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import AttentionRecorder, check_output_finite, model_output
+from ..core.vit import AttentionRecorder, finite_model_output
 from ..errors import InputError
 from .base import ViTFlowMethod
 
@@ -40,8 +40,7 @@ class AttentionRollout(ViTFlowMethod):
         """``(flow_raw (B, L, h, w), targets, logits)``: the rollout's [class] row up to each block."""
         grid = self.adapter.grid(tuple(x.shape[-2:]))
         with AttentionRecorder(self.adapter) as recorder, torch.no_grad():
-            output = model_output(self.model(x))
-            check_output_finite(output)
+            output = finite_model_output(self.model(x))
             records = recorder.complete()
         targets = resolve_targets(target, output.detach(), x.shape[0])
         n = records[0].attn.shape[-1]

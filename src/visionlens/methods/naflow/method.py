@@ -46,7 +46,7 @@ from ...core.result import Explanation, normalize_maps
 from ...core.similarity import (EUCLID_MODES, NORMALIZATIONS, as_references, contribution_scores, contributions,
                                normalize_scores, similarity)
 from ...core.targets import ClassTargets, Target, resolve_targets
-from ...core.vit import check_output_finite, find_swin, model_output, recognised_vit
+from ...core.vit import check_output_finite, find_swin, finite_model_output, recognised_vit
 from ...errors import InputError, LayerError
 from ...models.embedder import Embedder
 from ..base import FlowMethod, check_input, input_mismatch_as_input_error
@@ -332,8 +332,7 @@ class NAFlow(FlowMethod):
             handles = [modules[0][1].register_forward_pre_hook(first_hook),
                        modules[-1][1].register_forward_hook(last_hook)]
             with torch.enable_grad():
-                output = model_output(self.model(x))
-                check_output_finite(output)
+                output = finite_model_output(self.model(x))
                 targets = resolve_targets(target, output, x.shape[0])
                 if targets.scores.dim() != 1:
                     raise InputError("NAFlow explains one class per image; give one target per image")

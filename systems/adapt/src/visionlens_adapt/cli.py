@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from visionlens.checks import DistinctSeeds, comma_list, count, number
+from visionlens.checks import SEED, DistinctSeeds, comma_list, count, number
 from visionlens.cli import add_json_option, record_summary
 
 # the target set must hold a few k-NN neighbourhoods (EIANet / AaD use k = 4) and a batch
 MIN_TARGET = 8
-SEED = count(minimum=0, maximum=2**32 - 1)
 MAX_IMAGES = 100_000  # a larger synthetic set would not fit in memory on a laptop
 
 

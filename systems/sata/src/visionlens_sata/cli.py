@@ -7,10 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from visionlens.checks import DistinctSeeds, FlatList, comma_list, count, number
+from visionlens.checks import SEED, DistinctSeeds, FlatList, comma_list, count, number
 from visionlens.cli import add_force_option, add_json_option, record_summary
-
-SEED = count(minimum=0, maximum=2**32 - 1)
 
 
 def register(subparsers) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from visionlens.checks import count, number
+from visionlens.checks import SEED, count, number
 from visionlens.cli import add_json_option, record_summary
 
 # synthetic:SPLIT:INDEX is sample INDEX of the benchmark, which renders samples 0..INDEX in order (a
@@ -19,7 +19,6 @@ from visionlens.cli import add_json_option, record_summary
 # skipped), 40-60 a second on a 2-core machine after a 4 s start. The bound keeps one scene under
 # about 20 s and covers every sample the default benchmark reports (--n-test 400, --n-val 200).
 MAX_SYNTHETIC_INDEX = 499
-SEED = count(minimum=0, maximum=2**32 - 1)
 
 
 def register(subparsers) -> None:
