@@ -80,11 +80,12 @@ def _run_command(args) -> int:
 
 
 def _cmd_explain(args) -> int:
-    from .data.images import image_files
+    from .data.images import image_files, require_readable
     from .models import load_model
     from .pipeline import explain_files
 
     images = image_files(args.images, recursive=args.recursive)
+    require_readable(images)  # before the model loads: a run of only unreadable files would explain nothing
     model = load_model(args.model, device=args.device, weights=args.weights)
     methods = list(dict.fromkeys(m.strip() for m in args.method.split(",") if m.strip()))  # named twice: run once
     from .models.hub import dense_task

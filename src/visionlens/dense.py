@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from .core.boxes import pairwise_iou
 from .core.progress import Progress
 from .core.targets import BoxTarget, SegmentationTarget
-from .data.images import load_image
+from .data.images import load_image, require_readable
 from .errors import ImageLoadError, InputError, display
 from .io import save_atomic, versions, write_json
 from .methods.base import explain_many
@@ -201,6 +201,7 @@ def explain_dense_files(paths, model: ZooModel, methods: list[str], out_dir, tas
             raise InputError(f"--method {m}: {CLASSIFIER_ONLY[m.split('@')[0]]}; for a {task} model use gradcam, "
                              "layercam, eigencam, scorecam or ablationcam")
     wanted = parse_targets(target, task, model)
+    require_readable(paths)
     layer = layer or dense_default_layer(model.module, task)  # the backbone's last block
     explainers = {m: make_method(m, model, layer) for m in methods}
     slots = len(wanted) if wanted else (top if task == "detection" else 1)

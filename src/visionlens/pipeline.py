@@ -21,7 +21,7 @@ from PIL import Image
 from .core.progress import Progress
 from .core.result import Explanation
 from .core.targets import Target
-from .data.images import load_image
+from .data.images import load_image, require_readable
 from .errors import FlatMapWarning, ImageLoadError, InputError, VisionlensError, VisionlensWarning, display
 from .methods import METHODS
 from .models.zoo import ZooModel, load_model, resolve_device
@@ -177,6 +177,7 @@ def explain_files(
         raise InputError("no images given")
     classes = _class_list(target)
     cmap = check_cmap(cmap) if cmap is not None else None
+    require_readable(paths)
     explainers = {m: make_method(m, model, layer, bank, max_iter, damp) for m in methods}
     probe = torch.zeros(1, 3, model.preprocess.crop, model.preprocess.crop)
     with warnings.catch_warnings():  # a blank probe's flat or unconverged maps say nothing of the images

@@ -11,7 +11,9 @@ import shutil
 import sys
 from importlib.metadata import PackageNotFoundError, distribution
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import strict_json
 from visionlens.cli import JSON_COMMANDS, build_parser, main
@@ -125,10 +127,18 @@ def test_fetch_json_when_everything_is_there(capsys, mobilenet):
 
 
 def test_failed_images_are_in_the_json_and_bad_input_is_one_error_line(tmp_path, capsys, mobilenet):
-    broken = tmp_path / "broken.png"
+    broken, good = tmp_path / "broken.png", tmp_path / "good.png"
     broken.write_text("not an image")
-    summary, err = _json_run(capsys, ["explain", str(broken), "--out", str(tmp_path / "e"), "--device", "cpu"], code=1)
-    assert summary["images"] == [] and summary["failures"][0]["file"] == str(broken) and "not a readable image" in err
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good)
+    summary, err = _json_run(capsys, ["explain", str(broken), str(good), "--out", str(tmp_path / "e"), "--device", "cpu"],
+                             code=1)
+    assert [r["file"] for r in summary["images"]] == [str(good)]
+    assert summary["failures"][0]["file"] == str(broken) and "not a readable image" in err
+    # only unreadable files: nothing to explain, so refused in one line before the model loads, nothing written
+    assert main(["explain", str(broken), "--out", str(tmp_path / "only"), "--device", "cpu", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and len(err.splitlines()) == 1 and str(broken) in err
+    assert not (tmp_path / "only").exists()
     (tmp_path / "file").write_text("")
     assert main(["world", "--n", "2", "--out", str(tmp_path / "file" / "w.png"), "--json"]) == 2
     out, err = capsys.readouterr()

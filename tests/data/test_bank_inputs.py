@@ -164,6 +164,9 @@ def test_csv_header_names_the_label_column(tmp_path, imagenet_tiny):
     ("file,label\nimg0.png,-1\n", "line 2: label '-1' is not a class index"),
     ("file,label\nimg0.png,1000\n", r"line 2: class index 1000 is not a class of the model \(0-999\)"),
     ("file,label\n", "lists no images"),
+    # a listed file that is not there: refused before any work, as evaluate refuses its labels.csv
+    ("file,label\nimg0.png,0\nnope.png,1\nimg1.png,1\ngone.png,2\n",
+     r"lists 2 file\(s\) that are not in .*, first 'nope.png' \(line 3\); fix the CSV"),
 ])
 def test_csv_errors_name_the_line(tmp_path, imagenet_tiny, rows, message):
     folder = _flat(tmp_path, 2)

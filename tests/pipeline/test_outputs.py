@@ -92,6 +92,26 @@ def test_an_unreadable_name_with_a_newline_is_reported_on_one_line(tmp_path, pho
     assert "ken.png" in one_error_line(capsys.readouterr().err)
 
 
+def test_only_unreadable_images_are_refused_before_any_work_and_nothing_is_written(tmp_path, capsys, monkeypatch):
+    from visionlens.errors import InputError
+    from visionlens.models import load_model
+    from visionlens.pipeline import explain_files
+
+    model = load_model("world-cnn")
+    broken = [tmp_path / "a.png", tmp_path / "b.jpg"]
+    broken[0].write_text("not an image")
+    broken[1].write_bytes(b"\xff\xd8\xff")  # a JPEG's first bytes, nothing after them
+    loads = []
+    monkeypatch.setattr("visionlens.models.load_model", lambda *a, **k: loads.append(a))
+    assert _explain(*broken, "--out", tmp_path / "o") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: none of the 2 images can be read; the first: ") and "a.png" in line
+    assert loads == [] and not (tmp_path / "o").exists()  # refused before the model was loaded
+    with pytest.raises(InputError, match="b.jpg"):  # the API too: one file, its own error
+        explain_files(broken[1:], model, ["gradcam"], out_dir=tmp_path / "api", progress=False)
+    assert not (tmp_path / "api").exists()
+
+
 @pytest.mark.parametrize("case", ["file", "below-a-file"])
 def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, photo, capsys, case):
     img = tmp_path / "p.png"

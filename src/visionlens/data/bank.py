@@ -60,7 +60,7 @@ def _csv_items(root: Path, labels: str | Path, class_names) -> tuple[list[Path],
     if not Path(labels).is_file():
         raise InputError(f"--labels {where} is not a file")
     keys = class_keys(class_names) if class_names else {}
-    files, ys = [], []
+    files, ys, missing = [], [], []
     try:
         with open(labels, newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" starts with a BOM
             reader = csv.reader(f)
@@ -90,12 +90,18 @@ def _csv_items(root: Path, labels: str | Path, class_names) -> tuple[list[Path],
                                      f"(0-{len(class_names) - 1})")
                 files.append(root / name)
                 ys.append(y)
+                if not files[-1].is_file():
+                    missing.append((line, name))
     except UnicodeDecodeError:
         raise InputError(f"--labels {where} is not UTF-8 text") from None
     except csv.Error as err:
         raise InputError(f"--labels {where}: not a readable CSV ({err})") from None
     if not files:
         raise InputError(f"--labels {where} lists no images")
+    if missing:  # a data file naming what is not there is refused before any work, as `evaluate` refuses it
+        line, name = missing[0]
+        raise InputError(f"--labels {where} lists {len(missing)} file(s) that are not in {display(root)}, first "
+                         f"{name!r} (line {line}); fix the CSV or the --images folder")
     num = max(len(class_names or []), max(ys) + 1)
     return files, ys, num, tuple(class_names) if class_names else None
 

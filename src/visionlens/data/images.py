@@ -81,6 +81,22 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     return rgb
 
 
+def require_readable(paths) -> None:
+    """An :class:`InputError` when none of ``paths`` is a readable image (decoded one at a time up
+    to the first that is): a run that could explain nothing is refused before any work, where a run
+    with some unreadable images skips them."""
+    paths = list(paths)
+    first = None
+    for path in paths:
+        try:
+            load_image(path)
+            return
+        except ImageLoadError as err:
+            first = first or str(err)
+    if first is not None:
+        raise InputError(first if len(paths) == 1 else f"none of the {len(paths)} images can be read; the first: {first}")
+
+
 def _check_file(path: Path) -> None:
     """An :class:`InputError` for a named input that is missing or not a regular file."""
     if not path.exists():
