@@ -220,3 +220,21 @@ def test_a_channel_mismatch_hints_at_grayscale_only_for_a_grayscale_model(tiny_n
                                torch.nn.Flatten(), torch.nn.Linear(4, 2))
     with pytest.raises(InputError, match="convert the images to 'L'"):
         GradCAM(gray, "1")(torch.randn(1, 3, 32, 32))
+
+
+def test_natural_mistakes_of_a_pytorch_grad_cam_user_are_one_line_naming_the_fix(tiny_net):
+    """A list of target layers, a channels-last batch, a PIL image and a uint8 batch: each one line
+    that says what to give instead."""
+    from PIL import Image
+
+    x = torch.randn(2, 3, 32, 32)
+    cases = [
+        (lambda: GradCAM(tiny_net, [tiny_net.features[-1]]), LayerError, "one layer per method, got a list of 1"),
+        (lambda: GradCAM(tiny_net)(x.permute(0, 2, 3, 1).contiguous()), InputError, "x.permute(0, 3, 1, 2)"),
+        (lambda: GradCAM(tiny_net)(Image.new("RGB", (32, 32))), InputError, "model.preprocess(image)[None]"),
+        (lambda: GradCAM(tiny_net)(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)), InputError, "x.float() / 255"),
+    ]
+    for make, error, message in cases:
+        with pytest.raises(error) as info:
+            make()
+        assert message in str(info.value) and "\n" not in str(info.value)

@@ -128,6 +128,8 @@ def test_dimension_weights_follow_the_reference_and_span_zero_to_one():
         torch.testing.assert_close(w[i], (m - m.min()) / (m.max() - m.min()), rtol=1e-5, atol=1e-6)
     forced, c, _ = dimension_weights(q, bank, target=2)
     assert c.tolist() == [2] * 4 and bool((forced.amax(1) == 1).all())
+    with pytest.raises(InputError, match="one class per image"):  # K classes per image: one line
+        dimension_weights(q, bank, target=torch.tensor([[0, 1]] * 4))
 
 
 def test_self_supervised_backward_uses_the_weights():

@@ -244,7 +244,7 @@ def test_refusals_are_one_actionable_line():
     _refused(lambda: LeGrad(model)(x, lambda out: out[:, 0]), "class indices")
     for bad in (0, 3, 1.5, True):
         _refused(lambda: LeGrad(model, last_blocks=bad), "last_blocks")
-    for method in (CheferRollout, LeGrad):
+    for method in (CheferRollout, LeGrad, visionlens.DAAM):  # DAAM summed the K classes into one map
         _refused(lambda: method(model)(x, [[0, 1], [2, 3]]), "one class per image")
         _refused(lambda: method(model)(x, 7), "out of range")
         _refused(lambda: method(model)(torch.randn(2, 3, 48, 48)), "32x32")

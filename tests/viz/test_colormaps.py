@@ -122,3 +122,19 @@ def test_overlay_takes_a_tensor_as_it_comes_from_a_method():
     expected = np.asarray(overlay(photo, values.numpy()))
     for given in (values.clone().requires_grad_(), values.float(), values.half()):  # exp.maps[0] as it is
         assert np.abs(np.asarray(overlay(photo, given), dtype=int) - expected).max() <= 1
+
+
+def test_overlay_takes_numpy_images_and_keeps_the_photo_size_for_a_small_map():
+    """pytorch-grad-cam's show_cam_on_image takes a float (H, W, 3) array in [0, 1]; a layer's raw
+    map (7 x 7) was drawn by shrinking the photo to 7 x 7 (before: AttributeError for the array)."""
+    rng = np.random.default_rng(0)
+    photo = rng.random((64, 48, 3)).astype(np.float32)
+    small = rng.random((7, 7)).astype(np.float32)
+    as_pil = overlay(Image.fromarray(np.round(photo * 255).astype(np.uint8)), small)
+    assert as_pil.size == (48, 64)
+    for image in (photo, np.round(photo * 255).astype(np.uint8)):
+        assert np.array_equal(np.asarray(overlay(image, small)), np.asarray(as_pil))
+    assert overlay(photo[..., 0], small, signed=True).size == (48, 64)  # grayscale (H, W)
+    for bad, message in ((photo * 2, r"values in \[0, 1\]"), (photo[None], "an \\(H, W, 3\\) array")):
+        with pytest.raises(InputError, match=message):
+            overlay(bad, small)

@@ -15,9 +15,18 @@ from .hooks import preserved_model_state
 _PART = re.compile(r"^([^\[\]]*)((?:\[-?\d+\])*)$")
 
 
+COMPILED_PREFIX = "_orig_mod."  # the names of a ``torch.compile``d module's layers start with it
+
+
 def eager_module(model) -> nn.Module:
-    """``model`` if it is an eager ``torch.nn.Module``, else one :class:`InputError` line (a
-    TorchScript module runs no Python hooks, so no method can read its layers)."""
+    """``model`` if it is an eager ``torch.nn.Module``; for a ``torch.compile``d one, the module it
+    compiled (same parameters: a compiled graph skips hooks added after it was built, so the
+    layers are read in eager mode); else one :class:`InputError` line (a TorchScript module runs
+    no Python hooks, so no method can read its layers)."""
+    if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        return eager_module(model._orig_mod)
+    if hasattr(model, "preprocess") and isinstance(getattr(model, "module", None), nn.Module):
+        raise InputError(f"model is a visionlens {type(model).__name__}; give its torch module, model.module")
     if isinstance(model, torch.jit.ScriptModule):
         raise InputError(f"model is a TorchScript {type(model).__name__}, whose layers cannot be hooked; explain the "
                          "eager module it was scripted or traced from")
@@ -65,9 +74,14 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     matches."""
     if isinstance(layer, nn.Module):
         return layer_name(model, layer), layer
+    if isinstance(layer, (list, tuple)):
+        raise LayerError(f"one layer per method, got a {type(layer).__name__} of {len(layer)}: pass one module or "
+                         "name (layer=model.layer4[-1]); for several layers, make one method per layer")
     if not isinstance(layer, str) or not layer:
-        raise LayerError(f"layer must be a module or a dotted name, got {layer!r}")
+        raise LayerError(f"layer must be a module or a dotted name, got {type(layer).__name__} {str(layer)[:60]!r}")
     module = _lookup(model, layer)
+    if module is None and layer.startswith(COMPILED_PREFIX):  # a name in the compiled module, given its eager one
+        module = _lookup(model, layer[len(COMPILED_PREFIX):])
     if module is None or module is model:
         names = [n for n, _ in model.named_modules() if n]
         close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5) or names[-5:]

@@ -122,10 +122,7 @@ class LRP:
     """
 
     def __init__(self, model: nn.Module, composite: Composite | None = None, canonizers: Sequence[Canonizer] | None = None):
-        self.model = eager_module(model)
-        if hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
-            raise InputError("LRP runs its rules as hooks, which a torch.compile'd model does not run as written; "
-                             "explain the module before compiling it (model._orig_mod)")
+        self.model = eager_module(model)  # a compiled model's eager module: the rules are hooks
         self.composite = composite if composite is not None else Composite()
         self.canonizers = list(canonizers) if canonizers is not None else default_canonizers()
 

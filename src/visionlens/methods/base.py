@@ -39,13 +39,15 @@ def check_input(x: torch.Tensor, defer_finite: bool = False) -> torch.Tensor | N
     With ``defer_finite`` (for GPU tensors, where reading the answer would stall the device
     mid-computation) the finiteness test is returned as a tensor for :func:`raise_if_not_finite`."""
     if not torch.is_tensor(x):
-        raise InputError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+        raise InputError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}; preprocess the "
+                         "images as the model expects (a visionlens model: model.preprocess(image)[None])")
     if x.dim() != 4:
         raise InputError(f"input must have shape (B, C, H, W), got {tuple(x.shape)}; add a batch dimension with x[None]")
     if x.shape[0] == 0:
         raise InputError("input batch is empty")
     if not x.dtype.is_floating_point:
-        raise InputError(f"input must be a float tensor (preprocessed image), got {x.dtype}")
+        raise InputError(f"input must be a float tensor (preprocessed image), got {x.dtype}; convert and normalise it "
+                         "as the model expects (e.g. x.float() / 255, then the model's mean and std)")
     finite = torch.isfinite(x).flatten(1).all(dim=1)
     if defer_finite:
         return finite
@@ -95,6 +97,8 @@ def input_mismatch_as_input_error(model: nn.Module, x: torch.Tensor) -> Iterator
         if channels is not None:
             want, got = channels.groups()
             hint = " (a grayscale model: convert the images to 'L')" if want == "1" else ""
+            if x.dim() == 4 and x.shape[-1] == int(want) and x.shape[1] != int(want):
+                hint = "; the batch looks channels-last (B, H, W, C): give x.permute(0, 3, 1, 2)"
             raise InputError(f"the input has {got} channels but a convolution of the model takes {want}; give "
                              f"the model {want}-channel images{hint}") from err
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
@@ -176,6 +180,7 @@ class ViTFlowMethod(FlowMethod):
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None):
         super().__init__(model)
+        model = self.model  # a compiled model's eager module
         self.adapter = find_vit(model)
         if self.reads_class_row and not self.adapter.has_class_token:
             raise LayerError(f"{type(model).__name__} does not classify from a [class] token (its head reads the patch "
@@ -214,7 +219,7 @@ class ClassActivationMethod(Method):
         self.layer = layer
         self._resolved: tuple[str, nn.Module] | None = None
         if layer is not None:
-            self._resolved = resolve_layer(model, layer)
+            self._resolved = resolve_layer(self.model, layer)
 
     def resolve(self, x: torch.Tensor) -> tuple[str, nn.Module]:
         """The ``(name, module)`` explained; found automatically (once) when ``layer`` is None."""

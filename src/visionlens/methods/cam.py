@@ -26,7 +26,7 @@ class CAM(ClassActivationMethod):
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, fc: str | nn.Module | None = None):
         super().__init__(model, layer)
-        self.fc = None if fc is None else resolve_layer(model, fc)
+        self.fc = None if fc is None else resolve_layer(self.model, fc)
 
     def _candidates(self, channels: int) -> list[tuple[str, nn.Linear]]:
         if self.fc is not None:

@@ -75,6 +75,8 @@ def dimension_weights(q: torch.Tensor, bank: MemoryBank, k: int = 20, temperatur
     if callable(target) and not torch.is_tensor(target):
         raise InputError("self-supervised DAAM explains a k-NN class; give a class index, not a callable")
     classes = resolve_targets(target, proportions, q.shape[0]).indices
+    if classes.dim() != 1:
+        raise InputError("daam explains one class per image; call it once per class")
     feats = bank.features.to(q.device)
     labels = bank.labels.to(q.device)
     qn = F.normalize(q.float(), dim=1)
@@ -157,6 +159,8 @@ class DAAM(ViTFlowMethod):
             records = recorder.complete()
             if self.mode == "supervised":
                 targets = resolve_targets(target, output, x.shape[0])
+                if targets.scores.dim() != 1:  # summed, K classes would give one map of their total
+                    raise InputError("daam explains one class per image; call it once per class")
                 score, weights, logits = targets.scores, None, output.detach()
             else:
                 weights, classes, votes = dimension_weights(output.detach(), self.bank, self.k, self.temperature, target)

@@ -9,6 +9,7 @@ reference embedding computed once on the clean images).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.hooks import preserved_model_state
 from ..errors import InputError
 
 
@@ -26,7 +28,7 @@ class Confidence:
     when no target is given: the argmax on the original image."""
 
     def __call__(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return out.float().softmax(1).gather(1, target[:, None])[:, 0]
+        return _pick(out.float().softmax(1), target)
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         return out.argmax(1)
@@ -70,7 +72,7 @@ class KNNConfidence(Confidence):
         return votes / votes.sum(1, keepdim=True)
 
     def __call__(self, out, target):
-        return self.votes(out).gather(1, target[:, None])[:, 0]
+        return _pick(self.votes(out), target)
 
     def predict(self, out):
         return self.votes(out).argmax(1)
@@ -94,15 +96,60 @@ class SimilarityConfidence(Confidence):
         return torch.arange(out.shape[0], device=out.device)
 
 
+def _pick(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``scores[i, target[i]]``; one line for a class the output does not have."""
+    if len(target) and not 0 <= int(target.min()) <= int(target.max()) < scores.shape[1]:
+        bad = int(target.max()) if int(target.max()) >= scores.shape[1] else int(target.min())
+        raise InputError(f"target class {bad} is out of range for a model with {scores.shape[1]} classes")
+    return scores.gather(1, target[:, None])[:, 0]
+
+
 def _device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
 
 
-def _check(x: torch.Tensor, maps: torch.Tensor) -> None:
+def _module(model) -> nn.Module:
+    """``model`` if it is a ``torch.nn.Module``, else one line (naming ``model.module`` for a
+    :class:`~visionlens.models.ZooModel`)."""
+    if hasattr(model, "preprocess") and isinstance(getattr(model, "module", None), nn.Module):
+        raise InputError(f"model is a visionlens {type(model).__name__}; give its torch module, model.module")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def in_eval_mode(metric):
+    """Run ``metric(model, ...)`` with the model in eval mode, every module's mode restored after
+    (in train mode it would score with batch statistics and overwrite BatchNorm's running ones)."""
+    @functools.wraps(metric)
+    def run(model, *args, **kwargs):
+        module = _module(model)
+        with preserved_model_state(module):
+            return metric(module, *args, **kwargs)
+    return run
+
+
+def _inputs(x, maps) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` and ``maps`` as tensors (NumPy arrays too, such as another library's maps); one line
+    when the maps are not ``(B, H, W)`` at the input's resolution."""
+    x, maps = torch.as_tensor(x), torch.as_tensor(maps)
     if x.ndim != 4 or maps.ndim != 3 or maps.shape[0] != x.shape[0] or maps.shape[-2:] != x.shape[-2:]:
         raise InputError(f"maps must be (B, H, W) at input resolution; got maps {tuple(maps.shape)} for input {tuple(x.shape)}")
+    return x, maps
+
+
+def _targets(target, b: int, device) -> torch.Tensor:
+    """``(b,)`` class indices from one class or one per image (int, sequence, tensor or array)."""
+    t = torch.as_tensor(target, device=device)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise InputError(f"target must be class indices (integers), got {t.dtype}")
+    if t.ndim == 0:
+        return t.long().expand(b)
+    if t.shape != (b,):
+        raise InputError(f"target must be one class or one class per image ({b}), got shape {tuple(t.shape)}")
+    return t.long()
 
 
 @torch.no_grad()
@@ -206,6 +253,7 @@ def curve_length(h: int, w: int, step: int | None) -> tuple[int, int]:
     return step, math.ceil(h * w / step)
 
 
+@in_eval_mode
 @torch.no_grad()
 def causal_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mode: str = "deletion", target=None,
                   step: int | None = None, substrate: torch.Tensor | None = None, confidence: Confidence | None = None,
@@ -219,15 +267,13 @@ def causal_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mode: s
     map, so methods compared on the same images can share them; :func:`curve_ends`).
     ``batch_size`` images per forward pass, across images and steps; ``on_chunk(images)`` after each.
     Returns ``(curves (B, n + 1), target (B,))``; the class is the argmax on ``x`` by default."""
-    _check(x, maps)
+    x, maps = _inputs(x, maps)
     confidence = confidence or Confidence()
     device = _device(model)
     x, maps = x.to(device), maps.to(device)
     b, _, h, w = x.shape
     step, n = curve_length(h, w, step)
-    if target is None:
-        target = confidence.predict(model(x))
-    target = torch.as_tensor(target, device=device).long().expand(b) if torch.as_tensor(target).ndim == 0 else torch.as_tensor(target, device=device).long()
+    target = confidence.predict(model(x)) if target is None else _targets(target, b, device)
     start, finish = _curve_images(x, mode, substrate)
     own = torch.arange(b, device=device)
     rows = CurveRows(own, own + b, pixel_ranks(maps).view(b, 1, h, w), own, target)
@@ -240,6 +286,7 @@ def causal_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mode: s
     return torch.cat([ends[0].to(device)[:, None], scores, ends[1].to(device)[:, None]], dim=1), target
 
 
+@in_eval_mode
 @torch.no_grad()
 def joint_causal_curves(model: nn.Module, x: torch.Tensor, maps: list[torch.Tensor], targets: list[torch.Tensor],
                         step: int | None = None, batch_size: int = 64, on_chunk=None,
@@ -254,14 +301,13 @@ def joint_causal_curves(model: nn.Module, x: torch.Tensor, maps: list[torch.Tens
     x = x.to(device)
     b, _, h, w = x.shape
     step, n = curve_length(h, w, step)
-    for m in maps:
-        _check(x, m)
+    maps = [_inputs(x, m)[1] for m in maps]
     for mode in modes:
         _curve_images(x[:0], mode, None)  # an unknown mode is one line
     own = torch.arange(b, device=device)
     x_at, zero_at, blur_at = own, own + b, own + 2 * b  # where each image's sources are in `sources`
     sources = torch.cat([x, torch.zeros_like(x), gaussian_blur(x)])
-    targets = [torch.as_tensor(t, device=device).long() for t in targets]
+    targets = [_targets(t, b, device) for t in targets]
     ends: dict = {}
     for t in targets:
         key = tuple(t.tolist())
@@ -289,6 +335,7 @@ def joint_causal_curves(model: nn.Module, x: torch.Tensor, maps: list[torch.Tens
     return out
 
 
+@in_eval_mode
 @torch.no_grad()
 def curve_ends(model: nn.Module, x: torch.Tensor, target, mode: str, substrate: torch.Tensor | None = None,
                confidence: Confidence | None = None, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,8 +343,8 @@ def curve_ends(model: nn.Module, x: torch.Tensor, target, mode: str, substrate: 
     (deletion: ``x`` and the substrate; insertion: the blurred start and ``x``)."""
     confidence = confidence or Confidence()
     device = _device(model)
-    x = x.to(device)
-    target = torch.as_tensor(target, device=device).long().expand(x.shape[0])
+    x = torch.as_tensor(x).to(device)
+    target = _targets(target, x.shape[0], device)
     start, finish = _curve_images(x, mode, substrate)
     both = _scores(model, torch.cat([start, finish]), confidence, target.repeat(2), batch_size)
     return both[:x.shape[0]], both[x.shape[0]:]
@@ -315,6 +362,7 @@ def insertion(model, x, maps, target=None, **kw) -> torch.Tensor:
 
 # --- Average Drop / Increase in Confidence --------------------------------------------------
 
+@in_eval_mode
 @torch.no_grad()
 def drop_increase(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mean, std, target=None,
                   confidence: Confidence | None = None, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,15 +370,13 @@ def drop_increase(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, mean, s
     average for the paper's Average Drop % and Increase in Confidence %). ``x`` is normalised with
     ``mean``/``std``; the explanation image is ``x_raw * E`` with ``x_raw`` in [0, 1] (the paper),
     normalised again before the forward pass. Scores are softmax probabilities, not logits."""
-    _check(x, maps)
+    x, maps = _inputs(x, maps)
     confidence = confidence or Confidence()
     device = _device(model)
     x, maps = x.to(device), maps.to(device).float()
     mean = torch.as_tensor(mean, dtype=x.dtype, device=device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=device).view(1, -1, 1, 1)
-    if target is None:
-        target = confidence.predict(model(x))
-    target = torch.as_tensor(target, device=device).long().expand(x.shape[0]) if torch.as_tensor(target).ndim == 0 else torch.as_tensor(target, device=device).long()
+    target = confidence.predict(model(x)) if target is None else _targets(target, x.shape[0], device)
     y = _scores(model, x, confidence, target, batch_size)  # same batching as O_c, so E = 1 gives O_c = Y_c exactly
     e = maps[:, None]
     x_tilde = x * e + mean * (e - 1) / std  # = (x_raw * E - mean) / std, exact for E = 1

@@ -2,8 +2,9 @@
 2016), energy-based pointing game (Wang et al., Score-CAM), relevance mass and rank accuracy
 (Arras et al., 2022) and the ILSVRC localisation error with the largest connected component.
 
-All take ``maps`` ``(B, H, W)`` and boolean ``masks`` ``(B, H, W)`` (or boxes ``(B, 4)``,
-``x0 y0 x1 y1`` pixels, exclusive end) on any device, batched, and return per-image values.
+All take ``maps`` ``(B, H, W)`` and ``masks`` ``(B, H, W)`` (any non-zero value is inside), or
+boxes ``(B, 4)`` (``x0 y0 x1 y1`` pixels, exclusive end), as tensors on any device or NumPy
+arrays, batched, and return per-image values.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from ..core.boxes import box_of
 from ..errors import InputError
 
 
-def _check(maps: torch.Tensor, masks: torch.Tensor) -> None:
+def _inputs(maps, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    """``maps`` and boolean ``masks`` as tensors on the maps' device (NumPy arrays too, such as
+    another library's maps or a mask read from a 0/255 PNG); one line when they are not both
+    ``(B, H, W)``."""
+    maps, masks = torch.as_tensor(maps), torch.as_tensor(masks)
     if maps.ndim != 3 or masks.shape != maps.shape:
         raise InputError(f"maps and masks must both be (B, H, W); got {tuple(maps.shape)} and {tuple(masks.shape)}")
+    return maps, masks.to(maps.device).bool()
 
 
 def boxes_to_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -45,8 +51,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 15
     random); a constant map (all zero) points nowhere and scores 0, wherever the object is (by
     pixel order it would hit objects at the top left). Average per class, then over classes, for
     the original protocol (:func:`per_class_mean`)."""
-    _check(maps, masks)
-    masks = masks.to(maps.device).bool()
+    maps, masks = _inputs(maps, masks)
     p = argmax_points(maps)
     h, w = maps.shape[-2:]
     ys = torch.arange(h, device=maps.device).view(1, h, 1)
@@ -91,9 +96,9 @@ def per_class_mean(values: torch.Tensor, labels: torch.Tensor) -> float:
 
 def relevance_mass(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Share of the (non-negative) map inside the mask: ``sum_M L / sum L`` (0 for an all-zero map)."""
-    _check(maps, masks)
+    maps, masks = _inputs(maps, masks)
     m = maps.float().clamp_min(0).flatten(1)
-    inside = (m * masks.to(maps.device).flatten(1).float()).sum(1)
+    inside = (m * masks.flatten(1).float()).sum(1)
     total = m.sum(1)
     return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
 
@@ -113,8 +118,8 @@ def relevance_rank(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     mask. Pixels tied at the K-th value share the places left among them (the expected share when
     ties are broken at random); a constant map (all zero) ranks nothing and scores 0, wherever the
     object is (by pixel order it would score objects at the top left)."""
-    _check(maps, masks)
-    flat = masks.to(maps.device).flatten(1).bool()
+    maps, masks = _inputs(maps, masks)
+    flat = masks.flatten(1)
     values = maps.flatten(1).float()
     k = flat.sum(1)
     kth = values.sort(1, descending=True).values.gather(1, (k - 1).clamp_min(0)[:, None])

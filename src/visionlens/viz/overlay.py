@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import InputError
 from .colormaps import apply, bar_labels, colorize, display_cmap, is_diverging
 
 
@@ -22,29 +23,42 @@ def _resized_map(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(saliency, mode="F").resize(size, Image.BILINEAR), dtype=np.float32)
 
 
-def overlay(image: Image.Image, saliency: np.ndarray, alpha: float = 0.5, cmap: str | None = None,
-            signed: bool = False, colorbar: bool = False) -> Image.Image:
-    """Blend the coloured ``saliency`` over ``image``.
+def _picture(image) -> Image.Image:
+    """``image`` as an RGB ``PIL.Image``: a PIL image, or an ``(H, W, 3)`` / ``(H, W)`` NumPy array,
+    uint8 or float in [0, 1] (what pytorch-grad-cam's ``show_cam_on_image`` takes)."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = np.asarray(image)
+    if array.ndim not in (2, 3) or array.ndim == 3 and array.shape[-1] not in (1, 3, 4):
+        raise InputError(f"image must be a PIL image or an (H, W, 3) array, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise InputError("a float image array must hold values in [0, 1] (or give uint8)")
+        array = np.round(array * 255).astype(np.uint8)
+    return Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array).convert("RGB")
 
-    A normalised map (values in [0, 1]) is blended with weight ``alpha`` at the map's size (the
-    image is resized if they differ). A ``signed`` map (e.g. Relevance-CAM's raw map) is resized to
-    the image, scaled by its largest magnitude onto a diverging colormap (zero is the neutral
-    centre) and blended with weight ``min(1.6 alpha sqrt(|value| / max), 0.8)``, so that the photo shows where
-    the map is near zero. ``colorbar`` adds a labelled colour-bar strip under the picture. A torch
-    tensor is taken as it is (detached, from any device)."""
+
+def overlay(image, saliency: np.ndarray, alpha: float = 0.5, cmap: str | None = None,
+            signed: bool = False, colorbar: bool = False) -> Image.Image:
+    """Blend the coloured ``saliency`` over ``image`` (a PIL image or an ``(H, W, 3)`` array, uint8
+    or float in [0, 1]), at the image's size: a map of another size is resized to it (bilinear).
+
+    A normalised map (values in [0, 1]) is blended with weight ``alpha``. A ``signed`` map (e.g.
+    Relevance-CAM's raw map) is scaled by its largest magnitude onto a diverging colormap (zero is
+    the neutral centre) and blended with weight ``min(1.6 alpha sqrt(|value| / max), 0.8)``, so
+    that the photo shows where the map is near zero. ``colorbar`` adds a labelled colour-bar strip
+    under the picture. A torch tensor is taken as it is (detached, from any device)."""
     if hasattr(saliency, "detach"):  # a torch tensor, e.g. exp.maps[0], also one that requires grad or is on a GPU
         saliency = saliency.detach().float().cpu().numpy()
     saliency = np.asarray(saliency, dtype=np.float32)
     if saliency.ndim != 2:
-        raise ValueError(f"saliency must be (H, W), got {saliency.shape}")
-    rgb = image.convert("RGB")
+        raise InputError(f"saliency must be one map (H, W), got shape {saliency.shape}")
+    rgb = _picture(image)
+    saliency = _resized_map(saliency, rgb.size)
     if signed:
-        saliency = _resized_map(saliency, rgb.size)
         peak = float(np.abs(saliency).max()) or 1.0
         weight = np.minimum(1.6 * alpha * np.sqrt(np.abs(saliency) / peak), 0.8)[..., None]
     else:
-        h, w = saliency.shape
-        rgb = rgb.resize((w, h), Image.BILINEAR) if rgb.size != (w, h) else rgb
         weight = alpha
     base = np.asarray(rgb, dtype=np.float32)
     mixed = (1.0 - weight) * base + weight * colorize(saliency, cmap, signed).astype(np.float32)
