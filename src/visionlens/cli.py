@@ -216,8 +216,13 @@ def _cmd_layers(args) -> int:
     from .models import load_model
     from .models.zoo import library_architecture
 
+    from .models import ZOO
+
     if args.model.startswith(("timm:", "torchvision:")) and args.weights is None:  # the layers do not depend on the weights
         module, size = library_architecture(args.model).eval(), args.size
+    elif args.model in ZOO and args.weights is None:  # nor a zoo model's: nothing fetched for them
+        entry = ZOO[args.model]
+        module, size = entry.build().eval(), args.size or entry.preprocess.crop
     else:
         model = load_model(args.model, weights=args.weights)
         module, size = model.module, args.size or model.preprocess.crop
@@ -770,7 +775,7 @@ def _reject_empty_paths(args) -> None:
 
 
 def _printable_streams() -> None:
-    """A file name that is not UTF-8 (its bytes held as surrogates) prints escaped (``\udce9``)
+    """A file name that is not UTF-8 (its bytes held as surrogates) prints escaped (``\\udce9``)
     instead of failing the run on a terminal that encodes strictly."""
     for stream in (sys.stdout, sys.stderr):
         if callable(getattr(stream, "reconfigure", None)) and getattr(stream, "errors", None) == "strict":

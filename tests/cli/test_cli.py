@@ -116,6 +116,17 @@ def test_models_methods_and_layers_commands(capsys, mobilenet):
     assert "features.18" in capsys.readouterr().out
 
 
+def test_layers_of_a_zoo_model_need_no_weights(capsys, tmp_path, monkeypatch):
+    """The layers do not depend on the weights: before, an empty cache fetched the 14 MB weights
+    package first, and offline `layers mobilenet_v2` was refused."""
+    monkeypatch.setenv("VISIONLENS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VISIONLENS_OFFLINE", "1")
+    for name, layer in (("mobilenet_v2", "features.18"), ("efficientnet_lite0", "_head_act")):
+        assert main(["layers", name]) == 0
+        assert layer in capsys.readouterr().out
+    assert not (tmp_path / "home").exists()
+
+
 def test_layers_of_a_vit_at_another_size_is_one_line(capsys):
     assert main(["layers", "world-vit", "--size", "100"]) == 2  # its position embedding fixes the token count
     one_error_line(capsys.readouterr().err, "world-vit does not take 100 px inputs", "leave out --size")

@@ -140,3 +140,15 @@ def test_an_unknown_flag_of_a_nested_command_names_that_command(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: visionlens pose train: unrecognized arguments: --no-such-flag")
     assert "did you mean" not in err[0]
+
+
+def test_visionlens_methods_prints_one_whole_sentence_per_method(capsys):
+    """The summaries were the first docstring lines: cut mid-sentence, with formulas and internal notes."""
+    from visionlens.methods.registry import REGISTRY
+
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == len(REGISTRY)
+    for info, line in zip(REGISTRY, lines):
+        assert line.endswith(info.summary)
+        assert "``" not in info.summary and "[" not in info.summary and len(info.summary) <= 120, info.summary

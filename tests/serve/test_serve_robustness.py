@@ -279,3 +279,15 @@ def test_serve_weights_is_for_one_model_only(tmp_path, capsys):
     assert main(["serve", "--model", "torchvision:mobilenet_v3_small", "--weights", str(tmp_path / "missing.pt"),
                  "--port", str(free_port())]) == 2
     one_error_line(capsys.readouterr().err, "missing.pt")
+
+
+def test_serve_without_python_multipart_names_the_extra(monkeypatch, capsys):
+    """FastAPI raises a RuntimeError for form routes without python-multipart: it was an internal
+    error (exit 70) for an install that had fastapi and uvicorn but not the whole extra."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("python_multipart", "multipart") else real(name, *a))
+    assert main(["serve", "--port", "8765"]) == 2  # refused before the port is opened or a model loads
+    one_error_line(capsys.readouterr().err, "python-multipart is missing", "pip install 'visionlens[serve]'")

@@ -29,6 +29,7 @@ from . import store as _store
 CRASH_ONCE_ENV = "VISIONLENS_RAY_TEST_CRASH_ONCE"
 RETRIES = 3
 IN_FLIGHT_PER_ACTOR = 2
+CLOSE_TIMEOUT = 30.0  # seconds to wait for the actors to remove their scratch folders before they are killed
 
 
 class RayRunError(VisionlensError, RuntimeError):
@@ -113,6 +114,11 @@ class BatchWorker:
         except FileExistsError:
             return
         os._exit(1)
+
+    def close(self) -> None:
+        """Remove the scratch folder: ``ray.kill`` ends the actor's process without running ``__del__``."""
+        self.f.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __del__(self):
         shutil.rmtree(getattr(self, "scratch", ""), ignore_errors=True)
@@ -213,6 +219,7 @@ class RayEngine:
                 self._spread(ray, run, source.name, actors, todo, batch, bar, live)
             bar.close()
         finally:
+            ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=CLOSE_TIMEOUT)
             for a in actors:
                 ray.kill(a)
 

@@ -7,7 +7,6 @@ Kinds: ``cam`` (channel weights -> one map at one layer), ``flow`` (one map per 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 from .ablationcam import AblationCAM
@@ -32,21 +31,15 @@ from .xgradcam import XGradCAM
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """One registered method: ``name`` on the command line, ``cls``, ``kind`` and ``explains``
-    (``"class"`` or ``"similarity"``)."""
+    """One registered method: ``name`` on the command line, ``cls``, ``kind``, ``summary`` (the
+    paper and what the method does, one line for ``visionlens methods`` and the explorer) and
+    ``explains`` (``"class"`` or ``"similarity"``)."""
 
     name: str
     cls: type
     kind: str
+    summary: str
     explains: str = "class"
-
-    @property
-    def summary(self) -> str:
-        """The first line of the method's module docstring (it names the paper), or of its class
-        docstring where a module holds several methods (the similarity methods)."""
-        module_doc = sys.modules[self.cls.__module__].__doc__
-        doc = self.cls.__doc__ if self.explains == "similarity" and self.cls.__doc__ else module_doc or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
 
     @property
     def shares_pass(self) -> bool:
@@ -55,26 +48,46 @@ class MethodInfo:
 
 
 REGISTRY: tuple[MethodInfo, ...] = (
-    MethodInfo("cam", CAM, "cam"),
-    MethodInfo("gradcam", GradCAM, "cam"),
-    MethodInfo("gradcam++", GradCAMPlusPlus, "cam"),
-    MethodInfo("xgradcam", XGradCAM, "cam"),
-    MethodInfo("layercam", LayerCAM, "cam"),
-    MethodInfo("hirescam", HiResCAM, "cam"),
-    MethodInfo("eigencam", EigenCAM, "cam"),
-    MethodInfo("scorecam", ScoreCAM, "cam"),
-    MethodInfo("ablationcam", AblationCAM, "cam"),
-    MethodInfo("relevance-cam", RelevanceCAM, "cam"),
-    MethodInfo("daam", DAAM, "flow"),
-    MethodInfo("rollout", AttentionRollout, "flow"),
-    MethodInfo("chefer", CheferRollout, "flow"),
-    MethodInfo("legrad", LeGrad, "flow"),
-    MethodInfo("attnlrp", AttnLRP, "flow"),
-    MethodInfo("naflow", NAFlow, "flow"),
-    MethodInfo("sfam", SFAM, "similarity", "similarity"),
-    MethodInfo("gradcam", SimilarityGradCAM, "similarity", "similarity"),
-    MethodInfo("relevance-cam", SimilarityRelevanceCAM, "similarity", "similarity"),
-    MethodInfo("naflow", SimilarityNAFlow, "flow", "similarity"),
+    MethodInfo("cam", CAM, "cam",
+               "CAM (Zhou et al., CVPR 2016): the classifier's weights on the last feature maps"),
+    MethodInfo("gradcam", GradCAM, "cam",
+               "Grad-CAM (Selvaraju et al., ICCV 2017): feature maps weighted by their mean gradient"),
+    MethodInfo("gradcam++", GradCAMPlusPlus, "cam",
+               "Grad-CAM++ (Chattopadhyay et al., WACV 2018): Grad-CAM with higher-order pixel weights"),
+    MethodInfo("xgradcam", XGradCAM, "cam",
+               "XGrad-CAM (Fu et al., BMVC 2020): gradients weighted by the activations"),
+    MethodInfo("layercam", LayerCAM, "cam",
+               "LayerCAM (Jiang et al., TIP 2021): a positive-gradient weight per position, for any layer"),
+    MethodInfo("hirescam", HiResCAM, "cam",
+               "HiResCAM (Draelos & Carin, 2020): gradient times activation at each position"),
+    MethodInfo("eigencam", EigenCAM, "cam",
+               "Eigen-CAM (Muhammad & Yeasin, IJCNN 2020): the feature maps' first principal component; the same for every class"),
+    MethodInfo("scorecam", ScoreCAM, "cam",
+               "Score-CAM (Wang et al., CVPRW 2020): each channel masks the input, weighted by the class score it keeps"),
+    MethodInfo("ablationcam", AblationCAM, "cam",
+               "Ablation-CAM (Desai & Ramaswamy, WACV 2020): each channel weighted by the score lost without it"),
+    MethodInfo("relevance-cam", RelevanceCAM, "cam",
+               "Relevance-CAM (Lee et al., CVPR 2021): channel weights from layer-wise relevance propagation"),
+    MethodInfo("daam", DAAM, "flow",
+               "DAAM (Liao et al., Pattern Recognition 2025): the attention map accumulated through every ViT block"),
+    MethodInfo("rollout", AttentionRollout, "flow",
+               "Attention rollout (Abnar & Zuidema, ACL 2020): attention multiplied through the blocks; the same for every class"),
+    MethodInfo("chefer", CheferRollout, "flow",
+               "Chefer's rollout (Chefer, Gur & Wolf, ICCV 2021): gradient-weighted attention rollout"),
+    MethodInfo("legrad", LeGrad, "flow",
+               "LeGrad (Bousselham et al., 2024): the class score's gradients on every block's attention"),
+    MethodInfo("attnlrp", AttnLRP, "flow",
+               "AttnLRP (Achtibat et al., ICML 2024): layer-wise relevance propagation with rules for attention"),
+    MethodInfo("naflow", NAFlow, "flow",
+               "NAFlow (Liao et al., TPAMI 2026): the neuron-abandoning attention flow through every CNN layer"),
+    MethodInfo("sfam", SFAM, "similarity",
+               "SFAM (Similar Feature Activation Map): channel weights from each embedding dimension's share of the similarity", "similarity"),
+    MethodInfo("gradcam", SimilarityGradCAM, "similarity",
+               "Grad-CAM of the similarity of the two embeddings", "similarity"),
+    MethodInfo("relevance-cam", SimilarityRelevanceCAM, "similarity",
+               "Relevance-CAM started from the similarity of the two embeddings", "similarity"),
+    MethodInfo("naflow", SimilarityNAFlow, "flow",
+               "NAFlow of the similarity, through every CNN layer", "similarity"),
 )
 
 METHODS: dict[str, type] = {m.name: m.cls for m in REGISTRY if m.explains == "class"}

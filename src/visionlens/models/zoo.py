@@ -468,7 +468,9 @@ def _dense_architecture(library: str, arch: str) -> bool:
     default ones: COCO's 91, VOC's 21)."""
     if library != "torchvision":
         return False
-    import torchvision.models as tvm
+    from .hub import _require
+
+    tvm = _require("torchvision", "torchvision").models  # not installed: one line naming the extra
 
     return arch in tvm.list_models(module=tvm.detection) + tvm.list_models(module=tvm.segmentation)
 

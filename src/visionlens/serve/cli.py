@@ -20,6 +20,11 @@ def _cmd_serve(args) -> int:
     except ImportError as err:
         raise InputError(f"`visionlens serve` needs the serve extra ({err.name} is missing): "
                          "pip install 'visionlens[serve]'") from None
+    import importlib.util
+
+    if not any(importlib.util.find_spec(name) for name in ("python_multipart", "multipart")):  # FastAPI's uploads
+        raise InputError("`visionlens serve` needs the serve extra (python-multipart is missing): "
+                         "pip install 'visionlens[serve]'")
     from ..models import load_model
     from .explorer import Explorer
 

@@ -3,7 +3,7 @@
 maps (``rdbu``, the signed default, ``coolwarm``) and the classic ``jet``.
 
 The tables live in ``colormaps.json`` (sources and licences named there and in
-:mod:`visionlens.viz.make_colormaps`, which generated them)."""
+``scripts/make_colormaps.py`` in the repository, which generated them)."""
 
 from __future__ import annotations
 
