@@ -29,6 +29,7 @@ _EXPORTS = {
                     "methods.similarity"),
     **dict.fromkeys(["Embedder", "Preprocess", "ZooModel", "available_models", "embedder", "load_model"], "models"),
     "explain_many": "methods.base",
+    "layer_shapes": "core.layers",
     "explain": "pipeline",
     "explain_files": "pipeline",
 }
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .core.targets import BoxTarget, SegmentationTarget, raw_output
     from .methods import (CAM, DAAM, METHODS, AblationCAM, AttentionRollout, AttnLRP, CheferRollout, EigenCAM, GradCAM,
                           GradCAMPlusPlus, HiResCAM, LayerCAM, LeGrad, NAFlow, RelevanceCAM, ScoreCAM, XGradCAM)
+    from .core.layers import layer_shapes
     from .methods.base import explain_many
     from .methods.sfam import SFAM
     from .methods.similarity import PairExplanation, SimilarityExplanation, SimilarityGradCAM, SimilarityRelevanceCAM
@@ -93,6 +95,7 @@ __all__ = [
     "explain",
     "explain_files",
     "explain_many",
+    "layer_shapes",
     "load_model",
     "raw_output",
 ]

@@ -238,3 +238,12 @@ def test_natural_mistakes_of_a_pytorch_grad_cam_user_are_one_line_naming_the_fix
         with pytest.raises(error) as info:
             make()
         assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_layer_shapes_lists_the_names_a_layer_takes_and_the_error_names_it(tiny_net):
+    before = snapshot(tiny_net)
+    shapes = dict(visionlens.layer_shapes(tiny_net, torch.randn(2, 3, 32, 32)))
+    assert shapes["features.5"] == (2, 16, 16, 16) and shapes["fc"] == (2, 5)
+    assert_same_state(before, snapshot(tiny_net))
+    with pytest.raises(LayerError, match=r"visionlens\.layer_shapes\(model, x\)"):
+        GradCAM(tiny_net, "featurs.5")

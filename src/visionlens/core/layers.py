@@ -87,7 +87,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5) or names[-5:]
         raise LayerError(
             f"unknown layer '{layer}' in {type(model).__name__}; close names: {', '.join(close)} "
-            "(list all with `visionlens layers MODEL`)"
+            "(list all with visionlens.layer_shapes(model, x) or `visionlens layers MODEL`)"
         )
     return layer_name(model, module), module
 
@@ -102,8 +102,10 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def layer_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[int, ...] | None]]:
-    """Run one forward pass and list ``(name, output_shape)`` of every submodule in the order the
-    outputs are produced (``None`` for non-tensor outputs)."""
+    """Run one forward pass of ``x`` and list ``(name, output_shape)`` of every submodule in the
+    order the outputs are produced (``None`` for non-tensor outputs): the names a method's ``layer``
+    takes, for a model in memory (``visionlens layers MODEL`` prints the same for a model spec).
+    The model comes back as it was."""
     order: list[tuple[str, tuple[int, ...] | None]] = []
     handles = []
 
@@ -146,5 +148,5 @@ def check_spatial(name: str, activation: torch.Tensor) -> None:
     if activation.dim() != 4:
         raise LayerError(
             f"layer '{name}' has output shape {tuple(activation.shape)}, not a spatial (B, C, H, W) map; "
-            "choose a convolutional feature layer (list them with `visionlens layers MODEL`)"
+            "choose a convolutional feature layer (list them with `visionlens layers MODEL` or visionlens.layer_shapes(model, x))"
         )
