@@ -11,23 +11,37 @@ size, at 224x224, it times round by round (contenders interleaved, medians repor
               output only (no graph before the layer, no parameter gradients)
   visionlens / pytorch-grad-cam / torchcam / captum   Grad-CAM, maps at input resolution
 then K = 5 classes per image (visionlens: one forward + one batched backward; the anchors: what
-their API offers: one call per class), then Score-CAM (MobileNetV2 ``--scorecam-layer``;
-visionlens on its BatchNorm-folded scoring copy, the same copy compiled (``compile=True``;
-compiling happens in the warm-up round, untimed), visionlens exact = on the model itself,
-pytorch-grad-cam) and Ablation-CAM (MobileNetV2 ``features``, 1,280 channels; visionlens with its
-stand-in input, visionlens with the full input for every ablated copy, pytorch-grad-cam); batch 1.
+their API offers: one call per class). Then, at batch 1, MobileNetV2 only, in max(3, --repeats // 5)
+rounds (these calls are slower):
+  Score-CAM at ``--scorecam-layer``:
+    visionlens           on its BatchNorm-folded scoring copy
+    visionlens compiled  the same copy compiled (``compile=True``; compiling happens in the
+                         untimed warm-up round)
+    visionlens exact     on the model itself (``inference_copy=False``)
+    pytorch-grad-cam
+  Ablation-CAM at ``features`` (1,280 channels), ``batch_size=64``:
+    visionlens              as shipped: each ablated copy runs only the rest of the network after
+                            the layer (the traced tail; else a small stand-in input; else the full input)
+    visionlens, full input  the same with the traced tail and the stand-in turned off: every
+                            ablated copy re-runs the whole network (the checked inference copy)
+                            on the full input
+    pytorch-grad-cam
 On CUDA it also reports peak memory. Anchors that are not installed are skipped.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import platform
 import statistics
 import time
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's progress bars (read when tqdm is imported)
+
 import torch
 import torch.nn.functional as F
+
+import _cli
 
 K = 5
 
@@ -140,11 +154,14 @@ def table(title, results, base_key):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="CAM-family speed benchmark")
+    parser = _cli.Parser(description="CAM-family speed benchmark")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet50"])
+    parser.add_argument("--batches", type=_cli.positive_int, nargs="+", default=[1, 16, 128],
+                        help="Grad-CAM batch sizes (default 1 16 128)")
+    parser.add_argument("--repeats", type=_cli.positive_int, default=15,
+                        help="timed rounds of the Grad-CAM tables (default 15); the Score-CAM and Ablation-CAM "
+                             "tables run max(3, REPEATS // 5) rounds")
+    parser.add_argument("--models", nargs="+", choices=["mobilenet_v2", "resnet50"], default=["mobilenet_v2", "resnet50"])
     parser.add_argument("--scorecam-layer", default="features.16", help="MobileNetV2 layer for the Score-CAM row")
     parser.add_argument("--tables", nargs="+", choices=["gradcam", "scorecam", "ablationcam"],
                         default=["gradcam", "scorecam", "ablationcam"], help="which tables to time (default: all)")
@@ -187,7 +204,9 @@ def main():
     if "mobilenet_v2" in models:
         model = models["mobilenet_v2"][0]
         x = torch.randn(1, 3, 224, 224, device=device)
-        layer = dict(model.named_modules())[args.scorecam_layer]
+        layer = dict(model.named_modules()).get(args.scorecam_layer)
+        if layer is None:
+            _cli.fail(f"--scorecam-layer {args.scorecam_layer}: MobileNetV2 has no such layer (e.g. features.16)")
     if "mobilenet_v2" in models and "scorecam" in args.tables:
         contenders = {"visionlens": lambda: ScoreCAM(model, args.scorecam_layer, batch_size=64)(x),
                       "visionlens compiled": lambda: ScoreCAM(model, args.scorecam_layer, batch_size=64, compile=True)(x),
@@ -204,7 +223,10 @@ def main():
               "visionlens")
     if "mobilenet_v2" in models and "ablationcam" in args.tables:
         full_input = AblationCAM(model, "features", batch_size=64)
-        full_input._feed = lambda *args: None  # no stand-in: every ablated copy re-runs the whole network
+        for shortcut in ("_traced", "_feed"):  # no traced tail, no stand-in: the full input for every ablated copy
+            if not hasattr(full_input, shortcut):
+                _cli.fail(f"AblationCAM has no {shortcut} any more: update the 'full input' row of {__file__}")
+            setattr(full_input, shortcut, lambda *args: None)
         contenders = {"visionlens": lambda: AblationCAM(model, "features", batch_size=64)(x),
                       "visionlens, full input": lambda: full_input(x)}
         try:
@@ -219,4 +241,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

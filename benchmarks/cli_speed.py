@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+import _cli
+
 
 def command_lines() -> list[list[str]]:
     """[] for `visionlens --help`, then every command path the parser knows."""
@@ -42,8 +44,8 @@ def time_once(words: list[str]) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5, help="runs of each command line (median reported)")
+    ap = _cli.Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=_cli.positive_int, default=5, help="runs of each command line (median reported)")
     ap.add_argument("--goal", type=float, default=1.0, help="target wall time in seconds")
     args = ap.parse_args(argv)
     if args.repeats < 1 or not args.goal > 0:
@@ -75,4 +77,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    _cli.run(main)

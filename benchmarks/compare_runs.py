@@ -10,11 +10,11 @@ device, batch size or scoring copy reproduces an earlier one.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 from visionlens.evaluation import read_folder_results
+
+import _cli
 
 
 def _load(folders: list[str]) -> dict:
@@ -27,9 +27,9 @@ def _load(folders: list[str]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("first")
-    ap.add_argument("others", nargs="+")
+    ap = _cli.Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("first", type=_cli.evaluate_folder, metavar="OUT_A")
+    ap.add_argument("others", nargs="+", type=_cli.evaluate_folder, metavar="OUT_B")
     ap.add_argument("--methods", nargs="+", help="only these methods (default: all shared)")
     args = ap.parse_args()
     a, b = _load([args.first]), _load(args.others)
@@ -41,7 +41,7 @@ def main() -> None:
             if a[key][metric] is not None and b[key][metric] is not None:
                 diffs.setdefault((key[0], key[1], metric), []).append(abs(a[key][metric] - b[key][metric]))
     if not diffs:
-        raise SystemExit("the folders share no scored (model, method, image)")
+        _cli.fail("the folders share no scored (model, method, image)")
     print("| model | method | metric | images | max abs diff | mean abs diff |")
     print("|---|---|---|---|---|---|")
     for (model, method, metric), d in sorted(diffs.items()):
@@ -49,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

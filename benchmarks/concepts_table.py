@@ -27,13 +27,14 @@ the VAE against an earlier run's ``<setting>.json`` (mean +- 1.96 standard error
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+import _cli
 
 LEGACY_VAE = dict(epochs=60, lr=3e-3, batch_size=256, val_fraction=0.0, init="random", warmup=0)  # before issue 29
 PREVIOUS_VAE = dict(init="random", warmup=0)  # issue 29's first step: early stopping from a random start
@@ -46,21 +47,21 @@ SETTINGS = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = _cli.Parser(description=__doc__.splitlines()[0])
     ap.add_argument("setting", choices=SETTINGS)
     ap.add_argument("--data", default=None, help="override the data source (e.g. /work/shared/data/imagenet-sample)")
     ap.add_argument("--classes", default=None)
-    ap.add_argument("--images", type=int, default=None, help="images (photos) per class")
-    ap.add_argument("--n-concepts", type=int, default=10)
-    ap.add_argument("--vae-epochs", type=int, default=None, help="VAE epoch cap (default: the reducer's)")
+    ap.add_argument("--images", type=_cli.positive_int, default=None, help="images (photos) per class")
+    ap.add_argument("--n-concepts", type=_cli.positive_int, default=10)
+    ap.add_argument("--vae-epochs", type=_cli.positive_int, default=None, help="VAE epoch cap (default: the reducer's)")
     ap.add_argument("--vae-init", default=None, choices=["pca", "random"], help="VAE start (default: the reducer's)")
     ap.add_argument("--vae-legacy", action="store_true", help="train the VAE as before issue 29 (no early stopping)")
     ap.add_argument("--fit-only", action="store_true", help="only time the reducers' fits on the same activations")
-    ap.add_argument("--repeats", type=int, default=3, help="fits per reducer and seed with --fit-only")
-    ap.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 with --fit-only (the VAE's stop varies by seed)")
+    ap.add_argument("--repeats", type=_cli.positive_int, default=3, help="fits per reducer and seed with --fit-only")
+    ap.add_argument("--seeds", type=_cli.positive_int, default=1, help="seeds 0..N-1 with --fit-only (the VAE's stop varies by seed)")
     ap.add_argument("--variants", default="", help="with --fit-only, more VAE settings to time: "
                     "'LABEL:KEY=VALUE,KEY=VALUE;LABEL2:...' (e.g. 'lr2:lr=0.02;b64:batch_size=64')")
-    ap.add_argument("--reducers", default="vae,nmf", help="which reducers to run (vae, nmf or both)")
+    ap.add_argument("--reducers", type=_cli.names(["vae", "nmf"]), default=["vae", "nmf"], help="which reducers to run (vae, nmf or both)")
     ap.add_argument("--compare", default=None, help="an earlier <setting>.json: print the paired VAE Faith difference")
     ap.add_argument("--out", default="/tmp/concepts-bench")
     ap.add_argument("--docs", action="store_true", help="also write docs/concept-sheet-<setting>.png")
@@ -85,7 +86,7 @@ def main() -> None:
     if args.fit_only:
         return fit_times(model, cfg, source, classes, args)
     results = {}
-    for reducer in args.reducers.split(","):
+    for reducer in args.reducers:
         options = {"seed": 0}
         if reducer == "vae":
             options.update(LEGACY_VAE if args.vae_legacy else {})
@@ -234,4 +235,4 @@ def docs_sheet(model, cfg, source, classes, out: Path, setting: str) -> None:
     print(f"wrote {dest} ({dest.stat().st_size // 1024} KB)")
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

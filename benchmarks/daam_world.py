@@ -17,7 +17,6 @@ localisation only.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from visionlens.evaluation import ci95
 from visionlens.methods import AttnLRP
 from visionlens.metrics import pointing_game, relevance_mass, trapezoid_auc
 from visionlens.metrics.faithfulness import joint_causal_curves
+
+import _cli
 
 METRICS = ("mass", "pointing", "deletion", "insertion")
 
@@ -61,9 +62,9 @@ def vit_table(scores: dict[str, dict], seconds: dict[str, float]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=500, help="test images")
-    ap.add_argument("--bank-n", type=int, default=5000, help="train images in world-dino's memory bank")
+    ap = _cli.Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=_cli.positive_int, default=500, help="test images")
+    ap.add_argument("--bank-n", type=_cli.positive_int, default=5000, help="train images in world-dino's memory bank")
     ap.add_argument("--methods", default=None, help="comma-separated world-vit rows to run (default: all; daam always)")
     ap.add_argument("--no-dino", action="store_true", help="skip world-dino (no memory bank to build)")
     ap.add_argument("--figure", default=None, help="write a DAAM flow strip of world-vit test images here")
@@ -145,4 +146,4 @@ def figure(args, vit, x: torch.Tensor, batch: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

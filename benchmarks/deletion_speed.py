@@ -19,7 +19,6 @@ and prints each as ms per image and as a ratio to the floor.
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -31,6 +30,8 @@ from visionlens import load_model
 from visionlens import metrics as M
 from visionlens.core.inference import checked_inference_copy
 from visionlens.pipeline import make_method
+
+import _cli
 
 
 def _sync(device):
@@ -50,13 +51,13 @@ def _inputs(zoo, n: int) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = _cli.Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["mobilenet_v2", "efficientnet_lite0"])
-    ap.add_argument("--images", type=int, default=4)
-    ap.add_argument("--step", type=int, default=3136)
+    ap.add_argument("--images", type=_cli.positive_int, default=4)
+    ap.add_argument("--step", type=_cli.positive_int, default=3136)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--chunk", type=int, default=128, help="images per forward pass (evaluate: 8 x --batch-size)")
+    ap.add_argument("--repeats", type=_cli.positive_int, default=3)
+    ap.add_argument("--chunk", type=_cli.positive_int, default=128, help="images per forward pass (evaluate: 8 x --batch-size)")
     ap.add_argument("--no-anchor", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -127,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

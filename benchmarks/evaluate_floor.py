@@ -16,13 +16,13 @@ It prints images/s of both and their ratio (issue 30's goal: at least 0.8). ``--
 folder with labels.csv, an ImageFolder tree, ...) points it at real data, e.g. /work/shared/data.
 
 ``--thousand`` times the issue's "1,000 ImageNet photos x Grad-CAM, LayerCAM, Score-CAM, deletion
-+ insertion on MobileNetV2" on ``--images`` photos at RISE's step (the image width) and
-extrapolates linearly to 1,000 photos; the printout says it is an extrapolation.
++ insertion on MobileNetV2" on ``--images`` photos at RISE's step (the image width), once, and
+extrapolates linearly to 1,000 photos; the printout says it is an extrapolation. It fixes the
+model, methods and step, so it refuses ``--model``, ``--methods`` and ``--step``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -36,6 +36,8 @@ from visionlens.core.inference import checked_inference_copy
 from visionlens.evaluation import evaluate
 from visionlens.evaluation import data as D
 from visionlens.models import load_model
+
+import _cli
 
 
 def _evaluate_seconds(args, methods: list[str], step: int | None) -> tuple[float, float]:
@@ -87,7 +89,7 @@ def _ratio_run(args) -> None:
     x = _batch(args, zoo)
     copy, how = checked_inference_copy(zoo.module, x)
     count = _forwards(len(x), len(methods), x.shape[2], x.shape[3], args.step)
-    sweep = [int(s) for s in args.sweep.split(",")]
+    sweep = args.sweep
     evals, works, floors = [], [], {b: [] for b in sweep}
     for _ in range(args.repeats):
         total, work = _evaluate_seconds(args, methods, args.step)
@@ -122,25 +124,35 @@ def _thousand_run(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="mobilenet_v2")
-    ap.add_argument("--methods", default="gradcam,layercam")
+    ap = _cli.Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="zoo model (default mobilenet_v2)")
+    ap.add_argument("--methods", default=None, help="comma-separated methods (default gradcam,layercam)")
     ap.add_argument("--data", default="samples")
-    ap.add_argument("--images", type=int, default=4)
-    ap.add_argument("--step", type=int, default=3136, help="pixels per deletion/insertion step (3136: 16 steps at 224 px)")
-    ap.add_argument("--batch-size", type=int, default=16, help="evaluate's --batch-size (images per batch)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--sweep", default="8,16,32,64,128", help="floor batch sizes to try")
+    ap.add_argument("--images", type=_cli.positive_int, default=4)
+    ap.add_argument("--step", type=_cli.positive_int, default=None,
+                    help="pixels per deletion/insertion step (default 3136: 16 steps at 224 px)")
+    ap.add_argument("--batch-size", type=_cli.positive_int, default=16, help="evaluate's --batch-size (images per batch)")
+    ap.add_argument("--repeats", type=_cli.positive_int, default=3)
+    ap.add_argument("--sweep", type=_cli.positive_ints, default=[8, 16, 32, 64, 128],
+                    help="comma-separated floor batch sizes to try (default 8,16,32,64,128)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--thousand", action="store_true", help="time the issue's 1,000-photo run on --images photos "
-                    "(MobileNetV2, Grad-CAM, LayerCAM, Score-CAM) and extrapolate")
+                    "(MobileNetV2, Grad-CAM, LayerCAM, Score-CAM, at RISE's step: it takes no --model, --methods "
+                    "or --step) once, and extrapolate (no floor: --repeats and --sweep do not apply)")
     args = ap.parse_args()
     if args.thousand:
+        given = [flag for flag in ("model", "methods", "step") if getattr(args, flag) is not None]
+        if given:
+            ap.error(f"--thousand times MobileNetV2 with gradcam,layercam,scorecam at RISE's step; "
+                     f"leave out --{', --'.join(given)}")
         args.model = "mobilenet_v2"
         _thousand_run(args)
     else:
+        args.model = args.model or "mobilenet_v2"
+        args.methods = args.methods or "gradcam,layercam"
+        args.step = args.step or 3136
         _ratio_run(args)
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

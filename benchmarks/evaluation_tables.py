@@ -6,15 +6,22 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 from visionlens.evaluation import markdown_table
 
+import _cli
 
-def main(folders: list[str]) -> None:
+
+def main() -> None:
+    ap = _cli.Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", nargs="+", type=_cli.folder, metavar="OUT",
+                    help="`visionlens evaluate` output folders (report.json and manifest.json)")
+    folders = ap.parse_args().folders
     for folder in folders:
-        folder = Path(folder)
+        missing = [name for name in ("report.json", "manifest.json") if not (folder / name).is_file()]
+        if missing:
+            _cli.fail(f"{folder} has no {' or '.join(missing)}: not a finished `visionlens evaluate` folder")
+    for folder in folders:
         report = json.loads((folder / "report.json").read_text())
         manifest = json.loads((folder / "manifest.json").read_text())
         for model in dict.fromkeys(r["model"] for r in report["rows"]):
@@ -27,4 +34,4 @@ def main(folders: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    _cli.run(main)

@@ -8,8 +8,6 @@ its 95 % CI over the images.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,8 @@ import torch.nn.functional as F
 
 import visionlens
 from visionlens.metrics.faithfulness import insertion
+
+import _cli
 
 
 def sampled_gaussian_blur(x: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch.Tensor:
@@ -43,22 +43,28 @@ def world_batches(n: int, batch: int):
 def imagenet_batches(n: int, batch: int, data: Path):
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[:n]
     if not files:
-        sys.exit(f"error: no photos under {data}")
+        _cli.fail(f"no photos (.jpg, .jpeg, .png) under {data}")
     zoo = visionlens.load_model("mobilenet_v2", device="cpu")
     for s in range(0, len(files), batch):
         x = torch.stack([zoo.preprocess(visionlens.data.load_image(f)) for f in files[s:s + batch]])
         yield zoo, x, None, 3136  # 16 steps of 3,136 pixels at 224 px
 
 
+def parser() -> _cli.Parser:
+    parser = _cli.Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", metavar="data", choices=["world", "imagenet"], help="world or imagenet")
+    parser.add_argument("--n", type=_cli.positive_int, default=100, help="images (default 100)")
+    parser.add_argument("--batch", type=_cli.positive_int, default=10, help="images per batch (default 10)")
+    parser.add_argument("--data", dest="photos", type=_cli.folder, default=Path("../shared/data/imagenet-sample"),
+                        help="photo folder for imagenet (default ../shared/data/imagenet-sample)")
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", choices=["world", "imagenet"])
-    parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=10)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/imagenet-sample"))
-    args = parser.parse_args()
+    args = parser().parse_args()
     torch.set_num_threads(1)
-    batches = world_batches(args.n, args.batch) if args.data == "world" else imagenet_batches(args.n, args.batch, args.data)
+    batches = (world_batches(args.n, args.batch) if args.source == "world"
+               else imagenet_batches(args.n, args.batch, args.photos))
     was, now = [], []
     for zoo, x, labels, step in batches:
         maps = visionlens.GradCAM(zoo.module)(x, labels).maps
@@ -72,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

@@ -25,10 +25,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from naflow_speed import build, photos_batch  # noqa: E402
+from naflow_speed import DEFAULT_PHOTOS, build, photo_folder, photos_batch  # noqa: E402
 
 from visionlens.methods.naflow.inverse import LinearOperator, largest_singular_value, linearized, lsmr_solve, module_function  # noqa: E402
 from visionlens.methods.naflow.linear import fixed_slope_jacobian  # noqa: E402
+
+import _cli  # noqa: E402
 
 
 def sparse_jacobian(matvec, in_shape, out_shape, period: int = 3):
@@ -60,21 +62,26 @@ def sparse_jacobian(matvec, in_shape, out_shape, period: int = 3):
 def main() -> None:
     import scipy.sparse.linalg as sla
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", default="/work/shared/data/imagenet-sample")
-    parser.add_argument("--blocks", default="5,10,16", help="MobileNetV2 features.N blocks with an identity skip")
+    parser = _cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=photo_folder, default=None,
+                        help=f"folder of photos (.jpg, .jpeg, .png); default {DEFAULT_PHOTOS} where it holds "
+                             "photos, else a random input")
+    parser.add_argument("--blocks", type=_cli.positive_ints, default=[5, 10, 16],
+                        help="comma-separated MobileNetV2 features.N blocks with an identity skip")
     parser.add_argument("--damp", type=float, default=0.1)
-    parser.add_argument("--max-iter", type=int, default=3000)
+    parser.add_argument("--max-iter", type=_cli.positive_int, default=3000)
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, preprocess = build("mobilenet_v2", "cpu")
+    if max(args.blocks) >= len(model.features):
+        _cli.fail(f"--blocks: MobileNetV2 has features.0 to features.{len(model.features) - 1}")
     x = photos_batch(args.photos, 1, preprocess)
     acts = [x]
     with torch.no_grad():
         for block in model.features:
             acts.append(block(acts[-1]))
     print(f"load average {os.getloadavg()[0]:.2f}; MobileNetV2, one photo, float64", flush=True)
-    for index in (int(b) for b in args.blocks.split(",")):
+    for index in args.blocks:
         block, x0 = model.features[index], acts[index].double()
         op, fx = linearized(module_function(block, torch.float64), x0)
         mv, rmv = fixed_slope_jacobian([block], x0, op.matvec)
@@ -103,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

@@ -31,14 +31,46 @@ import visionlens
 from visionlens.data import load_image
 from visionlens.errors import NotConvergedWarning
 
+import _cli
 
-def photos_batch(folder: str | None, n: int, preprocess) -> torch.Tensor:
-    """``n`` ImageNet photos from ``folder`` (repeated if it holds fewer), else random inputs."""
-    files = sorted(Path(folder).glob("*.JPEG")) if folder and Path(folder).is_dir() else []
-    if not files:
-        print(f"no *.JPEG photos in {folder}: timing random inputs", flush=True)
+
+DEFAULT_PHOTOS = "/work/shared/data/imagenet-sample"
+
+
+def photo_folder(text: str) -> Path:
+    """An argparse type for ``--photos``: a folder that holds photos (.jpg, .jpeg, .png, any case)."""
+    folder = _cli.folder(text)
+    if not _photos(folder):
+        raise argparse.ArgumentTypeError(f"{text} holds no .jpg, .jpeg or .png photos")
+    return folder
+
+
+def damp_list(text: str) -> list[float]:
+    """An argparse type for ``--damps``: comma-separated values of at least 0."""
+    try:
+        damps = [float(d) for d in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+    if not all(d >= 0 for d in damps):
+        raise argparse.ArgumentTypeError(f"'{text}': each damp must be at least 0")
+    return damps
+
+
+def _photos(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+
+
+def photos_batch(folder: Path | None, n: int, preprocess) -> torch.Tensor:
+    """``n`` photos from ``folder`` (repeated if it holds fewer). Without a folder, those of
+    :data:`DEFAULT_PHOTOS` where it holds any, else random inputs (and a line that says so)."""
+    if folder is None:
+        default = Path(DEFAULT_PHOTOS)
+        folder = default if default.is_dir() and _photos(default) else None
+    if folder is None:
+        print(f"no photos in {DEFAULT_PHOTOS} and no --photos: timing random inputs", flush=True)
         torch.manual_seed(0)
         return torch.randn(n, 3, 224, 224)
+    files = _photos(folder)
     return torch.stack([preprocess(load_image(files[i % len(files)])) for i in range(n)])
 
 
@@ -73,13 +105,15 @@ def build(name: str, device: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", default="/work/shared/data/imagenet-sample")
-    parser.add_argument("--batches", default="1,8")
+    parser = _cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=photo_folder, default=None,
+                        help=f"folder of photos (.jpg, .jpeg, .png); default {DEFAULT_PHOTOS} where it holds "
+                             "photos, else random inputs")
+    parser.add_argument("--batches", type=_cli.positive_ints, default=[1, 8], help="comma-separated batch sizes")
     parser.add_argument("--models", default="mobilenet_v2,resnet50")
-    parser.add_argument("--max-iter", type=int, default=1000)
-    parser.add_argument("--damps", default="0.1", help="comma-separated NAFlow damp values, largest first")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--max-iter", type=_cli.positive_int, default=1000)
+    parser.add_argument("--damps", type=damp_list, default=[0.1], help="comma-separated NAFlow damp values, largest first")
+    parser.add_argument("--threads", type=_cli.positive_int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--layers", action="store_true", help="one line per layer inverse")
     parser.add_argument("--preview", action="store_true",
@@ -87,7 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    damps = [float(d) for d in args.damps.split(",")]
+    damps = args.damps
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"device {args.device}, max_iter {args.max_iter}, damps {damps}", flush=True)
     if args.device.startswith("cuda"):
@@ -98,7 +132,7 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotConvergedWarning)
                 visionlens.NAFlow(model, max_iter=5, damp=0.1)(photos_batch(args.photos, 1, preprocess).to(args.device))
-        for n in (int(b) for b in args.batches.split(",")):
+        for n in args.batches:
             x = photos_batch(args.photos, n, preprocess).to(args.device)
             base = forward_backward_s(model, x)
             flows = [run(name, model, x, base, args.max_iter, d, args.layers) for d in damps]
@@ -144,4 +178,4 @@ def run(name: str, model: torch.nn.Module, x: torch.Tensor, base: float, max_ite
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

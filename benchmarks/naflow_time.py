@@ -17,6 +17,8 @@ import torch
 
 import visionlens
 
+import _cli
+
 TORCHVISION = ("vgg16", "resnet18", "resnet50", "alexnet")
 
 
@@ -29,13 +31,13 @@ def build(name: str) -> torch.nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-iter", type=int, default=20)
+    parser.add_argument("--max-iter", type=_cli.positive_int, default=20)
     parser.add_argument("--models", default="vgg16,mobilenet_v2")
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=_cli.positive_int, default=1)
+    parser.add_argument("--size", type=_cli.positive_int, default=224)
+    parser.add_argument("--threads", type=_cli.positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

@@ -16,20 +16,22 @@ compare a long run with a shorter one at another setting on the same images.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 from visionlens.evaluation import ci95, read_folder_results
 from visionlens.metrics import METRICS
 
+import _cli
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out")
-    ap.add_argument("--baseline", default="gradcam")
-    ap.add_argument("--metrics", nargs="+", default=["deletion", "insertion"])
-    ap.add_argument("--images-of", default=None, help="only the images this other evaluate folder holds")
+    ap = _cli.Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", metavar="OUT", type=_cli.evaluate_folder, help="a `visionlens evaluate` output folder")
+    ap.add_argument("--baseline", default="gradcam", help="the method the others are compared with (default gradcam)")
+    ap.add_argument("--metrics", nargs="+", choices=sorted(METRICS), default=["deletion", "insertion"],
+                    metavar="METRIC", help="default: deletion insertion")
+    ap.add_argument("--images-of", type=_cli.evaluate_folder, default=None,
+                    help="only the images this other evaluate folder holds")
     ap.add_argument("--tolerance", type=float, default=1e-4,
                     help="per-image differences this small count as none (verdict 'equal' when all are)")
     args = ap.parse_args()
@@ -38,6 +40,15 @@ def main() -> None:
     if args.images_of:
         keep = {r["image"] for r in read_folder_results(args.images_of) if r.get("image") != "*"}
         recs = {k: v for k, v in recs.items() if k[2] in keep}
+    methods = sorted({k[1] for k in recs})
+    if args.baseline not in methods:
+        _cli.fail(f"--baseline {args.baseline}: no results of it in {args.out}"
+                  f"{' on the images of ' + str(args.images_of) if args.images_of else ''}; "
+                  f"methods there: {', '.join(methods) or 'none'}")
+    present = {m for v in recs.values() for m, value in v.items() if value is not None}
+    absent = [m for m in args.metrics if m not in present]
+    if absent:
+        _cli.fail(f"--metrics: no {', '.join(absent)} scores in {args.out}; metrics there: {', '.join(sorted(present))}")
     print(f"| model | method − {args.baseline} | metric | mean difference | 95 % CI | n | verdict |")
     print("|---|---|---|---|---|---|---|")
     for model in dict.fromkeys(k[0] for k in recs):
@@ -61,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

@@ -27,7 +27,6 @@ calls of visionlens, pay these, and their times are printed apart.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -41,9 +40,12 @@ from visionlens import AblationCAM, ScoreCAM
 from visionlens.core.inference import InferenceCopy, fastest_checked_copy
 from visionlens.methods.ablationcam import layer_tail
 
+import _cli
+
 
 LAYERS = {"mobilenet_v2": "features.16", "resnet18": "layer4", "resnet50": "layer4", "convnext_tiny": "features.7",
           "efficientnet_b0": "features.8"}
+METHODS = {"scorecam": ScoreCAM, "ablationcam": AblationCAM}
 
 
 def _sync(device: torch.device) -> None:
@@ -96,7 +98,7 @@ def _pgc(method: str, model, layer_module, batch: int):
 def _contenders(method: str, model, layer: str, x: torch.Tensor, classes: torch.Tensor, args) -> dict:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    ours = (ScoreCAM if method == "scorecam" else AblationCAM)(model, layer)
+    ours = METHODS[method](model, layer)
     layer_module = model.get_submodule(layer)
     cam = None if args.no_anchor else _pgc(method, model, layer_module, args.pgc_batch)
     targets = [ClassifierOutputTarget(int(c)) for c in classes]
@@ -104,7 +106,7 @@ def _contenders(method: str, model, layer: str, x: torch.Tensor, classes: torch.
         acts = _activations(model, layer_module, x)
     keep = (layer,) if method == "ablationcam" else ()
     copy = fastest_checked_copy(model, x, 64, keep=keep)[0]
-    sweep = [int(s) for s in args.sweep.split(",")]
+    sweep = args.sweep
     if method == "scorecam":
         floor = {f"floor@{b}": (lambda b=b: _score_floor(copy, x, acts, b)) for b in sweep}
     else:
@@ -112,7 +114,7 @@ def _contenders(method: str, model, layer: str, x: torch.Tensor, classes: torch.
             copy = InferenceCopy(model, channels_last=False, keep=keep)
         tail = layer_tail(copy.inner, layer)
         if tail is None:
-            raise SystemExit(f"{layer}: no traced tail of the inference copy, so no ablation floor")
+            _cli.fail(f"{layer}: no traced tail of the inference copy, so no ablation floor")
         floor = {f"floor@{b}": (lambda b=b: _ablation_floor(tail, acts, b)) for b in sweep}
     anchor = {} if args.no_anchor else {"pytorch-grad-cam": lambda: cam(input_tensor=x, targets=targets)}
     return {"visionlens": lambda: ours(x, classes), **anchor, "forward": torch.no_grad()(lambda: model(x)), **floor}
@@ -162,15 +164,19 @@ def _one(name: str, method: str, args, device) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=",".join(LAYERS))
-    ap.add_argument("--methods", default="scorecam,ablationcam")
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--images", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=6, help="untimed calls of visionlens (the first in a round of all)")
-    ap.add_argument("--pgc-batch", type=int, default=64)
-    ap.add_argument("--sweep", default="16,32,64,128,256")
+    ap = _cli.Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", type=_cli.names(LAYERS), default=list(LAYERS),
+                    help=f"comma-separated, of {','.join(LAYERS)} (default: all)")
+    ap.add_argument("--methods", type=_cli.names(METHODS), default=list(METHODS),
+                    help="comma-separated, of scorecam,ablationcam (default: both)")
+    ap.add_argument("--size", type=_cli.positive_int, default=224)
+    ap.add_argument("--images", type=_cli.positive_int, default=1)
+    ap.add_argument("--repeats", type=_cli.positive_int, default=3)
+    ap.add_argument("--warmup", type=_cli.positive_int, default=6,
+                    help="untimed calls of visionlens (the first in a round of all)")
+    ap.add_argument("--pgc-batch", type=_cli.positive_int, default=64)
+    ap.add_argument("--sweep", type=_cli.positive_ints, default=[16, 32, 64, 128, 256],
+                    help="comma-separated floor batch sizes (default 16,32,64,128,256)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-anchor", action="store_true",
                     help="leave pytorch-grad-cam out (its ratio prints nan): the floor ratio alone, in minutes less")
@@ -178,10 +184,10 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"{args.images} image(s) of {args.size} px on {device}, torch threads {torch.get_num_threads()}, "
           f"medians of {args.repeats} interleaved rounds")
-    for name in args.models.split(","):
-        for method in args.methods.split(","):
+    for name in args.models:
+        for method in args.methods:
             _one(name, method, args, device)
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

@@ -16,7 +16,6 @@ that benchmark.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -26,6 +25,8 @@ from visionlens import SFAM, SimilarityGradCAM, SimilarityRelevanceCAM
 from visionlens.evaluation import ci95
 from visionlens.metrics.similarity_faithfulness import similarity_curve_ends, similarity_curves
 from visionlens.metrics.faithfulness import trapezoid_auc
+
+import _cli
 
 METHODS = {"sfam": SFAM, "gradcam": SimilarityGradCAM, "relevance-cam": SimilarityRelevanceCAM}
 HIGHER_IS_BETTER = {"mass": True, "mass (grown)": True, "pointing": True, "deletion": False, "insertion": True}
@@ -115,20 +116,20 @@ def photo_pairs(data: str, model, pairs: str, n: int) -> tuple[torch.Tensor, tor
         items = [(source.items(c, 2)[0], source.items(c, 2)[1]) for c in source.classes() if len(source.items(c, 2)) == 2]
     items = items[:n]
     if not items:
-        raise SystemExit(f"no {pairs} pairs in {data}")
+        _cli.fail(f"no {pairs} pairs in {data}")
     q, r = source.load([a for a, _ in items])["x"], source.load([b for _, b in items])["x"]
     return q, r, [f"{a[0].name} ~ {b[0].name}" for a, b in items]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = _cli.Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/work/shared/data/imagenet-sample", help="labels.csv folder or 'samples'")
     ap.add_argument("--pairs", default="dogs", choices=["class", "dogs", "views"])
-    ap.add_argument("--n", type=int, default=59, help="number of pairs (at most)")
+    ap.add_argument("--n", type=_cli.positive_int, default=59, help="number of pairs (at most)")
     ap.add_argument("--model", default="mobilenet_v2")
     ap.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
-    ap.add_argument("--step", type=int, default=224 * 8, help="pixels per deletion/insertion step (RISE: the width)")
-    ap.add_argument("--chunk", type=int, default=8, help="queries per batch")
+    ap.add_argument("--step", type=_cli.positive_int, default=224 * 8, help="pixels per deletion/insertion step (RISE: the width)")
+    ap.add_argument("--chunk", type=_cli.positive_int, default=8, help="queries per batch")
     args = ap.parse_args()
     import visionlens
     from visionlens.models import load_model
@@ -148,4 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

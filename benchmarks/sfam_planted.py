@@ -14,7 +14,6 @@ analysis of where min-max weights go).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch.nn.functional as F
@@ -25,13 +24,15 @@ from visionlens import SFAM
 from visionlens.data.world import World, WorldConfig
 from visionlens.models.world_eval import normalise
 
+import _cli
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=200)
+    parser = _cli.Parser()
+    parser.add_argument("--n", type=_cli.positive_int, default=200)
     parser.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
-    parser.add_argument("--step", type=int, default=64, help="pixels per deletion/insertion step (RISE: the width)")
-    parser.add_argument("--chunk", type=int, default=50, help="pairs per batch")
+    parser.add_argument("--step", type=_cli.positive_int, default=64, help="pixels per deletion/insertion step (RISE: the width)")
+    parser.add_argument("--chunk", type=_cli.positive_int, default=50, help="pairs per batch")
     parser.add_argument("--ablation", action="store_true", help="also SFAM with normalize='relu'")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -58,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

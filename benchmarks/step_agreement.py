@@ -14,8 +14,6 @@ the two steps order the methods the same way.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,19 +21,27 @@ import torch
 from visionlens.evaluation import read_folder_results
 from visionlens.metrics.sanity import spearman
 
+import _cli
 
-def _load(folder: str) -> dict:
+
+def _load(folder) -> dict:
     return {(r["model"], r["method"], r["image"]): r["metrics"] for r in read_folder_results(folder)
             if r.get("image") != "*"}
 
 
-def main(fine_dir: str, coarse_dir: str) -> None:
-    fine, coarse = _load(fine_dir), _load(coarse_dir)
-    manifest = Path(coarse_dir) / "manifest.json"  # written when a run ends
+def main() -> None:
+    ap = _cli.Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("fine_dir", metavar="FINE_OUT", type=_cli.evaluate_folder,
+                    help="`visionlens evaluate` folder run at the RISE step (no --step)")
+    ap.add_argument("coarse_dir", metavar="COARSE_OUT", type=_cli.evaluate_folder,
+                    help="`visionlens evaluate` folder run with --step")
+    args = ap.parse_args()
+    fine, coarse = _load(args.fine_dir), _load(args.coarse_dir)
+    manifest = args.coarse_dir / "manifest.json"  # written when a run ends
     step = json.loads(manifest.read_text())["command"]["step"] if manifest.is_file() else "(run in progress)"
     keys = sorted(k for k in fine if k in coarse)
     if not keys:
-        sys.exit("no (model, method, image) in both folders")
+        _cli.fail("no (model, method, image) in both folders")
     print(f"coarse step {step} vs the RISE step; {len({k[2] for k in keys})} images in both runs\n")
     print("| model | method | metric | RISE step | coarse | mean abs diff | max abs diff | rank corr. |")
     print("|---|---|---|---|---|---|---|---|")
@@ -60,4 +66,4 @@ def main(fine_dir: str, coarse_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    _cli.run(main)

@@ -5,20 +5,21 @@ Usage: python benchmarks/world_speed.py [--size 128] [--batch 256] [--batches 8]
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 from visionlens.data.world import World, WorldConfig
 
+import _cli
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
+    parser = _cli.Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=_cli.positive_int, default=128)
+    parser.add_argument("--batch", type=_cli.positive_int, default=256)
+    parser.add_argument("--batches", type=_cli.positive_int, default=8)
+    parser.add_argument("--threads", type=_cli.positive_int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     world = World(WorldConfig(size=args.size))
@@ -33,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

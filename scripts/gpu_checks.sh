@@ -46,13 +46,15 @@ step() {  # step SECONDS TITLE COMMAND...: run under a time cap, log it, remembe
 }
 
 step 60 "device" "$py" -c "import torch, os; print('torch', torch.__version__, '| cuda', torch.cuda.is_available() and torch.cuda.get_device_name(), '| cores', os.cpu_count())"
+photos=()  # the packed photos when there are any; else naflow_speed.py times random inputs
+ls .gpu/photos/* >/dev/null 2>&1 && photos=(--photos .gpu/photos)
 if [ "$smoke" = 1 ]; then
     step 120 "CUDA tests (skipped without CUDA)" "$py" -m pytest -q -p no:cacheprovider tests/core/test_cuda.py systems/refer/tests/test_uniphd_data.py -k cuda
-    step 120 "NAFlow speed" "$py" benchmarks/naflow_speed.py --device cpu --models mobilenet_v2 --batches 1 --max-iter 5 --photos .gpu/photos
+    step 120 "NAFlow speed" "$py" benchmarks/naflow_speed.py --device cpu --models mobilenet_v2 --batches 1 --max-iter 5 ${photos[@]+"${photos[@]}"}
     step 120 "perturbation floor" "$py" benchmarks/perturbation_floor.py --device cpu --models mobilenet_v2 --size 32 --repeats 1 --warmup 1 --sweep 16
 else
     step 100 "CUDA tests" "$py" -m pytest -q -p no:cacheprovider tests/core/test_cuda.py systems/refer/tests/test_uniphd_data.py -k cuda
-    step 200 "NAFlow speed" "$py" benchmarks/naflow_speed.py --device cuda --models mobilenet_v2,resnet50 --batches 1,8 --damps 0.1 --photos .gpu/photos
+    step 200 "NAFlow speed" "$py" benchmarks/naflow_speed.py --device cuda --models mobilenet_v2,resnet50 --batches 1,8 --damps 0.1 ${photos[@]+"${photos[@]}"}
     step 220 "perturbation floor" "$py" benchmarks/perturbation_floor.py --device cuda --size 224 --repeats 3 --sweep 64,256,1024
 fi
 echo "gpu checks: $([ "$failed" = 0 ] && echo 'all steps passed' || echo 'a step failed'); log in $log" | tee -a "$log"
