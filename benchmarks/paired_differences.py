@@ -11,10 +11,17 @@ neither ("tie"); "equal" when every per-image difference is within ``--tolerance
 Grad-CAM on a GAP + linear network) still differ by up to ~1e-4 per image, as near-equal pixels
 can swap places in the deletion order; such a difference is not called better or worse.
 ``--images-of OTHER`` keeps only the images that the folder OTHER holds results for, e.g. to
-compare a long run with a shorter one at another setting on the same images.
+compare a long run with a shorter one at another setting on the same images. A method the run
+skipped (it stopped on a model) is left out, as the report card leaves it out, with a note; so is
+a non-finite score.
 """
 
 from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +29,23 @@ from visionlens.evaluation import ci95, read_folder_results
 from visionlens.metrics import METRICS
 
 import _cli
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _note_report_size(out: Path, images: int) -> None:
+    """A note when the folder holds more images than its last report covered (`evaluate --n` smaller
+    than the run): the differences are over every image the folder holds."""
+    manifest = out / "manifest.json"
+    try:
+        n = json.loads(manifest.read_text())["command"]["n"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if isinstance(n, int) and n < images:
+        print(f"note: {out} holds {images} images, its report the first {n} (evaluate --n {n}); these differences "
+              "are over all of them (--images-of FOLDER compares only the images another run holds)", file=sys.stderr)
 
 
 def main() -> None:
@@ -35,8 +59,13 @@ def main() -> None:
     ap.add_argument("--tolerance", type=float, default=1e-4,
                     help="per-image differences this small count as none (verdict 'equal' when all are)")
     args = ap.parse_args()
+    records = read_folder_results(args.out)
+    skipped = {(r["model"], r["method"]): r.get("skipped") for r in records if r.get("image") == "*"}
+    for (model, method), why in skipped.items():  # as the report card: no rows for a method that stopped
+        print(f"note: {method} on {model} left out: it was skipped ({why})", file=sys.stderr)
     recs = {(r["model"], r["method"], r["image"]): r["metrics"]
-            for r in read_folder_results(args.out) if r.get("image") != "*"}
+            for r in records if r.get("image") != "*" and (r["model"], r["method"]) not in skipped}
+    _note_report_size(args.out, len({k[2] for k in recs}))
     if args.images_of:
         keep = {r["image"] for r in read_folder_results(args.images_of) if r.get("image") != "*"}
         recs = {k: v for k, v in recs.items() if k[2] in keep}
@@ -58,9 +87,11 @@ def main() -> None:
             for metric in args.metrics:
                 d = np.array([recs[k][metric] - recs[(model, args.baseline, k[2])][metric] for k in recs
                               if k[:2] == (model, method) and (model, args.baseline, k[2]) in recs
-                              and recs[k].get(metric) is not None
-                              and recs[(model, args.baseline, k[2])].get(metric) is not None], float)
+                              and _finite(recs[k].get(metric))
+                              and _finite(recs[(model, args.baseline, k[2])].get(metric))], float)
                 if len(d) < 2:
+                    print(f"note: {method} on {model}, {metric}: {len(d)} paired image(s) with a score, "
+                          "too few for an interval", file=sys.stderr)
                     continue
                 half = ci95(d)
                 sign = 1 if METRICS[metric].direction == "higher" else -1

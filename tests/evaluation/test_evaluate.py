@@ -416,6 +416,27 @@ def test_paired_differences_script_on_the_images_of_another_run(tmp_path):
         assert row[1] == "`eigencam`" and int(row[5]) == n and float(row[3]) == pytest.approx(diff, abs=1e-4)
 
 
+def test_paired_differences_leaves_out_a_skipped_method_and_notes_a_shorter_report(tmp_path):
+    """As the report card: a method that stopped on a model (a skip record after its first results)
+    has no rows (it had rows from its partial results); a report over fewer images than the folder
+    holds is noted (the differences are over every image)."""
+    import json
+    import shutil
+
+    evaluate(out=tmp_path / "o", **{**ARGS, "methods": ["gradcam", "eigencam", "cam"], "n": 6})
+    shutil.copytree(tmp_path / "o", tmp_path / "s")
+    with open(tmp_path / "s" / "results.jsonl", "a") as f:
+        f.write(json.dumps({"model": "world-cnn", "method": "eigencam", "image": "*", "skipped": "RuntimeError: x"}) + "\n")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "paired_differences.py"
+    run = lambda folder: subprocess.run([sys.executable, str(script), str(folder), "--metrics", "deletion"],  # noqa: E731
+                                        capture_output=True, text=True, check=True)
+    done = run(tmp_path / "s")
+    assert "`eigencam`" not in done.stdout and "`cam`" in done.stdout
+    assert "eigencam on world-cnn left out: it was skipped (RuntimeError: x)" in done.stderr
+    evaluate(out=tmp_path / "o", **{**ARGS, "methods": ["gradcam", "eigencam", "cam"], "n": 3})  # a report of 3
+    assert "holds 6 images, its report the first 3" in run(tmp_path / "o").stderr
+
+
 def test_paired_differences_calls_rounding_sized_differences_equal(tmp_path):
     """CAM and Grad-CAM give the same maps on the world CNN (GAP + linear head), up to float
     rounding: the verdict is "equal", never "better" or "worse" from a zero-width interval."""

@@ -398,3 +398,17 @@ def test_a_model_that_is_not_a_torch_module_is_one_line_naming_the_fix():
             call(model)  # before: AttributeError in the metrics
         with pytest.raises(InputError, match="model must be a torch.nn.Module, got str"):
             call("resnet18")
+
+
+def test_an_empty_mask_or_box_is_left_out_by_every_localisation_metric():
+    """relevance mass (and the energy pointing game) gave 0 for an empty mask, counting the image
+    against the method, where the pointing game and relevance rank leave it out (NaN)."""
+    maps = torch.rand(2, 16, 16)
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[0, 2:6, 2:6] = True
+    for metric in (M.relevance_mass, M.relevance_rank, M.pointing_game):
+        values = metric(maps, masks)
+        assert math.isfinite(float(values[0])) and math.isnan(float(values[1])), metric.__name__
+    boxes = torch.tensor([[2, 2, 6, 6], [5, 5, 5, 9]])  # the second has no width
+    values = M.energy_pointing_game(maps, boxes)
+    assert math.isfinite(float(values[0])) and math.isnan(float(values[1]))

@@ -128,8 +128,8 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in [
                "share of the |mask| top-ranked pixels inside the mask",
                lambda c: relevance_rank(c.maps, c.masks)),
     MetricInfo("loc-error", False, "localisation", ("classifier",), ("boxes",), "fraction",
-               "GT-known localisation error: IoU < 0.5 between the object box and the box of the largest "
-               "component of the map thresholded at 20 % of its max",
+               "top-1 localisation error: a wrong prediction, or IoU < 0.5 between the object box and the box "
+               "of the largest component of the map thresholded at 20 % of its max",
                _loc_error),
     MetricInfo("randomisation", False, "randomisation", _ANY, ("model",), "Spearman",
                "rank correlation with the original map after cascading randomisation of every layer",

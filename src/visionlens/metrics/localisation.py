@@ -95,12 +95,14 @@ def per_class_mean(values: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def relevance_mass(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Share of the (non-negative) map inside the mask: ``sum_M L / sum L`` (0 for an all-zero map)."""
+    """Share of the (non-negative) map inside the mask: ``sum_M L / sum L`` (0 for an all-zero map;
+    NaN for an empty mask, which has no inside, as the pointing game and relevance rank leave it out)."""
     maps, masks = _inputs(maps, masks)
     m = maps.float().clamp_min(0).flatten(1)
     inside = (m * masks.flatten(1).float()).sum(1)
     total = m.sum(1)
-    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
+    mass = torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
+    return torch.where(masks.flatten(1).any(1), mass, torch.full_like(mass, float("nan")))
 
 
 def energy_pointing_game(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,8 @@ def format_ci(mean: float | None, ci: float | None) -> str:
 
 def _best_methods(rows: list[dict]) -> dict[str, set[str]]:
     """Per metric, the method(s) with the best mean in the metric's direction (of two or more, not
-    all tied)."""
+    all tied); means equal to a relative 1e-6 tie (identical maps scored in different batches differ
+    by float rounding)."""
     best: dict[str, set[str]] = {}
     for metric in dict.fromkeys(r["metric"] for r in rows):
         scored = [r for r in rows if r["metric"] == metric and _finite(r["mean"])]
@@ -46,7 +47,7 @@ def _best_methods(rows: list[dict]) -> dict[str, set[str]]:
             continue
         pick = max if scored[0]["direction"] == "higher" else min
         top = pick(r["mean"] for r in scored)
-        winners = {r["method"] for r in scored if r["mean"] == top}
+        winners = {r["method"] for r in scored if math.isclose(r["mean"], top, rel_tol=1e-6, abs_tol=1e-12)}
         if len(winners) < len(scored):  # a column where every method ties has no best
             best[metric] = winners
     return best
