@@ -15,6 +15,7 @@ from visionlens.concepts import (IdentityReducer, NMFReducer, VAEReducer, best_p
                                  discover_class, explain_image, load_reducer)
 from visionlens.concepts.bessel import J0_FIRST_ZERO, bessel_j, bessel_view, ice_view
 from visionlens.concepts.collect import collect_rows, from_rows, to_rows
+from visionlens.concepts.factory import make_reducer
 from visionlens.concepts.sources import open_source
 from visionlens.errors import InputError
 from visionlens.metrics.concepts import COHERENCE_MODES, coherence, concept_scores, faith, fidelity
@@ -200,6 +201,8 @@ def test_cli_writes_sheets_and_metrics(tmp_path, capsys):
     (["--reducer", "pca"], "unknown reducer"),
     (["--classes", "42"], "no images"),
     (["--data", "/nonexistent/folder"], "not a folder"),
+    (["--classes", "0-999999999999"], "wider than the 10 classes"),  # was a MemoryError
+    (["--threshold", "1"], "at most 0.99"),  # was a ZeroDivisionError
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, words):
     out = tmp_path / "out"
@@ -264,3 +267,63 @@ def test_a_spec_model_without_a_concept_layer_asks_for_one(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and not (tmp_path / "out").exists()
     assert "--layer: timm:resnet18 has no default concept layer" in err and "visionlens layers timm:resnet18" in err
+
+
+def test_bessel_function_at_the_large_arguments_of_a_high_threshold():
+    """kappa (1 - h) reaches 48 at threshold 0.95 and 240 at 0.99: the 60-term power series was off
+    by 4.7e4 and 1e85 there (the view came out as noise)."""
+    special = pytest.importorskip("scipy.special")
+    x = np.linspace(-260, 260, 5201)
+    for nu in (0, 1, 2, 5, 12):
+        np.testing.assert_allclose(bessel_j(nu, x), special.jv(nu, x), atol=1e-9)
+    from PIL import Image
+
+    heat = np.random.default_rng(0).random((8, 8)).astype(np.float32)
+    img = Image.new("RGB", (32, 32), (200, 200, 200))
+    for threshold in (0.95, 0.99):
+        kappa = J0_FIRST_ZERO / (1 - threshold)
+        h = np.asarray(Image.fromarray(heat / heat.max(), mode="F").resize((32, 32), Image.BILINEAR)).clip(0, 1)
+        beta = special.jv(0, kappa * (1.0 - h))
+        view = np.asarray(bessel_view(img, heat, threshold=threshold), np.float32)
+        assert np.isfinite(view).all() and (view[beta > 0.5] > 100).all()  # seen pixels keep the image
+
+
+def test_pearson_coherence_of_two_different_constants_is_not_100():
+    from visionlens.metrics.concepts import coherence
+
+    assert coherence(torch.tensor([[5.0, 0.0]] * 3), torch.tensor([[1.0, 0.0]] * 3), 0) == 0.0
+    assert coherence(torch.tensor([[5.0, 0.0]] * 3), torch.tensor([[5.0, 0.0]] * 3), 0) == 100.0
+
+
+def test_the_vae_warns_when_the_layer_has_negative_activations():
+    """Its softplus decoder cannot reconstruct them (the NMF refusal used to suggest the VAE for them)."""
+    from visionlens.errors import VisionlensWarning
+
+    rows = torch.randn(64, 8)
+    with pytest.warns(VisionlensWarning, match="negative .* choose a layer after a ReLU"):
+        make_reducer("vae", 2, epochs=1).fit(rows)
+    with pytest.raises(InputError, match="choose a layer after a ReLU$"):
+        make_reducer("nmf", 2).fit(rows)
+
+
+def test_world_data_needs_a_world_model_and_a_class_the_model_outputs(tmp_path, capsys, imagenet_photos):
+    from visionlens.models import load_model
+
+    with pytest.raises(InputError, match="holds the synthetic world's 10 classes, which .* does not output"):
+        open_source("world", load_model(torch.nn.Conv2d(3, 4, 3)))
+    out = tmp_path / "out"
+    assert main(["concepts", "--model", "world-cnn", "--layer", "layer3", "--data", "samples", "--classes", "609",
+                 "--images", "1", "--views", "2", "--reducer", "nmf", "--n-concepts", "3", "--out", str(out),
+                 "--quiet"]) == 2  # was an IndexError after the work
+    err = capsys.readouterr().err.strip()
+    assert "beyond the model's 10 outputs" in err and "\n" not in err and not out.exists()
+
+
+def test_discover_class_works_inside_no_grad_and_inference_mode(world_cnn, world_source):
+    fit = lambda: discover_class(world_cnn, "layer3", world_source, 0, make_reducer("nmf", 3, seed=0),  # noqa: E731
+                                 n_images=4, progress=False)
+    want = fit().weights
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            got = fit().weights
+        assert torch.allclose(got, want) and torch.is_grad_enabled()

@@ -89,7 +89,8 @@ def register(subparsers) -> None:
                    help="class-concept weights: autograd (default) or ICE's central finite difference")
     p.add_argument("--coherence", default="pearson", choices=["pearson", "stability", "agreement"],
                    help="Coherence candidate (default pearson; see docs/concepts.md)")
-    p.add_argument("--threshold", type=number(minimum=0, maximum=1), default=0.5, help="heat-map threshold lambda for views and IoU")
+    p.add_argument("--threshold", type=number(minimum=0, maximum=0.99), default=0.5,
+                   help="heat-map threshold lambda for views and IoU (0 to 0.99)")
     p.add_argument("--vae-hidden", type=count(minimum=0, maximum=65536), default=64, help="VAE decoder hidden width (0: linear decoder)")
     p.add_argument("--vae-beta", type=number(minimum=0), default=1e-3, help="VAE KL weight beta")
     p.add_argument("--vae-epochs", type=count(maximum=100_000), default=100,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..core.hooks import outside_inference_mode
 from ..core.layers import resolve_layer
 from ..core.progress import Progress
 from ..errors import InputError
@@ -67,8 +68,9 @@ def concept_weights(model, module, x: torch.Tensor, codes: torch.Tensor, reducer
         return head_output(model, module, x, a, grad=z.requires_grad)[:, cls]
 
     if mode == "autograd":
-        z = codes.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(output(z).sum(), z)
+        with torch.enable_grad():  # also inside the caller's torch.no_grad()
+            z = codes.detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(output(z).sum(), z)
         return grad.sum(dim=(2, 3))
     result = codes.new_zeros(shape[0], shape[1])
     with torch.no_grad():
@@ -83,7 +85,15 @@ def discover_class(model, layer, source, cls: int, reducer: Reducer, n_images: i
                    weight_mode: str = "autograd", eps: float = 1e-4, estimate_num: int = 10, n_prototypes: int = 5,
                    coherence: str = DEFAULT_COHERENCE, max_numel: int = CALC_LIMIT, fit: bool = True,
                    seed: int = 0, progress: bool = True) -> ClassConcepts:
-    """Fit ``reducer`` on the class's activations (unless ``fit=False``) and explain the class."""
+    """Fit ``reducer`` on the class's activations (unless ``fit=False``) and explain the class
+    (also inside the caller's ``torch.no_grad()`` or ``torch.inference_mode()``)."""
+    with outside_inference_mode():
+        return _discover_class(model, layer, source, cls, reducer, n_images, batch_size, weight_mode, eps,
+                               estimate_num, n_prototypes, coherence, max_numel, fit, seed, progress)
+
+
+def _discover_class(model, layer, source, cls, reducer, n_images, batch_size, weight_mode, eps, estimate_num,
+                    n_prototypes, coherence, max_numel, fit, seed, progress) -> ClassConcepts:
     net = getattr(model, "module", model)
     name, module = resolve_layer(net, layer)
     items = source.items(cls, n_images)

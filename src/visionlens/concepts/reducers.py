@@ -164,7 +164,7 @@ class NMFReducer(Reducer):
 
         rows = self._check_rows(rows).float()
         if (rows < 0).any():
-            raise InputError("NMF needs non-negative activations; choose a layer after a ReLU or use --reducer vae")
+            raise InputError("NMF needs non-negative activations; choose a layer after a ReLU")
         self.n_channels = rows.shape[1]
         scores, p = self._init(rows)
         total = int(self.config["max_iter"])

@@ -32,17 +32,17 @@ def parse_classes(spec: str, available: list[int]) -> list[int]:
     if spec in (None, "", "all"):
         return list(available)
     chosen: list[int] = []
+    have = set(available)
     for part in spec.split(","):
         part = part.strip()
         try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                chosen += list(range(int(lo), int(hi) + 1))
-            elif part:
-                chosen.append(int(part))
+            lo, hi = (int(v) for v in part.split("-", 1)) if "-" in part[1:] else (int(part),) * 2 if part else (0, -1)
         except ValueError:
             raise InputError(f"--classes: '{part}' is not a class index or range (e.g. 0,3 or 151-155)") from None
-    missing = [c for c in chosen if c not in set(available)]
+        if hi - lo >= len(have):  # more classes than the data holds: one line, not a list of a trillion
+            raise InputError(f"--classes: the range {part} is wider than the {len(have)} classes of the data")
+        chosen += list(range(lo, hi + 1))
+    missing = [c for c in chosen if c not in have]
     if missing:
         raise InputError(f"--classes: class(es) {missing[:5]} have no images in the data")
     if not chosen:
@@ -73,6 +73,7 @@ def run_concepts(model, layer: str | None, source, classes: list[int], out: Path
                          "(Coherence compares images); use --images 2 or more, or --views 2 or more with photos")
     counts, skipped = _readable_classes(source, classes, n_images)
     _check_layer(net, name, module, source, next(iter(counts)), n_concepts)
+    _check_outputs(net, source, counts)
     earlier = _earlier_files(out)
     check_out_dir(out, _planned_files(list(counts), pooled), own=set(earlier))
     _warn_few_images(counts, coherence)
@@ -140,6 +141,21 @@ def _check_layer(net, name: str, module, source, cls: int, n_concepts: int) -> N
     if n_concepts > channels:
         raise InputError(f"--n-concepts {n_concepts} is more than the {channels} channels of layer '{name}'; "
                          f"choose at most {channels}")
+
+
+def _check_outputs(net, source, counts: dict[int, int]) -> None:
+    """Refuse a class the model has no output for (one image's forward pass): it failed after the work."""
+    import torch
+
+    from ..core.vit import model_output
+
+    first = next(iter(counts))
+    with torch.no_grad():
+        out = model_output(net(source.load(source.items(first, 1))["x"].to(model_device(net))))
+    beyond = [c for c in counts if c >= out.shape[-1]]
+    if out.dim() == 2 and beyond:
+        raise InputError(f"--classes: class(es) {beyond[:5]} of the data are beyond the model's {out.shape[-1]} outputs; "
+                         "choose classes the model predicts (or a model trained on these classes)")
 
 
 def _warn_few_images(counts: dict[int, int], coherence: str) -> None:

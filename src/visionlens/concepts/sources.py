@@ -12,13 +12,14 @@ crops/flips each (useful when a class has a single photo, as in the ImageNet sam
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ImageLoadError, InputError
+from ..errors import ImageLoadError, InputError, VisionlensWarning
 
 # (horizontal flip, crop centre x, crop centre y) of the crop views, in order
 _VIEW_LAYOUT = [(False, 0.5, 0.5), (True, 0.5, 0.5), (False, 0.0, 0.0), (True, 1.0, 1.0), (False, 1.0, 0.0),
@@ -158,6 +159,12 @@ def open_source(spec: str, model, views: int = 1, seed: int = 0, split: str | No
     and ``label_column``: for a Hugging Face dataset)."""
     if spec == "world" or spec.startswith("world:"):
         source = WorldSource(spec, model.preprocess, seed)
+        if tuple(model.class_names or ()) != tuple(source.class_names):  # its outputs would be read as world classes
+            raise InputError(f"--data {spec} holds the synthetic world's {len(source.class_names)} classes, which "
+                             f"{model.name} does not output; use a world model (world-cnn) or a folder of photos")
+        if views > 1:
+            warnings.warn(f"--views {views} is for photos; a world image is rendered once, so each class has "
+                          "one view per image", VisionlensWarning, stacklevel=2)
     elif spec == "samples":
         source = PhotoSource.from_samples(model.preprocess, model.class_names, views)
     elif Path(spec).is_dir():

@@ -26,11 +26,12 @@ the paper gives no architecture, so every choice here is a documented, configura
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, VisionlensWarning
 from .reducers import Reducer, register_reducer
 
 
@@ -45,6 +46,16 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def _warn_if_negative(rows: torch.Tensor) -> None:
+    """A warning when activations are negative: the softplus decoder reconstructs none of them."""
+    negative = rows < 0
+    if bool(negative.any()):
+        warnings.warn(f"{float(negative.float().mean()):.1%} of the activations are negative (down to "
+                      f"{float(rows.min()):.3g}); the VAE's softplus decoder reconstructs none of them, so its "
+                      "concepts and Faith see only the positive part: choose a layer after a ReLU",
+                      VisionlensWarning, stacklevel=3)
 
 
 class _VAE(nn.Module):
@@ -213,6 +224,7 @@ class VAEReducer(Reducer):
         from ..core.progress import Progress
 
         rows = self._check_rows(rows).float()
+        _warn_if_negative(rows)
         self.n_channels = rows.shape[1]
         c = self.config
         gen = torch.Generator().manual_seed(int(c["seed"]))

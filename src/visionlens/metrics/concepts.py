@@ -42,13 +42,13 @@ def fidelity(original: torch.Tensor, reconstructed: torch.Tensor, cls: int) -> f
 def coherence(original: torch.Tensor, reconstructed: torch.Tensor, cls: int, mode: str = DEFAULT_COHERENCE) -> float:
     _check(original, reconstructed, cls)
     if mode == "pearson":
-        y, y_rec = original[:, cls].double(), reconstructed[:, cls].double()
-        if len(y) < 2:
+        raw, raw_rec = original[:, cls].double(), reconstructed[:, cls].double()
+        if len(raw) < 2:
             raise InputError("Pearson coherence needs at least 2 images of the class; use --coherence agreement")
-        y, y_rec = y - y.mean(), y_rec - y_rec.mean()
+        y, y_rec = raw - raw.mean(), raw_rec - raw_rec.mean()
         denom = (y.norm() * y_rec.norm()).item()
-        if denom == 0:  # constant outputs: coherent only if the reconstruction is exact
-            return 100.0 if torch.equal(y, y_rec) else 0.0
+        if denom == 0:  # a constant output: coherent only if the reconstruction is exact (not merely constant too)
+            return 100.0 if torch.equal(raw, raw_rec) else 0.0
         return float(100.0 * (y @ y_rec) / denom)
     if mode == "stability":
         errors = _relative_errors(original, reconstructed, cls)
