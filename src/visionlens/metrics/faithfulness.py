@@ -28,10 +28,22 @@ class Confidence:
     when no target is given: the argmax on the original image."""
 
     def __call__(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return _pick(out.float().softmax(1), target)
+        return out.float().softmax(1).gather(1, target[:, None])[:, 0]
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         return out.argmax(1)
+
+    def classes(self, out: torch.Tensor) -> int:
+        """How many classes a target can name, given one batch of model outputs."""
+        return out.shape[1]
+
+    def check(self, out: torch.Tensor, target: torch.Tensor) -> None:
+        """One line for a target the output has no class for (once per call of a metric: reading
+        the targets waits for the device)."""
+        count = self.classes(out)
+        if len(target) and not 0 <= int(target.min()) <= int(target.max()) < count:
+            bad = int(target.max()) if int(target.max()) >= count else int(target.min())
+            raise InputError(f"target class {bad} is out of range for a model with {count} classes")
 
 
 class PrototypeConfidence(Confidence):
@@ -55,6 +67,9 @@ class PrototypeConfidence(Confidence):
     def predict(self, out):
         return self.logits(out).argmax(1)
 
+    def classes(self, out):
+        return len(self.prototypes)
+
 
 class KNNConfidence(Confidence):
     """DINO-style k-NN: the normalised vote mass of class ``c`` among the top-``k`` bank entries
@@ -72,10 +87,13 @@ class KNNConfidence(Confidence):
         return votes / votes.sum(1, keepdim=True)
 
     def __call__(self, out, target):
-        return _pick(self.votes(out), target)
+        return self.votes(out).gather(1, target[:, None])[:, 0]
 
     def predict(self, out):
         return self.votes(out).argmax(1)
+
+    def classes(self, out):
+        return int(self.labels.max()) + 1
 
 
 class SimilarityConfidence(Confidence):
@@ -95,13 +113,8 @@ class SimilarityConfidence(Confidence):
     def predict(self, out):
         return torch.arange(out.shape[0], device=out.device)
 
-
-def _pick(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``scores[i, target[i]]``; one line for a class the output does not have."""
-    if len(target) and not 0 <= int(target.min()) <= int(target.max()) < scores.shape[1]:
-        bad = int(target.max()) if int(target.max()) >= scores.shape[1] else int(target.min())
-        raise InputError(f"target class {bad} is out of range for a model with {scores.shape[1]} classes")
-    return scores.gather(1, target[:, None])[:, 0]
+    def classes(self, out):
+        return len(self.references)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -154,7 +167,12 @@ def _targets(target, b: int, device) -> torch.Tensor:
 
 @torch.no_grad()
 def _scores(model, inputs, confidence, target, batch_size) -> torch.Tensor:
-    out = [confidence(model(inputs[i:i + batch_size]), target[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    out = []
+    for i in range(0, len(inputs), batch_size):
+        logits = model(inputs[i:i + batch_size])
+        if i == 0:
+            confidence.check(logits, target)
+        out.append(confidence(logits, target[i:i + batch_size]))
     return torch.cat(out)
 
 
@@ -229,7 +247,10 @@ def curve_points(model: nn.Module, sources: torch.Tensor, rows: "CurveRows", poi
         k, row = points[jobs // r], jobs % r
         done = rows.ranks[rows.rank[row]] < (k * step)[:, None, None, None]  # (J, 1, H, W): already changed
         imgs = torch.where(done, sources[rows.finish[row]], sources[rows.start[row]])
-        scores[a:a + len(jobs)] = confidence(model(imgs), rows.target[row]).float()
+        out = model(imgs)
+        if a == 0:
+            confidence.check(out, rows.target)
+        scores[a:a + len(jobs)] = confidence(out, rows.target[row]).float()
         if on_chunk is not None:
             on_chunk(len(jobs))
     return scores.view(p, r).T
