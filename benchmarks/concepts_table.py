@@ -166,7 +166,10 @@ def mean_ci(values: list[float]) -> str:
 def fit_times(model, cfg, source, classes, args) -> None:
     """Median fit time of NMF, the VAE from a PCA start (``--vae-init pca``), the VAE from a random
     start (the default), the previous schedule (random start, no warm-up) and the legacy VAE on the same rows,
-    over ``--seeds`` seeds x ``--repeats`` interleaved fits, and the ratios to NMF."""
+    over ``--seeds`` seeds x ``--repeats`` interleaved fits, the ratios to NMF and each VAE's median
+    time per epoch (the stop, and so the epochs, vary with the seed and with float rounding). A
+    variant with ``softplus=aten`` decodes with ATen's softplus instead of the log1p-free one."""
+    import visionlens.concepts.vae as vae
     from visionlens.concepts.collect import CALC_LIMIT, collect_rows
     from visionlens.concepts.factory import make_reducer
     from visionlens.core.layers import resolve_layer
@@ -179,12 +182,19 @@ def fit_times(model, cfg, source, classes, args) -> None:
     times: dict[str, list[float]] = {k: [] for k in kinds}
     epochs: dict[str, list[int]] = {k: [] for k in kinds}
     held_out: dict[str, list[float]] = {k: [] for k in kinds}
+    per_epoch: dict[str, list[float]] = {k: [] for k in kinds}
+    ours = vae.softplus
     for seed in range(args.seeds):
         for _ in range(args.repeats):
             for label, (kind, options) in kinds.items():
+                options = dict(options)
+                vae.softplus = torch.nn.functional.softplus if options.pop("softplus", None) == "aten" else ours
                 t0 = time.perf_counter()
                 reducer = make_reducer(kind, args.n_concepts, seed=seed, **options).fit(rows)
                 times[label].append(time.perf_counter() - t0)
+                vae.softplus = ours
+                if kind == "vae":
+                    per_epoch[label].append(times[label][-1] / reducer.epochs_run)
                 if kind == "vae" and len(epochs[label]) == seed:
                     epochs[label].append(reducer.epochs_run)
                     held_out[label].extend([min(reducer.history["val"])] if reducer.history["val"] else [])
@@ -199,6 +209,8 @@ def fit_times(model, cfg, source, classes, args) -> None:
         trained = f", epochs per seed {epochs[label]}" if epochs[label] else ""
         if held_out[label]:
             trained += f", best held-out loss mean {statistics.mean(held_out[label]):.4f}"
+        if per_epoch[label]:
+            trained += f", {statistics.median(per_epoch[label]) * 1e3:.1f} ms per epoch"
         print(f"  {label:12s} {med[label]:6.2f} s{ratio}{trained}")
 
 
