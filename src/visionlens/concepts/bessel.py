@@ -40,12 +40,12 @@ def bessel_j(nu: int, x: np.ndarray, terms: int = 60) -> np.ndarray:
         series = series + coeff * half ** (2 * m + nu)
     if near.all():
         return series
-    far = torch.from_numpy(np.where(near, SERIES_LIMIT + 1.0, x))
-    previous, current = torch.special.bessel_j0(far).numpy(), torch.special.bessel_j1(far).numpy()
+    far = np.where(near, SERIES_LIMIT + 1.0, x)
+    previous, current = (f(torch.from_numpy(far)).numpy() for f in (torch.special.bessel_j0, torch.special.bessel_j1))
     if nu == 0:
         current = previous
     for n in range(1, int(nu)):
-        previous, current = current, (2 * n / far.numpy()) * current - previous
+        previous, current = current, (2 * n / far) * current - previous
     return np.where(near, series, current)
 
 

@@ -22,14 +22,19 @@ CALC_LIMIT = 10**8  # ICE's bound on the number of activation values used to fit
 
 def layer_activations(model: nn.Module, name: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The ``(B, c, h, w)`` output of ``module`` for the batch ``x`` (model state preserved)."""
+    return layer_and_output(model, name, module, x)[0]
+
+
+def layer_and_output(model: nn.Module, name: str, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, object]:
+    """:func:`layer_activations` and the model's own output, from one forward pass."""
     with preserved_model_state(model), torch.no_grad(), ActivationCapture({name: module}) as cap:
-        model(x)
+        output = model(x)
         act = cap.get(name)
         warn_if_reused(name, cap.calls.get(name, 1))
     if act.dim() != 4:
         raise LayerError(f"layer '{name}' outputs shape {tuple(act.shape)}; concept discovery needs a (B, C, H, W) "
                          "convolutional feature map")
-    return act
+    return act, output
 
 
 def to_rows(act: torch.Tensor) -> torch.Tensor:

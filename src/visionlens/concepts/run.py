@@ -17,7 +17,7 @@ from ..errors import InputError, VisionlensWarning
 from ..metrics.concepts import DEFAULT_COHERENCE, average_scores
 from ..io import save_atomic
 from ..outputs import check_out_dir, staged_out_dir
-from .collect import CALC_LIMIT, collect_rows, layer_activations
+from .collect import CALC_LIMIT, collect_rows, layer_and_output
 from .discovery import best_part_iou, discover_class
 from .factory import make_reducer
 from .sheet import concept_sheet, concepts_section_html, fixed, save_sheet, write_concepts_page
@@ -72,8 +72,7 @@ def run_concepts(model, layer: str | None, source, classes: list[int], out: Path
         raise InputError(f"{n_images} image per class is too few: concept discovery needs at least {MIN_IMAGES} "
                          "(Coherence compares images); use --images 2 or more, or --views 2 or more with photos")
     counts, skipped = _readable_classes(source, classes, n_images)
-    _check_layer(net, name, module, source, next(iter(counts)), n_concepts)
-    _check_outputs(net, source, counts)
+    _check_layer(net, name, module, source, counts, n_concepts)
     earlier = _earlier_files(out)
     check_out_dir(out, _planned_files(list(counts), pooled), own=set(earlier))
     _warn_few_images(counts, coherence)
@@ -134,24 +133,18 @@ def _class_name(source, cls: int) -> str:
     return names[cls] if names and 0 <= cls < len(names) else f"class {cls}"
 
 
-def _check_layer(net, name: str, module, source, cls: int, n_concepts: int) -> None:
-    """Refuse a layer without a 4-D feature map, or fewer channels than ``n_concepts`` (one image of ``cls``)."""
-    act = layer_activations(net, name, module, source.load(source.items(cls, 1))["x"].to(model_device(net)))
+def _check_layer(net, name: str, module, source, counts: dict[int, int], n_concepts: int) -> None:
+    """Refuse, from one image's forward pass, a layer without a 4-D feature map, fewer channels than
+    ``n_concepts``, or a class the model has no output for (it failed after the work)."""
+    from ..core.vit import model_output
+
+    x = source.load(source.items(next(iter(counts)), 1))["x"].to(model_device(net))
+    act, output = layer_and_output(net, name, module, x)
     channels = act.shape[1]
     if n_concepts > channels:
         raise InputError(f"--n-concepts {n_concepts} is more than the {channels} channels of layer '{name}'; "
                          f"choose at most {channels}")
-
-
-def _check_outputs(net, source, counts: dict[int, int]) -> None:
-    """Refuse a class the model has no output for (one image's forward pass): it failed after the work."""
-    import torch
-
-    from ..core.vit import model_output
-
-    first = next(iter(counts))
-    with torch.no_grad():
-        out = model_output(net(source.load(source.items(first, 1))["x"].to(model_device(net))))
+    out = model_output(output)
     beyond = [c for c in counts if c >= out.shape[-1]]
     if out.dim() == 2 and beyond:
         raise InputError(f"--classes: class(es) {beyond[:5]} of the data are beyond the model's {out.shape[-1]} outputs; "

@@ -25,11 +25,17 @@ def eager_module(model) -> nn.Module:
     no Python hooks, so no method can read its layers)."""
     if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
         return eager_module(model._orig_mod)
-    if hasattr(model, "preprocess") and isinstance(getattr(model, "module", None), nn.Module):
-        raise InputError(f"model is a visionlens {type(model).__name__}; give its torch module, model.module")
     if isinstance(model, torch.jit.ScriptModule):
         raise InputError(f"model is a TorchScript {type(model).__name__}, whose layers cannot be hooked; explain the "
                          "eager module it was scripted or traced from")
+    return torch_module(model)
+
+
+def torch_module(model) -> nn.Module:
+    """``model`` if it is a ``torch.nn.Module``, else one :class:`InputError` line (naming
+    ``model.module`` for a :class:`~visionlens.models.ZooModel`)."""
+    if hasattr(model, "preprocess") and isinstance(getattr(model, "module", None), nn.Module):
+        raise InputError(f"model is a visionlens {type(model).__name__}; give its torch module, model.module")
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return model

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.hooks import preserved_model_state
+from ..core.layers import torch_module
 from ..errors import InputError
 
 
@@ -41,9 +42,10 @@ class Confidence:
         """One line for a target the output has no class for (once per call of a metric: reading
         the targets waits for the device)."""
         count = self.classes(out)
-        if len(target) and not 0 <= int(target.min()) <= int(target.max()) < count:
-            bad = int(target.max()) if int(target.max()) >= count else int(target.min())
-            raise InputError(f"target class {bad} is out of range for a model with {count} classes")
+        low, high = (int(v) for v in target.aminmax()) if len(target) else (0, 0)
+        if not 0 <= low <= high < count:
+            raise InputError(f"target class {high if high >= count else low} is out of range for a model with "
+                             f"{count} classes")
 
 
 class PrototypeConfidence(Confidence):
@@ -123,22 +125,12 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _module(model) -> nn.Module:
-    """``model`` if it is a ``torch.nn.Module``, else one line (naming ``model.module`` for a
-    :class:`~visionlens.models.ZooModel`)."""
-    if hasattr(model, "preprocess") and isinstance(getattr(model, "module", None), nn.Module):
-        raise InputError(f"model is a visionlens {type(model).__name__}; give its torch module, model.module")
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return model
-
-
 def in_eval_mode(metric):
     """Run ``metric(model, ...)`` with the model in eval mode, every module's mode restored after
     (in train mode it would score with batch statistics and overwrite BatchNorm's running ones)."""
     @functools.wraps(metric)
     def run(model, *args, **kwargs):
-        module = _module(model)
+        module = torch_module(model)
         with preserved_model_state(module):
             return metric(module, *args, **kwargs)
     return run
