@@ -24,6 +24,7 @@ from .core.targets import Target
 from .data.images import load_image, require_readable
 from .errors import FlatMapWarning, ImageLoadError, InputError, VisionlensError, VisionlensWarning, display
 from .methods import METHODS
+from .methods.registry import unknown_method
 from .models.zoo import ZooModel, load_model, resolve_device
 from .viz.flow import flow_strip, save_flow_gif
 from .viz.overlay import overlay
@@ -53,7 +54,7 @@ def make_method(name: str, model: ZooModel, layer=None, bank=None, max_iter: int
     ``max_iter`` and ``damp`` to methods with an iterative solve (NAFlow)."""
     name, own_layer = parse_method(name)
     if name not in METHODS:
-        raise InputError(f"unknown method '{name}'; choose from: {', '.join(METHODS)}")
+        raise InputError(unknown_method(name, METHODS))
     cls = METHODS[name]
     solver = {"max_iter": max_iter, "damp": damp}
     options = {k: v for k, v in solver.items() if v is not None} if getattr(cls, "iterative", False) else {}
@@ -92,6 +93,8 @@ def explain(
     >>> exp = visionlens.explain(["cat.jpg"], model="mobilenet_v2", method="gradcam")
     >>> exp.maps.shape  # (1, 224, 224), values in [0, 1]
     """
+    if isinstance(inputs, (ZooModel, torch.nn.Module)):
+        raise InputError("explain() takes the images first and the model second: explain(images, model, method)")
     if not isinstance(model, ZooModel):
         model = load_model(model, device=device or "cpu") if isinstance(model, str) else load_model(model)
     elif device is not None:

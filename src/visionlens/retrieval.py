@@ -200,13 +200,14 @@ def similarity_methods(model: ZooModel, methods: Sequence[str], layer, metric: s
     """The named similarity explainers (SFAM, the baselines on the similarity, NAFlow's similarity flow) for ``model``."""
     from .methods import SIMILARITY_METHODS
     from .methods.naflow import SimilarityNAFlow
+    from .methods.registry import unknown_method
     from .methods.sfam import SFAM
 
     known = SIMILARITY_METHODS
     out = {}
     for m in methods:
         if m not in known:
-            raise InputError(f"unknown similarity method '{m}'; choose from: {', '.join(known)}")
+            raise InputError(unknown_method(m, known, what="similarity method"))
         cls = known[m]
         out[m] = cls(model.module, layer, metric, **sfam_options) if cls in (SFAM, SimilarityNAFlow) else cls(model.module, layer, metric)
     return out

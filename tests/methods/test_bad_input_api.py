@@ -1,6 +1,7 @@
 """Bad input through the Python API: one-line errors, and the model comes back unchanged."""
 
 import gc
+import re
 import warnings
 
 import pytest
@@ -77,10 +78,35 @@ def test_cam_refuses_layers_that_do_not_feed_gap_fc(tiny_net):
 
 
 def test_unknown_method_and_model():
-    with pytest.raises(InputError, match="unknown method 'gradcam\\+\\+\\+'; choose from: cam, gradcam"):
+    with pytest.raises(InputError, match="unknown method 'gradcam\\+\\+\\+' \\(did you mean 'gradcam\\+\\+'\\?\\); "
+                                         "choose from: cam, gradcam"):
         visionlens.explain(torch.randn(1, 3, 32, 32), visionlens.load_model(torch.nn.Conv2d(3, 3, 1)), "gradcam+++")
     with pytest.raises(VisionlensError, match="unknown model"):
         visionlens.load_model("vgg99")
+
+
+@pytest.mark.parametrize("typed, meant", [("ScoreCAM", "scorecam"), ("relevance_cam", "relevance-cam"),
+                                          ("Grad-CAM++", "gradcam++"), ("GradCAMPlusPlus", "gradcam++"),
+                                          ("AttentionRollout", "rollout")])
+def test_unknown_method_names_the_method_meant(typed, meant):
+    """Another spelling of a method's name, or its class's name (as pytorch-grad-cam users write it),
+    gets that method as a suggestion; a name like none gets none."""
+    model = visionlens.load_model(torch.nn.Conv2d(3, 3, 1))
+    with pytest.raises(InputError, match=f"unknown method '{re.escape(typed)}' \\(did you mean '{re.escape(meant)}'\\?\\)"):
+        visionlens.explain(torch.randn(1, 3, 32, 32), model, typed)
+    with pytest.raises(InputError) as err:
+        visionlens.explain(torch.randn(1, 3, 32, 32), model, "xyz")
+    assert "did you mean" not in str(err.value)
+
+
+def test_arguments_in_the_wrong_order_are_named_without_a_tensor_dump():
+    """A model given where the images go, or a tensor where the model goes, gets one short line
+    (not the repr of a 150,000-value tensor)."""
+    model = visionlens.load_model(torch.nn.Conv2d(3, 3, 1))
+    with pytest.raises(InputError, match="images first and the model second"):
+        visionlens.explain(model, torch.randn(1, 3, 32, 32))
+    with pytest.raises(InputError, match=r"got Tensor of shape \(1, 3, 224, 224\)$"):
+        visionlens.explain(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 224, 224))
 
 
 def test_model_restored_after_success(tiny_net):

@@ -221,12 +221,13 @@ def _checked_choices(methods: list[str], metrics: list[str] | None, data, n: int
                      data_options: dict) -> tuple[list[str], dict]:
     """The metrics to report and the parsed data, after checking methods and metrics against them."""
     from ..methods import METHODS, SIMILARITY_METHODS
+    from ..methods.registry import unknown_method
     from ..pipeline import parse_method
 
     known = list(METHODS) + [m for m in SIMILARITY_METHODS if m not in METHODS]
     for m in methods:
         if parse_method(m)[0] not in known:
-            raise InputError(f"unknown method '{m}'; choose from: {', '.join(known)} (sfam: embedding models only)")
+            raise InputError(unknown_method(parse_method(m)[0], known, note=" (sfam: embedding models only)"))
     names = _metric_names(metrics)
     spec = _data.parse_data(data, n=n, **data_options)
     names = _available(names, metrics, spec, spec["name"])

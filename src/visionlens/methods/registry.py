@@ -92,3 +92,24 @@ REGISTRY: tuple[MethodInfo, ...] = (
 
 METHODS: dict[str, type] = {m.name: m.cls for m in REGISTRY if m.explains == "class"}
 SIMILARITY_METHODS: dict[str, type] = {m.name: m.cls for m in REGISTRY if m.explains == "similarity"}
+
+
+def _spelling_key(name: str) -> str:
+    """``"Grad-CAM++"`` -> ``"gradcam++"``: lower case, without spaces, dashes and underscores."""
+    return "".join(ch for ch in name.lower() if ch not in " -_")
+
+
+def unknown_method(name: str, known, what: str = "method", note: str = "") -> str:
+    """The one-line error for a method name not in ``known``: the name it most likely means
+    (the same letters in another spelling, e.g. ``ScoreCAM`` or ``relevance_cam``, or the name of
+    its class, e.g. ``GradCAMPlusPlus``, where ``known`` maps names to classes; else the closest
+    name), then every choice; ``note`` ends the line."""
+    import difflib
+
+    classes = dict(known) if isinstance(known, dict) else {}
+    known = list(known)
+    key = _spelling_key(name)
+    same = [k for k in known if key in (_spelling_key(k), _spelling_key(getattr(classes.get(k), "__name__", "")))]
+    close = same or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown {what} '{name}'{hint}; choose from: {', '.join(known)}{note}"

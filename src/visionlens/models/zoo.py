@@ -500,6 +500,12 @@ def _zoo_state(entry: ZooEntry) -> dict:
         raise AssetError(f"{path}: cannot be loaded safely ({type(err).__name__}); delete it and run: visionlens fetch weights") from None
 
 
+def _kind_of(value) -> str:
+    """``"Tensor of shape (2, 3, 224, 224)"``: what a value is, without its (possibly huge) repr."""
+    shape = getattr(value, "shape", None)
+    return type(value).__name__ + (f" of shape {tuple(shape)}" if shape is not None else "")
+
+
 def load_model(
     model: str | nn.Module,
     device: str | torch.device | None = "cpu",
@@ -523,7 +529,10 @@ def load_model(
         if class_names is not None:
             zoo.class_names = tuple(class_names)
         return zoo
-    if not isinstance(model, str) or model not in ZOO:
+    if not isinstance(model, str):
+        raise InputError(f"a model is a name, a spec (torchvision:NAME, timm:NAME, hf:ID) or a torch.nn.Module; "
+                         f"got {_kind_of(model)}")
+    if model not in ZOO:
         raise InputError(f"unknown model {model!r}; choose from: {', '.join(ZOO)}, torchvision:NAME, timm:NAME or hf:ID")
     entry = ZOO[model]
     module = entry.build()

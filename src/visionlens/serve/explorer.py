@@ -21,6 +21,7 @@ from ..data.images import IMAGE_SUFFIXES, load_image
 from ..errors import InputError
 from ..methods import METHODS, REGISTRY
 from ..methods.base import PerturbationMethod
+from ..methods.registry import unknown_method
 from ..models.zoo import ZooModel
 from ..pipeline import make_method, parse_method
 from ..viz.colormaps import check_cmap
@@ -232,7 +233,7 @@ class Explorer:
             raise InputError(f"choose between 1 and {MAX_METHODS} methods")
         for method in methods:
             if parse_method(method)[0] not in METHODS:
-                raise InputError(f"unknown method '{parse_method(method)[0]}'; choose from: {', '.join(METHODS)}")
+                raise InputError(unknown_method(parse_method(method)[0], METHODS))
         cmap = check_cmap(cmap or "viridis")
         view, x = self._input(model, ref)
         return ExplainRequest(name, model, view, x, methods, layer or None, self._target(model, target), cmap)
