@@ -564,7 +564,8 @@ def _parser_evaluate(sub) -> None:
     p.add_argument("--metrics", default=None, help="comma-separated metrics, or 'all' (default: all but randomisation)")
     p.add_argument("--step", type=count(), default=None, help="deletion/insertion pixels per step (default: the image width)")
     p.add_argument("--seed", type=SEED, default=0,
-                   help="random seed of the run (torch.manual_seed)")
+                   help="random seed of the run: the randomisation metric's random weights (and torch.manual_seed "
+                        "during the run)")
     p.add_argument("--gallery-size", type=count(), default=1000,
                    help="embedding models: the first N training images form the gallery (nearest neighbour, k-NN)")
     p.add_argument("--batch-size", type=count(maximum=4096), default=16, help="images per batch")

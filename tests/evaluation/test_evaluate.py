@@ -740,3 +740,21 @@ def test_insertion_values_of_an_earlier_start_image_are_not_resumed(tmp_path, ca
     del settings["insertion_start"]
     (deletion_only / "settings.json").write_text(json.dumps(settings))
     assert main([*CLI, "--n", "3", "--metrics", "deletion", "--out", str(deletion_only)]) == 0
+
+
+def test_seed_sets_the_randomisation_weights_and_leaves_the_callers_random_state(tmp_path):
+    """``--seed`` changes the randomisation metric's random weights (it was always seed 0 whatever
+    the run's seed), the same seed gives the same values, and ``evaluate()`` restores the caller's
+    global random state."""
+    args = {**ARGS, "methods": ["gradcam"], "n": 2, "batch_size": 2, "metrics": ["randomisation"]}
+
+    def scores(seed: int, name: str) -> list[float]:
+        evaluate(**args, seed=seed, out=tmp_path / name)
+        return [r["metrics"]["randomisation"] for r in read_folder_results(tmp_path / name)]
+
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    first = scores(0, "a")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert scores(0, "b") == pytest.approx(first, abs=1e-6)
+    assert scores(1, "c") != pytest.approx(first, abs=1e-3)

@@ -10,6 +10,7 @@ batch sizes, arguments).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -35,6 +36,16 @@ from .scoring import batch_metrics, joint_curves, joint_names, metric_context
 
 
 # --- the arguments ----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """torch's global generators seeded with ``seed`` during the run, the caller's states restored
+    after it (the Python API leaves the user's random state as it was)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        torch.manual_seed(seed)
+        yield
+
 
 def _checked_numbers(n, batch_size, step, gallery_size, examples) -> tuple:
     """The numeric arguments as integers, each checked (one :class:`InputError` line naming the flag)."""
@@ -450,8 +461,8 @@ def _evaluate_batch(run: _Run, m: _ModelRun, start: int, b: _data.Batch | None =
     bar = _BatchBar(m.bar, len(b.ids), 1 + len(run.metrics), todo)
     explained = _explain(run, m, todo, b, start, bar)
     ends_cache: dict = {}
-    contexts = {mm: metric_context(m.model, b, res, run.step, m.batch, m.scorer, ends_cache, m.scoring)
-                for mm, res in explained.items()}
+    contexts = {mm: metric_context(m.model, b, res, run.step, m.batch, m.scorer, ends_cache, m.scoring,
+                                   seed=run.seed) for mm, res in explained.items()}
     t0 = time.perf_counter()
     given = _joint(run, contexts, bar)
     for mm in contexts:  # the joint passes' time, shared out among the methods
@@ -597,9 +608,8 @@ def evaluate(models, methods: list[str], data="world:test", n: int | None = 100,
     created = [d for d in (out, out / "examples") if not d.exists()]
     items = _data.data_items(spec, n)
     offset, stop = _store.shard_bounds(len(items), shard)
-    torch.manual_seed(seed)
     t_start = time.perf_counter()
-    with _store.open_for_append(path) as f:
+    with _store.open_for_append(path) as f, _seeded(seed):
         run = _Run(out, f, spec, items[offset:stop], offset, names, set(), step, batch_size, examples, device,
                    progress, gallery_size, fast_scoring, compile, label_maps, seed=seed, engine=engine,
                    workers=decode_workers, scoring_batch=scoring_batch)

@@ -21,12 +21,12 @@ CURVES = ("deletion", "insertion")
 
 def metric_context(model: ZooModel, b: Batch, res: ExplainedBatch, step: int | None, batch_size: int,
                    scorer: torch.nn.Module | None = None, ends_cache: dict | None = None,
-                   scoring_batch: int | None = None) -> M.MetricContext:
+                   scoring_batch: int | None = None, seed: int = 0) -> M.MetricContext:
     """What the metrics of ``res`` on batch ``b`` are given. ``scoring_batch``: images per forward
     pass of the scoring (default :func:`~.data.scoring_batch` of ``batch_size``, the images of the
     batch); ``scorer``: the module the perturbation metrics' forward passes use (default the model);
     ``ends_cache``: a dict shared by the methods of one batch (the map-independent ends of the
-    softmax curves are scored once)."""
+    softmax curves are scored once); ``seed``: the randomisation metric's random weights."""
     x, maps = b.x.to(model.device), res.maps
     pre = model.preprocess
     if scoring_batch is None:
@@ -36,7 +36,8 @@ def metric_context(model: ZooModel, b: Batch, res: ExplainedBatch, step: int | N
         labels=b.labels, mean=pre.mean, std=pre.std, explain_fn=res.explain_fn,
         masks=None if b.masks is None else b.masks.to(maps.device),
         boxes=None if b.boxes is None else b.boxes.to(maps.device),
-        step=step, batch_size=scoring_batch, confidence=res.confidence, correct=res.correct, ends_cache=ends_cache)
+        step=step, batch_size=scoring_batch, confidence=res.confidence, correct=res.correct, ends_cache=ends_cache,
+        seed=seed)
 
 
 def _num(v) -> float | None:

@@ -95,7 +95,7 @@ def _loc_error(c: MetricContext) -> torch.Tensor:
 
 
 def _randomisation(c: MetricContext) -> torch.Tensor:
-    return randomisation_score(model_randomisation(c.module, c.explain_fn, c.x, c.target))
+    return randomisation_score(model_randomisation(c.module, c.explain_fn, c.x, c.target, seed=c.seed))
 
 
 _ANY = ("classifier", "embedding")

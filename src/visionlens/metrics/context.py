@@ -40,6 +40,7 @@ class MetricContext:
     confidence: Confidence | None = None              # None: softmax probability of the target
     correct: torch.Tensor | None = None               # (B,) whether the decision was right (None: target == label)
     ends_cache: dict | None = None
+    seed: int = 0                                     # the randomisation metric's random weights
     shared: dict = field(default_factory=dict)
 
     def has(self, need: str) -> bool:
