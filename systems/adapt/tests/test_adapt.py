@@ -417,3 +417,16 @@ def test_mobilenet_backbone_freezes_its_prefix(mobilenet):
     logits.logsumexp(1).sum().backward()
     assert all(p.grad is not None for p in net.encoder_parameters())
     assert all(torch.equal(stats[k], v) for k, v in frozen.state_dict().items())  # BN statistics kept
+
+
+def test_network_weights_come_from_the_seed_and_the_callers_random_state_is_kept():
+    """``AdaptNet(seed=...)`` draws its weights from ``seed`` alone and leaves the caller's global
+    random state as it was (it used to reseed the caller's generator)."""
+    torch.manual_seed(99)
+    state = torch.random.get_rng_state()
+    a = AdaptNet(3, bottleneck=8, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.rand(10)  # another caller state: the same seed still gives the same weights
+    b = AdaptNet(3, bottleneck=8, seed=5)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(AdaptNet(3, bottleneck=8, seed=6).bottleneck.weight, a.bottleneck.weight)

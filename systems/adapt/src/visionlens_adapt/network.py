@@ -138,14 +138,15 @@ class AdaptNet(nn.Module):
             raise InputError(f"unknown head {head!r}; choose from: {', '.join(HEADS)}")
         if num_classes < 2:
             raise InputError(f"need at least 2 classes, got {num_classes}")
-        torch.manual_seed(seed)
         self.num_classes = num_classes
-        self.backbone, channels = build_backbone(backbone, weights=backbone_weights)
-        self.attention = SAGANAttention(channels, temperature=temperature, learned=learned_attention)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.bottleneck = nn.Linear(channels, bottleneck)
-        self.bn = nn.BatchNorm1d(bottleneck)
-        self.head = SimplexETF(bottleneck, num_classes, seed) if head == "etf" else nn.Linear(bottleneck, num_classes)
+        with torch.random.fork_rng(devices=[]):  # the weights drawn from ``seed``; the caller's random state comes back
+            torch.manual_seed(seed)
+            self.backbone, channels = build_backbone(backbone, weights=backbone_weights)
+            self.attention = SAGANAttention(channels, temperature=temperature, learned=learned_attention)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.bottleneck = nn.Linear(channels, bottleneck)
+            self.bn = nn.BatchNorm1d(bottleneck)
+            self.head = SimplexETF(bottleneck, num_classes, seed) if head == "etf" else nn.Linear(bottleneck, num_classes)
 
     def set_temperature(self, temperature: float) -> None:
         self.attention.temperature = float(temperature)
