@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import assets
@@ -154,13 +156,13 @@ def _cmd_demo(args) -> int:
     from .models import available_models, load_model
     from .pipeline import explain_files, report_section
     from .viz.report import write_report
-    from .io import write_json
-    from .outputs import check_out_dir, recorded_run
+    from .io import versions, write_json
+    from .outputs import check_out_dir, own_files
 
     out = Path(args.out)
     names = available_models("imagenet")
     planned = ["summary.json", "index.html", *names]  # each model's folder is checked again inside
-    older = recorded_run(out / names[0], "summary.json", planned, keys=("model", "images"))  # a demo of 0.1.0
+    older = set(planned) if own_files(out / names[0]) else set()  # a demo of 0.1.0: its model folders mark it
     check_out_dir(out, planned, own=older or None)
     images = sample_images("all")
     sections, models = [], {}
@@ -179,7 +181,8 @@ def _cmd_demo(args) -> int:
         models[name] = {"images": len(summary["images"]), "failures": len(summary["failures"]), "methods": methods,
                         "labelled_correct": correct, "labelled": 20}
     page = write_report(out / "index.html", "visionlens demo: CAM, Grad-CAM and Relevance-CAM on the sample photos", sections)
-    write_json({"models": models, "files": names + (["index.html"] if page is not None else [])}, out / "summary.json")
+    write_json({"models": models, "files": names + (["index.html"] if page is not None else []), "versions": versions()},
+               out / "summary.json")
     if page is not None:
         print(f"open {page}")
     record_summary(args, {"models": models, "page": str(page)})
@@ -783,10 +786,46 @@ def _printable_streams() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``timeout``, ``kill``, a batch scheduler, a closed terminal) during a
+    command: it stops as after Ctrl-C, its partial outputs removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt():
+    """While a command runs in the main thread, SIGTERM and SIGHUP raise :class:`Terminated` there
+    (a forked child process that inherits the handler dies of the signal as before)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def stop(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            previous[getattr(signal, name)] = signal.signal(getattr(signal, name), stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done, 1 some items failed (each reported on one line),
     2 bad input (one line, before any work), 70 an internal error (one line; ``--debug`` shows
-    the traceback), 130 interrupted."""
+    the traceback), 130 interrupted (143 on SIGTERM, 129 on SIGHUP)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _printable_streams()
     debug = "--debug" in argv  # accepted anywhere on the line
@@ -800,13 +839,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error already printed on one line
         return done.code if isinstance(done.code, int) else EXIT_USAGE
     try:
-        with _warnings_as_lines() as args.warnings:
+        with _warnings_as_lines() as args.warnings, _termination_as_interrupt():
             return _run_command(args)
     except VisionlensError as err:
         if debug:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated as stop:
+        print(f"terminated ({signal.Signals(stop.signum).name})", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

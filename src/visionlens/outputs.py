@@ -3,14 +3,17 @@
 Each input gets one stem, stable for the same command line: its file name without the image
 suffix; where inputs share that, the file name with its suffix; where they still do, as many of
 its parent folders as tell them apart (joined by ``__``). Any character outside ASCII letters,
-digits and ``. - _ @ +`` becomes ``_``. Where two inputs would still share an output name,
-or an output would land on an input file, the stems involved get a short hash of the input's
-full path. A run never replaces a file it did not write: into a folder that
+digits and ``. - _ @ +`` becomes ``_``; a stem over 100 characters is cut and gets a hash of the
+whole. Names are told apart without regard to letter case (one file on macOS and Windows disks).
+Where two inputs would still share an output name, or an output would land on an input file, the
+stems involved get a short hash of the input's full path. A run never replaces a file it did not write: into a folder that
 already holds files, it replaces only the outputs listed in that folder's own ``summary.json``
 (an earlier run's) and refuses any other existing file. A one-file output that exists is
 refused unless the user asks for it to be replaced (``--force``). A run writes into a hidden
 folder inside its output folder (:func:`staged_out_dir`) and moves its files out of it only when
-it completes, so an interrupted or failed run leaves the folder as it found it.
+it completes, so an interrupted or failed run leaves the folder as it found it; that move is not
+interrupted by Ctrl-C (which then takes effect after it), and two runs cannot write into one
+folder at once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -29,6 +33,7 @@ from .errors import InputError, display
 
 STAGE_PREFIX = ".visionlens-partial-"  # the hidden folder of a run in progress (never an input)
 LAST = ("summary.json", "index.html")    # moved into place after every file they list
+MAX_STEM = 100                           # longer stems are cut and get a hash of the whole
 _UNSAFE = re.compile(r"[^\w.\-@+]", re.ASCII)
 
 
@@ -38,20 +43,31 @@ def safe_name(text: str) -> str:
     return name or "image"
 
 
+def _shortened(stem: str) -> str:
+    """``stem`` itself up to ``MAX_STEM`` characters, else its start and a hash of all of it (a file
+    name has at most 255 bytes, and outputs add a method and a suffix to the stem)."""
+    if len(stem) <= MAX_STEM:
+        return stem
+    return f"{stem[:MAX_STEM - 9]}-{hashlib.sha1(stem.encode()).hexdigest()[:8]}"
+
+
 def _label(parts: tuple[str, ...], level: int) -> str:
     """Level 0: the file name without suffix; 1: with it; 2 and up: with ``level - 1`` parent folders."""
     name = parts[-1]
     if level == 0:
-        return safe_name(Path(name).stem)
-    return "__".join(safe_name(x) for x in (*parts[max(0, len(parts) - level):-1], name))
+        return _shortened(safe_name(Path(name).stem))
+    return _shortened("__".join(safe_name(x) for x in (*parts[max(0, len(parts) - level):-1], name)))
 
 
 def _shortest_labels(paths: Sequence[Path]) -> list[str]:
+    """Each path's shortest label (see the module docstring) that no other path shares, letter case
+    aside (one file on case-insensitive disks)."""
     parts = [Path(os.path.abspath(p)).parts for p in paths]
     levels = [0] * len(paths)
     while True:
         labels = [_label(p, lv) for p, lv in zip(parts, levels)]
-        shared = [i for i, lab in enumerate(labels) if labels.count(lab) > 1 and levels[i] < len(parts[i])]
+        counts = Counter(lab.casefold() for lab in labels)
+        shared = [i for i, lab in enumerate(labels) if counts[lab.casefold()] > 1 and levels[i] < len(parts[i])]
         if not shared:
             return labels
         for i in shared:
@@ -71,13 +87,14 @@ def unique_stems(paths: Sequence[str | Path], files_of: Callable[[str], Iterable
     stems = _shortest_labels(paths)
     blocked = {os.path.abspath(t) for t in taken}
     for _ in range(3):  # a hash separates any remaining clash (a second round only for hash-on-hash)
-        owners: dict[str, list[int]] = {}
+        owners: dict[str, list[int]] = {}  # by case-folded name: one file on case-insensitive disks
         for i, stem in enumerate(stems):
             for name in files_of(stem):
-                owners.setdefault(name, []).append(i)
+                owners.setdefault(name.casefold(), []).append(i)
         clash = {i for idx in owners.values() if len(set(idx)) > 1 for i in idx}
         if out is not None:
-            clash |= {i for name, idx in owners.items() if os.path.abspath(out / name) in blocked for i in idx}
+            clash |= {i for i, stem in enumerate(stems) for name in files_of(stem)
+                      if os.path.abspath(out / name) in blocked}
         if not clash:
             return stems
         stems = [_hashed(s, paths[i]) if i in clash else s for i, s in enumerate(stems)]
@@ -95,9 +112,9 @@ def file_names(files: dict) -> list[str]:
 
 def own_files(out: Path) -> set[str]:
     """Names an earlier run listed in ``out/summary.json`` (with the summary and page themselves).
-    A ``summary.json`` is a run's only when it lists output files, records visionlens's version or
-    has 0.1.0's model and image list: any other JSON of that name is the user's, and so is the page
-    beside it."""
+    A ``summary.json`` is a run's only when it records visionlens's version (every run's summary
+    has, since 0.1.0): any other JSON of that name is the user's, whatever it lists, and so is the
+    page beside it."""
     try:
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -116,11 +133,10 @@ def own_files(out: Path) -> set[str]:
             for v in value:
                 collect(v, inside)
 
-    collect(summary, False)
     versions = summary.get("versions")
-    legacy = isinstance(summary.get("model"), str) and isinstance(summary.get("images"), list)  # visionlens 0.1.0
-    if not names and not legacy and not (isinstance(versions, dict) and "visionlens" in versions):
+    if not (isinstance(versions, dict) and "visionlens" in versions):
         return set()
+    collect(summary, False)
     return names | {"summary.json", "index.html"}
 
 
@@ -240,19 +256,69 @@ def staged_out_dir(out: Path, earlier: Iterable[str] = ()) -> Iterator[Path]:
     the hidden folder is removed and ``out`` is as it was (removed too if this run created it)."""
     out = Path(out)
     created = make_out_dir(out)
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=STAGE_PREFIX))
+    with _folder_lock(out, created):
+        stage = Path(tempfile.mkdtemp(dir=out, prefix=STAGE_PREFIX))
+        try:
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            remove_if_empty(out, created)
+            raise
+        with signals_deferred():  # the move is short: a Ctrl-C during it would leave two runs mixed
+            written = _publish(stage, out)
+            shutil.rmtree(stage)
+            for name in set(earlier) - written:
+                stale = out / name
+                if stale.resolve().is_relative_to(out.resolve()) and stale.is_file():
+                    stale.unlink()
+
+
+@contextmanager
+def _folder_lock(out: Path, created: bool) -> Iterator[None]:
+    """An exclusive lock on the folder ``out`` (``flock`` on the folder itself: no lock file is
+    left behind) while a run writes into it; a second run into the same folder is refused in one
+    line. Where ``flock`` is missing (Windows), no lock."""
     try:
-        yield stage
-        written = _publish(stage, out)
-        shutil.rmtree(stage)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        remove_if_empty(out, created)
-        raise
-    for name in set(earlier) - written:
-        stale = out / name
-        if stale.resolve().is_relative_to(out.resolve()) and stale.is_file():
-            stale.unlink()
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            remove_if_empty(out, created)
+            raise InputError(f"another visionlens run is writing into {display(out)}; wait for it to finish "
+                             "or choose another --out") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP that arrive during the block take effect when it ends (in the
+    main thread; elsewhere the block runs as it is)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    names = [s for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    previous = {}
+    for name in names:
+        sig = getattr(signal, name)
+        previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
 
 
 def _publish(stage: Path, out: Path) -> set[str]:

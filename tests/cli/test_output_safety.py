@@ -131,7 +131,8 @@ def test_demo_runs_again_into_a_folder_an_older_demo_wrote(tmp_path, small_demo)
     """visionlens 0.1.0's demo wrote no summary.json of its own; its model folders' summaries mark it."""
     out = tmp_path / "demo"
     _plant(out / "index.html")
-    _plant(out / "mobilenet_v2" / "summary.json").write_text('{"model": "mobilenet_v2", "images": []}')
+    _plant(out / "mobilenet_v2" / "summary.json").write_text(
+        '{"model": "mobilenet_v2", "images": [], "versions": {"visionlens": "0.1.0"}}')
     assert main([*small_demo, "--out", str(out)]) == 0
     assert (out / "index.html").read_bytes() != USERS and (out / "summary.json").is_file()
 

@@ -118,11 +118,30 @@ def test_a_newline_in_a_name_stays_on_one_line(tmp_path):
 
 def test_an_image_over_the_pixel_limit_says_to_resize_it(tmp_path, monkeypatch):
     path = _save(tmp_path / "wide.png", _rgb(40, 60))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2,400 pixels: over the limit, under twice it
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2,400 pixels: over twice the limit
     with pytest.raises(ImageLoadError) as info:
         load_image(path)
     text = str(info.value)
-    assert str(path) in text and "decompression-bomb limit of 1,000 pixels" in text and "resize it first" in text
+    assert str(path) in text and "decompression-bomb limit of 2,000 pixels" in text and "resize it first" in text
+
+
+def test_an_image_between_pillows_limit_and_twice_it_loads(tmp_path, monkeypatch):
+    """Pillow warns above 89.5 MP and refuses above twice that; a 108 MP phone photo (12000 x 9000)
+    was refused. As 2,400 pixels under a limit of 1,500: it loads, without a warning."""
+    import warnings
+
+    path = _save(tmp_path / "big.png", _rgb(40, 60))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(path).size == (60, 40)
+
+
+def test_a_float_image_in_eight_bit_units_keeps_its_brightness(tmp_path):
+    """A float TIFF with values 0-255 was divided by 65535 (nearly black)."""
+    arr = np.linspace(0, 255, 2400, dtype=np.float32).reshape(40, 60)
+    img = np.asarray(load_image(_save(tmp_path / "f.tif", Image.fromarray(arr))))
+    assert abs(float(img[..., 0].mean()) - float(arr.mean())) < 1.0
 
 
 def test_a_file_named_twice_is_one_input_in_first_place(tmp_path, monkeypatch):

@@ -303,3 +303,130 @@ def test_a_folder_of_only_outputs_is_refused_with_the_reason(tmp_path, imagenet_
     assert _explain(imagenet_photos[0], "--out", out) == 0
     assert _explain(out, "--out", tmp_path / "again") == 2
     assert "a visionlens run's outputs" in one_error_line(capsys.readouterr().err)
+
+
+# ----- the audit of 2026-12-07: a user's summary.json, SIGTERM, two runs at once, names
+
+
+@pytest.mark.parametrize("summary", ['{"run": 3, "files": ["a.jpg"]}',
+                                     '{"model": "my-resnet", "images": ["a.jpg"], "accuracy": 0.91}'])
+def test_a_users_summary_json_that_lists_their_files_is_not_a_runs(tmp_path, photo, capsys, summary):
+    """A user's summary.json that lists a photo under a key a run also uses ("files"), or has a
+    model and an image list, was read as an earlier run's: the photo was deleted as a stale output
+    and the summary and page replaced. Only a summary that records visionlens's version is a run's."""
+    img = tmp_path / "p.png"
+    photo.save(img)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "a.jpg").write_bytes(b"the user's photo")
+    (out / "summary.json").write_text(summary)
+    (out / "index.html").write_text("<h1>my report</h1>")
+    assert _explain(img, "--out", out) == 2
+    one_error_line(capsys.readouterr().err, "not written by visionlens")
+    assert _files(out) == {"a.jpg": b"the user's photo", "summary.json": summary.encode(),
+                           "index.html": b"<h1>my report</h1>"}
+
+
+def test_sigterm_during_explain_leaves_nothing_behind(tmp_path, photo):
+    """``timeout``, ``kill`` and batch schedulers send SIGTERM: the run stops as after Ctrl-C, exit
+    143, and its hidden folder of partial outputs is removed (it was left behind)."""
+    import subprocess
+    import sys
+
+    for i in range(3):
+        photo.save(tmp_path / f"p{i}.png")
+    out = tmp_path / "o"
+    script = ("import os, signal, sys\n"
+              "import visionlens.pipeline as p\n"
+              "from visionlens.cli import main\n"
+              "write, calls = p._write_image_outputs, []\n"
+              "def terminated(*a, **k):\n"
+              "    calls.append(1)\n"
+              "    if len(calls) == 2:\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    return write(*a, **k)\n"
+              "p._write_image_outputs = terminated\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", script, "explain", str(tmp_path / "p0.png"), str(tmp_path / "p1.png"),
+                           str(tmp_path / "p2.png"), "--method", "cam", "--batch-size", "1", "--out", str(out),
+                           "--quiet", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "terminated (SIGTERM)" and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path):
+    """Two runs into one folder at once mixed their files and left a summary of one of them."""
+    from visionlens.errors import InputError
+    from visionlens.outputs import staged_out_dir
+
+    out = tmp_path / "o"
+    with staged_out_dir(out) as stage:
+        (stage / "a.png").write_text("first run")
+        with pytest.raises(InputError, match="another visionlens run is writing into"):
+            with staged_out_dir(out):
+                pass
+    assert _files(out) == {"a.png": b"first run"}
+    with staged_out_dir(out, earlier={"a.png"}) as stage:  # the lock is gone with the run
+        (stage / "b.png").write_text("second run")
+    assert _files(out) == {"b.png": b"second run"}
+
+
+def test_ctrl_c_while_the_files_move_in_takes_effect_after_the_move(tmp_path, monkeypatch):
+    """Ctrl-C during the move out of the hidden folder left a folder of two runs (the earlier
+    summary beside the new maps); now the move completes, then the interrupt is raised."""
+    import signal
+
+    import visionlens.outputs as outputs
+
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in ("a.png", "b.png", "summary.json"):
+        (out / name).write_text("earlier run")
+    replace, calls = os.replace, []
+
+    def interrupted(src, dst):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), outputs.staged_out_dir(out, earlier={"a.png", "b.png", "summary.json"}) as stage:
+        for name in ("a.png", "b.png", "summary.json"):
+            (stage / name).write_text("this run")
+    assert _files(out) == {"a.png": b"this run", "b.png": b"this run", "summary.json": b"this run"}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_names_that_differ_only_in_case_or_are_very_long_get_their_own_outputs(tmp_path, photo):
+    """``a.jpg`` and ``A.jpg`` wrote ``a.png`` and ``A.png``, one file on macOS and Windows disks;
+    a 240-character name failed after the work ("File name too long")."""
+    stems = unique_stems(["x/a.jpg", "x/A.jpg"], lambda s: [f"{s}.png"])
+    assert len({s.casefold() for s in stems}) == 2
+    long = tmp_path / ("p" * 240 + ".png")
+    photo.save(long)
+    out = tmp_path / "o"
+    assert _explain(long, "--method", "cam", "--out", out) == 0
+    names = [n for n in os.listdir(out) if not n.startswith(".")]
+    assert max(len(n) for n in names) <= 130 and len(_summary(out)["images"]) == 1
+
+
+def test_folders_leave_out_hidden_files_and_follow_linked_sub_folders(tmp_path, photo):
+    """Hidden files (macOS's ``._`` copies, ``.thumbnails``) were explained or failed; a linked
+    album under --recursive and ``.jfif`` photos were dropped without a word."""
+    from visionlens.data.images import image_files
+
+    folder, album = tmp_path / "photos", tmp_path / "album"
+    (folder / ".thumbnails").mkdir(parents=True)
+    album.mkdir()
+    photo.save(folder / "a.jpg")
+    photo.save(folder / "b.jfif", format="JPEG")
+    photo.save(folder / ".thumbnails" / "a.jpg")
+    (folder / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    photo.save(album / "c.png")
+    (folder / "linked").symlink_to(album, target_is_directory=True)
+    (album / "loop").symlink_to(folder, target_is_directory=True)
+    assert [p.name for p in image_files([folder])] == ["a.jpg", "b.jfif"]
+    assert [p.relative_to(folder).as_posix() for p in image_files([folder], recursive=True)] == \
+        ["a.jpg", "b.jfif", "linked/c.png"]

@@ -17,7 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import ImageLoadError, InputError, display
 from ..outputs import STAGE_PREFIX, own_files
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                  *({".avif"} & set(Image.registered_extensions()))}  # AVIF where this Pillow decodes it
 
 
 def _to_rgb_uint8(img: Image.Image, where: str) -> Image.Image:
@@ -30,6 +31,8 @@ def _to_rgb_uint8(img: Image.Image, where: str) -> Image.Image:
             scale = 65535.0
         elif mode == "F" and arr.max(initial=0.0) <= 1.0:
             scale = 1.0
+        elif mode == "F" and arr.max(initial=0.0) <= 255.0:  # a float image in 8-bit units
+            scale = 255.0
         else:
             scale = 65535.0 if arr.max(initial=0.0) <= 65535 else float(arr.max())
         arr = np.clip(arr / scale, 0.0, 1.0)
@@ -58,8 +61,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     if p.stat().st_size == 0:
         raise ImageLoadError(f"{where}: file is empty (0 bytes); not an image")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():  # up to twice Pillow's limit (179 MP: a 108 MP phone photo) decodes
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p) as img:
                 img.seek(0)
                 img.load()
@@ -69,8 +72,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise
     except UnidentifiedImageError:
         raise ImageLoadError(f"{where}: not a readable image (unknown format or corrupt header)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        limit = f" of {Image.MAX_IMAGE_PIXELS:,} pixels" if Image.MAX_IMAGE_PIXELS else ""
+    except Image.DecompressionBombError:
+        limit = f" of {2 * Image.MAX_IMAGE_PIXELS:,} pixels" if Image.MAX_IMAGE_PIXELS else ""
         raise ImageLoadError(f"{where}: image is too large to decode safely (over Pillow's decompression-bomb "
                              f"limit{limit}); resize it first") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
@@ -115,9 +118,24 @@ def written_by_visionlens(files: list[Path]) -> set[str]:
     return written | {os.path.realpath(f) for f in files if any(part.startswith(STAGE_PREFIX) for part in f.parts)}
 
 
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    """The image files (by suffix) in ``folder``, sorted; hidden files and folders (a leading dot:
+    ``.thumbnails``, macOS's ``._IMG_1.jpg`` copies, a run's partial outputs) are left out. With
+    ``recursive`` also those of its sub-folders, a linked sub-folder followed once."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive and real not in seen else []
+        if real in seen:
+            continue
+        seen.add(real)
+        found += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(p for p in found if p.is_file())
+
+
 def image_files(paths, recursive: bool = False) -> list[Path]:
     """The images named by ``paths``: a file as given, a folder as its image files (by suffix,
-    sorted; with ``recursive`` also those in sub-folders), each file once (``a.jpg ./a.jpg`` and a
+    sorted, hidden files left out; with ``recursive`` also those in sub-folders), each file once (``a.jpg ./a.jpg`` and a
     file also in a given folder count once, first place kept). A path that does not exist or is
     not a regular file, and a folder without images, are an :class:`InputError`. A folder's files
     that a visionlens run wrote (listed in the ``summary.json`` beside them) are not inputs: the same
@@ -128,8 +146,7 @@ def image_files(paths, recursive: bool = False) -> list[Path]:
             _check_file(given)
             found.append(given)
             continue
-        pattern = given.rglob("*") if recursive else given.iterdir()
-        images = sorted(p for p in pattern if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        images = _folder_images(given, recursive)
         written = written_by_visionlens(images)
         if images and all(os.path.realpath(p) in written for p in images):
             raise InputError(f"{display(given)}: its images are a visionlens run's outputs (listed in its summary.json), "
