@@ -48,7 +48,7 @@ def pick_photos(names: list[str]) -> list[Path]:
 def explain_row(model, path: Path, cmap: str | None = None) -> tuple[str, list[Image.Image]]:
     """The model's view of one photo followed by one overlay per method, with the predicted class."""
     view = model.preprocess.view(load_image(path))
-    x = model.preprocess(view)[None]
+    x = model.preprocess.normalize(view)[None]  # the view is already resized and cropped
     tiles, label = [view], ""
     for _, method, layer in METHODS:
         exp = method(model.module, layer=layer or model.layer)(x)

@@ -81,7 +81,14 @@ def test_quick_start_runs_as_written(tmp_path, monkeypatch, mobilenet, all_photo
     blocks = code_blocks(readme_text(), "python")
     assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)
-    exec(compile(blocks[0], "README.md quick start", "exec"), {"__name__": "readme_quick_start"})
+    namespace = {"__name__": "readme_quick_start"}
+    exec(compile(blocks[0], "README.md quick start", "exec"), namespace)
+    import visionlens
+    from visionlens.data import sample_images
+
+    # the map of the file as `visionlens explain` computes it (the quick start once preprocessed twice)
+    cli = visionlens.explain([sample_images("skimage")[0]], mobilenet, "gradcam")
+    np.testing.assert_allclose(namespace["exp"].maps.numpy(), cli.maps.numpy(), atol=1e-4)
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ["chelsea.gradcam.png"]
     from PIL import Image
