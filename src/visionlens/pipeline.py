@@ -325,16 +325,21 @@ def _image_arrays(results: dict, i: int) -> tuple[dict, dict, dict]:
 
 
 def _prediction_record(model: ZooModel, results: dict, i: int) -> dict:
-    first = next(iter(results.values()))
+    scores = {m: float(r.scores[i]) for m, r in results.items()}
+    labelled = [r for r in results.values() if r.targets is not None]  # rollout on an embedding names no class
+    if not labelled:
+        return {"predicted": None, "predicted_name": None, "probability": None, "target": None, "target_name": None,
+                "target_probability": None, "scores": scores}
+    first = labelled[0]
     probs = first.probabilities[i].cpu()
     pred = int(first.predictions[i])
-    targets = list(dict.fromkeys(int(r.targets[i]) for r in results.values()))  # the classes explained, in order
+    targets = list(dict.fromkeys(int(r.targets[i]) for r in labelled))  # the classes explained, in order
     shown = targets[0] if len(targets) == 1 else targets
     return {
         "predicted": pred, "predicted_name": model.class_name(pred), "probability": float(probs[pred]),
         "target": shown, "target_name": _per_class(targets, model.class_name),
         "target_probability": _per_class(targets, lambda t: float(probs[t])),
-        "scores": {m: float(r.scores[i]) for m, r in results.items()},
+        "scores": scores,
     }
 
 
@@ -349,8 +354,9 @@ def report_section(summary: dict, base: str, cmap: str | None = None) -> dict:
     layers = ", ".join(method_heading(m, summary["layer"][m]) for m in keys)
     rows = [{
         "file": r["file"], "view": r["view"], "overlays": r["overlays"],
-        "predicted": f"{r['predicted_name']} ({r['predicted']})", "probability": r["probability"],
-        "target": _explained(r), "flows": r.get("flows", {}), **true_label(r),
+        "predicted": f"{r['predicted_name']} ({r['predicted']})" if r["predicted"] is not None else "none (an embedding)",
+        "probability": r["probability"],
+        "target": _explained(r), "flows": r.get("flows", {}), **(true_label(r) if r["predicted"] is not None else {}),
     } for r in summary["images"]]
     return {"title": f"{summary['model']} — {layers}", "methods": keys, "rows": rows,
             "failures": summary["failures"], "base": base, "cmap": cmap,
@@ -358,6 +364,8 @@ def report_section(summary: dict, base: str, cmap: str | None = None) -> dict:
 
 
 def _explained(row: dict) -> str:
+    if row["target"] is None:
+        return "no class (the model outputs an embedding)"
     if isinstance(row["target"], list):
         return ", ".join(f"{n} ({t})" for n, t in zip(row["target_name"], row["target"]))
     return f"{row['target_name']} ({row['target']})"

@@ -6,12 +6,13 @@ Face ``ViTModel``/``ViTForImageClassification`` and ``Dinov2Model``/``Dinov2ForI
 project's ``WorldViT`` or DINO's ViT).
 
 :class:`AttentionRecorder` recomputes every block's attention explicitly,
-``A^h = softmax(q_norm(Q^h) k_norm(K^h)^T * scale)``, whatever kernel the model uses (fused SDPA
-included), and replaces the attention output by the identical recomputation
+``A^h = softmax(q_norm(Q^h) k_norm(K^h)^T * scale + B^h)``, whatever kernel the model uses (fused
+SDPA included; ``B``: an additive bias such as BEiT's relative position bias, timm's or Hugging
+Face's, with timm BEiT's separate ``q_bias``/``v_bias`` in ``Q`` and ``V``), and replaces the attention output by the identical recomputation
 ``proj(concat_h(A^h V^h))``, so that the projection input ``U`` of every block is an autograd
 node and its [class] row can be decomposed over the source tokens. The recomputation is checked
-against the module's own output on every call; a variant it does not reproduce (masks, RoPE, ...)
-stops with a :class:`LayerError` instead of giving silently wrong maps.
+against the module's own output on every call (to 1e-5 in float32); a variant it does not
+reproduce (boolean masks, RoPE, ...) stops with a :class:`LayerError` instead of giving silently wrong maps.
 
 Swin Transformers (timm and Hugging Face, :class:`SwinAdapter`) are recognised for their token
 layers only (reshaped to each stage's grid): they have no [class] token and attend within
@@ -60,17 +61,42 @@ class ViTAdapter:
 
     # -- geometry -------------------------------------------------------------------------------
     def grid(self, size: tuple[int, int]) -> tuple[int, int]:
-        """Patch grid ``(h, w)`` for an input of spatial ``size`` (from the patch convolution)."""
+        """Patch grid ``(h, w)`` for an input of spatial ``size`` (from the patch convolution; a
+        timm ``dynamic_img_pad`` model pads the input to whole patches)."""
         conv = self.patch_embed
         out = []
         for i, n in enumerate(size):
             k, s, p = conv.kernel_size[i], conv.stride[i], conv.padding[i] if isinstance(conv.padding, tuple) else 0
-            out.append((int(n) + 2 * p - k) // s + 1)
+            out.append(-(-int(n) // s) if self.notes.get("pad") else (int(n) + 2 * p - k) // s + 1)
         return out[0], out[1]
 
+    def resize(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Bilinear resize of ``(B, L, h, w)`` patch-grid maps to the image ``size``; a padded grid
+        (timm ``dynamic_img_pad``: padding right and bottom) is resized to the padded image, then cropped."""
+        size = tuple(int(n) for n in size)
+        if not self.notes.get("pad") or tuple(maps.shape[-2:]) != self.grid(size):
+            return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        (h, w), (sh, sw) = maps.shape[-2:], self.patch_embed.stride
+        return F.interpolate(maps, size=(h * sh, w * sw), mode="bilinear", align_corners=False)[..., :size[0], :size[1]]
+
+    def normalize(self, raw: torch.Tensor, size: tuple[int, int], relu: bool = True) -> torch.Tensor:
+        """:func:`~visionlens.core.result.normalize_maps` of ``(B, h, w)`` maps, a padded grid cropped
+        to the image first (see :meth:`resize`)."""
+        from .result import normalize_maps
+
+        if self.notes.get("pad") and tuple(raw.shape[-2:]) == self.grid(size):
+            raw = self.resize((raw.float().clamp_min(0) if relu else raw.float())[:, None], size)[:, 0]
+        return normalize_maps(raw, size, relu=relu)
+
     def check_input(self, x: torch.Tensor) -> None:
-        """One-line :class:`InputError` when ``x``'s size does not fit the model's fixed patch grid."""
+        """One-line :class:`InputError` when ``x``'s channels or size do not fit the model (a fixed
+        patch grid, or timm's ``dynamic_img_size`` without padding: whole patches)."""
         h, w = x.shape[-2:]
+        c = self.patch_embed.in_channels
+        if x.dim() == 4 and x.shape[1] != c and x.shape[-1] == c:  # before the size: its message would mislead
+            raise InputError(f"the input has {x.shape[1]} channels but a convolution of the model takes {c}; give "
+                             f"the model {c}-channel images; the batch looks channels-last (B, H, W, C): give "
+                             "x.permute(0, 3, 1, 2)")
         if self.input_size is not None and (h, w) != tuple(self.input_size):
             eh, ew = self.input_size
             raise InputError(
@@ -80,6 +106,10 @@ class ViTAdapter:
         kh, kw = self.patch_embed.kernel_size
         if h < kh or w < kw:
             raise InputError(f"input {h}x{w} is smaller than one {kh}x{kw} patch of {type(self.model).__name__}")
+        if self.notes.get("whole_patches") and (h % kh or w % kw):
+            fit = f"{max(kh, round(h / kh) * kh)}x{max(kw, round(w / kw) * kw)}"
+            raise InputError(f"{type(self.model).__name__} takes inputs of whole {kh}x{kw} patches, got {h}x{w}; "
+                             f"resize the images to a multiple of {kh}x{kw}, e.g. {fit}")
 
     def prefix_tokens(self, num_tokens: int, grid: tuple[int, int]) -> int:
         """Number of non-patch tokens ([class], distillation, registers) in a sequence of
@@ -104,7 +134,7 @@ class ViTAdapter:
         a, (b, n, _) = block.attn, x.shape
         if block.kind == "qkv":
             heads = a.num_heads
-            qkv = a.qkv(x)
+            qkv = a.qkv(x) if getattr(a, "q_bias", None) is None else _biased_qkv(a, x)
             d = qkv.shape[-1] // (3 * heads)
             q, k, v = qkv.reshape(b, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
             if isinstance(getattr(a, "q_norm", None), nn.Module):
@@ -154,16 +184,45 @@ class ViTAdapter:
                 raise LayerError(f"block '{block.name}': nn.MultiheadAttention must use batch_first=True")
             return q
         x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
-        mask = args[1] if len(args) > 1 else kwargs.get("attn_mask", kwargs.get("attention_mask"))
-        if mask is not None or kwargs.get("is_causal"):
-            raise LayerError(f"block '{block.name}': attention masks are not supported")
+        mask = _mask_of(args, kwargs)
+        if kwargs.get("is_causal") or (mask is not None and not (torch.is_tensor(mask) and mask.is_floating_point())):
+            raise LayerError(f"block '{block.name}': boolean or causal attention masks are not supported")
         return x
+
+    def logit_bias(self, block: ViTBlock, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """The additive term on ``block``'s attention logits ``Q K^T * scale``, or None: a float
+        attention mask (Hugging Face BEiT passes its relative position bias so) and timm BEiT's
+        relative position bias (its own table and a shared one)."""
+        if block.kind == "mha":
+            return None
+        terms = [_mask_of(args, kwargs)]
+        if block.kind == "qkv":
+            a = block.attn
+            if getattr(a, "relative_position_bias_table", None) is not None and hasattr(a, "_get_rel_pos_bias"):
+                terms.append(a._get_rel_pos_bias())
+            terms.append(args[2] if len(args) > 2 else kwargs.get("shared_rel_pos_bias"))
+        terms = [t for t in terms if t is not None]
+        return sum(terms[1:], terms[0]) if terms else None
 
     def wrap(self, block: ViTBlock, original, new: torch.Tensor):
         """``new`` in the structure of the module's original output (tuple outputs kept)."""
         if isinstance(original, tuple):
             return (new,) + tuple(original[1:])
         return new
+
+
+def _mask_of(args: tuple, kwargs: dict):
+    """The attention mask of an attention call (second argument, ``attn_mask`` or ``attention_mask``)."""
+    return args[1] if len(args) > 1 else kwargs.get("attn_mask", kwargs.get("attention_mask"))
+
+
+def _biased_qkv(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm BEiT's ``qkv`` with its separate ``q_bias``, ``k_bias`` (zeros) and ``v_bias``."""
+    bias = torch.cat((attn.q_bias, attn.k_bias if attn.k_bias is not None else torch.zeros_like(attn.q_bias),
+                      attn.v_bias))
+    if getattr(attn, "qkv_bias_separate", False):
+        return attn.qkv(x) + bias
+    return F.linear(x, attn.qkv.weight, bias)
 
 
 def _linear_qkv(attn: nn.Module) -> bool:
@@ -176,6 +235,14 @@ def _first_patch_conv(model: nn.Module) -> nn.Conv2d | None:
         if isinstance(m, nn.Conv2d) and m.kernel_size == m.stride and m.kernel_size[0] > 1:
             return m
     return None
+
+
+def _timm_patching(pe) -> dict:
+    """How a timm ``PatchEmbed`` takes sizes: ``pad`` (``dynamic_img_pad``: padded to whole
+    patches) or ``whole_patches`` (a free size must be a multiple of the patch)."""
+    pad = bool(getattr(pe, "dynamic_img_pad", False))
+    free = getattr(pe, "img_size", None) is not None and not getattr(pe, "strict_img_size", True)
+    return {"pad": pad, "whole_patches": free and not pad}
 
 
 def find_vit(model: nn.Module) -> ViTAdapter:
@@ -223,11 +290,27 @@ def find_vit(model: nn.Module) -> ViTAdapter:
                 size = (pe.grid_size[0] * conv.stride[0], pe.grid_size[1] * conv.stride[1])
         pool = getattr(model, "global_pool", None)  # timm: "token" reads the [class] token, "avg" the patch mean
         reads_cls = has_cls and not (isinstance(pool, str) and pool not in ("token", ""))
-        return ViTAdapter(model, "timm", name_of(container), blocks, conv, int(prefix), reads_cls, size)
+        return ViTAdapter(model, "timm", name_of(container), blocks, conv, int(prefix), reads_cls, size,
+                          _timm_patching(pe))
     raise LayerError(
         f"{type(model).__name__} is not a recognised Vision Transformer (timm ViT/DeiT, torchvision VisionTransformer, "
         "Hugging Face ViT or DINOv2, or a model with blocks[i].attn.qkv); use a CNN method such as gradcam"
     )
+
+
+HF_HEADS = ("classifier", "cls_classifier")
+"""Attributes holding a Hugging Face ViT's classifier (``cls_classifier``: distilled DeiT's, whose
+logits are the mean of it and its ``distillation_classifier``)."""
+
+
+def is_headless(model: nn.Module, adapter: ViTAdapter) -> bool:
+    """Whether the model outputs an embedding (no classifier head) rather than class logits."""
+    if adapter.family == "huggingface":
+        return not any(isinstance(getattr(model, name, None), nn.Module) for name in HF_HEADS)
+    if adapter.family == "torchvision":
+        return False
+    head = getattr(model, "head", None)
+    return isinstance(head, nn.Identity) or getattr(model, "num_classes", None) == 0
 
 
 def recognised_vit(model: nn.Module) -> ViTAdapter | None:
@@ -381,17 +464,17 @@ def model_output(output) -> torch.Tensor:
     (``(features, logits)``) is an :class:`AmbiguousOutputError`: which one holds the scores?"""
     if torch.is_tensor(output):
         return output
-    if isinstance(output, dict) and not hasattr(output, "logits"):
+    if torch.is_tensor(getattr(output, "logits", None)):
+        return output.logits
+    if torch.is_tensor(getattr(output, "last_hidden_state", None)):  # before the dict case: a ModelOutput is a dict
+        return output.last_hidden_state[:, 0]
+    if isinstance(output, dict):
         for key in ("out", "logits"):
             if torch.is_tensor(output.get(key)):
                 return output[key]
         tensors = [value for value in output.values() if torch.is_tensor(value)]
         if len(tensors) == 1:
             return tensors[0]
-    if torch.is_tensor(getattr(output, "logits", None)):
-        return output.logits
-    if torch.is_tensor(getattr(output, "last_hidden_state", None)):
-        return output.last_hidden_state[:, 0]
     if isinstance(output, (tuple, list)):
         tensors = [value for value in output if torch.is_tensor(value)]
         if len(tensors) == 1:
@@ -428,6 +511,23 @@ def finite_model_output(output) -> torch.Tensor:
     return scores
 
 
+def recompute_tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of the check of a recomputed attention against the module's output:
+    1e-5 with full-precision float32 or float64 matmuls (a missed bias or mask shows), else 1e-3."""
+    full = dtype in (torch.float32, torch.float64) and torch.get_float32_matmul_precision() == "highest"
+    return 1e-5 if full else 1e-3
+
+
+def check_recomputed(block: ViTBlock, module: nn.Module, new: torch.Tensor, original: torch.Tensor,
+                     tolerance: float | None, method: str = "") -> None:
+    """A :class:`LayerError` when the recomputed attention output ``new`` is not the module's ``original``."""
+    err = float((new.detach() - original.detach()).abs().max())
+    tolerance = recompute_tolerance(original.dtype) if tolerance is None else tolerance
+    if err > tolerance * (1.0 + float(original.detach().abs().max())):
+        raise LayerError(f"block '{block.name}': recomputed attention differs from the module's output by {err:.2e}; "
+                         f"this {type(module).__name__} variant is not supported{method}")
+
+
 @dataclass
 class BlockRecord:
     """What :class:`AttentionRecorder` keeps per block: the projection input ``u`` (``(B, N, C)``,
@@ -446,7 +546,7 @@ class AttentionRecorder:
     switched on at the first block (the caller runs the forward under ``torch.no_grad()``), so
     ``torch.autograd.grad(score, [r.u for r in records])`` gives every block's ``dy/dU``."""
 
-    def __init__(self, adapter: ViTAdapter, grad: bool = False, tolerance: float = 1e-3):
+    def __init__(self, adapter: ViTAdapter, grad: bool = False, tolerance: float | None = None):
         self.adapter = adapter
         self.grad = grad
         self.tolerance = tolerance
@@ -459,20 +559,16 @@ class AttentionRecorder:
             if self.grad and not torch.is_grad_enabled():
                 torch.set_grad_enabled(True)  # restored by the caller's no_grad() exit
             q, k, v, scale = self.adapter.qkv(block, x)
-            attn = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            logits = (q * scale) @ k.transpose(-2, -1)
+            bias = self.adapter.logit_bias(block, args, kwargs)
+            attn = (logits if bias is None else logits + bias).softmax(dim=-1)
             heads = attn @ v
             b, h, n, d = heads.shape
             u = heads.transpose(1, 2).reshape(b, n, h * d)
             if self.grad and not u.requires_grad:
                 u = u.detach().requires_grad_(True)
             new = self.adapter.project(block, x, u)
-            original = output[0] if isinstance(output, tuple) else output
-            err = float((new.detach() - original.detach()).abs().max())
-            if err > self.tolerance * (1.0 + float(original.detach().abs().max())):
-                raise LayerError(
-                    f"block '{block.name}': recomputed attention differs from the module's output by {err:.2e}; "
-                    f"this {type(module).__name__} variant is not supported"
-                )
+            check_recomputed(block, module, new, output[0] if isinstance(output, tuple) else output, self.tolerance)
             with torch.no_grad():
                 features = (attn[:, :, 0, :, None] * v).transpose(1, 2).reshape(b, n, h * d)
             self.records[block.index] = BlockRecord(u, attn.detach(), features)

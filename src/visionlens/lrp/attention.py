@@ -29,8 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.vit import ViTAdapter, ViTBlock
-from ..errors import LayerError
+from ..core.vit import ViTAdapter, ViTBlock, check_recomputed
 
 # elementwise activations that get the identity rule (by class; Hugging Face and timm by module path)
 ACTIVATIONS = (nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Mish,
@@ -68,15 +67,18 @@ def layer_norm_rule(module: nn.LayerNorm, x: torch.Tensor, y: torch.Tensor) -> t
     return with_gradient(y, linear)
 
 
-def attention_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, variant: str) -> torch.Tensor:
-    """``softmax(q k^T * scale) v`` for ``(B, heads, N, d)`` tensors, with AttnLRP's gradients:
-    uniform rule on both products, gradient of the softmax as is (its linearisation rule); CP-LRP:
-    the attention is a constant."""
+def attention_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, variant: str,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(q k^T * scale + bias) v`` for ``(B, heads, N, d)`` tensors (``bias``: an additive
+    term on the logits, e.g. a relative position bias), with AttnLRP's gradients: uniform rule on
+    both products, gradient of the softmax as is (its linearisation rule); CP-LRP: the attention is
+    a constant."""
     if variant == "cp":
-        attn = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1).detach()
+        scores = (q * scale) @ k.transpose(-2, -1)
+        attn = (scores if bias is None else scores + bias).softmax(dim=-1).detach()
         return attn @ v
     scores = (uniform_rule(q) * scale) @ uniform_rule(k).transpose(-2, -1)
-    attn = scores.softmax(dim=-1)
+    attn = (scores if bias is None else scores + bias).softmax(dim=-1)
     return uniform_rule(attn) @ uniform_rule(v)
 
 
@@ -91,9 +93,10 @@ class AttnLRPRules:
 
     ``variant``: ``"attnlrp"`` (the paper's rules) or ``"cp"`` (CP-LRP attention, the rest AttnLRP).
     Every attention recomputation is checked against the module's own output (``tolerance``,
-    relative to the output's largest magnitude)."""
+    relative to the output's largest magnitude; ``None``: by dtype, see
+    :func:`~visionlens.core.vit.recompute_tolerance`)."""
 
-    def __init__(self, adapter: ViTAdapter, variant: str = "attnlrp", tolerance: float = 1e-3):
+    def __init__(self, adapter: ViTAdapter, variant: str = "attnlrp", tolerance: float | None = None):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.adapter = adapter
@@ -105,14 +108,11 @@ class AttnLRPRules:
         def hook(module, args, kwargs, output):
             x = self.adapter.input_of(block, args, kwargs)
             q, k, v, scale = self.adapter.qkv(block, x)
-            heads = attention_rule(q, k, v, scale, self.variant)
+            heads = attention_rule(q, k, v, scale, self.variant, self.adapter.logit_bias(block, args, kwargs))
             b, h, n, d = heads.shape
             new = self.adapter.project(block, x, heads.transpose(1, 2).reshape(b, n, h * d))
             original = output[0] if isinstance(output, tuple) else output
-            err = float((new.detach() - original.detach()).abs().max())
-            if err > self.tolerance * (1.0 + float(original.detach().abs().max())):
-                raise LayerError(f"block '{block.name}': recomputed attention differs from the module's output by "
-                                 f"{err:.2e}; this {type(module).__name__} variant is not supported by attnlrp")
+            check_recomputed(block, module, new, original, self.tolerance, " by attnlrp")
             return self.adapter.wrap(block, output, with_gradient(original, new))
 
         return hook

@@ -20,11 +20,10 @@ from torch import nn
 
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import finite_model_output
+from ..core.vit import finite_model_output, is_headless
 from ..errors import InputError, LayerError
 from ..lrp.attention import VARIANTS, AttnLRPRules
 from .base import ViTFlowMethod
-from .chefer import is_headless
 
 PLACES = ("patches", "pixels")
 
@@ -55,7 +54,7 @@ class AttnLRP(ViTFlowMethod):
         if variant not in VARIANTS:
             raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         self.at, self.variant = at, variant
-        self.headless = is_headless(model, self.adapter)
+        self.headless = is_headless(self.model, self.adapter)
 
     @property
     def layer(self) -> str:
@@ -87,7 +86,8 @@ class AttnLRP(ViTFlowMethod):
 
     def flow_explanation(self, x: torch.Tensor, terms) -> Explanation:
         relevance, targets, logits = terms
-        maps = normalize_maps(relevance, x.shape[-2:], relu=True)
+        normalize = normalize_maps if self.at == "pixels" else self.adapter.normalize
+        maps = normalize(relevance, x.shape[-2:], relu=True)
         indices = targets.indices.detach() if targets.indices is not None else None
         return Explanation(maps=maps, raw=relevance, targets=indices, scores=targets.scores, logits=logits,
                            method=self.name, layer=self.layer)

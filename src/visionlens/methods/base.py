@@ -429,8 +429,10 @@ def _explain_many(methods, model, x, target) -> dict[str, Explanation]:
         raws = [m.combine(w.detach().to(dtype), activation.to(dtype)) for m, w in zip(methods, weights)]
     indices = None if targets.indices is None else targets.indices.detach()
     results = {}
+    vit = recognised_vit(model) if name in capture.transforms else None  # a padded ViT grid is cropped
+    normalize = vit.normalize if vit is not None else normalize_maps
     for m, raw in zip(methods, raws):
-        maps = normalize_maps(raw, x.shape[-2:], relu=m.relu)
+        maps = normalize(raw, x.shape[-2:], relu=m.relu)
         if several:
             raw = raw.view(x.shape[0], per_image, *raw.shape[1:])
             maps = maps.view(x.shape[0], per_image, *maps.shape[1:])

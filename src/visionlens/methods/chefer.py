@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core.result import Explanation, normalize_maps
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import AttentionRecorder, ViTAdapter, finite_model_output
+from ..core.vit import AttentionRecorder, ViTAdapter, finite_model_output, is_headless
 from ..errors import InputError, LayerError
 from .base import ViTFlowMethod
 
@@ -54,22 +54,14 @@ def attention_gradient(values: torch.Tensor, grad_u: torch.Tensor) -> torch.Tens
     return g.float() @ values.float().transpose(-2, -1)
 
 
-def is_headless(model: nn.Module, adapter: ViTAdapter) -> bool:
-    """Whether the model outputs an embedding (no classifier head) rather than class logits."""
-    if adapter.family == "huggingface":
-        return not isinstance(getattr(model, "classifier", None), nn.Module)
-    if adapter.family == "torchvision":
-        return False
-    head = getattr(model, "head", None)
-    return isinstance(head, nn.Identity) or getattr(model, "num_classes", None) == 0
-
-
 def flow_result(name: str, layer: str, x: torch.Tensor, flow_raw: torch.Tensor, targets: ClassTargets,
-                logits: torch.Tensor) -> Explanation:
+                logits: torch.Tensor, adapter: ViTAdapter | None = None) -> Explanation:
     """The :class:`Explanation` of a per-block flow ``flow_raw`` ``(B, L, h, w)``: every block's
-    map bilinear-resized to the input and min-max normalised; ``maps`` is the last block's."""
+    map bilinear-resized to the input (a padded grid cropped, :meth:`ViTAdapter.normalize`) and min-max
+    normalised; ``maps`` is the last block's."""
     b, blocks = flow_raw.shape[:2]
-    flow = normalize_maps(flow_raw.reshape(b * blocks, *flow_raw.shape[2:]), x.shape[-2:], relu=False)
+    normalize = adapter.normalize if adapter is not None else normalize_maps
+    flow = normalize(flow_raw.reshape(b * blocks, *flow_raw.shape[2:]), x.shape[-2:], relu=False)
     flow = flow.reshape(b, blocks, *x.shape[-2:])
     indices = targets.indices.detach() if targets.indices is not None else None
     return Explanation(maps=flow[:, -1], raw=flow_raw[:, -1], targets=indices, scores=targets.scores.detach(),
@@ -86,7 +78,7 @@ class CheferRollout(ViTFlowMethod):
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None):
         super().__init__(model, layer)
-        self.headless = is_headless(model, self.adapter)
+        self.headless = is_headless(self.model, self.adapter)
 
     def compute_terms(self, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, ClassTargets, torch.Tensor]:
         """``(flow_raw (B, L, h, w), targets, logits)``: the [class] row of ``R_b`` after each block."""
@@ -119,4 +111,4 @@ class CheferRollout(ViTFlowMethod):
 
     def flow_explanation(self, x: torch.Tensor, terms) -> Explanation:
         flow_raw, targets, logits = terms
-        return flow_result(self.name, self.layer, x, flow_raw, targets, logits)
+        return flow_result(self.name, self.layer, x, flow_raw, targets, logits, self.adapter)

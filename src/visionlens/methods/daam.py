@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_number
 from ..core.memory_bank import MemoryBank, knn_vote
 from ..core.result import Explanation
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import AttentionRecorder, finite_model_output
+from ..core.vit import AttentionRecorder, finite_model_output, is_headless
 from ..errors import InputError, LayerError
 from .base import ViTFlowMethod
 
@@ -114,13 +115,6 @@ def display_maps(acc: torch.Tensor, nonlinear: bool = True, alpha: float = 5.0) 
     return (img * ratio).clamp(0, 1)
 
 
-def _headless(model: nn.Module, family: str) -> bool:
-    if family == "huggingface":
-        return not hasattr(model, "classifier")
-    head = getattr(model, "head", None)
-    return isinstance(head, nn.Identity) or getattr(model, "num_classes", None) == 0
-
-
 class DAAM(ViTFlowMethod):
     """``DAAM(model, bank=None)(x, target=None) -> Explanation`` with ``flow`` ``(B, L, H, W)``.
 
@@ -128,7 +122,8 @@ class DAAM(ViTFlowMethod):
     :class:`MemoryBank` or a file written by ``visionlens bank``) or ``"auto"`` (self-supervised
     when a bank is given). ``nonlinear`` picks the display mapping; ``block_norm`` min-max
     normalises each block map before accumulation (the reference's ``--norm``, off by default).
-    ``layer`` may name the block container (e.g. ``blocks``); DAAM always uses every block.
+    ``alpha`` (> 0) is the non-linear display's sigmoid slope (5 in the paper). ``layer`` may name the block
+    container (e.g. ``blocks``); DAAM always uses every block.
     """
 
     name = "daam"
@@ -146,9 +141,10 @@ class DAAM(ViTFlowMethod):
         if self.mode == "self-supervised" and self.bank is None:
             raise InputError("self-supervised DAAM needs a k-NN memory bank: build one with "
                              "`visionlens bank --model MODEL --out bank.pt` and pass bank='bank.pt' (CLI: --bank bank.pt)")
-        if self.mode == "supervised" and _headless(model, self.adapter.family):
+        if self.mode == "supervised" and is_headless(self.model, self.adapter):
             raise InputError(f"{type(model).__name__} outputs an embedding (no classifier head): DAAM needs a k-NN memory "
                              "bank for it; build one with `visionlens bank --model MODEL --out bank.pt` and pass --bank bank.pt")
+        alpha = check_number("alpha", alpha, above=0)
         self.k, self.temperature, self.nonlinear, self.alpha, self.block_norm = k, temperature, nonlinear, alpha, block_norm
 
     def compute_terms(self, x: torch.Tensor, target: Target) -> DAAMTerms:
@@ -184,7 +180,7 @@ class DAAM(ViTFlowMethod):
 
     def flow_explanation(self, x: torch.Tensor, t: DAAMTerms) -> Explanation:
         flow = display_maps(t.accumulated, self.nonlinear, self.alpha)
-        flow = F.interpolate(flow, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False).clamp(0, 1)
+        flow = self.adapter.resize(flow, tuple(x.shape[-2:])).clamp(0, 1)
         return Explanation(
             maps=flow[:, -1], raw=t.accumulated[:, -1], targets=t.targets.indices, scores=t.targets.scores,
             logits=t.logits, method=self.name, layer=self.layer, flow=flow, flow_raw=t.accumulated,

@@ -25,10 +25,10 @@ from torch import nn
 
 from ..core.result import Explanation
 from ..core.targets import ClassTargets, Target, resolve_targets
-from ..core.vit import AttentionRecorder, BlockRecord, ViTAdapter, finite_model_output
+from ..core.vit import AttentionRecorder, BlockRecord, ViTAdapter, finite_model_output, is_headless
 from ..errors import InputError, LayerError
 from .base import ViTFlowMethod
-from .chefer import ValueTap, attention_gradient, flow_result, is_headless
+from .chefer import ValueTap, attention_gradient, flow_result
 
 
 def _apply(modules: list[nn.Module | None], t: torch.Tensor) -> torch.Tensor:
@@ -38,12 +38,30 @@ def _apply(modules: list[nn.Module | None], t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+class _MeanOfHeads(nn.Module):
+    """Distilled DeiT's logits: the mean of its [class] and distillation heads."""
+
+    def __init__(self, *heads: nn.Module):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return sum(h(t) for h in self.heads) / len(self.heads)
+
+
+def _hf_head(model: nn.Module) -> nn.Module:
+    """A Hugging Face ViT's classifier (distilled DeiT's two heads averaged, as its logits are)."""
+    if isinstance(getattr(model, "cls_classifier", None), nn.Module):
+        return _MeanOfHeads(model.cls_classifier, model.distillation_classifier)
+    return model.classifier
+
+
 def block_scorer(model: nn.Module, adapter: ViTAdapter) -> Callable[[torch.Tensor], torch.Tensor]:
     """``tokens (B, N, C) -> logits (B, K)``: the model's final norm and classifier on the token mean."""
     if adapter.family == "torchvision":
         tail = [model.encoder.ln, model.heads]
     elif adapter.family == "huggingface":
-        head = model.classifier
+        head = _hf_head(model)
         width = getattr(getattr(model.base_model, "config", None), "hidden_size", None)
         if isinstance(head, nn.Linear) and width is not None and head.in_features != width:
             raise LayerError(f"{type(model).__name__}'s classifier reads {head.in_features} features, not one token's "
@@ -77,7 +95,7 @@ class LeGrad(ViTFlowMethod):
         if last_blocks is not None and (isinstance(last_blocks, bool) or not isinstance(last_blocks, int)
                                         or not 1 <= last_blocks <= depth):
             raise InputError(f"last_blocks must be an integer from 1 to {depth} (the model's blocks), got {last_blocks!r}")
-        if is_headless(model, self.adapter):
+        if is_headless(self.model, self.adapter):
             raise InputError(f"{type(model).__name__} outputs an embedding (no classifier head): legrad scores a class "
                              "at every block and needs the classifier")
         self.start = depth - (last_blocks or depth)
@@ -124,4 +142,4 @@ class LeGrad(ViTFlowMethod):
 
     def flow_explanation(self, x: torch.Tensor, terms) -> Explanation:
         flow_raw, targets, logits = terms
-        return flow_result(self.name, self.layer, x, flow_raw, targets, logits)
+        return flow_result(self.name, self.layer, x, flow_raw, targets, logits, self.adapter)

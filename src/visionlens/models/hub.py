@@ -333,7 +333,8 @@ DENSE_HEADS = re.compile(r"For\w*(Detection|Segmentation|DepthEstimation|MaskGen
 
 def _auto_class(transformers, config, where: str = ""):
     """The image-classification auto class when the saved architecture is a classifier (or none is
-    named and the config type has one), else the bare backbone's ``AutoModel``. A saved model with
+    named and the config type has one), the saved class itself for a distilled classifier
+    (``DeiTForImageClassificationWithTeacher``), else the bare backbone's ``AutoModel``. A saved model with
     another task's head (``...ForObjectDetection``, ``...ForSemanticSegmentation``, ...) is one
     :class:`InputError` line: loaded as a backbone, its head would be dropped and its hidden state
     read as class scores."""
@@ -343,6 +344,10 @@ def _auto_class(transformers, config, where: str = ""):
         raise InputError(f"hf:{where} is a {other_task[0]}; visionlens explains Hugging Face image classifiers and "
                          "backbones, not this task's head: for detection and segmentation use a torchvision model "
                          "(docs/detection.md)")
+    teacher = next((name for name in saved if name.endswith("ForImageClassificationWithTeacher")
+                    and hasattr(transformers, name)), None)
+    if teacher is not None:  # distilled DeiT: both heads kept, its logits the mean of the two
+        return getattr(transformers, teacher)
     if saved:
         is_classifier = any(name.endswith("ForImageClassification") for name in saved)
     else:
