@@ -202,6 +202,29 @@ def check_out_file(dest: str | Path, force: bool = False, flag: str = "--out") -
         raise InputError(f"{display(dest)} already exists; choose another {flag}, or add --force to replace it")
 
 
+def same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: ``os.path.samefile`` when both exist, else equal
+    resolved paths."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def check_not_input(outputs: Iterable[tuple[str, object]], inputs: Iterable[tuple[str, object]]) -> None:
+    """Refuse, before any work and whatever ``--force`` says, an output (``(flag, path)``) that is
+    the same file as an input (``(flag, path)``; a ``None`` path is left out)."""
+    inputs = [(flag, path) for flag, path in inputs if path]
+    for out_flag, dest in outputs:
+        for in_flag, source in inputs if dest else ():
+            if same_file(dest, source):
+                raise InputError(f"{out_flag} {display(dest)} is the {in_flag} input too: writing it would destroy "
+                                 "the input; give the output another name")
+
+
 def check_out_dir(out: Path, planned: Iterable[str], own: set[str] | None = None) -> None:
     """Refuse, in one line and before any work, an ``out`` that cannot be written or that holds a
     file of a planned name that no earlier run of this kind wrote (``own``: the names an earlier run

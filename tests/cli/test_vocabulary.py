@@ -47,7 +47,7 @@ def test_help_shows_defaults(capsys):
     assert main(["evaluate", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: world-cnn)" in out and "(default: gradcam)" in out and "(default: 100)" in out
-    assert "torch.manual_seed) (default: 0)" in out  # a zero default is shown (0 == False)
+    assert "during the run) (default: 0)" in out  # a zero default is shown (0 == False)
     assert "(default: None)" not in out and "(default: False)" not in out
 
 

@@ -237,6 +237,27 @@ def test_proulearn_objective_uses_only_selected_labels():
     assert objective.prototypes.shape == (shift.num_classes, 16)
 
 
+def test_prototype_separation_leaves_out_absent_classes_and_collapsed_features():
+    """A class without target samples used to enter inter_cosine as a zero prototype, and collapsed
+    features (1 - intra near 0) made the ratio explode (2 % accuracy reported a ratio of 172)."""
+    from visionlens_adapt.experiment import markdown_table, summarise
+    from visionlens_adapt.framework import prototype_separation
+
+    y = torch.tensor([0, 0, 1, 1, -1])
+    spread = torch.tensor([[1.0, 0.2], [1.0, -0.2], [-1.0, 0.2], [-1.0, -0.2], [0.0, 1.0]])
+    sep = prototype_separation(spread, y, num_classes=5)  # classes 2-4 have no target sample
+    assert sep["classes"] == 2 and sep["inter_cosine"] == pytest.approx(-1.0)
+    assert sep["ratio"] == pytest.approx(2 / (1 - sep["intra_cosine"]))
+    collapsed = torch.tensor([[1.0, 1e-3], [1.0, -1e-3], [1.0, 2e-3], [1.0, 0.0], [0.0, 1.0]])
+    sep = prototype_separation(collapsed, y, num_classes=2)
+    assert sep["intra_cosine"] > 0.999 and sep["ratio"] is None
+    row = {"accuracy": 2.0, "source_accuracy": 2.0, "curve": [2.0], "separation": sep, "seconds": 0.1}
+    summary = summarise([{"seed": 0, "rows": {"m": row}}])
+    assert summary["m"]["separation_ratio"] is None
+    assert "| m | 2.0 ± 0.0 | 1.000 ± 0.000 | n/a |" in markdown_table(summary, "t")
+    assert json.loads(json.dumps(summary))["m"]["separation_ratio"] is None
+
+
 def test_cli_runs_on_a_tiny_setting(tmp_path):
     from PIL import Image
 
@@ -259,6 +280,18 @@ def test_cli_runs_on_a_tiny_setting(tmp_path):
     png = out / "gradcam.png"
     assert png.stat().st_size < 500_000
     assert Image.open(png).size[0] == 3 * 96
+
+
+def test_cli_gradcam_without_eianet_warns_in_one_line(tmp_path, capsys):
+    """`--methods source-only --gradcam 4` used to write no gradcam.png without a word."""
+    tiny = ["adapt", "--n-source", "32", "--n-target", "16", "--seeds", "0", "--source-epochs", "1",
+            "--adapt-epochs", "1", "--batch-size", "16", "--bottleneck", "16", "--methods", "source-only", "--quiet"]
+    assert main([*tiny, "--gradcam", "4", "--out", str(tmp_path / "a")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: --gradcam 4") and "eianet" in lines[0], lines
+    assert (tmp_path / "a" / "results.json").is_file() and not (tmp_path / "a" / "gradcam.png").exists()
+    assert main([*tiny, "--out", str(tmp_path / "b")]) == 0  # the default asks for nothing: no warning
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("argv", [["--seeds", "0,0"], ["--seeds", "0", "0"], ["--seeds", "1,2", "1"]])

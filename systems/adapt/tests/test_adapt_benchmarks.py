@@ -178,8 +178,9 @@ def test_bad_benchmark_input_is_one_line(case, benchmarks, tmp_path, capsys):
         "no-dir": (["--data", "office31", "--data-dir", tmp_path / "nowhere", "--source", "a", "--target", "b"],
                    ["nowhere"]),
         "domain": (["--data", "office31", *office[:4], "--target", "dslr"], ["dslr", "amazon, webcam"]),
-        "bad-line": (["--data", "list", "--source-list", bad_list, "--target-list", bad_list], ["line 1"]),
-        "missing-image": (["--data", "list", "--source-list", bad_list, "--target-list", bad_list], ["line 1", "x.png"]),
+        "bad-line": (["--data", "list", "--source-list", bad_list, "--target-list", benchmarks["list"][3]], ["line 1"]),
+        "missing-image": (["--data", "list", "--source-list", bad_list, "--target-list", benchmarks["list"][3]],
+                          ["line 1", "x.png"]),
         "proulearn": (["--data", "office31", *office, "--preset", "proulearn"], ["no public code", "shot"]),
         "no-source": (["--data", "officehome", office[0], office[1]], ["--source"]),
         "no-lists": (["--data", "list"], ["--source-list"]),
@@ -194,6 +195,55 @@ def test_bad_benchmark_input_is_one_line(case, benchmarks, tmp_path, capsys):
     assert _adapt(out, *argv) == 2
     one_error_line(capsys.readouterr().err, *names)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("layout", ["list", "visda"])
+def test_a_target_label_the_source_lacks_is_one_line(layout, benchmarks, tmp_path, capsys):
+    """A target list label outside the source's classes used to be taken silently (the class count
+    became the largest label + 1)."""
+    if layout == "list":
+        src = benchmarks["list"][1]
+        target = src.parent / "tgt_extra.txt"
+        target.write_text(benchmarks["list"][3].read_text() + "tgt/cup/img0.png 7\n")
+        flags = ["--source-list", src, "--target-list", target]
+    else:
+        root = tmp_path / "visda"
+        for split in ("train", "validation"):
+            (root / split).mkdir(parents=True)
+            for path in (benchmarks["visda"][1] / split).rglob("*"):
+                dest = root / split / path.relative_to(benchmarks["visda"][1] / split)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if path.is_file():
+                    dest.write_bytes(path.read_bytes())
+        target = root / "validation" / "image_list.txt"
+        target.write_text(target.read_text() + "cup/img0.png 7\n")
+        src, flags = root / "train" / "image_list.txt", ["--data-dir", root]
+    out = tmp_path / "run"
+    assert _adapt(out, "--data", layout, *flags) == 2
+    one_error_line(capsys.readouterr().err, str(target), f"line {len(CLASSES) * PER_CLASS + 1}", "label 7",
+                   str(src), "0-2")
+    assert not out.exists()
+
+
+def test_the_same_list_as_source_and_target_is_one_line(benchmarks, tmp_path, capsys):
+    src = benchmarks["list"][1]
+    out = tmp_path / "run"
+    for target in (src, src.parent / "." / src.name):
+        assert _adapt(out, "--data", "list", "--source-list", src, "--target-list", target) == 2
+        one_error_line(capsys.readouterr().err, "--source-list", "--target-list", "same file")
+    assert not out.exists()
+
+
+def test_an_out_file_that_is_an_input_list_is_refused(benchmarks, tmp_path, capsys):
+    """`--out DIR` whose table.md is the --target-list: the run would overwrite its own input."""
+    out = tmp_path / "run"
+    out.mkdir()
+    target = out / "table.md"
+    target.write_text(benchmarks["list"][3].read_text().replace("tgt/", str(benchmarks["list"][3].parent / "tgt") + "/"))
+    before = target.read_text()
+    assert _adapt(out, "--data", "list", "--source-list", benchmarks["list"][1], "--target-list", target) == 2
+    one_error_line(capsys.readouterr().err, "--out", "--target-list")
+    assert target.read_text() == before and sorted(out.iterdir()) == [target]
 
 
 @pytest.mark.parametrize("case", ["binary", "folder"])

@@ -424,6 +424,20 @@ def test_cli_map_and_eval_keep_an_existing_out_file_unless_forced(tmp_path, caps
         assert mine.read_bytes() != b"mine" and mine.stat().st_size > 0
 
 
+@pytest.mark.parametrize("command", ["eval", "map"])
+def test_cli_out_that_is_the_checkpoint_is_refused_even_with_force(tmp_path, capsys, tiny_checkpoint, command):
+    """`eval --checkpoint ck.pt --out ck.pt --force` used to replace the checkpoint with its own metrics."""
+    ck = tmp_path / "ck.pt"
+    ck.write_bytes(tiny_checkpoint.read_bytes())
+    link = tmp_path / "link.pt"
+    link.symlink_to(ck)
+    for out in (ck, link, tmp_path / "." / "ck.pt"):
+        capsys.readouterr()
+        assert main(["hsi-cd", command, "--checkpoint", str(ck), "--out", str(out), "--force"]) == 2
+        one_error_line(capsys.readouterr().err, "--out", "--checkpoint")
+    assert ck.read_bytes() == tiny_checkpoint.read_bytes()
+
+
 def test_cli_train_keeps_a_users_file_in_out_and_rewrites_its_own(tmp_path, capsys):
     run = tmp_path / "run"
     for _ in range(2):  # a re-run into the folder an earlier train wrote rewrites it

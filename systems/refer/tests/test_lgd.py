@@ -755,6 +755,29 @@ def test_cli_refer_keeps_a_users_file_in_out_and_rewrites_its_own(tmp_path, caps
     assert (own / "mask.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_cli_refer_refuses_an_unknown_device_and_an_empty_expression(tmp_path, capsys):
+    """--device tpu used to be ignored (exit 0), and an empty expression was replaced by the scene's own."""
+    for argv, named in ((["synthetic:test:5", "--device", "tpu"], "tpu"),
+                        (["synthetic:test:5", ""], "expression is empty"),
+                        (["synthetic:test:5", "  "], "expression is empty"),
+                        ([str(tmp_path / "im.png"), ""], "expression is empty")):
+        assert main(["refer", *argv, "--out", str(tmp_path / "o")]) == 2
+        assert named in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_refer_refuses_an_image_that_is_one_of_its_outputs(tmp_path, capsys):
+    """`refer out/overlay.png "..." --out out` used to overwrite its own input image."""
+    own = tmp_path / "own"
+    assert main(["refer", "synthetic:test:1", "--out", str(own)]) == 0
+    before = (own / "overlay.png").read_bytes()
+    capsys.readouterr()
+    assert main(["refer", str(own / "overlay.png"), "the red circle", "--out", str(own)]) == 2
+    line = one_error_line(capsys)
+    assert "IMAGE" in line and str(own / "overlay.png") in line
+    assert (own / "overlay.png").read_bytes() == before
+
+
 def test_scores_json_is_strict_and_threads_are_restored(tmp_path):
     from visionlens.cli import main
 

@@ -441,6 +441,55 @@ def test_cli_predict_and_eval_keep_an_existing_file_unless_forced(tmp_path, scen
     assert json.loads(js.read_text())[0]["prompt"] == "point"
 
 
+def test_cli_outputs_that_are_an_input_are_refused_even_with_force(tmp_path, scene_file, capsys):
+    """`pose predict IMG --out IMG --force`, `--json IMG` and `pose eval --weights w.pt --json w.pt
+    --force` used to overwrite their own input: one line, exit 2, the input untouched."""
+    path, s = scene_file
+    x, y = s.scribbles[0, 5]
+    image = tmp_path / "in.png"
+    image.write_bytes(path.read_bytes())
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(PACKAGED_WEIGHTS.read_bytes())
+    for argv, flags in (
+            (["predict", str(image), "--text", "x", "--out", str(image)], ("--out", "IMAGE")),
+            (["predict", str(image), "--point", f"{x},{y}", "--out", str(tmp_path / "o.png"), "--json", str(image)],
+             ("--json", "IMAGE")),
+            (["predict", str(image), "--point", f"{x},{y}", "--weights", str(weights), "--out", str(weights)],
+             ("--out", "--weights")),
+            (["eval", "--synthetic", "2", "--weights", str(weights), "--json", str(weights)], ("--json", "--weights")),
+            (["train", "--data", str(image), "--images", str(tmp_path), "--out", str(image)], ("--out", "--data"))):
+        assert main(["pose", *argv, "--no-resume" if argv[0] == "train" else "--force"]) == 2
+        one_error_line(capsys.readouterr().err, *flags)
+    assert image.read_bytes() == path.read_bytes() and weights.read_bytes() == PACKAGED_WEIGHTS.read_bytes()
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("text", ["the giraffe in a tuxedo", "x"])
+def test_cli_predict_refuses_a_text_of_unknown_words(tmp_path, scene_file, capsys, text):
+    """A prompt the small vocabulary knows no word of used to be predicted from <unk> tokens silently."""
+    path, _ = scene_file
+    out = tmp_path / "o.png"
+    assert main(["pose", "predict", str(path), "--text", text, "--out", str(out)]) == 2
+    one_error_line(capsys.readouterr().err, f"no word of {text!r} is known", "vocabulary: arm", "--point")
+    assert not out.exists()
+
+
+def test_cli_convert_names_what_a_text_encoder_folder_lacks(tmp_path, capsys):
+    """`--text-encoder hf:emptydir` used to print a cut-off transformers message ("Couldn't
+    instantiate the backend tokenizer from one of:")."""
+    folder = tmp_path / "enc"
+    folder.mkdir()
+    argv = ["pose", "convert", "--checkpoint", str(tmp_path / "official.pth"), "--text-encoder", f"hf:{folder}",
+            "--out", str(tmp_path / "w.pt")]
+    assert main(argv) == 2
+    one_error_line(capsys.readouterr().err, str(folder), "config.json")
+    (folder / "config.json").write_text("{}")
+    (folder / "vocab.json").write_text("{}")  # a BPE vocabulary without its merges.txt
+    assert main(argv) == 2
+    one_error_line(capsys.readouterr().err, str(folder), "tokenizer files", "merges.txt")
+    assert not (tmp_path / "w.pt").exists()
+
+
 def test_cli_synth_keeps_a_users_file_and_rewrites_its_own(tmp_path, capsys):
     own = tmp_path / "own"
     for _ in range(2):  # a re-run into the folder an earlier synth wrote rewrites it

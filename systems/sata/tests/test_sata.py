@@ -343,6 +343,18 @@ def test_cli_writes_the_table(tmp_path, capsys):
     assert not (tmp_path / "x.md").exists()
 
 
+@pytest.mark.parametrize("suffix", [".md", ".json", ".jsonl"])
+def test_cli_refuses_an_output_that_is_the_weights_file_even_with_force(tmp_path, capsys, suffix):
+    """`--weights w.json --out w.md --force` would have replaced the weights with the raw counts."""
+    weights = tmp_path / f"w{suffix}"
+    weights.write_bytes(b"weights")
+    (tmp_path / "data").mkdir()
+    assert main(["sata", "evaluate", "--data", str(tmp_path / "data"), "--model", "timm:vit_tiny_patch16_224",
+                 "--weights", str(weights), "--out", str(tmp_path / "w.md"), "--force", "--quiet"]) == 2
+    one_error_line(capsys.readouterr().err, "--out", "is the --weights input too")
+    assert weights.read_bytes() == b"weights"
+
+
 def test_cli_keeps_an_existing_table_or_json_unless_forced(tmp_path, capsys):
     """The table (--out) and the .json next to it used to replace the user's files without a word."""
     tiny = ["sata", "evaluate", "--images", "2", "--seeds", "0", "--batch", "2", "--corruptions", "contrast",

@@ -10,14 +10,16 @@ from visionlens.cli import add_json_option, record_summary
 
 # the target set must hold a few k-NN neighbourhoods (EIANet / AaD use k = 4) and a batch
 MIN_TARGET = 8
+GRADCAM_DEFAULT = 4  # target images in the Grad-CAM figure
 MAX_IMAGES = 100_000  # a larger synthetic set would not fit in memory on a laptop
 
 
 def _check_args(args, methods: list[str]) -> None:
     """The flag combinations argparse cannot check, before any work."""
-    from visionlens.errors import InputError
+    from visionlens.errors import InputError, display
     from .data import DATASETS, SYNTHETIC, WORLD_STRENGTHS, class_count
     from .experiment import METHODS
+    from visionlens.outputs import same_file
     from .proulearn import budget_size
 
     if args.data not in DATASETS:
@@ -39,6 +41,9 @@ def _check_args(args, methods: list[str]) -> None:
         if same:
             raise InputError(f"--source and --target are the same domain ({args.source}); adaptation needs a shift: "
                              "give two different domains")
+        if args.source_list and args.target_list and same_file(args.source_list, args.target_list):
+            raise InputError(f"--source-list and --target-list are the same file ({display(args.source_list)}); "
+                             "adaptation needs a shift: give two different lists")
         return  # the class and image counts are known once the files are listed
     given = [f for f in ("source", "target", "source_list", "target_list") if getattr(args, f) is not None]
     if given:
@@ -55,9 +60,13 @@ def _check_out(args, methods: list[str]) -> None:
     """Refuse, before any work, a file of an output's name in ``--out`` that an earlier ``adapt``
     did not write (its results.json marks the folder as its own)."""
     from visionlens.outputs import check_out_dir, recorded_run
+    from visionlens.outputs import check_not_input
 
     planned = ["results.json", "table.md"] + (["gradcam.png"] if args.gradcam and "eianet" in methods else [])
     out = Path(args.out)
+    check_not_input([("--out", out / name) for name in planned],
+                    [("--source-list", args.source_list), ("--target-list", args.target_list),
+                     ("--weights", args.weights)])
     check_out_dir(out, planned, recorded_run(out, "results.json", planned, keys=("config", "per_seed")))
 
 
@@ -101,8 +110,11 @@ def _cmd_adapt(args) -> int:
     args.explicit = {k for k in ("source_epochs", "adapt_epochs", "batch_size", "lr") if getattr(args, k) is not None}
     chosen = _resolve(args)
     methods, seeds = parse_methods(args.methods), list(args.seeds)
+    gradcam_given, args.gradcam = args.gradcam is not None, GRADCAM_DEFAULT if args.gradcam is None else args.gradcam
     _check_args(args, methods)
     _check_out(args, methods)
+    if gradcam_given:
+        _warn_gradcam(args, methods)
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,6 +123,19 @@ def _cmd_adapt(args) -> int:
         return _run(args, methods, seeds, chosen)
     finally:
         torch.set_num_threads(threads)  # in-process callers keep their setting
+
+
+def _warn_gradcam(args, methods: list[str]) -> None:
+    """``--gradcam N`` without eianet among the methods (the figure shows the ETF source model
+    before and after EIANet): one ``warning:`` line, no figure."""
+    import warnings
+
+    from visionlens.errors import VisionlensWarning
+
+    if args.gradcam and "eianet" not in methods:
+        warnings.warn(f"--gradcam {args.gradcam} draws the Grad-CAM figure before and after eianet, which --methods "
+                      "does not run: no gradcam.png is written (add eianet to --methods)", VisionlensWarning,
+                      stacklevel=1)
 
 
 def _load(args, seed: int):
@@ -214,7 +239,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "adapt", help="source-free domain adaptation: EIANet, ProULearn [reconstructed] and peers on a domain shift",
         description="Train a source model per seed, adapt it to the shifted target domain with every method, and "
-                    "write results.json, table.md and a Grad-CAM before/after figure.")
+                    "write results.json, table.md and (when eianet is among the methods) a Grad-CAM before/after "
+                    "figure.")
     p.add_argument("--data", default="world",
                    help="world, digits, fashion (generated or packaged shifts), or a benchmark on disk: office31, "
                         "officehome, visda, domainnet, list (see --data-dir, --source, --target)")
@@ -254,7 +280,9 @@ def register(subparsers) -> None:
                    help="ProULearn labelling budget: fraction or count (one round)")
     p.add_argument("--outliers", type=number(minimum=0), default=None,
                    help="fraction (below 1) of pure-noise images planted in the target (default 0.02; a benchmark: 0)")
-    p.add_argument("--gradcam", type=count(minimum=0), default=4, help="target images in the Grad-CAM figure (0: none)")
+    p.add_argument("--gradcam", type=count(minimum=0), default=None,
+                   help=f"target images in the Grad-CAM figure gradcam.png, drawn when --methods includes eianet "
+                        f"(before/after EIANet; default {GRADCAM_DEFAULT}, 0: none)")
     p.add_argument("--threads", type=count(minimum=0), default=1, help="torch CPU threads (0: torch default)")
     p.add_argument("--out", default="adapt-out", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

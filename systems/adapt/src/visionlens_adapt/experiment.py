@@ -147,7 +147,7 @@ def summarise(per_seed: list[dict]) -> dict:
             "accuracy": stat([r["accuracy"] for r in rows]),
             "source_accuracy": stat([r["source_accuracy"] for r in rows]),
             "inter_cosine": stat([r["separation"]["inter_cosine"] for r in rows]),
-            "separation_ratio": stat([r["separation"]["ratio"] for r in rows]),
+            "separation_ratio": _defined_stat([r["separation"]["ratio"] for r in rows], stat),
             "outliers_picked": stat([r.get("outliers_picked") for r in rows]) if "outliers_picked" in rows[0] else None,
             "pseudo_label_accuracy": stat([r.get("pseudo_label_accuracy") for r in rows])
             if "pseudo_label_accuracy" in rows[0] else None,
@@ -156,14 +156,20 @@ def summarise(per_seed: list[dict]) -> dict:
     return out
 
 
+def _defined_stat(values: list, stat):
+    """``stat`` of ``values``, or ``None`` (undefined) when any seed's value is undefined."""
+    return None if any(v is None or math.isnan(v) for v in values) else stat(values)
+
+
 def markdown_table(summary: dict, title: str) -> str:
-    def fmt(s, digits=1):
-        return "–" if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+    def fmt(s, digits=1, missing="–"):
+        return missing if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
     lines = [f"**{title}**", "",
              "| method | target acc. (%) | prototype inter-class cosine ↓ | separation ratio ↑ | outliers labelled | s / run |",
              "|---|---|---|---|---|---|"]
     for method, s in summary.items():
-        lines.append(f"| {method} | {fmt(s['accuracy'])} | {fmt(s['inter_cosine'], 3)} | {fmt(s['separation_ratio'], 2)} | "
+        ratio = fmt(s['separation_ratio'], 2, 'n/a')
+        lines.append(f"| {method} | {fmt(s['accuracy'])} | {fmt(s['inter_cosine'], 3)} | {ratio} | "
                      f"{fmt(s['outliers_picked'])} | {fmt(s['seconds'], 0)} |")
     return "\n".join(lines)

@@ -257,20 +257,29 @@ def evaluate(net, x, y: torch.Tensor) -> float:
     return float((p.argmax(1)[keep] == y[keep]).float().mean() * 100)
 
 
+COLLAPSED = 5e-3  # 1 - intra below this (samples within ~6 degrees of their prototype): the ratio is undefined
+
+
 def prototype_separation(features: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
-    """Class-prototype geometry of L2-normalised features (true labels): ``inter_cosine`` is the
-    mean pairwise cosine between class prototypes (lower = better separated; a simplex reaches
-    ``-1/(K-1)``), ``intra_cosine`` the mean cosine of a sample to its own prototype, and
-    ``ratio`` = (1 - inter) / (1 - intra), larger = more separable."""
+    """Class-prototype geometry of L2-normalised features (true labels), over the ``classes`` with
+    target samples (a class without any has no prototype): ``inter_cosine`` is the mean pairwise
+    cosine between class prototypes (lower = better separated; a simplex reaches ``-1/(K-1)``),
+    ``intra_cosine`` the mean cosine of a sample to its own prototype, and ``ratio`` = (1 - inter) /
+    (1 - intra), larger = more separable; ``None`` when the features collapsed (1 - intra below
+    ``COLLAPSED``: the ratio would only amplify noise) or fewer than two classes are present."""
     keep = y >= 0
     f, y = F.normalize(features[keep], dim=1), y[keep]
-    protos = torch.stack([f[y == c].mean(0) if (y == c).any() else torch.zeros(f.shape[1]) for c in range(num_classes)])
-    protos = F.normalize(protos, dim=1)
-    gram = protos @ protos.T
-    off = ~torch.eye(num_classes, dtype=torch.bool)
-    inter = float(gram[off].mean())
-    intra = float((f * protos[y]).sum(1).mean())
-    return {"inter_cosine": inter, "intra_cosine": intra, "ratio": (1 - inter) / max(1 - intra, 1e-8)}
+    present = [c for c in range(num_classes) if (y == c).any()]
+    if not present:
+        return {"inter_cosine": None, "intra_cosine": None, "ratio": None, "classes": 0}
+    protos = F.normalize(torch.stack([f[y == c].mean(0) for c in present]), dim=1)
+    row = torch.full((num_classes,), -1, dtype=torch.long)
+    row[present] = torch.arange(len(present))
+    intra = float((f * protos[row[y]]).sum(1).mean())
+    off = ~torch.eye(len(present), dtype=torch.bool)
+    inter = float((protos @ protos.T)[off].mean()) if len(present) > 1 else None
+    ratio = None if inter is None or 1 - intra < COLLAPSED else (1 - inter) / (1 - intra)
+    return {"inter_cosine": inter, "intra_cosine": intra, "ratio": ratio, "classes": len(present)}
 
 
 class Banks:

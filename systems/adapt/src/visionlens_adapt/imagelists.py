@@ -90,8 +90,10 @@ def class_folders(root: Path, classes: list[str] | None = None) -> Domain:
     return Domain(paths, labels, classes)
 
 
-def read_list(path: Path, base: Path) -> tuple[list[Path], list[int]]:
-    """An image-list file: one ``relative/path label`` per line (paths relative to ``base``)."""
+def read_list(path: Path, base: Path, classes: set[int] | None = None,
+              source: Path | None = None) -> tuple[list[Path], list[int]]:
+    """An image-list file: one ``relative/path label`` per line (paths relative to ``base``); a
+    target list (``classes``: the labels of the ``source`` list) may use only the source's labels."""
     if path.is_dir():
         raise InputError(f"image list {display(path)} is a folder, not an image-list file ('relative/path label' lines)")
     if not path.is_file():
@@ -111,6 +113,9 @@ def read_list(path: Path, base: Path) -> tuple[list[Path], list[int]]:
         if not name or not label.lstrip("-").isdigit() or int(label) < 0:
             raise InputError(f"{display(path)} line {number}: expected 'relative/path label' with a class index, "
                              f"got {line.strip()[:80]!r}")
+        if classes is not None and int(label) not in classes:
+            raise InputError(f"{display(path)} line {number}: label {int(label)} is not a class of the source domain "
+                             f"({display(source)} uses labels {_labels(classes)})")
         image = base / name.strip()
         if not image.is_file():
             raise InputError(f"{display(path)} line {number}: image {display(image)} does not exist")
@@ -119,6 +124,20 @@ def read_list(path: Path, base: Path) -> tuple[list[Path], list[int]]:
     if not paths:
         raise InputError(f"image list {display(path)} lists no image")
     return paths, labels
+
+
+def _labels(classes: set[int]) -> str:
+    """The labels of a list, shortly: ``0-30`` when they run without a gap, else the first few."""
+    ordered = sorted(classes)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}-{ordered[-1]}" if len(ordered) > 1 else str(ordered[0])
+    return ", ".join(map(str, ordered[:8])) + (", ..." if len(ordered) > 8 else "")
+
+
+def _read_pair(source: Path, source_base: Path, target: Path, target_base: Path):
+    """The source list, then the target list checked against the source's labels."""
+    src = read_list(source, source_base)
+    return src, read_list(target, target_base, set(src[1]), source)
 
 
 def list_classes(paths: list[Path], labels: list[int], base: Path, count: int) -> list[str]:
@@ -132,7 +151,7 @@ def list_classes(paths: list[Path], labels: list[int], base: Path, count: int) -
 
 
 def _listed(source: tuple[list[Path], list[int]], target: tuple[list[Path], list[int]], base: Path) -> tuple[Domain, Domain]:
-    count = max(max(source[1]), max(target[1])) + 1
+    count = max(source[1]) + 1  # the target's labels are the source's (checked by read_list)
     classes = list_classes(*source, base, count)
     return Domain(*source, classes), Domain(*target, classes)
 
@@ -144,23 +163,20 @@ def load_domains(layout: str, root: str | Path | None, source: str | None, targe
         if not source_list or not target_list:
             raise InputError("--data list needs --source-list FILE and --target-list FILE ('relative/path label' lines)")
         s, t = Path(source_list), Path(target_list)
-        src, tgt = read_list(s, s.parent), read_list(t, t.parent)
+        src, tgt = _read_pair(s, s.parent, t, t.parent)
         return _listed(src, tgt, s.parent)
     if root is None:
         raise InputError(f"--data {layout} needs --data-dir DIR (the folder the dataset was unpacked into)")
     root = Path(root)
     if layout == "visda":
         src_dir, tgt_dir = _pick(root, source or "train", "split"), _pick(root, target or "validation", "split")
-        src, tgt = read_list(src_dir / "image_list.txt", src_dir), read_list(tgt_dir / "image_list.txt", tgt_dir)
-        count = max(max(src[1]), max(tgt[1])) + 1
-        classes = list_classes(*src, src_dir, count)
-        return Domain(*src, classes), Domain(*tgt, classes)
+        src, tgt = _read_pair(src_dir / "image_list.txt", src_dir, tgt_dir / "image_list.txt", tgt_dir)
+        return _listed(src, tgt, src_dir)
     if not source or not target:
         raise InputError(f"--data {layout} needs --source DOMAIN and --target DOMAIN (folders of {display(root)})")
     if layout == "domainnet":
         src_dir, tgt_dir = _pick(root, source, "domain"), _pick(root, target, "domain")
-        src = read_list(root / f"{src_dir.name}_train.txt", root)
-        tgt = read_list(root / f"{tgt_dir.name}_test.txt", root)
+        src, tgt = _read_pair(root / f"{src_dir.name}_train.txt", root, root / f"{tgt_dir.name}_test.txt", root)
         return _listed(src, tgt, root)
     if layout == "office31":
         src_dir, tgt_dir = _pick(root, source, "domain") / "images", _pick(root, target, "domain") / "images"

@@ -330,6 +330,7 @@ def _cmd_eval(args) -> int:
     from .train import evaluate, model_cost, parameter_count
 
     if args.out:
+        _check_out_not_input(args)
         check_out_file(args.out, force=args.force)
     model, scene, config = _restore(args)
     if config.trained_elsewhere:                                    # the authors' split is unknown: every labelled pixel
@@ -346,6 +347,13 @@ def _cmd_eval(args) -> int:
         print(f"wrote {args.out}")
     record_summary(args, {"model": config.model, **result})
     return 0
+
+
+def _check_out_not_input(args) -> None:
+    """An ``--out`` that is the ``--checkpoint`` itself: one line, --force or not."""
+    from visionlens.outputs import check_not_input
+
+    check_not_input([("--out", args.out)], [("--checkpoint", args.checkpoint)])
 
 
 def _cmd_convert(args) -> int:
@@ -374,6 +382,7 @@ def _cmd_map(args) -> int:
     from visionlens.outputs import check_out_file
 
     out = Path(args.out)
+    _check_out_not_input(args)
     check_out_file(out, force=args.force)
     model, scene, config = _restore(args)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,7 @@ def _evaluate(args) -> int:
 
     from visionlens.errors import InputError, display
     from visionlens.outputs import check_out_file
+    from visionlens.outputs import check_not_input
 
     out = Path(args.out)
     if not out.parent.is_dir():
@@ -70,6 +71,8 @@ def _evaluate(args) -> int:
                          "give the table a .md name")
     # a --data run with records resumes them: its table and .json are its own (other records are refused)
     resumed = args.data is not None and out.with_suffix(".jsonl").is_file()
+    check_not_input([("--out", dest) for dest in (out, out.with_suffix(".json"), out.with_suffix(".jsonl"))],
+                    [("--weights", args.weights)])
     for dest in (out, out.with_suffix(".json")):
         check_out_file(dest, force=args.force or resumed)
     threads = torch.get_num_threads()

@@ -365,18 +365,26 @@ def _check_out(args) -> None:
     """Refuse, before any work, a file of an output's name in ``--out`` that an earlier run of the
     same mode did not write (its JSON record, the first name, marks the folder as its own)."""
     from visionlens.outputs import check_out_dir, recorded_run
+    from visionlens.outputs import check_not_input
 
     planned, keys = ((("ablation.json", "ablation.md"), ("rows", "n_test")) if args.benchmark
                      else (("refcoco_eval.json",), ("summary", "config")) if args.refcoco
                      else (("scores.json", "overlay.png", "mask.png"), ("expression", "config")))
     out = Path(args.out)
+    check_not_input([("--out", out / name) for name in planned],
+                    [("IMAGE", None if _mode(args) == "synthetic" else args.image), ("--proposals", args.proposals),
+                     ("--cache", args.cache)])
     check_out_dir(out, planned, recorded_run(out, planned[0], planned, keys=keys))
 
 
 def _cmd_refer(args) -> int:
     import torch
 
+    from visionlens.models.zoo import resolve_device
+
     _check_mode(args)
+    resolve_device(args.device)  # an unknown or absent device: one line before any work, in every mode
+    _check_expression(args)
     _check_out(args)
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, threads))
@@ -388,6 +396,15 @@ def _cmd_refer(args) -> int:
         return _cmd_single(args)
     finally:
         torch.set_num_threads(threads)  # in-process callers keep their setting
+
+
+def _check_expression(args) -> None:
+    """An empty (or blank) expression: one line, not replaced by the scene's own expression."""
+    from visionlens.errors import InputError
+
+    if args.expression is not None and not args.expression.strip():
+        raise InputError("the expression is empty; describe the object, e.g. \"the red circle\" "
+                         "(or leave it out for a synthetic scene's own expression)")
 
 
 def _synthetic_sample(spec: str, seed: int):

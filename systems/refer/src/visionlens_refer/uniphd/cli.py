@@ -12,6 +12,8 @@ from visionlens.checks import count, number
 from visionlens.cli import JSON_HELP, add_json_option, record_summary
 from visionlens.errors import InputError
 
+from visionlens.outputs import check_not_input
+
 PROMPTS = ("text", "point", "scribble")
 MAX_SIZE = 4096                      # input / image side in pixels
 MAX_SYNTHETIC_BYTES = 4 * 2 ** 30    # synthetic images + masks held in memory
@@ -77,6 +79,7 @@ def _check_checkpoint_out(args) -> None:
     from .train import check_resume_config, resume_state
 
     out = Path(args.out)
+    check_not_input([("--out", out)], [("--data", args.data)])
     _prepare_out(out, force=True)  # a folder or an unwritable place: one line; an existing file: checked here
     if not out.exists():
         return
@@ -142,6 +145,14 @@ def _config(args):
     return config
 
 
+def _check_text_encoder(spec: str | None) -> None:
+    """An hf:DIR text encoder whose folder lacks config.json or a tokenizer: one line, before any work."""
+    from .text import check_hf_dir
+
+    if spec and spec != "small":
+        check_hf_dir(spec[3:] if spec.startswith("hf:") else spec)
+
+
 def _cmd_convert(args) -> int:
     """An official UniPHD checkpoint -> our weights file, by the key map; one line reports what was left out."""
     from .config import UniPHDConfig
@@ -152,6 +163,7 @@ def _cmd_convert(args) -> int:
     out = Path(args.out)
     if out.exists():
         raise InputError(f"{out} already exists: choose another --out (pose convert never overwrites a file)")
+    _check_text_encoder(args.text_encoder)
     blob = read_official(args.checkpoint)
     model = UniPHD(UniPHDConfig.paper(args.text_encoder, image_size=args.size))
     report = load_official(model, blob)
@@ -169,6 +181,7 @@ def _cmd_eval(args) -> int:
     from .evaluate import evaluate_model
     from .inference import load_uniphd
 
+    check_not_input([("--json", _json_file(args))], [("--weights", args.weights), ("--data", args.data)])
     _prepare_out(_json_file(args), args.force, "--json")
     model = load_uniphd(args.weights, args.device)
     args.size = model.config.image_size
@@ -244,6 +257,16 @@ def _prompt_points(args, kind: str, w: int, h: int):
     return pts
 
 
+def _check_text(model, text: str) -> None:
+    """A --text of which the small text encoder knows no content word: one line (a transformers
+    encoder has a subword vocabulary: every text is known to it)."""
+    from .text import SmallTextEncoder
+
+    encoder = model.text_prompt.text_encoder
+    if isinstance(encoder, SmallTextEncoder):
+        encoder.check_known(text)
+
+
 def _check_result(res: dict) -> None:
     import numpy as np
 
@@ -265,17 +288,19 @@ def _cmd_predict(args) -> int:
     kind = _prompt_kind(args)
     if kind != "text":
         parse_points(getattr(args, kind), kind)         # a malformed prompt fails before the image is read
-    image = np.asarray(load_image(args.image).convert("RGB"))
-    h, w = image.shape[:2]
-    pts = None if kind == "text" else _prompt_points(args, kind, w, h)
     out = Path(args.out or Path(args.image).with_suffix("").name + "_pose.png")
     if _json_file(args) and Path(_json_file(args)).resolve() == out.resolve():
         raise InputError(f"--json {_json_file(args)} is the overlay's --out too; give the JSON another name")
+    check_not_input([("--out", out), ("--json", _json_file(args))], [("IMAGE", args.image), ("--weights", args.weights)])
+    image = np.asarray(load_image(args.image).convert("RGB"))
+    h, w = image.shape[:2]
+    pts = None if kind == "text" else _prompt_points(args, kind, w, h)
     for dest, flag in ((out, "--out"), (_json_file(args), "--json")):
         _prepare_out(dest, args.force, flag)
     model = load_uniphd(args.weights, args.device)
     size = model.config.image_size
     if kind == "text":
+        _check_text(model, args.text)
         prompt = {"kind": "text", "texts": [args.text]}
     else:
         scaled = (pts + 0.5) * [size / w, size / h] - 0.5

@@ -19,6 +19,7 @@ from torch import nn
 from visionlens.errors import AssetError, InputError
 
 SPECIALS = ("<pad>", "<unk>", "<cls>")
+FUNCTION_WORDS = frozenset({"a", "an", "the", "in", "on", "of", "with", "and", "to", "is", "at", "by"})
 
 
 def words_of(text: str) -> list[str]:
@@ -47,6 +48,19 @@ class SmallTextEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out_dim = width
 
+    def content_words(self, text: str) -> list[str]:
+        """The words of ``text`` in the vocabulary, function words ("a", "the", "in", ...) left out."""
+        return [w for w in words_of(text) if w in self.vocab and w not in FUNCTION_WORDS and w not in SPECIALS]
+
+    def check_known(self, text: str) -> None:
+        """Refuse, in one line, a prompt without a content word in the vocabulary: every word of it
+        would be ``<unk>``, and the prediction would not follow the text."""
+        if not self.content_words(text):
+            known = [w for w in self.vocab if w not in SPECIALS and w not in FUNCTION_WORDS]
+            shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+            raise InputError(f"no word of {text!r} is known to the model's small text encoder (its vocabulary: "
+                             f"{shown}); describe the person with those words, or give --point or --scribble")
+
     def tokenize(self, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.zeros(len(texts), self.max_words + 1, dtype=torch.long)
         for i, t in enumerate(texts):
@@ -60,15 +74,32 @@ class SmallTextEncoder(nn.Module):
         return x[:, 1:], pad[:, 1:], x[:, 0]
 
 
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("vocab.txt",), ("tokenizer.model",),
+                   ("spiece.model",), ("sentencepiece.bpe.model",))
+
+
+def check_hf_dir(path: str) -> None:
+    """A text-encoder folder that is missing, or lacks config.json or a tokenizer's files: one line
+    naming what it lacks, before transformers is asked (its own message is cut off or vague)."""
+    folder = Path(path)
+    save = "(model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR) write them)"
+    if not folder.is_dir():
+        raise AssetError(f"text encoder directory not found: {path}; save a transformers model there "
+                         "(model.save_pretrained + tokenizer.save_pretrained) or use text_encoder='small'")
+    if not (folder / "config.json").is_file():
+        raise AssetError(f"text encoder folder {path} has no config.json {save}")
+    if not any(all((folder / name).is_file() for name in files) for files in TOKENIZER_FILES):
+        raise AssetError(f"text encoder folder {path} has no tokenizer files (tokenizer.json, vocab.json + merges.txt, "
+                         f"vocab.txt or a sentencepiece .model) {save}")
+
+
 class HFTextEncoder(nn.Module):
     """A local ``transformers`` encoder: word features = last hidden state, sentence = pooler output
     (or the first token when the model has no pooler)."""
 
     def __init__(self, path: str, max_words: int = 32):
         super().__init__()
-        if not Path(path).is_dir():
-            raise AssetError(f"text encoder directory not found: {path}; save a transformers model there "
-                             "(model.save_pretrained + tokenizer.save_pretrained) or use text_encoder='small'")
+        check_hf_dir(path)
         try:
             from transformers import AutoModel, AutoTokenizer
         except ImportError as err:
