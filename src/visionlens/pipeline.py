@@ -7,8 +7,9 @@ HTML page. Images that fail are listed in the summary and leave no files behind.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import errno
 import sys
+from contextlib import contextmanager
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,8 @@ from PIL import Image
 from .core.progress import Progress
 from .core.result import Explanation
 from .core.targets import Target
-from .data.images import load_image, require_readable
+from .checks import check_number
+from .data.images import as_rgb, load_image, require_readable
 from .errors import FlatMapWarning, ImageLoadError, InputError, VisionlensError, VisionlensWarning, display
 from .methods import METHODS
 from .methods.registry import unknown_method
@@ -73,9 +75,9 @@ def _as_batch(inputs, model: ZooModel) -> torch.Tensor:
     if not items:
         raise InputError("no images given")
     tensors = []
-    for item in items:
-        img = item if isinstance(item, Image.Image) else load_image(item)
-        tensors.append(model.preprocess(img.convert("RGB")))
+    for item in items:  # an opened image gets what a file gets: EXIF rotation, 16-bit and float ranges
+        img = as_rgb(item) if isinstance(item, Image.Image) else load_image(item)
+        tensors.append(model.preprocess(img))
     return torch.stack(tensors)
 
 
@@ -87,20 +89,61 @@ def explain(
     target: Target = None,
     device: str | None = None,
     bank=None,
+    batch_size: int = 32,
 ) -> Explanation:
     """Explain images (paths, PIL images, or a preprocessed ``(B, C, H, W)`` tensor) with one call.
 
     >>> exp = visionlens.explain(["cat.jpg"], model="mobilenet_v2", method="gradcam")
     >>> exp.maps.shape  # (1, 224, 224), values in [0, 1]
+
+    Images go through the model ``batch_size`` at a time (memory stays bounded however many are
+    given; a callable target, or targets that are not one per image, take them all at once).
+    ``device``: where to run; a model given as a module or :class:`ZooModel` is moved there for
+    the call and back afterwards.
     """
     if isinstance(inputs, (ZooModel, torch.nn.Module)):
         raise InputError("explain() takes the images first and the model second: explain(images, model, method)")
+    batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
     if not isinstance(model, ZooModel):
         model = load_model(model, device=device or "cpu") if isinstance(model, str) else load_model(model)
-    elif device is not None:
-        model.module.to(resolve_device(device))
     x = _as_batch(inputs, model)
-    return make_method(method, model, layer, bank)(x, target)
+    with _on_device(model.module, device):
+        explainer = make_method(method, model, layer, bank)
+        return Explanation.cat([explainer(part, t) for part, t in _chunks(x, target, batch_size)])
+
+
+def _chunks(x: torch.Tensor, target, batch_size: int) -> list[tuple[torch.Tensor, object]]:
+    """``(images, target)`` per run of at most ``batch_size`` images; one run for all where the
+    target cannot be split per image (a callable, or a sequence that is not one entry per image)."""
+    n = len(x)
+    starts = range(0, n, batch_size)
+    if n <= batch_size or callable(target):
+        return [(x, target)]
+    if target is None or isinstance(target, int):
+        return [(x[i:i + batch_size], target) for i in starts]
+    rows = target if torch.is_tensor(target) else list(target)
+    if len(rows) != n:
+        return [(x, target)]
+    return [(x[i:i + batch_size], rows[i:i + batch_size]) for i in starts]
+
+
+@contextmanager
+def _on_device(module: torch.nn.Module, device):
+    """``module`` on ``device`` during the block, back where it was after it (None: where it is)."""
+    if device is None:
+        yield
+        return
+    wanted = resolve_device(device)
+    first = next(iter([*module.parameters(), *module.buffers()]), None)
+    before = None if first is None else first.device
+    if before is None or (before.type, before.index or 0) == (wanted.type, wanted.index or 0):
+        yield
+        return
+    module.to(wanted)
+    try:
+        yield
+    finally:
+        module.to(before)
 
 
 def output_files(stem: str, methods: Sequence[str], flow_methods: Sequence[str] = ()) -> dict:
@@ -272,6 +315,9 @@ def _not_finite(results: dict, i: int) -> str | None:
     return None
 
 
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS}  # errors of the output folder, not of one image
+
+
 def _explain_in_batches(paths, stems, model, explainers, classes, out: Path, batch_size: int, progress: bool,
                         look: dict | None = None):
     rows, failures = [], []
@@ -293,6 +339,8 @@ def _explain_in_batches(paths, stems, model, explainers, classes, out: Path, bat
             try:
                 files = _write_image_outputs(out, stem, views[i], *_image_arrays(results, i), look=look)
             except (OSError, VisionlensError) as err:
+                if isinstance(err, OSError) and err.errno in DISK_FULL:  # every later image would fail the same way
+                    raise
                 _fail(failures, path, f"{display(path)}: could not write outputs ({err})", bar)
                 continue
             rows.append({"file": str(path), **files, **_prediction_record(model, results, i)})

@@ -430,3 +430,22 @@ def test_folders_leave_out_hidden_files_and_follow_linked_sub_folders(tmp_path, 
     assert [p.name for p in image_files([folder])] == ["a.jpg", "b.jfif"]
     assert [p.relative_to(folder).as_posix() for p in image_files([folder], recursive=True)] == \
         ["a.jpg", "b.jfif", "linked/c.png"]
+
+
+def test_a_full_disk_stops_the_run_at_the_first_image(tmp_path, imagenet_photos, monkeypatch, capsys):
+    """Every remaining image was still computed and then failed the same way."""
+    import errno
+
+    import visionlens.pipeline as pipeline
+
+    calls = []
+
+    def full(*args, **kwargs):
+        calls.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "_write_image_outputs", full)
+    out = tmp_path / "o"
+    assert _explain(*imagenet_photos[:3], "--method", "cam", "--batch-size", "1", "--out", out) == 2
+    assert len(calls) == 1 and not out.exists()
+    one_error_line(capsys.readouterr().err, "No space left on device")

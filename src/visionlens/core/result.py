@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,7 @@ class Explanation:
     flow: torch.Tensor | None = None
     flow_raw: torch.Tensor | None = None
     flow_layers: tuple[str, ...] | None = None
+    per_batch: ClassVar[tuple[str, ...]] = ()  # non-tensor fields that hold one entry per batch (see :meth:`cat`)
 
     def __len__(self) -> int:
         return self.maps.shape[0]
@@ -74,6 +76,18 @@ class Explanation:
     def predictions(self) -> torch.Tensor:
         """Predicted class per image (argmax of the model output)."""
         return self.logits.argmax(dim=1)
+
+    @staticmethod
+    def cat(parts: "Sequence[Explanation]") -> "Explanation":
+        """One result of the results of consecutive batches (one method): their tensors joined
+        along the batch, the fields named in ``per_batch`` (e.g. NAFlow's solver reports) joined too."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        joined = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(first)
+                  if torch.is_tensor(getattr(first, f.name))}
+        joined |= {name: sum((tuple(getattr(p, name)) for p in parts), ()) for name in first.per_batch}
+        return replace(first, **joined)
 
     def to(self, device: str | torch.device) -> "Explanation":
         """The same result (of the same type, every field kept) with its tensors on ``device``."""

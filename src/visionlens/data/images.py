@@ -48,6 +48,12 @@ def _to_rgb_uint8(img: Image.Image, where: str) -> Image.Image:
     return img.convert("RGB")
 
 
+def as_rgb(img: Image.Image, where: str = "image") -> Image.Image:
+    """An opened ``PIL.Image`` as the file loader would give it: EXIF rotation applied, then
+    8-bit RGB (see the module docstring); ``where`` names it in errors."""
+    return _to_rgb_uint8(ImageOps.exif_transpose(img), where)
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open ``path`` as an 8-bit RGB ``PIL.Image``; raise :class:`ImageLoadError` on any problem."""
     p = Path(path)
@@ -66,8 +72,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             with Image.open(p) as img:
                 img.seek(0)
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = _to_rgb_uint8(img, where)
+                rgb = as_rgb(img, where)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:

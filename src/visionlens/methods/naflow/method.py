@@ -34,6 +34,7 @@ top gradient is the vector-Jacobian product of SFAM's contribution weights, then
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -85,6 +86,7 @@ class NAFlowExplanation(Explanation):
     inverse ended (:class:`~visionlens.methods.naflow.inverse.SolveReport`, deepest first)."""
 
     solves: tuple[SolveReport, ...] = ()
+    per_batch: ClassVar[tuple[str, ...]] = ("solves",)
 
     @property
     def converged(self) -> bool:
