@@ -444,7 +444,9 @@ def _parser_explain(sub) -> None:
                         f"(default: {DETECTION_TOP})")
     p.add_argument("--out", default="visionlens-out", help="output folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    p.add_argument("--batch-size", type=count(maximum=4096), default=16, help="images per forward/backward pass")
+    p.add_argument("--batch-size", type=count(maximum=4096), default=16,
+                   help="images per forward/backward pass (Score-CAM and Ablation-CAM: one image at a time, each "
+                        "is thousands of passes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--bank", default=None, help="k-NN memory bank (from `visionlens bank`) for DAAM on a self-supervised model")
     p.add_argument("--max-iter", type=count(maximum=100_000), default=NAFLOW_CLI_MAX_ITER, help=NAFLOW_MAX_ITER_HELP)

@@ -26,6 +26,7 @@ from .checks import check_number
 from .data.images import as_rgb, load_image, require_readable
 from .errors import FlatMapWarning, ImageLoadError, InputError, VisionlensError, VisionlensWarning, display
 from .methods import METHODS
+from .methods.base import PerturbationMethod
 from .methods.registry import unknown_method
 from .models.zoo import ZooModel, load_model, resolve_device
 from .viz.flow import flow_strip, save_flow_gif
@@ -235,9 +236,13 @@ def explain_files(
     names_of = lambda stem: file_names(output_files(stem, keys, flow_methods))  # noqa: E731
     stems = unique_stems(paths, names_of, taken=paths, out=out)
     check_out_dir(out, [n for stem in stems for n in names_of(stem)] + ["summary.json", "index.html"])
+    slow = any(isinstance(ex, PerturbationMethod) for ex in explainers.values())
+    if slow:  # thousands of passes per image already: one image at a time costs nothing and shows progress
+        batch_size = 1
     with staged_out_dir(out, earlier=earlier_outputs(out, paths)) as stage:  # an interrupted run leaves ``out`` as it was
         look = {"cmap": cmap, "signed": {k for k in keys if signed_method(k)}}
-        rows, failures = _explain_in_batches(paths, stems, model, explainers, classes, stage, batch_size, progress, look)
+        bar = Progress(len(paths), label=model.name, enabled=progress and (len(paths) > 3 or slow))
+        rows, failures = _explain_in_batches(paths, stems, model, explainers, classes, stage, batch_size, bar, look)
         summary = {
             "model": model.name,
             "model_source": model.describe(),
@@ -318,10 +323,9 @@ def _not_finite(results: dict, i: int) -> str | None:
 DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS}  # errors of the output folder, not of one image
 
 
-def _explain_in_batches(paths, stems, model, explainers, classes, out: Path, batch_size: int, progress: bool,
+def _explain_in_batches(paths, stems, model, explainers, classes, out: Path, batch_size: int, bar: Progress,
                         look: dict | None = None):
     rows, failures = [], []
-    bar = Progress(len(paths), label=model.name, enabled=progress and len(paths) > 3)
     for start in range(0, len(paths), batch_size):
         chunk = list(zip(paths[start:start + batch_size], stems[start:start + batch_size]))
         views, kept = _load_views(chunk, model, failures, bar)

@@ -76,3 +76,25 @@ def test_a_model_given_with_a_device_comes_back_where_it_was(tiny_net):
     exp = visionlens.explain(torch.randn(2, 3, 32, 32), tiny_net, "gradcam", device="cuda")
     assert exp.maps.device.type == "cuda"
     assert all(p.device.type == "cpu" for p in tiny_net.parameters())
+
+
+def test_perturbation_methods_run_one_image_at_a_time_so_progress_moves(tmp_path, imagenet_photos, monkeypatch):
+    """A Score-CAM run's bar sat at 0/4 for minutes, then jumped to 4/4: a batch of 16 images is
+    thousands of passes each. Such runs now go one image at a time (the maps are the same)."""
+    import visionlens.pipeline as pipeline
+
+    model = visionlens.load_model(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+                                                      torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                                      torch.nn.Linear(4, 3)),
+                                  preprocess=visionlens.Preprocess(resize=32, crop=32))
+    explain_classes, sizes = pipeline.explain_classes, []
+
+    def counted(explainers, x, classes):
+        sizes.append(len(x))
+        return explain_classes(explainers, x, classes)
+
+    monkeypatch.setattr(pipeline, "explain_classes", counted)
+    pipeline.explain_files(imagenet_photos[:3], model, ["scorecam", "gradcam"], layer="0", out_dir=tmp_path / "s",
+                           progress=False)
+    pipeline.explain_files(imagenet_photos[:3], model, ["gradcam"], layer="0", out_dir=tmp_path / "g", progress=False)
+    assert sizes == [1, 1, 1, 1, 1, 3]  # the probe, three single images; then the probe and one batch of three
