@@ -231,6 +231,8 @@ def explain_files(
         warnings.simplefilter("ignore", VisionlensWarning)
         # a bad layer or target fails here; a method with a cheap ``probe`` (NAFlow: no solve) checks with it
         probes = explain_classes({m: getattr(ex, "probe", ex) for m, ex in explainers.items()}, probe, classes)
+    if classes is None and bank is None:
+        _check_class_outputs(model, next(iter(probes.values())))
     keys = list(probes)
     flow_methods = [name for name, r in probes.items() if r.flow is not None]
     names_of = lambda stem: file_names(output_files(stem, keys, flow_methods))  # noqa: E731
@@ -258,6 +260,19 @@ def explain_files(
         write_json(summary, stage / "summary.json")
         write_report(stage / "index.html", title or f"visionlens: {model.name}", [report_section(summary, "", cmap)])
     return summary
+
+
+def _check_class_outputs(model: ZooModel, probe: Explanation) -> None:
+    """Refuse, before any work, to name a "predicted class" from an output that is not one score per
+    class of the model (an embedding: world-metric's 64 values against its 10 classes)."""
+    logits = probe.logits
+    if model.class_names is None or probe.targets is None or not torch.is_tensor(logits) or logits.dim() != 2:
+        return
+    if logits.shape[1] != len(model.class_names):
+        raise InputError(f"{model.name} outputs {logits.shape[1]} values, not one score per class of its "
+                         f"{len(model.class_names)} classes (an embedding?): there is no predicted class to explain; "
+                         "explain what makes two images similar with `visionlens explain-pair` (SFAM), or give "
+                         "--target N to explain output N")
 
 
 def _class_list(target) -> list[int] | None:

@@ -98,3 +98,19 @@ def test_perturbation_methods_run_one_image_at_a_time_so_progress_moves(tmp_path
                            progress=False)
     pipeline.explain_files(imagenet_photos[:3], model, ["gradcam"], layer="0", out_dir=tmp_path / "g", progress=False)
     assert sizes == [1, 1, 1, 1, 1, 3]  # the probe, three single images; then the probe and one batch of three
+
+
+def test_an_embedding_model_has_no_predicted_class_to_explain(tmp_path, capsys):
+    """``explain --model world-metric --method gradcam`` explained the largest of its 64 embedding
+    values as "class 34" of a 10-class world, exit 0; it is refused in one line, and --target N
+    still explains output N."""
+    from helpers import one_error_line
+    from visionlens.cli import main
+
+    photo = tmp_path / "w.png"
+    Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8)).save(photo)
+    base = ["explain", str(photo), "--model", "world-metric", "--method", "gradcam", "--quiet", "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2
+    one_error_line(capsys.readouterr().err, "outputs 64 values", "explain-pair")
+    assert not (tmp_path / "a").exists()
+    assert main([*base, "--target", "3", "--out", str(tmp_path / "b")]) == 0
