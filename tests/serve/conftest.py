@@ -59,4 +59,4 @@ def client(explorer):
 
     from visionlens.serve.app import create_app
 
-    return TestClient(create_app(explorer))
+    return TestClient(base_url="http://127.0.0.1", app=create_app(explorer))

@@ -145,6 +145,15 @@ def test_several_uploads_are_listed_to_switch_between(page, imagenet_photos):
     assert page.get_attribute("#preview", "src").startswith("blob:")  # the browser's own copy, not a served file
 
 
+def test_a_bad_file_among_several_uploads_keeps_its_error_shown(page, imagenet_photos):
+    good = {"name": "good.jpg", "mimeType": "image/jpeg", "buffer": imagenet_photos[0].read_bytes()}
+    bad = {"name": "bad.png", "mimeType": "image/png", "buffer": b"not an image"}
+    page.set_input_files("#upload", [bad, good])
+    page.wait_for_function("document.querySelectorAll('#top5 tr').length === 5")  # the good one was chosen
+    page.wait_for_function("document.querySelector('#error').textContent.length > 0")
+    assert page.inner_text("#error").startswith("error: bad.png: upload: not a readable image")
+
+
 def test_picked_image_with_two_methods_side_by_side(page):
     refs = page.eval_on_selector_all("#picked option", "els => els.map(e => e.value).filter(Boolean)")
     assert all(ref.startswith("file:") for ref in refs)

@@ -80,14 +80,14 @@ def test_closing_cancels_running_and_queued_jobs_and_waits_for_their_threads():
 
     jobs, lock = Jobs(keep=1), threading.Lock()
     running = jobs.start(lock, endless, "endless", 1)
-    queued = jobs.start(lock, endless, "queued", 1)  # waits for the lock; evicts `running` from the kept jobs
+    queued = jobs.start(lock, endless, "queued", 1)  # waits for the lock; never evicts `running`, which is not finished
     deadline = time.monotonic() + 10
     while running.state != "running" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert running.state == "running" and queued.state == "queued"
     assert jobs.close(timeout=10) is True
     assert running.state == queued.state == "cancelled"
-    assert not [t for t in threading.enumerate() if t.name.startswith("visionlens-job-")]
+    assert not [t for t in jobs._pool._threads if t.is_alive()]  # its workers have ended
     assert lock.acquire(blocking=False)  # released
     with pytest.raises(ShuttingDown, match="shutting down"):
         jobs.start(lock, endless, "late", 1)
@@ -98,14 +98,14 @@ def test_the_app_stops_its_jobs_when_the_server_stops(tiny_app):
     from fastapi.testclient import TestClient
 
     create_app, explorer = tiny_app
-    with TestClient(create_app(explorer)) as client:  # the context runs the app's lifespan (startup, shutdown)
+    with TestClient(base_url="http://127.0.0.1", app=create_app(explorer)) as client:  # the context runs the app's lifespan (startup, shutdown)
         job = explorer.jobs.start(explorer.device_lock(explorer.models["tiny"]), endless, "endless", 1)
         deadline = time.monotonic() + 10
         while job.state != "running" and time.monotonic() < deadline:
             time.sleep(0.01)
         assert client.get(f"/api/jobs/{job.id}").json()["state"] == "running"
     assert job.state == "cancelled" and not explorer.jobs.closed  # stopped; another app may still serve it
-    later = TestClient(create_app(explorer))  # no lifespan: requests only
+    later = TestClient(base_url="http://127.0.0.1", app=create_app(explorer))  # no lifespan: requests only
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), "red").save(buffer, format="PNG")
     image = later.post("/api/upload", files={"file": ("red.png", buffer.getvalue(), "image/png")}).json()["image"]
@@ -185,7 +185,7 @@ def _record_maps_of_a_run(tiny_app, settings: bytes, model: str):
     (run / "results.jsonl").write_text(json.dumps({"image": "chelsea.png", "model": model, "method": "gradcam",
                                                    "label": 1, "metrics": {"deletion": 0.1}}) + "\n")
     (run / "settings.json").write_bytes(settings)
-    client = TestClient(create_app(explorer), raise_server_exceptions=False)
+    client = TestClient(base_url="http://127.0.0.1", app=create_app(explorer), raise_server_exceptions=False)
     return client.get("/api/record-maps", params={"run": "run1", "image": "chelsea.png", "model": model})
 
 
@@ -240,7 +240,7 @@ def test_routing_and_parsing_errors_are_one_line_error_json(tiny_app, method, pa
     from fastapi.testclient import TestClient
 
     create_app, explorer = tiny_app
-    client = TestClient(create_app(explorer), raise_server_exceptions=False)
+    client = TestClient(base_url="http://127.0.0.1", app=create_app(explorer), raise_server_exceptions=False)
     response = getattr(client, method)(path, **kwargs)
     one_line_error(response, status, *words)
     if status == 405:
@@ -252,13 +252,12 @@ def test_routing_and_parsing_errors_are_one_line_error_json(tiny_app, method, pa
 
 def test_serve_weights_loads_a_library_model_from_a_local_file(tmp_path, monkeypatch, capsys):
     import torchvision
-    import uvicorn
 
     module = torchvision.models.mobilenet_v3_small(num_classes=10)
     weights = tmp_path / "mine.pt"
     torch.save(module.state_dict(), weights)
     served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: served.append(app))
+    monkeypatch.setattr("visionlens.serve.cli._run", lambda app, host, port: served.append(app))
     spec = "torchvision:mobilenet_v3_small"
     assert main(["serve", "--model", spec, "--weights", str(weights), "--port", str(free_port()), "--device", "cpu"]) == 0
     explorer = served[0].state.explorer

@@ -213,7 +213,7 @@ def test_naflow_job_uses_the_command_lines_damped_solve_and_converges(served, im
     from visionlens.serve.app import create_app
     from visionlens.serve.explorer import Explorer
 
-    client = TestClient(create_app(Explorer({"world-cnn": visionlens.load_model("world-cnn")}, images=served["images"])))
+    client = TestClient(base_url="http://127.0.0.1", app=create_app(Explorer({"world-cnn": visionlens.load_model("world-cnn")}, images=served["images"])))
     job = client.post("/api/jobs", json={"model": "world-cnn", "image": f"file:{imagenet_photos[0].name}",
                                          "methods": ["naflow"]}).json()
     job = wait(client, job["id"], timeout=120)
@@ -295,7 +295,7 @@ def test_unreadable_gallery_image_is_skipped_and_reported(tmp_path, mobilenet, i
     for photo in imagenet_photos[:2]:
         (tmp_path / photo.name).write_bytes(photo.read_bytes())
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    client = TestClient(create_app(Explorer({"mobilenet_v2": mobilenet}, images=tmp_path)))
+    client = TestClient(base_url="http://127.0.0.1", app=create_app(Explorer({"mobilenet_v2": mobilenet}, images=tmp_path)))
     result = client.post("/api/similarity", json={"model": "mobilenet_v2", "a": f"file:{imagenet_photos[0].name}"}).json()
     assert result["gallery"] == 2 and [m["image"] for m in result["matches"]] == [f"file:{imagenet_photos[1].name}"]
     assert [f["image"] for f in result["failures"]] == ["file:broken.png"] and "\n" not in result["failures"][0]["error"]

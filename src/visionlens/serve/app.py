@@ -1,28 +1,46 @@
 """The FastAPI app: one HTML page and a small JSON API over :class:`~.explorer.Explorer`.
 
 Errors are JSON ``{"error": "one line"}``, the same text as the CLI's ``error:`` lines: 400 for
-bad input (malformed requests and bodies that cannot be parsed included), 404 for anything not
-served (unknown routes included), 405 for a method a route does not take, 413 for uploads over the
-limits, 503 for new work while the server stops, 500 for a bug (its traceback goes to the server's
-log). When the server stops, the explorer's jobs are cancelled and their threads waited for."""
+bad input (malformed requests and bodies that cannot be parsed included), 403 for a request whose
+``Host`` is not this server's (DNS rebinding) or a state-changing one from another site's page
+(``Origin``), 404 for anything not served (unknown routes included), 405 for a method a route does
+not take, 413 for uploads over the limits (refused while the body streams in), 429 for a job over
+the cap, 503 for new work while the server stops or a device busy for too long, 500 for a bug (its
+traceback goes to the server's log). When the server stops, the explorer's jobs are cancelled and
+waited for.
+
+The page, the static files and the job polls never wait for a device: they are ``async`` routes
+that touch no lock, and the routes that compute run in worker threads of their own (``COMPUTE``),
+apart from the light ones (``LIGHT``)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 from contextlib import asynccontextmanager
 from http import HTTPStatus
+from urllib.parse import urlsplit
 
 import anyio
-from fastapi import FastAPI, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
-from ..errors import VisionlensError
+from ..errors import InputError, VisionlensError
 from .explorer import Explorer
 from .page import PAGE
-from .safety import NotServed, ShuttingDown, TooLarge
+from .safety import NotServed, Refused, ShuttingDown, TooLarge, TooMany, too_large
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+FORM_SLACK = 64 * 1024  # multipart headers and boundaries around the uploaded file
+COMPUTE_THREADS = 8  # requests that compute (most wait for their device's lock)
+LIGHT_THREADS = 8  # requests that read folders or decode uploads
 
 UNPARSED_BODY = "There was an error parsing the body"  # FastAPI's detail for a body it could not decode
 
@@ -53,7 +71,7 @@ class PredictRequest(BaseModel):
 
 
 def _status(err: VisionlensError) -> int:
-    for kind, status in ((NotServed, 404), (TooLarge, 413), (ShuttingDown, 503)):
+    for kind, status in ((NotServed, 404), (TooLarge, 413), (ShuttingDown, 503), (TooMany, 429), (Refused, 403)):
         if isinstance(err, kind):
             return status
     return 400
@@ -103,8 +121,105 @@ def _validation_message(err: RequestValidationError) -> str:
     return f"bad request: {_printable(where, 200)}: {msg}"
 
 
-def create_app(explorer: Explorer) -> FastAPI:
-    """The explorer's app (routes below; run it with uvicorn)."""
+def _split_host(value: str) -> str:
+    """The host of a ``Host`` header or origin netloc, lower case, without port or brackets."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def host_allowed(header: str, bound: str) -> bool:
+    """Whether a request's ``Host`` names this server: a loopback name or address, the ``--host``
+    it listens on, or (listening on every interface: 0.0.0.0, ::) any IP address; a name that
+    resolves elsewhere (DNS rebinding) is not."""
+    host, bound = _split_host(header), _split_host(bound)
+    if host in LOOPBACK_NAMES or host == bound or (_is_ip(host) and ipaddress.ip_address(host).is_loopback):
+        return True
+    return bound in ("0.0.0.0", "::") and _is_ip(host)
+
+
+def origin_allowed(origin: str | None, host_header: str) -> bool:
+    """Whether a state-changing request may come from ``origin``: none given, or this server's own."""
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.strip().lower()
+
+
+class Guard:
+    """ASGI middleware: a 403 for a foreign ``Host`` (DNS rebinding) and for a POST (or other
+    state-changing request) whose ``Origin`` is another site's (cross-site form posts)."""
+
+    def __init__(self, app, bound: str):
+        self.app, self.bound = app, bound
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            host = headers.get("host", "")
+            why = None
+            if not host_allowed(host, self.bound):
+                why = f"refused: Host '{_printable(host, 100)}' is not this server's (open it as http://127.0.0.1:PORT/)"
+            elif scope["method"] not in SAFE_METHODS and not origin_allowed(headers.get("origin"), host):
+                why = f"refused: a {scope['method']} from another site's page (Origin '{_printable(headers['origin'], 100)}')"
+            if why:
+                await JSONResponse({"error": why}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def upload_file(request: Request, max_bytes: int) -> bytes:
+    """The ``file`` field of a multipart upload, read while the body streams in: a 413 as soon as
+    the declared or received body is over the limit (nothing more is read)."""
+    limit = max_bytes + FORM_SLACK
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(max_bytes)
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise InputError("bad request: send the image as multipart/form-data in a field named 'file'")
+
+    async def bounded():
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise too_large(max_bytes)
+            yield chunk
+
+    parser = MultiPartParser(request.headers, bounded(), max_files=1, max_fields=8)
+    try:
+        form = await parser.parse()
+    except MultiPartException as err:
+        raise InputError(f"bad request: the upload could not be parsed ({_printable(str(err), 200)})") from None
+    file = form.get("file")
+    try:
+        if not isinstance(file, UploadFile):
+            raise InputError("bad request: file: give the image in a multipart form field named 'file'")
+        return await file.read(max_bytes + 1)
+    finally:
+        await form.close()
+
+
+def create_app(explorer: Explorer, host: str = "127.0.0.1") -> FastAPI:
+    """The explorer's app (routes below; run it with uvicorn, listening on ``host``: the requests'
+    ``Host`` must name it, or loopback)."""
+    compute, light = anyio.CapacityLimiter(COMPUTE_THREADS), anyio.CapacityLimiter(LIGHT_THREADS)
+
+    async def computed(fn, *args):
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=compute)
+
+    async def read(fn, *args):
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=light)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -122,6 +237,7 @@ def create_app(explorer: Explorer) -> FastAPI:
 
     app = FastAPI(title="visionlens explorer", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.explorer = explorer
+    app.add_middleware(Guard, bound=host)
 
     @app.exception_handler(VisionlensError)
     async def visionlens_error(request: Request, err: VisionlensError):
@@ -140,77 +256,76 @@ def create_app(explorer: Explorer) -> FastAPI:
         return JSONResponse({"error": f"internal error ({type(err).__name__}: {_one_line(err)})"}, status_code=500)
 
     @app.get("/", response_class=HTMLResponse)
-    def page():
+    async def page():
         return PAGE
 
     @app.get("/api/info")
-    def info():
-        return explorer.describe()
+    async def info():
+        return await read(explorer.describe)
 
     @app.get("/api/layers")
-    def layers(model: str):
-        return explorer.layers(model)
+    async def layers(model: str):
+        return await computed(explorer.layers, model)
 
     @app.get("/api/images")
-    def images():
-        return explorer.image_names()
+    async def images():
+        return await read(explorer.image_names)
 
     @app.get("/api/results")
-    def results():
-        return explorer.result_runs()
+    async def results():
+        return await read(explorer.result_runs)
 
     @app.get("/api/scores")
-    def scores(run: str):
-        return explorer.scores(run)
+    async def scores(run: str):
+        return await read(explorer.scores, run)
 
     @app.post("/api/upload")
-    async def upload(request: Request, file: UploadFile):
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > explorer.max_upload_bytes + 64 * 1024:
-            raise TooLarge(f"upload: {int(declared):,} bytes is over the limit of {explorer.max_upload_bytes:,} bytes")
-        data = await file.read(explorer.max_upload_bytes + 1)
-        return explorer.add_upload(data)
+    async def upload(request: Request):
+        data = await upload_file(request, explorer.max_upload_bytes)
+        return await read(explorer.add_upload, data)
 
     @app.post("/api/predict")
-    def predict(req: PredictRequest):
-        return explorer.predict(req.model, req.image)
+    async def predict(req: PredictRequest):
+        return await computed(explorer.predict, req.model, req.image)
 
     @app.post("/api/explain")
-    def explain(req: ExplainRequest):
-        return explorer.explain(req.model, req.image, req.methods, req.layer, req.target, req.cmap)
+    async def explain(req: ExplainRequest):
+        return await computed(explorer.explain, req.model, req.image, req.methods, req.layer, req.target, req.cmap)
 
     @app.post("/api/jobs")
-    def start_job(req: ExplainRequest):
-        return explorer.explain_job(req.model, req.image, req.methods, req.layer, req.target, req.cmap).describe()
+    async def start_job(req: ExplainRequest):
+        job = await read(explorer.explain_job, req.model, req.image, req.methods, req.layer, req.target, req.cmap)
+        return job.describe()
 
     @app.get("/api/jobs/{job_id}")
-    def job(job_id: str):
+    async def job(job_id: str):
         return explorer.jobs.get(job_id).describe()
 
     @app.post("/api/jobs/{job_id}/cancel")
-    def cancel_job(job_id: str):
+    async def cancel_job(job_id: str):
         return explorer.jobs.cancel(job_id).describe()
 
     @app.post("/api/similarity")
-    def similarity(req: SimilarityRequest):
-        return explorer.similarity(req.model, req.a, req.b, req.gallery, req.methods, req.metric, req.top, req.cmap)
+    async def similarity(req: SimilarityRequest):
+        return await computed(explorer.similarity, req.model, req.a, req.b, req.gallery, req.methods, req.metric,
+                              req.top, req.cmap)
 
     @app.get("/api/record-maps")
-    def record_maps(run: str, image: str, model: str, cmap: str | None = None):
-        return explorer.record_maps(run, image, model, cmap)
+    async def record_maps(run: str, image: str, model: str, cmap: str | None = None):
+        return await computed(explorer.record_maps, run, image, model, cmap)
 
     @app.get("/api/result/{token}/map.png")
-    def map_png(token: str, method: str, alpha: float = 0.5):
-        return Response(explorer.overlay_png(token, method, alpha), media_type="image/png",
+    async def map_png(token: str, method: str, alpha: float = 0.5):
+        return Response(await read(explorer.overlay_png, token, method, alpha), media_type="image/png",
                         headers={"Content-Disposition": f'attachment; filename="{_file_stem(method)}.png"'})
 
     @app.get("/api/result/{token}/maps.npz")
-    def maps_npz(token: str):
-        return Response(explorer.npz_bytes(token), media_type="application/octet-stream",
+    async def maps_npz(token: str):
+        return Response(await read(explorer.npz_bytes, token), media_type="application/octet-stream",
                         headers={"Content-Disposition": 'attachment; filename="maps.npz"'})
 
     @app.get("/files/{kind}/{name:path}")
-    def served(kind: str, name: str):
+    async def served(kind: str, name: str):
         return FileResponse(explorer.served_file(kind, name))
 
     return app

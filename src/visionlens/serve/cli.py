@@ -14,7 +14,7 @@ def _cmd_serve(args) -> int:
     from ..errors import InputError
 
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the serve extra)
 
         from .app import create_app
     except ImportError as err:
@@ -28,24 +28,26 @@ def _cmd_serve(args) -> int:
     from ..models import load_model
     from .explorer import Explorer
 
+    host = _bare_host(args.host)
     images = _images_folder(args)
     for flag, folder in (("--images", images), ("--results", args.results)):
         Explorer.folder(folder, flag)  # a bad folder fails before the models load
     specs = list(dict.fromkeys(args.model or [DEFAULT_MODEL]))
     weights = _weights_file(args.weights, specs)
-    _check_port(args.host, args.port)
+    _check_port(host, args.port)
     models = {spec: load_model(spec, device=args.device, weights=weights) for spec in specs}
     explorer = Explorer(models, images=images, results=args.results,
                         max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels)
-    print(f"visionlens explorer: http://{args.host}:{args.port}/ (models: {', '.join(models)}; Ctrl-C stops it)", flush=True)
-    if not _loopback(args.host):
+    print(f"visionlens explorer: {_url(host, args.port)} (models: {', '.join(models)}; Ctrl-C stops it)", flush=True)
+    _say_if_truncated(explorer)
+    if not _loopback(host):
         print(f"warning: --host {args.host} lets other machines reach the explorer, which has no login: anyone who "
               "can connect may run the models on uploads and read the listed images", file=sys.stderr, flush=True)
     interrupted = False
     try:
         with _ctrl_c() as pressed:
             try:
-                uvicorn.run(create_app(explorer), host=args.host, port=args.port, log_level="warning")
+                _run(create_app(explorer, host=host), host, args.port)
             except SystemExit:  # uvicorn's exit when the server did not start: here, Ctrl-C while it started
                 if not pressed:
                     raise
@@ -57,6 +59,60 @@ def _cmd_serve(args) -> int:
     finally:
         _stop_jobs(explorer, 130 if interrupted else 0)
     return 0
+
+
+def _run(app, host: str, port: int) -> None:
+    """Serve ``app`` with uvicorn until it stops (as ``uvicorn.run``: SystemExit when it did not start)."""
+    import uvicorn
+
+    server = _server_class(uvicorn.Server)(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        raise SystemExit(3)
+
+
+def _server_class(base):
+    """uvicorn's server, saying so when the first Ctrl-C waits for the requests in progress, and
+    ending the process at once (status 130) on the second."""
+    import os
+    import signal
+
+    class Server(base):
+        def handle_exit(self, sig, frame):
+            if sig == signal.SIGINT and self.should_exit:
+                print("interrupted", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(130)
+            if sig == signal.SIGINT:
+                print("stopping: waiting for the requests in progress to finish (press Ctrl-C again to quit at once)",
+                      file=sys.stderr, flush=True)
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
+def _bare_host(host: str) -> str:
+    """``--host`` without the brackets of an IPv6 literal (``[::1]`` is ``::1``)."""
+    host = host.strip()
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _url(host: str, port: int) -> str:
+    """The explorer's address, with an IPv6 literal in brackets."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def _say_if_truncated(explorer) -> None:
+    """One line when the page lists only the first images of ``--images``."""
+    from .safety import MAX_LISTED
+
+    total = explorer.describe()["images_total"]
+    if total is not None and total > MAX_LISTED:
+        print(f"note: --images holds {total:,} images; the page lists the first {MAX_LISTED:,} (sorted by name)",
+              file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -139,8 +195,9 @@ def _check_port(host: str, port: int) -> None:
 
     if not host.strip():  # '' would listen on every network interface
         raise InputError("--host is empty; give an address to listen on (127.0.0.1, the default: this machine only)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        with socket.create_server((host, port)):
+        with socket.create_server((host, port), family=family):
             pass
     except OSError as err:
         raise InputError(f"cannot listen on {host}:{port} ({err.strerror or err}); choose another --port or --host") from None

@@ -3,6 +3,7 @@ computed one request at a time per device (kept briefly for their PNG and NPZ do
 
 from __future__ import annotations
 
+import contextlib
 import io
 import secrets
 import threading
@@ -16,9 +17,10 @@ import torch
 from PIL import Image
 
 from ..cli import NAFLOW_CLI_DAMP, NAFLOW_CLI_MAX_ITER  # the command line's NAFlow solve: damped, converges in seconds
+from ..core.hooks import preserved_model_state
 from ..core.layers import layer_shapes
 from ..data.images import IMAGE_SUFFIXES, load_image
-from ..errors import InputError
+from ..errors import ImageLoadError, InputError
 from ..methods import METHODS, REGISTRY
 from ..methods.base import PerturbationMethod
 from ..methods.registry import unknown_method
@@ -34,6 +36,8 @@ from .results import image_input, record_methods, run_model, settings_of
 from .similarity import SIMILARITY_CHOICES
 
 KEEP = 32  # uploads and results kept in memory (oldest dropped first)
+UPLOAD_BUDGET = 64 * 1024 * 1024  # bytes of decoded uploads kept in all (oldest dropped first)
+LOCK_WAIT_S = 30.0  # how long a request waits for its device before a 503 (jobs wait as "queued")
 MAX_METHODS = 6
 LONG_METHODS = ("naflow", "scorecam", "ablationcam")  # run as jobs by the page, with progress and Cancel
 # a perturbation method's passes besides its channel batches (its forward; Score-CAM's check of its
@@ -42,18 +46,29 @@ SETUP_PASSES = {"scorecam": 5, "ablationcam": 2}
 
 
 class Recent:
-    """Values under random tokens, only the ``size`` newest kept (safe across request threads)."""
+    """Values under random tokens, only the ``size`` newest kept, and with ``budget`` only as many
+    of the newest as fit in it by ``weigh(value)`` bytes (safe across request threads)."""
 
-    def __init__(self, size: int = KEEP):
+    def __init__(self, size: int = KEEP, budget: int | None = None, weigh=None):
         self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+        self.budget, self.weigh, self._weights = budget, weigh or (lambda value: 0), {}
 
     def add(self, value) -> str:
         token = secrets.token_hex(8)
         with self._lock:
-            self._items[token] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            self._items[token], self._weights[token] = value, self.weigh(value)
+            while len(self._items) > 1 and (len(self._items) > self.size or self.over_budget()):
+                self._weights.pop(self._items.popitem(last=False)[0])
         return token
+
+    def over_budget(self) -> bool:
+        return self.budget is not None and sum(self._weights.values()) > self.budget
+
+    @property
+    def kept_bytes(self) -> int:
+        """The kept values' bytes by ``weigh``."""
+        with self._lock:
+            return sum(self._weights.values())
 
     def get(self, token: str):
         """The value under ``token``, or None once dropped (or never there)."""
@@ -74,7 +89,7 @@ class Explorer:
         self.images = self.folder(images, "--images")
         self.results = self.folder(results, "--results")
         self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
-        self.uploads: Recent = Recent()
+        self.uploads: Recent = Recent(budget=UPLOAD_BUDGET, weigh=image_bytes)
         self.computed: Recent = Recent()
         self.jobs = Jobs()
         self._run_models: dict[str, ZooModel] = {}  # zoo models of --results runs, loaded on first use
@@ -116,6 +131,8 @@ class Explorer:
                         for i in REGISTRY if i.explains == "class"],
             "similarity_methods": list(SIMILARITY_CHOICES),
             "images": self.images is not None, "results": self.results is not None,
+            "images_total": None if self.images is None else len(self._all_image_names()),
+            "images_listed": safety.MAX_LISTED,
             "max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
         }
 
@@ -123,7 +140,7 @@ class Explorer:
         """The model's layers in execution order with their output shapes (batch of one)."""
         model = self.model(name)
         if name not in self._layers:
-            with self.device_lock(model):
+            with self.locked(model):
                 self._layer_shapes(name, model)
         return self._layers[name]
 
@@ -149,9 +166,13 @@ class Explorer:
         return -(-channels // explainer.batch_size) + SETUP_PASSES.get(explainer.name, 1)
 
     def image_names(self) -> list[str]:
+        """The first :data:`~.safety.MAX_LISTED` images of ``--images`` (``describe`` says how many there are)."""
+        return self._all_image_names()[:safety.MAX_LISTED]
+
+    def _all_image_names(self) -> list[str]:
         if self.images is None:
             raise safety.NotServed("this explorer serves no images folder (start it with --images DIR)")
-        return safety.image_names(self.images)
+        return safety.image_names(self.images, limit=None)
 
     def served_file(self, kind: str, name: str) -> Path:
         """A file inside ``--images`` (image files only) or ``--results``; anything else is refused."""
@@ -183,8 +204,10 @@ class Explorer:
     # --- images ---------------------------------------------------------------------------
 
     def add_upload(self, data: bytes) -> dict:
+        """Check and decode an upload; it is kept as a working copy (:func:`~.safety.working_copy`)."""
         image = safety.load_upload(data, self.max_upload_bytes, self.max_pixels)
-        return {"image": "upload:" + self.uploads.add(image), "width": image.width, "height": image.height}
+        width, height = image.size
+        return {"image": "upload:" + self.uploads.add(safety.working_copy(image)), "width": width, "height": height}
 
     def image(self, ref: str) -> Image.Image:
         """``upload:TOKEN`` (an upload of this session) or ``file:NAME`` (inside ``--images``)."""
@@ -192,7 +215,11 @@ class Explorer:
         if kind == "upload" and (upload := self.uploads.get(value)) is not None:
             return upload
         if kind == "file":
-            return load_image(self.served_file("images", value))
+            path = self.served_file("images", value)
+            try:
+                return load_image(path)
+            except ImageLoadError as err:  # named as listed, not by the server's absolute path
+                raise ImageLoadError(_one_line(err).replace(str(path), value)) from None
         raise InputError(f"unknown image {ref!r}; upload it again or pick one from the list")
 
     # --- maps -------------------------------------------------------------------------------
@@ -201,6 +228,18 @@ class Explorer:
         """One lock per device: requests on a device run one at a time."""
         with self._guard:
             return self._locks.setdefault(str(model.device), threading.Lock())
+
+    @contextlib.contextmanager
+    def locked(self, model: ZooModel):
+        """Hold the model's device lock, waiting at most :data:`LOCK_WAIT_S` (then :class:`~.safety.Busy`)."""
+        lock = self.device_lock(model)
+        if not lock.acquire(timeout=LOCK_WAIT_S):
+            raise safety.Busy(f"the device is busy with other requests (waited {LOCK_WAIT_S:g} s); "
+                              "try again, or start long work as a job (POST /api/jobs)")
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _input(self, model: ZooModel, ref: str) -> tuple[Image.Image, torch.Tensor]:
         view = model.preprocess.view(self.image(ref))
@@ -215,7 +254,7 @@ class Explorer:
         """The top-5 classes of an image, with probabilities."""
         model = self.model(name)
         _, x = self._input(model, ref)
-        with self.device_lock(model), torch.no_grad():
+        with self.locked(model), preserved_model_state(model.module), torch.no_grad():  # eval mode, as explain
             logits = model.module(x.to(model.device))
         return self.top_classes(model, logits)
 
@@ -243,7 +282,7 @@ class Explorer:
         """Maps of one image by each method (side by side on the page), with the top-5 classes;
         the arrays are kept under the returned ``token`` for the downloads."""
         request = self.explain_request(name, ref, methods, layer, target, cmap)
-        with self.device_lock(request.model):
+        with self.locked(request.model):
             return self.run_explain(request)
 
     def explain_job(self, name: str, ref: str, methods: list[str], layer: str | None = None, target=None,
@@ -271,7 +310,7 @@ class Explorer:
         token = self.computed.add(kept)
         first = next(iter(results.values()))
         return {"token": token, "view": data_url(request.view), "top5": self.top_classes(model, first.logits),
-                "target": {"index": int(first.targets[0]), "name": model.class_name(int(first.targets[0]))},
+                "target": _target_of(model, first),
                 "maps": [self._shown(model, m, r, kept["results"][m], request.cmap) for m, r in results.items()],
                 "warnings": _warning_lines(caught)}
 
@@ -288,15 +327,18 @@ class Explorer:
         query = view(a)
         if b:
             views = (query, view(b))
-            with self.device_lock(model):
-                return {"mode": "pair", **similarity.explain_pair(model, views, methods, metric, cmap)}
-        refs = list(dict.fromkeys(gallery or ["file:" + n for n in self.image_names()]))
+            with self.locked(model), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                paired = similarity.explain_pair(model, views, methods, metric, cmap)
+            return {"mode": "pair", **paired, "warnings": _warning_lines(caught)}
+        refs = list(dict.fromkeys(gallery or ["file:" + n for n in self._all_image_names()]))
         if len(refs) > similarity.MAX_GALLERY:
-            raise InputError(f"the gallery has {len(refs)} images; the explorer ranks at most {similarity.MAX_GALLERY}")
+            raise InputError(f"the gallery has {len(refs):,} images; the explorer ranks at most {similarity.MAX_GALLERY}")
         refs, views, failures = similarity.gallery_views(view, refs)
-        with self.device_lock(model):
+        with self.locked(model), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             ranked = similarity.rank_gallery(model, (a, query), (refs, views), methods, metric, top, cmap)
-        return {"mode": "gallery", **ranked, "failures": failures}
+        return {"mode": "gallery", **ranked, "failures": failures, "warnings": _warning_lines(caught)}
 
     def record_maps(self, run: str, image: str, model_name: str, cmap: str | None = None) -> dict:
         """The maps of one image of a results folder by each method it was scored with, computed
@@ -306,14 +348,15 @@ class Explorer:
         settings = settings_of(folder)
         records = record_methods(folder, image, model_name)
         model = run_model(self.models, self._run_models, settings, model_name)
-        view, x = image_input(settings, image, model)
+        allowed = [folder, *(f for f in (self.images, self.results) if f is not None)]
+        view, x = image_input(settings, image, model, allowed)
         computed = {}
-        with self.device_lock(model), warnings.catch_warnings(record=True) as caught:
+        with self.locked(model), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for record in records:
                 computed[record["method"]] = make_method(record["method"], model)(x.to(model.device))
         kept = {"model": model_name, "view": view, "cmap": cmap, "results": {m: _arrays(r) for m, r in computed.items()}}
-        maps = [{**self._shown(model, m, r, kept["results"][m], cmap), "predicted": int(r.targets[0]),
+        maps = [{**self._shown(model, m, r, kept["results"][m], cmap), "predicted": None if r.targets is None else int(r.targets[0]),
                  "recorded_predicted": rec.get("predicted")} for (m, r), rec in zip(computed.items(), records)]
         return {"token": self.computed.add(kept), "image": image, "model": model_name, "view": data_url(view),
                 "source": "recomputed", "maps": maps, "warnings": _warning_lines(caught)}
@@ -366,6 +409,24 @@ class ExplainRequest:
     layer: str | None
     target: int | None
     cmap: str
+
+
+def image_bytes(image: Image.Image) -> int:
+    """The bytes of a decoded image's pixels."""
+    return image.width * image.height * len(image.getbands())
+
+
+def _one_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _target_of(model: ZooModel, result) -> dict | None:
+    """The explained class of the request's first image, or None (a class-free map of an embedding)."""
+    if result.targets is None:
+        return None
+    index = int(result.targets[0])
+    return {"index": index, "name": model.class_name(index)}
 
 
 def _warning_lines(caught) -> list[str]:

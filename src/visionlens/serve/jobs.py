@@ -1,5 +1,7 @@
-"""Long requests as jobs: each runs in its own thread, waits for its device's lock ("queued"), reports
-its progress and can be cancelled.
+"""Long requests as jobs: a few worker threads run them, each waits for its device's lock ("queued"),
+reports its progress and can be cancelled. At most :data:`MAX_ACTIVE` jobs are queued or running
+(:class:`~.safety.TooMany` beyond: HTTP 429); finished jobs are kept for their results, the
+:data:`KEEP` newest, while a queued or running job is never dropped.
 
 The methods have no progress or cancellation hooks of their own, so a job counts its steps (one per
 method) and the model's forward passes in its thread (global module hooks that look only at that
@@ -10,7 +12,7 @@ Cancel button was pressed. The method's own ``preserved_model_state`` then resto
 (modes, flags, hooks) on the way out, as after any error, and the lock is released.
 
 When the server stops, :meth:`Jobs.stop` (and, before ``serve`` exits, :meth:`Jobs.close`, which
-also refuses new jobs) cancels every job and waits for its thread, so that no torch work is still
+also refuses new jobs) cancels every job and waits for it to end, so that no torch work is still
 running while the interpreter shuts down (which aborts the process)."""
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from typing import Callable
 
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 
 from ..errors import VisionlensError
-from .safety import NotServed, ShuttingDown
+from .safety import NotServed, ShuttingDown, TooMany
 
 KEEP = 32  # finished jobs kept for their results (oldest dropped first)
+MAX_ACTIVE = 16  # jobs queued or running at once (more are refused)
+WORKERS = 2  # threads that run the jobs (each job still waits for its device's lock)
 WAIT_S = 0.05  # how often a queued job looks for a cancel while it waits for the lock
 STOP_WAIT_S = 30.0  # how long closing waits for cancelled jobs to stop (a cancel acts at the next torch operation)
 
@@ -113,32 +119,44 @@ class Job:
 
 
 class Jobs:
-    """The explorer's jobs, by id (the ``keep`` newest kept), and the threads of those still running."""
+    """The explorer's jobs, by id: the queued and running ones (at most ``active``) and the ``keep``
+    newest finished ones; ``workers`` threads run them."""
 
-    def __init__(self, keep: int = KEEP):
-        self.keep, self._jobs, self._guard = keep, OrderedDict(), threading.Lock()
-        self._running: dict[str, tuple[Job, threading.Thread]] = {}  # until their thread ends, kept or not
+    def __init__(self, keep: int = KEEP, active: int = MAX_ACTIVE, workers: int = WORKERS):
+        self.keep, self.active, self._jobs, self._guard = keep, active, OrderedDict(), threading.Lock()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="visionlens-job")
+        self._running: dict[str, tuple[Job, Future]] = {}  # queued or running, kept until they end
         self._closed = False
 
     def start(self, lock: threading.Lock, work: Callable[[Job], dict], label: str, total: int) -> Job:
-        """Run ``work(job)`` in a new thread once ``lock`` is free; its return value is the result.
-        Refused (:class:`ShuttingDown`) once :meth:`close` was called."""
+        """Run ``work(job)`` on a worker once ``lock`` is free; its return value is the result.
+        Refused (:class:`ShuttingDown`) once :meth:`close` was called, and (:class:`TooMany`) while
+        ``active`` jobs are queued or running."""
         job = Job(label, total)
-        thread = threading.Thread(target=self._run, args=(job, lock, work), daemon=True, name=f"visionlens-job-{job.id}")
-        with self._guard:  # close() sees every thread started before it
+        with self._guard:  # close() sees every job started before it
             if self._closed:
                 raise ShuttingDown("the explorer is shutting down; no new jobs are started")
-            self._jobs[job.id] = job
-            while len(self._jobs) > self.keep:
-                self._jobs.popitem(last=False)
-            self._running[job.id] = (job, thread)
-            try:
-                thread.start()
-            except BaseException:  # e.g. no thread can be started: the job never existed
-                self._jobs.pop(job.id, None)
-                self._running.pop(job.id, None)
-                raise
+            if len(self._running) >= self.active:
+                raise TooMany(f"{len(self._running)} jobs are queued or running, the most the explorer takes; "
+                              "wait for one to finish or cancel one")
+            future = self._pool.submit(self._work, job, lock, work)
+            self._jobs[job.id], self._running[job.id] = job, (job, future)
+            self._drop_finished()
+        future.add_done_callback(lambda _: self._ended(job))
         return job
+
+    def _drop_finished(self) -> None:
+        """Drop the oldest finished jobs beyond ``keep`` (the caller holds the guard)."""
+        finished = [i for i in self._jobs if i not in self._running]
+        for job_id in finished[:max(len(finished) - self.keep, 0)]:
+            del self._jobs[job_id]
+
+    def _ended(self, job: Job) -> None:
+        if job.state == "queued":  # cancelled before a worker took it
+            job.state, job.ended = "cancelled", time.monotonic()
+        with self._guard:
+            self._running.pop(job.id, None)
+            self._drop_finished()
 
     def get(self, job_id: str) -> Job:
         with self._guard:
@@ -150,36 +168,35 @@ class Jobs:
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
         job.cancel()
+        with self._guard:
+            entry = self._running.get(job_id)
+        if entry is not None:
+            entry[1].cancel()  # not yet taken by a worker: it never runs
         return job
 
     def stop(self, timeout: float | None = STOP_WAIT_S) -> bool:
         """Cancel the running and queued jobs and wait (at most ``timeout`` seconds in all) for
-        their threads to end. True when none is left running."""
+        them to end. True when none is left running."""
         with self._guard:
             running = list(self._running.values())
-        for job, _ in running:
+        for job, future in running:
             job.cancel()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for _, thread in running:
-            thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
-        return not any(thread.is_alive() for _, thread in running)
+            future.cancel()
+        _, pending = wait_for([future for _, future in running], timeout)
+        return not pending
 
     def close(self, timeout: float | None = STOP_WAIT_S) -> bool:
-        """:meth:`stop`, and refuse new jobs from now on (:class:`ShuttingDown`); safe to call again."""
+        """:meth:`stop`, and refuse new jobs from now on (:class:`ShuttingDown`); the workers end
+        once their jobs have. Safe to call again."""
         with self._guard:
             self._closed = True
-        return self.stop(timeout)
+        stopped = self.stop(timeout)
+        self._pool.shutdown(wait=stopped, cancel_futures=True)
+        return stopped
 
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def _run(self, job: Job, lock: threading.Lock, work: Callable[[Job], dict]) -> None:
-        try:
-            self._work(job, lock, work)
-        finally:
-            with self._guard:
-                self._running.pop(job.id, None)
 
     @staticmethod
     def _work(job: Job, lock: threading.Lock, work: Callable[[Job], dict]) -> None:

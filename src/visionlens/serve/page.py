@@ -11,7 +11,8 @@ section{padding:1em;display:none}section.on{display:block}
 .controls{display:grid;grid-template-columns:max-content 1fr;gap:.5em 1em;max-width:60em;align-items:center}
 .controls select{max-width:26em}
 #methods label{margin-right:1em;white-space:nowrap}
-.error{color:#b71c1c;font-family:monospace;margin:.6em 0;min-height:1.2em}
+.error{color:#b71c1c;font-family:monospace;margin:.6em 0;min-height:1.2em;white-space:pre-line}
+.note{color:#555;font-size:.9em}
 .busy{color:#555}
 .cards{display:flex;flex-wrap:wrap;gap:1em;margin-top:1em}
 .card{background:#fff;border:1px solid #ddd;padding:.6em;width:244px}
@@ -49,6 +50,7 @@ table.scores tr.picked td{background:#e0f2f1}
 <div class="controls">
 <span>Images</span><span><input type="file" id="upload" accept="image/*" multiple> or
 <select id="picked"><option value="">pick an image</option></select>
+<span id="note" class="note"></span>
 <img id="preview" alt="" hidden></span>
 <span>Model</span><select id="model"></select>
 <span>Layer</span><select id="layer"></select>
@@ -143,6 +145,8 @@ async function init() {
   }
   const vit = info.models.find(m => m.name.includes("vit")); if (vit) $("flow-model").value = vit.name;
   if (info.images) for (const name of await api("/api/images")) imageOption("file:" + name, name);
+  if (info.images_total > info.images_listed)
+    $("note").textContent = `The list shows the first ${info.images_listed} of the ${info.images_total} images in the folder (sorted by name).`;
   if (info.results) for (const run of await api("/api/results")) option($("runs"), run, run);
   await loadLayers();
 }
@@ -171,7 +175,7 @@ async function predict() {
 const previews = {};  // upload ref -> the browser's own copy of the file
 $("upload").onchange = async () => {
   $("error").textContent = "";
-  let first = null;
+  let first = null; const errors = [];  // one line per file refused, shown after the first upload is chosen
   for (const file of $("upload").files) {
     const form = new FormData(); form.append("file", file);
     try {
@@ -179,9 +183,10 @@ $("upload").onchange = async () => {
       previews[up.image] = URL.createObjectURL(file);
       imageOption(up.image, "uploaded: " + file.name);
       first = first || up.image;
-    } catch (e) { fail("error", new Error(`${file.name}: ${e.message}`)); }
+    } catch (e) { errors.push(`${file.name}: ${e.message}`); }
   }
-  if (first) { $("picked").value = first; await chooseImage(first).catch(e => fail("error", e)); }
+  if (first) { $("picked").value = first; await chooseImage(first).catch(e => errors.push(e.message)); }
+  if (errors.length) $("error").textContent = errors.map(e => "error: " + e).join("\n");
 };
 $("picked").onchange = () => { if ($("picked").value) chooseImage($("picked").value).catch(e => fail("error", e)); };
 function previewUrl(ref) {
@@ -218,7 +223,7 @@ $("run").onclick = async () => {
     state.token = r.token; $("warnings").textContent = r.warnings.join("\n");
     $("maps").textContent = "";
     for (const m of r.maps) $("maps").append(card(r.view, m));
-    $("downloads").innerHTML = `explained: ${esc(r.target.name)} (${r.target.index}) · <a id="npz" download href="/api/result/${r.token}/maps.npz">all maps (NPZ)</a>`;
+    $("downloads").innerHTML = `explained: ${r.target ? `${esc(r.target.name)} (${r.target.index})` : "no class (an embedding)"} · <a id="npz" download href="/api/result/${r.token}/maps.npz">all maps (NPZ)</a>`;
   } catch (e) { fail("error", e); }
   finally { $("status").textContent = ""; $("run").disabled = false; }
 };

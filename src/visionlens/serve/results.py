@@ -7,6 +7,7 @@ as ``evaluate`` does for a classifier."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from ..errors import InputError
 from ..evaluation.data import data_items, load_batch, parse_data
 from ..evaluation.store import read_folder_results
 from ..models.zoo import ZOO, ZooModel, load_model
+from .safety import NotServed
 
 RECOMPUTABLE_DATA = ("world", "samples", "folder", "imagefolder")
 
@@ -101,8 +103,17 @@ def _run_data(settings: dict) -> dict:
     return parse_data(where)
 
 
-def image_input(settings: dict, image: str, model: ZooModel) -> tuple[Image.Image, torch.Tensor]:
-    """The record's image as the run fed it to ``model``: ``(view, input batch of one)``."""
+def _check_inside(image: str, source, allowed: list[Path]) -> None:
+    """Refuse a run's image file outside the served folders (and the run's own folder)."""
+    path = Path(source).resolve() if isinstance(source, (str, os.PathLike)) else None
+    if path is None or not any(path.is_relative_to(root.resolve()) for root in allowed):
+        raise NotServed(f"not served: image '{image}' of this run is outside the explorer's --images and --results folders")
+
+
+def image_input(settings: dict, image: str, model: ZooModel,
+                allowed: list[Path] | None = None) -> tuple[Image.Image, torch.Tensor]:
+    """The record's image as the run fed it to ``model``: ``(view, input batch of one)``; with
+    ``allowed``, an image file only if it resolves inside one of these folders (else :class:`NotServed`)."""
     data = _run_data(settings)
     if data["kind"] == "world":
         prefix, _, index = image.rpartition(":")
@@ -113,6 +124,8 @@ def image_input(settings: dict, image: str, model: ZooModel) -> tuple[Image.Imag
         item = next((it for it in data_items(data, None) if it[0] == image), None)
         if item is None:
             raise InputError(f"image '{image}' is not in the run's data any more")
+        if allowed is not None and data["kind"] != "samples":  # the bundled photos are the library's own
+            _check_inside(image, item[1], allowed)
     batch = load_batch(data, [item[:2] + (-1,)], model)
     raw = (batch.raw[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     return Image.fromarray(raw), batch.x

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.similarity import check_metric, rank
-from ..errors import ImageLoadError, InputError
+from ..errors import InputError, VisionlensError
 from ..models.embedder import embedding_model
 from ..models.zoo import ZooModel
 from ..retrieval import explain_pairs, similarity_methods
@@ -82,17 +82,17 @@ def _embed(embed, emb: ZooModel, views: list) -> torch.Tensor:
 
 
 def gallery_views(load, refs: list[str]) -> tuple[list[str], list, list[dict]]:
-    """The readable gallery images as ``(refs, views, failures)``; an unreadable one is skipped
-    and reported (as ``retrieve`` does)."""
+    """The readable gallery images as ``(refs, views, failures)``; one that cannot be read (not
+    served, missing, unreadable) is skipped and reported (as ``retrieve`` does)."""
     kept, views, failures = [], [], []
     for ref in refs:
         try:
             views.append(load(ref))
             kept.append(ref)
-        except ImageLoadError as err:
+        except VisionlensError as err:
             failures.append({"image": ref, "error": str(err).splitlines()[0]})
     if not kept:
-        raise InputError("no readable image in the gallery")
+        raise InputError(f"no readable image in the gallery ({failures[0]['image']}: {failures[0]['error']})")
     return kept, views, failures
 
 
