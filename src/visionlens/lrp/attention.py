@@ -93,7 +93,7 @@ class AttnLRPRules:
 
     ``variant``: ``"attnlrp"`` (the paper's rules) or ``"cp"`` (CP-LRP attention, the rest AttnLRP).
     Every attention recomputation is checked against the module's own output (``tolerance``,
-    relative to the output's largest magnitude; ``None``: by dtype, see
+    relative to the output's largest magnitude; ``None``: by dtype and device, see
     :func:`~visionlens.core.vit.recompute_tolerance`)."""
 
     def __init__(self, adapter: ViTAdapter, variant: str = "attnlrp", tolerance: float | None = None):
