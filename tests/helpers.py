@@ -20,6 +20,17 @@ def one_error_line(err: str, *names: str) -> str:
     return lines[0]
 
 
+def json_error_line(response, status: int, *words: str) -> str:
+    """The one-line ``{"error": ...}`` of an HTTP ``response`` with ``status`` (asserting it names
+    every one of ``words``, on one line, without a traceback)."""
+    assert response.status_code == status, response.text
+    message = response.json()["error"]
+    assert "\n" not in message and "Traceback" not in message
+    for word in words:
+        assert word in message, message
+    return message
+
+
 def strict_json(text: str):
     """Parse ``text`` as strict JSON: a bare NaN or Infinity fails the test."""
     def refuse(token):

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import visionlens
+from helpers import json_error_line
 
 LOCAL = "http://127.0.0.1"
 
@@ -50,15 +51,6 @@ def png(size=(32, 32), mode="RGB") -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, size, "red" if mode == "RGB" else 0).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def one_line(response, status: int, *words: str) -> str:
-    assert response.status_code == status, response.text
-    message = response.json()["error"]
-    assert "\n" not in message and "Traceback" not in message
-    for word in words:
-        assert word in message, message
-    return message
 
 
 def post_chunks(app, headers: dict, chunks, path="/api/upload"):
@@ -123,12 +115,12 @@ def test_foreign_hosts_and_cross_site_posts_are_refused(tiny):
 
     client = TestClient(tiny[1], base_url=LOCAL)
     for path in ("/files/images/a.png", "/api/info", "/"):
-        one_line(client.get(path, headers={"Host": "attacker.example"}), 403, "refused", "attacker.example")
+        json_error_line(client.get(path, headers={"Host": "attacker.example"}), 403, "refused", "attacker.example")
     for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "127.0.0.2:80"):
         assert client.get("/api/info", headers={"Host": host}).status_code == 200, host
     form = {"file": ("red.png", png(), "image/png")}
-    one_line(client.post("/api/upload", files=form, headers={"Origin": "http://evil.example"}), 403, "another site")
-    one_line(client.post("/api/upload", files=form, headers={"Origin": "null"}), 403)
+    json_error_line(client.post("/api/upload", files=form, headers={"Origin": "http://evil.example"}), 403, "another site")
+    json_error_line(client.post("/api/upload", files=form, headers={"Origin": "null"}), 403)
     assert client.post("/api/upload", files=form, headers={"Origin": LOCAL}).status_code == 200
     assert client.get("/api/info", headers={"Origin": "http://evil.example"}).status_code == 200  # reads: CORS keeps them
 
@@ -234,7 +226,7 @@ def test_a_request_that_waits_too_long_for_the_device_is_a_503(tiny, monkeypatch
     lock = explorer.device_lock(explorer.models["tiny"])
     with lock:
         response = TestClient(app, base_url=LOCAL).post("/api/predict", json={"model": "tiny", "image": image})
-    one_line(response, 503, "busy", "/api/jobs")
+    json_error_line(response, 503, "busy", "/api/jobs")
 
 
 # --- 6. Ctrl-C ------------------------------------------------------------------------------------
@@ -315,7 +307,7 @@ def test_record_maps_refuse_a_run_image_outside_the_served_folders(tiny, tmp_pat
     (run / "settings.json").write_text(json.dumps(settings))
     client = TestClient(app, base_url=LOCAL)
     params = {"run": "run1", "image": "secret.png", "model": "tiny"}
-    one_line(client.get("/api/record-maps", params=params), 404, "not served", "secret.png")
+    json_error_line(client.get("/api/record-maps", params=params), 404, "not served", "secret.png")
     (explorer.images / "data").symlink_to(outside)  # the same folder, reached from inside --images
     settings["data"]["path"] = str(explorer.images / "data")
     (run / "settings.json").write_text(json.dumps(settings))
@@ -332,7 +324,7 @@ def test_an_unreadable_listed_image_is_named_without_the_servers_path(tiny):
     explorer, app = tiny
     (explorer.images / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     response = TestClient(app, base_url=LOCAL).post("/api/predict", json={"model": "tiny", "image": "file:bad.png"})
-    message = one_line(response, 400, "bad.png")
+    message = json_error_line(response, 400, "bad.png")
     assert str(explorer.images) not in message and "/" not in message.replace("bad.png", ""), message
 
 
@@ -384,7 +376,7 @@ def test_a_listing_cut_at_its_limit_says_so(tiny, monkeypatch, capsys):
     assert info["images_total"] == 3 and info["images_listed"] == 2
     _say_if_truncated(explorer)
     assert "holds 3 images; the page lists the first 2" in capsys.readouterr().err
-    one_line(client.post("/api/similarity", json={"model": "tiny", "a": "file:0.png"}), 400, "the gallery has 3 images")
+    json_error_line(client.post("/api/similarity", json={"model": "tiny", "a": "file:0.png"}), 400, "the gallery has 3 images")
 
 
 # --- a class-free map of an embedding model ---------------------------------------------------------

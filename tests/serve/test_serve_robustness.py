@@ -20,23 +20,12 @@ from PIL import Image
 import visionlens
 from visionlens.cli import main
 
-from helpers import one_error_line
+from helpers import json_error_line, one_error_line
 
 
 def free_port() -> int:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         return probe.getsockname()[1]
-
-
-def one_line_error(response, status: int, *words: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    message = body["error"]
-    assert message and "\n" not in message and "Traceback" not in message
-    for word in words:
-        assert word in message, message
-    return message
 
 
 class Tiny(torch.nn.Module):
@@ -113,7 +102,7 @@ def test_the_app_stops_its_jobs_when_the_server_stops(tiny_app):
     started = later.post("/api/jobs", json=request)
     assert started.status_code == 200, started.text
     assert explorer.close(timeout=10) is True  # what `serve` does before it exits
-    one_line_error(later.post("/api/jobs", json=request), 503, "shutting down")
+    json_error_line(later.post("/api/jobs", json=request), 503, "shutting down")
 
 
 def test_ctrl_c_while_a_scorecam_job_runs_exits_cleanly(tmp_path, imagenet_photos):
@@ -201,7 +190,7 @@ def _record_maps_of_a_run(tiny_app, settings: bytes, model: str):
 def test_a_broken_settings_json_is_a_one_line_400_naming_the_folder_and_the_file(tiny_app, settings, words):
     response = _record_maps_of_a_run(tiny_app, settings if isinstance(settings, bytes) else settings.encode(),
                                      "mobilenet_v2")
-    one_line_error(response, 400, "results folder 'run1'", "settings.json", *words)
+    json_error_line(response, 400, "results folder 'run1'", "settings.json", *words)
 
 
 @pytest.mark.parametrize("settings, words", [
@@ -211,7 +200,7 @@ def test_a_broken_settings_json_is_a_one_line_400_naming_the_folder_and_the_file
 ])
 def test_settings_of_the_wrong_shape_inside_are_one_line_400s(tiny_app, settings, words):
     name = "mobilenet_v2" if "mobilenet_v2" in settings["models"] else "tiny"
-    one_line_error(_record_maps_of_a_run(tiny_app, json.dumps(settings).encode(), name), 400, *words)
+    json_error_line(_record_maps_of_a_run(tiny_app, json.dumps(settings).encode(), name), 400, *words)
 
 
 # --- 3. every error is {"error": "..."} ------------------------------------------------------
@@ -242,7 +231,7 @@ def test_routing_and_parsing_errors_are_one_line_error_json(tiny_app, method, pa
     create_app, explorer = tiny_app
     client = TestClient(base_url="http://127.0.0.1", app=create_app(explorer), raise_server_exceptions=False)
     response = getattr(client, method)(path, **kwargs)
-    one_line_error(response, status, *words)
+    json_error_line(response, status, *words)
     if status == 405:
         assert response.headers["allow"]
 

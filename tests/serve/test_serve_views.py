@@ -17,7 +17,7 @@ from visionlens.data.images import load_image
 from visionlens.models.embedder import embedding_model
 from visionlens.viz.overlay import overlay
 
-from helpers import assert_same_state, snapshot
+from helpers import assert_same_state, json_error_line, snapshot
 
 ENDED = ("done", "failed", "cancelled")
 
@@ -28,14 +28,6 @@ def data_image(url: str) -> np.ndarray:
     head, _, body = url.partition(",")
     assert head == "data:image/png;base64"
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(body))).convert("RGB"), dtype=np.int16)
-
-
-def one_line_error(response, status: int, *words: str) -> None:
-    assert response.status_code == status, response.text
-    message = response.json()["error"]
-    assert "\n" not in message and "Traceback" not in message
-    for word in words:
-        assert word in message, message
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +104,11 @@ def test_default_gallery_is_the_images_folder_and_top_limits_the_matches(client,
 ])
 def test_bad_similarity_requests_give_one_line_errors(client, names, body, status, words):
     request = {"model": "mobilenet_v2", "a": f"file:{names[0]}", "b": f"file:{names[1]}"} | body
-    one_line_error(client.post("/api/similarity", json=request), status, *words)
+    json_error_line(client.post("/api/similarity", json=request), status, *words)
 
 
 def test_gallery_of_the_query_alone_is_refused(client, names):
-    one_line_error(client.post("/api/similarity", json={"model": "mobilenet_v2", "a": f"file:{names[0]}",
+    json_error_line(client.post("/api/similarity", json={"model": "mobilenet_v2", "a": f"file:{names[0]}",
                                                         "gallery": [f"file:{names[0]}"]}), 400, "only the query")
 
 
@@ -228,7 +220,7 @@ def test_naflow_job_uses_the_command_lines_damped_solve_and_converges(served, im
 ])
 def test_unknown_jobs_are_one_line_404s(client, path, status, words):
     response = client.post(path) if path.endswith("cancel") else client.get(path)
-    one_line_error(response, status, *words)
+    json_error_line(response, status, *words)
 
 
 @pytest.mark.parametrize("body, words", [
@@ -237,7 +229,7 @@ def test_unknown_jobs_are_one_line_404s(client, path, status, words):
 ])
 def test_bad_job_requests_are_refused_before_they_start(client, names, body, words):
     request = {"model": "mobilenet_v2", "image": f"file:{names[0]}"} | body
-    one_line_error(client.post("/api/jobs", json=request), 400, *words)
+    json_error_line(client.post("/api/jobs", json=request), 400, *words)
 
 
 def test_a_job_with_a_bad_layer_fails_with_one_line(client, names):
@@ -274,7 +266,7 @@ def test_clicked_image_maps_are_the_maps_evaluate_drew(client, served):
 ])
 def test_bad_record_map_requests_give_one_line_errors(client, params, status, words):
     query = {"run": "run-world", "image": "world:test:0", "model": "world-cnn"} | params
-    one_line_error(client.get("/api/record-maps", params=query), status, *words)
+    json_error_line(client.get("/api/record-maps", params=query), status, *words)
 
 
 def test_pass_estimate_counts_channel_batches_where_the_batch_size_is_fixed(explorer, mobilenet):
