@@ -14,7 +14,7 @@ from pathlib import Path
 from . import assets
 from ._version import __version__
 from .checks import SEED, count, number
-from .errors import InputError, VisionlensError, one_line
+from .errors import InputError, Terminated, VisionlensError, one_line
 
 EXIT_FAILED_IMAGES = 1
 EXIT_USAGE = 2
@@ -786,15 +786,6 @@ def _printable_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         if callable(getattr(stream, "reconfigure", None)) and getattr(stream, "errors", None) == "strict":
             stream.reconfigure(errors="backslashreplace")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (``timeout``, ``kill``, a batch scheduler, a closed terminal) during a
-    command: it stops as after Ctrl-C, its partial outputs removed."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 @contextlib.contextmanager

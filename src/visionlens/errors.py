@@ -66,3 +66,12 @@ def warn_at_caller(warning: Warning) -> None:
     while frame is not None and frame.f_globals.get("__name__", "").startswith("visionlens."):
         frame, level = frame.f_back, level + 1
     warnings.warn(warning, stacklevel=level)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``timeout``, ``kill``, a batch scheduler, a closed terminal) during a
+    command: it stops as after Ctrl-C, its partial outputs removed (exit ``128 + signum``)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -395,3 +395,33 @@ def test_rollout_of_a_headless_vit_names_no_class(tmp_path):
     image = explorer.add_upload(png())["image"]
     result = explorer.explain("vit", image, ["rollout"])
     assert result["target"] is None and result["maps"] and not any("Traceback" in w for w in result["warnings"])
+
+
+def test_sigterm_stops_the_server_like_any_command(tmp_path):
+    """A real server process: SIGTERM (systemd, ``kill``) stops it gracefully with one line and
+    exit 143, as every other command ends on SIGTERM (it exited 0 once SIGTERM stopped commands)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "visionlens", "serve", "--model", "world-cnn", "--device", "cpu",
+                             "--port", str(port)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated (SIGTERM)" and "Traceback" not in err

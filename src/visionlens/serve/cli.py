@@ -6,6 +6,7 @@ import contextlib
 import sys
 
 from ..checks import count
+from ..errors import Terminated
 
 DEFAULT_MODEL = "mobilenet_v2"
 
@@ -68,6 +69,8 @@ def _run(app, host: str, port: int) -> None:
     server = _server_class(uvicorn.Server)(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     try:
         server.run()
+    except Terminated:  # SIGTERM or SIGHUP, re-raised once uvicorn has stopped: main() ends with 143 or 129
+        raise
     except KeyboardInterrupt:
         pass
     if not server.started:
