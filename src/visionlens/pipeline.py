@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .core.layers import model_device
 from .core.progress import Progress
 from .core.result import Explanation
 from .core.targets import Target
@@ -134,10 +135,8 @@ def _on_device(module: torch.nn.Module, device):
     if device is None:
         yield
         return
-    wanted = resolve_device(device)
-    first = next(iter([*module.parameters(), *module.buffers()]), None)
-    before = None if first is None else first.device
-    if before is None or (before.type, before.index or 0) == (wanted.type, wanted.index or 0):
+    wanted, before = resolve_device(device), model_device(module)
+    if (before.type, before.index or 0) == (wanted.type, wanted.index or 0):
         yield
         return
     module.to(wanted)

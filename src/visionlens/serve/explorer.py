@@ -20,7 +20,7 @@ from ..cli import NAFLOW_CLI_DAMP, NAFLOW_CLI_MAX_ITER  # the command line's NAF
 from ..core.hooks import preserved_model_state
 from ..core.layers import layer_shapes
 from ..data.images import IMAGE_SUFFIXES, load_image
-from ..errors import ImageLoadError, InputError
+from ..errors import ImageLoadError, InputError, one_line
 from ..methods import METHODS, REGISTRY
 from ..methods.base import PerturbationMethod
 from ..methods.registry import unknown_method
@@ -219,7 +219,7 @@ class Explorer:
             try:
                 return load_image(path)
             except ImageLoadError as err:  # named as listed, not by the server's absolute path
-                raise ImageLoadError(_one_line(err).replace(str(path), value)) from None
+                raise ImageLoadError(one_line(err).replace(str(path), value)) from None
         raise InputError(f"unknown image {ref!r}; upload it again or pick one from the list")
 
     # --- maps -------------------------------------------------------------------------------
@@ -356,8 +356,9 @@ class Explorer:
             for record in records:
                 computed[record["method"]] = make_method(record["method"], model)(x.to(model.device))
         kept = {"model": model_name, "view": view, "cmap": cmap, "results": {m: _arrays(r) for m, r in computed.items()}}
-        maps = [{**self._shown(model, m, r, kept["results"][m], cmap), "predicted": None if r.targets is None else int(r.targets[0]),
-                 "recorded_predicted": rec.get("predicted")} for (m, r), rec in zip(computed.items(), records)]
+        maps = [{**self._shown(model, m, r, kept["results"][m], cmap),
+                 "predicted": None if r.targets is None else int(r.targets[0]), "recorded_predicted": rec.get("predicted")}
+                for (m, r), rec in zip(computed.items(), records)]
         return {"token": self.computed.add(kept), "image": image, "model": model_name, "view": data_url(view),
                 "source": "recomputed", "maps": maps, "warnings": _warning_lines(caught)}
 
@@ -414,11 +415,6 @@ class ExplainRequest:
 def image_bytes(image: Image.Image) -> int:
     """The bytes of a decoded image's pixels."""
     return image.width * image.height * len(image.getbands())
-
-
-def _one_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def _target_of(model: ZooModel, result) -> dict | None:
